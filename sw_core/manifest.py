@@ -1,0 +1,133 @@
+"""The chunk-set manifest: what a chunked model is made of, with a sha256 per chunk.
+
+A chunk set is a folder (or an S3 prefix) holding ``manifest.json``, one safetensors file
+per chunk, and the model's config and tokenizer files. Tensor names inside chunks are the
+``state_dict`` names of ``model_class`` built from the config, so a skeleton of that class
+can take them as they are.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from sw_core.exceptions import ModelError
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+#: Larger manifests are refused before parsing.
+MAX_MANIFEST_BYTES = 16 << 20
+
+Role = Literal["embeddings", "block", "head"]
+
+
+@dataclass(frozen=True)
+class ChunkInfo:
+    """One safetensors chunk of a model."""
+
+    name: str
+    file: str
+    size_bytes: int
+    sha256: str
+    tensors: list[str]
+    role: Role
+    #: For blocks: module path of the block list (``encoder.layer``) and the index in it.
+    stack: str | None = None
+    index: int | None = None
+    #: Bytes of the tensors' data (what materializing the chunk costs in memory).
+    param_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """A non-weight file of the chunk set (config, tokenizer)."""
+
+    file: str
+    size_bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A chunked model."""
+
+    name: str
+    architecture: str
+    model_class: str
+    dtype: str
+    chunks: list[ChunkInfo]
+    files: list[FileInfo] = field(default_factory=list)
+    #: Tied parameters: name -> the name whose tensor it shares (stored once).
+    tied: dict[str, str] = field(default_factory=dict)
+    #: Buffers in the chunks' tensors that are not parameters (kept for completeness).
+    format_version: int = FORMAT_VERSION
+    source: str = ""
+    gguf_file: str | None = None
+
+    # ---------------------------------------------------------------- lookups
+    def chunk(self, name: str) -> ChunkInfo:
+        for chunk in self.chunks:
+            if chunk.name == name:
+                return chunk
+        raise ModelError(f"model {self.name!r} has no chunk {name!r}")
+
+    def blocks(self, stack: str | None = None) -> list[ChunkInfo]:
+        """Block chunks in execution order (optionally of one stack)."""
+        return [c for c in self.chunks if c.role == "block" and (stack is None or c.stack == stack)]
+
+    def stacks(self) -> list[str]:
+        """Block-list paths in the order they first appear."""
+        seen: list[str] = []
+        for c in self.chunks:
+            if c.role == "block" and c.stack not in seen:
+                seen.append(c.stack or "")
+        return seen
+
+    def by_role(self, role: Role) -> Iterator[ChunkInfo]:
+        return (c for c in self.chunks if c.role == role)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(c.size_bytes for c in self.chunks)
+
+    @property
+    def total_param_bytes(self) -> int:
+        return sum(c.param_bytes for c in self.chunks)
+
+    # ---------------------------------------------------------------- (de)serialisation
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
+
+    def save(self, folder: str | Path) -> Path:
+        path = Path(folder) / MANIFEST_FILE
+        path.write_text(self.to_json())
+        return path
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Manifest:
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise ModelError(f"manifest is {len(raw)} bytes, over the {MAX_MANIFEST_BYTES} limit")
+        try:
+            data: dict[str, Any] = json.loads(raw)
+            version = data.get("format_version")
+            if version != FORMAT_VERSION:
+                raise ModelError(
+                    f"manifest format_version {version!r} is not supported (expected {FORMAT_VERSION})"
+                )
+            chunks = [ChunkInfo(**c) for c in data.pop("chunks")]
+            files = [FileInfo(**f) for f in data.pop("files", [])]
+            return cls(chunks=chunks, files=files, **data)
+        except ModelError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise ModelError(f"malformed manifest: {exc}") from None
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Manifest:
+        path = Path(folder) / MANIFEST_FILE
+        if not path.is_file():
+            raise ModelError(f"{folder} is not a chunk set: no {MANIFEST_FILE}")
+        return cls.from_json(path.read_bytes())

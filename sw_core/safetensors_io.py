@@ -1,0 +1,113 @@
+"""Strict, zero-copy safetensors parsing for chunks that arrive as bytes.
+
+``safetensors.torch.load`` copies every byte; this parser checks the header against the
+format (bounded size, known dtypes, shapes that match their byte ranges, ranges inside the
+buffer that neither overlap nor leave gaps) and then builds tensors with
+``torch.frombuffer`` over the caller's buffer, without a copy. Anything off is a
+:class:`~sw_core.exceptions.SecurityError`: a chunk is data, never code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from typing import Any
+
+import torch
+
+from sw_core.exceptions import SecurityError
+
+#: Same bound as the safetensors library: a header larger than this is refused unread.
+MAX_HEADER_BYTES = 100 << 20
+
+DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def parse_header(data: bytes | bytearray | memoryview) -> tuple[dict[str, dict[str, Any]], int]:
+    """Validate a safetensors header; return ``(tensor entries, data start offset)``."""
+    view = memoryview(data)
+    if len(view) < 8:
+        raise SecurityError("not safetensors: fewer than 8 bytes")
+    (header_len,) = struct.unpack("<Q", view[:8])
+    if header_len > MAX_HEADER_BYTES:
+        raise SecurityError(
+            f"safetensors header of {header_len} bytes is over the {MAX_HEADER_BYTES} limit"
+        )
+    if 8 + header_len > len(view):
+        raise SecurityError("not safetensors: header runs past the end of the data")
+    try:
+        header = json.loads(bytes(view[8 : 8 + header_len]))
+    except (UnicodeDecodeError, ValueError):
+        raise SecurityError("not safetensors: header is not JSON") from None
+    if not isinstance(header, dict):
+        raise SecurityError("not safetensors: header is not an object")
+    header.pop("__metadata__", None)
+    start = 8 + header_len
+    body_len = len(view) - start
+    spans: list[tuple[int, int, str]] = []
+    for name, entry in header.items():
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise SecurityError(f"safetensors entry {name!r} is malformed")
+        dtype = DTYPES.get(entry["dtype"])
+        if dtype is None:
+            raise SecurityError(f"tensor {name!r} has unsupported dtype {entry['dtype']!r}")
+        shape, offsets = entry["shape"], entry["data_offsets"]
+        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+            raise SecurityError(f"tensor {name!r} has a malformed shape")
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(isinstance(o, int) for o in offsets)
+            and 0 <= offsets[0] <= offsets[1] <= body_len
+        ):
+            raise SecurityError(f"tensor {name!r} has data offsets outside the data")
+        expected = math.prod(shape) * dtype.itemsize
+        if offsets[1] - offsets[0] != expected:
+            raise SecurityError(
+                f"tensor {name!r} claims {offsets[1] - offsets[0]} bytes, its shape needs {expected}"
+            )
+        spans.append((offsets[0], offsets[1], name))
+    spans.sort()
+    cursor = 0
+    for begin, end, name in spans:
+        if begin != cursor:
+            kind = "overlaps another" if begin < cursor else "leaves a gap before it"
+            raise SecurityError(f"tensor {name!r} {kind}")
+        cursor = end
+    if cursor != body_len:
+        raise SecurityError(f"safetensors data has {body_len - cursor} trailing bytes")
+    return header, start
+
+
+def load_tensors(data: bytes | bytearray | memoryview) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors blob, sharing memory with ``data`` where possible.
+
+    Pass a ``bytearray`` (writable) to get zero-copy tensors; read-only ``bytes`` are copied
+    once into a bytearray first, since torch tensors must be writable.
+    """
+    if isinstance(data, bytes) or (isinstance(data, memoryview) and data.readonly):
+        data = bytearray(data)
+    header, start = parse_header(data)
+    view = memoryview(data)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, entry in header.items():
+        dtype = DTYPES[entry["dtype"]]
+        begin, end = entry["data_offsets"]
+        if end == begin:
+            tensors[name] = torch.empty(entry["shape"], dtype=dtype)
+            continue
+        flat = torch.frombuffer(view[start + begin : start + end], dtype=dtype)
+        tensors[name] = flat.reshape(entry["shape"])
+    return tensors

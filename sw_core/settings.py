@@ -1,0 +1,312 @@
+"""Settings: one typed object, read from ``SW_*`` environment variables, code and CLI flags.
+
+Precedence, lowest first: the defaults below, ``SW_*`` environment variables, then keyword
+overrides (from code or CLI flags). An unknown setting name -- in the environment or in
+code -- raises :class:`~sw_core.exceptions.ConfigError` instead of being silently ignored.
+Secrets (S3 keys, passwords inside URLs) never appear in ``repr`` or logs.
+
+Example:
+    >>> s = Settings.from_env(cache_size_mb=256)
+    >>> s.cache_size_mb
+    256
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from sw_core.exceptions import ConfigError
+
+ENV_PREFIX = "SW_"
+
+
+class Secret(str):
+    """A string whose ``repr``/``str`` formatting hides it; use :meth:`reveal` to read it."""
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    def __str__(self) -> str:
+        return "***"
+
+    def __format__(self, spec: str) -> str:
+        return "***"
+
+    def reveal(self) -> str:
+        """The secret value itself."""
+        return str.__str__(self)
+
+
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z0-9+.-]+://)(?P<user>[^:@/]*):(?P<pw>[^@/]*)@", re.I)
+
+
+def redact_url(url: str) -> str:
+    """``redis://user:pw@host`` -> ``redis://user:***@host``."""
+    return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", url)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of Surfing Weights. Environment variable: ``SW_`` + the upper-case name."""
+
+    # Redis: queues, results, counters and the chunk cache.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "sw"
+
+    # Chunk storage: S3/MinIO first, the local folder as backup.
+    s3_endpoint: str | None = None
+    s3_bucket: str = "sw-chunks"
+    s3_access_key: Secret | None = None
+    s3_secret_key: Secret | None = None
+    s3_secure: bool = False
+    s3_region: str = "us-east-1"
+    s3_range_mb: int = 8
+    s3_concurrency: int = 4
+    backup_dir: Path | None = None
+
+    # Chunk cache in Redis.
+    cache_size_mb: int = 1024
+    cache_part_mb: int = 4
+
+    # Every remote call and every wait for a chunk.
+    timeout_seconds: float = 30.0
+
+    # Retries (defaults from the original guide: 3 attempts, 1.0 s first delay, doubling).
+    retry_attempts: int = 3
+    retry_initial_delay_s: float = 1.0
+    retry_multiplier: float = 2.0
+    retry_max_delay_s: float = 60.0
+    retry_jitter: float = 0.1
+
+    # Engine.
+    device: str = "auto"
+    memory_budget_mb: int = 2048
+    prefetch_count: int = 2
+    max_batch_size: int = 16
+    max_input_tokens: int = 512
+    max_new_tokens_limit: int = 512
+
+    # Pipeline.
+    models: str = ""
+    claim_idle_ms: int = 30_000
+    max_deliveries: int = 5
+    batch_wait_ms: int = 10
+    result_ttl_s: int = 86_400
+    max_payload_bytes: int = 1 << 20
+    heartbeat_interval_s: float = 2.0
+    heartbeat_ttl_s: float = 10.0
+    shutdown_grace_s: float = 30.0
+    poll_block_ms: int = 500
+
+    # Operations.
+    metrics_port: int | None = None
+    alert_error_rate: float = 0.1
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, /, **overrides: Any) -> Settings:
+        """Defaults, then ``SW_*`` variables from ``env`` (``os.environ``), then ``overrides``.
+
+        ``None`` overrides are ignored so CLI flags that were not given do not clobber the
+        environment.
+        """
+        env = os.environ if env is None else env
+        known = cls.field_names()
+        values: dict[str, Any] = {}
+        for key, raw in env.items():
+            if not key.startswith(ENV_PREFIX):
+                continue
+            name = key[len(ENV_PREFIX) :].lower()
+            if name not in known:
+                raise ConfigError(_unknown_message(key, [ENV_PREFIX + k.upper() for k in known]))
+            values[name] = cls._coerce(name, raw, source=key)
+        for name, value in overrides.items():
+            if name not in known:
+                raise ConfigError(_unknown_message(name, sorted(known)))
+            if value is None:
+                continue
+            values[name] = cls._coerce(name, value, source=name)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def replace(self, **overrides: Any) -> Settings:
+        """A copy with some settings changed (unknown names are an error)."""
+        known = self.field_names()
+        for name in overrides:
+            if name not in known:
+                raise ConfigError(_unknown_message(name, sorted(known)))
+        coerced = {k: self._coerce(k, v, source=k) for k, v in overrides.items()}
+        settings = dataclasses.replace(self, **coerced)
+        settings.validate()
+        return settings
+
+    @classmethod
+    def field_names(cls) -> set[str]:
+        return {f.name for f in fields(cls)}
+
+    def validate(self) -> None:
+        """Reject values that cannot work, with a message naming the variable."""
+        positive = (
+            "cache_size_mb",
+            "cache_part_mb",
+            "timeout_seconds",
+            "retry_attempts",
+            "memory_budget_mb",
+            "max_batch_size",
+            "claim_idle_ms",
+            "max_deliveries",
+            "max_payload_bytes",
+            "s3_range_mb",
+            "s3_concurrency",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(
+                    f"{ENV_PREFIX}{name.upper()} must be > 0, got {getattr(self, name)!r}"
+                )
+        for name in (
+            "retry_initial_delay_s",
+            "retry_max_delay_s",
+            "prefetch_count",
+            "batch_wait_ms",
+        ):
+            if getattr(self, name) < 0:
+                raise ConfigError(
+                    f"{ENV_PREFIX}{name.upper()} must be >= 0, got {getattr(self, name)!r}"
+                )
+        if self.retry_multiplier < 1:
+            raise ConfigError(
+                f"{ENV_PREFIX}RETRY_MULTIPLIER must be >= 1, got {self.retry_multiplier}"
+            )
+        if not 0 <= self.retry_jitter <= 1:
+            raise ConfigError(
+                f"{ENV_PREFIX}RETRY_JITTER must be within [0, 1], got {self.retry_jitter}"
+            )
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.key_prefix):
+            raise ConfigError(
+                f"{ENV_PREFIX}KEY_PREFIX may hold letters, digits, '_.-' only: {self.key_prefix!r}"
+            )
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def cache_size_bytes(self) -> int:
+        return self.cache_size_mb << 20
+
+    @property
+    def memory_budget_bytes(self) -> int:
+        return self.memory_budget_mb << 20
+
+    def as_dict(self, *, reveal: bool = False) -> dict[str, Any]:
+        """Every setting by name; secrets masked unless ``reveal``."""
+        out: dict[str, Any] = {}
+        for name in sorted(self.field_names()):
+            value = getattr(self, name)
+            if not reveal:
+                if isinstance(value, Secret):
+                    value = "***"
+                elif name == "redis_url":
+                    value = redact_url(value)
+            elif isinstance(value, Secret):
+                value = value.reveal()
+            out[name] = value
+        return out
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={v!r}" for k, v in self.as_dict().items())
+        return f"Settings({inner})"
+
+    # ------------------------------------------------------------------ coercion
+    @classmethod
+    def _coerce(cls, name: str, raw: Any, *, source: str) -> Any:
+        hint = typing.get_type_hints(cls)[name]
+        target, optional = _unwrap_optional(hint)
+        if raw is None or (
+            optional and isinstance(raw, str) and raw.strip() in ("", "none", "None")
+        ):
+            if optional:
+                return None
+            raise ConfigError(f"{source} may not be empty")
+        try:
+            if target is bool:
+                return _parse_bool(raw)
+            if target is Secret:
+                return raw if isinstance(raw, Secret) else Secret(str(raw))
+            if target is Path:
+                return Path(raw).expanduser()
+            if target in (int, float, str):
+                if target is int and isinstance(raw, float) and not raw.is_integer():
+                    raise ValueError("not a whole number")
+                return target(raw)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{source}={raw!r} is not a valid {target.__name__}: {exc}") from None
+        return raw
+
+
+def _unwrap_optional(hint: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0], len(args) < len(typing.get_args(hint))
+    return hint, False
+
+
+def _parse_bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected one of 1/0, true/false, yes/no, on/off")
+
+
+def _unknown_message(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    return f"unknown setting {name!r}{hint}"
+
+
+def add_cli_flags(parser: Any, names: list[str] | None = None) -> None:
+    """Add ``--redis-url``-style flags for settings (all of them unless ``names``)."""
+    hints = typing.get_type_hints(Settings)
+    for name in sorted(names or Settings.field_names()):
+        target, _ = _unwrap_optional(hints[name])
+        flag = "--" + name.replace("_", "-")
+        env = ENV_PREFIX + name.upper()
+        if target is bool:
+            parser.add_argument(
+                flag,
+                dest=f"setting_{name}",
+                default=None,
+                choices=["true", "false"],
+                help=f"(env {env})",
+            )
+        else:
+            parser.add_argument(
+                flag,
+                dest=f"setting_{name}",
+                default=None,
+                metavar=name.upper(),
+                help=f"(env {env})",
+            )
+
+
+def settings_from_args(args: Any) -> Settings:
+    """Settings from the environment with the CLI flags given in ``args`` on top."""
+    overrides = {
+        key[len("setting_") :]: value
+        for key, value in vars(args).items()
+        if key.startswith("setting_") and value is not None
+    }
+    return Settings.from_env(**overrides)

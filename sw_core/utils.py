@@ -1,0 +1,33 @@
+"""Small helpers shared across the library."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+_HASH_BLOCK_BYTES = 8 << 20
+
+
+def calculate_chunk_hash(
+    path_or_bytes: str | os.PathLike[str] | bytes | bytearray | memoryview,
+) -> str:
+    """Return the sha256 hex digest of a chunk, given its path or its bytes.
+
+    Example:
+        >>> calculate_chunk_hash(b"abc")[:12]
+        'ba7816bf8f01'
+    """
+    digest = hashlib.sha256()
+    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
+        digest.update(path_or_bytes)
+        return digest.hexdigest()
+    with Path(path_or_bytes).open("rb") as handle:
+        while block := handle.read(_HASH_BLOCK_BYTES):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def mib(n_bytes: int) -> float:
+    """Bytes as MiB, for messages."""
+    return n_bytes / (1 << 20)
