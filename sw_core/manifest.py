@@ -39,6 +39,9 @@ class ChunkInfo:
     index: int | None = None
     #: Bytes of the tensors' data (what materializing the chunk costs in memory).
     param_bytes: int = 0
+    #: Row shard of one large 2-D tensor (embedding matrix, untied head): the chunk holds
+    #: rows ``[rows[0], rows[1])`` of its single tensor, under the tensor's full name.
+    rows: list[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,6 @@ class Manifest:
     files: list[FileInfo] = field(default_factory=list)
     #: Tied parameters: name -> the name whose tensor it shares (stored once).
     tied: dict[str, str] = field(default_factory=dict)
-    #: Buffers in the chunks' tensors that are not parameters (kept for completeness).
     format_version: int = FORMAT_VERSION
     source: str = ""
     gguf_file: str | None = None

@@ -1,0 +1,90 @@
+"""Rebuild a whole transformers model from a local chunk set (every chunk verified).
+
+This holds the entire model in memory, so it is for checks and debugging (``sw chunk``'s
+round trip, tests), not for serving: the engine streams chunks instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from sw_core.exceptions import ModelError, SecurityError
+from sw_core.manifest import Manifest
+from sw_core.safetensors_io import load_tensors
+from sw_core.utils import calculate_chunk_hash
+
+
+def model_class(manifest: Manifest) -> type[torch.nn.Module]:
+    """The transformers class named by the manifest."""
+    import transformers
+
+    cls = getattr(transformers, manifest.model_class, None)
+    if not isinstance(cls, type) or not issubclass(cls, torch.nn.Module):
+        raise ModelError(f"model {manifest.name!r}: unknown model class {manifest.model_class!r}")
+    return cls
+
+
+def read_state_dict(
+    folder: str | Path, manifest: Manifest | None = None
+) -> dict[str, torch.Tensor]:
+    """Every chunk's tensors, row shards joined, each chunk checked against its sha256."""
+    folder = Path(folder)
+    manifest = manifest or Manifest.load(folder)
+    state: dict[str, torch.Tensor] = {}
+    shards: dict[str, list[tuple[int, torch.Tensor]]] = {}
+    for chunk in manifest.chunks:
+        data = bytearray((folder / chunk.file).read_bytes())
+        if calculate_chunk_hash(data) != chunk.sha256:
+            raise SecurityError(
+                f"chunk {chunk.name!r} of {manifest.name!r} does not match its sha256"
+            )
+        tensors = load_tensors(data)
+        if set(tensors) != set(chunk.tensors):
+            raise SecurityError(f"chunk {chunk.name!r} holds other tensors than its manifest lists")
+        if chunk.rows is not None:
+            (name,) = chunk.tensors
+            shards.setdefault(name, []).append((chunk.rows[0], tensors[name]))
+        else:
+            state.update(tensors)
+    for name, parts in shards.items():
+        state[name] = torch.cat([t for _, t in sorted(parts, key=lambda p: p[0])])
+    return state
+
+
+def assemble_model(folder: str | Path) -> torch.nn.Module:
+    """A transformers model built from the chunk set's config with all its weights loaded."""
+    from transformers import AutoConfig
+
+    folder = Path(folder)
+    manifest = Manifest.load(folder)
+    config = AutoConfig.from_pretrained(folder)
+    with torch.device("meta"):
+        model = model_class(manifest)(config)
+    state = read_state_dict(folder, manifest)
+    for alias, canonical in manifest.tied.items():
+        state[alias] = state[canonical]
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    if unexpected:
+        raise ModelError(f"chunks of {manifest.name!r} hold unknown weights: {unexpected[:3]}")
+    if missing:
+        raise ModelError(f"chunks of {manifest.name!r} lack weights: {missing[:3]}")
+    if manifest.tied:
+        model.tie_weights()
+    _rebuild_non_persistent_buffers(model, config)
+    return model.eval()
+
+
+def _rebuild_non_persistent_buffers(model: torch.nn.Module, config: object) -> None:
+    """Buffers that are not in any checkpoint are still on meta: compute them on the CPU."""
+    meta_buffers = [name for name, buf in model.named_buffers() if buf.is_meta]
+    if not meta_buffers:
+        return
+    with torch.device("cpu"):
+        fresh = type(model)(config)
+    fresh_buffers = dict(fresh.named_buffers())
+    for name in meta_buffers:
+        module_path, _, buffer_name = name.rpartition(".")
+        owner = model.get_submodule(module_path) if module_path else model
+        owner.register_buffer(buffer_name, fresh_buffers[name].clone(), persistent=False)

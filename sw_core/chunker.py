@@ -1,0 +1,539 @@
+"""Cut a transformers model into verified layer chunks.
+
+``chunk_model(source, out_dir)`` writes one safetensors chunk per transformer block, a chunk
+for what comes before the blocks (``embeddings``), one for what follows them (``head``),
+tied weights once, the config and tokenizer files, and ``manifest.json`` (written last)
+with a sha256 per file. Large 2-D tensors of the embeddings/head (embedding matrices, an
+untied output projection) are split into row shards of at most ``max_chunk_mb`` so that a
+worker with a small memory budget never has to hold them whole.
+
+Sources: a model object, a local model folder with safetensors weights (read tensor by
+tensor: the whole model is never in memory), or a ``.gguf`` file (dequantized by
+transformers, which needs the whole model in memory once).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from sw_core.exceptions import ModelError
+from sw_core.manifest import ChunkInfo, FileInfo, Manifest
+from sw_core.progress import Progress
+from sw_core.utils import calculate_chunk_hash
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_CHUNK_MB = 16
+
+#: Non-weight files copied from a model folder when present.
+SIDE_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "chat_template.jinja",
+    "chat_template.json",
+    "modules.json",
+    "sentence_bert_config.json",
+    "1_Pooling/config.json",
+)
+
+
+@dataclass
+class _ChunkPlan:
+    name: str
+    role: str
+    tensors: list[str] = field(default_factory=list)
+    stack: str | None = None
+    index: int | None = None
+    rows: list[int] | None = None
+
+    @property
+    def file(self) -> str:
+        return f"{self.name}.safetensors"
+
+
+# --------------------------------------------------------------------------- skeleton analysis
+def block_stacks(model: torch.nn.Module) -> list[str]:
+    """Module paths of the transformer block lists (``encoder.layer``, ``model.layers``...).
+
+    A block list is a ``ModuleList`` whose children are all of one class and hold
+    parameters, and which is not itself inside another block list.
+    """
+    stacks: list[str] = []
+    for path, module in model.named_modules():
+        if not isinstance(module, torch.nn.ModuleList) or len(module) == 0:
+            continue
+        if any(path.startswith(stack + ".") for stack in stacks):
+            continue
+        classes = {type(child) for child in module}
+        if len(classes) == 1 and all(any(True for _ in c.parameters()) for c in module):
+            stacks.append(path)
+    if not stacks:
+        raise ModelError(f"{type(model).__name__}: found no list of transformer blocks to chunk")
+    return stacks
+
+
+def tied_parameters(model: torch.nn.Module) -> dict[str, str]:
+    """``{alias: canonical}`` for parameters that share one tensor (canonical = first seen)."""
+    first: dict[int, str] = {}
+    tied: dict[str, str] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        canonical = first.setdefault(id(param), name)
+        if canonical != name:
+            tied[name] = canonical
+    return tied
+
+
+def plan_chunks(
+    ordered_keys: list[str],
+    shapes: dict[str, tuple[list[int], torch.dtype]],
+    stacks: list[str],
+    max_chunk_bytes: int,
+) -> list[_ChunkPlan]:
+    """Group state-dict keys (already in module order, tied aliases removed) into chunks."""
+    blocks: dict[str, _ChunkPlan] = {}
+    embeddings = _ChunkPlan("embeddings", "embeddings")
+    head = _ChunkPlan("head", "head")
+    seen_block = False
+    for key in ordered_keys:
+        owner = _block_of(key, stacks)
+        if owner is not None:
+            stack, index = owner
+            name = f"{stack}.{index}"
+            plan = blocks.setdefault(name, _ChunkPlan(name, "block", stack=stack, index=index))
+            plan.tensors.append(key)
+            seen_block = True
+        else:
+            (head if seen_block else embeddings).tensors.append(key)
+    out: list[_ChunkPlan] = []
+    out += _shard_role(embeddings, shapes, max_chunk_bytes)
+    out += list(blocks.values())
+    out += _shard_role(head, shapes, max_chunk_bytes)
+    return out
+
+
+def _block_of(key: str, stacks: list[str]) -> tuple[str, int] | None:
+    for stack in stacks:
+        prefix = stack + "."
+        if key.startswith(prefix):
+            index, _, _ = key[len(prefix) :].partition(".")
+            if index.isdigit():
+                return stack, int(index)
+    return None
+
+
+def _shard_role(
+    plan: _ChunkPlan, shapes: dict[str, tuple[list[int], torch.dtype]], max_chunk_bytes: int
+) -> list[_ChunkPlan]:
+    """Split the role's big 2-D tensors into row shards; small tensors stay in ``plan``."""
+    shards: list[_ChunkPlan] = []
+    keep: list[str] = []
+    for key in plan.tensors:
+        shape, dtype = shapes[key]
+        n_bytes = _numel(shape) * dtype.itemsize
+        if max_chunk_bytes and len(shape) == 2 and n_bytes > max_chunk_bytes and shape[0] > 1:
+            row_bytes = shape[1] * dtype.itemsize
+            rows_per_shard = max(1, max_chunk_bytes // row_bytes)
+            for start in range(0, shape[0], rows_per_shard):
+                end = min(shape[0], start + rows_per_shard)
+                name = f"{plan.role}.{len(shards)}"
+                shards.append(_ChunkPlan(name, plan.role, [key], rows=[start, end]))
+        else:
+            keep.append(key)
+    plan.tensors = keep
+    return ([plan] if keep else []) + shards
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+# --------------------------------------------------------------------------- tensor sources
+class _TensorSource:
+    """Reads one tensor (or a row range of one) at a time."""
+
+    def get(self, key: str) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def get_rows(self, key: str, start: int, end: int) -> torch.Tensor:
+        return self.get(key)[start:end]
+
+
+class _StateDictSource(_TensorSource):
+    def __init__(self, state: dict[str, torch.Tensor]) -> None:
+        self._state = state
+
+    def get(self, key: str) -> torch.Tensor:
+        return self._state[key]
+
+
+class _SafetensorsSource(_TensorSource):
+    """Tensors read lazily from safetensors files, under the model's key names."""
+
+    def __init__(self, handles: dict[str, Any], file_key_of: dict[str, str]) -> None:
+        self._handles = handles  # model key -> safe_open handle
+        self._file_key_of = file_key_of  # model key -> key in the file
+
+    def get(self, key: str) -> torch.Tensor:
+        return self._handles[key].get_tensor(self._file_key_of[key])
+
+    def get_rows(self, key: str, start: int, end: int) -> torch.Tensor:
+        return self._handles[key].get_slice(self._file_key_of[key])[start:end]
+
+
+# --------------------------------------------------------------------------- entry point
+def chunk_model(
+    source: torch.nn.Module | str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    name: str | None = None,
+    tokenizer: Any = None,
+    max_chunk_mb: float = DEFAULT_MAX_CHUNK_MB,
+    progress: Progress | None = None,
+) -> Manifest:
+    """Chunk ``source`` into ``out_dir`` and return its manifest.
+
+    Args:
+        source: a transformers model object, a local model folder (``config.json`` plus
+            ``*.safetensors``), or a ``.gguf`` file.
+        out_dir: the chunk-set folder to write (created; existing chunk files are replaced).
+        name: the model's name in the manifest (default: from the source).
+        tokenizer: with a model object, a tokenizer to save beside the chunks.
+        max_chunk_mb: 2-D embedding/head tensors larger than this are split into row shards
+            (0 turns sharding off).
+        progress: advanced once per chunk written.
+
+    Returns:
+        The manifest, also written to ``out_dir/manifest.json``.
+
+    Example:
+        >>> manifest = chunk_model("path/to/all-MiniLM-L6-v2", "chunks/minilm")  # doctest: +SKIP
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    max_chunk_bytes = int(max_chunk_mb * (1 << 20))
+    if isinstance(source, torch.nn.Module):
+        return _chunk_module(
+            source,
+            out,
+            name or _default_name(source),
+            tokenizer,
+            max_chunk_bytes,
+            progress,
+            str(type(source).__name__),
+        )
+    path = Path(source)
+    if path.is_file() and path.suffix == ".gguf":
+        return _chunk_gguf(path, out, name or path.stem, max_chunk_bytes, progress)
+    if path.is_dir():
+        return _chunk_folder(path, out, name or path.name, max_chunk_bytes, progress)
+    raise ModelError(
+        f"cannot chunk {source}: expected a model folder, a .gguf file or a model object"
+    )
+
+
+def _default_name(model: torch.nn.Module) -> str:
+    config = getattr(model, "config", None)
+    return (
+        str(getattr(config, "name_or_path", "") or getattr(config, "model_type", "model")).rsplit(
+            "/", 1
+        )[-1]
+        or "model"
+    )
+
+
+def _chunk_module(
+    model: torch.nn.Module,
+    out: Path,
+    name: str,
+    tokenizer: Any,
+    max_chunk_bytes: int,
+    progress: Progress | None,
+    source_label: str,
+    gguf_file: str | None = None,
+) -> Manifest:
+    config = getattr(model, "config", None)
+    if config is None:
+        raise ModelError(f"{type(model).__name__} is not a transformers model (no .config)")
+    stacks = block_stacks(model)
+    tied = tied_parameters(model)
+    state = {k: v for k, v in model.state_dict().items() if k not in tied}
+    shapes = {k: (list(v.shape), v.dtype) for k, v in state.items()}
+    plans = plan_chunks(list(state), shapes, stacks, max_chunk_bytes)
+    config.architectures = [type(model).__name__]
+    config.save_pretrained(out)
+    generation_config = getattr(model, "generation_config", None)
+    if generation_config is not None and getattr(model, "can_generate", lambda: False)():
+        generation_config.save_pretrained(out)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    chunks = _write_chunks(plans, _StateDictSource(state), shapes, out, progress)
+    return _finish(
+        out,
+        name,
+        config,
+        type(model).__name__,
+        chunks,
+        tied,
+        source_label,
+        gguf_file,
+        _main_dtype(shapes),
+    )
+
+
+def _chunk_gguf(
+    path: Path, out: Path, name: str, max_chunk_bytes: int, progress: Progress | None
+) -> Manifest:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("dequantizing %s (the whole model is loaded once)", path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            path.parent, gguf_file=path.name, dtype=torch.float32
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load GGUF file {path}: {exc}") from exc
+    return _chunk_module(
+        model, out, name, tokenizer, max_chunk_bytes, progress, path.name, gguf_file=path.name
+    )
+
+
+def _chunk_folder(
+    folder: Path, out: Path, name: str, max_chunk_bytes: int, progress: Progress | None
+) -> Manifest:
+    from safetensors import safe_open
+
+    model_class, config = _skeleton_class(folder)
+    with torch.device("meta"):
+        skeleton = model_class(config)
+    stacks = block_stacks(skeleton)
+    tied = tied_parameters(skeleton)
+    model_keys = [k for k in skeleton.state_dict() if k not in tied]
+    model_shapes = {k: v for k, v in skeleton.state_dict().items()}
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ModelError(
+            f"{folder} has no *.safetensors weights (pickle checkpoints are not accepted)"
+        )
+    with ExitStack() as stack:
+        handles = {f: stack.enter_context(safe_open(str(f), framework="pt")) for f in files}
+        file_keys = {key: handle for handle in handles.values() for key in handle.keys()}
+        key_map = _map_checkpoint_keys(
+            list(file_keys), set(model_keys) | set(tied), getattr(skeleton, "base_model_prefix", "")
+        )
+        handle_of: dict[str, Any] = {}
+        file_key_of: dict[str, str] = {}
+        for file_key, model_key in key_map.items():
+            canonical = tied.get(model_key, model_key)
+            if canonical in file_key_of:
+                continue
+            handle_of[canonical] = file_keys[file_key]
+            file_key_of[canonical] = file_key
+        missing = [k for k in model_keys if k not in file_key_of]
+        if missing:
+            raise ModelError(
+                f"{folder}: the checkpoint lacks {len(missing)} weights of {model_class.__name__}, e.g. {missing[:3]}"
+            )
+        shapes: dict[str, tuple[list[int], torch.dtype]] = {}
+        for key in model_keys:
+            sl = handle_of[key].get_slice(file_key_of[key])
+            shapes[key] = (list(sl.get_shape()), _st_dtype(sl.get_dtype()))
+            expected = list(model_shapes[key].shape)
+            if shapes[key][0] != expected:
+                raise ModelError(
+                    f"{folder}: weight {key} has shape {shapes[key][0]}, the config implies {expected}"
+                )
+        plans = plan_chunks(model_keys, shapes, stacks, max_chunk_bytes)
+        chunks = _write_chunks(
+            plans, _SafetensorsSource(handle_of, file_key_of), shapes, out, progress
+        )
+    for side in SIDE_FILES:
+        if (folder / side).is_file():
+            (out / side).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(folder / side, out / side)
+    config.architectures = [model_class.__name__]
+    config.save_pretrained(out)
+    return _finish(
+        out,
+        name,
+        config,
+        model_class.__name__,
+        chunks,
+        tied,
+        folder.name,
+        None,
+        _main_dtype(shapes),
+    )
+
+
+def _skeleton_class(folder: Path) -> tuple[type[torch.nn.Module], Any]:
+    import transformers
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{folder}: cannot read config.json: {exc}") from exc
+    for arch in config.architectures or []:
+        cls = getattr(transformers, arch, None)
+        if isinstance(cls, type):
+            return cls, config
+    model_class = transformers.AutoModel._model_mapping.get(type(config))  # type: ignore[attr-defined]
+    if model_class is None:
+        raise ModelError(f"{folder}: unsupported model type {config.model_type!r}")
+    return model_class, config
+
+
+def _map_checkpoint_keys(file_keys: list[str], model_keys: set[str], prefix: str) -> dict[str, str]:
+    """Checkpoint key -> model key, adding or stripping the base-model prefix as needed."""
+    mapping: dict[str, str] = {}
+    for key in file_keys:
+        candidates = [key]
+        if prefix:
+            candidates += [f"{prefix}.{key}"]
+            if key.startswith(prefix + "."):
+                candidates.append(key[len(prefix) + 1 :])
+        for candidate in candidates:
+            if candidate in model_keys:
+                mapping[key] = candidate
+                break
+        else:
+            log.info("checkpoint key %s is not a weight of the model; skipped", key)
+    return mapping
+
+
+def _main_dtype(shapes: dict[str, tuple[list[int], torch.dtype]]) -> str:
+    """Name of the dtype that holds the most bytes (``float32``, ``bfloat16``...)."""
+    totals: dict[torch.dtype, int] = {}
+    for shape, dtype in shapes.values():
+        totals[dtype] = totals.get(dtype, 0) + _numel(shape) * dtype.itemsize
+    return str(max(totals, key=totals.__getitem__)).removeprefix("torch.")
+
+
+def _st_dtype(name: str) -> torch.dtype:
+    from sw_core.safetensors_io import DTYPES
+
+    return DTYPES[name]
+
+
+def _write_chunks(
+    plans: list[_ChunkPlan],
+    source: _TensorSource,
+    shapes: dict[str, tuple[list[int], torch.dtype]],
+    out: Path,
+    progress: Progress | None,
+) -> list[ChunkInfo]:
+    chunks: list[ChunkInfo] = []
+    for plan in plans:
+        tensors = dict(_plan_tensors(plan, source))
+        param_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
+        target = out / plan.file
+        _atomic_save(tensors, target)
+        del tensors
+        chunks.append(
+            ChunkInfo(
+                name=plan.name,
+                file=plan.file,
+                size_bytes=target.stat().st_size,
+                sha256=calculate_chunk_hash(target),
+                tensors=list(plan.tensors),
+                role=plan.role,  # type: ignore[arg-type]
+                stack=plan.stack,
+                index=plan.index,
+                param_bytes=param_bytes,
+                rows=plan.rows,
+            )
+        )
+        if progress is not None:
+            progress.advance(1)
+    return chunks
+
+
+def _plan_tensors(plan: _ChunkPlan, source: _TensorSource) -> Iterator[tuple[str, torch.Tensor]]:
+    for key in plan.tensors:
+        tensor = source.get_rows(key, *plan.rows) if plan.rows else source.get(key)
+        yield key, tensor.detach().to("cpu").contiguous()
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], target: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _finish(
+    out: Path,
+    name: str,
+    config: Any,
+    model_class: str,
+    chunks: list[ChunkInfo],
+    tied: dict[str, str],
+    source_label: str,
+    gguf_file: str | None,
+    dtype: str,
+) -> Manifest:
+    chunk_files = {c.file for c in chunks}
+    files = [
+        FileInfo(
+            file=rel, size_bytes=(out / rel).stat().st_size, sha256=calculate_chunk_hash(out / rel)
+        )
+        for rel in _side_files(out)
+        if rel not in chunk_files
+    ]
+    manifest = Manifest(
+        name=name,
+        architecture=str(config.model_type),
+        model_class=model_class,
+        dtype=dtype,
+        chunks=chunks,
+        files=files,
+        tied=tied,
+        source=source_label,
+        gguf_file=gguf_file,
+    )
+    tmp = out / ".manifest.json.tmp"
+    tmp.write_text(manifest.to_json())
+    os.replace(tmp, out / "manifest.json")
+    return manifest
+
+
+def _side_files(out: Path) -> list[str]:
+    names = []
+    for path in sorted(out.rglob("*")):
+        rel = path.relative_to(out).as_posix()
+        if (
+            path.is_file()
+            and not rel.endswith(".safetensors")
+            and rel != "manifest.json"
+            and not path.name.startswith(".")
+        ):
+            names.append(rel)
+    return names

@@ -1,0 +1,46 @@
+"""``sw chunk``: cut a model into verified layer chunks."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from sw_core.chunker import DEFAULT_MAX_CHUNK_MB, chunk_model
+from sw_core.progress import progress_bar
+from sw_core.utils import mib
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "chunk",
+        help="cut a model folder or .gguf file into safetensors layer chunks + manifest",
+        description=(
+            "Write one safetensors chunk per transformer block, chunks for the embeddings and "
+            "the head, the config and tokenizer files, and manifest.json with a sha256 per chunk."
+        ),
+    )
+    parser.add_argument("source", help="a transformers model folder (safetensors) or a .gguf file")
+    parser.add_argument("--out", required=True, type=Path, help="chunk-set folder to write")
+    parser.add_argument("--name", help="model name in the manifest (default: from the source)")
+    parser.add_argument(
+        "--max-chunk-mb",
+        type=float,
+        default=DEFAULT_MAX_CHUNK_MB,
+        help="split embedding/head matrices larger than this into row shards (0: never)",
+    )
+    parser.set_defaults(handler=_chunk)
+
+
+def _chunk(args: argparse.Namespace) -> int:
+    with progress_bar(f"chunking {Path(args.source).name}", total=None) as progress:
+        manifest = chunk_model(
+            args.source, args.out, name=args.name, max_chunk_mb=args.max_chunk_mb, progress=progress
+        )
+    largest = max(manifest.chunks, key=lambda c: c.size_bytes)
+    print(
+        f"{manifest.name}: {manifest.model_class}, {len(manifest.chunks)} chunks "
+        f"({len(manifest.blocks())} blocks), {mib(manifest.total_bytes):.1f} MiB, "
+        f"largest {largest.name} {mib(largest.size_bytes):.1f} MiB -> {args.out}"
+    )
+    return 0
