@@ -32,6 +32,17 @@ class StorageError(SurfingError, OSError):
     transient = True
 
 
+class PermanentStorageError(StorageError):
+    """The storage refused the request (access denied, bad credentials, bad bucket name).
+
+    A :class:`StorageError` that is *not* transient: retrying with the
+    same configuration cannot succeed, so jobs dead-letter at once. Fix the credentials
+    (``SW_S3_ACCESS_KEY`` / ``SW_S3_SECRET_KEY``), the bucket or the folder permissions.
+    """
+
+    transient = False
+
+
 class ChunkNotFoundError(StorageError, FileNotFoundError):
     """The object is in no backend. Retrying cannot make it appear."""
 
@@ -87,6 +98,7 @@ ERROR_TYPES: dict[str, type[SurfingError]] = {
         SurfingError,
         WeightServerError,
         StorageError,
+        PermanentStorageError,
         ChunkNotFoundError,
         CacheError,
         ChunkTooLargeError,

@@ -1,0 +1,253 @@
+"""The storage backend API shared by the local folder, S3/MinIO and their failover chain.
+
+Every backend speaks the same async API: :meth:`StorageBackend.load` (a writable
+``bytearray``, so tensors can be built over it without a copy), ``save``, ``exists``,
+``list``, ``delete`` and :meth:`StorageBackend.load_verified` (sha256-checked).
+
+:class:`RetryingBackend` gives a concrete backend its error policy: each single attempt
+runs under ``asyncio.wait_for(timeout_s)``; transient failures (connection refused or
+reset, timeouts, 5xx, throttling) are retried per the :class:`~sw_core.retry.RetryPolicy`;
+a missing object raises :class:`~sw_core.exceptions.ChunkNotFoundError` at once.
+
+Errors a backend raises:
+
+- :class:`~sw_core.exceptions.ChunkNotFoundError` -- the key (or its bucket/folder) is
+  missing. Permanent.
+- :class:`~sw_core.exceptions.StorageError` -- transient: worth retrying later.
+- :class:`PermanentStorageError` -- the backend refused the request (access denied, bad
+  credentials, invalid bucket name). Retrying cannot help; fix the configuration.
+- :class:`~sw_core.exceptions.SecurityError` -- a key that escapes the store, a hash
+  mismatch, or an object over the caller's size limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from typing import ClassVar, TypeVar
+
+from sw_core.exceptions import (
+    ConfigError,
+    SecurityError,
+    StorageError,
+    SurfingError,
+    is_transient,
+)
+from sw_core.retry import RetryPolicy, retry_async
+from sw_core.stats import INTEGRITY_FAILURES, STORAGE_BYTES_READ, STORAGE_RETRIES, Counters
+
+T = TypeVar("T")
+
+#: Bytes-like payloads a backend accepts in :meth:`StorageBackend.save`.
+Payload = bytes | bytearray | memoryview
+#: Injectable sleep (tests record the backoff delays instead of waiting).
+SleepFn = Callable[[float], Awaitable[None]]
+
+#: Hash payloads larger than this in a worker thread (hashlib releases the GIL).
+_THREAD_HASH_BYTES = 1 << 20
+
+
+def check_key(key: str) -> str:
+    """Return ``key`` if it is a safe relative POSIX path, else raise SecurityError.
+
+    Refused: empty keys, absolute paths, ``.``/``..``/empty components, backslashes and
+    NUL bytes -- anything that could point outside the store on some backend.
+    """
+    if not isinstance(key, str) or not key:
+        raise SecurityError(f"storage key must be a non-empty string, got {key!r}")
+    if "\x00" in key or "\\" in key:
+        raise SecurityError(f"storage key {key!r} holds a NUL byte or a backslash")
+    if key.startswith("/"):
+        raise SecurityError(f"storage key {key!r} is absolute; keys are relative to the store")
+    for part in key.split("/"):
+        if part in ("", ".", ".."):
+            raise SecurityError(f"storage key {key!r} has a {part or 'empty'!r} component")
+    return key
+
+
+def check_prefix(prefix: str) -> str:
+    """Return ``prefix`` if it is a safe listing prefix ('' or a relative partial key)."""
+    if prefix == "":
+        return prefix
+    if "\x00" in prefix or "\\" in prefix or prefix.startswith("/"):
+        raise SecurityError(f"storage prefix {prefix!r} is absolute or holds NUL/backslash")
+    if any(part in (".", "..") for part in prefix.split("/")):
+        raise SecurityError(f"storage prefix {prefix!r} has a '.' or '..' component")
+    return prefix
+
+
+async def sha256_hex(data: Payload) -> str:
+    """sha256 hex digest of ``data``; large payloads are hashed off the event loop."""
+    if len(data) < _THREAD_HASH_BYTES:
+        return hashlib.sha256(data).hexdigest()
+    return await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
+
+
+class StorageBackend(ABC):
+    """Async object store of chunk-set files, addressed by relative POSIX keys.
+
+    Args:
+        counters: where to count bytes read, retries, failovers and integrity failures
+            (a private :class:`~sw_core.stats.Counters` when omitted).
+        retry: backoff for transient failures (:class:`~sw_core.retry.RetryPolicy` defaults).
+        timeout_s: limit of each single attempt of each call.
+        sleep: how to wait between retries (tests inject a recorder).
+    """
+
+    #: Short kind name for logs and messages ("filesystem", "s3", ...).
+    name: ClassVar[str] = "storage"
+
+    def __init__(
+        self,
+        *,
+        counters: Counters | None = None,
+        retry: RetryPolicy | None = None,
+        timeout_s: float = 30.0,
+        sleep: SleepFn = asyncio.sleep,
+    ) -> None:
+        if not timeout_s > 0:
+            raise ConfigError(f"storage timeout_s must be > 0, got {timeout_s!r}")
+        self.counters = counters if counters is not None else Counters()
+        self.retry = retry if retry is not None else RetryPolicy()
+        self.timeout_s = float(timeout_s)
+        self._sleep = sleep
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Where this backend stores data, for messages; never contains secrets."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.describe()}>"
+
+    @abstractmethod
+    async def load(self, key: str, *, max_size_bytes: int | None = None) -> bytearray:
+        """The object's bytes (writable).
+
+        Raises:
+            ChunkNotFoundError: no such object.
+            SecurityError: unsafe key, or the object is over ``max_size_bytes``.
+            StorageError: transient failure that outlived the retries.
+        """
+
+    @abstractmethod
+    async def save(self, key: str, data: Payload) -> None:
+        """Store ``data`` under ``key``, replacing any previous object atomically."""
+
+    @abstractmethod
+    async def exists(self, key: str) -> bool:
+        """Whether an object is stored under ``key``."""
+
+    @abstractmethod
+    async def list(self, prefix: str = "") -> list[str]:
+        """Sorted keys that start with ``prefix`` (a plain string prefix, as in S3).
+
+        Raises ChunkNotFoundError when the store itself (bucket, root folder) is missing.
+        """
+
+    @abstractmethod
+    async def delete(self, key: str) -> None:
+        """Remove ``key``; deleting a missing key is not an error."""
+
+    async def load_verified(
+        self, key: str, sha256: str, *, max_size_bytes: int | None = None
+    ) -> bytearray:
+        """:meth:`load`, then check the sha256; a mismatch counts ``integrity_failures``.
+
+        Raises:
+            SecurityError: the stored bytes do not hash to ``sha256``.
+        """
+        data = await self.load(key, max_size_bytes=max_size_bytes)
+        await self.check_integrity(key, data, sha256)
+        return data
+
+    async def check_integrity(self, key: str, data: Payload, sha256: str) -> None:
+        """Raise SecurityError (and count it) unless ``data`` hashes to ``sha256``."""
+        actual = await sha256_hex(data)
+        if actual != sha256.lower():
+            self.counters.incr(INTEGRITY_FAILURES)
+            raise SecurityError(
+                f"{key!r} in {self.describe()} is corrupt: sha256 {actual[:16]}... "
+                f"instead of {sha256[:16]}... ({len(data)} bytes)"
+            )
+
+    async def close(self) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Release connections and threads; the backend is unusable afterwards."""
+
+
+class RetryingBackend(StorageBackend):
+    """A backend made of single-attempt ``_*_once`` methods, given timeouts and retries.
+
+    Subclasses implement the ``_*_once`` methods and raise Surfing errors from them
+    (ChunkNotFoundError, StorageError, PermanentStorageError, SecurityError). Library
+    ``ConnectionError``/``TimeoutError`` that slip through become transient StorageErrors.
+    """
+
+    # ---------------------------------------------------------------- single attempts
+    @abstractmethod
+    async def _load_once(self, key: str, max_size_bytes: int | None) -> bytearray: ...
+
+    @abstractmethod
+    async def _save_once(self, key: str, data: Payload) -> None: ...
+
+    @abstractmethod
+    async def _exists_once(self, key: str) -> bool: ...
+
+    @abstractmethod
+    async def _list_once(self, prefix: str) -> list[str]: ...
+
+    @abstractmethod
+    async def _delete_once(self, key: str) -> None: ...
+
+    # ---------------------------------------------------------------- public API
+    async def load(self, key: str, *, max_size_bytes: int | None = None) -> bytearray:
+        check_key(key)
+        data = await self._call("load", key, lambda: self._load_once(key, max_size_bytes))
+        self.counters.incr(STORAGE_BYTES_READ, len(data))
+        return data
+
+    async def save(self, key: str, data: Payload) -> None:
+        check_key(key)
+        await self._call("save", key, lambda: self._save_once(key, data))
+
+    async def exists(self, key: str) -> bool:
+        check_key(key)
+        return await self._call("exists", key, lambda: self._exists_once(key))
+
+    async def list(self, prefix: str = "") -> list[str]:
+        check_prefix(prefix)
+        return await self._call("list", prefix, lambda: self._list_once(prefix))
+
+    async def delete(self, key: str) -> None:
+        check_key(key)
+        await self._call("delete", key, lambda: self._delete_once(key))
+
+    # ---------------------------------------------------------------- machinery
+    async def _call(self, op: str, key: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        def on_retry(_attempt: int, _exc: BaseException, _delay_s: float) -> None:
+            self.counters.incr(STORAGE_RETRIES)
+
+        return await retry_async(
+            lambda: self._attempt(op, key, attempt),
+            self.retry,
+            what=f"{self.name} {op} {key!r}",
+            on_retry=on_retry,
+            sleep=self._sleep,
+        )
+
+    async def _attempt(self, op: str, key: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        """One try under the timeout; stray library errors become Surfing errors."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await attempt()
+        except SurfingError:
+            raise
+        except TimeoutError:
+            raise StorageError(
+                f"{op} {key!r} in {self.describe()} timed out after {self.timeout_s:g} s"
+            ) from None
+        except Exception as exc:
+            if is_transient(exc):
+                raise StorageError(f"{op} {key!r} in {self.describe()} failed: {exc}") from exc
+            raise

@@ -1,0 +1,175 @@
+"""A folder as a storage backend: the local backup of the chunk store, or a chunk set on disk."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import tempfile
+from pathlib import Path
+
+from sw_core.exceptions import (
+    ChunkNotFoundError,
+    PermanentStorageError,
+    SecurityError,
+    StorageError,
+)
+from sw_core.retry import RetryPolicy
+from sw_core.stats import Counters
+from sw_core.storage.base import (
+    Payload,
+    RetryingBackend,
+    SleepFn,
+    check_key,
+)
+
+#: Suffix of the temporary files behind atomic writes; ``list`` never shows them.
+PARTIAL_SUFFIX = ".sw-partial"
+
+_MISSING_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR}
+_REFUSED_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+class FilesystemBackend(RetryingBackend):
+    """Objects as files under ``root``; keys are relative POSIX paths.
+
+    Keys that would leave ``root`` (``..``, absolute paths, symlinks pointing outside) are
+    refused with SecurityError. Writes are atomic (temporary file, fsync, ``os.replace``);
+    reads go straight into one preallocated ``bytearray``. Blocking I/O runs in threads.
+
+    Example:
+        >>> backend = FilesystemBackend("/var/lib/sw/backup/minilm")  # doctest: +SKIP
+        >>> data = await backend.load_verified("block_000.safetensors", sha)  # doctest: +SKIP
+    """
+
+    name = "filesystem"
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        counters: Counters | None = None,
+        retry: RetryPolicy | None = None,
+        timeout_s: float = 30.0,
+        sleep: SleepFn = asyncio.sleep,
+    ) -> None:
+        super().__init__(counters=counters, retry=retry, timeout_s=timeout_s, sleep=sleep)
+        self.root = Path(root).expanduser().absolute()
+
+    def describe(self) -> str:
+        return str(self.root)
+
+    # ---------------------------------------------------------------- paths
+    def path_of(self, key: str) -> Path:
+        """The file that holds ``key``; SecurityError if it would lie outside ``root``."""
+        path = self.root / check_key(key)
+        real_root = self.root.resolve()
+        if not path.resolve().is_relative_to(real_root):
+            raise SecurityError(f"storage key {key!r} leads outside {self.root} (symlink?)")
+        return path
+
+    def _error(self, exc: OSError, op: str, key: str) -> Exception:
+        if isinstance(exc, FileNotFoundError | NotADirectoryError | IsADirectoryError) or (
+            exc.errno in _MISSING_ERRNOS
+        ):
+            return ChunkNotFoundError(f"{key!r} not found in folder {self.root}")
+        if isinstance(exc, PermissionError) or exc.errno in _REFUSED_ERRNOS:
+            return PermanentStorageError(
+                f"{op} {key!r} in folder {self.root} refused: {exc.strerror or exc}; "
+                "check the folder's permissions"
+            )
+        return StorageError(f"{op} {key!r} in folder {self.root} failed: {exc}")
+
+    # ---------------------------------------------------------------- single attempts
+    async def _load_once(self, key: str, max_size_bytes: int | None) -> bytearray:
+        path = self.path_of(key)
+        try:
+            return await asyncio.to_thread(self._read, path, key, max_size_bytes)
+        except OSError as exc:
+            if isinstance(exc, StorageError):
+                raise
+            raise self._error(exc, "load", key) from exc
+
+    def _read(self, path: Path, key: str, max_size_bytes: int | None) -> bytearray:
+        with open(path, "rb", buffering=0) as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if max_size_bytes is not None and size > max_size_bytes:
+                raise SecurityError(
+                    f"{key!r} in {self.root} is {size} bytes, over the limit of "
+                    f"{max_size_bytes} bytes"
+                )
+            data = bytearray(size)
+            view = memoryview(data)
+            got = 0
+            while got < size:
+                n = handle.readinto(view[got:])
+                if not n:
+                    break
+                got += n
+            if got != size or handle.read(1):
+                raise StorageError(f"{key!r} in {self.root} changed size while being read")
+        return data
+
+    async def _save_once(self, key: str, data: Payload) -> None:
+        path = self.path_of(key)
+        try:
+            await asyncio.to_thread(self._write, path, data)
+        except OSError as exc:
+            if isinstance(exc, StorageError):
+                raise
+            raise self._error(exc, "save", key) from exc
+
+    @staticmethod
+    def _write(path: Path, data: Payload) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX)
+        try:
+            with open(fd, "wb", buffering=0) as handle:
+                view = memoryview(data)
+                while view:
+                    view = view[handle.write(view) :]
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    async def _exists_once(self, key: str) -> bool:
+        path = self.path_of(key)
+        return await asyncio.to_thread(path.is_file)
+
+    async def _list_once(self, prefix: str) -> list[str]:
+        try:
+            return await asyncio.to_thread(self._walk, prefix)
+        except OSError as exc:
+            if isinstance(exc, StorageError):
+                raise
+            raise self._error(exc, "list", prefix or ".") from exc
+
+    def _walk(self, prefix: str) -> list[str]:
+        if not self.root.is_dir():
+            raise ChunkNotFoundError(f"folder {self.root} does not exist")
+        # Start at the deepest folder the prefix names, so a listing stays cheap.
+        start = self.root
+        folder = prefix.rpartition("/")[0]
+        if folder:
+            start = self.root / folder
+            if not start.is_dir():
+                return []
+        keys: list[str] = []
+        for dirpath, _dirnames, filenames in os.walk(start):
+            rel_dir = Path(dirpath).relative_to(self.root).as_posix()
+            for filename in filenames:
+                if filename.endswith(PARTIAL_SUFFIX):
+                    continue
+                key = filename if rel_dir == "." else f"{rel_dir}/{filename}"
+                if key.startswith(prefix):
+                    keys.append(key)
+        return sorted(keys)
+
+    async def _delete_once(self, key: str) -> None:
+        path = self.path_of(key)
+        try:
+            await asyncio.to_thread(path.unlink, missing_ok=True)
+        except OSError as exc:
+            raise self._error(exc, "delete", key) from exc
