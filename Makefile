@@ -35,6 +35,10 @@ test: $(STAMP) lint
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
+# The long chaos scenarios (minutes); writes docs/reliability.md with the figures of the run.
+chaos: $(STAMP)
+	CHAOS_LONG=1 $(BIN)/pytest -q tests/chaos $(PYTEST_ARGS)
+
 bench: $(STAMP)
 	$(BIN)/python bench/cache_read.py
 

@@ -37,6 +37,10 @@ class Keys:
         """Sorted set of jobs waiting for a retry, scored by due time (ms since epoch)."""
         return f"{self.prefix}:retries"
 
+    def retry_job(self, job_id: str) -> str:
+        """Hash with the stream fields of a job waiting in :attr:`retries` (re-added when due)."""
+        return f"{self.prefix}:retry:{job_id}"
+
     def job(self, job_id: str) -> str:
         """Hash with one job's status, attempts, result or error (expires after the result TTL)."""
         return f"{self.prefix}:job:{job_id}"
@@ -62,6 +66,11 @@ class Keys:
         return f"{self.prefix}:latency:{task}"
 
     @property
+    def latency_tasks(self) -> str:
+        """Set of the task names that have a :meth:`latency` histogram."""
+        return f"{self.prefix}:latency-tasks"
+
+    @property
     def workers(self) -> str:
         """Sorted set of worker ids scored by last heartbeat (ms since epoch)."""
         return f"{self.prefix}:workers"
@@ -83,16 +92,31 @@ class Keys:
 
     @property
     def cache_meta(self) -> str:
-        """Hash of cache accounting: ``bytes``, ``clock``, ``hits``, ``misses``, ``evictions``."""
+        """Hash of cache accounting: ``bytes``, ``clock``, ``hits``, ``misses``, ``evictions``,
+        ``corruptions``."""
         return f"{self.prefix}:cache:meta"
 
     def cache_part(self, chunk_id: str, part: int) -> str:
         """One part (at most ``cache_part_mb``) of a cached chunk's bytes."""
-        return f"{self.prefix}:cache:part:{chunk_id}:{part}"
+        return f"{self.cache_part_prefix}{chunk_id}:{part}"
 
     def cache_info(self, chunk_id: str) -> str:
-        """Hash describing a cached chunk: part count, total bytes, sha256."""
-        return f"{self.prefix}:cache:info:{chunk_id}"
+        """Hash describing a cached chunk: ``parts``, ``size_bytes``, ``part_bytes``."""
+        return f"{self.cache_info_prefix}{chunk_id}"
+
+    @property
+    def cache_part_prefix(self) -> str:
+        """Start of every :meth:`cache_part` key; Lua scripts append ``<chunk_id>:<part>``."""
+        return f"{self.prefix}:cache:part:"
+
+    @property
+    def cache_info_prefix(self) -> str:
+        """Start of every :meth:`cache_info` key; Lua scripts append ``<chunk_id>``."""
+        return f"{self.prefix}:cache:info:"
+
+    def cache_staging(self, token: str, part: int) -> str:
+        """A part uploaded by one ``put`` (``token``) before its commit; it carries a TTL."""
+        return f"{self.prefix}:cache:staging:{token}:{part}"
 
     def chunk_lock(self, chunk_id: str) -> str:
         """Single-flight lock: held by the one loader fetching a chunk."""

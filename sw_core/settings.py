@@ -106,6 +106,11 @@ class Settings:
     heartbeat_ttl_s: float = 10.0
     shutdown_grace_s: float = 30.0
     poll_block_ms: int = 500
+    #: Consumer name in the jobs group; "" -> "<hostname>-<pid>". A stable name lets a
+    #: restarted worker take back its own pending entries first.
+    worker_name: str = ""
+    #: Import path ("module:attr") of the batch handler factory the inference worker runs.
+    handler: str = "workers.inference:build_handler"
 
     # Operations.
     metrics_port: int | None = None

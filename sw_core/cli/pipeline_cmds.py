@@ -1,0 +1,216 @@
+"""``sw submit``, ``sw result``, ``sw register`` and ``sw models``: the job pipeline by hand."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import sys
+from typing import Any
+
+from sw_core.exceptions import ConfigError, JobTimeoutError, SurfingError
+from sw_core.jobs import TASKS, coerce_params
+from sw_core.settings import Settings, add_cli_flags, settings_from_args
+
+#: Settings these commands take as flags too.
+REDIS_FLAGS = ["redis_url", "key_prefix"]
+
+#: Exit status when a job was dead-lettered / did not finish in time.
+EXIT_DEAD = 1
+EXIT_NOT_DONE = 3
+
+_RESULT_EXIT = (
+    "Exit status: 0 done; 1 the job was dead-lettered (its error on stderr); 3 not finished "
+    "within --timeout (or, without --wait, not finished yet); 2 bad input or settings."
+)
+
+
+def register(subparsers: Any) -> None:
+    submit = subparsers.add_parser(
+        "submit",
+        help="submit a job to the pipeline",
+        description="Validate a job and add it to the jobs stream; prints its job id.",
+        epilog="With --wait, the result follows as one line of JSON. " + _RESULT_EXIT,
+    )
+    submit.add_argument("model", metavar="MODEL", help="registered model name")
+    submit.add_argument("--task", choices=TASKS, default="embed", help="default: embed")
+    submit.add_argument(
+        "--text", action="append", default=[], metavar="TEXT", help="one input (repeatable)"
+    )
+    submit.add_argument(
+        "--tokens",
+        action="append",
+        default=[],
+        metavar="IDS",
+        help="one forward input as comma-separated token ids (repeatable)",
+    )
+    submit.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="task parameter, e.g. max_new_tokens=20 (repeatable)",
+    )
+    submit.add_argument("--wait", action="store_true", help="wait for the result and print it")
+    submit.add_argument("--timeout", type=float, default=60.0, metavar="S", help="default: 60")
+    add_cli_flags(submit, REDIS_FLAGS)
+    submit.set_defaults(handler=_submit)
+
+    result = subparsers.add_parser(
+        "result",
+        help="show a job's status and result",
+        description="Print the job's status (and result once done) as JSON.",
+        epilog=_RESULT_EXIT,
+    )
+    result.add_argument("job_id", metavar="JOB_ID")
+    result.add_argument("--wait", action="store_true", help="wait until the job ends")
+    result.add_argument("--timeout", type=float, default=60.0, metavar="S", help="default: 60")
+    add_cli_flags(result, REDIS_FLAGS)
+    result.set_defaults(handler=_result)
+
+    reg = subparsers.add_parser(
+        "register",
+        help="register a model: NAME -> s3://BUCKET/PREFIX or a folder",
+        description="Tell the workers where a model's chunk set lives (Redis hash sw:models).",
+    )
+    reg.add_argument("name", metavar="NAME")
+    reg.add_argument("location", metavar="LOCATION", help="s3://BUCKET/PREFIX or a folder")
+    reg.add_argument(
+        "--no-check", action="store_true", help="register a folder that is not on this machine"
+    )
+    add_cli_flags(reg, REDIS_FLAGS)
+    reg.set_defaults(handler=_register)
+
+    models = subparsers.add_parser(
+        "models",
+        help="list registered models",
+        description="One line per model: NAME LOCATION (from sw:models and SW_MODELS).",
+    )
+    add_cli_flags(models, REDIS_FLAGS)
+    models.set_defaults(handler=_models)
+
+
+# ---------------------------------------------------------------------------- handlers
+def _submit(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    inputs: list[Any]
+    if args.task == "forward":
+        if args.text or not args.tokens:
+            raise ConfigError("a forward job takes --tokens 1,2,3 (repeatable), not --text")
+        inputs = [_token_ids(text) for text in args.tokens]
+    else:
+        if args.tokens or not args.text:
+            raise ConfigError(f"a {args.task} job takes --text (repeatable)")
+        inputs = list(args.text)
+    params = coerce_params(args.task, _param_pairs(args.param), settings)
+    return asyncio.run(_submit_async(settings, args, inputs, params))
+
+
+async def _submit_async(
+    settings: Settings, args: argparse.Namespace, inputs: list[Any], params: dict[str, Any]
+) -> int:
+    from producer import Producer
+
+    async with Producer(settings=settings) as producer:
+        job_id = await producer.submit(args.model, args.task, inputs, **params)
+        print(job_id, flush=True)
+        if not args.wait:
+            return 0
+        return await _wait_and_print(producer, job_id, args.timeout)
+
+
+def _result(args: argparse.Namespace) -> int:
+    return asyncio.run(_result_async(settings_from_args(args), args))
+
+
+async def _result_async(settings: Settings, args: argparse.Namespace) -> int:
+    from producer import Producer
+
+    async with Producer(settings=settings) as producer:
+        if args.wait:
+            return await _wait_and_print(producer, args.job_id, args.timeout)
+        status = await producer.status(args.job_id)
+        if status["status"] == "done":
+            status["result"] = await producer.result(args.job_id, timeout=1)
+        print(_json(status))
+        if status["status"] == "dead":
+            return EXIT_DEAD
+        return 0 if status["status"] == "done" else EXIT_NOT_DONE
+
+
+async def _wait_and_print(producer: Any, job_id: str, timeout_s: float) -> int:
+    try:
+        result = await producer.result(job_id, timeout=timeout_s)
+    except JobTimeoutError as exc:
+        print(f"sw: {exc}", file=sys.stderr)
+        return EXIT_NOT_DONE
+    except SurfingError as exc:
+        print(f"sw: job {job_id} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_DEAD
+    print(_json(result))
+    return 0
+
+
+def _register(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+
+    async def run() -> str:
+        from redis.asyncio import Redis
+
+        from workers.registry import ModelRegistry
+
+        async with Redis.from_url(settings.redis_url) as redis:
+            registry = ModelRegistry(redis, settings)
+            return await registry.register(args.name, args.location, must_exist=not args.no_check)
+
+    location = asyncio.run(run())
+    print(f"{args.name} -> {location}")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+
+    async def run() -> dict[str, str]:
+        from redis.asyncio import Redis
+
+        from workers.registry import ModelRegistry
+
+        async with Redis.from_url(settings.redis_url) as redis:
+            return await ModelRegistry(redis, settings).all()
+
+    models = asyncio.run(run())
+    if not models:
+        print("no models registered: sw register NAME LOCATION", file=sys.stderr)
+    width = max((len(name) for name in models), default=0)
+    for name, location in models.items():
+        print(f"{name:<{width}}  {location}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- helpers
+def _param_pairs(items: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"--param {item!r} is not KEY=VALUE")
+        out[name.strip()] = value
+    return out
+
+
+def _token_ids(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise ConfigError(f"--tokens {text!r} is not a comma-separated list of ints") from None
+
+
+def _json(value: Any) -> str:
+    def default(obj: Any) -> Any:
+        if isinstance(obj, (bytes, bytearray, memoryview)):
+            return base64.b64encode(bytes(obj)).decode()
+        raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+    return json.dumps(value, default=default, ensure_ascii=False)

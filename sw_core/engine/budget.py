@@ -1,0 +1,142 @@
+"""Which chunks stay resident under a memory budget: a pure, load-time decision.
+
+Rules, in order:
+
+1. If every chunk fits -- blocks, small embeddings/head chunks, and each row-sharded tensor
+   concatenated whole, plus one shard of room to concatenate through -- the model is
+   *resident*: each chunk is kept after its first use.
+2. Otherwise the model is *streamed*. The small embeddings/head chunks (norms, position
+   embeddings, biases) are always kept. Room is set aside for the streaming window: the
+   largest streamed chunk once for the one running, and once more for each chunk
+   prefetched ahead (``prefetch_count``). What is left over keeps whole sharded tensors
+   (embedding matrices) and then blocks in execution order, as many as fit -- a
+   partly-resident model reads fewer bytes per pass than one streamed from scratch.
+3. A budget smaller than the kept small chunks plus the largest streamed chunk cannot run
+   the model at all: :class:`~sw_core.exceptions.ModelError` naming that chunk, its size
+   and the budget.
+
+Sizes are chunk file sizes (tensor bytes plus a small header): exactly what a chunk holds
+in memory while it is materialized.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Literal
+
+from sw_core.exceptions import ModelError
+from sw_core.manifest import ChunkInfo, Manifest
+from sw_core.utils import mib
+
+Mode = Literal["resident", "streaming"]
+
+
+@dataclass(frozen=True)
+class ResidencyPlan:
+    """The outcome of :func:`plan_residency`."""
+
+    mode: Mode
+    budget_bytes: int
+    #: Chunks kept after their first use (never released until ``clear_cache``).
+    keep: frozenset[str]
+    #: Row-sharded tensors (canonical names) concatenated once and kept whole.
+    merged: frozenset[str]
+    #: The smallest budget that runs this model at all.
+    min_bytes: int
+    #: Room set aside for streamed chunks (the running one plus prefetched ones).
+    window_bytes: int
+
+    def describe(self) -> str:
+        return (
+            f"{self.mode}: {len(self.keep)} chunks and {len(self.merged)} merged tensors kept, "
+            f"window {mib(self.window_bytes):.1f} MiB of a {mib(self.budget_bytes):.1f} MiB budget"
+        )
+
+
+def sharded_tensors(manifest: Manifest) -> dict[str, list[ChunkInfo]]:
+    """Canonical tensor name -> its row-shard chunks, ordered by first row."""
+    groups: dict[str, list[ChunkInfo]] = defaultdict(list)
+    for chunk in manifest.chunks:
+        if chunk.rows is not None:
+            if len(chunk.tensors) != 1:
+                raise ModelError(
+                    f"model {manifest.name!r}: row-shard chunk {chunk.name!r} must hold exactly "
+                    f"one tensor, it lists {len(chunk.tensors)}"
+                )
+            groups[chunk.tensors[0]].append(chunk)
+    for shards in groups.values():
+        shards.sort(key=lambda c: (c.rows or [0])[0])
+    return dict(groups)
+
+
+def merged_bytes(shards: list[ChunkInfo]) -> int:
+    """Bytes of a sharded tensor concatenated whole (its shards' tensor bytes)."""
+    return sum(c.param_bytes or c.size_bytes for c in shards)
+
+
+def plan_residency(manifest: Manifest, budget_bytes: int, prefetch_count: int) -> ResidencyPlan:
+    """Decide what stays resident for ``manifest`` under ``budget_bytes`` (see module doc)."""
+    if budget_bytes <= 0:
+        raise ModelError(f"memory budget must be > 0 bytes, got {budget_bytes}")
+    shards = sharded_tensors(manifest)
+    blocks = [c for c in manifest.chunks if c.role == "block"]
+    small = [c for c in manifest.chunks if c.role != "block" and c.rows is None]
+    pinned = sum(c.size_bytes for c in small)
+    max_shard = max((c.size_bytes for group in shards.values() for c in group), default=0)
+    all_merged = sum(merged_bytes(group) for group in shards.values())
+
+    resident_bytes = pinned + sum(c.size_bytes for c in blocks) + all_merged + max_shard
+    if resident_bytes <= budget_bytes:
+        return ResidencyPlan(
+            mode="resident",
+            budget_bytes=budget_bytes,
+            keep=frozenset(c.name for c in small + blocks),
+            merged=frozenset(shards),
+            min_bytes=_min_bytes(pinned, blocks, shards),
+            window_bytes=max_shard,
+        )
+
+    streamed = blocks + [c for group in shards.values() for c in group]
+    largest = max(streamed, key=lambda c: c.size_bytes, default=None)
+    min_bytes = _min_bytes(pinned, blocks, shards)
+    if budget_bytes < min_bytes:
+        what = (
+            f"chunk {largest.name!r} is {mib(largest.size_bytes):.1f} MiB"
+            if largest is not None
+            else "no streamable chunk"
+        )
+        raise ModelError(
+            f"memory_budget_mb={mib(budget_bytes):g} is too small for model {manifest.name!r}: "
+            f"{what} and {mib(pinned):.1f} MiB of embeddings/head chunks stay resident; "
+            f"it needs at least {mib(min_bytes):.1f} MiB (raise SW_MEMORY_BUDGET_MB, or re-chunk "
+            "with a smaller max_chunk_mb)"
+        )
+    step = largest.size_bytes if largest is not None else 0
+    window = min(step * (1 + max(prefetch_count, 0)), budget_bytes - pinned)
+    leftover = budget_bytes - pinned - window
+    merged: set[str] = set()
+    for name, group in sorted(shards.items(), key=lambda item: merged_bytes(item[1])):
+        cost = merged_bytes(group)
+        if cost <= leftover:
+            merged.add(name)
+            leftover -= cost
+    keep = {c.name for c in small}
+    for chunk in blocks:
+        if chunk.size_bytes > leftover:
+            break
+        keep.add(chunk.name)
+        leftover -= chunk.size_bytes
+    return ResidencyPlan(
+        mode="streaming",
+        budget_bytes=budget_bytes,
+        keep=frozenset(keep),
+        merged=frozenset(merged),
+        min_bytes=min_bytes,
+        window_bytes=window,
+    )
+
+
+def _min_bytes(pinned: int, blocks: list[ChunkInfo], shards: dict[str, list[ChunkInfo]]) -> int:
+    streamed = [c.size_bytes for c in blocks] + [c.size_bytes for g in shards.values() for c in g]
+    return pinned + max(streamed, default=0)

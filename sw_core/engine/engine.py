@@ -1,0 +1,384 @@
+"""The streaming engine: one chunked model, run layer by layer under a memory budget.
+
+Threads and loops (the design in one place):
+
+- Fetches are coroutines (:class:`~sw_core.engine.sources.ChunkSource`). With the async
+  API (:meth:`StreamingEngine.run_async`) they run on the *caller's* event loop, where the
+  source's clients live; the sync API (:meth:`StreamingEngine.run`, for a worker thread)
+  runs them on a private loop thread.
+- Compute is synchronous torch on one dedicated thread per engine (``sw-compute``); the
+  async API awaits it, so the caller's loop stays free to run the fetches the compute
+  thread waits for. One batch runs at a time; others queue.
+- Deserialization (zero-copy) and the copy to the device happen in the fetch coroutine's
+  worker thread, so the compute thread only binds ready tensors.
+
+Example:
+    >>> engine = await StreamingEngine.open("chunks/minilm", memory_budget_mb=64)  # doctest: +SKIP
+    >>> [vector] = await engine.run_async("embed", [{"text": "hello"}])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import torch
+
+from sw_core.engine.budget import ResidencyPlan, plan_residency
+from sw_core.engine.generation import eos_ids, run_generate
+from sw_core.engine.inputs import (
+    TASKS,
+    GenerateRequest,
+    Limits,
+    RequestParser,
+    load_tokenizer,
+)
+from sw_core.engine.loop import LoopThread
+from sw_core.engine.memory import limit_heap_retention
+from sw_core.engine.residency import Residency, Tensors
+from sw_core.engine.runtime import Runtime
+from sw_core.engine.setup import (
+    load_generation_config,
+    make_source,
+    pad_token_id,
+    read_chunk_set,
+    resolve_device,
+)
+from sw_core.engine.skeleton import Family, Skeleton, load_config
+from sw_core.engine.sources import ChunkSource
+from sw_core.engine.tasks import run_embed, run_forward
+from sw_core.exceptions import ModelError, SecurityError
+from sw_core.manifest import ChunkInfo, Manifest
+from sw_core.settings import Settings
+from sw_core.utils import mib
+
+Submit = Callable[[Coroutine[Any, Any, Tensors]], "concurrent.futures.Future[Tensors]"]
+
+
+class StreamingEngine:
+    """Runs ``embed`` / ``forward`` / ``generate`` batches for one chunked model.
+
+    Args:
+        source: where chunks and files come from.
+        settings: engine settings (``memory_budget_mb``, ``prefetch_count``, ``device``,
+            ``timeout_seconds``, ``max_batch_size``, ``max_input_tokens``,
+            ``max_new_tokens_limit``).
+
+    Call :meth:`load` (or use :meth:`open`) before running anything.
+    """
+
+    def __init__(self, source: ChunkSource, settings: Settings | None = None) -> None:
+        self.source = source
+        self.settings = settings if settings is not None else Settings.from_env()
+        self.device = resolve_device(self.settings.device)
+        limit_heap_retention()
+        self._loop_thread = LoopThread()
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sw-compute")
+        self._lock = threading.Lock()
+        self._loaded = False
+        self.manifest: Manifest
+        self.plan: ResidencyPlan
+        self.residency: Residency
+        self.runtime: Runtime
+        self.skeleton: Skeleton
+        self.tokenizer: Any = None
+        self.generation_config: Any = None
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    async def open(
+        cls,
+        where: Any,
+        settings: Settings | None = None,
+        *,
+        cache: Any = None,
+        **overrides: Any,
+    ) -> StreamingEngine:
+        """Load the model at ``where`` (folder, ``s3://``, backend or source)."""
+        base = settings if settings is not None else Settings.from_env()
+        settings = base.replace(**{k: v for k, v in overrides.items() if v is not None})
+        engine = cls(make_source(where, settings, cache), settings)
+        await engine.load()
+        return engine
+
+    async def load(self) -> StreamingEngine:
+        """Read the manifest and files, build the skeleton and the residency plan."""
+        manifest, files = await read_chunk_set(self.source)
+        config = load_config(files["config.json"])
+        tokenizer_files = {k: v for k, v in files.items() if k != "config.json"}
+        tokenizer = await asyncio.to_thread(load_tokenizer, tokenizer_files)
+        generation_config = load_generation_config(files.get("generation_config.json"), config)
+        await asyncio.to_thread(self._build, manifest, config, tokenizer, generation_config)
+        return self
+
+    def _build(self, manifest: Manifest, config: Any, tokenizer: Any, gen_config: Any) -> None:
+        settings = self.settings
+        self.manifest = manifest
+        self.skeleton = Skeleton(manifest, config, self.device)
+        self.plan = plan_residency(manifest, settings.memory_budget_bytes, settings.prefetch_count)
+        self.residency = Residency(
+            model_name=manifest.name,
+            budget_bytes=settings.memory_budget_bytes,
+            keep=self.plan.keep,
+            prefetch_count=settings.prefetch_count,
+            loader=self._load_chunk,
+            bind=self.skeleton.bind,
+            unbind=self.skeleton.unbind,
+            timeout_s=settings.timeout_seconds,
+        )
+        self.runtime = Runtime(self.skeleton, self.residency, self.plan)
+        self.tokenizer = tokenizer
+        self.generation_config = gen_config
+        self.pad_id = pad_token_id(tokenizer, gen_config, config)
+        positions = getattr(config, "max_position_embeddings", None) or getattr(
+            config, "n_positions", None
+        )
+        max_input = settings.max_input_tokens
+        if positions is not None:
+            max_input = min(max_input, int(positions))
+        self.limits = Limits(
+            model=manifest.name,
+            vocab_size=int(config.vocab_size),
+            max_input_tokens=max_input,
+            max_new_tokens=settings.max_new_tokens_limit,
+            max_positions=int(positions) if positions is not None else None,
+        )
+        model = self.skeleton.model
+        has_head = self.family != "encoder" and hasattr(model, "lm_head")
+        self.parser = RequestParser(
+            self.limits, tokenizer, has_lm_head=has_head, seq2seq=self.family == "seq2seq"
+        )
+        self._loaded = True
+
+    async def _load_chunk(self, chunk: ChunkInfo) -> Tensors:
+        data = await self.source.fetch(chunk)
+        if len(data) != chunk.size_bytes:
+            raise SecurityError(
+                f"chunk {chunk.name!r} is {len(data)} bytes, the manifest says {chunk.size_bytes}"
+            )
+        return await asyncio.to_thread(self.skeleton.deserialize, chunk, data)
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def family(self) -> Family:
+        return self.skeleton.family
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.skeleton.model
+
+    @property
+    def materialized_bytes(self) -> int:
+        """Weight bytes materialized in this process right now (in flight included)."""
+        return self.residency.materialized_bytes
+
+    @property
+    def peak_materialized_bytes(self) -> int:
+        """Highest :attr:`materialized_bytes` since load or :meth:`reset_peak`."""
+        return self.residency.peak_bytes
+
+    def reset_peak(self) -> None:
+        self.residency.reset_peak()
+
+    # ---------------------------------------------------------------- running
+    async def run_async(
+        self, task: str, requests: list[Any], *, tensors: bool = False
+    ) -> list[Any]:
+        """Run a batch; fetches run on the current event loop, compute on its own thread.
+
+        Returns one result per request, msgpack-friendly: ``embed`` -> list of floats,
+        ``forward`` -> nested lists (or CPU tensors with ``tensors=True``), ``generate`` ->
+        ``{"text", "token_ids", "finish_reason", "prompt_tokens"}``. A request that fails
+        validation gets its :class:`~sw_core.exceptions.ModelError` in its slot instead;
+        errors of the batch itself (a chunk that cannot be loaded) are raised, after the
+        engine's memory is cleared.
+        """
+        loop = asyncio.get_running_loop()
+
+        def submit(coro: Coroutine[Any, Any, Tensors]) -> concurrent.futures.Future[Tensors]:
+            return asyncio.run_coroutine_threadsafe(coro, loop)
+
+        future = self._pool.submit(self._run, task, requests, submit, tensors)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            if not future.cancel():
+                self.residency.cancel()
+            raise
+
+    def run(self, task: str, requests: list[Any], *, tensors: bool = False) -> list[Any]:
+        """Synchronous :meth:`run_async` (call it from a worker thread, not an event loop);
+        fetches run on the engine's private loop thread."""
+        job = self._pool.submit(self._run, task, requests, self._loop_thread.submit, tensors)
+        return job.result()
+
+    def _run(self, task: str, requests: list[Any], submit: Submit, tensors: bool) -> list[Any]:
+        self._check_loaded()
+        if task not in TASKS:
+            raise ModelError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+        if not isinstance(requests, list):
+            raise ModelError(f"requests must be a list, got {type(requests).__name__}")
+        parse = getattr(self.parser, task)
+        results: list[Any] = [None] * len(requests)
+        valid: list[tuple[int, Any]] = []
+        for i, req in enumerate(requests):
+            try:
+                valid.append((i, parse(req)))
+            except ModelError as exc:
+                results[i] = exc
+        size = self.settings.max_batch_size
+        with self._lock:
+            self.residency.begin(submit)
+            try:
+                with torch.inference_mode():
+                    for start in range(0, len(valid), size):
+                        part = valid[start : start + size]
+                        outputs = self._compute(task, [p for _, p in part])
+                        for (i, _), out in zip(part, outputs, strict=True):
+                            results[i] = out
+            except BaseException:
+                self._clear_locked()
+                raise
+            self.residency.settle()
+        if not tensors:
+            results = [r.tolist() if isinstance(r, torch.Tensor) else r for r in results]
+        return results
+
+    def _compute(self, task: str, batch: list[Any]) -> list[Any]:
+        if task == "embed":
+            return run_embed(self, batch)
+        if task == "forward":
+            return run_forward(self, batch)
+        return self._generate(batch)
+
+    def _generate(self, batch: list[GenerateRequest]) -> list[Any]:
+        tok = self.tokenizer
+
+        def decode(ids: list[int]) -> str:
+            return str(tok.decode(ids, skip_special_tokens=True))
+
+        eos = eos_ids(self.generation_config, self.skeleton.config)
+        return run_generate(self, batch, eos=eos, decode=decode if tok is not None else None)
+
+    def begin_pass(self, prefixes: tuple[str, ...] | None, ids: torch.Tensor | None) -> None:
+        """Tell the prefetcher which units the next model call runs (tasks call this)."""
+        self.residency.set_schedule(self.runtime.schedule(prefixes, ids))
+
+    # ---------------------------------------------------------------- cache control
+    async def warmup(self, chunk_names: list[str] | None = None) -> dict[str, list[str]]:
+        """Preload chunks: kept ones are materialized and stay; streamed ones are fetched
+        once through the source (which fills a shared chunk cache) and not kept.
+
+        Returns ``{"resident": [...], "fetched": [...]}``.
+        """
+        self._check_loaded()
+        names = chunk_names if chunk_names is not None else self.runtime.chunk_names()
+        chunks = [self.manifest.chunk(n) for n in names]
+        loop = asyncio.get_running_loop()
+
+        def submit(coro: Coroutine[Any, Any, Tensors]) -> concurrent.futures.Future[Tensors]:
+            return asyncio.run_coroutine_threadsafe(coro, loop)
+
+        kept = [c for c in chunks if self._kept(c)]
+        streamed = [c for c in chunks if not self._kept(c)]
+        await asyncio.wrap_future(self._pool.submit(self._warm, kept, submit))
+        for chunk in streamed:
+            await self.source.fetch(chunk)
+        return {"resident": [c.name for c in kept], "fetched": [c.name for c in streamed]}
+
+    def _kept(self, chunk: ChunkInfo) -> bool:
+        if chunk.rows is not None:
+            return chunk.tensors[0] in self.plan.merged
+        return chunk.name in self.plan.keep
+
+    def _warm(self, chunks: list[ChunkInfo], submit: Submit) -> None:
+        with self._lock:
+            self.residency.begin(submit)
+            try:
+                with torch.inference_mode():
+                    for chunk in chunks:
+                        if chunk.rows is not None:
+                            self.runtime.ensure_merged(chunk.tensors[0])
+                        else:
+                            self.residency.acquire(chunk)
+                            self.residency.release(chunk)
+            except BaseException:
+                self._clear_locked()
+                raise
+            self.residency.settle()
+
+    def clear_cache(self) -> None:
+        """Release every materialized chunk and merged tensor (the model stays loadable).
+
+        While a batch is running, the clear is queued to run right after it instead (so an
+        event loop that calls this never blocks on a run that needs the loop's fetches).
+        """
+        if not self._loaded:
+            return
+        if self._lock.acquire(blocking=False):
+            try:
+                self._clear_locked()
+            finally:
+                self._lock.release()
+        else:
+            self._pool.submit(self.clear_cache)
+
+    def _clear_locked(self) -> None:
+        self.runtime.drop_merged()
+        self.residency.clear()
+
+    def cache_info(self) -> dict[str, Any]:
+        """Hits, misses, hit rate, materialized memory, resident chunks and timings."""
+        self._check_loaded()
+        stats = self.residency.stats
+        uses = stats.hits + stats.misses
+        info: dict[str, Any] = {
+            "model": self.name,
+            "mode": self.plan.mode,
+            "device": str(self.device),
+            "hits": stats.hits,
+            "misses": stats.misses,
+            "hit_rate": stats.hits / uses if uses else 0.0,
+            "prefetched": stats.prefetched,
+            "prefetch_wasted": stats.wasted,
+            "memory_mb": mib(self.residency.materialized_bytes),
+            "peak_memory_mb": mib(self.residency.peak_bytes),
+            "budget_mb": mib(self.residency.budget_bytes),
+            "resident_chunks": self.residency.resident_chunks(),
+            "merged_tensors": sorted(self.runtime.merged),
+            "loads": stats.loads,
+            "loaded_mb": mib(stats.loaded_bytes),
+            "load_s": stats.load_s,
+            "wait_s": stats.wait_s,
+        }
+        cache = getattr(self.source, "cache", None)
+        if cache is not None and hasattr(cache, "info"):
+            try:
+                info["chunk_cache"] = cache.info()
+            except Exception as exc:  # the shared cache is optional for this report
+                info["chunk_cache"] = {"error": str(exc)}
+        return info
+
+    def close(self) -> None:
+        """Release memory and stop the engine's threads (waits for a running batch: from an
+        event loop, use :meth:`aclose`)."""
+        self._pool.shutdown(wait=True)
+        if self._loaded:
+            with self._lock:
+                self._clear_locked()
+        self._loop_thread.close()
+
+    async def aclose(self) -> None:
+        """:meth:`close` without blocking the event loop (a running batch may need it)."""
+        await asyncio.to_thread(self.close)
+
+    def _check_loaded(self) -> None:
+        if not self._loaded:
+            raise ModelError("the engine is not loaded yet: await engine.load() first")

@@ -1,0 +1,159 @@
+"""Batched generation with a KV cache: the whole batch advances one token per pass.
+
+Decoder-only prompts are left-padded (positions counted from each row's first real token,
+as transformers' ``generate`` does); T5 runs its encoder once and then decodes from the
+decoder start token. Every step is one pass over the blocks for the whole batch, so each
+block is materialized once per step however many requests share it. Each row stops on its
+own: at an end-of-sequence token (finish reason ``eos``) or at its ``max_new_tokens``
+(``length``); finished rows are fed padding until every row is done. Rows choose greedily
+(temperature 0) or sample with their own seeded generator, so a request's output does not
+depend on what else is in its batch.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import torch
+
+from sw_core.engine.inputs import GenerateRequest, pad
+from sw_core.engine.tasks import PassContext
+
+
+def eos_ids(generation_config: Any, config: Any) -> set[int]:
+    """End-of-sequence token ids (generation config first, then the model config)."""
+    for source in (generation_config, config):
+        value = getattr(source, "eos_token_id", None)
+        if value is None:
+            continue
+        return {int(v) for v in (value if isinstance(value, (list, tuple)) else [value])}
+    return set()
+
+
+def run_generate(
+    ctx: PassContext,
+    requests: list[GenerateRequest],
+    *,
+    eos: set[int],
+    decode: Any = None,
+) -> list[dict[str, Any]]:
+    """Generate for every request; ``decode(ids) -> str`` turns tokens into text."""
+    from transformers import DynamicCache, EncoderDecoderCache
+
+    model = ctx.model
+    config = model.config
+    batch = len(requests)
+    device = ctx.device
+    generators = [_generator(r, device) for r in requests]
+    limits = torch.tensor([r.max_new_tokens for r in requests], device=device)
+    steps = int(limits.max())
+    produced = torch.zeros(batch, dtype=torch.long, device=device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    reasons = ["length"] * batch
+    tokens: list[list[int]] = [[] for _ in requests]
+    eos_tensor = torch.tensor(sorted(eos) or [-1], device=device)
+
+    if ctx.family == "seq2seq":
+        ids, mask = pad([r.ids for r in requests], ctx.pad_id, left=False, device=device)
+        ctx.begin_pass(("encoder",), ids)
+        encoder_hidden = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state  # type: ignore[operator]
+        cache: Any = EncoderDecoderCache(DynamicCache(config=config), DynamicCache(config=config))
+        start = int(getattr(config, "decoder_start_token_id", None) or 0)
+        step_ids = torch.full((batch, 1), start, dtype=torch.long, device=device)
+
+        def step(current: torch.Tensor) -> torch.Tensor:
+            ctx.begin_pass(("decoder", "lm_head"), current)
+            out = model(
+                encoder_outputs=(encoder_hidden,),
+                attention_mask=mask,
+                decoder_input_ids=current,
+                cache=cache,
+                use_cache=True,
+            )
+            return out.logits[:, -1, :]
+
+    else:
+        step_ids, mask = pad([r.ids for r in requests], ctx.pad_id, left=True, device=device)
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        cache = DynamicCache(config=config)
+        state = {"mask": mask, "positions": positions, "first": True}
+
+        def step(current: torch.Tensor) -> torch.Tensor:
+            if not state["first"]:
+                ones = torch.ones((batch, 1), dtype=state["mask"].dtype, device=device)
+                state["mask"] = torch.cat([state["mask"], ones], dim=-1)
+                state["positions"] = state["positions"][:, -1:] + 1
+            state["first"] = False
+            ctx.begin_pass(None, current)
+            out = model(
+                input_ids=current,
+                attention_mask=state["mask"],
+                position_ids=state["positions"],
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            return out.logits[:, -1, :]
+
+    current = step_ids
+    for _ in range(steps):
+        logits = step(current).float()
+        chosen = _choose(logits, requests, generators)
+        chosen = torch.where(finished, torch.full_like(chosen, ctx.pad_id), chosen)
+        for i, (token, done) in enumerate(zip(chosen.tolist(), finished.tolist(), strict=True)):
+            if not done:
+                tokens[i].append(token)
+        produced += (~finished).long()
+        hit_eos = torch.isin(chosen, eos_tensor) & ~finished
+        for i in torch.nonzero(hit_eos).flatten().tolist():
+            reasons[i] = "eos"
+        finished |= hit_eos | (produced >= limits)
+        if bool(finished.all()):
+            break
+        current = chosen.unsqueeze(-1)
+    results = []
+    for i, req in enumerate(requests):
+        new = tokens[i]
+        text_ids = new[:-1] if reasons[i] == "eos" else new
+        results.append(
+            {
+                "text": decode(text_ids) if decode is not None else None,
+                "token_ids": new,
+                "finish_reason": reasons[i],
+                "prompt_tokens": len(req.ids),
+            }
+        )
+    return results
+
+
+def _generator(req: GenerateRequest, device: torch.device) -> torch.Generator | None:
+    if req.temperature <= 0:
+        return None
+    seed = req.seed if req.seed is not None else secrets.randbits(63)
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def _choose(
+    logits: torch.Tensor, requests: list[GenerateRequest], generators: list[Any]
+) -> torch.Tensor:
+    """Next token per row: argmax, or a seeded sample with temperature/top-k/top-p."""
+    chosen = logits.argmax(dim=-1)
+    for i, req in enumerate(requests):
+        if req.temperature <= 0:
+            continue
+        scores = logits[i] / req.temperature
+        if req.top_k > 0:
+            k = min(req.top_k, scores.numel())
+            kth = torch.topk(scores, k).values[-1]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        if req.top_p < 1.0:
+            ordered, order = torch.sort(scores, descending=True)
+            cumulative = torch.softmax(ordered, dim=-1).cumsum(dim=-1)
+            drop = cumulative - torch.softmax(ordered, dim=-1) >= req.top_p
+            scores = scores.masked_fill(
+                torch.zeros_like(drop).scatter(0, order, drop), float("-inf")
+            )
+        probs = torch.softmax(scores, dim=-1)
+        chosen[i] = torch.multinomial(probs, 1, generator=generators[i])[0]
+    return chosen

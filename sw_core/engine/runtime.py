@@ -1,0 +1,248 @@
+"""Hooks that materialize each part of the model just before it runs.
+
+The model keeps transformers' own ``forward`` -- masks, rotary embeddings, T5's position
+bias, KV caches all come from transformers, so results match the in-memory model. What
+changes is where weights come from: every *unit* (a block, or a small module outside the
+blocks such as a norm or the pooler) gets a forward pre-hook that acquires its chunks from
+the :class:`~sw_core.engine.residency.Residency` and checks that nothing it will use is
+still on ``meta``, and a forward hook (``always_call``, so errors release too) that
+releases them. Row-sharded matrices are either concatenated once and kept (when the plan
+says so) or served by :mod:`~sw_core.engine.sharded` modules that stream shard by shard.
+
+Units are listed in module registration order, which for the supported families is the
+order they run in; :meth:`Runtime.schedule` turns them into the chunk order the prefetcher
+follows.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from sw_core.engine.budget import ResidencyPlan
+from sw_core.engine.residency import Residency
+from sw_core.engine.sharded import ShardedEmbedding, ShardedLinear, _Sharded
+from sw_core.engine.skeleton import Skeleton
+from sw_core.exceptions import ModelError
+from sw_core.manifest import ChunkInfo
+
+
+@dataclass
+class Unit:
+    """A module that needs chunks before it runs."""
+
+    path: str
+    module: nn.Module
+    is_block: bool
+    #: Whole chunks it acquires and releases around its forward.
+    chunks: list[ChunkInfo] = field(default_factory=list)
+    #: Row-sharded tensors it needs concatenated (merged) before it runs.
+    merged: list[str] = field(default_factory=list)
+    #: A sharded module streams these itself (no hooks).
+    sharded: _Sharded | None = None
+
+
+class Runtime:
+    """Units of one skeleton, their hooks, and the merged (concatenated) sharded tensors."""
+
+    def __init__(self, skeleton: Skeleton, residency: Residency, plan: ResidencyPlan) -> None:
+        self.skeleton = skeleton
+        self.residency = residency
+        self.plan = plan
+        self._merge_lock = threading.Lock()
+        self.merged: dict[str, torch.Tensor] = {}
+        self._replace_streamed_matrices()
+        skeleton.refresh_places()
+        self.units = self._find_units()
+        self._handles: list[Any] = []
+        for unit in self.units:
+            if unit.sharded is None:
+                self._handles.append(unit.module.register_forward_pre_hook(self._pre(unit)))
+                self._handles.append(
+                    unit.module.register_forward_hook(self._post(unit), always_call=True)
+                )
+
+    # ---------------------------------------------------------------- construction
+    def _replace_streamed_matrices(self) -> None:
+        model = self.skeleton.model
+        name = self.skeleton.manifest.name
+        for spec in self.skeleton.tensors.values():
+            if not spec.sharded or spec.name in self.plan.merged:
+                continue
+            shape = (spec.shape[0], spec.shape[1])
+            for owner in list(spec.owners):
+                path, _, attr = owner.rpartition(".")
+                module = model.get_submodule(path)
+                if attr != "weight":
+                    raise ModelError(
+                        f"model {name!r}: cannot stream sharded tensor {owner!r} (not a weight)"
+                    )
+                if isinstance(module, nn.Embedding):
+                    new: nn.Module = ShardedEmbedding(
+                        self.residency, spec.name, spec.chunks, shape, spec.dtype,
+                        padding_idx=module.padding_idx,
+                    )  # fmt: skip
+                elif isinstance(module, nn.Linear) and module.bias is None:
+                    new = ShardedLinear(self.residency, spec.name, spec.chunks, shape, spec.dtype)
+                else:
+                    raise ModelError(
+                        f"model {name!r}: cannot stream sharded tensor {owner!r} held by a "
+                        f"{type(module).__name__}; raise the memory budget so it stays whole"
+                    )
+                model.set_submodule(path, new)
+
+    def _find_units(self) -> list[Unit]:
+        skeleton = self.skeleton
+        blocks = {c.name: c for c in skeleton.manifest.chunks if c.role == "block"}
+        owner_spec = {o: spec for spec in skeleton.tensors.values() for o in spec.owners}
+        units: list[Unit] = []
+        inside: str | None = None
+        for path, module in skeleton.model.named_modules():
+            if inside is not None and path.startswith(inside):
+                continue
+            if path in blocks:
+                units.append(Unit(path, module, True, chunks=[blocks[path]]))
+                inside = path + "."
+                continue
+            if isinstance(module, _Sharded):
+                units.append(Unit(path, module, False, sharded=module))
+                inside = path + "."
+                continue
+            unit = Unit(path, module, False)
+            own = [f"{path}.{n}" if path else n for n in module._parameters]
+            own += [
+                f"{path}.{n}" if path else n
+                for n in module._buffers
+                if n not in module._non_persistent_buffers_set
+            ]
+            for full in own:
+                spec = owner_spec.get(full)
+                if spec is None:
+                    continue
+                if spec.sharded:
+                    if spec.name not in unit.merged:
+                        unit.merged.append(spec.name)
+                elif spec.chunks[0] not in unit.chunks:
+                    unit.chunks.append(spec.chunks[0])
+            if unit.chunks or unit.merged:
+                units.append(unit)
+        return units
+
+    # ---------------------------------------------------------------- hooks
+    def _pre(self, unit: Unit) -> Any:
+        def hook(module: nn.Module, args: Any) -> None:
+            acquired: list[ChunkInfo] = []
+            try:
+                for name in unit.merged:
+                    self.ensure_merged(name)
+                for chunk in unit.chunks:
+                    self.residency.acquire(chunk)
+                    acquired.append(chunk)
+                missing = self.skeleton.meta_tensors(module, recurse=unit.is_block)
+            except BaseException:
+                for chunk in acquired:
+                    self.residency.release(chunk)
+                raise
+            if missing:
+                for chunk in acquired:
+                    self.residency.release(chunk)
+                what = "block" if unit.is_block else "module"
+                raise ModelError(
+                    f"model {self.skeleton.manifest.name!r}: {what} {unit.path!r} would run with "
+                    f"uninitialized weights {missing[:3]} (chunks "
+                    f"{[c.name for c in unit.chunks]} did not provide them)"
+                )
+
+        return hook
+
+    def _post(self, unit: Unit) -> Any:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            for chunk in unit.chunks:
+                self.residency.release(chunk)
+
+        return hook
+
+    def ensure_merged(self, tensor: str) -> torch.Tensor:
+        """Concatenate a sharded tensor's shards once (through the streaming window) and keep
+        it in every place that holds it."""
+        with self._merge_lock:
+            if tensor in self.merged:
+                return self.merged[tensor]
+            spec = self.skeleton.tensors[tensor]
+            n_bytes = spec.shape[0] * spec.shape[1] * spec.dtype.itemsize
+            key = f"merged:{tensor}"
+            self.residency.reserve(key, n_bytes, what=f"tensor {tensor!r} concatenated")
+            try:
+                full: torch.Tensor | None = None
+                for shard in spec.chunks:
+                    part = self.residency.acquire(shard)[tensor]
+                    try:
+                        if full is None:
+                            full = torch.empty(spec.shape, dtype=part.dtype, device=part.device)
+                        a, b = shard.rows or (0, 0)
+                        full[a:b].copy_(part)
+                    finally:
+                        self.residency.release(shard)
+            except BaseException:
+                self.residency.unreserve(key)
+                raise
+            assert full is not None
+            self.merged[tensor] = full
+            self.skeleton.set_tensor(tensor, full)
+            return full
+
+    def drop_merged(self) -> None:
+        """Forget concatenated tensors (``clear_cache``); the residency frees their bytes."""
+        with self._merge_lock:
+            for tensor in self.merged:
+                self.skeleton.clear_tensor(tensor)
+            self.merged.clear()
+
+    # ---------------------------------------------------------------- prefetch schedule
+    def schedule(
+        self, prefixes: tuple[str, ...] | None = None, ids: torch.Tensor | None = None
+    ) -> list[ChunkInfo]:
+        """Chunks in the order a pass over the units under ``prefixes`` acquires them.
+
+        ``ids`` (the pass's token ids) narrows embedding lookups to the shards that hold
+        them. Kept chunks already resident are left out: they cost neither I/O nor window.
+        """
+        out: list[ChunkInfo] = []
+        merging: set[str] = set()
+        for unit in self.units:
+            if prefixes is not None and not _under(unit.path, prefixes):
+                continue
+            if unit.sharded is not None:
+                lookup = isinstance(unit.sharded, ShardedEmbedding)
+                out += unit.sharded.shards_for(ids if lookup else None)
+                continue
+            for tensor in unit.merged:
+                if tensor not in self.merged and tensor not in merging:
+                    merging.add(tensor)  # concatenated at its first use only
+                    out += self.skeleton.tensors[tensor].chunks
+            out += unit.chunks
+        deduped: list[ChunkInfo] = []
+        for chunk in out:
+            if deduped and deduped[-1].name == chunk.name:
+                continue
+            if chunk.name in self.plan.keep and self.residency.is_resident(chunk.name):
+                continue
+            deduped.append(chunk)
+        return deduped
+
+    def chunk_names(self) -> list[str]:
+        """Every chunk in execution order (each once)."""
+        seen: dict[str, None] = {}
+        for chunk in self.schedule():
+            seen.setdefault(chunk.name, None)
+        for chunk in self.skeleton.manifest.chunks:
+            seen.setdefault(chunk.name, None)
+        return list(seen)
+
+
+def _under(path: str, prefixes: tuple[str, ...]) -> bool:
+    return any(path == p or path.startswith(p + ".") for p in prefixes)

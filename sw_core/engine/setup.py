@@ -1,0 +1,99 @@
+"""Getting an engine ready: the device, the chunk source, and the chunk set's small files."""
+
+from __future__ import annotations
+
+import json
+from os import PathLike
+from typing import Any
+
+import torch
+
+from sw_core.engine.generation import eos_ids
+from sw_core.engine.sources import CachedChunkSource, ChunkSource, StoreChunkSource
+from sw_core.exceptions import ConfigError, ModelError, SecurityError, StorageError
+from sw_core.manifest import MANIFEST_FILE, Manifest
+from sw_core.settings import Settings
+from sw_core.utils import calculate_chunk_hash
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; explicit names are checked."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as exc:
+        raise ConfigError(f"SW_DEVICE={name!r} is not a torch device: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"SW_DEVICE={name!r} but no CUDA device is available; use 'auto'")
+    return device
+
+
+def make_source(where: Any, settings: Settings, cache: Any = None) -> ChunkSource:
+    """A chunk source from a location (folder or ``s3://``), a storage backend or a source."""
+    from sw_core.storage import StorageBackend, model_store
+
+    if isinstance(where, ChunkSource):
+        return where
+    if isinstance(where, str):
+        store = model_store(where, settings)
+    elif isinstance(where, StorageBackend):
+        store = where
+    elif isinstance(where, PathLike):
+        store = model_store(str(where), settings)
+    else:
+        raise ConfigError(
+            f"cannot read chunks from {where!r}: give a folder, an s3:// location, "
+            "a storage backend or a ChunkSource"
+        )
+    return CachedChunkSource(cache, store) if cache is not None else StoreChunkSource(store)
+
+
+async def read_chunk_set(source: ChunkSource) -> tuple[Manifest, dict[str, bytes]]:
+    """The manifest and every file it lists (config, tokenizer...), each checked against
+    its sha256."""
+    manifest = Manifest.from_json(await _file(source, MANIFEST_FILE))
+    files: dict[str, bytes] = {}
+    for info in manifest.files:
+        data = await _file(source, info.file)
+        if calculate_chunk_hash(data) != info.sha256.lower():
+            raise SecurityError(
+                f"model {manifest.name!r}: file {info.file!r} from {source.describe()} "
+                "does not match its sha256 in the manifest"
+            )
+        files[info.file] = data
+    if "config.json" not in files:
+        raise ModelError(f"model {manifest.name!r}: the chunk set lists no config.json")
+    return manifest, files
+
+
+async def _file(source: ChunkSource, name: str) -> bytes:
+    from sw_core.storage import check_key
+
+    check_key(name)
+    try:
+        return await source.fetch_file(name)
+    except StorageError as exc:
+        raise type(exc)(
+            f"cannot read {name!r} of the chunk set at {source.describe()}: {exc}"
+        ) from exc
+
+
+def load_generation_config(raw: bytes | None, config: Any) -> Any:
+    from transformers import GenerationConfig
+
+    if raw is not None:
+        try:
+            return GenerationConfig.from_dict(json.loads(raw))
+        except (ValueError, TypeError) as exc:
+            raise ModelError(f"generation_config.json is malformed: {exc}") from None
+    return GenerationConfig.from_model_config(config)
+
+
+def pad_token_id(tokenizer: Any, gen_config: Any, config: Any) -> int:
+    for source in (tokenizer, gen_config, config):
+        value = getattr(source, "pad_token_id", None)
+        if isinstance(value, int):
+            return value
+    eos = eos_ids(gen_config, config)
+    return min(eos) if eos else 0

@@ -1,0 +1,133 @@
+"""Embedding lookup and output projection over a row-sharded matrix, one shard at a time.
+
+When an embedding matrix (often tied to the LM head) is larger than the memory budget
+allows, these modules stand in for ``nn.Embedding`` / ``nn.Linear``: each shard holds rows
+``[a, b)`` of the matrix and is acquired, used and released in turn, so only one shard is
+materialized at a time.
+
+- lookup: ``out[ids in [a, b)] = W[a:b][ids - a]`` -- exact, and shards that hold none of
+  the ids are never fetched;
+- projection: ``logits[..., a:b] = h @ W[a:b].T`` (during generation ``h`` is only the
+  last position).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import nn
+from torch.nn import functional
+
+from sw_core.manifest import ChunkInfo
+
+
+class ChunkAccess(Protocol):
+    """What the sharded modules need: :class:`~sw_core.engine.residency.Residency`."""
+
+    def acquire(self, chunk: ChunkInfo) -> dict[str, torch.Tensor]: ...
+
+    def release(self, chunk: ChunkInfo) -> None: ...
+
+
+class _Sharded(nn.Module):
+    def __init__(
+        self,
+        access: ChunkAccess,
+        tensor: str,
+        shards: list[ChunkInfo],
+        shape: tuple[int, int],
+        dtype: torch.dtype,
+    ) -> None:
+        super().__init__()
+        self.access = access
+        self.tensor = tensor
+        self.shards = shards
+        self.rows, self.cols = shape
+        self.dtype = dtype
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """A ``meta`` stand-in with the full shape (the rows are never all in memory)."""
+        return torch.empty(self.rows, self.cols, dtype=self.dtype, device="meta")
+
+    def shards_for(self, ids: torch.Tensor | None) -> list[ChunkInfo]:
+        """The shards that hold at least one of ``ids`` (all of them when ``ids`` is None)."""
+        if ids is None:
+            return list(self.shards)
+        flat = ids.reshape(-1)
+        out = []
+        for shard in self.shards:
+            a, b = shard.rows or (0, 0)
+            if bool(((flat >= a) & (flat < b)).any()):
+                out.append(shard)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"{self.tensor}, rows={self.rows}, cols={self.cols}, shards={len(self.shards)}"
+
+
+class ShardedEmbedding(_Sharded):
+    """``nn.Embedding`` over row shards: gathers each id's row from the shard that holds it."""
+
+    def __init__(
+        self,
+        access: ChunkAccess,
+        tensor: str,
+        shards: list[ChunkInfo],
+        shape: tuple[int, int],
+        dtype: torch.dtype,
+        padding_idx: int | None = None,
+    ) -> None:
+        super().__init__(access, tensor, shards, shape, dtype)
+        self.num_embeddings, self.embedding_dim = shape
+        self.padding_idx = padding_idx
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        flat = ids.reshape(-1)
+        if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= self.rows):
+            raise IndexError(f"token id out of range [0, {self.rows}) for {self.tensor}")
+        out: torch.Tensor | None = None
+        for shard in self.shards_for(flat):
+            a, b = shard.rows or (0, 0)
+            weight = self.access.acquire(shard)[self.tensor]
+            try:
+                if out is None:
+                    out = torch.empty(
+                        flat.numel(), self.cols, dtype=weight.dtype, device=weight.device
+                    )
+                pick = (flat >= a) & (flat < b)
+                out[pick] = weight[flat[pick] - a]
+            finally:
+                self.access.release(shard)
+        if out is None:
+            out = torch.empty(0, self.cols, dtype=self.dtype, device=ids.device)
+        return out.view(*ids.shape, self.cols)
+
+
+class ShardedLinear(_Sharded):
+    """``nn.Linear`` (no bias) whose weight rows -- the output features -- come in shards."""
+
+    def __init__(
+        self,
+        access: ChunkAccess,
+        tensor: str,
+        shards: list[ChunkInfo],
+        shape: tuple[int, int],
+        dtype: torch.dtype,
+    ) -> None:
+        super().__init__(access, tensor, shards, shape, dtype)
+        self.out_features, self.in_features = shape
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        out = torch.empty(
+            *hidden.shape[:-1], self.out_features, dtype=hidden.dtype, device=hidden.device
+        )
+        for shard in self.shards:
+            a, b = shard.rows or (0, 0)
+            weight = self.access.acquire(shard)[self.tensor]
+            try:
+                out[..., a:b] = functional.linear(hidden, weight)
+            finally:
+                self.access.release(shard)
+        return out

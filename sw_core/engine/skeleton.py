@@ -1,0 +1,287 @@
+"""The model without its weights: a transformers skeleton on ``meta``, checked against the
+manifest, with a way to put each chunk's tensors in and take them out again.
+
+Parameters are created on the ``meta`` device (no memory); buffers the checkpoint does not
+carry -- BERT's ``position_ids``/``token_type_ids``, LLaMA's rotary ``inv_freq`` -- are
+built for real by the model's own ``__init__`` (``init_empty_weights(include_buffers=False)``),
+so they hold correct values instead of NaN. Every state-dict entry of the skeleton must be
+covered by exactly one chunk (or by row shards that cover every row, or by a tied alias),
+and every tensor of every chunk must be an entry of the skeleton: any mismatch is a
+:class:`~sw_core.exceptions.ModelError` at load time, never garbage at run time.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from sw_core.exceptions import ModelError, SecurityError
+from sw_core.manifest import ChunkInfo, Manifest
+from sw_core.safetensors_io import load_tensors
+
+Family = Literal["encoder", "decoder", "seq2seq"]
+
+#: model_type -> family; the architectures this engine runs and tests.
+SUPPORTED_TYPES: dict[str, Family] = {
+    "bert": "encoder",
+    "gpt2": "decoder",
+    "llama": "decoder",
+    "t5": "seq2seq",
+}
+
+
+@dataclass
+class TensorSpec:
+    """One stored tensor (canonical name) and the places in the model that hold it."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    #: The canonical name plus its tied aliases that exist in the model.
+    owners: list[str]
+    #: One whole chunk, or the row shards in row order.
+    chunks: list[ChunkInfo] = field(default_factory=list)
+
+    @property
+    def sharded(self) -> bool:
+        return any(c.rows is not None for c in self.chunks)
+
+
+def load_config(raw: bytes) -> Any:
+    """A transformers config from ``config.json`` bytes."""
+    from transformers import AutoConfig
+
+    try:
+        data = json.loads(raw)
+        model_type = data.pop("model_type")
+        return AutoConfig.for_model(model_type, **data)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"config.json is not a usable transformers config: {exc}") from None
+
+
+def model_class(manifest: Manifest, config: Any) -> tuple[type[nn.Module], Family]:
+    """The transformers class named by the manifest, if its family is supported."""
+    import transformers
+
+    model_type = str(getattr(config, "model_type", ""))
+    family = SUPPORTED_TYPES.get(model_type)
+    if family is None:
+        raise ModelError(
+            f"model {manifest.name!r}: architecture {model_type!r} is not supported "
+            f"(supported: {', '.join(sorted(SUPPORTED_TYPES))})"
+        )
+    cls = getattr(transformers, manifest.model_class, None)
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ModelError(
+            f"model {manifest.name!r}: {manifest.model_class!r} is not a transformers model class"
+        )
+    return cls, family
+
+
+class Skeleton:
+    """A weightless model plus the map from stored tensors to the places that hold them.
+
+    Args:
+        manifest: the chunk set's manifest.
+        config: the transformers config built from its ``config.json``.
+        device: where materialized tensors and the rebuilt buffers live.
+    """
+
+    def __init__(self, manifest: Manifest, config: Any, device: torch.device) -> None:
+        from accelerate import init_empty_weights
+
+        self.manifest = manifest
+        self.config = config
+        self.device = device
+        cls, self.family = model_class(manifest, config)
+        if hasattr(config, "_attn_implementation") and config._attn_implementation is None:
+            config._attn_implementation = "sdpa"
+        with init_empty_weights(include_buffers=False):
+            model = cls(config)
+        self.model: nn.Module = model.eval()
+        for module in model.modules():
+            for name, buf in list(module._buffers.items()):
+                if buf is not None and not buf.is_meta:
+                    module._buffers[name] = buf.to(device)
+        self.tensors = self._map_tensors()
+        self._places: dict[str, tuple[nn.Module, str, bool]] = {}
+        for spec in self.tensors.values():
+            for owner in spec.owners:
+                self._places[owner] = self._place(owner)
+        self.by_chunk: dict[str, ChunkInfo] = {c.name: c for c in manifest.chunks}
+
+    # ---------------------------------------------------------------- checks
+    def _map_tensors(self) -> dict[str, TensorSpec]:
+        name = self.manifest.name
+        state = self.model.state_dict(keep_vars=True)
+        tied = self.manifest.tied
+        specs: dict[str, TensorSpec] = {}
+        for key in state:
+            canonical = tied.get(key, key)
+            if canonical not in state:
+                raise ModelError(
+                    f"model {name!r}: manifest ties {key!r} to {canonical!r}, which "
+                    f"{self.manifest.model_class} does not have"
+                )
+            spec = specs.get(canonical)
+            if spec is None:
+                ref = state[canonical]
+                spec = specs[canonical] = TensorSpec(
+                    canonical, tuple(ref.shape), ref.dtype, owners=[]
+                )
+            spec.owners.append(key)
+        for chunk in self.manifest.chunks:
+            if not chunk.tensors:
+                raise ModelError(f"model {name!r}: chunk {chunk.name!r} holds no tensors")
+            for tensor in chunk.tensors:
+                spec = specs.get(tensor)
+                if spec is None:
+                    raise ModelError(
+                        f"model {name!r}: chunk {chunk.name!r} holds {tensor!r}, which "
+                        f"{self.manifest.model_class} built from config.json does not have"
+                    )
+                if spec.chunks and (chunk.rows is None or not spec.sharded):
+                    raise ModelError(
+                        f"model {name!r}: tensor {tensor!r} is stored twice "
+                        f"({spec.chunks[0].name!r} and {chunk.name!r})"
+                    )
+                spec.chunks.append(chunk)
+            if chunk.role == "block":
+                self._check_block(chunk)
+        for spec in specs.values():
+            if not spec.chunks:
+                raise ModelError(
+                    f"model {name!r}: no chunk holds tensor {spec.name!r}; the chunk set is "
+                    "incomplete or was cut from another model"
+                )
+            if spec.sharded:
+                self._check_shards(spec)
+        return specs
+
+    def _check_block(self, chunk: ChunkInfo) -> None:
+        name = self.manifest.name
+        try:
+            module = self.model.get_submodule(chunk.name)
+        except AttributeError:
+            raise ModelError(
+                f"model {name!r}: block chunk {chunk.name!r} names no module of "
+                f"{self.manifest.model_class}"
+            ) from None
+        prefix = chunk.name + "."
+        stray = [t for t in chunk.tensors if not t.startswith(prefix)]
+        if stray:
+            raise ModelError(f"model {name!r}: block chunk {chunk.name!r} holds {stray[0]!r}")
+        needed = {prefix + k for k in module.state_dict(keep_vars=True)}
+        missing = sorted(needed - set(chunk.tensors) - set(self.manifest.tied))
+        if missing:
+            raise ModelError(
+                f"model {name!r}: block chunk {chunk.name!r} lacks {len(missing)} tensors, "
+                f"e.g. {missing[0]!r}"
+            )
+
+    def _check_shards(self, spec: TensorSpec) -> None:
+        name = self.manifest.name
+        spec.chunks.sort(key=lambda c: (c.rows or [0, 0])[0])
+        cursor = 0
+        for chunk in spec.chunks:
+            rows = chunk.rows
+            if rows is None or len(rows) != 2 or rows[0] != cursor or rows[1] <= rows[0]:
+                raise ModelError(
+                    f"model {name!r}: row shards of {spec.name!r} do not tile its rows "
+                    f"(chunk {chunk.name!r} has rows {rows}, expected to start at {cursor})"
+                )
+            cursor = rows[1]
+        if len(spec.shape) != 2 or cursor != spec.shape[0]:
+            raise ModelError(
+                f"model {name!r}: row shards of {spec.name!r} cover {cursor} rows, "
+                f"the tensor has shape {list(spec.shape)}"
+            )
+
+    # ---------------------------------------------------------------- tensors in and out
+    def _place(self, name: str) -> tuple[nn.Module, str, bool]:
+        path, _, attr = name.rpartition(".")
+        module = self.model.get_submodule(path) if path else self.model
+        return module, attr, attr in module._parameters
+
+    def refresh_places(self) -> None:
+        """Re-resolve owners after modules were replaced; drop owners that no longer exist."""
+        for spec in self.tensors.values():
+            alive = []
+            for owner in spec.owners:
+                try:
+                    module, attr, is_param = self._place(owner)
+                except AttributeError:
+                    continue
+                if attr in module._parameters or attr in module._buffers:
+                    alive.append(owner)
+                    self._places[owner] = (module, attr, is_param)
+                else:
+                    self._places.pop(owner, None)
+            spec.owners = alive
+
+    def set_tensor(self, canonical: str, tensor: torch.Tensor) -> None:
+        """Put ``tensor`` in every place that holds ``canonical`` (tied aliases included)."""
+        for owner in self.tensors[canonical].owners:
+            module, attr, is_param = self._places[owner]
+            if is_param:
+                module._parameters[attr] = nn.Parameter(tensor, requires_grad=False)
+            else:
+                module._buffers[attr] = tensor
+
+    def clear_tensor(self, canonical: str) -> None:
+        """Put an empty ``meta`` tensor back where ``canonical`` was (frees its memory)."""
+        spec = self.tensors[canonical]
+        self.set_tensor(canonical, torch.empty(spec.shape, dtype=spec.dtype, device="meta"))
+
+    def bind(self, chunk: ChunkInfo, tensors: dict[str, torch.Tensor]) -> None:
+        """Put a whole chunk's tensors into the model (row shards are not bound)."""
+        if chunk.rows is not None:
+            return
+        for name, tensor in tensors.items():
+            self.set_tensor(name, tensor)
+
+    def unbind(self, chunk: ChunkInfo) -> None:
+        if chunk.rows is not None:
+            return
+        for name in chunk.tensors:
+            self.clear_tensor(name)
+
+    def deserialize(self, chunk: ChunkInfo, data: bytearray) -> dict[str, torch.Tensor]:
+        """Tensors of a verified chunk over ``data`` (zero-copy on CPU), checked against the
+        skeleton: exactly the listed names, each with the shape the model expects."""
+        tensors = load_tensors(data)
+        if set(tensors) != set(chunk.tensors):
+            extra = sorted(set(tensors) - set(chunk.tensors))
+            lacking = sorted(set(chunk.tensors) - set(tensors))
+            raise SecurityError(
+                f"model {self.manifest.name!r}: chunk {chunk.name!r} does not hold what the "
+                f"manifest lists (extra {extra[:3]}, missing {lacking[:3]})"
+            )
+        for name, tensor in tensors.items():
+            spec = self.tensors[name]
+            shape = spec.shape
+            if chunk.rows is not None:
+                shape = (chunk.rows[1] - chunk.rows[0], *spec.shape[1:])
+            if tuple(tensor.shape) != shape:
+                raise ModelError(
+                    f"model {self.manifest.name!r}: tensor {name!r} in chunk {chunk.name!r} has "
+                    f"shape {list(tensor.shape)}, the model expects {list(shape)}"
+                )
+            if tensor.dtype.is_floating_point != spec.dtype.is_floating_point:
+                raise ModelError(
+                    f"model {self.manifest.name!r}: tensor {name!r} in chunk {chunk.name!r} has "
+                    f"dtype {tensor.dtype}, the model expects {spec.dtype}"
+                )
+        if self.device.type != "cpu":
+            tensors = {k: v.to(self.device) for k, v in tensors.items()}
+        return tensors
+
+    def meta_tensors(self, module: nn.Module, *, recurse: bool) -> list[str]:
+        """Names of ``module``'s parameters/buffers still on ``meta`` (not materialized)."""
+        names = [n for n, p in module.named_parameters(recurse=recurse) if p.is_meta]
+        names += [n for n, b in module.named_buffers(recurse=recurse) if b.is_meta]
+        return names

@@ -1,0 +1,113 @@
+"""Where the engine gets chunk bytes: a storage backend directly, or the Redis chunk cache.
+
+A :class:`ChunkSource` hands out *verified* chunk bytes in a writable buffer (the engine
+builds tensors over it without a copy) and the chunk set's small files (manifest,
+config, tokenizer). The engine calls these coroutines on an event loop of its choosing
+(the caller's loop for the async API, a private loop thread for the sync one), so a
+source must not bind itself to one loop before its first call.
+
+Example:
+    >>> store = FilesystemBackend("chunks/minilm")  # doctest: +SKIP
+    >>> source = CachedChunkSource(ChunkCache.from_settings(settings), store)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Protocol, runtime_checkable
+
+from sw_core.exceptions import CacheError
+from sw_core.manifest import MAX_MANIFEST_BYTES, ChunkInfo
+
+#: Largest non-chunk file (config, tokenizer) a source returns.
+MAX_FILE_BYTES = 64 << 20
+
+
+@runtime_checkable
+class ChunkSource(Protocol):
+    """What the engine needs from wherever chunks live."""
+
+    async def fetch(self, chunk: ChunkInfo) -> bytearray | memoryview:
+        """The chunk's bytes in a writable buffer, already checked against ``chunk.sha256``."""
+        ...
+
+    async def fetch_file(self, name: str) -> bytes:
+        """A non-chunk file of the chunk set (``manifest.json``, ``config.json``...)."""
+        ...
+
+    def describe(self) -> str:
+        """Where the chunks come from, for messages (never secrets)."""
+        ...
+
+
+class StoreChunkSource:
+    """Chunks straight from a storage backend (folder, S3, failover chain).
+
+    Args:
+        store: a :class:`~sw_core.storage.StorageBackend`; ``load_verified`` checks the hash.
+    """
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def describe(self) -> str:
+        return str(self.store.describe())
+
+    async def fetch(self, chunk: ChunkInfo) -> bytearray:
+        return await self.store.load_verified(
+            chunk.file, chunk.sha256, max_size_bytes=chunk.size_bytes
+        )
+
+    async def fetch_file(self, name: str) -> bytes:
+        limit = MAX_MANIFEST_BYTES if name.endswith("manifest.json") else MAX_FILE_BYTES
+        return bytes(await self.store.load(name, max_size_bytes=limit))
+
+
+class CachedChunkSource:
+    """The shared Redis chunk cache first, the storage backend on a miss.
+
+    ``cache`` is the synchronous :class:`~sw_core.cache.ChunkCache`; it is called in
+    worker threads. ``ChunkCache.get`` checks the bytes against the chunk's sha256 itself
+    (a corrupt entry is dropped and reads as a miss), so a hit is verified; a miss is
+    loaded with ``load_verified`` from the store and then put in the cache. A failing
+    cache (Redis down, out of memory) makes fetches slower, never wrong: the store serves.
+
+    Args:
+        cache: the chunk cache.
+        store: the storage backend behind it.
+    """
+
+    def __init__(self, cache: Any, store: Any) -> None:
+        self.cache = cache
+        self.store = store
+        #: Chunks this source served from the cache / loaded from the store.
+        self.cache_hits = 0
+        self.cache_misses = 0
+        #: Cache calls that failed and were bypassed.
+        self.cache_errors = 0
+
+    def describe(self) -> str:
+        return f"chunk cache + {self.store.describe()}"
+
+    async def fetch(self, chunk: ChunkInfo) -> bytearray | memoryview:
+        try:
+            data = await asyncio.to_thread(self.cache.get, chunk.sha256)
+        except CacheError:
+            self.cache_errors += 1
+            data = None
+        if data is not None and len(data) == chunk.size_bytes:
+            self.cache_hits += 1
+            return data
+        self.cache_misses += 1
+        loaded = await self.store.load_verified(
+            chunk.file, chunk.sha256, max_size_bytes=chunk.size_bytes
+        )
+        try:
+            await asyncio.to_thread(self.cache.put, chunk.sha256, loaded, verify=False)
+        except CacheError:  # too large or Redis failing: serve from the store anyway
+            self.cache_errors += 1
+        return loaded
+
+    async def fetch_file(self, name: str) -> bytes:
+        limit = MAX_MANIFEST_BYTES if name.endswith("manifest.json") else MAX_FILE_BYTES
+        return bytes(await self.store.load(name, max_size_bytes=limit))

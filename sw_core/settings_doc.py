@@ -1,0 +1,158 @@
+"""The settings table of the operator's guide, generated from :class:`Settings` itself.
+
+``python -m sw_core.settings_doc docs/operations.md`` rewrites the table between the
+``<!-- settings-table:begin -->`` and ``<!-- settings-table:end -->`` markers; a unit test
+fails when the table in the guide differs from what this module generates, so the guide
+cannot drift from the code. A field's meaning comes from :data:`MEANINGS`, else from the
+``#:`` comment above the field in ``sw_core/settings.py``; a field with neither is an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+import sys
+import typing
+from pathlib import Path
+
+from sw_core import settings as settings_module
+from sw_core.settings import ENV_PREFIX, Secret, Settings, _unwrap_optional
+
+BEGIN = "<!-- settings-table:begin -->"
+END = "<!-- settings-table:end -->"
+
+#: What each setting means, for operators.
+MEANINGS: dict[str, str] = {
+    "redis_url": "Redis for queues, results, counters and the chunk cache (`redis://[:password@]host:port/db`, `rediss://` for TLS).",
+    "key_prefix": "Prefix of every Redis key, so deployments can share one Redis (`sw:jobs` ...).",
+    "s3_endpoint": "S3/MinIO `host:port` or `http(s)://host:port`; unset = no S3.",
+    "s3_bucket": "Default bucket for `sw publish` and the health check.",
+    "s3_access_key": "S3 access key (secret: never logged).",
+    "s3_secret_key": "S3 secret key (secret: never logged).",
+    "s3_secure": "Use HTTPS for a bare `host:port` endpoint.",
+    "s3_region": "Region sent to S3 (MinIO ignores it).",
+    "s3_range_mb": "Objects larger than this are read in ranges of this size.",
+    "s3_concurrency": "Concurrent S3 requests per process.",
+    "backup_dir": "Local folder holding a copy of every chunk set (`<dir>/<model>`); reads fail over to it.",
+    "cache_size_mb": "Byte budget of the shared chunk cache in Redis (LRU eviction above it). Keep it well under Redis' `maxmemory`.",
+    "cache_part_mb": "Chunks are stored in the cache as parts of at most this size.",
+    "timeout_seconds": "Limit of every remote call and of every wait for a chunk.",
+    "retry_attempts": "Attempts per job (and per storage call) before giving up.",
+    "retry_initial_delay_s": "Delay before the first retry.",
+    "retry_multiplier": "Each further retry waits this many times longer.",
+    "retry_max_delay_s": "Longest delay between retries.",
+    "retry_jitter": "Random spread of each delay (0.1 = +-10 %).",
+    "device": "Torch device of the engine: `auto`, `cpu`, `cuda`, `cuda:1` ...",
+    "memory_budget_mb": "Memory the engine may keep weights resident in.",
+    "prefetch_count": "Chunks fetched ahead of the layer being computed.",
+    "max_batch_size": "Most jobs of one model and task run as one batch.",
+    "max_input_tokens": "Longest input (tokens) a job may carry.",
+    "max_new_tokens_limit": "Upper bound of a generate job's `max_new_tokens`.",
+    "models": "Models known without `sw register`: `name=location,...` (`s3://bucket/prefix` or a folder).",
+    "claim_idle_ms": "A job held this long by a silent worker is taken over by another (XAUTOCLAIM).",
+    "max_deliveries": "A job delivered more often than this (it keeps killing workers) is dead-lettered.",
+    "batch_wait_ms": "How long a worker waits for more jobs to fill a batch.",
+    "result_ttl_s": "How long job hashes (status, result) are kept.",
+    "max_payload_bytes": "Largest job payload accepted (msgpack).",
+    "heartbeat_interval_s": "Workers write their heartbeat this often.",
+    "heartbeat_ttl_s": "A worker silent this long counts as dead (`sw health`, `sw monitor`).",
+    "shutdown_grace_s": "On SIGTERM a worker finishes its batch within this, then hands jobs back.",
+    "poll_block_ms": "Longest block of one stream read (XREADGROUP BLOCK).",
+    "metrics_port": "Port of the Prometheus `/metrics` each worker serves; unset = none.",
+    "alert_error_rate": "`errors / total_requests` above this raises the alert (`sw stats --check`, `sw monitor --check`, `sw_alert`).",
+}
+
+
+def _comment_meanings() -> dict[str, str]:
+    """``#:`` comments above fields in ``sw_core/settings.py``."""
+    source = inspect.getsource(settings_module.Settings)
+    out: dict[str, str] = {}
+    pending: list[str] = []
+    for line in source.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#:"):
+            pending.append(stripped[2:].strip())
+            continue
+        match = re.match(r"(\w+)\s*:", stripped)
+        if match and pending:
+            out[match.group(1)] = " ".join(pending)
+        pending = []
+    return out
+
+
+def _type_name(hint: object) -> str:
+    target, optional = _unwrap_optional(hint)
+    name = {Secret: "secret", Path: "path"}.get(target, getattr(target, "__name__", str(target)))
+    return f"{name} (optional)" if optional else str(name)
+
+
+def _default(value: object) -> str:
+    if value is None:
+        return "unset"
+    if value == "":
+        return '""'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f"`{value}`"
+
+
+def settings_table() -> str:
+    """The Markdown table: variable, type, default, meaning -- one row per setting.
+
+    Raises:
+        ValueError: a setting has no meaning in :data:`MEANINGS` nor a ``#:`` comment.
+    """
+    hints = typing.get_type_hints(Settings)
+    comments = _comment_meanings()
+    rows = ["| Variable | Type | Default | Meaning |", "|---|---|---|---|"]
+    missing = []
+    for field in dataclasses.fields(Settings):
+        meaning = MEANINGS.get(field.name)
+        if not meaning and comments.get(field.name):
+            meaning = comments[field.name].replace("<", "&lt;").replace(">", "&gt;")
+        if not meaning:
+            missing.append(field.name)
+            continue
+        meaning = meaning.replace("|", "\\|")
+        rows.append(
+            f"| `{ENV_PREFIX}{field.name.upper()}` | {_type_name(hints[field.name])} | "
+            f"{_default(field.default)} | {meaning} |"
+        )
+    if missing:
+        raise ValueError(
+            f"settings without a meaning: {', '.join(missing)}; add them to "
+            "sw_core.settings_doc.MEANINGS or a '#:' comment above the field"
+        )
+    return "\n".join(rows)
+
+
+def rewrite(text: str) -> str:
+    """``text`` with the block between :data:`BEGIN` and :data:`END` replaced by the table."""
+    start, end = text.find(BEGIN), text.find(END)
+    if start < 0 or end < start:
+        raise ValueError(f"no {BEGIN} ... {END} block")
+    return text[: start + len(BEGIN)] + "\n" + settings_table() + "\n" + text[end:]
+
+
+def table_in(text: str) -> str:
+    """The table currently between the markers of ``text``."""
+    start, end = text.find(BEGIN), text.find(END)
+    if start < 0 or end < start:
+        raise ValueError(f"no {BEGIN} ... {END} block")
+    return text[start + len(BEGIN) : end].strip()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Rewrite the table in the given Markdown files (default ``docs/operations.md``)."""
+    paths = [Path(p) for p in (argv if argv is not None else sys.argv[1:])] or [
+        Path("docs/operations.md")
+    ]
+    for path in paths:
+        path.write_text(rewrite(path.read_text()))
+        print(f"settings table updated in {path}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

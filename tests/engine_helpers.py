@@ -1,0 +1,93 @@
+"""Helpers for the engine tests: small random models, chunk sets in the Redis cache, references."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import redis
+import torch
+
+from sw_core.cache import ChunkCache
+from sw_core.chunker import chunk_model
+from sw_core.engine.sources import CachedChunkSource
+from sw_core.keys import Keys
+from sw_core.manifest import Manifest
+from sw_core.storage import FilesystemBackend
+from tests.model_zoo import MODEL_CLASSES, tiny_config
+
+KINDS = ("bert", "gpt2", "llama", "t5")
+#: Big enough that a 2 MiB budget cannot hold the model (about 2.5 MiB), small enough to be fast.
+VOCAB = 8192
+#: Row shards of 0.5 MiB: the 2 MiB embedding matrices become four shards.
+SHARD_MB = 0.5
+
+
+def small_model(kind: str, seed: int = 0) -> torch.nn.Module:
+    """A random-init model of ``kind`` with an 8192-token vocabulary and tied embeddings
+    where the family allows (LLaMA like SmolLM2, GPT-2 and T5 by default)."""
+    config = tiny_config(kind)
+    config.vocab_size = VOCAB
+    if kind == "llama":
+        config.tie_word_embeddings = True
+    torch.manual_seed(seed)
+    return MODEL_CLASSES[kind](config).eval()
+
+
+def chunk_cache(redis_url: str, budget_mb: int = 1024) -> ChunkCache:
+    return ChunkCache(
+        redis.Redis.from_url(redis_url),
+        keys=Keys("sw-engine-test"),
+        cache_size_bytes=budget_mb << 20,
+    )
+
+
+def cached_source(folder: Path, manifest: Manifest, cache: ChunkCache) -> CachedChunkSource:
+    """A source over ``folder`` whose every chunk is already in the Redis cache."""
+    for chunk in manifest.chunks:
+        cache.put(chunk.sha256, (folder / chunk.file).read_bytes())
+    return CachedChunkSource(cache, FilesystemBackend(folder))
+
+
+def chunk_small(kind: str, folder: Path, **kwargs: Any) -> tuple[torch.nn.Module, Manifest]:
+    model = small_model(kind)
+    manifest = chunk_model(model, folder, name=f"small-{kind}", max_chunk_mb=SHARD_MB, **kwargs)
+    return model, manifest
+
+
+def id_rows(lengths: list[int], vocab: int = VOCAB, seed: int = 1) -> list[list[int]]:
+    """Token-id rows of the given lengths spread over the whole vocabulary (ids >= 2)."""
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randint(2, vocab, (n,), generator=generator).tolist() for n in lengths]
+
+
+def padded(rows: list[list[int]], pad_id: int, *, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[i, span] = torch.tensor(row)
+        mask[i, span] = 1
+    return ids, mask
+
+
+def reference_generate(
+    model: torch.nn.Module, rows: list[list[int]], max_new_tokens: int, pad_id: int
+) -> list[list[int]]:
+    """transformers' greedy ``generate`` for the batch, new tokens only, cut after EOS."""
+    config = model.config
+    encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
+    ids, mask = padded(rows, pad_id, left=not encoder_decoder)
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False
+        )
+    start = 1 if encoder_decoder else ids.shape[1]
+    eos = model.generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    result = []
+    for row in out[:, start:].tolist():
+        cut = next((i + 1 for i, t in enumerate(row) if t in eos_ids), len(row))
+        result.append(row[:cut])
+    return result

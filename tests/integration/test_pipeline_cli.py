@@ -1,0 +1,114 @@
+"""``sw submit / result / register / models`` against the real Redis fixture."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sw_core.cli import main
+from sw_core.settings import Settings
+from tests.pipeline_handlers import EchoHandler
+from tests.pipeline_helpers import consumers, pipeline_settings
+
+
+@contextlib.contextmanager
+def worker_thread(settings: Settings) -> Iterator[None]:
+    """An in-process consumer on its own event loop (the CLI runs asyncio.run itself)."""
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    stop: list[asyncio.Event] = []
+
+    async def serve() -> None:
+        stop.append(asyncio.Event())
+        async with consumers(settings, [EchoHandler(settings)]):
+            ready.set()
+            await stop[0].wait()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    assert ready.wait(10), "the worker thread did not start"
+    try:
+        yield
+    finally:
+        loop.call_soon_threadsafe(stop[0].set)
+        thread.join(15)
+        loop.close()
+
+
+def test_register_and_list_models(
+    redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    monkeypatch.setenv("SW_MODELS", "configured=s3://bucket/configured")
+    flags = ["--redis-url", redis_url]
+    assert main(["register", "minilm", str(tmp_path), *flags]) == 0
+    assert main(["register", "smol", "s3://sw-chunks/smol/", *flags]) == 0
+    assert f"minilm -> {tmp_path}" in capsys.readouterr().out
+    assert main(["register", "bad", "s3://A_B/x", *flags]) == 2
+    assert main(["register", "gone", str(tmp_path / "missing"), *flags]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["register", "elsewhere", "/mnt/not/here", "--no-check", *flags]) == 0
+    capsys.readouterr()
+    assert main(["models", *flags]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["configured", "elsewhere", "minilm", "smol"]
+    assert lines[3].split()[1] == "s3://sw-chunks/smol"
+
+
+def test_submit_wait_prints_the_result(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    settings = pipeline_settings(redis_url)
+    flags = ["--redis-url", redis_url]
+    with worker_thread(settings):
+        code = main(
+            ["submit", "m1", "--task", "generate", "--text", "hello", "--text", "world",
+             "--param", "max_new_tokens=3", "--param", "do_sample=false", "--wait", *flags]
+        )  # fmt: skip
+        out = capsys.readouterr().out.splitlines()
+        assert code == 0, out
+        job_id, result = out[0], json.loads(out[1])
+        assert result["inputs"] == ["hello", "world"]
+        assert result["params"] == {"max_new_tokens": 3, "do_sample": False}
+        assert main(["result", job_id, *flags]) == 0
+        status = json.loads(capsys.readouterr().out)
+        assert status["status"] == "done" and status["result"]["job_id"] == job_id
+        assert main(["submit", "m1", "--task", "forward", "--tokens", "1,2,3", "--wait",
+                     *flags]) == 0  # fmt: skip
+        assert json.loads(capsys.readouterr().out.splitlines()[1])["inputs"] == [[1, 2, 3]]
+
+
+def test_failed_and_unfinished_jobs_have_their_own_exit_codes(
+    redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = pipeline_settings(redis_url)
+    flags = ["--redis-url", redis_url]
+    with worker_thread(settings):
+        assert main(["submit", "unknown-model", "--text", "x", "--wait", *flags]) == 1
+        assert "ModelError" in capsys.readouterr().err
+    assert main(["submit", "m1", "--text", "nobody runs me", *flags]) == 0
+    job_id = capsys.readouterr().out.strip()
+    assert main(["result", job_id, "--wait", "--timeout", "0.2", *flags]) == 3
+    assert "did not finish" in capsys.readouterr().err
+    assert main(["result", job_id, *flags]) == 3
+    assert json.loads(capsys.readouterr().out)["status"] == "queued"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--param", "max_new_tokens=lots"], "not a valid int"),
+        (["--param", "nonsense"], "is not KEY=VALUE"),
+        (["--param", "beam=2"], "unknown param"),
+    ],
+)
+def test_submit_refuses_bad_params(
+    redis_url: str, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    code = main(
+        ["submit", "m1", "--task", "generate", "--text", "x", *argv, "--redis-url", redis_url]
+    )
+    assert code == 2 and message in capsys.readouterr().err

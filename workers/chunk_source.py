@@ -1,0 +1,165 @@
+"""The inference side of chunk loading: a chunk source backed by the cluster's loaders.
+
+:class:`RemoteChunkSource` implements the engine's chunk-source protocol. A cache hit is
+returned at once. On a miss it subscribes to ``chunk_ready(sha256)`` *before* asking, reads
+the cache once more (the chunk may have landed meanwhile), enqueues ``load_chunk`` under the
+job id ``load:<sha256>`` (arq drops duplicates: one load cluster-wide, however many
+waiters) and waits for the announcement up to ``timeout_seconds``. Fetches of the same
+chunk in one process share a single wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from arq.connections import ArqRedis
+from redis.asyncio import Redis
+
+from sw_core.cache import ChunkCache
+from sw_core.exceptions import WeightServerError, error_class
+from sw_core.keys import Keys
+from sw_core.manifest import MANIFEST_FILE, MAX_MANIFEST_BYTES, ChunkInfo
+from sw_core.settings import Settings, redact_url
+from sw_core.storage import model_store
+from workers.loader import LOAD_CHUNK, arq_pool, job_deserializer, load_job_id
+from workers.registry import ModelRegistry
+
+#: Largest non-chunk file (config, tokenizer) :meth:`RemoteChunkSource.fetch_file` returns.
+MAX_FILE_BYTES = 64 << 20
+
+
+class RemoteChunkSource:
+    """Chunks of one model through the shared cache, loaded by loader workers on a miss.
+
+    Args:
+        model: registered model name (loaders resolve its location).
+        settings: Redis URL, key prefix, ``timeout_seconds``.
+        cache: the chunk cache (default: :meth:`ChunkCache.from_settings`, closed by
+            :meth:`close`).
+        timeout_s: longest wait for one chunk (default ``settings.timeout_seconds``).
+
+    The asyncio clients are made on first use, on the loop of that call; use one instance
+    from one event loop.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        settings: Settings,
+        *,
+        cache: ChunkCache | None = None,
+        timeout_s: float | None = None,
+    ) -> None:
+        self.model = model
+        self.settings = settings
+        self.keys = Keys(settings.key_prefix)
+        self.timeout_s = settings.timeout_seconds if timeout_s is None else timeout_s
+        self._own_cache = cache is None
+        self.cache = cache or ChunkCache.from_settings(settings)
+        self._redis: Redis | None = None
+        self._arq: ArqRedis | None = None
+        self._flights: dict[str, asyncio.Future[Any]] = {}
+        #: Chunks this source had to ask a loader for.
+        self.remote_loads = 0
+
+    def describe(self) -> str:
+        return f"chunk loaders of model {self.model!r} via {redact_url(self.settings.redis_url)}"
+
+    async def fetch(self, chunk: ChunkInfo) -> bytearray | memoryview:
+        """The chunk's verified bytes (writable; from the cache).
+
+        Raises:
+            WeightServerError: no loader announced the chunk within ``timeout_s``.
+            SurfingError: the loader's own error (ChunkNotFoundError, SecurityError ...).
+        """
+        data = await self.cache.aget(chunk.sha256)
+        if data is not None:
+            return data
+        flight = self._flights.get(chunk.sha256)
+        if flight is None:
+            flight = asyncio.ensure_future(self._load_remote(chunk))
+            self._flights[chunk.sha256] = flight
+            flight.add_done_callback(lambda _f, sha=chunk.sha256: self._flights.pop(sha, None))
+        return await asyncio.shield(flight)
+
+    async def fetch_file(self, name: str) -> bytes:
+        """A small file of the chunk set (manifest, config, tokenizer), straight from storage."""
+        redis = await self._clients()
+        location = await ModelRegistry(redis[0], self.settings).resolve(self.model)
+        store = model_store(location, self.settings, self.model)
+        try:
+            limit = MAX_MANIFEST_BYTES if name == MANIFEST_FILE else MAX_FILE_BYTES
+            return bytes(await store.load(name, max_size_bytes=limit))
+        finally:
+            await store.close()
+
+    async def _clients(self) -> tuple[Redis, ArqRedis]:
+        if self._redis is None or self._arq is None:
+            self._redis = Redis.from_url(self.settings.redis_url)
+            self._arq = await arq_pool(self.settings)
+        return self._redis, self._arq
+
+    async def _load_remote(self, chunk: ChunkInfo) -> bytearray | memoryview:
+        redis, arq = await self._clients()
+        channel = self.keys.chunk_ready(chunk.sha256)
+        pubsub = redis.pubsub()
+        try:
+            await pubsub.subscribe(channel)
+            data = await self.cache.aget(chunk.sha256)
+            if data is not None:
+                return data
+            self.remote_loads += 1
+            await arq.enqueue_job(
+                LOAD_CHUNK,
+                self.model,
+                chunk.name,
+                chunk.sha256,
+                _job_id=load_job_id(chunk.sha256),
+            )
+            outcome = await self._wait(pubsub)
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.unsubscribe(channel)
+            await pubsub.aclose()
+        where = f"chunk {chunk.name!r} of model {self.model!r}"
+        if outcome is None:
+            raise WeightServerError(
+                f"{where} was not loaded within {self.timeout_s:g} s: is a loader running "
+                "(`arq workers.LoaderSettings` or `arq workers.Settings`) on this Redis?"
+            )
+        if not outcome.get("ok"):
+            cls = error_class(str(outcome.get("error_type")))
+            raise cls(f"loading {where} failed: {outcome.get('error')}")
+        data = await self.cache.aget(chunk.sha256)
+        if data is None:
+            raise WeightServerError(
+                f"{where} was loaded but is gone from the cache already: "
+                "raise SW_CACHE_SIZE_MB above the working set"
+            )
+        return data
+
+    async def _wait(self, pubsub: Any) -> dict[str, Any] | None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        while (remaining := deadline - loop.time()) > 0:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=remaining)
+            if message is not None and message.get("type") == "message":
+                try:
+                    outcome = job_deserializer(message["data"])
+                except Exception:
+                    continue
+                if isinstance(outcome, dict):
+                    return outcome
+        return None
+
+    async def close(self) -> None:
+        """Close the connections (and the cache, when this source made it)."""
+        if self._arq is not None:
+            await self._arq.aclose()
+        if self._redis is not None:
+            await self._redis.aclose()
+        self._redis = self._arq = None
+        if self._own_cache:
+            await asyncio.to_thread(self.cache.close)

@@ -1,0 +1,412 @@
+"""The inference worker's stream consumer: batches, results, retries, recovery, shutdown.
+
+One :class:`JobConsumer` per worker process reads ``sw:jobs`` through the consumer group,
+gathers pending jobs of one ``(model, task)`` into a batch (up to ``max_batch_size``,
+waiting ``batch_wait_ms`` for more), runs it through the :class:`~workers.handlers.BatchHandler`
+and finalizes each job atomically with its ack (see :class:`~workers.store.JobStore`):
+
+- a result -> job hash ``done`` + ack, in one Lua call;
+- a transient error -> ack + retry scheduled in ``sw:retries`` with exponential backoff,
+  re-added to the stream by the retry mover of whichever worker sees it due first;
+- a permanent error, the last attempt, a malformed entry, or an entry delivered more than
+  ``max_deliveries`` times -> dead letter in ``sw:dlq`` + ack.
+
+Crash recovery: a restarted worker with the same ``worker_name`` first reads its own pending
+entries; every worker ``XAUTOCLAIM``\\ s entries idle longer than ``claim_idle_ms``, while it
+keeps its own in-flight entries fresh (``XCLAIM ... JUSTID``) so a long job on a live worker
+is never taken from it. At shutdown it finishes the batch in flight (within
+``shutdown_grace_s``) and hands the entries it did not start back to the stream.
+
+Background tasks only await Redis or the handler: the event loop never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import msgpack
+from redis.asyncio import Redis
+
+from sw_core.exceptions import JobError, ModelError, SurfingError, is_transient
+from sw_core.jobs import Job, decode_entry, decode_fields
+from sw_core.retry import RetryPolicy, retry_async
+from sw_core.settings import Settings
+from workers.handlers import BatchHandler
+from workers.heartbeat import default_worker_name
+from workers.registry import ModelRegistry
+from workers.retry_mover import RetryMover
+from workers.store import JobStore
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+#: Retries of a Redis step that failed on a connection blip (short: the worker lives on).
+_REDIS_RETRY = RetryPolicy(attempts=4, initial_delay_s=0.2, multiplier=2.0, max_delay_s=2.0)
+
+
+class JobConsumer:
+    """Consumes the jobs stream for one worker.
+
+    Args:
+        redis: asyncio client, ``decode_responses=False``.
+        settings: limits, timings and the key prefix.
+        handler: runs the batches.
+        name: consumer name (default ``settings.worker_name`` or ``<host>-<pid>``).
+        registry: where models are looked up (unknown model -> dead letter).
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        settings: Settings,
+        handler: BatchHandler,
+        *,
+        name: str | None = None,
+        registry: ModelRegistry | None = None,
+    ) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.handler = handler
+        self.name = name or settings.worker_name or default_worker_name()
+        self.store = JobStore(redis, settings)
+        self.retry_mover = RetryMover(self.store, self.name)
+        self.registry = registry or ModelRegistry(redis, settings)
+        self.policy = RetryPolicy.from_settings(settings)
+        #: Entries held at once (taken, running or waiting): enough for the next batch.
+        self.capacity = 2 * settings.max_batch_size
+        self.jobs_done = 0
+        self.jobs_failed = 0
+        self._buffer: list[Job] = []
+        self._inflight: dict[str, Job] = {}
+        self._held: set[str] = set()
+        self._new = asyncio.Event()
+        self._room = asyncio.Event()
+        self._stopping = False
+        self._runner: asyncio.Task[None] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._claimer: asyncio.Task[None] | None = None
+        self._refresher: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Create the group if needed and start the background tasks."""
+        await self.store.ensure_group()
+        self._reader = asyncio.create_task(self._read_loop(), name=f"{self.name}-read")
+        self._runner = asyncio.create_task(self._run_loop(), name=f"{self.name}-run")
+        self._refresher = asyncio.create_task(self._refresh_loop(), name=f"{self.name}-refresh")
+        self._claimer = asyncio.create_task(self._claim_loop(), name=f"{self.name}-claim")
+        self.retry_mover.start()
+        log.info("worker %s consuming %s", self.name, self.store.keys.jobs)
+
+    async def stop(self, grace_s: float | None = None) -> int:
+        """Stop taking jobs, finish the batch in flight within ``grace_s``
+        (``shutdown_grace_s``), hand every entry not finished back to the stream.
+
+        Returns:
+            How many entries were handed back.
+        """
+        grace_s = self.settings.shutdown_grace_s if grace_s is None else grace_s
+        self._stopping = True
+        for event in (self._new, self._room):
+            event.set()
+        leftovers: list[Job] = []
+        if self._runner is not None:
+            done, _ = await asyncio.wait({self._runner}, timeout=grace_s)
+            if not done:
+                leftovers = list(self._inflight.values())
+                log.warning(
+                    "worker %s: batch of %d jobs did not finish within %.1f s; handing it back",
+                    self.name,
+                    len(leftovers),
+                    grace_s,
+                )
+            await _cancel(self._runner)
+        if self._reader is not None:
+            await asyncio.wait({self._reader}, timeout=self.settings.poll_block_ms / 1000 + 2)
+            await _cancel(self._reader)
+        if self._claimer is not None:
+            await _cancel(self._claimer)
+        await self.retry_mover.stop()
+        handed = 0
+        for job in [*leftovers, *self._buffer]:
+            try:
+                if await self._with_retries(lambda j=job: self.store.hand_back(j), "hand back"):
+                    handed += 1
+            except Exception as exc:
+                log.error("worker %s could not hand back %s: %s", self.name, job.entry_id, exc)
+        self._buffer.clear()
+        if self._refresher is not None:
+            await _cancel(self._refresher)
+        log.info("worker %s stopped; %d entries handed back", self.name, handed)
+        return handed
+
+    def report(self) -> dict[str, str | int]:
+        """What this consumer is doing, for the heartbeat hash."""
+        current = list(self._inflight.values())
+        return {
+            "current_model": current[0].model if current else "",
+            "current_jobs": ",".join(j.job_id for j in current)[:512],
+            "jobs_done": self.jobs_done,
+            "jobs_failed": self.jobs_failed,
+            "held": len(self._held),
+        }
+
+    # ------------------------------------------------------------------ intake
+    async def _read_loop(self) -> None:
+        cursor: str | None = "0"  # own pending entries from an earlier life first
+        while not self._stopping:
+            room = self.capacity - len(self._held)
+            if room <= 0:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            try:
+                if cursor is not None:
+                    entries = await self.store.read(self.name, cursor, room, None)
+                    if not entries:
+                        cursor = None
+                        continue
+                    cursor = entries[-1][0]
+                    log.info("worker %s resumes %d own pending entries", self.name, len(entries))
+                else:
+                    block_ms = max(1, self.settings.poll_block_ms)  # 0 would block forever
+                    entries = await self.store.read(self.name, ">", room, block_ms)
+                await self._intake(entries)
+            except Exception as exc:
+                log.warning(
+                    "worker %s: reading %s failed: %s", self.name, self.store.keys.jobs, exc
+                )
+                await asyncio.sleep(0.5)
+
+    async def _intake(
+        self, entries: list[tuple[str, dict[bytes, bytes] | None]], *, first: bool = False
+    ) -> None:
+        """Decode entries into the buffer (at its front with ``first``); dead-letter bad ones."""
+        added: list[Job] = []
+        for entry_id, fields in entries:
+            if entry_id in self._held:
+                continue
+            if fields is None:
+                await self.store.ack_missing(entry_id)
+                continue
+            raw = decode_fields(fields)
+            try:
+                job = decode_entry(entry_id, raw, self.settings)
+            except JobError as exc:
+                log.warning("worker %s: entry %s dead-lettered: %s", self.name, entry_id, exc)
+                self.jobs_failed += 1
+                await self._with_retries(
+                    lambda e=entry_id, r=raw, x=exc: self.store.dead_letter_raw(
+                        e, r, type(x).__name__, str(x), self.name
+                    ),
+                    "dead-letter a malformed entry",
+                )
+                continue
+            added.append(job)
+            self._held.add(entry_id)
+        if added:
+            self._buffer = [*added, *self._buffer] if first else [*self._buffer, *added]
+            self._new.set()
+
+    async def _claim_loop(self) -> None:
+        cursor = "0-0"
+        # a dead worker's entries are taken at most ~1 s after they pass claim_idle_ms
+        interval_s = min(max(self.settings.claim_idle_ms / 4000, 0.05), 1.0)
+        while not self._stopping:
+            await asyncio.sleep(interval_s)
+            # Entries of a dead worker are older than anything new: claim them even when the
+            # buffer is full (up to twice the usual hold) and run them first.
+            room = 2 * self.capacity - len(self._held)
+            if room <= 0 or self._stopping:
+                continue
+            try:
+                cursor, entries = await self.store.autoclaim(self.name, cursor, room)
+                if entries:
+                    log.warning(
+                        "worker %s claimed %d entries idle over %d ms (a worker died?)",
+                        self.name,
+                        len(entries),
+                        self.settings.claim_idle_ms,
+                    )
+                    await self._intake(entries, first=True)
+            except Exception as exc:
+                log.warning("worker %s: XAUTOCLAIM failed: %s", self.name, exc)
+
+    async def _refresh_loop(self) -> None:
+        interval_s = max(self.settings.claim_idle_ms / 3000, 0.05)
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                lost = set(await self.store.refresh(list(self._held), self.name))
+            except Exception as exc:
+                log.warning("worker %s: refreshing claims failed: %s", self.name, exc)
+                continue
+            if lost:
+                log.warning("worker %s lost %d entries to other workers", self.name, len(lost))
+                self._buffer = [j for j in self._buffer if j.entry_id not in lost]
+                self._held -= lost - set(self._inflight)
+                self._room.set()
+
+    # ------------------------------------------------------------------ batches
+    async def _run_loop(self) -> None:
+        while not self._stopping:
+            if not self._buffer:
+                self._new.clear()
+                await self._new.wait()
+                continue
+            batch = await self._gather_batch()
+            if batch:
+                try:
+                    await self._run_batch(batch)
+                except Exception:  # a bug here must not stop the worker
+                    log.exception("worker %s: batch failed unexpectedly", self.name)
+                    await asyncio.sleep(0.5)
+
+    async def _gather_batch(self) -> list[Job]:
+        """The oldest buffered job and more of its (model, task), waiting briefly for more."""
+        loop = asyncio.get_running_loop()
+        head = self._buffer[0]
+        key = (head.model, head.task)
+        limit = self.settings.max_batch_size
+        deadline = loop.time() + self.settings.batch_wait_ms / 1000
+        while True:
+            same = [j for j in self._buffer if (j.model, j.task) == key]
+            remaining = deadline - loop.time()
+            full = len(same) >= limit or len(self._held) >= self.capacity
+            if full or self._stopping or remaining <= 0:
+                break
+            self._new.clear()
+            try:
+                await asyncio.wait_for(self._new.wait(), remaining)
+            except TimeoutError:
+                pass
+        batch = same[:limit]
+        taken = {j.entry_id for j in batch}
+        self._buffer = [j for j in self._buffer if j.entry_id not in taken]
+        for job in batch:
+            self._inflight[job.entry_id] = job
+        return batch
+
+    async def _run_batch(self, batch: list[Job]) -> None:
+        model, task = batch[0].model, batch[0].task
+        try:
+            try:
+                await self.registry.resolve(model)
+            except ModelError as exc:
+                for job in batch:
+                    await self._failed(job, exc)
+                return
+            starts = await self._with_retries(
+                lambda: self.store.start(batch, self.name), "mark jobs running"
+            )
+            if starts is None:
+                return
+            runnable: list[Job] = []
+            for job, deliveries in zip(batch, starts, strict=True):
+                if deliveries == 0:
+                    log.info("worker %s: %s is no longer ours; skipped", self.name, job.entry_id)
+                elif deliveries < 0:
+                    poison = JobError(
+                        f"entry {job.entry_id} was delivered {-deliveries} times, more than "
+                        f"max_deliveries={self.settings.max_deliveries}: workers probably "
+                        "crashed while running it"
+                    )
+                    await self._failed(job, poison, reason="poison")
+                else:
+                    job.deliveries = deliveries
+                    runnable.append(job)
+            if runnable:
+                await self._finish(runnable, await self._invoke(model, task, runnable))
+        finally:
+            for job in batch:
+                self._inflight.pop(job.entry_id, None)
+                self._held.discard(job.entry_id)
+            self._room.set()
+
+    async def _invoke(self, model: str, task: str, jobs: list[Job]) -> list[Any]:
+        try:
+            results = await self.handler.run_batch(model, task, list(jobs))
+        except Exception as exc:
+            if not isinstance(exc, SurfingError):
+                log.exception("handler failed on a batch of %d %s/%s jobs", len(jobs), model, task)
+            return [exc] * len(jobs)
+        if not isinstance(results, list) or len(results) != len(jobs):
+            count = len(results) if isinstance(results, list) else type(results).__name__
+            bug = JobError(f"the handler returned {count} results for {len(jobs)} jobs")
+            return [bug] * len(jobs)
+        return results
+
+    async def _finish(self, jobs: list[Job], results: list[Any]) -> None:
+        done: list[tuple[Job, bytes]] = []
+        for job, result in zip(jobs, results, strict=True):
+            if isinstance(result, BaseException):
+                await self._failed(job, result)
+                continue
+            try:
+                packed = msgpack.packb(result, use_bin_type=True)
+            except (TypeError, ValueError, OverflowError) as exc:
+                await self._failed(job, JobError(f"the job's result cannot be stored: {exc}"))
+                continue
+            done.append((job, packed))
+        if done:
+            flags = await self._with_retries(
+                lambda: self.store.complete(done, self.name), "store results"
+            )
+            self.jobs_done += sum(flags or [])
+
+    async def _failed(self, job: Job, exc: BaseException, *, reason: str | None = None) -> None:
+        """Retry a transient failure with backoff, dead-letter anything else."""
+        self.jobs_failed += 1
+        error_type = type(exc).__name__
+        message = str(exc) or error_type
+        transient = reason is None and is_transient(exc)
+        if transient and job.attempt < self.policy.attempts:
+            delay_s = self.policy.delay_s(job.attempt)
+            log.info(
+                "job %s attempt %d/%d failed (%s: %s); retry in %.2f s",
+                job.job_id,
+                job.attempt,
+                self.policy.attempts,
+                error_type,
+                message,
+                delay_s,
+            )
+            await self._with_retries(
+                lambda: self.store.retry(job, error_type, message, delay_s, self.name),
+                "schedule a retry",
+            )
+            self.retry_mover.wake()
+            return
+        reason = reason or ("retries_exhausted" if transient else "permanent")
+        log.warning(
+            "job %s dead-lettered after attempt %d (%s): %s: %s",
+            job.job_id,
+            job.attempt,
+            reason,
+            error_type,
+            message,
+        )
+        await self._with_retries(
+            lambda: self.store.dead_letter_job(job, error_type, message, reason, self.name),
+            "write a dead letter",
+        )
+
+    async def _with_retries(self, call: Callable[[], Awaitable[T]], what: str) -> T | None:
+        """Run a Redis step, retrying connection blips; None when Redis stays away
+        (the entry stays pending and is reclaimed later, so nothing is lost)."""
+        try:
+            return await retry_async(call, _REDIS_RETRY, what=f"worker {self.name}: {what}")
+        except Exception as exc:
+            log.error("worker %s could not %s: %s", self.name, what, exc)
+            return None
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    if not task.done():
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task

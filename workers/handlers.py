@@ -1,0 +1,81 @@
+"""The batch handler a worker runs jobs through, and how it is found from settings.
+
+A handler takes a batch of jobs of one ``(model, task)`` and returns one result -- or one
+exception -- per job, in order. Results must be msgpack-able. Heavy work (inference) must
+run off the event loop (a thread or process), so heartbeats, claims and chunk loads keep
+flowing while it runs.
+
+The setting ``handler`` (``SW_HANDLER``) is an import path ``"module:attr"``. ``attr`` may be
+an object with ``run_batch``, or a callable (a class or a factory function, sync or async)
+taking the :class:`~sw_core.settings.Settings` and returning one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any, Protocol, runtime_checkable
+
+from sw_core.exceptions import ConfigError
+from sw_core.jobs import Job
+from sw_core.settings import Settings
+
+
+@runtime_checkable
+class BatchHandler(Protocol):
+    """Runs a batch of jobs of one model and task."""
+
+    async def run_batch(self, model: str, task: str, jobs: list[Job]) -> list[Any | BaseException]:
+        """One msgpack-able result or one exception per job, in the order of ``jobs``."""
+        ...
+
+
+def import_object(path: str) -> Any:
+    """The object named by ``"package.module:attr"`` (or ``"package.module.attr"``)."""
+    module_name, sep, attr = path.partition(":")
+    if not sep:
+        module_name, _, attr = path.rpartition(".")
+    if not module_name or not attr:
+        raise ConfigError(f"handler {path!r} is not an import path like 'package.module:name'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import the handler module {module_name!r}: {exc}") from exc
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ConfigError(
+                f"module {module_name!r} has no {attr!r} (handler {path!r})"
+            ) from None
+    return obj
+
+
+async def load_handler(settings: Settings, path: str | None = None) -> BatchHandler:
+    """Build the handler named by ``path`` (default: ``settings.handler``).
+
+    Raises:
+        ConfigError: the path does not import, or does not give a handler.
+    """
+    path = path or settings.handler
+    obj = import_object(path)
+    if not (hasattr(obj, "run_batch") and not inspect.isclass(obj)):
+        if not callable(obj):
+            raise ConfigError(f"handler {path!r} is neither a handler nor a factory of one")
+        obj = obj(settings)
+        if inspect.isawaitable(obj):
+            obj = await obj
+    if not inspect.iscoroutinefunction(getattr(obj, "run_batch", None)):
+        raise ConfigError(f"handler {path!r} gave {obj!r}, which has no async run_batch()")
+    return obj
+
+
+async def close_handler(handler: Any) -> None:
+    """Call the handler's optional ``close()`` (sync or async)."""
+    close = getattr(handler, "close", None)
+    if close is None:
+        return
+    result = close()
+    if inspect.isawaitable(result):
+        await result

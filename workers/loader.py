@@ -1,0 +1,159 @@
+"""Chunk loading: the arq job ``load_chunk`` and what it needs.
+
+A loader reads a chunk from storage (S3 with the local backup behind it), verifies its
+sha256, puts it in the shared :class:`~sw_core.cache.ChunkCache` and announces the outcome
+on the pub/sub channel ``Keys.chunk_ready(sha256)``: ``{"ok": true}`` or ``{"ok": false,
+"error_type": ..., "error": ...}`` so waiters fail fast with the loader's error type.
+
+Jobs are enqueued with ``_job_id=f"load:{sha256}"``: arq refuses a second job with the same
+id while one is queued or running, which makes loads single-flight across the cluster;
+results are not kept (``keep_result=0``), so a chunk evicted later can be loaded again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from typing import Any
+
+import msgpack
+from arq.connections import ArqRedis, RedisSettings, create_pool
+from redis.asyncio import Redis
+
+from sw_core.cache import ChunkCache
+from sw_core.exceptions import ModelError
+from sw_core.keys import Keys
+from sw_core.manifest import MANIFEST_FILE, MAX_MANIFEST_BYTES, Manifest
+from sw_core.settings import Settings
+from sw_core.stats import Counters
+from sw_core.storage import StorageBackend, model_store
+from workers.registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+#: arq function name of chunk loads.
+LOAD_CHUNK = "load_chunk"
+#: How long a loader trusts a manifest it read before reading it again.
+MANIFEST_TTL_S = 30.0
+
+#: arq's default serializer is pickle: both sides use msgpack instead.
+job_serializer = functools.partial(msgpack.packb, use_bin_type=True)
+job_deserializer = functools.partial(msgpack.unpackb, raw=False)
+
+
+def load_job_id(sha256: str) -> str:
+    """arq job id of the load of one chunk (the single-flight key)."""
+    return f"load:{sha256}"
+
+
+async def arq_pool(settings: Settings) -> ArqRedis:
+    """An arq pool that enqueues onto the loaders' queue with the msgpack serializer."""
+    return await create_pool(
+        RedisSettings.from_dsn(settings.redis_url),
+        job_serializer=job_serializer,
+        job_deserializer=job_deserializer,
+        default_queue_name=Keys(settings.key_prefix).arq_queue,
+    )
+
+
+class ChunkLoader:
+    """Storage -> verified bytes -> chunk cache -> ``chunk_ready`` announcement.
+
+    Args:
+        redis: asyncio client (registry lookups and announcements).
+        settings: storage, cache and key settings.
+        cache: the chunk cache (default: :meth:`ChunkCache.from_settings`).
+        counters: where storage and cache count bytes, retries, failovers, evictions.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        settings: Settings,
+        *,
+        cache: ChunkCache | None = None,
+        counters: Counters | None = None,
+    ) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.keys = Keys(settings.key_prefix)
+        self.counters = counters if counters is not None else Counters()
+        self.registry = ModelRegistry(redis, settings)
+        self._own_cache = cache is None
+        self.cache = cache or ChunkCache.from_settings(settings, counters=self.counters)
+        self._stores: dict[tuple[str, str], StorageBackend] = {}
+        self._manifests: dict[str, tuple[float, Manifest]] = {}
+        #: Chunks read from storage by this loader (tests and heartbeats read it).
+        self.storage_loads = 0
+        self.loads_failed = 0
+
+    def report(self) -> dict[str, str | int]:
+        """Fields for the heartbeat hash."""
+        return {"chunks_loaded": self.storage_loads, "loads_failed": self.loads_failed}
+
+    def store_for(self, model: str, location: str) -> StorageBackend:
+        """The (cached) storage backend of a model's location."""
+        key = (model, location)
+        if key not in self._stores:
+            self._stores[key] = model_store(location, self.settings, model, counters=self.counters)
+        return self._stores[key]
+
+    async def manifest(self, model: str, location: str) -> Manifest:
+        """The model's manifest, re-read at most every :data:`MANIFEST_TTL_S` seconds."""
+        cached = self._manifests.get(location)
+        if cached is not None and time.monotonic() - cached[0] < MANIFEST_TTL_S:
+            return cached[1]
+        store = self.store_for(model, location)
+        raw = await store.load(MANIFEST_FILE, max_size_bytes=MAX_MANIFEST_BYTES)
+        manifest = Manifest.from_json(bytes(raw))
+        self._manifests[location] = (time.monotonic(), manifest)
+        return manifest
+
+    async def load(self, model: str, chunk_name: str, sha256: str) -> dict[str, Any]:
+        """Make the chunk cached and announce it; never raises (the outcome is announced)."""
+        try:
+            location = await self.registry.resolve(model)
+            manifest = await self.manifest(model, location)
+            chunk = manifest.chunk(chunk_name)
+            if chunk.sha256 != sha256:
+                self._manifests.pop(location, None)
+                raise ModelError(
+                    f"chunk {chunk_name!r} of model {model!r} has sha256 {chunk.sha256[:12]}... "
+                    f"in {location}, not {sha256[:12]}...: the model was re-chunked; "
+                    "restart the workers that hold the old manifest"
+                )
+            if not await self.cache.acontains(sha256):
+                store = self.store_for(model, location)
+                data = await store.load_verified(
+                    chunk.file, sha256, max_size_bytes=chunk.size_bytes
+                )
+                self.storage_loads += 1
+                await self.cache.aput(sha256, data, verify=False)  # verified just above
+            outcome: dict[str, Any] = {"ok": True}
+        except Exception as exc:
+            self.loads_failed += 1
+            log.warning("loading chunk %s of model %s failed: %s", chunk_name, model, exc)
+            outcome = {"ok": False, "error_type": type(exc).__name__, "error": str(exc)[:2000]}
+        await self.redis.publish(self.keys.chunk_ready(sha256), job_serializer(outcome))
+        return outcome
+
+    async def close(self) -> None:
+        """Close the storage backends and the cache this loader opened."""
+        for store in self._stores.values():
+            try:
+                await store.close()
+            except Exception as exc:  # closing must not hide the shutdown
+                log.debug("closing %s: %s", store, exc)
+        self._stores.clear()
+        if self._own_cache:
+            await asyncio.to_thread(self.cache.close)
+
+
+async def load_chunk(
+    ctx: dict[str, Any], model: str, chunk_name: str, sha256: str
+) -> dict[str, Any]:
+    """arq job: load one chunk into the cache (see :class:`ChunkLoader`)."""
+    loader: ChunkLoader = ctx["loader"]
+    return await loader.load(model, chunk_name, sha256)

@@ -1,0 +1,118 @@
+"""arq glue: what a worker process runs beside arq's own job loop.
+
+arq calls ``on_startup`` once its Redis pool is up and ``on_shutdown`` when it stops (after a
+SIGTERM/SIGINT, which arq handles). An inference node starts the stream consumer, the
+heartbeat and a chunk loader (it serves ``load_chunk`` too, so one process is a whole node);
+a loader-only node starts the heartbeat and the loader. Shutdown drains the consumer (the
+batch in flight finishes within ``shutdown_grace_s``, untouched entries are handed back).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from arq.connections import RedisSettings
+from arq.worker import func
+from redis.asyncio import Redis
+
+from sw_core.keys import Keys
+from sw_core.settings import Settings
+from sw_core.stats import Counters
+from workers.consumer import JobConsumer
+from workers.handlers import close_handler, load_handler
+from workers.heartbeat import Heartbeat, default_worker_name
+from workers.loader import LOAD_CHUNK, ChunkLoader, job_deserializer, job_serializer, load_chunk
+
+log = logging.getLogger(__name__)
+
+#: arq polls its queue this often (seconds); its default 0.5 s caps a worker near 200 loads/s.
+POLL_DELAY_S = 0.05
+
+
+@dataclass
+class Node:
+    """The parts of one running worker process."""
+
+    settings: Settings
+    redis: Redis
+    loader: ChunkLoader
+    heartbeat: Heartbeat
+    consumer: JobConsumer | None = None
+    handler: Any = None
+
+    async def stop(self) -> None:
+        """Drain the consumer, then stop the heartbeat and close everything."""
+        try:
+            if self.consumer is not None:
+                await self.consumer.stop()
+        finally:
+            await self.heartbeat.stop()
+            if self.handler is not None:
+                await close_handler(self.handler)
+            await self.loader.close()
+            await self.redis.aclose()
+
+
+async def start_node(ctx: dict[str, Any], *, settings: Settings, kind: str, consume: bool) -> Node:
+    """Start a node's parts and keep them in arq's ``ctx`` (``ctx["loader"]``, ``ctx["node"]``)."""
+    counters = Counters()
+    redis = Redis.from_url(settings.redis_url)
+    name = settings.worker_name or default_worker_name()
+    loader = ChunkLoader(redis, settings, counters=counters)
+    consumer = handler = None
+    if consume:
+        handler = await load_handler(settings)
+        consumer = JobConsumer(redis, settings, handler, name=name)
+    report = consumer.report if consumer is not None else loader.report
+    heartbeat = Heartbeat(
+        redis, settings, worker_id=name, kind=kind, report=report, counters=counters
+    )
+    node = Node(settings, redis, loader, heartbeat, consumer, handler)
+    ctx["loader"] = loader
+    ctx["node"] = node
+    await heartbeat.start()
+    if consumer is not None:
+        await consumer.start()
+    log.info("%s worker %s started on %s", kind, name, Keys(settings.key_prefix).jobs)
+    return node
+
+
+async def _on_startup(ctx: dict[str, Any], *, settings: Settings, kind: str, consume: bool) -> None:
+    await start_node(ctx, settings=settings, kind=kind, consume=consume)
+
+
+async def _on_shutdown(ctx: dict[str, Any]) -> None:
+    node: Node | None = ctx.pop("node", None)
+    if node is not None:
+        await node.stop()
+
+
+def worker_options(settings: Settings, *, inference: bool) -> dict[str, Any]:
+    """arq ``Worker`` keyword arguments of an inference node (consumer + loader) or of a
+    loader-only worker. ``arq workers.Settings`` / ``workers.LoaderSettings`` use these."""
+    kind = "inference" if inference else "loader"
+    load_timeout_s = max(60.0, settings.timeout_seconds * (settings.retry_attempts + 1))
+    return {
+        "functions": [
+            func(load_chunk, name=LOAD_CHUNK, timeout=load_timeout_s, keep_result=0, max_tries=1)
+        ],
+        "queue_name": Keys(settings.key_prefix).arq_queue,
+        "redis_settings": RedisSettings.from_dsn(settings.redis_url),
+        "job_serializer": job_serializer,
+        "job_deserializer": job_deserializer,
+        "poll_delay": POLL_DELAY_S,
+        "keep_result": 0,
+        "max_jobs": max(2, settings.s3_concurrency),
+        "health_check_interval": 30,
+        # On SIGTERM arq stops picking loads and lets running ones finish before it cancels
+        # anything; cancelling a load in its last step would make arq skip on_shutdown,
+        # and with it the consumer's drain. The drain itself gets shutdown_grace_s after.
+        "job_completion_wait": max(1, int(settings.shutdown_grace_s)),
+        "on_startup": functools.partial(
+            _on_startup, settings=settings, kind=kind, consume=inference
+        ),
+        "on_shutdown": _on_shutdown,
+    }

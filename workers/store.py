@@ -1,0 +1,351 @@
+"""Every Redis step of the job pipeline, each one atomic (Lua or a single command).
+
+:class:`JobStore` is the only place that writes job state: marking a batch running,
+storing results with the ack, scheduling retries or dead letters with the ack, moving due
+retries back to the stream, keeping claims alive and handing entries back at shutdown. The
+Lua sources live in ``sw_core/lua/pipeline_*.lua``.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import msgpack
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from sw_core.jobs import Job, encode_job, job_id_of, now_ms
+from sw_core.keys import Keys
+from sw_core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Longest error message kept in a job hash or dead letter.
+MAX_ERROR_CHARS = 2000
+#: Longest field value copied into a dead letter (an oversized payload is cut here).
+MAX_DEAD_FIELD_BYTES = 64 << 10
+#: The dead-letter stream is trimmed to about this many entries (oldest dropped first).
+DLQ_MAX_ENTRIES = 100_000
+
+
+@cache
+def lua_source(name: str) -> str:
+    """Source of ``sw_core/lua/<name>.lua``."""
+    return resources.files("sw_core").joinpath("lua", f"{name}.lua").read_text()
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class JobStore:
+    """Atomic job-state transitions on one Redis.
+
+    Args:
+        redis: an asyncio client with ``decode_responses=False``.
+        settings: TTLs, limits and the key prefix.
+    """
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.keys = Keys(settings.key_prefix)
+        self._start = redis.register_script(lua_source("pipeline_start"))
+        self._complete = redis.register_script(lua_source("pipeline_complete"))
+        self._fail = redis.register_script(lua_source("pipeline_fail"))
+        self._move = redis.register_script(lua_source("pipeline_move_retries"))
+        self._refresh = redis.register_script(lua_source("pipeline_refresh"))
+        self._handback = redis.register_script(lua_source("pipeline_handback"))
+
+    @property
+    def group(self) -> str:
+        return self.keys.jobs_group
+
+    async def ensure_group(self) -> None:
+        """Create the consumer group (and the stream) unless it exists."""
+        try:
+            await self.redis.xgroup_create(self.keys.jobs, self.group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    # ------------------------------------------------------------------ reading
+    async def read(
+        self, consumer: str, start_id: str, count: int, block_ms: int | None
+    ) -> list[tuple[str, dict[bytes, bytes] | None]]:
+        """``XREADGROUP``: ``start_id`` ``>`` for new entries, an id for this consumer's own
+        pending history. Deleted entries come back with ``None`` fields."""
+        reply = await self.redis.xreadgroup(
+            self.group, consumer, {self.keys.jobs: start_id}, count=count, block=block_ms
+        )
+        if not reply:
+            return []
+        return [(_s(entry_id), fields or None) for entry_id, fields in reply[0][1]]
+
+    async def autoclaim(
+        self, consumer: str, cursor: str, count: int
+    ) -> tuple[str, list[tuple[str, dict[bytes, bytes] | None]]]:
+        """``XAUTOCLAIM`` entries idle longer than ``claim_idle_ms``; returns the next cursor."""
+        reply = await self.redis.xautoclaim(
+            self.keys.jobs,
+            self.group,
+            consumer,
+            min_idle_time=self.settings.claim_idle_ms,
+            start_id=cursor,
+            count=count,
+        )
+        next_cursor, entries = _s(reply[0]), reply[1]
+        out: list[tuple[str, dict[bytes, bytes] | None]] = []
+        for item in entries:
+            # Redis 6.2 answers nil for a claimed entry deleted behind the group's back
+            # (only an outside XDEL/XTRIM does that: workers delete after the ack).
+            if item is None or item[0] is None:
+                continue
+            entry_id, fields = item
+            out.append((_s(entry_id), fields or None))
+        return next_cursor, out
+
+    async def ack_missing(self, entry_id: str) -> None:
+        """Ack a pending entry whose data is gone (deleted): nothing can run it."""
+        await self.redis.xack(self.keys.jobs, self.group, entry_id)
+
+    # ------------------------------------------------------------------ transitions
+    async def start(self, jobs: list[Job], consumer: str) -> list[int]:
+        """Mark ``jobs`` running; per job its delivery count, 0 if lost, -count if poison."""
+        keys = [self.keys.jobs] + [self.keys.job(j.job_id) for j in jobs]
+        args: list[Any] = [
+            self.group,
+            consumer,
+            now_ms(),
+            self.settings.result_ttl_s,
+            self.settings.max_deliveries,
+        ]
+        for job in jobs:
+            args += [job.entry_id, job.attempt, job.model, job.task, job.submitted_ms]
+        return [int(x) for x in await self._start(keys=keys, args=args)]
+
+    async def complete(self, done: list[tuple[Job, bytes]], worker: str) -> list[bool]:
+        """Store each ``(job, msgpack result)`` and ack it; False for jobs finished elsewhere."""
+        if not done:
+            return []
+        keys = [self.keys.jobs, self.keys.stats]
+        args: list[Any] = [self.group, self.settings.result_ttl_s, now_ms(), worker]
+        for job, packed in done:
+            keys += [self.keys.job(job.job_id), self.keys.job_done(job.job_id)]
+            args += [job.entry_id, packed, "0" if job.counted else "1"]
+        return [bool(x) for x in await self._complete(keys=keys, args=args)]
+
+    async def retry(
+        self, job: Job, error_type: str, message: str, delay_s: float, worker: str
+    ) -> bool:
+        """Ack this attempt and schedule attempt + 1 in ``delay_s``; False if finished elsewhere."""
+        now = now_ms()
+        again = Job(
+            job_id=job.job_id,
+            model=job.model,
+            task=job.task,
+            inputs=job.inputs,
+            params=job.params,
+            attempt=job.attempt + 1,
+            submitted_ms=job.submitted_ms,
+            counted=True,  # counted now, in this transaction, if it was not yet
+            first_failure_ms=job.first_failure_ms or now,
+        )
+        fields = _flatten(encode_job(again))
+        return await self._run_fail(
+            job.entry_id, job.job_id, "retry", now, worker, error_type, message,
+            job.attempt, not job.counted, int(delay_s * 1000), fields,
+        )  # fmt: skip
+
+    async def dead_letter(
+        self,
+        *,
+        entry_id: str,
+        job_id: str,
+        fields: dict[str, bytes],
+        model: str,
+        task: str,
+        attempt: int,
+        error_type: str,
+        message: str,
+        reason: str,
+        worker: str,
+        counted: bool,
+        submitted_ms: int | None = None,
+        first_failure_ms: int | None = None,
+    ) -> bool:
+        """Ack the entry and write a dead letter to ``sw:dlq``; False if finished elsewhere.
+
+        The dead letter holds: ``job_id``, ``entry_id``, ``model``, ``task``, ``attempts``,
+        ``error_type``, ``error``, ``reason`` (``permanent``, ``retries_exhausted``,
+        ``malformed`` or ``poison``), ``worker``, ``submitted_ms``, ``first_failure_ms``,
+        ``last_failure_ms`` and ``fields`` (msgpack map of the entry's fields, each cut at
+        64 KiB; ``truncated`` is 1 when one was cut) to replay it.
+        """
+        now = now_ms()
+        kept: dict[str, bytes] = {}
+        truncated = False
+        for name, value in fields.items():
+            if len(value) > MAX_DEAD_FIELD_BYTES:
+                value, truncated = value[:MAX_DEAD_FIELD_BYTES], True
+            kept[name] = value
+        letter = {
+            "job_id": job_id,
+            "entry_id": entry_id,
+            "model": model,
+            "task": task,
+            "attempts": str(attempt),
+            "error_type": error_type,
+            "error": message[:MAX_ERROR_CHARS],
+            "reason": reason,
+            "worker": worker,
+            "submitted_ms": str(submitted_ms or ""),
+            "first_failure_ms": str(first_failure_ms or now),
+            "last_failure_ms": str(now),
+            "fields": msgpack.packb(kept, use_bin_type=True),
+            "truncated": "1" if truncated else "0",
+        }
+        return await self._run_fail(
+            entry_id, job_id, "dead", now, worker, error_type, message, attempt,
+            not counted, DLQ_MAX_ENTRIES, _flatten(letter),
+        )  # fmt: skip
+
+    async def dead_letter_job(
+        self, job: Job, error_type: str, message: str, reason: str, worker: str
+    ) -> bool:
+        """:meth:`dead_letter` for a decoded job (its fields re-encoded for replay)."""
+        first = Job(
+            job_id=job.job_id,
+            model=job.model,
+            task=job.task,
+            inputs=job.inputs,
+            params=job.params,
+            submitted_ms=job.submitted_ms,
+        )
+        return await self.dead_letter(
+            entry_id=job.entry_id,
+            job_id=job.job_id,
+            fields=encode_job(first),
+            model=job.model,
+            task=job.task,
+            attempt=job.attempt,
+            error_type=error_type,
+            message=message,
+            reason=reason,
+            worker=worker,
+            counted=job.counted,
+            submitted_ms=job.submitted_ms,
+            first_failure_ms=job.first_failure_ms,
+        )
+
+    async def dead_letter_raw(
+        self, entry_id: str, fields: dict[str, bytes], error_type: str, message: str, worker: str
+    ) -> bool:
+        """Dead-letter an entry that could not be decoded (reason ``malformed``)."""
+
+        def text(name: str) -> str:
+            return fields.get(name, b"")[:200].decode("utf-8", "replace")
+
+        return await self.dead_letter(
+            entry_id=entry_id,
+            job_id=job_id_of(entry_id, fields),
+            fields=fields,
+            model=text("model"),
+            task=text("task"),
+            attempt=1,
+            error_type=error_type,
+            message=message,
+            reason="malformed",
+            worker=worker,
+            counted=fields.get("counted") == b"1",
+        )
+
+    async def _run_fail(
+        self,
+        entry_id: str,
+        job_id: str,
+        mode: str,
+        now: int,
+        worker: str,
+        error_type: str,
+        message: str,
+        attempt: int,
+        count_request: bool,
+        delay_or_cap: int,
+        fields: list[Any],
+    ) -> bool:
+        keys = [
+            self.keys.jobs,
+            self.keys.stats,
+            self.keys.job(job_id),
+            self.keys.job_done(job_id),
+            self.keys.retries,
+            self.keys.retry_job(job_id),
+            self.keys.dlq,
+        ]
+        args: list[Any] = [
+            self.group,
+            entry_id,
+            mode,
+            now,
+            self.settings.result_ttl_s,
+            worker,
+            error_type,
+            message[:MAX_ERROR_CHARS],
+            attempt,
+            "1" if count_request else "0",
+            delay_or_cap,
+            job_id,
+            *fields,
+        ]
+        return bool(await self._fail(keys=keys, args=args))
+
+    async def move_due_retries(self, limit: int = 100) -> tuple[int, float | None]:
+        """Re-add due retries to the stream (judged by the Redis clock).
+
+        Returns:
+            ``(moved, seconds until the next retry is due, or None when none waits)``.
+        """
+        moved, next_due, redis_now = await self._move(
+            keys=[self.keys.retries, self.keys.jobs], args=[limit, self.keys.retry_job("")]
+        )
+        if int(next_due) < 0:
+            return int(moved), None
+        return int(moved), max(0.0, (int(next_due) - int(redis_now)) / 1000)
+
+    async def refresh(self, entry_ids: list[str], consumer: str) -> list[str]:
+        """Reset the idle time of entries still ours; returns those another worker owns."""
+        if not entry_ids:
+            return []
+        lost = await self._refresh(keys=[self.keys.jobs], args=[self.group, consumer, *entry_ids])
+        return [_s(x) for x in lost]
+
+    async def hand_back(self, job: Job) -> bool:
+        """Re-add ``job`` as a fresh entry and ack its old one (shutdown); False if not ours."""
+        again = Job(
+            job_id=job.job_id,
+            model=job.model,
+            task=job.task,
+            inputs=job.inputs,
+            params=job.params,
+            attempt=job.attempt,
+            submitted_ms=job.submitted_ms,
+            counted=job.counted,
+            first_failure_ms=job.first_failure_ms,
+        )
+        fields = _flatten(encode_job(again))
+        new_id = await self._handback(
+            keys=[self.keys.jobs, self.keys.job(job.job_id)],
+            args=[self.group, job.entry_id, now_ms(), *fields],
+        )
+        return bool(new_id)
+
+
+def _flatten(fields: dict[str, Any]) -> list[Any]:
+    flat: list[Any] = []
+    for name, value in fields.items():
+        flat += [name, value]
+    return flat
