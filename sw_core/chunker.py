@@ -34,6 +34,7 @@ from sw_core.utils import calculate_chunk_hash
 
 log = logging.getLogger(__name__)
 
+#: Default of ``sw chunk --max-chunk-mb`` (``sw_core.cli.chunk_cmds`` repeats it to stay light).
 DEFAULT_MAX_CHUNK_MB = 16
 
 #: Non-weight files copied from a model folder when present.

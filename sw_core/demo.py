@@ -151,11 +151,13 @@ async def _run_pipeline(
     import redis.asyncio as aioredis
 
     from producer import Producer
+    from workers.registry import ModelRegistry
 
-    keys = Keys(settings.key_prefix)
     redis = aioredis.Redis.from_url(settings.redis_url)
     try:
-        await redis.hset(keys.models, mapping=models)
+        registry = ModelRegistry(redis, settings)
+        for name, location in models.items():
+            await registry.register(name, location)
     finally:
         await redis.aclose()
 
@@ -281,10 +283,10 @@ def _print_results(results: dict[str, Any], console: Console) -> int:
 
 def _first(result: Any) -> Any:
     """Jobs take a list of inputs; the demo sends one, so take the first output."""
-    if isinstance(result, dict) and "outputs" in result:
-        result = result["outputs"]
     if isinstance(result, list) and result and isinstance(result[0], (list, str, dict)):
-        return result[0]
+        result = result[0]
+    if isinstance(result, dict) and "text" in result:
+        return result["text"]
     return result
 
 

@@ -107,9 +107,11 @@ class RemoteChunkSource:
         pubsub = redis.pubsub()
         try:
             await pubsub.subscribe(channel)
-            data = await self.cache.aget(chunk.sha256)
-            if data is not None:
-                return data
+            # Landed between the caller's (counted) miss and the subscription?
+            if await self.cache.acontains(chunk.sha256):
+                data = await self.cache.aget(chunk.sha256)
+                if data is not None:
+                    return data
             self.remote_loads += 1
             await arq.enqueue_job(
                 LOAD_CHUNK,

@@ -33,6 +33,7 @@ from redis.asyncio import Redis
 
 from sw_core.exceptions import JobError, ModelError, SurfingError, is_transient
 from sw_core.jobs import Job, decode_entry, decode_fields
+from sw_core.metrics import record_job_latencies
 from sw_core.retry import RetryPolicy, retry_async
 from sw_core.settings import Settings
 from workers.handlers import BatchHandler
@@ -357,6 +358,8 @@ class JobConsumer:
                 lambda: self.store.complete(done, self.name), "store results"
             )
             self.jobs_done += sum(flags or [])
+            finished = [job for (job, _), ok in zip(done, flags or [], strict=False) if ok]
+            await record_job_latencies(self.redis, finished, keys=self.store.keys)
 
     async def _failed(self, job: Job, exc: BaseException, *, reason: str | None = None) -> None:
         """Retry a transient failure with backoff, dead-letter anything else."""

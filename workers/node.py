@@ -19,6 +19,7 @@ from arq.worker import func
 from redis.asyncio import Redis
 
 from sw_core.keys import Keys
+from sw_core.prometheus import maybe_start_metrics_server
 from sw_core.settings import Settings
 from sw_core.stats import Counters
 from workers.consumer import JobConsumer
@@ -42,9 +43,12 @@ class Node:
     heartbeat: Heartbeat
     consumer: JobConsumer | None = None
     handler: Any = None
+    metrics: Any = None
 
     async def stop(self) -> None:
         """Drain the consumer, then stop the heartbeat and close everything."""
+        if self.metrics is not None:
+            self.metrics.stop()
         try:
             if self.consumer is not None:
                 await self.consumer.stop()
@@ -74,6 +78,7 @@ async def start_node(ctx: dict[str, Any], *, settings: Settings, kind: str, cons
     ctx["loader"] = loader
     ctx["node"] = node
     await heartbeat.start()
+    node.metrics = maybe_start_metrics_server(settings)
     if consumer is not None:
         await consumer.start()
     log.info("%s worker %s started on %s", kind, name, Keys(settings.key_prefix).jobs)

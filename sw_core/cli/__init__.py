@@ -15,6 +15,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "chunk_cmds",
     "store_cmds",
     "ops_cmds",
+    "demo_cmds",
     "pipeline_cmds",
 )
 

@@ -6,9 +6,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from sw_core.chunker import DEFAULT_MAX_CHUNK_MB, chunk_model
 from sw_core.progress import progress_bar
 from sw_core.utils import mib
+
+#: Same as ``sw_core.chunker.DEFAULT_MAX_CHUNK_MB``; the chunker (and torch) load only when run.
+DEFAULT_MAX_CHUNK_MB = 16
 
 
 def register(subparsers: Any) -> None:
@@ -33,6 +35,8 @@ def register(subparsers: Any) -> None:
 
 
 def _chunk(args: argparse.Namespace) -> int:
+    from sw_core.chunker import chunk_model
+
     with progress_bar(f"chunking {Path(args.source).name}", total=None) as progress:
         manifest = chunk_model(
             args.source, args.out, name=args.name, max_chunk_mb=args.max_chunk_mb, progress=progress

@@ -184,11 +184,6 @@ def test_metrics_endpoint_reports_the_same_numbers(scenario: Scenario) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the lead wires sw_core.metrics.record_job_latencies into workers/consumer.py "
-    "(JobConsumer._finish); remove this marker then",
-)
 async def test_workers_record_job_latency(scenario: Scenario) -> None:
     async with StreamingMonitor(settings=scenario.settings) as monitor:
         stats = await monitor.get_stats()
@@ -197,11 +192,6 @@ async def test_workers_record_job_latency(scenario: Scenario) -> None:
     assert 0 < embed["p50"] <= embed["p95"] <= embed["p99"] <= embed["max_s"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the lead wires sw_core.prometheus.maybe_start_metrics_server into the worker "
-    "start-up (workers/node.py); remove this marker then",
-)
 def test_worker_serves_metrics_on_its_port(scenario: Scenario) -> None:
     url = f"http://127.0.0.1:{scenario.metrics_port}/metrics"
     body = urllib.request.urlopen(url, timeout=5).read().decode()

@@ -1,0 +1,132 @@
+"""The inference handler: runs batches of jobs through the streaming engine.
+
+``build_handler`` is the default ``SW_HANDLER``. It keeps one
+:class:`~sw_core.engine.StreamingEngine` per model, each reading its chunks through the
+shared Redis chunk cache with the chunk loaders behind it (:class:`RemoteChunkSource`).
+Every input of every job in a batch runs in one engine pass, so each block is loaded once
+for the whole batch. The engine computes on its own thread; this event loop keeps serving
+heartbeats, claims and chunk loads meanwhile.
+
+``memory_budget_mb`` is per worker: when several models are in use, the least recently used
+engines release their materialized weights until the total fits again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from typing import Any
+
+from redis.asyncio import Redis
+
+from sw_core.cache import ChunkCache
+from sw_core.engine import StreamingEngine
+from sw_core.exceptions import ModelError
+from sw_core.jobs import Job
+from sw_core.keys import Keys
+from sw_core.settings import Settings
+from sw_core.stats import Counters
+from workers.chunk_source import RemoteChunkSource
+from workers.registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+
+def job_requests(task: str, job: Job) -> list[dict[str, Any]]:
+    """The engine requests of one job: one per input, with the job's params."""
+    params = dict(job.params)
+    if task == "embed":
+        options = {k: params[k] for k in ("normalize",) if k in params}
+        return [{"text": text, **options} for text in job.inputs]
+    if task == "forward":
+        options = {k: params[k] for k in ("output",) if k in params}
+        return [{"input_ids": list(ids), **options} for ids in job.inputs]
+    if task == "generate":
+        options = {k: params[k] for k in ("max_new_tokens", "top_p", "seed") if k in params}
+        sampling = params.get("do_sample", "temperature" in params)
+        options["temperature"] = float(params.get("temperature", 1.0)) if sampling else 0.0
+        return [{"text": text, **options} for text in job.inputs]
+    raise ModelError(f"unknown task {task!r}")
+
+
+class InferenceHandler:
+    """A :class:`~workers.handlers.BatchHandler` backed by one engine per model."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.counters = Counters()
+        self.cache = ChunkCache.from_settings(settings, counters=self.counters)
+        self._redis = Redis.from_url(settings.redis_url)
+        self._stats_key = Keys(settings.key_prefix).stats
+        self.registry = ModelRegistry(self._redis, settings)
+        self._engines: OrderedDict[str, StreamingEngine] = OrderedDict()
+        self._sources: dict[str, RemoteChunkSource] = {}
+        self._opening: dict[str, asyncio.Lock] = {}
+
+    async def engine(self, model: str) -> StreamingEngine:
+        """The loaded engine of ``model`` (opened on first use)."""
+        if model in self._engines:
+            self._engines.move_to_end(model)
+            return self._engines[model]
+        lock = self._opening.setdefault(model, asyncio.Lock())
+        async with lock:
+            if model not in self._engines:
+                await self.registry.resolve(model)  # ModelError for an unknown model
+                source = RemoteChunkSource(model, self.settings, cache=self.cache)
+                engine = StreamingEngine(source, self.settings)
+                try:
+                    await engine.load()
+                except BaseException:
+                    await source.close()
+                    await engine.aclose()
+                    raise
+                self._sources[model] = source
+                self._engines[model] = engine
+                log.info("model %s ready: %s", model, engine.plan.mode)
+            return self._engines[model]
+
+    async def run_batch(self, model: str, task: str, jobs: list[Job]) -> list[Any | BaseException]:
+        """One result per job: the list of the engine's outputs for the job's inputs."""
+        engine = await self.engine(model)
+        requests: list[dict[str, Any]] = []
+        spans: list[tuple[int, int]] = []
+        for job in jobs:
+            mine = job_requests(task, job)
+            spans.append((len(requests), len(requests) + len(mine)))
+            requests.extend(mine)
+        try:
+            outputs = await engine.run_async(task, requests)
+        finally:
+            await self.counters.flush(self._redis, self._stats_key)
+        self._fit_budget(model)
+        results: list[Any | BaseException] = []
+        for start, end in spans:
+            errors = [o for o in outputs[start:end] if isinstance(o, BaseException)]
+            results.append(errors[0] if errors else outputs[start:end])
+        return results
+
+    def _fit_budget(self, active: str) -> None:
+        """Release the least recently used other engines while the worker is over budget."""
+        budget = self.settings.memory_budget_bytes
+        for name, engine in list(self._engines.items()):
+            total = sum(e.materialized_bytes for e in self._engines.values())
+            if total <= budget:
+                return
+            if name != active:
+                engine.clear_cache()
+
+    async def close(self) -> None:
+        """Stop every engine and close the clients."""
+        for engine in self._engines.values():
+            await engine.aclose()
+        for source in self._sources.values():
+            await source.close()
+        self._engines.clear()
+        self.cache.close()
+        await self._redis.aclose()
+
+
+def build_handler(settings: Settings) -> InferenceHandler:
+    """Factory named by the default ``SW_HANDLER`` (``workers.inference:build_handler``)."""
+    return InferenceHandler(settings)
