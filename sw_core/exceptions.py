@@ -115,22 +115,25 @@ def is_transient(exc: BaseException) -> bool:
     """Whether ``exc`` is worth retrying.
 
     Surfing errors carry their own answer. Connection and timeout errors from libraries
-    (``ConnectionError``, ``TimeoutError``, redis' connection errors) are transient;
-    anything else unknown is treated as permanent so that a bug dead-letters quickly
+    (``ConnectionError``, ``TimeoutError``, redis' connection errors) are transient, but
+    a refused password or ACL (redis' ``AuthenticationError``/``AuthorizationError``) is
+    not; anything else unknown is treated as permanent so that a bug dead-letters quickly
     instead of burning retries.
     """
     if isinstance(exc, SurfingError):
         return type(exc).transient
-    if isinstance(exc, (ConnectionError, TimeoutError)):
-        return True
     try:
         import redis.exceptions as redis_exc
 
+        # a refused password or ACL is a configuration error, although redis-py derives
+        # AuthenticationError and AuthorizationError from its ConnectionError
+        if isinstance(exc, (redis_exc.AuthenticationError, redis_exc.AuthorizationError)):
+            return False
         if isinstance(exc, (redis_exc.ConnectionError, redis_exc.TimeoutError)):
             return True
     except ImportError:  # pragma: no cover - redis is a hard dependency
         pass
-    return False
+    return isinstance(exc, (ConnectionError, TimeoutError))
 
 
 def error_class(name: str) -> type[SurfingError]:

@@ -86,11 +86,6 @@ class Keys:
         return f"{self.prefix}:cache:lru"
 
     @property
-    def cache_sizes(self) -> str:
-        """Hash: cached chunk id -> stored bytes."""
-        return f"{self.prefix}:cache:sizes"
-
-    @property
     def cache_meta(self) -> str:
         """Hash of cache accounting: ``bytes``, ``clock``, ``hits``, ``misses``, ``evictions``,
         ``corruptions``."""
@@ -117,10 +112,6 @@ class Keys:
     def cache_staging(self, token: str, part: int) -> str:
         """A part uploaded by one ``put`` (``token``) before its commit; it carries a TTL."""
         return f"{self.prefix}:cache:staging:{token}:{part}"
-
-    def chunk_lock(self, chunk_id: str) -> str:
-        """Single-flight lock: held by the one loader fetching a chunk."""
-        return f"{self.prefix}:lock:chunk:{chunk_id}"
 
     def chunk_ready(self, chunk_id: str) -> str:
         """Pub/sub channel announcing that a chunk landed in the cache (or failed)."""
