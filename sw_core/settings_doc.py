@@ -145,9 +145,7 @@ def table_in(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Rewrite the table in the given Markdown files (default ``README.md``)."""
-    paths = [Path(p) for p in (argv if argv is not None else sys.argv[1:])] or [
-        Path("README.md")
-    ]
+    paths = [Path(p) for p in (argv if argv is not None else sys.argv[1:])] or [Path("README.md")]
     for path in paths:
         path.write_text(rewrite(path.read_text()))
         print(f"settings table updated in {path}")
