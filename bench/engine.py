@@ -175,9 +175,7 @@ async def bench_minilm(root: Path, cache: ChunkCache, reps: int, only: str | Non
             cases["engine, resident"] = engine_resident
         if only in (None, "b"):
             cases["engine, cold (every chunk from Redis)"] = engine_cold
-            cases["fetch alone (fetch+verify+deserialize)"] = lambda: fetch_alone(
-                cold, cold_source
-            )
+            cases["fetch alone (fetch+verify+deserialize)"] = lambda: fetch_alone(cold, cold_source)
         times = await interleaved(cases, reps)
         assert cold_source.cache_misses == misses, "a chunk did not come from the Redis cache"
     finally:
@@ -191,9 +189,7 @@ async def bench_minilm(root: Path, cache: ChunkCache, reps: int, only: str | Non
     res = median(times["engine, resident"])
     ratio_a = res / mem
     if only in (None, "a"):
-        print(
-            f"(a) resident / in memory = {ratio_a:.3f}  ({verdict(ratio_a, 1.05, at_most=True)})"
-        )
+        print(f"(a) resident / in memory = {ratio_a:.3f}  ({verdict(ratio_a, 1.05, at_most=True)})")
     if only in (None, "b"):
         wall = median(times["engine, cold (every chunk from Redis)"])
         fetch = median(times["fetch alone (fetch+verify+deserialize)"])
@@ -259,7 +255,9 @@ async def bench_smollm2(root: Path, cache: ChunkCache, reps: int, new_tokens: in
         rate = n_tokens / median(values)
         print(row(name, values, f"  {rate:6.1f} tokens/s"))
     ratio = median(times["16 one by one"]) / median(times["16 batched"])
-    print(f"(c) batched / one by one throughput = {ratio:.1f}x  ({verdict(ratio, 8, at_most=False)})")
+    print(
+        f"(c) batched / one by one throughput = {ratio:.1f}x  ({verdict(ratio, 8, at_most=False)})"
+    )
 
 
 def reference_tokens(model: Any, tokenizer: Any, new_tokens: int) -> list[list[int]]:
