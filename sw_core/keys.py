@@ -1,7 +1,8 @@
 """Every Redis key name Surfing Weights uses, in one place.
 
 All keys start with the configurable prefix (``sw`` by default), so one Redis can host
-several deployments and ACLs can restrict a user to ``~sw:*``. Operators inspect them with
+several deployments and an ACL can restrict a user to ``~sw:* ~arq:*`` (arq keeps the
+chunk loaders' job state in its own global ``arq:*`` keys). Operators inspect them with
 ``redis-cli`` (see the README's key table).
 """
 
@@ -112,6 +113,14 @@ class Keys:
     def cache_staging(self, token: str, part: int) -> str:
         """A part uploaded by one ``put`` (``token``) before its commit; it carries a TTL."""
         return f"{self.prefix}:cache:staging:{token}:{part}"
+
+    def chunk_lock(self, chunk_id: str) -> str:
+        """Single-flight lease of one chunk load (string: the load's token, with a TTL).
+
+        The waiter that wins ``SET NX`` asks a loader; the loader keeps the lease alive
+        while it loads, so a loader killed mid-load frees the chunk within the lease TTL.
+        """
+        return f"{self.prefix}:lock:chunk:{chunk_id}"
 
     def chunk_ready(self, chunk_id: str) -> str:
         """Pub/sub channel announcing that a chunk landed in the cache (or failed)."""

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 from sw_core.settings import Settings as _CoreSettings
 from workers.node import worker_options
+from workers.resilience import check_access, tolerate_redis_outages
 
 _SETTINGS = _CoreSettings.from_env()
+check_access(_SETTINGS)
+tolerate_redis_outages()
 
 #: arq settings of an inference node (stream consumer + chunk loader in one process).
 Settings = type(

@@ -2,23 +2,26 @@
 
 :class:`RemoteChunkSource` implements the engine's chunk-source protocol. A cache hit is
 returned at once. On a miss it subscribes to ``chunk_ready(sha256)`` *before* asking, reads
-the cache once more (the chunk may have landed meanwhile), enqueues ``load_chunk`` under the
-job id ``load:<sha256>`` (arq drops duplicates: one load cluster-wide, however many
-waiters) and waits for the announcement up to ``timeout_seconds``. Fetches of the same
-chunk in one process share a single wait.
+the cache once more (the chunk may have landed meanwhile), enqueues one ``load_chunk`` job
+when it wins the chunk's load lease (one load cluster-wide, however many
+waiters), and waits for the announcement up to ``timeout_seconds``, asking again whenever the
+lease is free (a loader killed mid-load frees it within seconds). Fetches of the same chunk
+in one process share a single wait.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from typing import Any
 
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
+from redis.exceptions import OutOfMemoryError, RedisError
 
 from sw_core.cache import ChunkCache
-from sw_core.exceptions import WeightServerError, error_class
+from sw_core.exceptions import CacheError, WeightServerError, error_class
 from sw_core.keys import Keys
 from sw_core.manifest import MANIFEST_FILE, MAX_MANIFEST_BYTES, ChunkInfo
 from sw_core.settings import Settings, redact_url
@@ -28,6 +31,8 @@ from workers.registry import ModelRegistry
 
 #: Largest non-chunk file (config, tokenizer) :meth:`RemoteChunkSource.fetch_file` returns.
 MAX_FILE_BYTES = 64 << 20
+#: How often a waiter checks that someone still holds the load lease (else it asks again).
+LEASE_CHECK_S = 1.0
 
 
 class RemoteChunkSource:
@@ -104,23 +109,37 @@ class RemoteChunkSource:
     async def _load_remote(self, chunk: ChunkInfo) -> bytearray | memoryview:
         redis, arq = await self._clients()
         channel = self.keys.chunk_ready(chunk.sha256)
+        lease = self.keys.chunk_lock(chunk.sha256)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
         pubsub = redis.pubsub()
+        outcome: dict[str, Any] | None = None
         try:
             await pubsub.subscribe(channel)
-            # Landed between the caller's (counted) miss and the subscription?
-            if await self.cache.acontains(chunk.sha256):
-                data = await self.cache.aget(chunk.sha256)
-                if data is not None:
-                    return data
-            self.remote_loads += 1
-            await arq.enqueue_job(
-                LOAD_CHUNK,
-                self.model,
-                chunk.name,
-                chunk.sha256,
-                _job_id=load_job_id(chunk.sha256),
-            )
-            outcome = await self._wait(pubsub)
+            while outcome is None and loop.time() < deadline:
+                # Landed meanwhile (between the caller's counted miss and now, or by a
+                # loader whose announcement came before the subscription)?
+                if await self.cache.acontains(chunk.sha256):
+                    data = await self.cache.aget(chunk.sha256)
+                    if data is not None:
+                        return data
+                token = uuid.uuid4().hex
+                try:
+                    # The lease lasts the whole wait until a loader takes it over and keeps
+                    # it short; a free lease means nobody is loading: ask (again).
+                    if await redis.set(lease, token, nx=True, px=int(self.timeout_s * 1000)):
+                        self.remote_loads += 1
+                        await arq.enqueue_job(
+                            LOAD_CHUNK,
+                            self.model,
+                            chunk.name,
+                            chunk.sha256,
+                            token,
+                            _job_id=load_job_id(chunk.sha256, self.settings.key_prefix, token),
+                        )
+                except RedisError as exc:
+                    raise _load_request_error(exc, chunk) from exc
+                outcome = await self._wait(pubsub, min(LEASE_CHECK_S, deadline - loop.time()))
         finally:
             with contextlib.suppress(Exception):
                 await pubsub.unsubscribe(channel)
@@ -142,9 +161,9 @@ class RemoteChunkSource:
             )
         return data
 
-    async def _wait(self, pubsub: Any) -> dict[str, Any] | None:
+    async def _wait(self, pubsub: Any, timeout_s: float) -> dict[str, Any] | None:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout_s
+        deadline = loop.time() + timeout_s
         while (remaining := deadline - loop.time()) > 0:
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=remaining)
             if message is not None and message.get("type") == "message":
@@ -165,3 +184,15 @@ class RemoteChunkSource:
         self._redis = self._arq = None
         if self._own_cache:
             await asyncio.to_thread(self.cache.close)
+
+
+def _load_request_error(exc: RedisError, chunk: ChunkInfo) -> CacheError | WeightServerError:
+    """A Redis failure while asking the loaders for ``chunk``, as a transient Surfing error
+    with a readable message (redis-py's pipeline errors quote the binary arq job)."""
+    where = f"asking a loader for chunk {chunk.name!r}"
+    if isinstance(exc, OutOfMemoryError) or "maxmemory" in str(exc):
+        return CacheError(
+            f"Redis is out of memory (maxmemory reached with a noeviction policy) while {where}; "
+            "set SW_CACHE_SIZE_MB well below Redis' maxmemory or raise maxmemory"
+        )
+    return WeightServerError(f"Redis failed while {where}: {type(exc).__name__}: {str(exc)[:200]}")

@@ -197,7 +197,9 @@ class JobConsumer:
             raw = decode_fields(fields)
             try:
                 job = decode_entry(entry_id, raw, self.settings)
-            except JobError as exc:
+            except Exception as exc:  # a decoder bug must not leave the entry pending forever
+                if not isinstance(exc, JobError):
+                    log.exception("worker %s: decoding entry %s failed", self.name, entry_id)
                 log.warning("worker %s: entry %s dead-lettered: %s", self.name, entry_id, exc)
                 self.jobs_failed += 1
                 await self._with_retries(

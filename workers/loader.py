@@ -5,14 +5,16 @@ sha256, puts it in the shared :class:`~sw_core.cache.ChunkCache` and announces t
 on the pub/sub channel ``Keys.chunk_ready(sha256)``: ``{"ok": true}`` or ``{"ok": false,
 "error_type": ..., "error": ...}`` so waiters fail fast with the loader's error type.
 
-Jobs are enqueued with ``_job_id=f"load:{sha256}"``: arq refuses a second job with the same
-id while one is queued or running, which makes loads single-flight across the cluster;
-results are not kept (``keep_result=0``), so a chunk evicted later can be loaded again.
+Loads are single-flight across the cluster through a lease (``Keys.chunk_lock``): the waiter
+that wins it enqueues one ``load_chunk`` job (a job id per attempt) and the loader keeps the
+lease alive while it works, so a loader killed mid-load frees the chunk within
+:data:`LOAD_LEASE_MS`. Results are not kept (``keep_result=0``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -21,6 +23,7 @@ from typing import Any
 import msgpack
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from sw_core.cache import ChunkCache
 from sw_core.exceptions import ModelError
@@ -30,6 +33,7 @@ from sw_core.settings import Settings
 from sw_core.stats import Counters
 from sw_core.storage import StorageBackend, model_store
 from workers.registry import ModelRegistry
+from workers.store import lua_source
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +47,21 @@ job_serializer = functools.partial(msgpack.packb, use_bin_type=True)
 job_deserializer = functools.partial(msgpack.unpackb, raw=False)
 
 
-def load_job_id(sha256: str) -> str:
-    """arq job id of the load of one chunk (the single-flight key)."""
-    return f"load:{sha256}"
+#: TTL of a chunk-load lease while a loader holds it (a dead loader frees the chunk by then).
+LOAD_LEASE_MS = 5_000
+#: How often a loading loader extends its lease.
+LEASE_REFRESH_S = 1.5
+
+
+def load_job_id(sha256: str, key_prefix: str, token: str) -> str:
+    """arq job id of one load attempt of one chunk in one deployment.
+
+    Single flight comes from the lease (``Keys.chunk_lock``), not from the job id: an id
+    per attempt means a loader killed mid-load (whose arq in-progress key lives on for the
+    job timeout) does not block the next attempt. arq keeps job ids in global ``arq:job:*``
+    keys, hence the deployment's prefix.
+    """
+    return f"{key_prefix}:load:{sha256}:{token}"
 
 
 async def arq_pool(settings: Settings) -> ArqRedis:
@@ -88,6 +104,8 @@ class ChunkLoader:
         #: Chunks read from storage by this loader (tests and heartbeats read it).
         self.storage_loads = 0
         self.loads_failed = 0
+        self._refresh = redis.register_script(lua_source("lease_refresh"))
+        self._release = redis.register_script(lua_source("lease_release"))
 
     def report(self) -> dict[str, str | int]:
         """Fields for the heartbeat hash."""
@@ -111,8 +129,35 @@ class ChunkLoader:
         self._manifests[location] = (time.monotonic(), manifest)
         return manifest
 
-    async def load(self, model: str, chunk_name: str, sha256: str) -> dict[str, Any]:
-        """Make the chunk cached and announce it; never raises (the outcome is announced)."""
+    async def load(
+        self, model: str, chunk_name: str, sha256: str, lease_token: str | None = None
+    ) -> dict[str, Any]:
+        """Make the chunk cached and announce it; never raises (the outcome is announced).
+
+        With ``lease_token`` the load keeps the chunk's single-flight lease alive while it
+        runs and gives it back at the end.
+        """
+        keeper = None
+        if lease_token is not None:
+            keeper = asyncio.create_task(self._keep_lease(sha256, lease_token))
+        try:
+            return await self._load(model, chunk_name, sha256)
+        finally:
+            if keeper is not None:
+                keeper.cancel()
+                with contextlib.suppress(BaseException):
+                    await keeper
+                with contextlib.suppress(RedisError):
+                    await self._release(keys=[self.keys.chunk_lock(sha256)], args=[lease_token])
+
+    async def _keep_lease(self, sha256: str, token: str) -> None:
+        lease = self.keys.chunk_lock(sha256)
+        while True:
+            with contextlib.suppress(RedisError):
+                await self._refresh(keys=[lease], args=[token, LOAD_LEASE_MS])
+            await asyncio.sleep(LEASE_REFRESH_S)
+
+    async def _load(self, model: str, chunk_name: str, sha256: str) -> dict[str, Any]:
         try:
             location = await self.registry.resolve(model)
             manifest = await self.manifest(model, location)
@@ -152,8 +197,8 @@ class ChunkLoader:
 
 
 async def load_chunk(
-    ctx: dict[str, Any], model: str, chunk_name: str, sha256: str
+    ctx: dict[str, Any], model: str, chunk_name: str, sha256: str, lease_token: str | None = None
 ) -> dict[str, Any]:
     """arq job: load one chunk into the cache (see :class:`ChunkLoader`)."""
     loader: ChunkLoader = ctx["loader"]
-    return await loader.load(model, chunk_name, sha256)
+    return await loader.load(model, chunk_name, sha256, lease_token)

@@ -11,6 +11,11 @@ Rules, in order:
    prefetched ahead (``prefetch_count``). What is left over keeps whole sharded tensors
    (embedding matrices) and then blocks in execution order, as many as fit -- a
    partly-resident model reads fewer bytes per pass than one streamed from scratch.
+
+A sharded tensor that is only ever looked up (``lookup_only``: an embedding matrix not tied
+to an output head) is never concatenated: where the rules above would keep it whole, its
+shards are kept instead and lookups gather rows from them. That costs the same memory, no
+copy, and no shard of room to concatenate through.
 3. A budget smaller than the kept small chunks plus the largest streamed chunk cannot run
    the model at all: :class:`~sw_core.exceptions.ModelError` naming that chunk, its size
    and the budget.
@@ -22,6 +27,7 @@ in memory while it is materialized.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -75,26 +81,39 @@ def merged_bytes(shards: list[ChunkInfo]) -> int:
     return sum(c.param_bytes or c.size_bytes for c in shards)
 
 
-def plan_residency(manifest: Manifest, budget_bytes: int, prefetch_count: int) -> ResidencyPlan:
-    """Decide what stays resident for ``manifest`` under ``budget_bytes`` (see module doc)."""
+def plan_residency(
+    manifest: Manifest,
+    budget_bytes: int,
+    prefetch_count: int,
+    *,
+    lookup_only: Iterable[str] = (),
+) -> ResidencyPlan:
+    """Decide what stays resident for ``manifest`` under ``budget_bytes`` (see module doc).
+
+    ``lookup_only`` names sharded tensors used only by embedding lookups: kept as shards
+    rather than concatenated.
+    """
     if budget_bytes <= 0:
         raise ModelError(f"memory budget must be > 0 bytes, got {budget_bytes}")
     shards = sharded_tensors(manifest)
+    lookups = frozenset(lookup_only) & frozenset(shards)
     blocks = [c for c in manifest.chunks if c.role == "block"]
     small = [c for c in manifest.chunks if c.role != "block" and c.rows is None]
     pinned = sum(c.size_bytes for c in small)
-    max_shard = max((c.size_bytes for group in shards.values() for c in group), default=0)
-    all_merged = sum(merged_bytes(group) for group in shards.values())
+    to_merge = [group for name, group in shards.items() if name not in lookups]
+    merge_room = max((c.size_bytes for group in to_merge for c in group), default=0)
+    whole = sum(_whole_bytes(name, group, lookups) for name, group in shards.items())
 
-    resident_bytes = pinned + sum(c.size_bytes for c in blocks) + all_merged + max_shard
+    resident_bytes = pinned + sum(c.size_bytes for c in blocks) + whole + merge_room
     if resident_bytes <= budget_bytes:
+        kept_shards = [c for name in lookups for c in shards[name]]
         return ResidencyPlan(
             mode="resident",
             budget_bytes=budget_bytes,
-            keep=frozenset(c.name for c in small + blocks),
-            merged=frozenset(shards),
+            keep=frozenset(c.name for c in small + blocks + kept_shards),
+            merged=frozenset(shards) - lookups,
             min_bytes=_min_bytes(pinned, blocks, shards),
-            window_bytes=max_shard,
+            window_bytes=merge_room,
         )
 
     streamed = blocks + [c for group in shards.values() for c in group]
@@ -116,12 +135,15 @@ def plan_residency(manifest: Manifest, budget_bytes: int, prefetch_count: int) -
     window = min(step * (1 + max(prefetch_count, 0)), budget_bytes - pinned)
     leftover = budget_bytes - pinned - window
     merged: set[str] = set()
-    for name, group in sorted(shards.items(), key=lambda item: merged_bytes(item[1])):
-        cost = merged_bytes(group)
-        if cost <= leftover:
-            merged.add(name)
-            leftover -= cost
     keep = {c.name for c in small}
+    for name, group in sorted(shards.items(), key=lambda item: merged_bytes(item[1])):
+        cost = _whole_bytes(name, group, lookups)
+        if cost <= leftover:
+            if name in lookups:
+                keep.update(c.name for c in group)
+            else:
+                merged.add(name)
+            leftover -= cost
     for chunk in blocks:
         if chunk.size_bytes > leftover:
             break
@@ -135,6 +157,11 @@ def plan_residency(manifest: Manifest, budget_bytes: int, prefetch_count: int) -
         min_bytes=min_bytes,
         window_bytes=window,
     )
+
+
+def _whole_bytes(name: str, group: list[ChunkInfo], lookups: frozenset[str]) -> int:
+    """Bytes a sharded tensor holds kept whole: its shards as they are, or concatenated."""
+    return sum(c.size_bytes for c in group) if name in lookups else merged_bytes(group)
 
 
 def _min_bytes(pinned: int, blocks: list[ChunkInfo], shards: dict[str, list[ChunkInfo]]) -> int:

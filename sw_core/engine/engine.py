@@ -9,8 +9,8 @@ Threads and loops (the design in one place):
 - Compute is synchronous torch on one dedicated thread per engine (``sw-compute``); the
   async API awaits it, so the caller's loop stays free to run the fetches the compute
   thread waits for. One batch runs at a time; others queue.
-- Deserialization (zero-copy) and the copy to the device happen in the fetch coroutine's
-  worker thread, so the compute thread only binds ready tensors.
+- Deserialization (zero-copy, tens of microseconds) happens in the fetch coroutine, and the
+  copy to a GPU in a worker thread, so the compute thread only binds ready tensors.
 
 Example:
     >>> engine = await StreamingEngine.open("chunks/minilm", memory_budget_mb=64)  # doctest: +SKIP
@@ -118,7 +118,12 @@ class StreamingEngine:
         settings = self.settings
         self.manifest = manifest
         self.skeleton = Skeleton(manifest, config, self.device)
-        self.plan = plan_residency(manifest, settings.memory_budget_bytes, settings.prefetch_count)
+        self.plan = plan_residency(
+            manifest,
+            settings.memory_budget_bytes,
+            settings.prefetch_count,
+            lookup_only=self.skeleton.lookup_only,
+        )
         self.residency = Residency(
             model_name=manifest.name,
             budget_bytes=settings.memory_budget_bytes,
@@ -159,6 +164,9 @@ class StreamingEngine:
             raise SecurityError(
                 f"chunk {chunk.name!r} is {len(data)} bytes, the manifest says {chunk.size_bytes}"
             )
+        if self.device.type == "cpu":
+            # zero-copy, tens of microseconds: cheaper than a hop to a worker thread and back
+            return self.skeleton.deserialize(chunk, data)
         return await asyncio.to_thread(self.skeleton.deserialize, chunk, data)
 
     # ---------------------------------------------------------------- properties
@@ -294,8 +302,8 @@ class StreamingEngine:
         return {"resident": [c.name for c in kept], "fetched": [c.name for c in streamed]}
 
     def _kept(self, chunk: ChunkInfo) -> bool:
-        if chunk.rows is not None:
-            return chunk.tensors[0] in self.plan.merged
+        if chunk.rows is not None and chunk.tensors[0] in self.plan.merged:
+            return True
         return chunk.name in self.plan.keep
 
     def _warm(self, chunks: list[ChunkInfo], submit: Submit) -> None:
@@ -304,7 +312,7 @@ class StreamingEngine:
             try:
                 with torch.inference_mode():
                     for chunk in chunks:
-                        if chunk.rows is not None:
+                        if chunk.rows is not None and chunk.tensors[0] in self.plan.merged:
                             self.runtime.ensure_merged(chunk.tensors[0])
                         else:
                             self.residency.acquire(chunk)

@@ -197,6 +197,8 @@ class Residency:
         every other chunk nobody uses."""
         with self._lock:
             pending = [s for s in self._slots.values() if s.future is not None]
+            self._schedule = []  # loads finishing now must not start new ones
+            self._cursor = -1
         for slot in pending:
             try:
                 assert slot.future is not None
@@ -213,8 +215,6 @@ class Residency:
                     if slot.prefetched and not slot.used:
                         self.stats.wasted += 1
                     self._drop(name)
-            self._schedule = []
-            self._cursor = -1
 
     def clear(self) -> None:
         """Drop everything (resident chunks too) and forget merged reservations."""
@@ -294,6 +294,9 @@ class Residency:
                 self.stats.loads += 1
                 self.stats.loaded_bytes += size
                 self.stats.load_s += time.perf_counter() - started
+                current = self._slots.get(chunk.name)
+                if chunk.name in self.keep and current is not None and current.future is fut:
+                    self._pump()  # a kept chunk loaded ahead frees a loading slot
 
         future.add_done_callback(done)
         return slot
@@ -343,22 +346,24 @@ class Residency:
                 return
 
     def _pump(self) -> None:
-        if self._submit is None or self.prefetch_count == 0:
+        """Start loads along the schedule: at most ``prefetch_count`` chunks ahead that are
+        loading, or loaded but streamed (they hold window room). Kept chunks already loaded
+        cost neither I/O nor window, so the pump looks past them: a model that stays
+        resident keeps loading back to back, not at the pace of compute."""
+        if self._submit is None or self.prefetch_count == 0 or self._cancel.is_set():
             return
         ahead = 0
         for chunk in self._schedule[self._cursor + 1 :]:
             if ahead >= self.prefetch_count:
                 return
             slot = self._slots.get(chunk.name)
-            if (
-                slot is not None
-                and (slot.used or slot.tensors is not None)
-                and (chunk.name in self.keep)
-            ):
-                continue  # resident: nothing to fetch, and it costs no window
-            ahead += 1
             if slot is not None:
+                loading = slot.future is not None and not slot.future.done()
+                if chunk.name in self.keep and not loading:
+                    continue
+                ahead += 1
                 continue
+            ahead += 1
             if self._start(chunk, must=False) is None:
                 return  # no room in the budget: stop, never evict for a prefetch
 

@@ -3,7 +3,8 @@
 When an embedding matrix (often tied to the LM head) is larger than the memory budget
 allows, these modules stand in for ``nn.Embedding`` / ``nn.Linear``: each shard holds rows
 ``[a, b)`` of the matrix and is acquired, used and released in turn, so only one shard is
-materialized at a time.
+materialized at a time. An embedding matrix that is only looked up also stays in shards
+when it is kept whole (the shards are kept then): a lookup needs no concatenated copy.
 
 - lookup: ``out[ids in [a, b)] = W[a:b][ids - a]`` -- exact, and shards that hold none of
   the ids are never fetched;
@@ -45,6 +46,8 @@ class _Sharded(nn.Module):
         self.shards = shards
         self.rows, self.cols = shape
         self.dtype = dtype
+        #: First row of every shard but the first: ``bucketize`` maps an id to its shard.
+        self._bounds = torch.tensor([(c.rows or (0, 0))[0] for c in shards[1:]], dtype=torch.long)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -55,13 +58,15 @@ class _Sharded(nn.Module):
         """The shards that hold at least one of ``ids`` (all of them when ``ids`` is None)."""
         if ids is None:
             return list(self.shards)
-        flat = ids.reshape(-1)
-        out = []
-        for shard in self.shards:
-            a, b = shard.rows or (0, 0)
-            if bool(((flat >= a) & (flat < b)).any()):
-                out.append(shard)
-        return out
+        _, present = self._which(ids.reshape(-1))
+        return [self.shards[i] for i in present]
+
+    def _which(self, flat: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        """Each id's shard index, and the indices that occur (sorted)."""
+        if flat.numel() == 0:
+            return flat, []
+        which = torch.bucketize(flat, self._bounds.to(flat.device), right=True)
+        return which, torch.unique(which).tolist()
 
     def extra_repr(self) -> str:
         return f"{self.tensor}, rows={self.rows}, cols={self.cols}, shards={len(self.shards)}"
@@ -85,19 +90,28 @@ class ShardedEmbedding(_Sharded):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         flat = ids.reshape(-1)
-        if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= self.rows):
-            raise IndexError(f"token id out of range [0, {self.rows}) for {self.tensor}")
+        if flat.numel():
+            low, high = torch.aminmax(flat)
+            if int(low) < 0 or int(high) >= self.rows:
+                raise IndexError(f"token id out of range [0, {self.rows}) for {self.tensor}")
+        which, present = self._which(flat)
         out: torch.Tensor | None = None
-        for shard in self.shards_for(flat):
-            a, b = shard.rows or (0, 0)
+        for index in present:
+            shard = self.shards[index]
+            a = (shard.rows or (0, 0))[0]
             weight = self.access.acquire(shard)[self.tensor]
             try:
+                if len(present) == 1:
+                    out = functional.embedding(flat - a, weight)
+                    break
                 if out is None:
                     out = torch.empty(
                         flat.numel(), self.cols, dtype=weight.dtype, device=weight.device
                     )
-                pick = (flat >= a) & (flat < b)
-                out[pick] = weight[flat[pick] - a]
+                pick = torch.nonzero(which == index).squeeze(1)
+                out.index_copy_(
+                    0, pick, functional.embedding(flat.index_select(0, pick) - a, weight)
+                )
             finally:
                 self.access.release(shard)
         if out is None:

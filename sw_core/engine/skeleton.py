@@ -113,6 +113,9 @@ class Skeleton:
             for owner in spec.owners:
                 self._places[owner] = self._place(owner)
         self.by_chunk: dict[str, ChunkInfo] = {c.name: c for c in manifest.chunks}
+        #: Sharded tensors held only as ``nn.Embedding`` weights (not tied to an output head):
+        #: rows are only ever gathered from them, so they never need to be whole.
+        self.lookup_only = self._lookup_only()
 
     # ---------------------------------------------------------------- checks
     def _map_tensors(self) -> dict[str, TensorSpec]:
@@ -222,6 +225,15 @@ class Skeleton:
                 else:
                     self._places.pop(owner, None)
             spec.owners = alive
+
+    def _lookup_only(self) -> frozenset[str]:
+        names = set()
+        for spec in self.tensors.values():
+            places = [self._places[owner] for owner in spec.owners]
+            lookups = [isinstance(m, nn.Embedding) and attr == "weight" for m, attr, _ in places]
+            if spec.sharded and lookups and all(lookups):
+                names.add(spec.name)
+        return frozenset(names)
 
     def set_tensor(self, canonical: str, tensor: torch.Tensor) -> None:
         """Put ``tensor`` in every place that holds ``canonical`` (tied aliases included)."""

@@ -1,0 +1,65 @@
+"""Two deployments on one Redis (``SW_KEY_PREFIX`` sw and sw2) must not block each other.
+
+``Keys`` puts every key under its prefix so one Redis can host several deployments, but a
+chunk load's arq job id is ``load:<sha256>`` in arq's global ``arq:job:*`` namespace. A
+load of a chunk queued by one deployment (its loaders busy or down) makes arq refuse the
+other deployment's load of the same content (same sha256): the second deployment's fetch
+times out although its own loader is idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from pathlib import Path
+
+import pytest
+from arq.worker import Worker
+
+from tests.chaos.chunks import write_chunk_set
+from tests.chaos.harness import chaos_settings, wait_until
+from workers.chunk_source import RemoteChunkSource
+from workers.loader import LOAD_CHUNK, arq_pool, load_job_id
+from workers.node import worker_options
+from workers.registry import ModelRegistry
+
+pytestmark = [pytest.mark.chaos]
+
+
+async def test_a_load_queued_by_one_prefix_does_not_block_another_prefix(
+    redis_url: str, redis_client, tmp_path: Path
+) -> None:
+    manifest = write_chunk_set(tmp_path / "tiny", n_chunks=1)
+    chunk = manifest.chunks[0]
+    one = chaos_settings(redis_url, key_prefix="sw", timeout_seconds=3)
+    two = chaos_settings(redis_url, key_prefix="sw2", timeout_seconds=3)
+    for settings in (one, two):
+        await ModelRegistry(redis_client, settings).register("tiny", str(tmp_path / "tiny"))
+    # deployment "sw" asks for the chunk while its loaders are down: the job waits queued
+    pool = await arq_pool(one)
+    try:
+        queued = await pool.enqueue_job(
+            LOAD_CHUNK,
+            "tiny",
+            chunk.name,
+            chunk.sha256,
+            _job_id=load_job_id(chunk.sha256, "sw", "other"),
+        )
+        assert queued is not None
+    finally:
+        await pool.aclose()
+    # deployment "sw2" has an idle loader of its own and asks for the same content
+    worker = Worker(**worker_options(two, inference=False), handle_signals=False)
+    task = asyncio.create_task(worker.async_run())
+    source = RemoteChunkSource("tiny", two, timeout_s=3)
+    try:
+        await wait_until(lambda: "loader" in worker.ctx, 15, "the sw2 loader")
+        data = await source.fetch(chunk)
+        assert hashlib.sha256(data).hexdigest() == chunk.sha256
+    finally:
+        await source.close()
+        await worker.close()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
