@@ -17,6 +17,7 @@ import uuid
 from typing import Any
 
 from arq.connections import ArqRedis
+from arq.constants import in_progress_key_prefix, job_key_prefix
 from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError, RedisError
 
@@ -26,8 +27,9 @@ from sw_core.keys import Keys
 from sw_core.manifest import MANIFEST_FILE, MAX_MANIFEST_BYTES, ChunkInfo
 from sw_core.settings import Settings, redact_url
 from sw_core.storage import model_store
-from workers.loader import LOAD_CHUNK, arq_pool, job_deserializer, load_job_id
+from workers.loader import LOAD_CHUNK, LOAD_LEASE_MS, arq_pool, job_deserializer, load_job_id
 from workers.registry import ModelRegistry
+from workers.store import lua_source
 
 #: Largest non-chunk file (config, tokenizer) :meth:`RemoteChunkSource.fetch_file` returns.
 MAX_FILE_BYTES = 64 << 20
@@ -65,6 +67,7 @@ class RemoteChunkSource:
         self.cache = cache or ChunkCache.from_settings(settings)
         self._redis: Redis | None = None
         self._arq: ArqRedis | None = None
+        self._refresh: Any = None
         self._flights: dict[str, asyncio.Future[Any]] = {}
         #: Chunks this source had to ask a loader for.
         self.remote_loads = 0
@@ -104,6 +107,7 @@ class RemoteChunkSource:
         if self._redis is None or self._arq is None:
             self._redis = Redis.from_url(self.settings.redis_url)
             self._arq = await arq_pool(self.settings)
+            self._refresh = self._redis.register_script(lua_source("lease_refresh"))
         return self._redis, self._arq
 
     async def _load_remote(self, chunk: ChunkInfo) -> bytearray | memoryview:
@@ -114,6 +118,7 @@ class RemoteChunkSource:
         deadline = loop.time() + self.timeout_s
         pubsub = redis.pubsub()
         outcome: dict[str, Any] | None = None
+        asked: str | None = None  # the token of the load this waiter queued, if any
         try:
             await pubsub.subscribe(channel)
             while outcome is None and loop.time() < deadline:
@@ -123,20 +128,24 @@ class RemoteChunkSource:
                     data = await self.cache.aget(chunk.sha256)
                     if data is not None:
                         return data
-                token = uuid.uuid4().hex
                 try:
-                    # The lease lasts the whole wait until a loader takes it over and keeps
-                    # it short; a free lease means nobody is loading: ask (again).
-                    if await redis.set(lease, token, nx=True, px=int(self.timeout_s * 1000)):
-                        self.remote_loads += 1
-                        await arq.enqueue_job(
-                            LOAD_CHUNK,
-                            self.model,
-                            chunk.name,
-                            chunk.sha256,
-                            token,
-                            _job_id=load_job_id(chunk.sha256, self.settings.key_prefix, token),
-                        )
+                    if asked is not None and await self._still_queued(chunk, asked):
+                        # queued, not started: the lease is this waiter's to keep alive
+                        await self._refresh(keys=[lease], args=[asked, LOAD_LEASE_MS])
+                    else:
+                        token = uuid.uuid4().hex
+                        # A free lease means nobody is loading or about to: ask (again).
+                        if await redis.set(lease, token, nx=True, px=LOAD_LEASE_MS):
+                            asked = token
+                            self.remote_loads += 1
+                            await arq.enqueue_job(
+                                LOAD_CHUNK,
+                                self.model,
+                                chunk.name,
+                                chunk.sha256,
+                                token,
+                                _job_id=self._job_id(chunk, token),
+                            )
                 except RedisError as exc:
                     raise _load_request_error(exc, chunk) from exc
                 outcome = await self._wait(pubsub, min(LEASE_CHECK_S, deadline - loop.time()))
@@ -160,6 +169,21 @@ class RemoteChunkSource:
                 "raise SW_CACHE_SIZE_MB above the working set"
             )
         return data
+
+    def _job_id(self, chunk: ChunkInfo, token: str) -> str:
+        return load_job_id(chunk.sha256, self.settings.key_prefix, token)
+
+    async def _still_queued(self, chunk: ChunkInfo, token: str) -> bool:
+        """Whether the load this waiter queued waits in arq's queue, not yet started.
+
+        Until a loader starts it, the asking waiter keeps the lease alive; from then on the
+        loader does, so a loader that dies frees the chunk within :data:`LOAD_LEASE_MS`.
+        """
+        redis, _ = await self._clients()
+        job_id = self._job_id(chunk, token)
+        queued = await redis.exists(job_key_prefix + job_id)
+        started = await redis.exists(in_progress_key_prefix + job_id)
+        return bool(queued) and not started
 
     async def _wait(self, pubsub: Any, timeout_s: float) -> dict[str, Any] | None:
         loop = asyncio.get_running_loop()

@@ -1,10 +1,10 @@
 """Two deployments on one Redis (``SW_KEY_PREFIX`` sw and sw2) must not block each other.
 
-``Keys`` puts every key under its prefix so one Redis can host several deployments, but a
-chunk load's arq job id is ``load:<sha256>`` in arq's global ``arq:job:*`` namespace. A
-load of a chunk queued by one deployment (its loaders busy or down) makes arq refuse the
-other deployment's load of the same content (same sha256): the second deployment's fetch
-times out although its own loader is idle.
+``Keys`` puts every key under its prefix so one Redis can host several deployments, but arq
+keeps job ids in its global ``arq:job:*`` namespace: were a chunk load's job id not
+prefixed, a load queued by one deployment (its loaders busy or down) would make arq refuse
+the other deployment's load of the same content (same sha256), and the second deployment's
+fetch would time out although its own loader is idle.
 """
 
 from __future__ import annotations
@@ -57,6 +57,8 @@ async def test_a_load_queued_by_one_prefix_does_not_block_another_prefix(
         await wait_until(lambda: "loader" in worker.ctx, 15, "the sw2 loader")
         data = await source.fetch(chunk)
         assert hashlib.sha256(data).hexdigest() == chunk.sha256
+        # let the load job end (it gives its lease back after announcing) before closing
+        await wait_until(lambda: worker.job_counter == 0, 15, "the sw2 load to end")
     finally:
         await source.close()
         await worker.close()
