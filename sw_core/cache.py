@@ -31,7 +31,6 @@ import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from importlib import resources
 from types import TracebackType
 
 import numpy as np
@@ -40,6 +39,7 @@ import redis
 from sw_core import stats
 from sw_core.exceptions import CacheError, ChunkTooLargeError, ConfigError, SecurityError
 from sw_core.keys import Keys
+from sw_core.lua_scripts import lua_source
 from sw_core.ordered_hash import OrderedHash
 from sw_core.redis_bulk import BulkReader
 from sw_core.settings import Settings
@@ -50,10 +50,6 @@ _CHUNK_ID = re.compile(r"[0-9a-f]{64}")
 _MIB = 1 << 20
 #: Chunks up to this size are hashed on the reading thread (a helper costs more than it saves).
 _INLINE_HASH_BYTES = 1 << 20
-
-
-def _script(name: str) -> str:
-    return (resources.files("sw_core") / "lua" / name).read_text(encoding="utf-8")
 
 
 def allocate_buffer(size_bytes: int) -> memoryview:
@@ -120,11 +116,11 @@ class ChunkCache:
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         self._owns_redis = False
-        self._lookup = redis.register_script(_script("cache_lookup.lua"))
-        self._commit = redis.register_script(_script("cache_commit.lua"))
-        self._drop = redis.register_script(_script("cache_drop.lua"))
-        self._clear = redis.register_script(_script("cache_clear.lua"))
-        self._info = redis.register_script(_script("cache_info.lua"))
+        self._lookup = redis.register_script(lua_source("cache_lookup"))
+        self._commit = redis.register_script(lua_source("cache_commit"))
+        self._drop = redis.register_script(lua_source("cache_drop"))
+        self._clear = redis.register_script(lua_source("cache_clear"))
+        self._info = redis.register_script(lua_source("cache_info"))
 
     @classmethod
     def from_settings(cls, settings: Settings, *, counters: Counters | None = None) -> ChunkCache:

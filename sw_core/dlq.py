@@ -18,8 +18,6 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cache
-from importlib import resources
 from typing import Any
 
 import msgpack
@@ -27,6 +25,7 @@ import msgpack
 from sw_core.exceptions import JobError
 from sw_core.jobs import now_ms, unpack_limited
 from sw_core.keys import Keys
+from sw_core.lua_scripts import lua_source
 from sw_core.settings import Settings
 
 #: Letters written for entries that could not be decoded: replaying them fails again.
@@ -35,11 +34,6 @@ UNREPLAYABLE_REASONS = frozenset({"malformed"})
 _RESET_FIELDS = {"attempt": b"1", "counted": b"1"}
 _DROPPED_FIELDS = ("first_failure_ms",)
 _ENTRY_ID_CHARS = set("0123456789-")
-
-
-@cache
-def _replay_lua() -> str:
-    return resources.files("sw_core").joinpath("lua", "dlq_replay.lua").read_text()
 
 
 @dataclass
@@ -122,7 +116,7 @@ class DeadLetterQueue:
         self.redis = redis
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
-        self._replay = redis.register_script(_replay_lua())
+        self._replay = redis.register_script(lua_source("dlq_replay"))
 
     def count(self) -> int:
         """Number of dead letters."""

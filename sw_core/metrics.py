@@ -26,11 +26,10 @@ import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import cache
-from importlib import resources
 from typing import Any
 
 from sw_core.keys import Keys
+from sw_core.lua_scripts import lua_source
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +55,6 @@ BUCKET_FIELDS: tuple[str, ...] = (*(bucket_field(e) for e in LATENCY_BUCKETS_S),
 def bucket_of(seconds: float) -> str:
     """Field of the bucket an observation of ``seconds`` falls into (edges are inclusive)."""
     return BUCKET_FIELDS[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)]
-
-
-@cache
-def _lua_source() -> str:
-    return resources.files("sw_core").joinpath("lua", "metrics_observe.lua").read_text()
 
 
 def _script_args(task: str, durations_s: Iterable[float]) -> list[Any]:
@@ -90,7 +84,7 @@ async def record_latency(
     if not durations_s:
         return 0
     keys = keys or Keys()
-    script = redis.register_script(_lua_source())
+    script = redis.register_script(lua_source("metrics_observe"))
     args = _script_args(task, durations_s)
     return int(await script(keys=[keys.latency(task), keys.latency_tasks], args=args))
 
@@ -102,7 +96,7 @@ def record_latency_sync(
     if not durations_s:
         return 0
     keys = keys or Keys()
-    script = redis.register_script(_lua_source())
+    script = redis.register_script(lua_source("metrics_observe"))
     args = _script_args(task, durations_s)
     return int(script(keys=[keys.latency(task), keys.latency_tasks], args=args))
 

@@ -24,12 +24,12 @@ from redis.exceptions import OutOfMemoryError, RedisError
 from sw_core.cache import ChunkCache
 from sw_core.exceptions import CacheError, WeightServerError, error_class
 from sw_core.keys import Keys
+from sw_core.lua_scripts import lua_source
 from sw_core.manifest import MANIFEST_FILE, MAX_MANIFEST_BYTES, ChunkInfo
 from sw_core.settings import Settings, redact_url
 from sw_core.storage import model_store
 from workers.loader import LOAD_CHUNK, LOAD_LEASE_MS, arq_pool, job_deserializer, load_job_id
 from workers.registry import ModelRegistry
-from workers.store import lua_source
 
 #: Largest non-chunk file (config, tokenizer) :meth:`RemoteChunkSource.fetch_file` returns.
 MAX_FILE_BYTES = 64 << 20

@@ -28,12 +28,12 @@ from redis.exceptions import RedisError
 from sw_core.cache import ChunkCache
 from sw_core.exceptions import ModelError
 from sw_core.keys import Keys
+from sw_core.lua_scripts import lua_source
 from sw_core.manifest import MANIFEST_FILE, MAX_MANIFEST_BYTES, Manifest
 from sw_core.settings import Settings
 from sw_core.stats import Counters
 from sw_core.storage import StorageBackend, model_store
 from workers.registry import ModelRegistry
-from workers.store import lua_source
 
 log = logging.getLogger(__name__)
 

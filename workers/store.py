@@ -9,8 +9,6 @@ Lua sources live in ``sw_core/lua/pipeline_*.lua``.
 from __future__ import annotations
 
 import logging
-from functools import cache
-from importlib import resources
 from typing import Any
 
 import msgpack
@@ -19,6 +17,7 @@ from redis.exceptions import ResponseError
 
 from sw_core.jobs import Job, encode_job, job_id_of, now_ms
 from sw_core.keys import Keys
+from sw_core.lua_scripts import lua_source
 from sw_core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -29,12 +28,6 @@ MAX_ERROR_CHARS = 2000
 MAX_DEAD_FIELD_BYTES = 64 << 10
 #: The dead-letter stream is trimmed to about this many entries (oldest dropped first).
 DLQ_MAX_ENTRIES = 100_000
-
-
-@cache
-def lua_source(name: str) -> str:
-    """Source of ``sw_core/lua/<name>.lua``."""
-    return resources.files("sw_core").joinpath("lua", f"{name}.lua").read_text()
 
 
 def _s(value: bytes | str) -> str:
