@@ -142,19 +142,26 @@ class ChunkCache:
         return cache
 
     # ------------------------------------------------------------------ public API
-    def get(self, chunk_id: str, *, out: bytearray | memoryview | None = None) -> memoryview | None:
+    def get(
+        self,
+        chunk_id: str,
+        *,
+        out: bytearray | memoryview | None = None,
+        count: bool = True,
+    ) -> memoryview | None:
         """The chunk's bytes, verified against ``chunk_id``, or None on a miss.
 
         A hit marks the chunk most recently used. The result is writable (tensors can be
         made over it without a copy); it is ``out[:size]`` when ``out`` is given, else a new
         buffer. A part that vanished mid-read (evicted) or bytes that do not match the id
         (counted as a corruption; the entry is dropped) give None, so the caller reloads;
-        ``out`` then holds nothing useful.
+        ``out`` then holds nothing useful. ``count=False`` leaves the hit and miss counters
+        alone: for the read that follows a load the caller already counted as a miss.
 
         Raises:
             CacheError: Redis failed (transient: connection, timeout).
         """
-        return self._read(chunk_id, out=out, verify=True)
+        return self._read(chunk_id, out=out, verify=True, count=count)
 
     def put(
         self, chunk_id: str, data: bytes | bytearray | memoryview, *, verify: bool = True
@@ -262,10 +269,14 @@ class ChunkCache:
 
     # ------------------------------------------------------------------ asyncio wrappers
     async def aget(
-        self, chunk_id: str, *, out: bytearray | memoryview | None = None
+        self,
+        chunk_id: str,
+        *,
+        out: bytearray | memoryview | None = None,
+        count: bool = True,
     ) -> memoryview | None:
         """:meth:`get` on a worker thread."""
-        return await asyncio.to_thread(self.get, chunk_id, out=out)
+        return await asyncio.to_thread(self.get, chunk_id, out=out, count=count)
 
     async def aput(
         self, chunk_id: str, data: bytes | bytearray | memoryview, *, verify: bool = True
@@ -291,19 +302,25 @@ class ChunkCache:
 
     # ------------------------------------------------------------------ internals
     def _read(
-        self, chunk_id: str, *, out: bytearray | memoryview | None, verify: bool
+        self,
+        chunk_id: str,
+        *,
+        out: bytearray | memoryview | None,
+        verify: bool,
+        count: bool = True,
     ) -> memoryview | None:
         self._check_id(chunk_id)
         try:
-            found = self._lookup(keys=self._entry_keys(chunk_id), args=[chunk_id, 1])
+            found = self._lookup(keys=self._entry_keys(chunk_id), args=[chunk_id, int(count)])
         except redis.RedisError as exc:
             raise self._error(exc, f"looking up chunk {chunk_id[:12]}") from exc
         if found is None:
-            self._count(stats.CACHE_MISSES)
+            if count:
+                self._count(stats.CACHE_MISSES)
             return None
         parts, size, part_bytes = (int(v) for v in found)
         if parts < 1 or part_bytes < 1 or not 0 <= size <= parts * part_bytes:
-            return self._drop_miss(chunk_id, "corrupt")
+            return self._drop_miss(chunk_id, "corrupt", counted=count)
         target = self._target(out, size)
         hasher = self._hasher() if verify and size > _INLINE_HASH_BYTES else None
         inline = hashlib.sha256() if verify and hasher is None else None
@@ -314,18 +331,18 @@ class ChunkCache:
                 for n in range(parts):
                     expected = min(part_bytes, size - offset)
                     if expected < 0 or (n > 0 and expected == 0):
-                        return self._drop_miss(chunk_id, "corrupt")
+                        return self._drop_miss(chunk_id, "corrupt", counted=count)
                     piece = target[offset : offset + expected]
                     got = reader.get_into(self.keys.cache_part(chunk_id, n), piece, feed=feed)
                     if got is None:
-                        return self._drop_miss(chunk_id, "lost")
+                        return self._drop_miss(chunk_id, "lost", counted=count)
                     if got != expected:
-                        return self._drop_miss(chunk_id, "corrupt")
+                        return self._drop_miss(chunk_id, "corrupt", counted=count)
                     if inline is not None:
                         inline.update(piece)
                     offset += expected
             if offset != size:
-                return self._drop_miss(chunk_id, "corrupt")
+                return self._drop_miss(chunk_id, "corrupt", counted=count)
             digest = None
             if hasher is not None:
                 digest, hasher = hasher.hexdigest(), None
@@ -337,8 +354,9 @@ class ChunkCache:
             if hasher is not None:
                 hasher.abandon()
         if digest is not None and digest != chunk_id:
-            return self._drop_miss(chunk_id, "corrupt")
-        self._count(stats.CACHE_HITS)
+            return self._drop_miss(chunk_id, "corrupt", counted=count)
+        if count:
+            self._count(stats.CACHE_HITS)
         return target
 
     def _upload(self, chunk_id: str, view: memoryview, staged: list[str], *, verify: bool) -> None:
@@ -364,19 +382,20 @@ class ChunkCache:
                 f"not to its id"
             )
 
-    def _drop_miss(self, chunk_id: str, why: str) -> None:
+    def _drop_miss(self, chunk_id: str, why: str, *, counted: bool) -> None:
         """A found entry could not be read (``lost``) or failed its hash (``corrupt``)."""
-        self._drop_entry(chunk_id, why)
-        self._count(stats.CACHE_MISSES)
+        self._drop_entry(chunk_id, why, counted=counted)
+        if counted:
+            self._count(stats.CACHE_MISSES)
         if why == "corrupt":
             self._count(stats.CACHE_CORRUPTIONS)
         return None
 
-    def _drop_entry(self, chunk_id: str, why: str) -> bool:
+    def _drop_entry(self, chunk_id: str, why: str, *, counted: bool = False) -> bool:
         try:
             removed = self._drop(
                 keys=self._entry_keys(chunk_id),
-                args=[chunk_id, self.keys.cache_part_prefix, why],
+                args=[chunk_id, self.keys.cache_part_prefix, why, int(counted)],
             )
         except redis.RedisError as exc:
             raise self._error(exc, f"removing chunk {chunk_id[:12]}") from exc

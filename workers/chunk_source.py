@@ -1,7 +1,8 @@
 """The inference side of chunk loading: a chunk source backed by the cluster's loaders.
 
 :class:`RemoteChunkSource` implements the engine's chunk-source protocol. A cache hit is
-returned at once. On a miss it subscribes to ``chunk_ready(sha256)`` *before* asking, reads
+returned at once. On a miss (counted once: the reads that follow it leave the cache's hit
+and miss counters alone) it subscribes to ``chunk_ready(sha256)`` *before* asking, reads
 the cache once more (the chunk may have landed meanwhile), enqueues one ``load_chunk`` job
 when it wins the chunk's load lease (one load cluster-wide, however many
 waiters), and waits for the announcement up to ``timeout_seconds``, asking again whenever the
@@ -125,7 +126,7 @@ class RemoteChunkSource:
                 # Landed meanwhile (between the caller's counted miss and now, or by a
                 # loader whose announcement came before the subscription)?
                 if await self.cache.acontains(chunk.sha256):
-                    data = await self.cache.aget(chunk.sha256)
+                    data = await self.cache.aget(chunk.sha256, count=False)
                     if data is not None:
                         return data
                 try:
@@ -162,7 +163,7 @@ class RemoteChunkSource:
         if not outcome.get("ok"):
             cls = error_class(str(outcome.get("error_type")))
             raise cls(f"loading {where} failed: {outcome.get('error')}")
-        data = await self.cache.aget(chunk.sha256)
+        data = await self.cache.aget(chunk.sha256, count=False)
         if data is None:
             raise WeightServerError(
                 f"{where} was loaded but is gone from the cache already: "

@@ -3,8 +3,9 @@
 -- KEYS[1] the chunk's info hash, KEYS[2] the LRU sorted set, KEYS[3] the meta hash.
 -- ARGV[1] chunk id, ARGV[2] part key prefix (a part key is prefix .. id .. ':' .. n),
 -- ARGV[3] why: 'delete' (asked for), 'lost' (a part was missing during a read) or
--- 'corrupt' (the bytes did not match the id). For 'lost' and 'corrupt' the read had counted
--- a hit in cache_lookup.lua; it is turned into a miss (and a corruption).
+-- 'corrupt' (the bytes did not match the id); ARGV[4] '1' when the read counted a hit in
+-- cache_lookup.lua: for 'lost' and 'corrupt' that hit is turned into a miss. A corruption
+-- is counted either way.
 -- Returns 1 when an entry was removed, 0 when there was none.
 --
 -- The deletions come first: once a script has written, Redis at maxmemory no longer refuses
@@ -21,11 +22,11 @@ if meta[1] then
   removed = 1
 end
 local why = ARGV[3]
-if why == 'lost' or why == 'corrupt' then
+if (why == 'lost' or why == 'corrupt') and ARGV[4] == '1' then
   redis.pcall('HINCRBY', KEYS[3], 'hits', -1)
   redis.pcall('HINCRBY', KEYS[3], 'misses', 1)
-  if why == 'corrupt' then
-    redis.pcall('HINCRBY', KEYS[3], 'corruptions', 1)
-  end
+end
+if why == 'corrupt' then
+  redis.pcall('HINCRBY', KEYS[3], 'corruptions', 1)
 end
 return removed

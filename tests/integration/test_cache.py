@@ -238,6 +238,29 @@ def test_corrupted_byte_is_detected_dropped_and_counted(client: redis.Redis) -> 
     assert got is not None and bytes(got) == data
 
 
+def test_uncounted_reads_leave_hits_and_misses_alone(client: redis.Redis) -> None:
+    """``count=False`` (the read after a load already counted as a miss) moves neither the
+    Redis counters nor the process counters; a corruption it finds is still counted."""
+    cache = make_cache(client, 16 * MIB)
+    chunk_id, data = chunk(2 * MIB, seed=16)
+    absent_id, _ = chunk(MIB, seed=17)
+    assert cache.get(absent_id, count=False) is None
+    cache.put(chunk_id, data)
+    got = cache.get(chunk_id, count=False)
+    assert got is not None and bytes(got) == data
+    info = cache.info()
+    assert (info.hits, info.misses) == (0, 0)
+    assert cache.counters.get(stats.CACHE_HITS) == cache.counters.get(stats.CACHE_MISSES) == 0
+
+    part = cache.keys.cache_part(chunk_id, 0)
+    client.setrange(part, 5, bytes([client.getrange(part, 5, 5)[0] ^ 0x01]))
+    assert cache.get(chunk_id, count=False) is None
+    info = cache.info()
+    assert (info.hits, info.misses, info.corruptions, info.chunks) == (0, 0, 1, 0)
+    assert cache.counters.get(stats.CACHE_CORRUPTIONS) == 1
+    assert cache.counters.get(stats.CACHE_MISSES) == 0
+
+
 def test_part_of_wrong_length_is_a_corruption(client: redis.Redis) -> None:
     cache = make_cache(client, 16 * MIB)
     chunk_id, data = chunk(2 * MIB, seed=8)

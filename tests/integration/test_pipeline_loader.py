@@ -123,6 +123,24 @@ async def test_fetch_times_out_with_weight_server_error_when_no_loader_runs(chun
         assert 0.45 < time.monotonic() - started < 3
 
 
+async def test_a_cold_chunk_counts_one_miss_and_no_hit(chunk_set) -> None:
+    """The read that follows a remote load is not a second lookup: the hit rate an
+    operator sees is misses = chunks loaded, hits = chunks found."""
+    settings, manifest = chunk_set
+    with ChunkCache.from_settings(settings) as cache:
+        cache.clear()
+        async with loader_worker(settings), sources(settings, 1) as (source,):
+            for chunk in manifest.chunks:
+                await source.fetch(chunk)
+            cold = cache.info()
+            for chunk in manifest.chunks:
+                await source.fetch(chunk)
+            warm = cache.info()
+    n_chunks = len(manifest.chunks)
+    assert (cold.misses, cold.hits) == (n_chunks, 0)
+    assert (warm.misses, warm.hits) == (n_chunks, n_chunks)
+
+
 async def test_a_cache_hit_needs_no_loader(chunk_set, tmp_path) -> None:
     settings, manifest = chunk_set
     chunk = manifest.chunks[1]
