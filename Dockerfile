@@ -11,7 +11,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 
 WORKDIR /app
-COPY pyproject.toml README.md constraints.txt ./
+COPY pyproject.toml README.md LICENSE constraints.txt ./
 COPY sw_core ./sw_core
 COPY workers ./workers
 COPY producer ./producer
