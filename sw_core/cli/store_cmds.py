@@ -6,21 +6,16 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sw_core.chunkset import (
-    ProgressFn,
-    VerifyReport,
-    load_manifest,
-    publish_chunk_set,
-    verify_chunk_set,
-)
 from sw_core.exceptions import SurfingError
 from sw_core.manifest import MANIFEST_FILE, Manifest
 from sw_core.progress import Progress, progress_bar
 from sw_core.settings import Settings, add_cli_flags, settings_from_args
-from sw_core.storage import backend_from_location
 from sw_core.utils import mib
+
+if TYPE_CHECKING:  # imported by the handlers: torch and minio cost a second at start-up
+    from sw_core.chunkset import ProgressFn, VerifyReport
 
 #: Settings that these commands take as flags too (S3 access, patience).
 STORAGE_FLAGS = [
@@ -99,6 +94,9 @@ def _publish(args: argparse.Namespace) -> int:
 
 
 async def _verify_async(location: str, settings: Settings) -> int:
+    from sw_core.chunkset import load_manifest, verify_chunk_set
+    from sw_core.storage import backend_from_location
+
     backend = backend_from_location(location, settings)
     try:
         manifest = await load_manifest(backend)
@@ -111,6 +109,9 @@ async def _verify_async(location: str, settings: Settings) -> int:
 
 
 async def _publish_async(folder: Path, destination: str, settings: Settings) -> int:
+    from sw_core.chunkset import publish_chunk_set
+    from sw_core.storage import backend_from_location
+
     manifest = Manifest.load(folder)
     backend = backend_from_location(destination, settings)
     manifest_bytes = (folder / MANIFEST_FILE).stat().st_size
