@@ -86,7 +86,8 @@ class JobError(SurfingError):
 
 
 class JobTimeoutError(SurfingError, TimeoutError):
-    """Waiting for a job's result took longer than the caller allowed."""
+    """A job took longer than allowed: waiting for its result (the producer's ``timeout``),
+    or running its batch in a worker (``batch_timeout_s``)."""
 
     transient = True
 

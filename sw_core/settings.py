@@ -100,6 +100,7 @@ class Settings:
     claim_idle_ms: int = 30_000
     max_deliveries: int = 5
     batch_wait_ms: int = 10
+    batch_timeout_s: float = 600.0
     result_ttl_s: int = 86_400
     max_payload_bytes: int = 1 << 20
     heartbeat_interval_s: float = 2.0
@@ -184,6 +185,7 @@ class Settings:
             "retry_max_delay_s",
             "prefetch_count",
             "batch_wait_ms",
+            "batch_timeout_s",
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(

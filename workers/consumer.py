@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import msgpack
 from redis.asyncio import Redis
 
-from sw_core.exceptions import JobError, ModelError, SurfingError, is_transient
+from sw_core.exceptions import JobError, JobTimeoutError, ModelError, SurfingError, is_transient
 from sw_core.jobs import Job, decode_entry, decode_fields
 from sw_core.metrics import record_job_latencies
 from sw_core.retry import RetryPolicy, retry_async
@@ -331,12 +331,25 @@ class JobConsumer:
             self._room.set()
 
     async def _invoke(self, model: str, task: str, jobs: list[Job]) -> list[Any]:
+        limit_s = self.settings.batch_timeout_s
+        scope = asyncio.timeout(limit_s if limit_s > 0 else None)
         try:
-            results = await self.handler.run_batch(model, task, list(jobs))
+            async with scope:
+                results = await self.handler.run_batch(model, task, list(jobs))
         except Exception as exc:
-            if not isinstance(exc, SurfingError):
+            failure: Exception = exc
+            if scope.expired():
+                log.warning(
+                    "worker %s: a batch of %d %s/%s jobs ran past batch_timeout_s=%g; cancelled",
+                    self.name, len(jobs), model, task, limit_s,
+                )  # fmt: skip
+                failure = JobTimeoutError(
+                    f"the batch of {len(jobs)} {model}/{task} jobs ran longer than "
+                    f"SW_BATCH_TIMEOUT_S={limit_s:g} s and was cancelled"
+                )
+            elif not isinstance(exc, SurfingError):
                 log.exception("handler failed on a batch of %d %s/%s jobs", len(jobs), model, task)
-            return [exc] * len(jobs)
+            return [failure] * len(jobs)
         if not isinstance(results, list) or len(results) != len(jobs):
             count = len(results) if isinstance(results, list) else type(results).__name__
             bug = JobError(f"the handler returned {count} results for {len(jobs)} jobs")

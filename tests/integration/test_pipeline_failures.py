@@ -10,7 +10,7 @@ import msgpack
 import pytest
 
 from producer import Producer
-from sw_core.exceptions import JobError, StorageError
+from sw_core.exceptions import JobError, JobTimeoutError, StorageError
 from sw_core.jobs import Job, encode_job
 from sw_core.stats import (
     COMPLETED,
@@ -172,6 +172,46 @@ async def test_permanent_error_is_dead_lettered_at_once(redis_url: str, redis_cl
     assert letter["error_type"] == "ValueError" and letter["attempts"] == "1"
     counts = await stats(redis_client)
     assert counts[error_counter("ValueError")] == 1 and RETRIED not in counts
+
+
+class _HangingHandler:
+    """Never returns for inputs containing ``hang``: a stuck model must not hold its jobs
+    forever. Counts the batches it was cancelled in."""
+
+    def __init__(self) -> None:
+        self.cancelled = 0
+
+    async def run_batch(self, model: str, task: str, jobs: list[Job]) -> list[Any]:
+        if any("hang" in str(job.inputs) for job in jobs):
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
+        return [{"ok": job.job_id} for job in jobs]
+
+
+async def test_a_batch_past_its_timeout_is_retried_then_dead_lettered(
+    redis_url: str, redis_client
+) -> None:
+    settings = pipeline_settings(
+        redis_url, batch_timeout_s=0.3, retry_attempts=2, retry_initial_delay_s=0.1
+    )
+    handler = _HangingHandler()
+    async with consumers(settings, [handler]), Producer(settings=settings) as p:
+        stuck = await p.submit("m1", "embed", ["hang"])
+        with pytest.raises(JobTimeoutError, match="SW_BATCH_TIMEOUT_S=0.3 s"):
+            await p.result(stuck, timeout=15)
+        # the worker goes on serving
+        fine = await p.submit("m1", "embed", ["fine"])
+        assert await p.result(fine, timeout=10) == {"ok": fine}
+    assert handler.cancelled == 2  # each attempt's batch was cancelled, none left running
+    (letter,) = await dead_letters(redis_client)
+    assert letter["job_id"] == stuck and letter["error_type"] == "JobTimeoutError"
+    assert letter["attempts"] == "2"
+    counts = await stats(redis_client)
+    assert counts[error_counter("JobTimeoutError")] == 2 and counts[RETRIED] == 1
+    assert await pending_count(redis_client) == 0
 
 
 class _OddHandler:
