@@ -228,7 +228,13 @@ class Residency:
 
     # ---------------------------------------------------------------- acquire / release
     def acquire(self, chunk: ChunkInfo) -> Tensors:
-        """The chunk's tensors, bound into the model; blocks until they are loaded."""
+        """The chunk's tensors, bound into the model; blocks until they are loaded.
+
+        Raises :class:`Cancelled` once :meth:`cancel` was called, resident chunk or not: a
+        cancelled run stops at its next module instead of computing on to the end.
+        """
+        if self._cancel.is_set():
+            raise Cancelled(f"model {self.model_name!r}: run cancelled")
         with self._lock:
             slot = self._slots.get(chunk.name)
             if slot is None:

@@ -200,7 +200,7 @@ async def test_a_batch_past_its_timeout_is_retried_then_dead_lettered(
     handler = _HangingHandler()
     async with consumers(settings, [handler]), Producer(settings=settings) as p:
         stuck = await p.submit("m1", "embed", ["hang"])
-        with pytest.raises(JobTimeoutError, match="SW_BATCH_TIMEOUT_S=0.3 s"):
+        with pytest.raises(JobTimeoutError, match=r"SW_BATCH_TIMEOUT_S=0\.3 s"):
             await p.result(stuck, timeout=15)
         # the worker goes on serving
         fine = await p.submit("m1", "embed", ["fine"])

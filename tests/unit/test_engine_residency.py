@@ -191,6 +191,19 @@ def test_cancel_unblocks_a_waiting_acquire(loop: LoopThread) -> None:
     store.gates["slow"].set()
 
 
+def test_cancel_stops_a_run_at_its_next_resident_chunk(loop: LoopThread) -> None:
+    res, _ = _residency(FakeStore(), loop, keep=("a",))
+    res.acquire(_chunk("a"))
+    res.release(_chunk("a"))
+    assert res.is_resident("a")
+    res.cancel()
+    with pytest.raises(Exception, match="cancelled"):
+        res.acquire(_chunk("a"))
+    assert res.is_resident("a")  # kept: the next run finds it
+    res.begin(loop.submit)  # a new run starts uncancelled
+    res.acquire(_chunk("a"))
+
+
 def test_clear_drops_resident_chunks_and_reservations(loop: LoopThread) -> None:
     res, events = _residency(FakeStore(), loop, keep=("a",))
     res.acquire(_chunk("a"))
