@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from sw_core.settings import Settings
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.worker_processes import REPO as REPO
+from tests.worker_processes import start_worker as start_worker
+from tests.worker_processes import stop_worker as stop_worker
+from tests.worker_processes import worker_env as env_of
 
 #: Settings of fast ops tests (passed to worker processes as ``SW_*`` variables).
 FAST: dict[str, Any] = {
@@ -34,45 +35,6 @@ FAST: dict[str, Any] = {
 def ops_settings(redis_url: str, **overrides: Any) -> Settings:
     """Settings for the tests: :data:`FAST` plus ``overrides`` (no ``SW_*`` from the env)."""
     return Settings.from_env({}, **{"redis_url": redis_url, **FAST, **overrides})
-
-
-def env_of(settings: Settings, **extra: str) -> dict[str, str]:
-    """The process environment carrying ``settings`` as ``SW_*`` variables."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SW_")}
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env["HF_HUB_OFFLINE"] = "1"
-    env["PYTHONUNBUFFERED"] = "1"
-    for name, value in settings.as_dict(reveal=True).items():
-        if value is not None and value != "":
-            env[f"SW_{name.upper()}"] = str(value)
-    env.update(extra)
-    return env
-
-
-def start_worker(
-    settings: Settings, log_path: Path, settings_path: str = "workers.Settings"
-) -> subprocess.Popen[bytes]:
-    """A real ``python -m arq workers.Settings`` (or ``LoaderSettings``) process."""
-    log = log_path.open("ab")
-    return subprocess.Popen(
-        [sys.executable, "-m", "arq", settings_path],
-        cwd=REPO,
-        env=env_of(settings),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-
-def stop_worker(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    """Signal a worker and wait for it (SIGKILL after 20 s)."""
-    if proc.poll() is None:
-        proc.send_signal(sig)
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
 
 
 @contextlib.contextmanager

@@ -5,13 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -20,9 +15,12 @@ from sw_core.jobs import Job
 from sw_core.keys import Keys
 from sw_core.settings import Settings
 from tests.pipeline_handlers import calls_key
+from tests.worker_processes import REPO as REPO
+from tests.worker_processes import start_worker as start_worker
+from tests.worker_processes import stop_worker as stop_worker
+from tests.worker_processes import worker_env as worker_env
 from workers.consumer import JobConsumer
 
-REPO = Path(__file__).resolve().parents[1]
 KEYS = Keys("sw")
 
 
@@ -128,50 +126,3 @@ async def dead_letters(redis: aioredis.Redis) -> list[dict[str, str]]:
 
 def job(job_id: str = "j", model: str = "m1", task: str = "embed", **kw: Any) -> Job:
     return Job(job_id=job_id, model=model, task=task, inputs=kw.pop("inputs", ["x"]), **kw)
-
-
-# ---------------------------------------------------------------------------- processes
-def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """Environment of a worker process: the test settings as ``SW_*`` variables."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SW_")}
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    for name in (
-        "redis_url",
-        "models",
-        "claim_idle_ms",
-        "poll_block_ms",
-        "batch_wait_ms",
-        "max_batch_size",
-        "retry_initial_delay_s",
-        "heartbeat_interval_s",
-        "heartbeat_ttl_s",
-        "shutdown_grace_s",
-    ):
-        env["SW_" + name.upper()] = str(getattr(settings, name))
-    env.update(extra)
-    return env
-
-
-def start_worker(env: dict[str, str], log_path: Path, settings_path: str = "workers.Settings"):
-    """``python -m arq workers.Settings`` as a child process (its own process group)."""
-    log = log_path.open("wb")
-    return subprocess.Popen(
-        [sys.executable, "-m", "arq", settings_path],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-
-def stop_worker(
-    proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout_s: float = 20
-) -> int:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-    try:
-        return proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait(5)

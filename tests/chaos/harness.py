@@ -32,7 +32,9 @@ import redis.asyncio as aioredis
 from producer import Producer
 from sw_core.keys import Keys
 from sw_core.redis_server import free_port
-from sw_core.settings import Secret, Settings
+from sw_core.settings import Settings
+from tests.worker_processes import settings_env as settings_env
+from tests.worker_processes import worker_env as worker_env
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -88,32 +90,6 @@ def chaos_settings(redis_url: str, **overrides: Any) -> Settings:
     }
     values.update(overrides)
     return Settings.from_env({}, **values)
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """``SW_*`` variables for every setting that differs from its default."""
-    defaults = Settings()
-    env: dict[str, str] = {}
-    for name in sorted(Settings.field_names()):
-        value = getattr(settings, name)
-        if value == getattr(defaults, name) or value is None:
-            continue
-        if isinstance(value, Secret):
-            value = value.reveal()
-        elif isinstance(value, bool):
-            value = "true" if value else "false"
-        env["SW_" + name.upper()] = str(value)
-    return env
-
-
-def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """Environment of a worker process: this one without ``SW_*``, plus ``settings``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SW_")}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    env["HF_HUB_OFFLINE"] = "1"
-    env.update(settings_env(settings))
-    env.update(extra)
-    return env
 
 
 # ---------------------------------------------------------------------------- processes
