@@ -20,13 +20,13 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import save_file
 
+from sw_core.chunk_plan import ChunkPlan, block_stacks, numel, plan_chunks, tied_parameters
 from sw_core.exceptions import ModelError
 from sw_core.manifest import ChunkInfo, FileInfo, Manifest
 from sw_core.progress import Progress
@@ -56,119 +56,6 @@ SIDE_FILES = (
     "sentence_bert_config.json",
     "1_Pooling/config.json",
 )
-
-
-@dataclass
-class _ChunkPlan:
-    name: str
-    role: str
-    tensors: list[str] = field(default_factory=list)
-    stack: str | None = None
-    index: int | None = None
-    rows: list[int] | None = None
-
-    @property
-    def file(self) -> str:
-        return f"{self.name}.safetensors"
-
-
-# --------------------------------------------------------------------------- skeleton analysis
-def block_stacks(model: torch.nn.Module) -> list[str]:
-    """Module paths of the transformer block lists (``encoder.layer``, ``model.layers``...).
-
-    A block list is a ``ModuleList`` whose children are all of one class and hold
-    parameters, and which is not itself inside another block list.
-    """
-    stacks: list[str] = []
-    for path, module in model.named_modules():
-        if not isinstance(module, torch.nn.ModuleList) or len(module) == 0:
-            continue
-        if any(path.startswith(stack + ".") for stack in stacks):
-            continue
-        classes = {type(child) for child in module}
-        if len(classes) == 1 and all(any(True for _ in c.parameters()) for c in module):
-            stacks.append(path)
-    if not stacks:
-        raise ModelError(f"{type(model).__name__}: found no list of transformer blocks to chunk")
-    return stacks
-
-
-def tied_parameters(model: torch.nn.Module) -> dict[str, str]:
-    """``{alias: canonical}`` for parameters that share one tensor (canonical = first seen)."""
-    first: dict[int, str] = {}
-    tied: dict[str, str] = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
-        canonical = first.setdefault(id(param), name)
-        if canonical != name:
-            tied[name] = canonical
-    return tied
-
-
-def plan_chunks(
-    ordered_keys: list[str],
-    shapes: dict[str, tuple[list[int], torch.dtype]],
-    stacks: list[str],
-    max_chunk_bytes: int,
-) -> list[_ChunkPlan]:
-    """Group state-dict keys (already in module order, tied aliases removed) into chunks."""
-    blocks: dict[str, _ChunkPlan] = {}
-    embeddings = _ChunkPlan("embeddings", "embeddings")
-    head = _ChunkPlan("head", "head")
-    seen_block = False
-    for key in ordered_keys:
-        owner = _block_of(key, stacks)
-        if owner is not None:
-            stack, index = owner
-            name = f"{stack}.{index}"
-            plan = blocks.setdefault(name, _ChunkPlan(name, "block", stack=stack, index=index))
-            plan.tensors.append(key)
-            seen_block = True
-        else:
-            (head if seen_block else embeddings).tensors.append(key)
-    out: list[_ChunkPlan] = []
-    out += _shard_role(embeddings, shapes, max_chunk_bytes)
-    out += list(blocks.values())
-    out += _shard_role(head, shapes, max_chunk_bytes)
-    return out
-
-
-def _block_of(key: str, stacks: list[str]) -> tuple[str, int] | None:
-    for stack in stacks:
-        prefix = stack + "."
-        if key.startswith(prefix):
-            index, _, _ = key[len(prefix) :].partition(".")
-            if index.isdigit():
-                return stack, int(index)
-    return None
-
-
-def _shard_role(
-    plan: _ChunkPlan, shapes: dict[str, tuple[list[int], torch.dtype]], max_chunk_bytes: int
-) -> list[_ChunkPlan]:
-    """Split the role's big 2-D tensors into row shards; small tensors stay in ``plan``."""
-    shards: list[_ChunkPlan] = []
-    keep: list[str] = []
-    for key in plan.tensors:
-        shape, dtype = shapes[key]
-        n_bytes = _numel(shape) * dtype.itemsize
-        if max_chunk_bytes and len(shape) == 2 and n_bytes > max_chunk_bytes and shape[0] > 1:
-            row_bytes = shape[1] * dtype.itemsize
-            rows_per_shard = max(1, max_chunk_bytes // row_bytes)
-            for start in range(0, shape[0], rows_per_shard):
-                end = min(shape[0], start + rows_per_shard)
-                name = f"{plan.role}.{len(shards)}"
-                shards.append(_ChunkPlan(name, plan.role, [key], rows=[start, end]))
-        else:
-            keep.append(key)
-    plan.tensors = keep
-    return ([plan] if keep else []) + shards
-
-
-def _numel(shape: list[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 # --------------------------------------------------------------------------- tensor sources
@@ -430,7 +317,7 @@ def _main_dtype(shapes: dict[str, tuple[list[int], torch.dtype]]) -> str:
     """Name of the dtype that holds the most bytes (``float32``, ``bfloat16``...)."""
     totals: dict[torch.dtype, int] = {}
     for shape, dtype in shapes.values():
-        totals[dtype] = totals.get(dtype, 0) + _numel(shape) * dtype.itemsize
+        totals[dtype] = totals.get(dtype, 0) + numel(shape) * dtype.itemsize
     return str(max(totals, key=totals.__getitem__)).removeprefix("torch.")
 
 
@@ -441,7 +328,7 @@ def _st_dtype(name: str) -> torch.dtype:
 
 
 def _write_chunks(
-    plans: list[_ChunkPlan],
+    plans: list[ChunkPlan],
     source: _TensorSource,
     shapes: dict[str, tuple[list[int], torch.dtype]],
     out: Path,
@@ -473,7 +360,7 @@ def _write_chunks(
     return chunks
 
 
-def _plan_tensors(plan: _ChunkPlan, source: _TensorSource) -> Iterator[tuple[str, torch.Tensor]]:
+def _plan_tensors(plan: ChunkPlan, source: _TensorSource) -> Iterator[tuple[str, torch.Tensor]]:
     for key in plan.tensors:
         tensor = source.get_rows(key, *plan.rows) if plan.rows else source.get(key)
         yield key, tensor.detach().to("cpu").contiguous()
