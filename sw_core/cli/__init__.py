@@ -50,6 +50,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"sw {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        line = _redis_failure(args, exc)
+        if line is None:
+            raise
+        print(f"sw {args.command}: {line}", file=sys.stderr)
+        return 2
+
+
+def _redis_failure(args: argparse.Namespace, exc: Exception) -> str | None:
+    """One line for a Redis that cannot be reached or refuses us; None for anything else."""
+    errors = sys.modules.get("redis.exceptions")
+    if errors is None or not isinstance(exc, (errors.ConnectionError, errors.TimeoutError)):
+        return None
+    from sw_core.settings import redact_url, settings_from_args
+
+    try:
+        url = redact_url(settings_from_args(args).redis_url)
+    except SurfingError:
+        url = "SW_REDIS_URL"
+    if isinstance(exc, (errors.AuthenticationError, errors.AuthorizationError)):
+        return f"Redis at {url} refused us: {exc}; check the password or ACL user in SW_REDIS_URL"
+    reason = str(exc).rstrip(".")
+    return (
+        f"cannot reach Redis at {url}: {reason}; check SW_REDIS_URL (or --redis-url) and that "
+        "redis-server runs"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

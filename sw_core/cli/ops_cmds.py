@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
@@ -36,7 +35,6 @@ HEALTH_FLAGS = [
 #: Port of ``sw metrics`` when neither --port nor SW_METRICS_PORT is given.
 DEFAULT_METRICS_PORT = 9108
 _STATUS_STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
-_REDIS_HINT = "check SW_REDIS_URL (or --redis-url) and that redis-server runs"
 
 
 def register(subparsers: Any) -> None:
@@ -63,7 +61,7 @@ def _register_stats(subparsers: Any) -> None:
         "--check", action="store_true", help="exit 1 when the error rate is over the threshold"
     )
     add_cli_flags(parser, OPS_FLAGS)
-    parser.set_defaults(handler=_redis_guard(_stats))
+    parser.set_defaults(handler=_stats)
 
 
 def _register_monitor(subparsers: Any) -> None:
@@ -148,7 +146,7 @@ def _register_dlq(subparsers: Any) -> None:
     purge.add_argument("--yes", action="store_true", help="do not ask")
     for sub in (listing, show, replay, purge):
         add_cli_flags(sub, ["redis_url", "key_prefix", "result_ttl_s"])
-    parser.set_defaults(handler=_redis_guard(_dlq))
+    parser.set_defaults(handler=_dlq)
 
 
 def _register_metrics(subparsers: Any) -> None:
@@ -167,23 +165,6 @@ def _register_metrics(subparsers: Any) -> None:
 
 
 # ---------------------------------------------------------------------------- handlers
-def _redis_guard(handler: Callable[[argparse.Namespace], int]) -> Callable[..., int]:
-    """Turn an unreachable Redis into one clear line and exit status 2."""
-
-    def guarded(args: argparse.Namespace) -> int:
-        import redis.exceptions
-
-        try:
-            return handler(args)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            url = redact_url(settings_from_args(args).redis_url)
-            print(f"sw {args.command}: cannot reach Redis at {url}: {exc}; {_REDIS_HINT}",
-                  file=sys.stderr)  # fmt: skip
-            return 2
-
-    return guarded
-
-
 def _stats(args: argparse.Namespace) -> int:
     from sw_core.monitor import StreamingMonitor
 

@@ -112,3 +112,27 @@ def test_submit_refuses_bad_params(
         ["submit", "m1", "--task", "generate", "--text", "x", *argv, "--redis-url", redis_url]
     )
     assert code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["submit", "minilm", "--text", "hi"],
+        ["result", "some-job-id"],
+        ["register", "m", "s3://sw-chunks/m", "--no-check"],
+        ["models"],
+        ["stats"],
+        ["dlq", "list"],
+    ],
+)
+def test_an_unreachable_redis_is_one_line_and_status_2(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sw_core.redis_server import free_port
+
+    url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+    assert main([*argv, "--redis-url", url]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"sw {argv[0]}: cannot reach Redis at redis://:***@127.0.0.1:")
+    assert "SW_REDIS_URL" in err and "hunter2" not in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
