@@ -67,6 +67,7 @@ class Producer:
 
         Raises:
             JobError: unknown task, bad inputs or params, payload over ``max_payload_bytes``.
+            redis.exceptions.ConnectionError: Redis cannot be reached (nothing was queued).
         """
         model, task, inputs, clean = validate_request(model, task, inputs, params, self.settings)
         job = Job(
@@ -128,6 +129,7 @@ class Producer:
                 (``error_class(error_type)(message)``); errors that are not Surfing errors
                 come back as :class:`SurfingError` with the type name in the message.
             JobTimeoutError: the job did not end within ``timeout`` seconds.
+            redis.exceptions.ConnectionError: Redis cannot be reached.
         """
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
