@@ -67,7 +67,7 @@ class Producer:
 
         Raises:
             JobError: unknown task, bad inputs or params, payload over ``max_payload_bytes``.
-            redis.exceptions.ConnectionError: Redis cannot be reached (nothing was queued).
+            redis.exceptions.ConnectionError: Redis cannot be reached.
         """
         model, task, inputs, clean = validate_request(model, task, inputs, params, self.settings)
         job = Job(
