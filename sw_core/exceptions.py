@@ -86,8 +86,15 @@ class JobError(SurfingError):
 
 
 class JobTimeoutError(SurfingError, TimeoutError):
-    """A job took longer than allowed: waiting for its result (the producer's ``timeout``),
-    or running its batch in a worker (``batch_timeout_s``)."""
+    """Waiting for a job's result took longer than the caller allowed (the job may still
+    finish: ask again)."""
+
+    transient = True
+
+
+class BatchTimeoutError(SurfingError, TimeoutError):
+    """A worker cancelled a batch that ran longer than ``batch_timeout_s`` (the job failed;
+    retried, then dead-lettered)."""
 
     transient = True
 
@@ -108,6 +115,7 @@ ERROR_TYPES: dict[str, type[SurfingError]] = {
         ConfigError,
         JobError,
         JobTimeoutError,
+        BatchTimeoutError,
     )
 }
 

@@ -53,7 +53,7 @@ MEANINGS: dict[str, str] = {
     "claim_idle_ms": "A job held this long by a silent worker is taken over by another (XAUTOCLAIM).",
     "max_deliveries": "A job delivered more often than this (it keeps killing workers) is dead-lettered.",
     "batch_wait_ms": "How long a worker waits for more jobs to fill a batch.",
-    "batch_timeout_s": "Longest a batch may run; its jobs then fail with `JobTimeoutError` (retried, then dead-lettered). 0 = no limit.",
+    "batch_timeout_s": "Longest a batch may run; its jobs then fail with `BatchTimeoutError` (retried, then dead-lettered). 0 = no limit.",
     "result_ttl_s": "How long job hashes (status, result) are kept.",
     "max_payload_bytes": "Largest job payload accepted (msgpack).",
     "heartbeat_interval_s": "Workers write their heartbeat this often.",

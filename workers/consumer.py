@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import msgpack
 from redis.asyncio import Redis
 
-from sw_core.exceptions import JobError, JobTimeoutError, ModelError, SurfingError, is_transient
+from sw_core.exceptions import BatchTimeoutError, JobError, ModelError, SurfingError, is_transient
 from sw_core.jobs import Job, decode_entry, decode_fields
 from sw_core.metrics import record_job_latencies
 from sw_core.retry import RetryPolicy, retry_async
@@ -343,7 +343,7 @@ class JobConsumer:
                     "worker %s: a batch of %d %s/%s jobs ran past batch_timeout_s=%g; cancelled",
                     self.name, len(jobs), model, task, limit_s,
                 )  # fmt: skip
-                failure = JobTimeoutError(
+                failure = BatchTimeoutError(
                     f"the batch of {len(jobs)} {model}/{task} jobs ran longer than "
                     f"SW_BATCH_TIMEOUT_S={limit_s:g} s and was cancelled"
                 )

@@ -10,7 +10,7 @@ import msgpack
 import pytest
 
 from producer import Producer
-from sw_core.exceptions import JobError, JobTimeoutError, StorageError
+from sw_core.exceptions import BatchTimeoutError, JobError, JobTimeoutError, StorageError
 from sw_core.jobs import Job, encode_job
 from sw_core.stats import (
     COMPLETED,
@@ -200,17 +200,18 @@ async def test_a_batch_past_its_timeout_is_retried_then_dead_lettered(
     handler = _HangingHandler()
     async with consumers(settings, [handler]), Producer(settings=settings) as p:
         stuck = await p.submit("m1", "embed", ["hang"])
-        with pytest.raises(JobTimeoutError, match=r"SW_BATCH_TIMEOUT_S=0\.3 s"):
+        with pytest.raises(BatchTimeoutError, match=r"SW_BATCH_TIMEOUT_S=0\.3 s") as err:
             await p.result(stuck, timeout=15)
+        assert not isinstance(err.value, JobTimeoutError)  # failed, not "still running"
         # the worker goes on serving
         fine = await p.submit("m1", "embed", ["fine"])
         assert await p.result(fine, timeout=10) == {"ok": fine}
     assert handler.cancelled == 2  # each attempt's batch was cancelled, none left running
     (letter,) = await dead_letters(redis_client)
-    assert letter["job_id"] == stuck and letter["error_type"] == "JobTimeoutError"
+    assert letter["job_id"] == stuck and letter["error_type"] == "BatchTimeoutError"
     assert letter["attempts"] == "2"
     counts = await stats(redis_client)
-    assert counts[error_counter("JobTimeoutError")] == 2 and counts[RETRIED] == 1
+    assert counts[error_counter("BatchTimeoutError")] == 2 and counts[RETRIED] == 1
     assert await pending_count(redis_client) == 0
 
 
