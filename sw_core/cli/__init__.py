@@ -69,9 +69,9 @@ def _redis_failure(args: argparse.Namespace, exc: Exception) -> str | None:
         url = redact_url(settings_from_args(args).redis_url)
     except SurfingError:
         url = "SW_REDIS_URL"
-    if isinstance(exc, (errors.AuthenticationError, errors.AuthorizationError)):
-        return f"Redis at {url} refused us: {exc}; check the password or ACL user in SW_REDIS_URL"
     reason = str(exc).rstrip(".")
+    if isinstance(exc, (errors.AuthenticationError, errors.AuthorizationError)):
+        return f"Redis at {url} refused us: {reason}; check the password or ACL user in SW_REDIS_URL"
     return (
         f"cannot reach Redis at {url}: {reason}; check SW_REDIS_URL (or --redis-url) and that "
         "redis-server runs"
