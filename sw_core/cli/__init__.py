@@ -71,7 +71,9 @@ def _redis_failure(args: argparse.Namespace, exc: Exception) -> str | None:
         url = "SW_REDIS_URL"
     reason = str(exc).rstrip(".")
     if isinstance(exc, (errors.AuthenticationError, errors.AuthorizationError)):
-        return f"Redis at {url} refused us: {reason}; check the password or ACL user in SW_REDIS_URL"
+        return (
+            f"Redis at {url} refused us: {reason}; check the password or ACL user in SW_REDIS_URL"
+        )
     return (
         f"cannot reach Redis at {url}: {reason}; check SW_REDIS_URL (or --redis-url) and that "
         "redis-server runs"
