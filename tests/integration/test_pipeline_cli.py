@@ -136,3 +136,18 @@ def test_an_unreachable_redis_is_one_line_and_status_2(
     assert err.startswith(f"sw {argv[0]}: cannot reach Redis at redis://:***@127.0.0.1:")
     assert "SW_REDIS_URL" in err and "hunter2" not in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_refused_password_is_one_line_and_status_2(capsys: pytest.CaptureFixture[str]) -> None:
+    from sw_core.redis_server import RedisServer
+
+    with RedisServer(password="right-one") as server:
+        wrong = server.url.replace("right-one", "wrong-one")
+        missing = server.url.replace(":right-one@", "")
+        for url in (wrong, missing):
+            assert main(["models", "--redis-url", url]) == 2
+            err = capsys.readouterr().err
+            assert err.startswith("sw models: Redis at redis://") and "refused us" in err
+            assert "password or ACL user" in err and "wrong-one" not in err
+            assert len(err.strip().splitlines()) == 1
+        assert main(["models", "--redis-url", server.url]) == 0
