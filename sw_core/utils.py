@@ -31,3 +31,12 @@ def calculate_chunk_hash(
 def mib(n_bytes: int) -> float:
     """Bytes as MiB, for messages."""
     return n_bytes / (1 << 20)
+
+
+def human_bytes(n_bytes: int) -> str:
+    """``n_bytes`` for people: ``"512.0 KiB"``, ``"86.7 MiB"``, ``"1.25 GiB"``."""
+    if n_bytes < 1 << 20:
+        return f"{n_bytes / 1024:.1f} KiB"
+    if n_bytes < 1 << 30:
+        return f"{mib(n_bytes):.1f} MiB"
+    return f"{n_bytes / (1 << 30):.2f} GiB"

@@ -15,6 +15,8 @@ from sw_core.settings import Settings, add_cli_flags, settings_from_args
 
 #: Settings these commands take as flags too.
 REDIS_FLAGS = ["redis_url", "key_prefix"]
+#: Storage settings ``sw register`` takes as flags to read the chunk set it registers.
+STORAGE_FLAGS = ["s3_endpoint", "s3_access_key", "s3_secret_key", "s3_secure", "s3_region"]
 
 #: Exit status when a job was dead-lettered / did not finish in time.
 EXIT_DEAD = 1
@@ -72,14 +74,23 @@ def register(subparsers: Any) -> None:
     reg = subparsers.add_parser(
         "register",
         help="register a model: NAME -> s3://BUCKET/PREFIX or a folder",
-        description="Tell the workers where a model's chunk set lives (Redis hash sw:models).",
+        description=(
+            "Tell the workers where a model's chunk set lives (Redis hash sw:models). The "
+            "location is checked first: its manifest.json must load (S3 access from the "
+            "SW_S3_* settings or the flags below)."
+        ),
+        epilog="Exit status: 0 registered; 2 bad name or location, no chunk set there, "
+        "storage or Redis unreachable.",
     )
     reg.add_argument("name", metavar="NAME")
     reg.add_argument("location", metavar="LOCATION", help="s3://BUCKET/PREFIX or a folder")
     reg.add_argument(
-        "--no-check", action="store_true", help="register a folder that is not on this machine"
+        "--no-check",
+        action="store_true",
+        help="register without reading the chunk set (a folder on other machines only, an "
+        "S3 location not reachable from here)",
     )
-    add_cli_flags(reg, REDIS_FLAGS)
+    add_cli_flags(reg, REDIS_FLAGS + STORAGE_FLAGS)
     reg.set_defaults(handler=_register)
 
     models = subparsers.add_parser(
@@ -155,18 +166,39 @@ async def _wait_and_print(producer: Any, job_id: str, timeout_s: float) -> int:
 def _register(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
 
-    async def run() -> str:
+    async def run() -> tuple[str, str]:
         from redis.asyncio import Redis
 
-        from workers.registry import ModelRegistry
+        from sw_core.utils import human_bytes
+        from workers.registry import ModelRegistry, check_location
 
+        about = ""
+        if not args.no_check:
+            location = check_location(args.location, must_exist=True)
+            manifest = await _read_manifest(location, settings)
+            about = (
+                f" (chunk set {manifest.name!r}: {len(manifest.chunks)} chunks, "
+                f"{human_bytes(manifest.total_bytes)})"
+            )
         async with Redis.from_url(settings.redis_url) as redis:
             registry = ModelRegistry(redis, settings)
-            return await registry.register(args.name, args.location, must_exist=not args.no_check)
+            return await registry.register(args.name, args.location), about
 
-    location = asyncio.run(run())
-    print(f"{args.name} -> {location}")
+    location, about = asyncio.run(run())
+    print(f"{args.name} -> {location}{about}")
     return 0
+
+
+async def _read_manifest(location: str, settings: Settings) -> Any:
+    """The manifest at ``location`` (ModelError when there is no chunk set)."""
+    from sw_core.chunkset import load_manifest
+    from sw_core.storage import backend_from_location
+
+    backend = backend_from_location(location, settings)
+    try:
+        return await load_manifest(backend)
+    finally:
+        await backend.close()
 
 
 def _models(args: argparse.Namespace) -> int:

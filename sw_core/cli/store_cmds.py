@@ -12,7 +12,7 @@ from sw_core.exceptions import SurfingError
 from sw_core.manifest import MANIFEST_FILE, Manifest
 from sw_core.progress import Progress, progress_bar
 from sw_core.settings import Settings, add_cli_flags, settings_from_args
-from sw_core.utils import mib
+from sw_core.utils import human_bytes
 
 if TYPE_CHECKING:  # imported by the handlers: torch and minio cost a second at start-up
     from sw_core.chunkset import ProgressFn, VerifyReport
@@ -141,21 +141,13 @@ def _forward(bar: Progress) -> ProgressFn:
     return report
 
 
-def _size(n_bytes: int) -> str:
-    if n_bytes < 1 << 20:
-        return f"{n_bytes / 1024:.1f} KiB"
-    if n_bytes < 1 << 30:
-        return f"{mib(n_bytes):.1f} MiB"
-    return f"{n_bytes / (1 << 30):.2f} GiB"
-
-
 def _print_report(report: VerifyReport, *, action: str) -> int:
     for bad in report.bad:
         print(f"BAD {bad}")
     if report.ok:
         print(
             f"OK {report.location}: {report.model}, {report.entries_checked} entries, "
-            f"{_size(report.bytes_checked)} {action}"
+            f"{human_bytes(report.bytes_checked)} {action}"
         )
         return 0
     print(

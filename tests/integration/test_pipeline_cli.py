@@ -15,6 +15,7 @@ from sw_core.cli import main
 from sw_core.settings import Settings
 from tests.pipeline_handlers import EchoHandler
 from tests.pipeline_helpers import consumers, pipeline_settings
+from tests.storage_helpers import make_chunk_set
 
 
 @contextlib.contextmanager
@@ -46,18 +47,40 @@ def test_register_and_list_models(
 ) -> None:
     monkeypatch.setenv("SW_MODELS", "configured=s3://bucket/configured")
     flags = ["--redis-url", redis_url]
-    assert main(["register", "minilm", str(tmp_path), *flags]) == 0
-    assert main(["register", "smol", "s3://sw-chunks/smol/", *flags]) == 0
-    assert f"minilm -> {tmp_path}" in capsys.readouterr().out
+    folder = tmp_path / "tiny"
+    manifest = make_chunk_set(folder)
+    assert main(["register", "minilm", str(folder), *flags]) == 0
+    out = capsys.readouterr().out
+    assert f"minilm -> {folder} (chunk set 'tiny': {len(manifest.chunks)} chunks" in out
+    assert main(["register", "smol", "s3://sw-chunks/smol/", "--no-check", *flags]) == 0
     assert main(["register", "bad", "s3://A_B/x", *flags]) == 2
     assert main(["register", "gone", str(tmp_path / "missing"), *flags]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["register", "empty", str(tmp_path), *flags]) == 2  # a folder, no chunk set
+    assert "is not a chunk set: no manifest.json" in capsys.readouterr().err
     assert main(["register", "elsewhere", "/mnt/not/here", "--no-check", *flags]) == 0
     capsys.readouterr()
     assert main(["models", *flags]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == ["configured", "elsewhere", "minilm", "smol"]
     assert lines[3].split()[1] == "s3://sw-chunks/smol"
+
+
+def test_register_reads_the_manifest_on_s3(
+    redis_url: str, tmp_path: Path, s3_server, s3_bucket: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = make_chunk_set(tmp_path / "tiny")
+    s3 = ["--s3-endpoint", s3_server.endpoint, "--s3-access-key", s3_server.access_key,
+          "--s3-secret-key", s3_server.secret_key, "--redis-url", redis_url]  # fmt: skip
+    assert main(["publish", str(tmp_path / "tiny"), "--to", f"s3://{s3_bucket}/tiny", *s3[:6]]) == 0
+    capsys.readouterr()
+    assert main(["register", "tiny", f"s3://{s3_bucket}/tiny", *s3]) == 0
+    assert f"(chunk set 'tiny': {len(manifest.chunks)} chunks, " in capsys.readouterr().out
+    assert main(["register", "typo", f"s3://{s3_bucket}/tnyi", *s3]) == 2
+    err = capsys.readouterr().err
+    assert "is not a chunk set: no manifest.json" in err and "Traceback" not in err
+    assert main(["models", "--redis-url", redis_url]) == 0
+    assert "typo" not in capsys.readouterr().out
 
 
 def test_submit_wait_prints_the_result(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
