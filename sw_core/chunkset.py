@@ -81,6 +81,11 @@ async def load_manifest(backend: StorageBackend) -> Manifest:
         ModelError: no manifest, one over the size limit, or a malformed one.
         StorageError: the backend failed (transient).
     """
+    return (await load_manifest_bytes(backend))[0]
+
+
+async def load_manifest_bytes(backend: StorageBackend) -> tuple[Manifest, bytes]:
+    """:func:`load_manifest`, with the manifest's bytes as read (to pin them)."""
     where = backend.describe()
     try:
         raw = await backend.load(MANIFEST_FILE, max_size_bytes=MAX_MANIFEST_BYTES)
@@ -89,7 +94,7 @@ async def load_manifest(backend: StorageBackend) -> Manifest:
     except SecurityError as exc:
         raise ModelError(f"{MANIFEST_FILE} of {where} is refused: {exc}") from None
     try:
-        return Manifest.from_json(bytes(raw))
+        return Manifest.from_json(bytes(raw)), bytes(raw)
     except ModelError as exc:
         raise ModelError(f"{MANIFEST_FILE} of {where}: {exc}") from None
 

@@ -20,6 +20,8 @@ FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 #: Larger manifests are refused before parsing.
 MAX_MANIFEST_BYTES = 16 << 20
+#: Largest non-chunk file of a chunk set (config, tokenizer) a reader accepts.
+MAX_FILE_BYTES = 64 << 20
 
 Role = Literal["embeddings", "block", "head"]
 

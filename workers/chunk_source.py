@@ -26,14 +26,14 @@ from sw_core.cache import ChunkCache
 from sw_core.exceptions import CacheError, WeightServerError, error_class
 from sw_core.keys import Keys
 from sw_core.lua_scripts import lua_source
-from sw_core.manifest import MANIFEST_FILE, MAX_MANIFEST_BYTES, ChunkInfo
+from sw_core.manifest import ChunkInfo
+from sw_core.manifest_pin import read_set_file
 from sw_core.settings import Settings, redact_url
-from sw_core.storage import model_store
+from sw_core.storage import model_store, parse_location
 from workers.loader import LOAD_CHUNK, LOAD_LEASE_MS, arq_pool, job_deserializer, load_job_id
 from workers.registry import ModelRegistry
 
 #: Largest non-chunk file (config, tokenizer) :meth:`RemoteChunkSource.fetch_file` returns.
-MAX_FILE_BYTES = 64 << 20
 #: How often a waiter checks that someone still holds the load lease (else it asks again).
 LEASE_CHECK_S = 1.0
 
@@ -99,8 +99,7 @@ class RemoteChunkSource:
         location = await ModelRegistry(redis[0], self.settings).resolve(self.model)
         store = model_store(location, self.settings, self.model)
         try:
-            limit = MAX_MANIFEST_BYTES if name == MANIFEST_FILE else MAX_FILE_BYTES
-            return bytes(await store.load(name, max_size_bytes=limit))
+            return await read_set_file(store, name, parse_location(location).manifest_sha256)
         finally:
             await store.close()
 

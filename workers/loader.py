@@ -29,10 +29,11 @@ from sw_core.cache import ChunkCache
 from sw_core.exceptions import ModelError
 from sw_core.keys import Keys
 from sw_core.lua_scripts import lua_source
-from sw_core.manifest import MANIFEST_FILE, MAX_MANIFEST_BYTES, Manifest
+from sw_core.manifest import MANIFEST_FILE, Manifest
+from sw_core.manifest_pin import read_set_file
 from sw_core.settings import Settings
 from sw_core.stats import Counters
-from sw_core.storage import StorageBackend, model_store
+from sw_core.storage import StorageBackend, model_store, parse_location
 from workers.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -123,9 +124,9 @@ class ChunkLoader:
         cached = self._manifests.get(location)
         if cached is not None and time.monotonic() - cached[0] < MANIFEST_TTL_S:
             return cached[1]
-        store = self.store_for(model, location)
-        raw = await store.load(MANIFEST_FILE, max_size_bytes=MAX_MANIFEST_BYTES)
-        manifest = Manifest.from_json(bytes(raw))
+        pin = parse_location(location).manifest_sha256
+        raw = await read_set_file(self.store_for(model, location), MANIFEST_FILE, pin)
+        manifest = Manifest.from_json(raw)
         self._manifests[location] = (time.monotonic(), manifest)
         return manifest
 

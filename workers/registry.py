@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from sw_core.exceptions import ConfigError, ModelError
 from sw_core.keys import Keys
+from sw_core.manifest_pin import PIN_MARK, split_pin
 from sw_core.settings import Settings
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,127}")
@@ -21,23 +22,26 @@ _S3_RE = re.compile(r"s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(?P<p
 
 
 def check_location(location: str, *, must_exist: bool = False) -> str:
-    """Normalize a chunk-set location: ``s3://BUCKET[/PREFIX]`` or a folder (made absolute).
+    """Normalize a chunk-set location: ``s3://BUCKET[/PREFIX]`` or a folder (made absolute),
+    keeping a manifest pin ``#sha256=<hex>`` (:mod:`sw_core.manifest_pin`) when it has one.
 
     Raises:
-        ConfigError: not an S3 URL nor a folder path (or a missing folder with ``must_exist``).
+        ConfigError: not an S3 URL nor a folder path (or a missing folder with ``must_exist``),
+            or a malformed pin.
     """
-    location = location.strip()
+    location, pin = split_pin(location)
+    suffix = f"{PIN_MARK}{pin}" if pin else ""
     if location.startswith("s3://"):
         match = _S3_RE.fullmatch(location)
         if not match:
             raise ConfigError(f"{location!r} is not a valid s3://BUCKET/PREFIX location")
-        return location.rstrip("/")
+        return location.rstrip("/") + suffix
     if not location or "://" in location:
         raise ConfigError(f"{location!r} is neither s3://BUCKET/PREFIX nor a folder path")
     path = Path(location).expanduser().resolve()
     if must_exist and not path.is_dir():
         raise ConfigError(f"folder {str(path)!r} does not exist")
-    return str(path)
+    return str(path) + suffix
 
 
 def parse_models_setting(text: str) -> dict[str, str]:

@@ -90,6 +90,12 @@ def register(subparsers: Any) -> None:
         help="register without reading the chunk set (a folder on other machines only, an "
         "S3 location not reachable from here)",
     )
+    reg.add_argument(
+        "--pin",
+        action="store_true",
+        help="pin the model to the manifest read now (LOCATION#sha256=...): workers then "
+        "refuse a chunk set that changed since, until it is registered again",
+    )
     add_cli_flags(reg, REDIS_FLAGS + STORAGE_FLAGS)
     reg.set_defaults(handler=_register)
 
@@ -169,36 +175,45 @@ def _register(args: argparse.Namespace) -> int:
     async def run() -> tuple[str, str]:
         from redis.asyncio import Redis
 
+        from sw_core.manifest_pin import pin_location
         from sw_core.utils import human_bytes
         from workers.registry import ModelRegistry, check_location
 
-        about = ""
+        if args.pin and args.no_check:
+            raise ConfigError("--pin reads the manifest: it cannot go with --no-check")
+        location, about = args.location, ""
         if not args.no_check:
-            location = check_location(args.location, must_exist=True)
-            manifest = await _read_manifest(location, settings)
+            location = check_location(location, must_exist=True)
+            manifest, raw = await _read_manifest(location, settings)
             about = (
                 f" (chunk set {manifest.name!r}: {len(manifest.chunks)} chunks, "
                 f"{human_bytes(manifest.total_bytes)})"
             )
+            if args.pin:
+                location = pin_location(location, raw)
         async with Redis.from_url(settings.redis_url) as redis:
             registry = ModelRegistry(redis, settings)
-            return await registry.register(args.name, args.location), about
+            return await registry.register(args.name, location), about
 
     location, about = asyncio.run(run())
     print(f"{args.name} -> {location}{about}")
     return 0
 
 
-async def _read_manifest(location: str, settings: Settings) -> Any:
-    """The manifest at ``location`` (ModelError when there is no chunk set)."""
-    from sw_core.chunkset import load_manifest
-    from sw_core.storage import backend_from_location
+async def _read_manifest(location: str, settings: Settings) -> tuple[Any, bytes]:
+    """The manifest at ``location`` and its bytes (ModelError when there is no chunk set;
+    SecurityError when the location is pinned to another manifest)."""
+    from sw_core.chunkset import load_manifest_bytes
+    from sw_core.manifest_pin import check_pin
+    from sw_core.storage import backend_from_location, parse_location
 
     backend = backend_from_location(location, settings)
     try:
-        return await load_manifest(backend)
+        manifest, raw = await load_manifest_bytes(backend)
     finally:
         await backend.close()
+    check_pin(raw, parse_location(location).manifest_sha256, location)
+    return manifest, raw
 
 
 def _models(args: argparse.Namespace) -> int:

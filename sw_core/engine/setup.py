@@ -31,22 +31,24 @@ def resolve_device(name: str) -> torch.device:
 
 def make_source(where: Any, settings: Settings, cache: Any = None) -> ChunkSource:
     """A chunk source from a location (folder or ``s3://``), a storage backend or a source."""
-    from sw_core.storage import StorageBackend, model_store
+    from sw_core.storage import StorageBackend, model_store, parse_location
 
     if isinstance(where, ChunkSource):
         return where
-    if isinstance(where, str):
-        store = model_store(where, settings)
+    pin: str | None = None
+    if isinstance(where, str | PathLike):
+        store = model_store(str(where), settings)
+        pin = parse_location(str(where)).manifest_sha256
     elif isinstance(where, StorageBackend):
         store = where
-    elif isinstance(where, PathLike):
-        store = model_store(str(where), settings)
     else:
         raise ConfigError(
             f"cannot read chunks from {where!r}: give a folder, an s3:// location, "
             "a storage backend or a ChunkSource"
         )
-    return CachedChunkSource(cache, store) if cache is not None else StoreChunkSource(store)
+    if cache is not None:
+        return CachedChunkSource(cache, store, manifest_sha256=pin)
+    return StoreChunkSource(store, manifest_sha256=pin)
 
 
 async def read_chunk_set(source: ChunkSource) -> tuple[Manifest, dict[str, bytes]]:

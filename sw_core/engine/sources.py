@@ -17,10 +17,8 @@ import asyncio
 from typing import Any, Protocol, runtime_checkable
 
 from sw_core.exceptions import CacheError
-from sw_core.manifest import MAX_MANIFEST_BYTES, ChunkInfo
-
-#: Largest non-chunk file (config, tokenizer) a source returns.
-MAX_FILE_BYTES = 64 << 20
+from sw_core.manifest import ChunkInfo
+from sw_core.manifest_pin import read_set_file
 
 
 @runtime_checkable
@@ -45,10 +43,12 @@ class StoreChunkSource:
 
     Args:
         store: a :class:`~sw_core.storage.StorageBackend`; ``load_verified`` checks the hash.
+        manifest_sha256: the location's manifest pin, if any (:mod:`sw_core.manifest_pin`).
     """
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: Any, *, manifest_sha256: str | None = None) -> None:
         self.store = store
+        self.manifest_sha256 = manifest_sha256
 
     def describe(self) -> str:
         return str(self.store.describe())
@@ -59,8 +59,7 @@ class StoreChunkSource:
         )
 
     async def fetch_file(self, name: str) -> bytes:
-        limit = MAX_MANIFEST_BYTES if name.endswith("manifest.json") else MAX_FILE_BYTES
-        return bytes(await self.store.load(name, max_size_bytes=limit))
+        return await read_set_file(self.store, name, self.manifest_sha256)
 
 
 class CachedChunkSource:
@@ -75,11 +74,13 @@ class CachedChunkSource:
     Args:
         cache: the chunk cache.
         store: the storage backend behind it.
+        manifest_sha256: the location's manifest pin, if any (:mod:`sw_core.manifest_pin`).
     """
 
-    def __init__(self, cache: Any, store: Any) -> None:
+    def __init__(self, cache: Any, store: Any, *, manifest_sha256: str | None = None) -> None:
         self.cache = cache
         self.store = store
+        self.manifest_sha256 = manifest_sha256
         #: Chunks this source served from the cache / loaded from the store.
         self.cache_hits = 0
         self.cache_misses = 0
@@ -109,5 +110,4 @@ class CachedChunkSource:
         return loaded
 
     async def fetch_file(self, name: str) -> bytes:
-        limit = MAX_MANIFEST_BYTES if name.endswith("manifest.json") else MAX_FILE_BYTES
-        return bytes(await self.store.load(name, max_size_bytes=limit))
+        return await read_set_file(self.store, name, self.manifest_sha256)

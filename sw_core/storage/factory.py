@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sw_core.exceptions import ConfigError
+from sw_core.manifest_pin import split_pin
 from sw_core.retry import RetryPolicy
 from sw_core.settings import Settings
 from sw_core.stats import Counters
@@ -23,6 +24,8 @@ class Location:
     bucket: str = ""
     prefix: str = ""
     path: Path | None = None
+    #: The manifest's sha256 when the location is pinned (``...#sha256=<hex>``).
+    manifest_sha256: str | None = None
 
     @property
     def is_s3(self) -> bool:
@@ -31,16 +34,17 @@ class Location:
 
 def parse_location(location: str) -> Location:
     """``s3://BUCKET/PREFIX`` -> an S3 location; ``file://PATH`` or a plain path -> a folder.
+    Either may end in a manifest pin ``#sha256=<hex>`` (:mod:`sw_core.manifest_pin`).
 
     Raises:
-        ConfigError: an ``s3://`` URL without a bucket, or another URL scheme.
+        ConfigError: an ``s3://`` URL without a bucket, another URL scheme, a bad pin.
     """
-    text = location.strip()
+    text, pin = split_pin(location)
     if text.lower().startswith("s3://"):
         bucket, _, prefix = text[len("s3://") :].partition("/")
         if not bucket:
             raise ConfigError(f"S3 location {location!r} names no bucket (s3://BUCKET/PREFIX)")
-        return Location("s3", bucket=bucket, prefix=prefix.strip("/"))
+        return Location("s3", bucket=bucket, prefix=prefix.strip("/"), manifest_sha256=pin)
     if text.lower().startswith("file://"):
         text = text[len("file://") :]
     elif "://" in text:
@@ -49,7 +53,7 @@ def parse_location(location: str) -> Location:
         )
     if not text:
         raise ConfigError("empty storage location")
-    return Location("file", path=Path(text).expanduser())
+    return Location("file", path=Path(text).expanduser(), manifest_sha256=pin)
 
 
 def backend_from_location(

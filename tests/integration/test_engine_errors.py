@@ -259,3 +259,22 @@ async def test_bad_requests_fail_alone_in_a_batch(tmp_path: Path) -> None:
             await engine.run_async("classify", [{}])
     finally:
         engine.close()
+
+
+async def test_a_pinned_location_refuses_a_changed_manifest(tmp_path: Path) -> None:
+    from sw_core.manifest_pin import pin_location
+
+    chunk_small("gpt2", tmp_path)
+    manifest_path = tmp_path / "manifest.json"
+    pinned = pin_location(str(tmp_path), manifest_path.read_bytes())
+    engine = await StreamingEngine.open(pinned)
+    try:
+        assert len((await engine.run_async("forward", [{"input_ids": ROWS[0]}]))[0]) == 6
+    finally:
+        engine.close()
+    # the same manifest, written again with other whitespace: valid, but not what was pinned
+    manifest_path.write_text(json.dumps(json.loads(manifest_path.read_text()), indent=1))
+    with pytest.raises(SecurityError, match="not to its pin"):
+        await StreamingEngine.open(pinned)
+    engine = await StreamingEngine.open(str(tmp_path))  # unpinned, it loads
+    engine.close()

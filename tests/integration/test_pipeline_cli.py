@@ -66,6 +66,25 @@ def test_register_and_list_models(
     assert lines[3].split()[1] == "s3://sw-chunks/smol"
 
 
+def test_register_pin(redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import hashlib
+
+    folder = tmp_path / "tiny"
+    make_chunk_set(folder)
+    digest = hashlib.sha256((folder / "manifest.json").read_bytes()).hexdigest()
+    flags = ["--redis-url", redis_url]
+    assert main(["register", "tiny", str(folder), "--pin", *flags]) == 0
+    assert capsys.readouterr().out.startswith(f"tiny -> {folder}#sha256={digest} (chunk set")
+    assert main(["models", *flags]) == 0
+    assert f"{folder}#sha256={digest}" in capsys.readouterr().out
+    # a location pinned to another manifest is refused at registration
+    other = f"{folder}#sha256={'0' * 64}"
+    assert main(["register", "tiny", other, *flags]) == 2
+    assert "not to its pin" in capsys.readouterr().err
+    assert main(["register", "tiny", str(folder), "--pin", "--no-check", *flags]) == 2
+    assert "cannot go with --no-check" in capsys.readouterr().err
+
+
 def test_register_reads_the_manifest_on_s3(
     redis_url: str, tmp_path: Path, s3_server, s3_bucket: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

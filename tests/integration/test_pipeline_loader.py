@@ -16,6 +16,7 @@ from arq.worker import Worker
 from sw_core.cache import ChunkCache
 from sw_core.exceptions import ChunkNotFoundError, ModelError, SecurityError, WeightServerError
 from sw_core.manifest import MANIFEST_FILE, ChunkInfo, Manifest
+from sw_core.manifest_pin import pin_location
 from sw_core.settings import Settings
 from tests.pipeline_helpers import KEYS, pipeline_settings, start_worker, stop_worker, wait_for
 from workers.chunk_source import RemoteChunkSource
@@ -200,6 +201,27 @@ async def test_fetch_file_reads_the_chunk_sets_small_files(chunk_set, tmp_path) 
         raw = await source.fetch_file(MANIFEST_FILE)
     assert raw == (tmp_path / "tiny" / MANIFEST_FILE).read_bytes()
     assert Manifest.from_json(raw).name == "tiny"
+
+
+async def test_a_pinned_model_refuses_a_changed_manifest_in_workers(
+    chunk_set, redis_client, tmp_path
+) -> None:
+    """Registered with a manifest pin, the inference side and the loaders both refuse the
+    chunk set once its manifest changed."""
+    settings, manifest = chunk_set
+    folder = tmp_path / "tiny"
+    path = folder / MANIFEST_FILE
+    pinned = pin_location(str(folder), path.read_bytes())
+    await ModelRegistry(redis_client, settings).register("tiny", pinned)
+    async with sources(settings, 1) as (source,):
+        assert await source.fetch_file(MANIFEST_FILE) == path.read_bytes()
+        path.write_bytes(path.read_bytes() + b"\n")  # what a re-upload or an edit would do
+        with pytest.raises(SecurityError, match="not to its pin"):
+            await source.fetch_file(MANIFEST_FILE)
+    async with loader_worker(settings) as loader:
+        outcome = await loader.load("tiny", manifest.chunks[0].name, manifest.chunks[0].sha256)
+    assert outcome["ok"] is False and outcome["error_type"] == "SecurityError"
+    assert loader.storage_loads == 0
 
 
 @pytest.mark.slow
