@@ -33,7 +33,6 @@ from sw_core.storage import model_store, parse_location
 from workers.loader import LOAD_CHUNK, LOAD_LEASE_MS, arq_pool, job_deserializer, load_job_id
 from workers.registry import ModelRegistry
 
-#: Largest non-chunk file (config, tokenizer) :meth:`RemoteChunkSource.fetch_file` returns.
 #: How often a waiter checks that someone still holds the load lease (else it asks again).
 LEASE_CHECK_S = 1.0
 

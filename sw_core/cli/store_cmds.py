@@ -38,7 +38,7 @@ _OUTPUT = (
 )
 _VERIFY_EXIT = (
     " Exit status: 0 all good; 1 bad entries; 2 the check could not run (no manifest, bad "
-    "settings)."
+    "settings, a manifest that does not match the location's #sha256= pin)."
 )
 _PUBLISH_EXIT = (
     " Exit status: 0 published and verified; 1 anything failed (damaged local set, upload "
@@ -94,12 +94,14 @@ def _publish(args: argparse.Namespace) -> int:
 
 
 async def _verify_async(location: str, settings: Settings) -> int:
-    from sw_core.chunkset import load_manifest, verify_chunk_set
-    from sw_core.storage import backend_from_location
+    from sw_core.chunkset import load_manifest_bytes, verify_chunk_set
+    from sw_core.manifest_pin import check_pin
+    from sw_core.storage import backend_from_location, parse_location
 
     backend = backend_from_location(location, settings)
     try:
-        manifest = await load_manifest(backend)
+        manifest, raw = await load_manifest_bytes(backend)
+        check_pin(raw, parse_location(location).manifest_sha256, location)
         total_bytes = _payload_bytes(manifest)
         with progress_bar(f"verify {manifest.name}", total_bytes, unit_bytes=True) as bar:
             report = await verify_chunk_set(backend, manifest, progress=_forward(bar))

@@ -163,3 +163,16 @@ def test_secrets_never_reach_the_output(s3_server, s3_bucket, capsys) -> None:
     captured = capsys.readouterr()
     assert code == 2
     assert secret not in captured.out + captured.err
+
+
+def test_verify_checks_a_manifest_pin(tmp_path: Path, capsys) -> None:
+    from sw_core.manifest_pin import pin_location
+
+    make_chunk_set(tmp_path)
+    pinned = pin_location(str(tmp_path), (tmp_path / "manifest.json").read_bytes())
+    assert main(["verify", pinned]) == 0
+    capsys.readouterr()
+    (tmp_path / "manifest.json").write_bytes((tmp_path / "manifest.json").read_bytes() + b" ")
+    assert main(["verify", pinned]) == 2
+    assert "SecurityError" in capsys.readouterr().err
+    assert main(["verify", str(tmp_path)]) == 0  # unpinned: the set itself is intact
