@@ -8,6 +8,7 @@ Lua sources live in ``sw_core/lua/pipeline_*.lua``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -210,14 +211,8 @@ class JobStore:
         self, job: Job, error_type: str, message: str, reason: str, worker: str
     ) -> bool:
         """:meth:`dead_letter` for a decoded job (its fields re-encoded for replay)."""
-        first = Job(
-            job_id=job.job_id,
-            model=job.model,
-            task=job.task,
-            inputs=job.inputs,
-            params=job.params,
-            submitted_ms=job.submitted_ms,
-        )
+        # a replay starts over: first attempt, counted once, no failure yet
+        first = dataclasses.replace(job, attempt=1, counted=True, first_failure_ms=None)
         return await self.dead_letter(
             entry_id=job.entry_id,
             job_id=job.job_id,
@@ -318,18 +313,7 @@ class JobStore:
 
     async def hand_back(self, job: Job) -> bool:
         """Re-add ``job`` as a fresh entry and ack its old one (shutdown); False if not ours."""
-        again = Job(
-            job_id=job.job_id,
-            model=job.model,
-            task=job.task,
-            inputs=job.inputs,
-            params=job.params,
-            attempt=job.attempt,
-            submitted_ms=job.submitted_ms,
-            counted=job.counted,
-            first_failure_ms=job.first_failure_ms,
-        )
-        fields = _flatten(encode_job(again))
+        fields = _flatten(encode_job(job))  # entry id and deliveries are not encoded
         new_id = await self._handback(
             keys=[self.keys.jobs, self.keys.job(job.job_id)],
             args=[self.group, job.entry_id, now_ms(), *fields],
