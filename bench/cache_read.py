@@ -1,6 +1,6 @@
 """Read speed of the chunk cache against raw redis-py GETs, measured side by side.
 
-Starts its own Redis (``sw_core.redis_server``), writes one 48 MiB chunk through
+Starts its own Redis (``sw_core.local.redis_server``), writes one 48 MiB chunk through
 :class:`~sw_core.cache.ChunkCache` (12 parts of 4 MiB), then times, in interleaved
 repetitions (the order rotates each round):
 
@@ -32,7 +32,7 @@ import redis
 
 from sw_core.cache import ChunkCache, allocate_buffer
 from sw_core.keys import Keys
-from sw_core.redis_server import RedisServer
+from sw_core.local.redis_server import RedisServer
 
 PART_BYTES = 4 << 20
 RAW = f"raw GET x {PART_BYTES >> 20} MiB"

@@ -1,6 +1,6 @@
 """The streaming engine against plain transformers in memory, measured side by side.
 
-Starts its own Redis (``sw_core.redis_server``) holding a :class:`~sw_core.cache.ChunkCache`,
+Starts its own Redis (``sw_core.local.redis_server``) holding a :class:`~sw_core.cache.ChunkCache`,
 chunks the two bundled models into a temporary folder, and times, in interleaved
 repetitions (the order rotates each round; medians):
 
@@ -57,13 +57,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import redis
 import torch
 
-from sw_core.bundled import minilm_path, smollm2_gguf_path
 from sw_core.cache import ChunkCache
-from sw_core.chunker import chunk_model
+from sw_core.chunks.chunker import chunk_model
+from sw_core.chunks.manifest import Manifest
 from sw_core.engine import CachedChunkSource, StreamingEngine
 from sw_core.keys import Keys
-from sw_core.manifest import Manifest
-from sw_core.redis_server import RedisServer
+from sw_core.local.bundled import minilm_path, smollm2_gguf_path
+from sw_core.local.redis_server import RedisServer
 from sw_core.storage import FilesystemBackend
 
 Case = Callable[[], Awaitable[Any]]

@@ -35,9 +35,9 @@ from arq.connections import RedisSettings, create_pool
 from arq.worker import Worker
 
 from producer import Producer
-from sw_core.jobs import Job
 from sw_core.keys import Keys
-from sw_core.redis_server import RedisServer
+from sw_core.local.redis_server import RedisServer
+from sw_core.pipeline.jobs import Job
 from sw_core.settings import Settings
 from workers.consumer import JobConsumer
 from workers.loader import job_deserializer, job_serializer

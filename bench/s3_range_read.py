@@ -39,7 +39,7 @@ from collections.abc import Awaitable, Callable
 
 from moto.server import ThreadedMotoServer
 
-from sw_core.redis_server import free_port
+from sw_core.local.redis_server import free_port
 from sw_core.retry import RetryPolicy
 from sw_core.storage import S3Backend
 

@@ -17,10 +17,10 @@ import msgpack
 from redis.asyncio import Redis
 
 from sw_core.exceptions import JobTimeoutError, SurfingError, error_class
-from sw_core.jobs import Job, encode_job, now_ms, validate_request
 from sw_core.keys import Keys
+from sw_core.ops.stats import TOTAL_REQUESTS
+from sw_core.pipeline.jobs import Job, encode_job, now_ms, validate_request
 from sw_core.settings import Settings
-from sw_core.stats import TOTAL_REQUESTS
 
 #: Longest single block on the done list; the hash is re-read after each.
 _WAIT_SLICE_S = 1.0

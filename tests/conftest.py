@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from sw_core.redis_server import RedisServer, free_port
+from sw_core.local.redis_server import RedisServer, free_port
 from tests.model_fixtures import minilm_chunked, smollm2_chunked  # noqa: F401 - session fixtures
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

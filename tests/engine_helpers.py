@@ -9,10 +9,10 @@ import redis
 import torch
 
 from sw_core.cache import ChunkCache
-from sw_core.chunker import chunk_model
+from sw_core.chunks.chunker import chunk_model
+from sw_core.chunks.manifest import Manifest
 from sw_core.engine.sources import CachedChunkSource
 from sw_core.keys import Keys
-from sw_core.manifest import Manifest
 from sw_core.storage import FilesystemBackend
 from tests.model_zoo import MODEL_CLASSES, tiny_config
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from sw_core.manifest import Manifest
+from sw_core.chunks.manifest import Manifest
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,8 @@ def smollm2_chunked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chunke
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sw_core.bundled import smollm2_gguf_path
-    from sw_core.chunker import chunk_model
+    from sw_core.chunks.chunker import chunk_model
+    from sw_core.local.bundled import smollm2_gguf_path
 
     gguf = smollm2_gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -53,8 +53,8 @@ def minilm_chunked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chunked
     """all-MiniLM-L6-v2 (BERT) in memory and chunked from its safetensors folder."""
     from transformers import AutoModel, AutoTokenizer
 
-    from sw_core.bundled import minilm_path
-    from sw_core.chunker import chunk_model
+    from sw_core.chunks.chunker import chunk_model
+    from sw_core.local.bundled import minilm_path
 
     source = minilm_path()
     folder = tmp_path_factory.mktemp("minilm")

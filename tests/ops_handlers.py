@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from sw_core.chunks.manifest import MANIFEST_FILE, Manifest
 from sw_core.exceptions import error_class
-from sw_core.jobs import Job
-from sw_core.manifest import MANIFEST_FILE, Manifest
+from sw_core.pipeline.jobs import Job
 from sw_core.settings import Settings
 from workers.chunk_source import RemoteChunkSource
 

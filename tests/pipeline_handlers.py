@@ -17,7 +17,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from sw_core.exceptions import StorageError, WeightServerError
-from sw_core.jobs import Job
+from sw_core.pipeline.jobs import Job
 from sw_core.settings import Settings
 
 

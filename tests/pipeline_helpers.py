@@ -11,8 +11,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from sw_core.jobs import Job
 from sw_core.keys import Keys
+from sw_core.pipeline.jobs import Job
 from sw_core.settings import Settings
 from tests.pipeline_handlers import calls_key
 from tests.worker_processes import REPO as REPO

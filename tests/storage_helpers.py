@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from sw_core.manifest import ChunkInfo, FileInfo, Manifest
-from sw_core.safetensors_io import parse_header
+from sw_core.chunks.manifest import ChunkInfo, FileInfo, Manifest
+from sw_core.chunks.safetensors_io import parse_header
 from sw_core.utils import calculate_chunk_hash
 
 

@@ -23,15 +23,15 @@ from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError, RedisError
 
 from sw_core.cache import ChunkCache
+from sw_core.chunks.manifest import ChunkInfo
+from sw_core.chunks.pin import read_set_file
 from sw_core.exceptions import CacheError, WeightServerError, error_class
 from sw_core.keys import Keys
 from sw_core.lua_scripts import lua_source
-from sw_core.manifest import ChunkInfo
-from sw_core.manifest_pin import read_set_file
+from sw_core.pipeline.registry import ModelRegistry
 from sw_core.settings import Settings, redact_url
 from sw_core.storage import model_store, parse_location
 from workers.loader import LOAD_CHUNK, LOAD_LEASE_MS, arq_pool, job_deserializer, load_job_id
-from workers.registry import ModelRegistry
 
 #: How often a waiter checks that someone still holds the load lease (else it asks again).
 LEASE_CHECK_S = 1.0

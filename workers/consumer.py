@@ -3,7 +3,7 @@
 One :class:`JobConsumer` per worker process reads ``sw:jobs`` through the consumer group,
 gathers pending jobs of one ``(model, task)`` into a batch (up to ``max_batch_size``,
 waiting ``batch_wait_ms`` for more), runs it through the :class:`~workers.handlers.BatchHandler`
-and finalizes each job atomically with its ack (see :class:`~workers.store.JobStore`):
+and finalizes each job atomically with its ack (see :class:`~sw_core.pipeline.store.JobStore`):
 
 - a result -> job hash ``done`` + ack, in one Lua call;
 - a transient error -> ack + retry scheduled in ``sw:retries`` with exponential backoff,
@@ -32,15 +32,15 @@ import msgpack
 from redis.asyncio import Redis
 
 from sw_core.exceptions import BatchTimeoutError, JobError, ModelError, SurfingError, is_transient
-from sw_core.jobs import Job, decode_entry, decode_fields
-from sw_core.metrics import record_job_latencies
+from sw_core.ops.metrics import record_job_latencies
+from sw_core.pipeline.jobs import Job, decode_entry, decode_fields
+from sw_core.pipeline.registry import ModelRegistry
+from sw_core.pipeline.store import JobStore
 from sw_core.retry import RetryPolicy, retry_async
 from sw_core.settings import Settings
 from workers.handlers import BatchHandler
 from workers.heartbeat import default_worker_name
-from workers.registry import ModelRegistry
 from workers.retry_mover import RetryMover
-from workers.store import JobStore
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ import inspect
 from typing import Any, Protocol, runtime_checkable
 
 from sw_core.exceptions import ConfigError
-from sw_core.jobs import Job
+from sw_core.pipeline.jobs import Job
 from sw_core.settings import Settings
 
 

@@ -17,10 +17,10 @@ from collections.abc import Callable
 
 from redis.asyncio import Redis
 
-from sw_core.jobs import now_ms
 from sw_core.keys import Keys
+from sw_core.ops.stats import Counters
+from sw_core.pipeline.jobs import now_ms
 from sw_core.settings import Settings
-from sw_core.stats import Counters
 
 log = logging.getLogger(__name__)
 

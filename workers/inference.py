@@ -23,12 +23,12 @@ from redis.asyncio import Redis
 from sw_core.cache import ChunkCache
 from sw_core.engine import StreamingEngine
 from sw_core.exceptions import ModelError
-from sw_core.jobs import Job
 from sw_core.keys import Keys
+from sw_core.ops.stats import Counters
+from sw_core.pipeline.jobs import Job
+from sw_core.pipeline.registry import ModelRegistry
 from sw_core.settings import Settings
-from sw_core.stats import Counters
 from workers.chunk_source import RemoteChunkSource
-from workers.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 

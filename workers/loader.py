@@ -26,15 +26,15 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from sw_core.cache import ChunkCache
+from sw_core.chunks.manifest import MANIFEST_FILE, Manifest
+from sw_core.chunks.pin import read_set_file
 from sw_core.exceptions import ModelError
 from sw_core.keys import Keys
 from sw_core.lua_scripts import lua_source
-from sw_core.manifest import MANIFEST_FILE, Manifest
-from sw_core.manifest_pin import read_set_file
+from sw_core.ops.stats import Counters
+from sw_core.pipeline.registry import ModelRegistry
 from sw_core.settings import Settings
-from sw_core.stats import Counters
 from sw_core.storage import StorageBackend, model_store, parse_location
-from workers.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 

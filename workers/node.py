@@ -19,9 +19,9 @@ from arq.worker import func
 from redis.asyncio import Redis
 
 from sw_core.keys import Keys
-from sw_core.prometheus import maybe_start_metrics_server
+from sw_core.ops.prometheus import maybe_start_metrics_server
+from sw_core.ops.stats import Counters
 from sw_core.settings import Settings
-from sw_core.stats import Counters
 from workers.consumer import JobConsumer
 from workers.handlers import close_handler, load_handler
 from workers.heartbeat import Heartbeat, default_worker_name

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 
-from workers.store import JobStore
+from sw_core.pipeline.store import JobStore
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from typing import Any
 from sw_core.progress import progress_bar
 from sw_core.utils import mib
 
-#: Same as ``sw_core.chunker.DEFAULT_MAX_CHUNK_MB``; the chunker (and torch) load only when run.
+#: Same as ``sw_core.chunks.chunker.DEFAULT_MAX_CHUNK_MB``; the chunker (and torch) load only when run.
 DEFAULT_MAX_CHUNK_MB = 16
 
 
@@ -35,7 +35,7 @@ def register(subparsers: Any) -> None:
 
 
 def _chunk(args: argparse.Namespace) -> int:
-    from sw_core.chunker import chunk_model
+    from sw_core.chunks.chunker import chunk_model
 
     with progress_bar(f"chunking {Path(args.source).name}", total=None) as progress:
         manifest = chunk_model(

@@ -31,7 +31,7 @@ def register(subparsers: Any) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from sw_core.demo import DemoOptions, run_demo
+    from sw_core.local.demo import DemoOptions, run_demo
 
     options = DemoOptions(
         workdir=args.workdir,

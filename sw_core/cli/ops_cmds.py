@@ -13,8 +13,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from sw_core.dashboard import render_dashboard, render_unreachable
 from sw_core.exceptions import JobError
+from sw_core.ops.dashboard import render_dashboard, render_unreachable
 from sw_core.settings import add_cli_flags, redact_url, settings_from_args
 
 #: Settings every ops command takes as flags.
@@ -166,7 +166,7 @@ def _register_metrics(subparsers: Any) -> None:
 
 # ---------------------------------------------------------------------------- handlers
 def _stats(args: argparse.Namespace) -> int:
-    from sw_core.monitor import StreamingMonitor
+    from sw_core.ops.monitor import StreamingMonitor
 
     settings = settings_from_args(args)
     with StreamingMonitor(settings=settings) as monitor:
@@ -183,7 +183,7 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _monitor(args: argparse.Namespace) -> int:
-    from sw_core.monitor import StreamingMonitor
+    from sw_core.ops.monitor import StreamingMonitor
 
     settings = settings_from_args(args)
     interval_s = max(0.2, float(args.interval))
@@ -232,7 +232,7 @@ def _live(
 
 
 def _health(args: argparse.Namespace) -> int:
-    from sw_core.health import check_health
+    from sw_core.ops.health import check_health
 
     settings = settings_from_args(args)
     kinds = [k.strip() for k in args.require.split(",") if k.strip()]
@@ -257,7 +257,7 @@ def _health(args: argparse.Namespace) -> int:
 def _dlq(args: argparse.Namespace) -> int:
     import redis
 
-    from sw_core.dlq import DeadLetterQueue
+    from sw_core.pipeline.dlq import DeadLetterQueue
 
     settings = settings_from_args(args)
     client = redis.Redis.from_url(settings.redis_url)
@@ -366,7 +366,7 @@ def _dlq_purge(dlq: Any, args: argparse.Namespace) -> int:
 
 
 def _metrics(args: argparse.Namespace) -> int:
-    from sw_core.prometheus import start_metrics_server
+    from sw_core.ops.prometheus import start_metrics_server
 
     settings = settings_from_args(args)
     port = args.port if args.port is not None else (settings.metrics_port or DEFAULT_METRICS_PORT)

@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 from sw_core.exceptions import ConfigError, JobTimeoutError, SurfingError
-from sw_core.jobs import TASKS, coerce_params
+from sw_core.pipeline.jobs import TASKS, coerce_params
 from sw_core.settings import Settings, add_cli_flags, settings_from_args
 
 #: Settings these commands take as flags too.
@@ -175,9 +175,9 @@ def _register(args: argparse.Namespace) -> int:
     async def run() -> tuple[str, str]:
         from redis.asyncio import Redis
 
-        from sw_core.manifest_pin import pin_location
+        from sw_core.chunks.pin import pin_location
+        from sw_core.pipeline.registry import ModelRegistry, check_location
         from sw_core.utils import human_bytes
-        from workers.registry import ModelRegistry, check_location
 
         if args.pin and args.no_check:
             raise ConfigError("--pin reads the manifest: it cannot go with --no-check")
@@ -203,8 +203,8 @@ def _register(args: argparse.Namespace) -> int:
 async def _read_manifest(location: str, settings: Settings) -> tuple[Any, bytes]:
     """The manifest at ``location`` and its bytes (ModelError when there is no chunk set;
     SecurityError when the location is pinned to another manifest)."""
-    from sw_core.chunkset import load_manifest_bytes
-    from sw_core.manifest_pin import check_pin
+    from sw_core.chunks.pin import check_pin
+    from sw_core.chunks.verify import load_manifest_bytes
     from sw_core.storage import backend_from_location, parse_location
 
     backend = backend_from_location(location, settings)
@@ -222,7 +222,7 @@ def _models(args: argparse.Namespace) -> int:
     async def run() -> dict[str, str]:
         from redis.asyncio import Redis
 
-        from workers.registry import ModelRegistry
+        from sw_core.pipeline.registry import ModelRegistry
 
         async with Redis.from_url(settings.redis_url) as redis:
             return await ModelRegistry(redis, settings).all()

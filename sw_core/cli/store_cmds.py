@@ -8,14 +8,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sw_core.chunks.manifest import MANIFEST_FILE, Manifest
 from sw_core.exceptions import SurfingError
-from sw_core.manifest import MANIFEST_FILE, Manifest
 from sw_core.progress import Progress, progress_bar
 from sw_core.settings import Settings, add_cli_flags, settings_from_args
 from sw_core.utils import human_bytes
 
 if TYPE_CHECKING:  # imported by the handlers: torch and minio cost a second at start-up
-    from sw_core.chunkset import ProgressFn, VerifyReport
+    from sw_core.chunks.verify import ProgressFn, VerifyReport
 
 #: Settings that these commands take as flags too (S3 access, patience).
 STORAGE_FLAGS = [
@@ -94,8 +94,8 @@ def _publish(args: argparse.Namespace) -> int:
 
 
 async def _verify_async(location: str, settings: Settings) -> int:
-    from sw_core.chunkset import load_manifest_bytes, verify_chunk_set
-    from sw_core.manifest_pin import check_pin
+    from sw_core.chunks.pin import check_pin
+    from sw_core.chunks.verify import load_manifest_bytes, verify_chunk_set
     from sw_core.storage import backend_from_location, parse_location
 
     backend = backend_from_location(location, settings)
@@ -111,7 +111,7 @@ async def _verify_async(location: str, settings: Settings) -> int:
 
 
 async def _publish_async(folder: Path, destination: str, settings: Settings) -> int:
-    from sw_core.chunkset import publish_chunk_set
+    from sw_core.chunks.verify import publish_chunk_set
     from sw_core.storage import backend_from_location
 
     manifest = Manifest.load(folder)

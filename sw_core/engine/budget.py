@@ -31,8 +31,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from sw_core.chunks.manifest import ChunkInfo, Manifest
 from sw_core.exceptions import ModelError
-from sw_core.manifest import ChunkInfo, Manifest
 from sw_core.utils import mib
 
 Mode = Literal["resident", "streaming"]

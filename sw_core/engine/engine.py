@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from sw_core.chunks.manifest import ChunkInfo, Manifest
 from sw_core.engine.budget import ResidencyPlan, plan_residency
 from sw_core.engine.generation import eos_ids, run_generate
 from sw_core.engine.inputs import (
@@ -51,7 +52,6 @@ from sw_core.engine.skeleton import Family, Skeleton, load_config
 from sw_core.engine.sources import ChunkSource
 from sw_core.engine.tasks import run_embed, run_forward
 from sw_core.exceptions import ModelError, SecurityError
-from sw_core.manifest import ChunkInfo, Manifest
 from sw_core.settings import Settings
 from sw_core.utils import mib
 

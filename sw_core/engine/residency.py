@@ -25,13 +25,13 @@ from typing import Any
 
 import torch
 
+from sw_core.chunks.manifest import ChunkInfo
 from sw_core.exceptions import (
     ModelError,
     SurfingError,
     WeightServerError,
     is_transient,
 )
-from sw_core.manifest import ChunkInfo
 from sw_core.utils import mib
 
 Tensors = dict[str, torch.Tensor]

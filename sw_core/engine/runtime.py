@@ -25,12 +25,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from sw_core.chunks.manifest import ChunkInfo
 from sw_core.engine.budget import ResidencyPlan
 from sw_core.engine.residency import Residency
 from sw_core.engine.sharded import ShardedEmbedding, ShardedLinear, _Sharded
 from sw_core.engine.skeleton import Skeleton
 from sw_core.exceptions import ModelError
-from sw_core.manifest import ChunkInfo
 
 
 @dataclass

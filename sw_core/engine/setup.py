@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 
+from sw_core.chunks.manifest import MANIFEST_FILE, Manifest
 from sw_core.engine.generation import eos_ids
 from sw_core.engine.sources import CachedChunkSource, ChunkSource, StoreChunkSource
 from sw_core.exceptions import ConfigError, ModelError, SecurityError, StorageError
-from sw_core.manifest import MANIFEST_FILE, Manifest
 from sw_core.settings import Settings
 from sw_core.utils import calculate_chunk_hash
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from sw_core.manifest import ChunkInfo
+from sw_core.chunks.manifest import ChunkInfo
 
 
 class ChunkAccess(Protocol):

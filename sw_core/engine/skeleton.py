@@ -19,9 +19,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from sw_core.chunks.manifest import ChunkInfo, Manifest
+from sw_core.chunks.safetensors_io import load_tensors
 from sw_core.exceptions import ModelError, SecurityError
-from sw_core.manifest import ChunkInfo, Manifest
-from sw_core.safetensors_io import load_tensors
 
 Family = Literal["encoder", "decoder", "seq2seq"]
 

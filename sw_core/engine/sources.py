@@ -16,9 +16,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Protocol, runtime_checkable
 
+from sw_core.chunks.manifest import ChunkInfo
+from sw_core.chunks.pin import read_set_file
 from sw_core.exceptions import CacheError
-from sw_core.manifest import ChunkInfo
-from sw_core.manifest_pin import read_set_file
 
 
 @runtime_checkable
@@ -43,7 +43,7 @@ class StoreChunkSource:
 
     Args:
         store: a :class:`~sw_core.storage.StorageBackend`; ``load_verified`` checks the hash.
-        manifest_sha256: the location's manifest pin, if any (:mod:`sw_core.manifest_pin`).
+        manifest_sha256: the location's manifest pin, if any (:mod:`sw_core.chunks.pin`).
     """
 
     def __init__(self, store: Any, *, manifest_sha256: str | None = None) -> None:
@@ -74,7 +74,7 @@ class CachedChunkSource:
     Args:
         cache: the chunk cache.
         store: the storage backend behind it.
-        manifest_sha256: the location's manifest pin, if any (:mod:`sw_core.manifest_pin`).
+        manifest_sha256: the location's manifest pin, if any (:mod:`sw_core.chunks.pin`).
     """
 
     def __init__(self, cache: Any, store: Any, *, manifest_sha256: str | None = None) -> None:

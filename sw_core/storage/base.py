@@ -35,8 +35,8 @@ from sw_core.exceptions import (
     SurfingError,
     is_transient,
 )
+from sw_core.ops.stats import INTEGRITY_FAILURES, STORAGE_BYTES_READ, STORAGE_RETRIES, Counters
 from sw_core.retry import RetryPolicy, retry_async
-from sw_core.stats import INTEGRITY_FAILURES, STORAGE_BYTES_READ, STORAGE_RETRIES, Counters
 
 T = TypeVar("T")
 
@@ -90,7 +90,7 @@ class StorageBackend(ABC):
 
     Args:
         counters: where to count bytes read, retries, failovers and integrity failures
-            (a private :class:`~sw_core.stats.Counters` when omitted).
+            (a private :class:`~sw_core.ops.stats.Counters` when omitted).
         retry: backoff for transient failures (:class:`~sw_core.retry.RetryPolicy` defaults).
         timeout_s: limit of each single attempt of each call.
         sleep: how to wait between retries (tests inject a recorder).

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from sw_core.chunks.pin import split_pin
 from sw_core.exceptions import ConfigError
-from sw_core.manifest_pin import split_pin
+from sw_core.ops.stats import Counters
 from sw_core.retry import RetryPolicy
 from sw_core.settings import Settings
-from sw_core.stats import Counters
 from sw_core.storage.base import StorageBackend
 from sw_core.storage.failover import FailoverBackend
 from sw_core.storage.filesystem import FilesystemBackend
@@ -34,7 +34,7 @@ class Location:
 
 def parse_location(location: str) -> Location:
     """``s3://BUCKET/PREFIX`` -> an S3 location; ``file://PATH`` or a plain path -> a folder.
-    Either may end in a manifest pin ``#sha256=<hex>`` (:mod:`sw_core.manifest_pin`).
+    Either may end in a manifest pin ``#sha256=<hex>`` (:mod:`sw_core.chunks.pin`).
 
     Raises:
         ConfigError: an ``s3://`` URL without a bucket, another URL scheme, a bad pin.

@@ -19,7 +19,7 @@ from sw_core.exceptions import (
     StorageError,
     is_transient,
 )
-from sw_core.stats import INTEGRITY_FAILURES, STORAGE_FAILOVERS, Counters
+from sw_core.ops.stats import INTEGRITY_FAILURES, STORAGE_FAILOVERS, Counters
 from sw_core.storage.base import (
     Payload,
     StorageBackend,

@@ -14,8 +14,8 @@ from sw_core.exceptions import (
     SecurityError,
     StorageError,
 )
+from sw_core.ops.stats import Counters
 from sw_core.retry import RetryPolicy
-from sw_core.stats import Counters
 from sw_core.storage.base import (
     Payload,
     RetryingBackend,

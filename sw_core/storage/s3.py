@@ -37,9 +37,9 @@ from sw_core.exceptions import (
     SecurityError,
     StorageError,
 )
+from sw_core.ops.stats import Counters
 from sw_core.retry import RetryPolicy
 from sw_core.settings import Secret, Settings
-from sw_core.stats import Counters
 from sw_core.storage.base import Payload, RetryingBackend, SleepFn
 
 T = TypeVar("T")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save as save_numpy
 
-from sw_core.manifest import ChunkInfo, Manifest
+from sw_core.chunks.manifest import ChunkInfo, Manifest
 
 
 def tensor_chunk(seed: int, rows: int = 64, cols: int = 256) -> bytes:

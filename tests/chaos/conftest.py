@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from sw_core.chunks.manifest import Manifest
 from sw_core.keys import Keys
-from sw_core.manifest import Manifest
-from sw_core.redis_server import RedisServer
+from sw_core.local.redis_server import RedisServer
 from sw_core.settings import Settings
 from sw_core.storage import S3Backend
 from tests.chaos.chunks import write_chunk_set
@@ -162,7 +162,7 @@ async def publish_folder(
     import shutil
     import uuid
 
-    from sw_core.chunkset import publish_chunk_set
+    from sw_core.chunks.verify import publish_chunk_set
 
     bucket = f"chaos-{uuid.uuid4().hex[:12]}"
     s3.client().make_bucket(bucket)
@@ -185,7 +185,7 @@ def tiny_engine_model(folder: Path, name: str = "tinyllama", *, hidden: int = 64
     import torch
     import transformers
 
-    from sw_core.chunker import chunk_model
+    from sw_core.chunks.chunker import chunk_model
 
     config = transformers.LlamaConfig(
         vocab_size=512, hidden_size=hidden, num_hidden_layers=3, num_attention_heads=4,

@@ -16,7 +16,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from sw_core.jobs import Job
+from sw_core.pipeline.jobs import Job
 from sw_core.settings import Settings
 from tests.chaos.handlers import calls_key
 from workers.inference import InferenceHandler

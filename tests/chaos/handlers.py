@@ -22,8 +22,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from sw_core.jobs import Job
-from sw_core.manifest import MANIFEST_FILE, Manifest
+from sw_core.chunks.manifest import MANIFEST_FILE, Manifest
+from sw_core.pipeline.jobs import Job
 from sw_core.settings import Settings
 from workers.chunk_source import RemoteChunkSource
 

@@ -31,7 +31,7 @@ import redis.asyncio as aioredis
 
 from producer import Producer
 from sw_core.keys import Keys
-from sw_core.redis_server import free_port
+from sw_core.local.redis_server import free_port
 from sw_core.settings import Settings
 from tests.worker_processes import settings_env as settings_env
 from tests.worker_processes import worker_env as worker_env

@@ -23,7 +23,7 @@ import redis
 
 from producer import Producer
 from sw_core.exceptions import is_transient
-from sw_core.redis_server import RedisServer
+from sw_core.local.redis_server import RedisServer
 from sw_core.settings import Settings
 from tests.chaos.chunks import write_chunk_set
 from tests.chaos.conftest import KEYS

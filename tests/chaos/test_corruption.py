@@ -25,12 +25,13 @@ import redis
 from arq.worker import Worker
 
 from sw_core.cache import ChunkCache
-from sw_core.chunkset import verify_chunk_set
+from sw_core.chunks.manifest import MANIFEST_FILE, Manifest
+from sw_core.chunks.safetensors_io import load_tensors, parse_header
+from sw_core.chunks.verify import verify_chunk_set
 from sw_core.exceptions import SecurityError
-from sw_core.manifest import MANIFEST_FILE, Manifest
-from sw_core.safetensors_io import load_tensors, parse_header
+from sw_core.ops.stats import INTEGRITY_FAILURES
+from sw_core.pipeline.registry import ModelRegistry
 from sw_core.settings import Settings
-from sw_core.stats import INTEGRITY_FAILURES
 from sw_core.storage import S3Backend
 from tests.chaos import chunks as forge
 from tests.chaos.conftest import KEYS, PublishedModel, publish_model
@@ -39,7 +40,6 @@ from tests.chaos.report import Figures
 from workers.chunk_source import RemoteChunkSource
 from workers.loader import ChunkLoader
 from workers.node import worker_options
-from workers.registry import ModelRegistry
 
 pytestmark = [pytest.mark.chaos]
 

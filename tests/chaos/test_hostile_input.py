@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, given, seed
 from hypothesis import settings as hsettings
 
 from sw_core.exceptions import JobError
-from sw_core.jobs import MAX_INPUTS, TASKS, Job, decode_entry
-from sw_core.redis_server import RedisServer
+from sw_core.local.redis_server import RedisServer
+from sw_core.ops.stats import COMPLETED, DEAD_LETTERED
+from sw_core.pipeline.jobs import MAX_INPUTS, TASKS, Job, decode_entry
 from sw_core.settings import Settings
-from sw_core.stats import COMPLETED, DEAD_LETTERED
 from tests.chaos.conftest import KEYS
 from tests.chaos.harness import Cluster, chaos_settings, wait_until, worker_env
 from tests.chaos.hostile import entries, entry_size_bytes

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from sw_core.redis_server import RedisServer
-from sw_core.stats import COMPLETED, DEAD_LETTERED
+from sw_core.local.redis_server import RedisServer
+from sw_core.ops.stats import COMPLETED, DEAD_LETTERED
+from sw_core.pipeline.registry import ModelRegistry
 from tests.chaos.conftest import KEYS, publish_folder, tiny_engine_model
 from tests.chaos.handlers import calls_key
 from tests.chaos.harness import (
@@ -45,7 +46,6 @@ from tests.chaos.observe import (
     recorded_events,
 )
 from tests.chaos.report import Figures
-from workers.registry import ModelRegistry
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 
 from sw_core.exceptions import WeightServerError
-from sw_core.redis_server import RedisServer
+from sw_core.local.redis_server import RedisServer
+from sw_core.pipeline.registry import ModelRegistry
 from tests.chaos.conftest import KEYS, publish_model
 from tests.chaos.harness import Cluster, StoppableS3, chaos_settings, wait_until, worker_env
 from workers.chunk_source import RemoteChunkSource
 from workers.loader import load_job_id
-from workers.registry import ModelRegistry
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 

@@ -25,12 +25,12 @@ from producer import Producer
 from sw_core.cache import ChunkCache
 from sw_core.exceptions import CacheError
 from sw_core.keys import Keys
-from sw_core.redis_server import RedisServer
+from sw_core.local.redis_server import RedisServer
+from sw_core.pipeline.registry import ModelRegistry
 from tests.chaos.conftest import KEYS, publish_model
 from tests.chaos.harness import Cluster, StoppableS3, chaos_settings, wait_until, worker_env
 from tests.chaos.observe import all_ended, job_outcomes, read_stats
 from tests.chaos.report import Figures
-from workers.registry import ModelRegistry
 
 pytestmark = [pytest.mark.chaos]
 

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 from arq.worker import Worker
 
+from sw_core.pipeline.registry import ModelRegistry
 from tests.chaos.chunks import write_chunk_set
 from tests.chaos.harness import chaos_settings, wait_until
 from workers.chunk_source import RemoteChunkSource
 from workers.loader import LOAD_CHUNK, arq_pool, load_job_id
 from workers.node import worker_options
-from workers.registry import ModelRegistry
 
 pytestmark = [pytest.mark.chaos]
 

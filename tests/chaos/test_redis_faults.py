@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from producer import Producer
-from sw_core.redis_server import RedisServer
+from sw_core.local.redis_server import RedisServer
+from sw_core.pipeline.registry import ModelRegistry
 from tests.chaos.conftest import KEYS, publish_model
 from tests.chaos.harness import (
     Cluster,
@@ -29,7 +30,6 @@ from tests.chaos.harness import (
 )
 from tests.chaos.observe import all_ended, job_outcomes, read_stats
 from tests.chaos.report import Figures
-from workers.registry import ModelRegistry
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 

@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 
 from producer import Producer
-from sw_core.redis_server import RedisServer
-from sw_core.stats import COMPLETED, ERRORS, FAILED
+from sw_core.local.redis_server import RedisServer
+from sw_core.ops.stats import COMPLETED, ERRORS, FAILED
+from sw_core.pipeline.registry import ModelRegistry
 from tests.chaos.conftest import KEYS, publish_model
 from tests.chaos.handlers import calls_key
 from tests.chaos.harness import Cluster, StoppableS3, chaos_settings, wait_until, worker_env
 from tests.chaos.observe import job_ids_of_entries, pending_of, read_stats, recorded_events
 from tests.chaos.report import Figures
-from workers.registry import ModelRegistry
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 

@@ -22,8 +22,9 @@ import pytest
 
 from producer import Producer
 from sw_core.cache import ChunkCache
-from sw_core.redis_server import RedisServer
-from sw_core.stats import STORAGE_FAILOVERS
+from sw_core.local.redis_server import RedisServer
+from sw_core.ops.stats import STORAGE_FAILOVERS
+from sw_core.pipeline.registry import ModelRegistry
 from tests.chaos.conftest import KEYS, publish_model
 from tests.chaos.harness import (
     Cluster,
@@ -36,7 +37,6 @@ from tests.chaos.harness import (
 )
 from tests.chaos.observe import all_ended, job_outcomes, read_stats
 from tests.chaos.report import Figures
-from workers.registry import ModelRegistry
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 

@@ -9,12 +9,12 @@ from collections import OrderedDict
 import pytest
 import redis
 
-from sw_core import stats
 from sw_core.cache import CacheInfo, ChunkCache
 from sw_core.exceptions import CacheError, ChunkTooLargeError, SecurityError, is_transient
 from sw_core.keys import Keys
+from sw_core.ops import stats
+from sw_core.ops.stats import Counters
 from sw_core.settings import Settings
-from sw_core.stats import Counters
 
 MIB = 1 << 20
 

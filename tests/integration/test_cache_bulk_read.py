@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import redis
 
-from sw_core.redis_bulk import BulkReader
+from sw_core.cache.redis_bulk import BulkReader
 
 SIZES = [0, 1, 3, 255, 256, 257, 65_539, (1 << 20) + 1, 4 << 20]
 

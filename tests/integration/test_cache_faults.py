@@ -17,7 +17,7 @@ import redis
 from sw_core.cache import ChunkCache
 from sw_core.exceptions import CacheError, is_transient
 from sw_core.keys import Keys
-from sw_core.redis_server import RedisServer, free_port
+from sw_core.local.redis_server import RedisServer, free_port
 
 MIB = 1 << 20
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from sw_core.assemble import assemble_model, read_state_dict
-from sw_core.bundled import minilm_path, smollm2_gguf_path
-from sw_core.chunker import chunk_model
+from sw_core.chunks.assemble import assemble_model, read_state_dict
+from sw_core.chunks.chunker import chunk_model
+from sw_core.chunks.manifest import Manifest
 from sw_core.cli import main as sw_main
-from sw_core.manifest import Manifest
+from sw_core.local.bundled import minilm_path, smollm2_gguf_path
 from sw_core.utils import calculate_chunk_hash
 from tests.model_zoo import sample_inputs, tiny_model
 
@@ -136,7 +136,7 @@ def test_folder_chunking_streams_tensor_by_tensor(tmp_path: Path) -> None:
         f"""
         import json, resource, sys
         import torch, transformers, safetensors
-        from sw_core.chunker import chunk_model
+        from sw_core.chunks.chunker import chunk_model
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         chunk_model({str(tmp_path / "src")!r}, {str(tmp_path / "out")!r})
         after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

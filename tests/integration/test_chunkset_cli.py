@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sw_core.chunks.manifest import Manifest
 from sw_core.cli import main
-from sw_core.manifest import Manifest
 from tests.storage_helpers import flip_data_byte, make_chunk_set
 
 
@@ -166,7 +166,7 @@ def test_secrets_never_reach_the_output(s3_server, s3_bucket, capsys) -> None:
 
 
 def test_verify_checks_a_manifest_pin(tmp_path: Path, capsys) -> None:
-    from sw_core.manifest_pin import pin_location
+    from sw_core.chunks.pin import pin_location
 
     make_chunk_set(tmp_path)
     pinned = pin_location(str(tmp_path), (tmp_path / "manifest.json").read_bytes())

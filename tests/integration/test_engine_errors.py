@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from sw_core.cache import ChunkCache
-from sw_core.chunker import chunk_model
+from sw_core.chunks.chunker import chunk_model
+from sw_core.chunks.manifest import ChunkInfo, Manifest
 from sw_core.engine import CachedChunkSource, StoreChunkSource, StreamingEngine
 from sw_core.exceptions import (
     ChunkNotFoundError,
@@ -22,7 +23,6 @@ from sw_core.exceptions import (
     WeightServerError,
     is_transient,
 )
-from sw_core.manifest import ChunkInfo, Manifest
 from sw_core.storage import FilesystemBackend
 from sw_core.utils import calculate_chunk_hash, mib
 from tests.engine_helpers import chunk_cache, chunk_small, id_rows
@@ -262,7 +262,7 @@ async def test_bad_requests_fail_alone_in_a_batch(tmp_path: Path) -> None:
 
 
 async def test_a_pinned_location_refuses_a_changed_manifest(tmp_path: Path) -> None:
-    from sw_core.manifest_pin import pin_location
+    from sw_core.chunks.pin import pin_location
 
     chunk_small("gpt2", tmp_path)
     manifest_path = tmp_path / "manifest.json"

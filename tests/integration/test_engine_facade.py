@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from sw_core.cache import ChunkCache
-from sw_core.chunkset import publish_chunk_set
+from sw_core.chunks.manifest import ChunkInfo
+from sw_core.chunks.verify import publish_chunk_set
 from sw_core.engine import (
     CachedChunkSource,
     StoreChunkSource,
@@ -23,7 +24,6 @@ from sw_core.engine import (
     StreamingT5Model,
 )
 from sw_core.exceptions import ChunkNotFoundError, ModelError
-from sw_core.manifest import ChunkInfo
 from sw_core.storage import FilesystemBackend, S3Backend
 from tests.engine_helpers import chunk_cache, chunk_small, id_rows
 from tests.model_fixtures import ChunkedModel

@@ -11,7 +11,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from sw_core.keys import Keys
-from sw_core.redis_server import free_port
+from sw_core.local.redis_server import free_port
 from tests.ops_support import REPO, env_of, ops_settings, run_sw_here, sw_command, wait_until
 
 KEYS = Keys("sw")

@@ -22,11 +22,11 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from producer import Producer
+from sw_core.chunks.manifest import Manifest
 from sw_core.keys import Keys
-from sw_core.manifest import Manifest
-from sw_core.monitor import StreamingMonitor
-from sw_core.prometheus import start_metrics_server
-from sw_core.redis_server import RedisServer, free_port
+from sw_core.local.redis_server import RedisServer, free_port
+from sw_core.ops.monitor import StreamingMonitor
+from sw_core.ops.prometheus import start_metrics_server
 from sw_core.settings import Settings
 from tests.ops_support import ops_settings, wait_until, worker_logs, workers
 from tests.storage_helpers import make_chunk_set

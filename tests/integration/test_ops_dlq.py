@@ -13,15 +13,15 @@ import redis
 import redis.asyncio as aioredis
 
 from producer import Producer
-from sw_core.dlq import DeadLetterQueue
 from sw_core.exceptions import JobError, StorageError
-from sw_core.jobs import decode_entry
 from sw_core.keys import Keys
-from sw_core.redis_server import free_port
+from sw_core.local.redis_server import free_port
+from sw_core.pipeline.dlq import DeadLetterQueue
+from sw_core.pipeline.jobs import decode_entry
+from sw_core.pipeline.store import JobStore
 from sw_core.settings import Settings
 from tests.ops_support import ops_settings, run_sw, run_sw_here, worker_logs, workers
 from tests.storage_helpers import make_chunk_set
-from workers.store import JobStore
 
 KEYS = Keys("sw")
 
@@ -33,7 +33,7 @@ async def test_dead_letter_replayed_after_the_outage_completes(
     from minio import Minio
     from moto.server import ThreadedMotoServer
 
-    from sw_core.redis_server import RedisServer
+    from sw_core.local.redis_server import RedisServer
 
     port = free_port()
     with RedisServer() as server:

@@ -18,7 +18,7 @@ import redis
 from producer import Producer
 from sw_core.exceptions import SecurityError
 from sw_core.keys import Keys
-from sw_core.metrics import record_latency_sync
+from sw_core.ops.metrics import record_latency_sync
 from tests.ops_support import REPO, ops_settings, redis_cli_binary, wait_until, workers
 from tests.storage_helpers import make_chunk_set
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import redis
 
-from sw_core.health import check_health
-from sw_core.redis_server import RedisServer
+from sw_core.local.redis_server import RedisServer
+from sw_core.ops.health import check_health
 from tests.conftest import S3Server
 from tests.ops_support import (
     ops_settings,
@@ -105,7 +105,7 @@ def test_health_checks_redis_policy_storage_and_folders(
 
 
 def test_health_reports_an_unreachable_redis_and_s3(tmp_path: Path) -> None:
-    from sw_core.redis_server import free_port
+    from sw_core.local.redis_server import free_port
 
     settings = ops_settings(
         f"redis://127.0.0.1:{free_port()}/0", s3_endpoint=f"127.0.0.1:{free_port()}"

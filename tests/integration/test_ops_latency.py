@@ -12,14 +12,14 @@ import redis
 import redis.asyncio as aioredis
 
 from sw_core.keys import Keys
-from sw_core.metrics import (
+from sw_core.ops.metrics import (
     Histogram,
     read_latency,
     read_latency_sync,
     record_latency,
     record_latency_sync,
 )
-from sw_core.monitor import StreamingMonitor
+from sw_core.ops.monitor import StreamingMonitor
 from sw_core.settings import Settings
 from workers.heartbeat import Heartbeat
 
@@ -132,8 +132,8 @@ async def test_only_heartbeating_workers_are_live(redis_client) -> None:
 
 
 async def test_job_latencies_are_grouped_by_task_and_never_raise(redis_client) -> None:
-    from sw_core.jobs import Job
-    from sw_core.metrics import record_job_latencies
+    from sw_core.ops.metrics import record_job_latencies
+    from sw_core.pipeline.jobs import Job
 
     now_ms = 1_000_000
     jobs = [

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from producer import Producer
-from sw_core.stats import COMPLETED, DEAD_LETTERED, ERRORS, FAILED, TOTAL_REQUESTS
+from sw_core.ops.stats import COMPLETED, DEAD_LETTERED, ERRORS, FAILED, TOTAL_REQUESTS
 from tests.pipeline_handlers import calls_key
 from tests.pipeline_helpers import (
     KEYS,

@@ -170,7 +170,7 @@ def test_submit_refuses_bad_params(
 def test_an_unreachable_redis_is_one_line_and_status_2(
     argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from sw_core.redis_server import free_port
+    from sw_core.local.redis_server import free_port
 
     url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
     assert main([*argv, "--redis-url", url]) == 2
@@ -181,7 +181,7 @@ def test_an_unreachable_redis_is_one_line_and_status_2(
 
 
 def test_a_refused_password_is_one_line_and_status_2(capsys: pytest.CaptureFixture[str]) -> None:
-    from sw_core.redis_server import RedisServer
+    from sw_core.local.redis_server import RedisServer
 
     with RedisServer(password="right-one") as server:
         wrong = server.url.replace("right-one", "wrong-one")

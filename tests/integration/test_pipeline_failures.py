@@ -11,8 +11,7 @@ import pytest
 
 from producer import Producer
 from sw_core.exceptions import BatchTimeoutError, JobError, JobTimeoutError, StorageError
-from sw_core.jobs import Job, encode_job
-from sw_core.stats import (
+from sw_core.ops.stats import (
     COMPLETED,
     DEAD_LETTERED,
     ERRORS,
@@ -21,6 +20,7 @@ from sw_core.stats import (
     TOTAL_REQUESTS,
     error_counter,
 )
+from sw_core.pipeline.jobs import Job, encode_job
 from tests.pipeline_handlers import (
     AlwaysTransientHandler,
     BrokenHandler,

@@ -9,7 +9,7 @@ import pytest
 
 from producer import Producer
 from sw_core.exceptions import ConfigError, JobError, JobTimeoutError, ModelError, SurfingError
-from sw_core.stats import COMPLETED, ERRORS, TOTAL_REQUESTS
+from sw_core.ops.stats import COMPLETED, ERRORS, TOTAL_REQUESTS
 from tests.pipeline_handlers import BrokenHandler, EchoHandler, RecordingEchoHandler
 from tests.pipeline_helpers import (
     KEYS,

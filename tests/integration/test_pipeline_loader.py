@@ -14,15 +14,15 @@ import pytest
 from arq.worker import Worker
 
 from sw_core.cache import ChunkCache
+from sw_core.chunks.manifest import MANIFEST_FILE, ChunkInfo, Manifest
+from sw_core.chunks.pin import pin_location
 from sw_core.exceptions import ChunkNotFoundError, ModelError, SecurityError, WeightServerError
-from sw_core.manifest import MANIFEST_FILE, ChunkInfo, Manifest
-from sw_core.manifest_pin import pin_location
+from sw_core.pipeline.registry import ModelRegistry
 from sw_core.settings import Settings
 from tests.pipeline_helpers import KEYS, pipeline_settings, start_worker, stop_worker, wait_for
 from workers.chunk_source import RemoteChunkSource
 from workers.loader import ChunkLoader
 from workers.node import worker_options
-from workers.registry import ModelRegistry
 
 
 def write_chunk_set(folder: Path, n_chunks: int = 2, size_bytes: int = 256 << 10) -> Manifest:

@@ -7,7 +7,7 @@ import time
 from collections import Counter
 
 from producer import Producer
-from sw_core.stats import COMPLETED, ERRORS, FAILED, TOTAL_REQUESTS
+from sw_core.ops.stats import COMPLETED, ERRORS, FAILED, TOTAL_REQUESTS
 from tests.pipeline_handlers import EchoHandler, RecordingEchoHandler, SlowHandler
 from tests.pipeline_helpers import (
     KEYS,

@@ -11,8 +11,8 @@ import pytest
 import urllib3
 
 from sw_core.exceptions import StorageError, is_transient
+from sw_core.ops.stats import STORAGE_BYTES_READ, STORAGE_RETRIES
 from sw_core.retry import RetryPolicy
-from sw_core.stats import STORAGE_BYTES_READ, STORAGE_RETRIES
 from sw_core.storage import S3Backend
 
 RANGE_BYTES = 64 << 10

@@ -11,10 +11,10 @@ import pytest
 import redis
 
 from sw_core.cache import ChunkCache, allocate_buffer
+from sw_core.cache.ordered_hash import OrderedHash
 from sw_core.exceptions import ChunkTooLargeError, ConfigError
 from sw_core.keys import Keys
-from sw_core.ordered_hash import OrderedHash
-from sw_core.redis_server import free_port
+from sw_core.local.redis_server import free_port
 
 
 def offline_client() -> redis.Redis:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from sw_core.chunks.manifest import ChunkInfo, Manifest
 from sw_core.engine.budget import plan_residency, sharded_tensors
 from sw_core.exceptions import ModelError
-from sw_core.manifest import ChunkInfo, Manifest
 
 MIB = 1 << 20
 

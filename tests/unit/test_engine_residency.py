@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+from sw_core.chunks.manifest import ChunkInfo
 from sw_core.engine.loop import LoopThread
 from sw_core.engine.residency import Residency
 from sw_core.exceptions import (
@@ -18,7 +19,6 @@ from sw_core.exceptions import (
     WeightServerError,
     is_transient,
 )
-from sw_core.manifest import ChunkInfo
 
 KIB = 1024
 

@@ -8,7 +8,7 @@ import msgpack
 import pytest
 
 from sw_core.exceptions import JobError
-from sw_core.jobs import (
+from sw_core.pipeline.jobs import (
     MAX_INPUTS,
     Job,
     decode_entry,

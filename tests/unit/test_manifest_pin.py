@@ -6,10 +6,10 @@ import hashlib
 
 import pytest
 
+from sw_core.chunks.pin import PIN_MARK, check_pin, pin_location, split_pin
 from sw_core.exceptions import ConfigError, SecurityError
-from sw_core.manifest_pin import PIN_MARK, check_pin, pin_location, split_pin
+from sw_core.pipeline.registry import check_location
 from sw_core.storage import parse_location
-from workers.registry import check_location
 
 MANIFEST = b'{"format_version": 1}'
 PIN = hashlib.sha256(MANIFEST).hexdigest()

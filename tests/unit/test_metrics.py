@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sw_core.metrics import (
+from sw_core.ops.metrics import (
     BUCKET_FIELDS,
     INF_BUCKET,
     LATENCY_BUCKETS_S,

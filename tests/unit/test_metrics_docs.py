@@ -12,8 +12,8 @@ import pytest
 from sw_core import settings_doc
 from sw_core.exceptions import ERROR_TYPES
 from sw_core.keys import Keys
-from sw_core.metrics import Histogram
-from sw_core.prometheus import build_metrics
+from sw_core.ops.metrics import Histogram
+from sw_core.ops.prometheus import build_metrics
 from sw_core.settings import Settings
 
 GUIDE = Path(__file__).resolve().parents[2] / "README.md"

@@ -9,13 +9,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
-from sw_core.dashboard import render_dashboard
-from sw_core.dlq import _check_id
 from sw_core.exceptions import JobError
-from sw_core.health import _memory_check
-from sw_core.metrics import Histogram
-from sw_core.monitor import StreamingMonitor
-from sw_core.prometheus import ClusterCollector, build_metrics
+from sw_core.ops.dashboard import render_dashboard
+from sw_core.ops.health import _memory_check
+from sw_core.ops.metrics import Histogram
+from sw_core.ops.monitor import StreamingMonitor
+from sw_core.ops.prometheus import ClusterCollector, build_metrics
+from sw_core.pipeline.dlq import _check_id
 from sw_core.settings import Settings
 
 SETTINGS = Settings.from_env({}, alert_error_rate=0.25, heartbeat_ttl_s=10)
@@ -149,7 +149,7 @@ def test_metric_families_round_trip_through_the_text_format() -> None:
 
 
 def test_collector_reports_down_when_redis_does_not_answer() -> None:
-    from sw_core.redis_server import free_port
+    from sw_core.local.redis_server import free_port
 
     settings = SETTINGS.replace(redis_url=f"redis://127.0.0.1:{free_port()}/0", timeout_seconds=2)
     families = list(ClusterCollector(StreamingMonitor(settings=settings)).collect())

@@ -2,7 +2,7 @@
 
 A chunk set is ``manifest.json`` plus one safetensors file per chunk plus the config and
 tokenizer files the manifest lists, each with its size and sha256 (see
-:mod:`sw_core.manifest`). :func:`verify_chunk_set` re-hashes every one of them where they
+:mod:`sw_core.chunks.manifest`). :func:`verify_chunk_set` re-hashes every one of them where they
 are stored; :func:`publish_chunk_set` copies a local chunk set to a backend (manifest
 last, so readers never see a manifest whose chunks are not all there) and verifies the copy.
 """
@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from sw_core.chunks.manifest import MANIFEST_FILE, MAX_MANIFEST_BYTES, Manifest
+from sw_core.chunks.safetensors_io import parse_header
 from sw_core.exceptions import ChunkNotFoundError, ModelError, SecurityError, StorageError
-from sw_core.manifest import MANIFEST_FILE, MAX_MANIFEST_BYTES, Manifest
+from sw_core.ops.stats import INTEGRITY_FAILURES
 from sw_core.retry import RetryPolicy
-from sw_core.safetensors_io import parse_header
-from sw_core.stats import INTEGRITY_FAILURES
 from sw_core.storage.base import StorageBackend, check_key, sha256_hex
 from sw_core.storage.filesystem import FilesystemBackend
 

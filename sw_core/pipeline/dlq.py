@@ -1,6 +1,6 @@
 """Dead letters: list, show, replay and purge the entries of ``sw:dlq``.
 
-Workers write a dead letter (see ``workers.store.JobStore.dead_letter``) when a job failed
+Workers write a dead letter (see ``sw_core.pipeline.store.JobStore.dead_letter``) when a job failed
 permanently, ran out of retries, was malformed or kept killing workers. Each letter keeps
 the job's stream fields (msgpack map in ``fields``), so :meth:`DeadLetterQueue.replay` can
 put the job back on ``sw:jobs`` once the fault is fixed: one Lua script adds the entry
@@ -23,9 +23,9 @@ from typing import Any
 import msgpack
 
 from sw_core.exceptions import JobError
-from sw_core.jobs import now_ms, unpack_limited
 from sw_core.keys import Keys
 from sw_core.lua_scripts import lua_source
+from sw_core.pipeline.jobs import now_ms, unpack_limited
 from sw_core.settings import Settings
 
 #: Letters written for entries that could not be decoded: replaying them fails again.
@@ -75,7 +75,7 @@ class DeadLetter:
     def payload(self, settings: Settings | None = None) -> Any:
         """The job's decoded ``payload`` field (inputs and params), None if absent or bad.
 
-        Decoded with the workers' own limits (:func:`sw_core.jobs.unpack_limited`).
+        Decoded with the workers' own limits (:func:`sw_core.pipeline.jobs.unpack_limited`).
         """
         raw = self.fields.get("payload")
         if raw is None:

@@ -14,7 +14,7 @@ as text and coerced by the task's parameter schema. Its job id is the stream ent
 
 Everything read from the stream is untrusted: :func:`decode_entry` checks sizes *before*
 parsing, unpacks msgpack with hard limits, and validates the task, inputs and parameters
-(rules in :mod:`sw_core.job_checks`); any problem is a
+(rules in :mod:`sw_core.pipeline.job_checks`); any problem is a
 :class:`~sw_core.exceptions.JobError` with a reason a user can act on.
 """
 
@@ -30,7 +30,7 @@ from typing import Any
 import msgpack
 
 from sw_core.exceptions import JobError
-from sw_core.job_checks import (
+from sw_core.pipeline.job_checks import (
     MAX_FIELDS,
     MAX_INPUTS,
     PARAM_SCHEMAS,

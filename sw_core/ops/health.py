@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sw_core.keys import Keys
-from sw_core.monitor import StreamingMonitor
+from sw_core.ops.monitor import StreamingMonitor
 from sw_core.settings import Settings, redact_url
 
 Status = Literal["ok", "warn", "fail", "skip"]

@@ -13,8 +13,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from sw_core.chunks.manifest import MANIFEST_FILE, MAX_FILE_BYTES, MAX_MANIFEST_BYTES
 from sw_core.exceptions import ConfigError, SecurityError
-from sw_core.manifest import MANIFEST_FILE, MAX_FILE_BYTES, MAX_MANIFEST_BYTES
 from sw_core.utils import calculate_chunk_hash
 
 #: What separates a location from its manifest pin.

@@ -3,7 +3,7 @@
 Pure planning over state-dict key names and shapes (nothing is read or written here):
 one chunk per transformer block, ``embeddings`` for what runs before the blocks, ``head``
 for what follows them, and big 2-D tensors of those two split into row shards of at most
-``max_chunk_bytes``. :mod:`sw_core.chunker` writes the plan.
+``max_chunk_bytes``. :mod:`sw_core.chunks.chunker` writes the plan.
 """
 
 from __future__ import annotations

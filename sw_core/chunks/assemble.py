@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
+from sw_core.chunks.manifest import Manifest
+from sw_core.chunks.safetensors_io import load_tensors
 from sw_core.exceptions import ModelError, SecurityError
-from sw_core.manifest import Manifest
-from sw_core.safetensors_io import load_tensors
 from sw_core.utils import calculate_chunk_hash
 
 

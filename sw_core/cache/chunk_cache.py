@@ -36,14 +36,14 @@ from types import TracebackType
 import numpy as np
 import redis
 
-from sw_core import stats
+from sw_core.cache.ordered_hash import OrderedHash
+from sw_core.cache.redis_bulk import BulkReader
 from sw_core.exceptions import CacheError, ChunkTooLargeError, ConfigError, SecurityError
 from sw_core.keys import Keys
 from sw_core.lua_scripts import lua_source
-from sw_core.ordered_hash import OrderedHash
-from sw_core.redis_bulk import BulkReader
+from sw_core.ops import stats
+from sw_core.ops.stats import Counters
 from sw_core.settings import Settings
-from sw_core.stats import Counters
 from sw_core.utils import mib
 
 _CHUNK_ID = re.compile(r"[0-9a-f]{64}")

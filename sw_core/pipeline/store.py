@@ -16,9 +16,9 @@ import msgpack
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from sw_core.jobs import Job, encode_job, job_id_of, now_ms
 from sw_core.keys import Keys
 from sw_core.lua_scripts import lua_source
+from sw_core.pipeline.jobs import Job, encode_job, job_id_of, now_ms
 from sw_core.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -107,7 +107,7 @@ async def record_job_latencies(
     """Record the end-to-end latency of finished jobs (submission to now), per task.
 
     Meant for the worker right after results are stored: ``jobs`` are objects with
-    ``task`` and ``submitted_ms`` (:class:`sw_core.jobs.Job`). One Lua call per task. Best
+    ``task`` and ``submitted_ms`` (:class:`sw_core.pipeline.jobs.Job`). One Lua call per task. Best
     effort: a failure is logged, never raised, so it cannot fail a finished job.
     """
     now = time.time() * 1000 if now_ms is None else now_ms

@@ -2,7 +2,7 @@
 
 The numbers live in Redis (``sw:stats``, the streams, heartbeats, latency histograms), so
 any process can export all of them: :class:`ClusterCollector` reads one
-:class:`~sw_core.monitor.StreamingMonitor` snapshot per scrape and turns it into metric
+:class:`~sw_core.ops.monitor.StreamingMonitor` snapshot per scrape and turns it into metric
 families. Every worker that starts :func:`start_metrics_server` therefore shows the same,
 cluster-wide ``/metrics``; scrape one of them (or ``sw metrics``), not the sum of all.
 
@@ -38,9 +38,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from sw_core import stats as names
-from sw_core.metrics import Histogram
-from sw_core.monitor import StreamingMonitor
+from sw_core.ops import stats as names
+from sw_core.ops.metrics import Histogram
+from sw_core.ops.monitor import StreamingMonitor
 from sw_core.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -25,11 +25,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sw_core.bundled import minilm_path, smollm2_gguf_path
+from sw_core.chunks.manifest import MANIFEST_FILE
 from sw_core.exceptions import ConfigError, SurfingError
 from sw_core.keys import Keys
-from sw_core.manifest import MANIFEST_FILE
-from sw_core.redis_server import RedisServer
+from sw_core.local.bundled import minilm_path, smollm2_gguf_path
+from sw_core.local.redis_server import RedisServer
 from sw_core.settings import Settings
 
 SENTENCES = (
@@ -78,7 +78,7 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console | None =
 
 
 def _prepare_models(settings: Settings, options: DemoOptions, console: Console) -> dict[str, str]:
-    from sw_core.chunker import chunk_model
+    from sw_core.chunks.chunker import chunk_model
     from sw_core.progress import progress_bar
 
     console.print("[bold]2/5[/] chunking the bundled models (once; kept in .sw/chunks) ...")
@@ -105,7 +105,7 @@ def _prepare_models(settings: Settings, options: DemoOptions, console: Console) 
 
 
 def _publish_to_s3(settings: Settings, folders: dict[str, str], console: Console) -> dict[str, str]:
-    from sw_core.chunkset import publish_chunk_set
+    from sw_core.chunks.verify import publish_chunk_set
     from sw_core.storage.factory import backend_from_location
 
     out: dict[str, str] = {}
@@ -155,7 +155,7 @@ async def _run_pipeline(
     import redis.asyncio as aioredis
 
     from producer import Producer
-    from workers.registry import ModelRegistry
+    from sw_core.pipeline.registry import ModelRegistry
 
     redis = aioredis.Redis.from_url(settings.redis_url)
     try:

@@ -1,6 +1,6 @@
 """What a job may ask for: tasks, inputs and per-task parameters, checked strictly.
 
-Used by the producer before a job is enqueued and by :func:`sw_core.jobs.decode_entry` on
+Used by the producer before a job is enqueued and by :func:`sw_core.pipeline.jobs.decode_entry` on
 every entry a worker reads; every refusal is a :class:`~sw_core.exceptions.JobError` naming
 the field and the rule.
 """

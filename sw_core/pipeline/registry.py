@@ -12,9 +12,9 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
+from sw_core.chunks.pin import PIN_MARK, split_pin
 from sw_core.exceptions import ConfigError, ModelError
 from sw_core.keys import Keys
-from sw_core.manifest_pin import PIN_MARK, split_pin
 from sw_core.settings import Settings
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,127}")
@@ -23,7 +23,7 @@ _S3_RE = re.compile(r"s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(?P<p
 
 def check_location(location: str, *, must_exist: bool = False) -> str:
     """Normalize a chunk-set location: ``s3://BUCKET[/PREFIX]`` or a folder (made absolute),
-    keeping a manifest pin ``#sha256=<hex>`` (:mod:`sw_core.manifest_pin`) when it has one.
+    keeping a manifest pin ``#sha256=<hex>`` (:mod:`sw_core.chunks.pin`) when it has one.
 
     Raises:
         ConfigError: not an S3 URL nor a folder path (or a missing folder with ``must_exist``),

@@ -1,4 +1,4 @@
-"""Rich rendering of a :class:`~sw_core.monitor.StreamingMonitor` snapshot.
+"""Rich rendering of a :class:`~sw_core.ops.monitor.StreamingMonitor` snapshot.
 
 One frame (:func:`render_dashboard`) fits a 100x30 terminal: a title line, an alert line,
 three panels (queue, jobs, cache and storage), latency and errors by type side by side, and

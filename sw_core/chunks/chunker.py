@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from sw_core.chunk_plan import ChunkPlan, block_stacks, numel, plan_chunks, tied_parameters
+from sw_core.chunks.manifest import ChunkInfo, FileInfo, Manifest
+from sw_core.chunks.plan import ChunkPlan, block_stacks, numel, plan_chunks, tied_parameters
 from sw_core.exceptions import ModelError
-from sw_core.manifest import ChunkInfo, FileInfo, Manifest
 from sw_core.progress import Progress
 from sw_core.utils import calculate_chunk_hash
 
@@ -322,7 +322,7 @@ def _main_dtype(shapes: dict[str, tuple[list[int], torch.dtype]]) -> str:
 
 
 def _st_dtype(name: str) -> torch.dtype:
-    from sw_core.safetensors_io import DTYPES
+    from sw_core.chunks.safetensors_io import DTYPES
 
     return DTYPES[name]
 

@@ -1,0 +1,385 @@
+"""Cluster-wide numbers for people and probes: one snapshot of the system read from Redis.
+
+:class:`StreamingMonitor` reads the counters every process adds to ``sw:stats``, the queue
+state of the jobs stream and its consumer group, scheduled retries, dead letters, worker
+heartbeats, the chunk cache's accounting and the latency histograms, in two pipelined round
+trips, and returns them as one plain dict (see :meth:`StreamingMonitor.get_stats`).
+
+Example:
+    >>> monitor = StreamingMonitor("redis://127.0.0.1:6379/0")  # doctest: +SKIP
+    >>> stats = monitor.get_stats_sync()  # doctest: +SKIP
+    >>> if stats["total_requests"] and stats["errors"] / stats["total_requests"] > 0.1:
+    ...     alert("error rate above 10%")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from sw_core.keys import Keys
+from sw_core.ops import stats as counter_names
+from sw_core.ops.metrics import Histogram
+from sw_core.settings import Settings
+
+#: Counters of ``sw:stats`` that are always reported (0 when absent).
+COUNTERS: tuple[str, ...] = (
+    counter_names.TOTAL_REQUESTS,
+    counter_names.COMPLETED,
+    counter_names.FAILED,
+    counter_names.RETRIED,
+    counter_names.DEAD_LETTERED,
+    counter_names.ERRORS,
+    counter_names.CACHE_HITS,
+    counter_names.CACHE_MISSES,
+    counter_names.CACHE_EVICTIONS,
+    counter_names.CACHE_CORRUPTIONS,
+    counter_names.STORAGE_BYTES_READ,
+    counter_names.STORAGE_RETRIES,
+    counter_names.STORAGE_FAILOVERS,
+    counter_names.INTEGRITY_FAILURES,
+)
+#: Cache counters also kept by the cache itself in ``sw:cache:meta`` (stats name -> meta name).
+CACHE_META_FIELDS: dict[str, str] = {
+    counter_names.CACHE_HITS: "hits",
+    counter_names.CACHE_MISSES: "misses",
+    counter_names.CACHE_EVICTIONS: "evictions",
+    counter_names.CACHE_CORRUPTIONS: "corruptions",
+}
+#: The queue length is counted exactly up to this many undelivered entries.
+QUEUE_COUNT_CAP = 1_000_000
+#: Worker hash fields shown as what a worker is doing, first present wins.
+CURRENT_FIELDS: tuple[str, ...] = ("current_jobs", "current_job", "job_id", "current", "doing")
+
+
+@cache
+def _queue_length_lua() -> str:
+    return resources.files("sw_core").joinpath("lua", "metrics_queue_length.lua").read_text()
+
+
+class StreamingMonitor:
+    """Reads the whole system's state from Redis; cheap enough to call every second.
+
+    Args:
+        redis_url: the Redis to read (default: ``settings.redis_url``).
+        settings: key prefix, heartbeat TTL, cache budget and ``alert_error_rate``
+            (default: :meth:`Settings.from_env`).
+
+    ``get_stats`` (asyncio) and ``get_stats_sync`` each use their own client, created on
+    first use; close them with :meth:`aclose` / :meth:`close` (or use the object as a
+    context manager). Throughput is measured between successive calls on one monitor.
+    """
+
+    def __init__(self, redis_url: str | None = None, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings.from_env()
+        self.redis_url = redis_url or self.settings.redis_url
+        self.keys = Keys(self.settings.key_prefix)
+        self._async: Any = None
+        self._sync: Any = None
+        self._previous: tuple[float, int] | None = None
+
+    # ------------------------------------------------------------------ clients
+    def _async_client(self) -> Any:
+        if self._async is None:
+            import redis.asyncio as aioredis
+
+            self._async = aioredis.Redis.from_url(
+                self.redis_url,
+                socket_timeout=self.settings.timeout_seconds,
+                socket_connect_timeout=min(5.0, self.settings.timeout_seconds),
+            )
+        return self._async
+
+    def _sync_client(self) -> Any:
+        if self._sync is None:
+            import redis
+
+            self._sync = redis.Redis.from_url(
+                self.redis_url,
+                socket_timeout=self.settings.timeout_seconds,
+                socket_connect_timeout=min(5.0, self.settings.timeout_seconds),
+            )
+        return self._sync
+
+    async def aclose(self) -> None:
+        """Close the asyncio client (and the sync one, if any)."""
+        if self._async is not None:
+            await self._async.aclose()
+            self._async = None
+        self.close()
+
+    def close(self) -> None:
+        """Close the sync client."""
+        if self._sync is not None:
+            self._sync.close()
+            self._sync = None
+
+    async def __aenter__(self) -> StreamingMonitor:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __enter__(self) -> StreamingMonitor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ reading
+    async def get_stats(self) -> dict[str, Any]:
+        """One snapshot of the system (asyncio).
+
+        Returns:
+            A dict with at least: ``total_requests``, ``completed``, ``failed``,
+            ``retried``, ``dead_lettered``, ``errors`` (ints), ``errors_by_type``
+            (type -> count), ``error_rate`` (``errors / total_requests``, 0.0 without
+            requests), ``queue_length`` (entries no worker has read), ``pending`` (read,
+            not yet acked), ``scheduled_retries``, ``dead_letters``, ``cache_hits``,
+            ``cache_misses``, ``cache_evictions``, ``cache_hit_rate``, ``cache_bytes``,
+            ``cache_chunks``, ``cache_budget_bytes``, ``storage_bytes_read``,
+            ``storage_failovers``, ``integrity_failures``, ``workers`` (list of dicts:
+            ``id``, ``kind``, ``current``, ``age_s``, ``host``, ``pid`` and every field
+            the worker reports), ``live_workers``, ``workers_by_kind``, ``latency``
+            (task -> ``count``, ``mean_s``, ``max_s``, ``p50``, ``p95``, ``p99``),
+            ``throughput_jobs_s`` (completed per second since the previous call, None on
+            the first), ``alert`` (bool), ``alert_reason`` (str or None),
+            ``alert_error_rate``, ``counters`` (every raw field of ``sw:stats``) and
+            ``timestamp`` (unix seconds).
+
+        Raises:
+            redis.exceptions.ConnectionError: Redis cannot be reached.
+        """
+        return (await self.snapshot())[0]
+
+    def get_stats_sync(self) -> dict[str, Any]:
+        """:meth:`get_stats` with a synchronous client (CLIs, Prometheus scrapes, probes)."""
+        return self.snapshot_sync()[0]
+
+    async def snapshot(self) -> tuple[dict[str, Any], dict[str, Histogram]]:
+        """:meth:`get_stats` and the full latency histograms by task (asyncio)."""
+        redis = self._async_client()
+        now = time.time()
+        first = await _execute_async(redis, self._first_round(now))
+        second = await _execute_async(redis, self._second_round(first))
+        return self._build(first, second, now)
+
+    def snapshot_sync(self) -> tuple[dict[str, Any], dict[str, Histogram]]:
+        """:meth:`snapshot` with a synchronous client."""
+        redis = self._sync_client()
+        now = time.time()
+        first = _execute_sync(redis, self._first_round(now))
+        second = _execute_sync(redis, self._second_round(first))
+        return self._build(first, second, now)
+
+    # ------------------------------------------------------------------ the two rounds
+    def _first_round(self, now: float) -> dict[str, tuple[Any, ...]]:
+        live_since_ms = int((now - self.settings.heartbeat_ttl_s) * 1000)
+        k = self.keys
+        return {
+            "stats": ("HGETALL", k.stats),
+            "cache_meta": ("HGETALL", k.cache_meta),
+            "cache_chunks": ("ZCARD", k.cache_lru),
+            "xlen": ("XLEN", k.jobs),
+            "groups": ("XINFO GROUPS", k.jobs),
+            "retries": ("ZCARD", k.retries),
+            "dlq": ("XLEN", k.dlq),
+            "workers": ("ZRANGEBYSCORE", k.workers, live_since_ms, "+inf", "WITHSCORES"),
+            "latency_tasks": ("SMEMBERS", k.latency_tasks),
+        }
+
+    def _second_round(self, first: Mapping[str, Any]) -> dict[str, tuple[Any, ...]]:
+        k = self.keys
+        commands: dict[str, tuple[Any, ...]] = {}
+        group = _find_group(first.get("groups"), k.jobs_group)
+        if group is not None and _lag(group) is None and int(first.get("xlen") or 0) > 0:
+            last = _text(group.get("last-delivered-id", "0-0"))
+            commands["undelivered"] = (
+                "EVAL", _queue_length_lua(), 1, k.jobs, last, QUEUE_COUNT_CAP,
+            )  # fmt: skip
+        for member, _score in _pairs(first.get("workers")):
+            commands[f"worker:{_text(member)}"] = ("HGETALL", k.worker(_text(member)))
+        for task in sorted(_text(t) for t in _ok(first.get("latency_tasks"), set())):
+            commands[f"latency:{task}"] = ("HGETALL", k.latency(task))
+        return commands
+
+    def _build(
+        self, first: Mapping[str, Any], second: Mapping[str, Any], now: float
+    ) -> tuple[dict[str, Any], dict[str, Histogram]]:
+        raw_stats = {_text(a): _int(b) for a, b in _ok(first.get("stats"), {}).items()}
+        meta = {_text(a): _int(b) for a, b in _ok(first.get("cache_meta"), {}).items()}
+        out: dict[str, Any] = {"timestamp": now}
+        for name in COUNTERS:
+            out[name] = raw_stats.get(name, 0)
+        # The cache counts every lookup in its own meta hash; processes that flush
+        # Counters also count into sw:stats. Each is complete for some clients only.
+        for name, meta_name in CACHE_META_FIELDS.items():
+            out[name] = max(out[name], meta.get(meta_name, 0))
+        prefix = counter_names.error_counter("")
+        out["errors_by_type"] = {
+            name[len(prefix) :]: value
+            for name, value in sorted(raw_stats.items())
+            if name.startswith(prefix) and value
+        }
+        requests = out[counter_names.TOTAL_REQUESTS]
+        out["error_rate"] = out[counter_names.ERRORS] / requests if requests else 0.0
+        lookups = out[counter_names.CACHE_HITS] + out[counter_names.CACHE_MISSES]
+        out["cache_hit_rate"] = out[counter_names.CACHE_HITS] / lookups if lookups else 0.0
+        out["cache_bytes"] = meta.get("bytes", 0)
+        out["cache_chunks"] = _int(_ok(first.get("cache_chunks"), 0))
+        out["cache_budget_bytes"] = self.settings.cache_size_bytes
+
+        out.update(self._queue(first, second))
+        out["scheduled_retries"] = _int(_ok(first.get("retries"), 0))
+        out["dead_letters"] = _int(_ok(first.get("dlq"), 0))
+
+        workers = self._workers(first, second, now)
+        out["workers"] = workers
+        out["live_workers"] = len(workers)
+        by_kind: dict[str, int] = {}
+        for worker in workers:
+            by_kind[worker["kind"]] = by_kind.get(worker["kind"], 0) + 1
+        out["workers_by_kind"] = by_kind
+
+        histograms = {
+            name[len("latency:") :]: Histogram.from_hash(_ok(value, {}))
+            for name, value in second.items()
+            if name.startswith("latency:")
+        }
+        out["latency"] = {task: hist.summary() for task, hist in histograms.items()}
+        out["throughput_jobs_s"] = self._throughput(now, out[counter_names.COMPLETED])
+        out.update(self._alert(out))
+        out["counters"] = raw_stats
+        return out, histograms
+
+    def _queue(self, first: Mapping[str, Any], second: Mapping[str, Any]) -> dict[str, int]:
+        xlen = _int(_ok(first.get("xlen"), 0))
+        group = _find_group(first.get("groups"), self.keys.jobs_group)
+        if group is None:
+            # No worker has created the group yet: every entry waits.
+            return {"queue_length": xlen, "pending": 0, "consumers": 0}
+        lag = _lag(group)
+        if lag is None:
+            lag = _int(_ok(second.get("undelivered"), 0)) if xlen else 0
+        return {
+            "queue_length": lag,
+            "pending": _int(group.get("pending", 0)),
+            "consumers": _int(group.get("consumers", 0)),
+        }
+
+    def _workers(
+        self, first: Mapping[str, Any], second: Mapping[str, Any], now: float
+    ) -> list[dict[str, Any]]:
+        workers: list[dict[str, Any]] = []
+        for member, score in _pairs(first.get("workers")):
+            worker_id = _text(member)
+            fields = {
+                _text(a): _text(b) for a, b in _ok(second.get(f"worker:{worker_id}"), {}).items()
+            }
+            if not fields:
+                continue  # its hash expired: the worker stopped beating
+            beat_ms = _int(fields.get("beat_ms", score))
+            current = next((fields[f] for f in CURRENT_FIELDS if fields.get(f)), "")
+            workers.append(
+                {
+                    **fields,
+                    "id": worker_id,
+                    "kind": fields.get("kind", "?"),
+                    "current": current,
+                    "beat_ms": beat_ms,
+                    "age_s": max(0.0, now - beat_ms / 1000),
+                }
+            )
+        workers.sort(key=lambda w: (w["kind"], w["id"]))
+        return workers
+
+    def _throughput(self, now: float, completed: int) -> float | None:
+        previous, self._previous = self._previous, (now, completed)
+        if previous is None or now <= previous[0]:
+            return None
+        return max(0, completed - previous[1]) / (now - previous[0])
+
+    def _alert(self, out: Mapping[str, Any]) -> dict[str, Any]:
+        threshold = self.settings.alert_error_rate
+        rate = out["error_rate"]
+        alert = bool(out[counter_names.TOTAL_REQUESTS]) and rate > threshold
+        reason = None
+        if alert:
+            reason = (
+                f"error rate {rate:.1%} ({out[counter_names.ERRORS]} errors / "
+                f"{out[counter_names.TOTAL_REQUESTS]} requests) is over the "
+                f"{threshold:.1%} threshold (SW_ALERT_ERROR_RATE)"
+            )
+        return {"alert": alert, "alert_reason": reason, "alert_error_rate": threshold}
+
+
+# ---------------------------------------------------------------------------- helpers
+async def _execute_async(redis: Any, commands: Mapping[str, tuple[Any, ...]]) -> dict[str, Any]:
+    if not commands:
+        return {}
+    async with redis.pipeline(transaction=False) as pipe:
+        for args in commands.values():
+            pipe.execute_command(*args)
+        replies = await pipe.execute(raise_on_error=False)
+    _raise_connection_errors(replies)
+    return dict(zip(commands, replies, strict=True))
+
+
+def _execute_sync(redis: Any, commands: Mapping[str, tuple[Any, ...]]) -> dict[str, Any]:
+    if not commands:
+        return {}
+    with redis.pipeline(transaction=False) as pipe:
+        for args in commands.values():
+            pipe.execute_command(*args)
+        replies = pipe.execute(raise_on_error=False)
+    _raise_connection_errors(replies)
+    return dict(zip(commands, replies, strict=True))
+
+
+def _raise_connection_errors(replies: list[Any]) -> None:
+    import redis.exceptions
+
+    for reply in replies:
+        if isinstance(reply, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
+            raise reply
+
+
+def _ok(value: Any, default: Any) -> Any:
+    """A pipeline reply, or ``default`` when the command failed (e.g. no such stream)."""
+    return default if value is None or isinstance(value, Exception) else value
+
+
+def _find_group(groups: Any, name: str) -> dict[str, Any] | None:
+    for group in _ok(groups, []):
+        info = {_text(k): v for k, v in group.items()}
+        if _text(info.get("name", "")) == name:
+            return info
+    return None
+
+
+def _lag(group: Mapping[str, Any]) -> int | None:
+    """XINFO GROUPS ``lag`` (Redis >= 7; None when Redis cannot tell)."""
+    value = group.get("lag")
+    return None if value is None else _int(value)
+
+
+def _pairs(value: Any) -> list[tuple[Any, float]]:
+    """ZRANGE ... WITHSCORES reply as (member, score) pairs, whatever the client parsed."""
+    value = _ok(value, [])
+    if value and not isinstance(value[0], (list, tuple)):
+        value = list(zip(value[::2], value[1::2], strict=True))
+    return [(member, float(score)) for member, score in value]
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, (bytes, bytearray)) else str(value)
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(float(_text(value)))
+    except (TypeError, ValueError):
+        return 0
