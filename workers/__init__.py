@@ -4,40 +4,33 @@
   dead letters, crash recovery, heartbeats) AND serves chunk loads (``load_chunk``).
 - ``arq workers.LoaderSettings`` -- a loader-only worker.
 
-Both read their configuration from ``SW_*`` environment variables when this package is
-imported (an unknown ``SW_*`` name is an error). ``SW_HANDLER`` names the batch handler.
+Importing this package does nothing else: both read their configuration from ``SW_*``
+environment variables (an unknown ``SW_*`` name is an error), check that Redis accepts
+their credentials and adapt arq when arq starts the worker. ``SW_HANDLER`` names the batch
+handler.
 """
 
 from __future__ import annotations
 
-from sw_core.settings import Settings as _CoreSettings
-from workers.node import worker_options
-from workers.resilience import check_access, tolerate_redis_outages
+from typing import Any
 
-_SETTINGS = _CoreSettings.from_env()
-check_access(_SETTINGS)
-tolerate_redis_outages()
+from workers.arq_compat import LazyWorkerSettings
+
+
+def _build(*, inference: bool) -> dict[str, Any]:
+    from sw_core.settings import Settings as CoreSettings
+    from workers.access import check_access
+    from workers.node import worker_options
+
+    settings = CoreSettings.from_env()
+    check_access(settings)
+    return worker_options(settings, inference=inference)
+
 
 #: arq settings of an inference node (stream consumer + chunk loader in one process).
-Settings = type(
-    "Settings",
-    (),
-    {
-        "__doc__": "arq settings of an inference node: `arq workers.Settings`.",
-        "__module__": __name__,
-        **worker_options(_SETTINGS, inference=True),
-    },
-)
+Settings = LazyWorkerSettings("inference node", lambda: _build(inference=True))
 
 #: arq settings of a loader-only worker.
-LoaderSettings = type(
-    "LoaderSettings",
-    (),
-    {
-        "__doc__": "arq settings of a chunk-loader worker: `arq workers.LoaderSettings`.",
-        "__module__": __name__,
-        **worker_options(_SETTINGS, inference=False),
-    },
-)
+LoaderSettings = LazyWorkerSettings("chunk loader", lambda: _build(inference=False))
 
 __all__ = ["LoaderSettings", "Settings"]

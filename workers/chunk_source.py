@@ -18,19 +18,18 @@ import uuid
 from typing import Any
 
 from arq.connections import ArqRedis
-from arq.constants import in_progress_key_prefix, job_key_prefix
 from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError, RedisError
 
 from sw_core.cache import ChunkCache
+from sw_core.chunks.chunk_set import open_store, read_set_file
 from sw_core.chunks.manifest import ChunkInfo
-from sw_core.chunks.pin import read_set_file
 from sw_core.exceptions import CacheError, WeightServerError, error_class
 from sw_core.keys import Keys
 from sw_core.lua_scripts import lua_source
 from sw_core.pipeline.registry import ModelRegistry
 from sw_core.settings import Settings, redact_url
-from sw_core.storage import model_store, parse_location
+from workers.arq_compat import IN_PROGRESS_KEY_PREFIX, JOB_KEY_PREFIX
 from workers.loader import LOAD_CHUNK, LOAD_LEASE_MS, arq_pool, job_deserializer, load_job_id
 
 #: How often a waiter checks that someone still holds the load lease (else it asks again).
@@ -96,9 +95,9 @@ class RemoteChunkSource:
         """A small file of the chunk set (manifest, config, tokenizer), straight from storage."""
         redis = await self._clients()
         location = await ModelRegistry(redis[0], self.settings).resolve(self.model)
-        store = model_store(location, self.settings, self.model)
+        store, parsed = open_store(location, self.settings, model=self.model)
         try:
-            return await read_set_file(store, name, parse_location(location).manifest_sha256)
+            return await read_set_file(store, name, parsed.manifest_sha256)
         finally:
             await store.close()
 
@@ -180,8 +179,8 @@ class RemoteChunkSource:
         """
         redis, _ = await self._clients()
         job_id = self._job_id(chunk, token)
-        queued = await redis.exists(job_key_prefix + job_id)
-        started = await redis.exists(in_progress_key_prefix + job_id)
+        queued = await redis.exists(JOB_KEY_PREFIX + job_id)
+        started = await redis.exists(IN_PROGRESS_KEY_PREFIX + job_id)
         return bool(queued) and not started
 
     async def _wait(self, pubsub: Any, timeout_s: float) -> dict[str, Any] | None:

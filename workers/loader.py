@@ -26,15 +26,15 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from sw_core.cache import ChunkCache
+from sw_core.chunks.chunk_set import open_store, read_set_file
 from sw_core.chunks.manifest import MANIFEST_FILE, Manifest
-from sw_core.chunks.pin import read_set_file
 from sw_core.exceptions import ModelError
 from sw_core.keys import Keys
 from sw_core.lua_scripts import lua_source
 from sw_core.ops.stats import Counters
 from sw_core.pipeline.registry import ModelRegistry
 from sw_core.settings import Settings
-from sw_core.storage import StorageBackend, model_store, parse_location
+from sw_core.storage import StorageBackend, parse_location
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,9 @@ class ChunkLoader:
         """The (cached) storage backend of a model's location."""
         key = (model, location)
         if key not in self._stores:
-            self._stores[key] = model_store(location, self.settings, model, counters=self.counters)
+            self._stores[key] = open_store(
+                location, self.settings, model=model, counters=self.counters
+            )[0]
         return self._stores[key]
 
     async def manifest(self, model: str, location: str) -> Manifest:

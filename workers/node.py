@@ -22,6 +22,7 @@ from sw_core.keys import Keys
 from sw_core.ops.prometheus import maybe_start_metrics_server
 from sw_core.ops.stats import Counters
 from sw_core.settings import Settings
+from workers.arq_compat import tolerate_redis_outages
 from workers.consumer import JobConsumer
 from workers.handlers import close_handler, load_handler
 from workers.heartbeat import Heartbeat, default_worker_name
@@ -97,7 +98,10 @@ async def _on_shutdown(ctx: dict[str, Any]) -> None:
 
 def worker_options(settings: Settings, *, inference: bool) -> dict[str, Any]:
     """arq ``Worker`` keyword arguments of an inference node (consumer + loader) or of a
-    loader-only worker. ``arq workers.Settings`` / ``workers.LoaderSettings`` use these."""
+    loader-only worker. ``arq workers.Settings`` / ``workers.LoaderSettings`` use these.
+
+    Adapts arq in this process first (:func:`~workers.arq_compat.tolerate_redis_outages`)."""
+    tolerate_redis_outages()
     kind = "inference" if inference else "loader"
     load_timeout_s = max(60.0, settings.timeout_seconds * (settings.retry_attempts + 1))
     return {

@@ -6,6 +6,8 @@ evicts in one Lua call, and re-hashes every chunk it hands out.
 
 from __future__ import annotations
 
-from sw_core.cache.chunk_cache import CacheInfo, ChunkCache, allocate_buffer
+from sw_core.cache.async_api import CacheInfo
+from sw_core.cache.chunk_cache import ChunkCache
+from sw_core.cache.digest import allocate_buffer
 
 __all__ = ["CacheInfo", "ChunkCache", "allocate_buffer"]

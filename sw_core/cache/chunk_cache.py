@@ -24,21 +24,20 @@ asyncio callers.
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import re
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from types import TracebackType
 
-import numpy as np
 import redis
 
+from sw_core.cache.async_api import AsyncCacheAPI, CacheInfo
+from sw_core.cache.digest import ChunkDigest, target_view
+from sw_core.cache.errors import cache_error
 from sw_core.cache.ordered_hash import OrderedHash
 from sw_core.cache.redis_bulk import BulkReader
-from sw_core.exceptions import CacheError, ChunkTooLargeError, ConfigError, SecurityError
+from sw_core.exceptions import ChunkTooLargeError, ConfigError, SecurityError
 from sw_core.keys import Keys
 from sw_core.lua_scripts import lua_source
 from sw_core.ops import stats
@@ -48,33 +47,9 @@ from sw_core.utils import mib
 
 _CHUNK_ID = re.compile(r"[0-9a-f]{64}")
 _MIB = 1 << 20
-#: Chunks up to this size are hashed on the reading thread (a helper costs more than it saves).
-_INLINE_HASH_BYTES = 1 << 20
 
 
-def allocate_buffer(size_bytes: int) -> memoryview:
-    """A writable buffer of ``size_bytes`` (contents undefined), for a chunk read.
-
-    numpy asks the kernel for transparent huge pages on big allocations: a fresh 48 MiB
-    buffer costs about 5 ms of page faults instead of 25-140 ms for a ``bytearray``.
-    """
-    return memoryview(np.empty(size_bytes, dtype=np.uint8))
-
-
-@dataclass(frozen=True)
-class CacheInfo:
-    """A snapshot of the cache's accounting (counters are totals across all clients)."""
-
-    used_bytes: int
-    budget_bytes: int
-    chunks: int
-    hits: int
-    misses: int
-    evictions: int
-    corruptions: int
-
-
-class ChunkCache:
+class ChunkCache(AsyncCacheAPI):
     """Content-addressed LRU chunk cache in Redis, bounded by ``cache_size_bytes``.
 
     Example:
@@ -186,7 +161,7 @@ class ChunkCache:
             if self._lookup(keys=self._entry_keys(chunk_id), args=[chunk_id, 0]) is not None:
                 return False
         except redis.RedisError as exc:
-            raise self._error(exc, f"looking up chunk {chunk_id[:12]}") from exc
+            raise cache_error(exc, f"looking up chunk {chunk_id[:12]}") from exc
         step = self.part_size_bytes
         token = uuid.uuid4().hex
         staged = [self.keys.cache_staging(token, n) for n in range(max(1, -(-size // step)))]
@@ -208,7 +183,7 @@ class ChunkCache:
             if isinstance(exc, redis.ResponseError) and "SWCACHE_TOO_LARGE" in str(exc):
                 raise self._too_large(chunk_id, size) from exc
             if isinstance(exc, redis.RedisError):
-                raise self._error(
+                raise cache_error(
                     exc, f"storing chunk {chunk_id[:12]} ({mib(size):.1f} MiB)"
                 ) from exc
             raise
@@ -221,7 +196,7 @@ class ChunkCache:
         try:
             return bool(self.redis.exists(self.keys.cache_info(chunk_id)))
         except redis.RedisError as exc:
-            raise self._error(exc, f"checking chunk {chunk_id[:12]}") from exc
+            raise cache_error(exc, f"checking chunk {chunk_id[:12]}") from exc
 
     def delete(self, chunk_id: str) -> bool:
         """Remove a chunk; False when it was not cached."""
@@ -233,7 +208,7 @@ class ChunkCache:
         try:
             values = self._info(keys=[self.keys.cache_meta, self.keys.cache_lru])
         except redis.RedisError as exc:
-            raise self._error(exc, "reading the cache's accounting") from exc
+            raise cache_error(exc, "reading the cache's accounting") from exc
         used, hits, misses, evictions, corruptions, chunks = (int(v or 0) for v in values)
         return CacheInfo(used, self.budget_bytes, chunks, hits, misses, evictions, corruptions)
 
@@ -245,7 +220,7 @@ class ChunkCache:
                 args=[self.keys.cache_info_prefix, self.keys.cache_part_prefix],
             )
         except redis.RedisError as exc:
-            raise self._error(exc, "clearing the cache") from exc
+            raise cache_error(exc, "clearing the cache") from exc
 
     def close(self) -> None:
         """Stop the hashing threads; close the Redis pool when :meth:`from_settings` made it."""
@@ -267,39 +242,6 @@ class ChunkCache:
     ) -> None:
         self.close()
 
-    # ------------------------------------------------------------------ asyncio wrappers
-    async def aget(
-        self,
-        chunk_id: str,
-        *,
-        out: bytearray | memoryview | None = None,
-        count: bool = True,
-    ) -> memoryview | None:
-        """:meth:`get` on a worker thread."""
-        return await asyncio.to_thread(self.get, chunk_id, out=out, count=count)
-
-    async def aput(
-        self, chunk_id: str, data: bytes | bytearray | memoryview, *, verify: bool = True
-    ) -> bool:
-        """:meth:`put` on a worker thread."""
-        return await asyncio.to_thread(self.put, chunk_id, data, verify=verify)
-
-    async def acontains(self, chunk_id: str) -> bool:
-        """:meth:`contains` on a worker thread."""
-        return await asyncio.to_thread(self.contains, chunk_id)
-
-    async def adelete(self, chunk_id: str) -> bool:
-        """:meth:`delete` on a worker thread."""
-        return await asyncio.to_thread(self.delete, chunk_id)
-
-    async def ainfo(self) -> CacheInfo:
-        """:meth:`info` on a worker thread."""
-        return await asyncio.to_thread(self.info)
-
-    async def aclear(self) -> None:
-        """:meth:`clear` on a worker thread."""
-        await asyncio.to_thread(self.clear)
-
     # ------------------------------------------------------------------ internals
     def _read(
         self,
@@ -313,7 +255,7 @@ class ChunkCache:
         try:
             found = self._lookup(keys=self._entry_keys(chunk_id), args=[chunk_id, int(count)])
         except redis.RedisError as exc:
-            raise self._error(exc, f"looking up chunk {chunk_id[:12]}") from exc
+            raise cache_error(exc, f"looking up chunk {chunk_id[:12]}") from exc
         if found is None:
             if count:
                 self._count(stats.CACHE_MISSES)
@@ -321,10 +263,9 @@ class ChunkCache:
         parts, size, part_bytes = (int(v) for v in found)
         if parts < 1 or part_bytes < 1 or not 0 <= size <= parts * part_bytes:
             return self._drop_miss(chunk_id, "corrupt", counted=count)
-        target = self._target(out, size)
-        hasher = self._hasher() if verify and size > _INLINE_HASH_BYTES else None
-        inline = hashlib.sha256() if verify and hasher is None else None
-        feed = hasher.feed if hasher is not None else None
+        target = target_view(out, size)
+        digest = ChunkDigest(size, self._hasher) if verify else None
+        feed = digest.feed if digest is not None else None
         offset = 0
         try:
             with BulkReader(self.redis) as reader:
@@ -338,22 +279,16 @@ class ChunkCache:
                         return self._drop_miss(chunk_id, "lost", counted=count)
                     if got != expected:
                         return self._drop_miss(chunk_id, "corrupt", counted=count)
-                    if inline is not None:
-                        inline.update(piece)
                     offset += expected
             if offset != size:
                 return self._drop_miss(chunk_id, "corrupt", counted=count)
-            digest = None
-            if hasher is not None:
-                digest, hasher = hasher.hexdigest(), None
-            elif inline is not None:
-                digest = inline.hexdigest()
+            hexdigest = digest.hexdigest() if digest is not None else None
         except redis.RedisError as exc:
-            raise self._error(exc, f"reading chunk {chunk_id[:12]}") from exc
+            raise cache_error(exc, f"reading chunk {chunk_id[:12]}") from exc
         finally:
-            if hasher is not None:
-                hasher.abandon()
-        if digest is not None and digest != chunk_id:
+            if digest is not None:
+                digest.abandon()
+        if hexdigest is not None and hexdigest != chunk_id:
             return self._drop_miss(chunk_id, "corrupt", counted=count)
         if count:
             self._count(stats.CACHE_HITS)
@@ -362,23 +297,21 @@ class ChunkCache:
     def _upload(self, chunk_id: str, view: memoryview, staged: list[str], *, verify: bool) -> None:
         """SET the parts under their staging names, hashing them alongside with ``verify``."""
         step = self.part_size_bytes
-        hasher = self._hasher() if verify and view.nbytes > _INLINE_HASH_BYTES else None
-        digest = hashlib.sha256(view).hexdigest() if verify and hasher is None else None
+        digest = ChunkDigest(view.nbytes, self._hasher) if verify else None
         try:
             for n, key in enumerate(staged):
                 piece = view[n * step : (n + 1) * step]
-                if hasher is not None:
-                    hasher.feed(piece)
+                if digest is not None:
+                    digest.feed(piece)
                 self.redis.set(key, piece, px=self.staging_ttl_ms)
-            if hasher is not None:
-                digest, hasher = hasher.hexdigest(), None
+            hexdigest = digest.hexdigest() if digest is not None else None
         finally:
-            if hasher is not None:
-                hasher.abandon()
-        if digest is not None and digest != chunk_id:
+            if digest is not None:
+                digest.abandon()
+        if hexdigest is not None and hexdigest != chunk_id:
             self._count(stats.INTEGRITY_FAILURES)
             raise SecurityError(
-                f"refusing to cache chunk {chunk_id[:12]}: its bytes hash to {digest[:12]}, "
+                f"refusing to cache chunk {chunk_id[:12]}: its bytes hash to {hexdigest[:12]}, "
                 f"not to its id"
             )
 
@@ -398,7 +331,7 @@ class ChunkCache:
                 args=[chunk_id, self.keys.cache_part_prefix, why, int(counted)],
             )
         except redis.RedisError as exc:
-            raise self._error(exc, f"removing chunk {chunk_id[:12]}") from exc
+            raise cache_error(exc, f"removing chunk {chunk_id[:12]}") from exc
         return bool(removed)
 
     def _entry_keys(self, chunk_id: str) -> list[str]:
@@ -421,15 +354,6 @@ class ChunkCache:
             self.counters.incr(name, amount)
 
     @staticmethod
-    def _target(out: bytearray | memoryview | None, size: int) -> memoryview:
-        if out is None:
-            return allocate_buffer(size)
-        view = memoryview(out).cast("B")
-        if view.readonly or view.nbytes < size:
-            raise ValueError(f"out must be a writable buffer of at least {size} bytes")
-        return view[:size]
-
-    @staticmethod
     def _check_id(chunk_id: str) -> None:
         if not isinstance(chunk_id, str) or not _CHUNK_ID.fullmatch(chunk_id):
             raise ValueError(f"a chunk id is a lower-case sha256 hex digest, got {chunk_id!r}")
@@ -440,17 +364,3 @@ class ChunkCache:
             f"({mib(self.budget_bytes):.1f} MiB, cache_size_mb={self.budget_bytes // _MIB}); "
             f"raise SW_CACHE_SIZE_MB to at least {-(-size // _MIB)}"
         )
-
-    @staticmethod
-    def _error(exc: redis.RedisError, doing: str) -> CacheError:
-        if isinstance(exc, redis.exceptions.OutOfMemoryError) or str(exc).startswith("OOM"):
-            return CacheError(
-                f"Redis is out of memory (maxmemory reached with a noeviction policy) while "
-                f"{doing}; set SW_CACHE_SIZE_MB well below Redis' maxmemory or raise maxmemory"
-            )
-        if isinstance(exc, redis.ResponseError) and "SWCACHE_STAGING_LOST" in str(exc):
-            return CacheError(
-                f"{exc} while {doing}: the upload took longer than the staging TTL "
-                f"(timeout_seconds); retry, or raise SW_TIMEOUT_SECONDS"
-            )
-        return CacheError(f"chunk cache Redis error while {doing}: {exc}")

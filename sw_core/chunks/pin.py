@@ -11,9 +11,7 @@ upload, or tampering) is refused until it is registered again.
 from __future__ import annotations
 
 import re
-from typing import Any
 
-from sw_core.chunks.manifest import MANIFEST_FILE, MAX_FILE_BYTES, MAX_MANIFEST_BYTES
 from sw_core.exceptions import ConfigError, SecurityError
 from sw_core.utils import calculate_chunk_hash
 
@@ -54,18 +52,3 @@ def check_pin(manifest_bytes: bytes, pin: str | None, where: str) -> None:
             "chunk set changed since it was registered; check it (`sw verify`) and register "
             "it again (`sw register NAME LOCATION --pin`)"
         )
-
-
-async def read_set_file(store: Any, name: str, pin: str | None = None) -> bytes:
-    """A small file of the chunk set in ``store`` (a storage backend), size-limited;
-    ``manifest.json`` checked against ``pin``.
-
-    Raises:
-        SecurityError: the manifest does not hash to ``pin``.
-    """
-    is_manifest = name == MANIFEST_FILE
-    limit = MAX_MANIFEST_BYTES if is_manifest else MAX_FILE_BYTES
-    data = bytes(await store.load(name, max_size_bytes=limit))
-    if is_manifest:
-        check_pin(data, pin, store.describe())
-    return data

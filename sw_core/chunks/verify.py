@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from sw_core.chunks.manifest import MANIFEST_FILE, MAX_MANIFEST_BYTES, Manifest
+from sw_core.chunks.chunk_set import read_manifest
+from sw_core.chunks.manifest import MANIFEST_FILE, Manifest
 from sw_core.chunks.safetensors_io import parse_header
 from sw_core.exceptions import ChunkNotFoundError, ModelError, SecurityError, StorageError
 from sw_core.ops.stats import INTEGRITY_FAILURES
@@ -75,28 +76,13 @@ def _entries(manifest: Manifest) -> list[_Entry]:
 
 
 async def load_manifest(backend: StorageBackend) -> Manifest:
-    """The manifest of the chunk set in ``backend``.
+    """The manifest of the chunk set in ``backend`` (:func:`~sw_core.chunks.chunk_set.read_manifest`).
 
     Raises:
         ModelError: no manifest, one over the size limit, or a malformed one.
         StorageError: the backend failed (transient).
     """
-    return (await load_manifest_bytes(backend))[0]
-
-
-async def load_manifest_bytes(backend: StorageBackend) -> tuple[Manifest, bytes]:
-    """:func:`load_manifest`, with the manifest's bytes as read (to pin them)."""
-    where = backend.describe()
-    try:
-        raw = await backend.load(MANIFEST_FILE, max_size_bytes=MAX_MANIFEST_BYTES)
-    except ChunkNotFoundError as exc:
-        raise ModelError(f"{where} is not a chunk set: no {MANIFEST_FILE} ({exc})") from None
-    except SecurityError as exc:
-        raise ModelError(f"{MANIFEST_FILE} of {where} is refused: {exc}") from None
-    try:
-        return Manifest.from_json(bytes(raw)), bytes(raw)
-    except ModelError as exc:
-        raise ModelError(f"{MANIFEST_FILE} of {where}: {exc}") from None
+    return (await read_manifest(backend))[0]
 
 
 async def _check(backend: StorageBackend, entry: _Entry) -> tuple[BadEntry | None, int]:

@@ -176,7 +176,8 @@ def _register(args: argparse.Namespace) -> int:
         from redis.asyncio import Redis
 
         from sw_core.chunks.pin import pin_location
-        from sw_core.pipeline.registry import ModelRegistry, check_location
+        from sw_core.pipeline.registry import ModelRegistry
+        from sw_core.storage.location import check_location
         from sw_core.utils import human_bytes
 
         if args.pin and args.no_check:
@@ -203,17 +204,10 @@ def _register(args: argparse.Namespace) -> int:
 async def _read_manifest(location: str, settings: Settings) -> tuple[Any, bytes]:
     """The manifest at ``location`` and its bytes (ModelError when there is no chunk set;
     SecurityError when the location is pinned to another manifest)."""
-    from sw_core.chunks.pin import check_pin
-    from sw_core.chunks.verify import load_manifest_bytes
-    from sw_core.storage import backend_from_location, parse_location
+    from sw_core.chunks.chunk_set import ChunkSet
 
-    backend = backend_from_location(location, settings)
-    try:
-        manifest, raw = await load_manifest_bytes(backend)
-    finally:
-        await backend.close()
-    check_pin(raw, parse_location(location).manifest_sha256, location)
-    return manifest, raw
+    async with await ChunkSet.open(location, settings, with_backup=False) as chunk_set:
+        return chunk_set.manifest, chunk_set.manifest_bytes
 
 
 def _models(args: argparse.Namespace) -> int:

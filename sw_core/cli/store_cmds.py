@@ -94,19 +94,14 @@ def _publish(args: argparse.Namespace) -> int:
 
 
 async def _verify_async(location: str, settings: Settings) -> int:
-    from sw_core.chunks.pin import check_pin
-    from sw_core.chunks.verify import load_manifest_bytes, verify_chunk_set
-    from sw_core.storage import backend_from_location, parse_location
+    from sw_core.chunks.chunk_set import ChunkSet
+    from sw_core.chunks.verify import verify_chunk_set
 
-    backend = backend_from_location(location, settings)
-    try:
-        manifest, raw = await load_manifest_bytes(backend)
-        check_pin(raw, parse_location(location).manifest_sha256, location)
+    async with await ChunkSet.open(location, settings, with_backup=False) as chunk_set:
+        manifest = chunk_set.manifest
         total_bytes = _payload_bytes(manifest)
         with progress_bar(f"verify {manifest.name}", total_bytes, unit_bytes=True) as bar:
-            report = await verify_chunk_set(backend, manifest, progress=_forward(bar))
-    finally:
-        await backend.close()
+            report = await verify_chunk_set(chunk_set.backend, manifest, progress=_forward(bar))
     return _print_report(report, action="verified")
 
 

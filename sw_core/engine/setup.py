@@ -31,14 +31,15 @@ def resolve_device(name: str) -> torch.device:
 
 def make_source(where: Any, settings: Settings, cache: Any = None) -> ChunkSource:
     """A chunk source from a location (folder or ``s3://``), a storage backend or a source."""
-    from sw_core.storage import StorageBackend, model_store, parse_location
+    from sw_core.chunks.chunk_set import open_store
+    from sw_core.storage import StorageBackend
 
     if isinstance(where, ChunkSource):
         return where
     pin: str | None = None
     if isinstance(where, str | PathLike):
-        store = model_store(str(where), settings)
-        pin = parse_location(str(where)).manifest_sha256
+        store, location = open_store(str(where), settings)
+        pin = location.manifest_sha256
     elif isinstance(where, StorageBackend):
         store = where
     else:

@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Protocol, runtime_checkable
 
+from sw_core.chunks.chunk_set import read_set_file
 from sw_core.chunks.manifest import ChunkInfo
-from sw_core.chunks.pin import read_set_file
 from sw_core.exceptions import CacheError
 
 

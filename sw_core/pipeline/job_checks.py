@@ -16,6 +16,9 @@ from typing import Any
 from sw_core.exceptions import JobError
 from sw_core.settings import Settings
 
+#: The one rule for model names (job fields, the registry, SW_MODELS).
+MODEL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,127}")
+
 #: Tasks a worker can run.
 TASKS: tuple[str, ...] = ("embed", "generate", "forward")
 #: Most inputs (texts or token sequences) in one job.
@@ -23,7 +26,6 @@ MAX_INPUTS = 256
 #: Most fields in one stream entry and most entries in a params map.
 MAX_FIELDS = 32
 
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,127}")
 _MAX_TOKEN_ID = (1 << 31) - 1
 
 
@@ -78,7 +80,7 @@ def coerce_params(task: str, text_params: Mapping[str, Any], settings: Settings)
 
 
 def check_name(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
+    if not isinstance(value, str) or not MODEL_NAME_RE.fullmatch(value):
         raise JobError(
             f"{what} must be a name of 1-128 letters, digits or '_.:/@+-', got {short(value)}"
         )

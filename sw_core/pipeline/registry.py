@@ -7,41 +7,13 @@ registered in Redis wins over the same name in the settings.
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 from redis.asyncio import Redis
 
-from sw_core.chunks.pin import PIN_MARK, split_pin
 from sw_core.exceptions import ConfigError, ModelError
 from sw_core.keys import Keys
+from sw_core.pipeline.job_checks import MODEL_NAME_RE
 from sw_core.settings import Settings
-
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,127}")
-_S3_RE = re.compile(r"s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(?P<prefix>.*))?")
-
-
-def check_location(location: str, *, must_exist: bool = False) -> str:
-    """Normalize a chunk-set location: ``s3://BUCKET[/PREFIX]`` or a folder (made absolute),
-    keeping a manifest pin ``#sha256=<hex>`` (:mod:`sw_core.chunks.pin`) when it has one.
-
-    Raises:
-        ConfigError: not an S3 URL nor a folder path (or a missing folder with ``must_exist``),
-            or a malformed pin.
-    """
-    location, pin = split_pin(location)
-    suffix = f"{PIN_MARK}{pin}" if pin else ""
-    if location.startswith("s3://"):
-        match = _S3_RE.fullmatch(location)
-        if not match:
-            raise ConfigError(f"{location!r} is not a valid s3://BUCKET/PREFIX location")
-        return location.rstrip("/") + suffix
-    if not location or "://" in location:
-        raise ConfigError(f"{location!r} is neither s3://BUCKET/PREFIX nor a folder path")
-    path = Path(location).expanduser().resolve()
-    if must_exist and not path.is_dir():
-        raise ConfigError(f"folder {str(path)!r} does not exist")
-    return str(path) + suffix
+from sw_core.storage.location import check_location
 
 
 def parse_models_setting(text: str) -> dict[str, str]:
@@ -57,7 +29,7 @@ def parse_models_setting(text: str) -> dict[str, str]:
             continue
         name, sep, location = item.partition("=")
         name = name.strip()
-        if not sep or not _NAME_RE.fullmatch(name):
+        if not sep or not MODEL_NAME_RE.fullmatch(name):
             raise ConfigError(f"SW_MODELS item {item!r} is not name=location")
         out[name] = check_location(location)
     return out
@@ -89,7 +61,7 @@ class ModelRegistry:
 
     async def register(self, name: str, location: str, *, must_exist: bool = False) -> str:
         """Register (or move) model ``name``; returns the normalized location."""
-        if not _NAME_RE.fullmatch(name):
+        if not MODEL_NAME_RE.fullmatch(name):
             raise ConfigError(f"model name {name!r} may hold letters, digits and '_.:/@+-' only")
         location = check_location(location, must_exist=must_exist)
         await self.redis.hset(self.keys.models, name, location)

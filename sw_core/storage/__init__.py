@@ -1,5 +1,7 @@
 """Chunk storage: one async API over a folder, S3/MinIO, and a failover chain of both.
 
+Names are imported on first use, so reading a location does not import the S3 SDK.
+
 Example:
     >>> store = model_store("s3://sw-chunks/minilm", Settings.from_env())  # doctest: +SKIP
     >>> data = await store.load_verified("block_000.safetensors", sha256)  # doctest: +SKIP
@@ -7,33 +9,36 @@ Example:
 
 from __future__ import annotations
 
-from sw_core.exceptions import PermanentStorageError
-from sw_core.storage.base import (
-    RetryingBackend,
-    StorageBackend,
-    check_key,
-    check_prefix,
-    sha256_hex,
-)
-from sw_core.storage.factory import Location, backend_from_location, model_store, parse_location
-from sw_core.storage.failover import FailoverBackend
-from sw_core.storage.filesystem import FilesystemBackend
-from sw_core.storage.memory import MemoryBackend
-from sw_core.storage.s3 import S3Backend
+import importlib
+from typing import Any
 
-__all__ = [
-    "FailoverBackend",
-    "FilesystemBackend",
-    "Location",
-    "MemoryBackend",
-    "PermanentStorageError",
-    "RetryingBackend",
-    "S3Backend",
-    "StorageBackend",
-    "backend_from_location",
-    "check_key",
-    "check_prefix",
-    "model_store",
-    "parse_location",
-    "sha256_hex",
-]
+_LAZY = {
+    "PermanentStorageError": "sw_core.exceptions",
+    "RetryingBackend": "sw_core.storage.base",
+    "StorageBackend": "sw_core.storage.base",
+    "check_key": "sw_core.storage.base",
+    "check_prefix": "sw_core.storage.base",
+    "sha256_hex": "sw_core.storage.base",
+    "Location": "sw_core.storage.location",
+    "check_location": "sw_core.storage.location",
+    "parse_location": "sw_core.storage.location",
+    "backend_from_location": "sw_core.storage.factory",
+    "model_store": "sw_core.storage.factory",
+    "FailoverBackend": "sw_core.storage.failover",
+    "FilesystemBackend": "sw_core.storage.filesystem",
+    "MemoryBackend": "sw_core.storage.memory",
+    "S3Backend": "sw_core.storage.s3",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sw_core.storage' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

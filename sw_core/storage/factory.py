@@ -1,11 +1,7 @@
-"""Locations to backends: ``s3://BUCKET/PREFIX`` or a folder, plus the model store chain."""
+"""Locations to backends (:mod:`sw_core.storage.location`), plus the model store chain."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
-from sw_core.chunks.pin import split_pin
 from sw_core.exceptions import ConfigError
 from sw_core.ops.stats import Counters
 from sw_core.retry import RetryPolicy
@@ -13,47 +9,8 @@ from sw_core.settings import Settings
 from sw_core.storage.base import StorageBackend
 from sw_core.storage.failover import FailoverBackend
 from sw_core.storage.filesystem import FilesystemBackend
+from sw_core.storage.location import parse_location
 from sw_core.storage.s3 import S3Backend
-
-
-@dataclass(frozen=True)
-class Location:
-    """A parsed storage location: ``s3`` with bucket and prefix, or a ``file`` folder."""
-
-    scheme: str
-    bucket: str = ""
-    prefix: str = ""
-    path: Path | None = None
-    #: The manifest's sha256 when the location is pinned (``...#sha256=<hex>``).
-    manifest_sha256: str | None = None
-
-    @property
-    def is_s3(self) -> bool:
-        return self.scheme == "s3"
-
-
-def parse_location(location: str) -> Location:
-    """``s3://BUCKET/PREFIX`` -> an S3 location; ``file://PATH`` or a plain path -> a folder.
-    Either may end in a manifest pin ``#sha256=<hex>`` (:mod:`sw_core.chunks.pin`).
-
-    Raises:
-        ConfigError: an ``s3://`` URL without a bucket, another URL scheme, a bad pin.
-    """
-    text, pin = split_pin(location)
-    if text.lower().startswith("s3://"):
-        bucket, _, prefix = text[len("s3://") :].partition("/")
-        if not bucket:
-            raise ConfigError(f"S3 location {location!r} names no bucket (s3://BUCKET/PREFIX)")
-        return Location("s3", bucket=bucket, prefix=prefix.strip("/"), manifest_sha256=pin)
-    if text.lower().startswith("file://"):
-        text = text[len("file://") :]
-    elif "://" in text:
-        raise ConfigError(
-            f"unsupported location {location!r}: use s3://BUCKET/PREFIX or a folder path"
-        )
-    if not text:
-        raise ConfigError("empty storage location")
-    return Location("file", path=Path(text).expanduser(), manifest_sha256=pin)
 
 
 def backend_from_location(

@@ -1,0 +1,72 @@
+"""The hash a cache read or write computes over a chunk while its parts move.
+
+Small chunks are hashed on the calling thread (a helper costs more than it saves); big ones
+on a helper thread that hashes each piece as soon as it is fed, overlapping the hash with
+the socket I/O (:class:`~sw_core.cache.ordered_hash.OrderedHash`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+
+import numpy as np
+
+from sw_core.cache.ordered_hash import OrderedHash
+
+#: Chunks up to this size are hashed on the reading thread.
+INLINE_HASH_BYTES = 1 << 20
+
+
+class ChunkDigest:
+    """sha256 of one chunk fed piece by piece, in order.
+
+    Args:
+        size_bytes: the chunk's size (chooses inline or helper hashing).
+        start_helper: makes an :class:`OrderedHash` on the caller's thread pool.
+    """
+
+    def __init__(self, size_bytes: int, start_helper: Callable[[], OrderedHash]) -> None:
+        self._helper = start_helper() if size_bytes > INLINE_HASH_BYTES else None
+        self._inline = hashlib.sha256() if self._helper is None else None
+
+    def feed(self, piece: memoryview) -> None:
+        """Hash the next piece (it must stay unchanged until :meth:`hexdigest` returns)."""
+        if self._helper is not None:
+            self._helper.feed(piece)
+        else:
+            assert self._inline is not None
+            self._inline.update(piece)
+
+    def hexdigest(self) -> str:
+        """The digest of every piece fed; call once."""
+        if self._helper is not None:
+            helper, self._helper = self._helper, None
+            return helper.hexdigest()
+        assert self._inline is not None
+        return self._inline.hexdigest()
+
+    def abandon(self) -> None:
+        """Stop hashing (the transfer failed); safe to call after :meth:`hexdigest`."""
+        if self._helper is not None:
+            self._helper.abandon()
+            self._helper = None
+
+
+def allocate_buffer(size_bytes: int) -> memoryview:
+    """A writable buffer of ``size_bytes`` (contents undefined), for a chunk read.
+
+    numpy asks the kernel for transparent huge pages on big allocations: a fresh 48 MiB
+    buffer costs about 5 ms of page faults instead of 25-140 ms for a ``bytearray``.
+    """
+    return memoryview(np.empty(size_bytes, dtype=np.uint8))
+
+
+def target_view(out: bytearray | memoryview | None, size: int) -> memoryview:
+    """Where a read of ``size`` bytes lands: ``out`` (checked) or a new buffer."""
+    if out is None:
+        return allocate_buffer(size)
+    view = memoryview(out).cast("B")
+    if view.readonly or view.nbytes < size:
+        raise ValueError(f"out must be a writable buffer of at least {size} bytes")
+    return view[:size]
