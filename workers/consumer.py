@@ -25,21 +25,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import msgpack
 from redis.asyncio import Redis
 
-from sw_core.exceptions import BatchTimeoutError, JobError, ModelError, SurfingError, is_transient
-from sw_core.ops.metrics import record_job_latencies
+from sw_core.exceptions import BatchTimeoutError, JobError, ModelError, SurfingError
 from sw_core.pipeline.jobs import Job, decode_entry, decode_fields
 from sw_core.pipeline.registry import ModelRegistry
 from sw_core.pipeline.store import JobStore
-from sw_core.retry import RetryPolicy, retry_async
+from sw_core.retry import RetryPolicy
 from sw_core.settings import Settings
 from workers.handlers import BatchHandler
 from workers.heartbeat import default_worker_name
+from workers.outcomes import JobOutcomes
 from workers.retry_mover import RetryMover
 
 T = TypeVar("T")
@@ -76,11 +74,11 @@ class JobConsumer:
         self.store = JobStore(redis, settings)
         self.retry_mover = RetryMover(self.store, self.name)
         self.registry = registry or ModelRegistry(redis, settings)
-        self.policy = RetryPolicy.from_settings(settings)
+        self.outcomes = JobOutcomes(
+            redis, self.store, RetryPolicy.from_settings(settings), self.retry_mover, self.name
+        )
         #: Entries held at once (taken, running or waiting): enough for the next batch.
         self.capacity = 2 * settings.max_batch_size
-        self.jobs_done = 0
-        self.jobs_failed = 0
         self._buffer: list[Job] = []
         self._inflight: dict[str, Job] = {}
         self._held: set[str] = set()
@@ -135,7 +133,9 @@ class JobConsumer:
         handed = 0
         for job in [*leftovers, *self._buffer]:
             try:
-                if await self._with_retries(lambda j=job: self.store.hand_back(j), "hand back"):
+                if await self.outcomes.with_retries(
+                    lambda j=job: self.store.hand_back(j), "hand back"
+                ):
                     handed += 1
             except Exception as exc:
                 log.error("worker %s could not hand back %s: %s", self.name, job.entry_id, exc)
@@ -144,6 +144,16 @@ class JobConsumer:
             await _cancel(self._refresher)
         log.info("worker %s stopped; %d entries handed back", self.name, handed)
         return handed
+
+    @property
+    def jobs_done(self) -> int:
+        """Jobs this consumer finished with a result."""
+        return self.outcomes.jobs_done
+
+    @property
+    def jobs_failed(self) -> int:
+        """Failed attempts of this consumer (retried or dead-lettered)."""
+        return self.outcomes.jobs_failed
 
     def report(self) -> dict[str, str | int]:
         """What this consumer is doing, for the heartbeat hash."""
@@ -201,8 +211,8 @@ class JobConsumer:
                 if not isinstance(exc, JobError):
                     log.exception("worker %s: decoding entry %s failed", self.name, entry_id)
                 log.warning("worker %s: entry %s dead-lettered: %s", self.name, entry_id, exc)
-                self.jobs_failed += 1
-                await self._with_retries(
+                self.outcomes.jobs_failed += 1
+                await self.outcomes.with_retries(
                     lambda e=entry_id, r=raw, x=exc: self.store.dead_letter_raw(
                         e, r, type(x).__name__, str(x), self.name
                     ),
@@ -301,9 +311,9 @@ class JobConsumer:
                 await self.registry.resolve(model)
             except ModelError as exc:
                 for job in batch:
-                    await self._failed(job, exc)
+                    await self.outcomes.failed(job, exc)
                 return
-            starts = await self._with_retries(
+            starts = await self.outcomes.with_retries(
                 lambda: self.store.start(batch, self.name), "mark jobs running"
             )
             if starts is None:
@@ -318,12 +328,12 @@ class JobConsumer:
                         f"max_deliveries={self.settings.max_deliveries}: workers probably "
                         "crashed while running it"
                     )
-                    await self._failed(job, poison, reason="poison")
+                    await self.outcomes.failed(job, poison, reason="poison")
                 else:
                     job.deliveries = deliveries
                     runnable.append(job)
             if runnable:
-                await self._finish(runnable, await self._invoke(model, task, runnable))
+                await self.outcomes.finish(runnable, await self._invoke(model, task, runnable))
         finally:
             for job in batch:
                 self._inflight.pop(job.entry_id, None)
@@ -355,72 +365,6 @@ class JobConsumer:
             bug = JobError(f"the handler returned {count} results for {len(jobs)} jobs")
             return [bug] * len(jobs)
         return results
-
-    async def _finish(self, jobs: list[Job], results: list[Any]) -> None:
-        done: list[tuple[Job, bytes]] = []
-        for job, result in zip(jobs, results, strict=True):
-            if isinstance(result, BaseException):
-                await self._failed(job, result)
-                continue
-            try:
-                packed = msgpack.packb(result, use_bin_type=True)
-            except (TypeError, ValueError, OverflowError) as exc:
-                await self._failed(job, JobError(f"the job's result cannot be stored: {exc}"))
-                continue
-            done.append((job, packed))
-        if done:
-            flags = await self._with_retries(
-                lambda: self.store.complete(done, self.name), "store results"
-            )
-            self.jobs_done += sum(flags or [])
-            finished = [job for (job, _), ok in zip(done, flags or [], strict=False) if ok]
-            await record_job_latencies(self.redis, finished, keys=self.store.keys)
-
-    async def _failed(self, job: Job, exc: BaseException, *, reason: str | None = None) -> None:
-        """Retry a transient failure with backoff, dead-letter anything else."""
-        self.jobs_failed += 1
-        error_type = type(exc).__name__
-        message = str(exc) or error_type
-        transient = reason is None and is_transient(exc)
-        if transient and job.attempt < self.policy.attempts:
-            delay_s = self.policy.delay_s(job.attempt)
-            log.info(
-                "job %s attempt %d/%d failed (%s: %s); retry in %.2f s",
-                job.job_id,
-                job.attempt,
-                self.policy.attempts,
-                error_type,
-                message,
-                delay_s,
-            )
-            await self._with_retries(
-                lambda: self.store.retry(job, error_type, message, delay_s, self.name),
-                "schedule a retry",
-            )
-            self.retry_mover.wake()
-            return
-        reason = reason or ("retries_exhausted" if transient else "permanent")
-        log.warning(
-            "job %s dead-lettered after attempt %d (%s): %s: %s",
-            job.job_id,
-            job.attempt,
-            reason,
-            error_type,
-            message,
-        )
-        await self._with_retries(
-            lambda: self.store.dead_letter_job(job, error_type, message, reason, self.name),
-            "write a dead letter",
-        )
-
-    async def _with_retries(self, call: Callable[[], Awaitable[T]], what: str) -> T | None:
-        """Run a Redis step, retrying connection blips; None when Redis stays away
-        (the entry stays pending and is reclaimed later, so nothing is lost)."""
-        try:
-            return await retry_async(call, _REDIS_RETRY, what=f"worker {self.name}: {what}")
-        except Exception as exc:
-            log.error("worker %s could not %s: %s", self.name, what, exc)
-            return None
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:

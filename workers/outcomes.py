@@ -1,0 +1,113 @@
+"""Where a claimed job ends: its result stored with its ack, a retry scheduled with
+exponential backoff, or a dead letter -- each written atomically by the
+:class:`~sw_core.pipeline.store.JobStore`, each Redis step retried over connection blips."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import msgpack
+from redis.asyncio import Redis
+
+from sw_core.exceptions import JobError, is_transient
+from sw_core.ops.metrics import record_job_latencies
+from sw_core.pipeline.jobs import Job
+from sw_core.pipeline.store import JobStore
+from sw_core.retry import RetryPolicy, retry_async
+from workers.retry_mover import RetryMover
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+#: Retries of a Redis step that failed on a connection blip (short: the worker lives on).
+_REDIS_RETRY = RetryPolicy(attempts=4, initial_delay_s=0.2, multiplier=2.0, max_delay_s=2.0)
+
+
+class JobOutcomes:
+    """Finishes the jobs of one worker and counts them (``jobs_done``, ``jobs_failed``)."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        store: JobStore,
+        policy: RetryPolicy,
+        retry_mover: RetryMover,
+        name: str,
+    ) -> None:
+        self.redis = redis
+        self.store = store
+        self.policy = policy
+        self.retry_mover = retry_mover
+        self.name = name
+        self.jobs_done = 0
+        self.jobs_failed = 0
+
+    async def finish(self, jobs: list[Job], results: list[Any]) -> None:
+        """Store each result with its ack; failures (exceptions in ``results``) go to
+        :meth:`failed`."""
+        done: list[tuple[Job, bytes]] = []
+        for job, result in zip(jobs, results, strict=True):
+            if isinstance(result, BaseException):
+                await self.failed(job, result)
+                continue
+            try:
+                packed = msgpack.packb(result, use_bin_type=True)
+            except (TypeError, ValueError, OverflowError) as exc:
+                await self.failed(job, JobError(f"the job's result cannot be stored: {exc}"))
+                continue
+            done.append((job, packed))
+        if done:
+            flags = await self.with_retries(
+                lambda: self.store.complete(done, self.name), "store results"
+            )
+            self.jobs_done += sum(flags or [])
+            finished = [job for (job, _), ok in zip(done, flags or [], strict=False) if ok]
+            await record_job_latencies(self.redis, finished, keys=self.store.keys)
+
+    async def failed(self, job: Job, exc: BaseException, *, reason: str | None = None) -> None:
+        """Retry a transient failure with backoff, dead-letter anything else."""
+        self.jobs_failed += 1
+        error_type = type(exc).__name__
+        message = str(exc) or error_type
+        transient = reason is None and is_transient(exc)
+        if transient and job.attempt < self.policy.attempts:
+            delay_s = self.policy.delay_s(job.attempt)
+            log.info(
+                "job %s attempt %d/%d failed (%s: %s); retry in %.2f s",
+                job.job_id,
+                job.attempt,
+                self.policy.attempts,
+                error_type,
+                message,
+                delay_s,
+            )
+            await self.with_retries(
+                lambda: self.store.retry(job, error_type, message, delay_s, self.name),
+                "schedule a retry",
+            )
+            self.retry_mover.wake()
+            return
+        reason = reason or ("retries_exhausted" if transient else "permanent")
+        log.warning(
+            "job %s dead-lettered after attempt %d (%s): %s: %s",
+            job.job_id,
+            job.attempt,
+            reason,
+            error_type,
+            message,
+        )
+        await self.with_retries(
+            lambda: self.store.dead_letter_job(job, error_type, message, reason, self.name),
+            "write a dead letter",
+        )
+
+    async def with_retries(self, call: Callable[[], Awaitable[T]], what: str) -> T | None:
+        """Run a Redis step, retrying connection blips; None when Redis stays away
+        (the entry stays pending and is reclaimed later, so nothing is lost)."""
+        try:
+            return await retry_async(call, _REDIS_RETRY, what=f"worker {self.name}: {what}")
+        except Exception as exc:
+            log.error("worker %s could not %s: %s", self.name, what, exc)
+            return None
