@@ -3,7 +3,7 @@
 All keys start with the configurable prefix (``sw`` by default), so one Redis can host
 several deployments and an ACL can restrict a user to ``~sw:* ~arq:*`` (arq keeps the
 chunk loaders' job state in its own global ``arq:*`` keys). Operators inspect them with
-``redis-cli`` (see the README's key table).
+``redis-cli`` (see the key table in docs/operations.md).
 """
 
 from __future__ import annotations

@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 class RetryPolicy:
     """How often and how patiently to retry a transient failure.
 
-    Defaults follow the original guide: 3 attempts, 1.0 s first delay, doubling.
+    Defaults: 3 attempts, 1.0 s first delay, doubling -- a Redis restart or an S3 blip of a
+    few seconds is ridden out, and a failure that will not pass is reported within ~3 s.
     ``jitter`` is the fraction of each delay drawn at random (0.1 -> +-10 %).
     """
 

@@ -1,6 +1,6 @@
 """The settings table of the operator's guide, generated from :class:`Settings` itself.
 
-``python -m sw_core.settings_doc README.md`` rewrites the table between the
+``python -m sw_core.settings_doc docs/operations.md`` rewrites the table between the
 ``<!-- settings-table:begin -->`` and ``<!-- settings-table:end -->`` markers; a unit test
 fails when the table in the guide differs from what this module generates, so the guide
 cannot drift from the code. A field's meaning comes from :data:`MEANINGS`, else from the
@@ -145,8 +145,8 @@ def table_in(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Rewrite the table in the given Markdown files (default ``README.md``)."""
-    paths = [Path(p) for p in (argv if argv is not None else sys.argv[1:])] or [Path("README.md")]
+    """Rewrite the table in the given Markdown files (default ``docs/operations.md``)."""
+    paths = [Path(p) for p in (argv if argv is not None else sys.argv[1:])] or [Path("docs/operations.md")]
     for path in paths:
         path.write_text(rewrite(path.read_text()))
         print(f"settings table updated in {path}")

@@ -1,4 +1,4 @@
-"""Every ``redis-cli`` command of README.md works as printed on a running system.
+"""Every ``redis-cli`` command of the operator's guide (docs/operations.md) works as printed on a running system.
 
 A real inference worker runs jobs (one completes, one is dead-lettered, chunks land in the
 cache); then each documented command runs through a real ``redis-cli`` binary (PATH, else
@@ -23,11 +23,11 @@ from tests.ops_support import REPO, ops_settings, redis_cli_binary, wait_until, 
 from tests.storage_helpers import make_chunk_set
 
 KEYS = Keys("sw")
-GUIDE = REPO / "README.md"
+GUIDE = REPO / "docs" / "operations.md"
 
 
 def documented_commands() -> list[str]:
-    """``redis-cli`` lines inside the bash blocks of the README's operator's guide."""
+    """``redis-cli`` lines inside the bash blocks of the operator's guide."""
     commands: list[str] = []
     guide = GUIDE.read_text().split("\n# Operator's guide\n", 1)[-1]
     for block in re.findall(r"```bash\n(.*?)```", guide, flags=re.S):

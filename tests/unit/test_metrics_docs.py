@@ -16,7 +16,7 @@ from sw_core.ops.metrics import Histogram
 from sw_core.ops.prometheus import build_metrics
 from sw_core.settings import Settings
 
-GUIDE = Path(__file__).resolve().parents[2] / "README.md"
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def guide() -> str:
 
 def test_settings_table_is_the_generated_one(guide: str) -> None:
     assert settings_doc.table_in(guide) == settings_doc.settings_table(), (
-        "README.md is stale: run `python -m sw_core.settings_doc README.md`"
+        "docs/operations.md is stale: run `python -m sw_core.settings_doc docs/operations.md`"
     )
 
 
@@ -71,7 +71,7 @@ def test_every_redis_key_is_in_the_guide(guide: str) -> None:
     names = key_names()
     assert len(names) >= 20
     missing = {attr: key for attr, key in names.items() if f"`{key}" not in guide}
-    assert not missing, f"keys missing from README.md: {missing}"
+    assert not missing, f"keys missing from docs/operations.md: {missing}"
 
 
 def test_every_error_type_is_in_the_table_with_its_retry_class(guide: str) -> None:
