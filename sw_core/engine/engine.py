@@ -46,6 +46,7 @@ from sw_core.engine.setup import (
     pad_token_id,
     read_chunk_set,
     resolve_device,
+    usable_positions,
 )
 from sw_core.engine.skeleton import Family, Skeleton, load_config
 from sw_core.engine.sources import ChunkSource
@@ -138,9 +139,7 @@ class StreamingEngine:
         self.tokenizer = tokenizer
         self.generation_config = gen_config
         self.pad_id = pad_token_id(tokenizer, gen_config, config)
-        positions = getattr(config, "max_position_embeddings", None) or getattr(
-            config, "n_positions", None
-        )
+        positions = usable_positions(config)
         max_input = settings.max_input_tokens
         if positions is not None:
             max_input = min(max_input, int(positions))
@@ -151,8 +150,7 @@ class StreamingEngine:
             max_new_tokens=settings.max_new_tokens_limit,
             max_positions=int(positions) if positions is not None else None,
         )
-        model = self.skeleton.model
-        has_head = self.family != "encoder" and hasattr(model, "lm_head")
+        has_head = self.family != "encoder" and self.skeleton.structure.head is not None
         self.parser = RequestParser(
             self.limits, tokenizer, has_lm_head=has_head, seq2seq=self.family == "seq2seq"
         )

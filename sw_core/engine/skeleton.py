@@ -14,24 +14,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
+from sw_core.architectures import ARCHITECTURES, Family, check_architecture
+from sw_core.engine.structure import describe
 from sw_core.exceptions import ModelError, SecurityError
 from sw_core.manifest import ChunkInfo, Manifest
 from sw_core.safetensors_io import load_tensors
 
-Family = Literal["encoder", "decoder", "seq2seq"]
-
 #: model_type -> family; the architectures this engine runs and tests.
-SUPPORTED_TYPES: dict[str, Family] = {
-    "bert": "encoder",
-    "gpt2": "decoder",
-    "llama": "decoder",
-    "t5": "seq2seq",
-}
+SUPPORTED_TYPES: dict[str, Family] = {k: a.family for k, a in ARCHITECTURES.items()}
 
 
 @dataclass
@@ -68,12 +63,7 @@ def model_class(manifest: Manifest, config: Any) -> tuple[type[nn.Module], Famil
     import transformers
 
     model_type = str(getattr(config, "model_type", ""))
-    family = SUPPORTED_TYPES.get(model_type)
-    if family is None:
-        raise ModelError(
-            f"model {manifest.name!r}: architecture {model_type!r} is not supported "
-            f"(supported: {', '.join(sorted(SUPPORTED_TYPES))})"
-        )
+    family = check_architecture(model_type, f"model {manifest.name!r}").family
     cls = getattr(transformers, manifest.model_class, None)
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise ModelError(
@@ -99,10 +89,14 @@ class Skeleton:
         self.device = device
         cls, self.family = model_class(manifest, config)
         if hasattr(config, "_attn_implementation") and config._attn_implementation is None:
-            config._attn_implementation = "sdpa"
+            # sdpa where the class has it (Gemma 2 has only eager attention)
+            config._attn_implementation = (
+                "sdpa" if getattr(cls, "_supports_sdpa", False) else "eager"
+            )
         with init_empty_weights(include_buffers=False):
             model = cls(config)
         self.model: nn.Module = model.eval()
+        self.structure = describe(model)
         for module in model.modules():
             for name, buf in list(module._buffers.items()):
                 if buf is not None and not buf.is_meta:
