@@ -14,6 +14,7 @@ transformers, which needs the whole model in memory once).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -258,7 +259,7 @@ def _chunk_folder(
         chunks = _write_chunks(
             plans, _SafetensorsSource(handle_of, file_key_of), shapes, out, progress
         )
-    for side in SIDE_FILES:
+    for side in SIDE_FILES + _sentence_module_files(folder):
         if (folder / side).is_file():
             (out / side).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(folder / side, out / side)
@@ -275,6 +276,21 @@ def _chunk_folder(
         None,
         _main_dtype(shapes),
     )
+
+
+def _sentence_module_files(folder: Path) -> tuple[str, ...]:
+    """Config and safetensors weights of the sentence-transformers modules (``2_Dense/...``)
+    that ``modules.json`` lists in sub-folders; pickled weights are never copied."""
+    try:
+        entries = json.loads((folder / "modules.json").read_text())
+    except (OSError, ValueError):
+        return ()
+    names: list[str] = []
+    for entry in entries if isinstance(entries, list) else []:
+        sub = str(entry.get("path", "")).strip("/") if isinstance(entry, dict) else ""
+        if sub and ".." not in sub.split("/"):
+            names += [f"{sub}/config.json", f"{sub}/model.safetensors"]
+    return tuple(names)
 
 
 def _skeleton_class(folder: Path) -> tuple[type[torch.nn.Module], Any]:
@@ -419,7 +435,7 @@ def _side_files(out: Path) -> list[str]:
         rel = path.relative_to(out).as_posix()
         if (
             path.is_file()
-            and not rel.endswith(".safetensors")
+            and not (rel.endswith(".safetensors") and "/" not in rel)  # chunks are top-level
             and rel != "manifest.json"
             and not path.name.startswith(".")
         ):

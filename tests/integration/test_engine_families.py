@@ -92,3 +92,30 @@ async def test_opt_final_norm_is_scheduled_after_the_blocks(tmp_path: Path) -> N
         assert paths.index("model.decoder.final_layer_norm") > paths.index("model.decoder.layers.2")
     finally:
         engine.close()
+
+
+@pytest.mark.parametrize("mode", list(BUDGETS_MB))
+@pytest.mark.parametrize("kind", ["roberta", "xlm-roberta", "mpnet", "distilbert"])
+async def test_encoder_family_matches_transformers(kind: str, mode: str, tmp_path: Path) -> None:
+    """Encoders: last hidden states within 1e-5, resident and streamed under 1 MiB."""
+    from tests.st_zoo import encoder_model
+
+    model = encoder_model(kind, 4 * VOCAB)  # hidden 32: a 2 MiB embedding matrix
+    manifest = chunk_model(model, tmp_path, name=f"tiny-{kind}", max_chunk_mb=0.25)
+    budget_mb = BUDGETS_MB[mode]
+    engine = await StreamingEngine.open(str(tmp_path), memory_budget_mb=budget_mb, prefetch_count=1)
+    try:
+        assert engine.plan.mode == mode and engine.family == "encoder"
+        if mode == "streaming":
+            assert manifest.total_bytes > budget_mb << 20
+        rows = id_rows(LENGTHS, vocab=4 * VOCAB)
+        ids, mask = padded(rows, engine.pad_id, left=False)
+        hidden = await engine.run_async(
+            "forward", [{"input_ids": r, "output": "hidden"} for r in rows], tensors=True
+        )
+        with torch.inference_mode():
+            expected = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        _close(hidden, expected)
+        assert engine.peak_materialized_bytes <= budget_mb << 20
+    finally:
+        engine.close()
