@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from sw_core.architectures import check_architecture
 from sw_core.chunk_plan import ChunkPlan, block_stacks, numel, plan_chunks, tied_parameters
 from sw_core.exceptions import ModelError
 from sw_core.manifest import ChunkInfo, FileInfo, Manifest
@@ -166,6 +167,7 @@ def _chunk_module(
     config = getattr(model, "config", None)
     if config is None:
         raise ModelError(f"{type(model).__name__} is not a transformers model (no .config)")
+    check_architecture(str(config.model_type), f"cannot chunk {source_label}")
     stacks = block_stacks(model)
     tied = tied_parameters(model)
     state = {k: v for k, v in model.state_dict().items() if k not in tied}
@@ -301,6 +303,7 @@ def _skeleton_class(folder: Path) -> tuple[type[torch.nn.Module], Any]:
         config = AutoConfig.from_pretrained(folder)
     except (OSError, ValueError) as exc:
         raise ModelError(f"{folder}: cannot read config.json: {exc}") from exc
+    check_architecture(str(config.model_type), f"cannot chunk {folder}")
     for arch in config.architectures or []:
         cls = getattr(transformers, arch, None)
         if isinstance(cls, type):
