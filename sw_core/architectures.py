@@ -39,10 +39,13 @@ _ALL = (
     Architecture("gpt2", "decoder"),
     Architecture("llama", "decoder"),
     Architecture("mistral", "decoder"),
+    Architecture("mixtral", "decoder"),
     Architecture("opt", "decoder"),
     Architecture("phi3", "decoder"),
     Architecture("qwen2", "decoder"),
+    Architecture("qwen2_moe", "decoder"),
     Architecture("qwen3", "decoder"),
+    Architecture("qwen3_moe", "decoder"),
     Architecture("t5", "seq2seq"),
 )
 

@@ -78,3 +78,45 @@ def decoder_model(kind: str, seed: int = 0) -> torch.nn.Module:
     """A random-init decoder of family ``kind`` in eval mode, identical for the same seed."""
     torch.manual_seed(seed)
     return DECODERS[kind](decoder_config(kind)).eval()
+
+
+#: Experts per mixture-of-experts layer in the MoE zoo, and how many each token uses.
+EXPERTS = 8
+_MOE: dict[str, Any] = dict(
+    vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+    num_key_value_heads=2, intermediate_size=128, max_position_embeddings=128,
+    bos_token_id=0, eos_token_id=1, pad_token_id=1,
+)  # fmt: skip
+
+
+def moe_config(kind: str) -> transformers.PretrainedConfig:
+    """A tiny mixture-of-experts config: 8 experts of 96 KiB per layer, 2 or 3 per token."""
+    if kind == "mixtral":  # untied head, sliding window
+        return transformers.MixtralConfig(
+            **_MOE, num_local_experts=EXPERTS, num_experts_per_tok=2, sliding_window=WINDOW,
+            tie_word_embeddings=False,
+        )  # fmt: skip
+    if kind == "qwen2_moe":  # plus a shared expert with its gate
+        return transformers.Qwen2MoeConfig(
+            **_MOE, moe_intermediate_size=128, shared_expert_intermediate_size=128,
+            num_experts=EXPERTS, num_experts_per_tok=2, tie_word_embeddings=False,
+        )  # fmt: skip
+    if kind == "qwen3_moe":  # tied head, three experts per token
+        return transformers.Qwen3MoeConfig(
+            **_MOE, head_dim=16, moe_intermediate_size=128, num_experts=EXPERTS,
+            num_experts_per_tok=3, tie_word_embeddings=True,
+        )  # fmt: skip
+    raise ValueError(kind)
+
+
+MOE = {
+    "mixtral": transformers.MixtralForCausalLM,
+    "qwen2_moe": transformers.Qwen2MoeForCausalLM,
+    "qwen3_moe": transformers.Qwen3MoeForCausalLM,
+}
+
+
+def moe_model(kind: str, seed: int = 0) -> torch.nn.Module:
+    """A random-init mixture-of-experts decoder of family ``kind`` in eval mode."""
+    torch.manual_seed(seed)
+    return MOE[kind](moe_config(kind)).eval()

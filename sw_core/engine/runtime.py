@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from sw_core.engine.budget import ResidencyPlan
+from sw_core.engine.experts import StreamedExperts
 from sw_core.engine.residency import Residency
 from sw_core.engine.sharded import ShardedEmbedding, ShardedLinear, _Sharded
 from sw_core.engine.skeleton import Skeleton
@@ -72,8 +73,9 @@ class Runtime:
     def _replace_streamed_matrices(self) -> None:
         model = self.skeleton.model
         name = self.skeleton.manifest.name
+        self._replace_experts()
         for spec in self.skeleton.tensors.values():
-            if not spec.sharded or spec.name in self.plan.merged:
+            if not spec.sharded or spec.experts or spec.name in self.plan.merged:
                 continue
             shape = (spec.shape[0], spec.shape[1])
             for owner in list(spec.owners):
@@ -96,6 +98,19 @@ class Runtime:
                         f"{type(module).__name__}; raise the memory budget so it stays whole"
                     )
                 model.set_submodule(path, new)
+
+    def _replace_experts(self) -> None:
+        """Fused experts modules stored one expert per chunk -> :class:`StreamedExperts`."""
+        groups: dict[str, list[ChunkInfo]] = {}
+        for chunk in self.skeleton.manifest.chunks:
+            if chunk.role == "expert":
+                groups.setdefault(chunk.name.rpartition(".")[0], []).append(chunk)
+        model = self.skeleton.model
+        for path, chunks in groups.items():
+            chunks.sort(key=lambda c: (c.rows or [0])[0])
+            params = {t.rpartition(".")[2]: t for t in chunks[0].tensors}
+            inner = model.get_submodule(path)
+            model.set_submodule(path, StreamedExperts(self.residency, inner, chunks, params))
 
     def _find_units(self) -> list[Unit]:
         skeleton = self.skeleton

@@ -45,6 +45,11 @@ class TensorSpec:
     def sharded(self) -> bool:
         return any(c.rows is not None for c in self.chunks)
 
+    @property
+    def experts(self) -> bool:
+        """A fused experts tensor stored one expert per chunk."""
+        return any(c.role == "expert" for c in self.chunks)
+
 
 def load_config(raw: bytes) -> Any:
     """A transformers config from ``config.json`` bytes."""
@@ -173,7 +178,8 @@ class Skeleton:
         if stray:
             raise ModelError(f"model {name!r}: block chunk {chunk.name!r} holds {stray[0]!r}")
         needed = {prefix + k for k in module.state_dict(keep_vars=True)}
-        missing = sorted(needed - set(chunk.tensors) - set(self.manifest.tied))
+        experts = {t for c in self.manifest.chunks if c.role == "expert" for t in c.tensors}
+        missing = sorted(needed - set(chunk.tensors) - set(self.manifest.tied) - experts)
         if missing:
             raise ModelError(
                 f"model {name!r}: block chunk {chunk.name!r} lacks {len(missing)} tensors, "
@@ -192,7 +198,8 @@ class Skeleton:
                     f"(chunk {chunk.name!r} has rows {rows}, expected to start at {cursor})"
                 )
             cursor = rows[1]
-        if len(spec.shape) != 2 or cursor != spec.shape[0]:
+        dims = 2 if spec.chunks[0].role != "expert" else len(spec.shape)  # experts: [E, ...]
+        if len(spec.shape) != dims or cursor != spec.shape[0]:
             raise ModelError(
                 f"model {name!r}: row shards of {spec.name!r} cover {cursor} rows, "
                 f"the tensor has shape {list(spec.shape)}"
@@ -225,7 +232,7 @@ class Skeleton:
         for spec in self.tensors.values():
             places = [self._places[owner] for owner in spec.owners]
             lookups = [isinstance(m, nn.Embedding) and attr == "weight" for m, attr, _ in places]
-            if spec.sharded and lookups and all(lookups):
+            if spec.sharded and not spec.experts and lookups and all(lookups):
                 names.add(spec.name)
         return frozenset(names)
 
