@@ -138,3 +138,13 @@ def test_planner_counts_a_block_with_one_expert(tmp_path: Path) -> None:
     assert plan.window_bytes >= block.size_bytes + experts[-1].size_bytes
     resident = plan_residency(manifest, 1 << 30, prefetch_count=0)
     assert resident.mode == "resident" and {c.name for c in experts} <= resident.keep
+
+
+def test_expert_chunks_reassemble_the_fused_tensors(tmp_path: Path) -> None:
+    from sw_core.assemble import read_state_dict
+
+    model = moe_model("qwen2_moe")
+    chunk_model(model, tmp_path, max_chunk_mb=0.25)
+    state = read_state_dict(tmp_path)
+    for key in ("model.layers.1.mlp.experts.gate_up_proj", "model.layers.1.mlp.experts.down_proj"):
+        assert torch.equal(state[key], model.state_dict()[key])
