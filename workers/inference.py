@@ -37,7 +37,7 @@ def job_requests(task: str, job: Job) -> list[dict[str, Any]]:
     """The engine requests of one job: one per input, with the job's params."""
     params = dict(job.params)
     if task == "embed":
-        options = {k: params[k] for k in ("normalize",) if k in params}
+        options = {k: params[k] for k in ("normalize", "truncate", "details") if k in params}
         return [{"text": text, **options} for text in job.inputs]
     if task == "forward":
         options = {k: params[k] for k in ("output",) if k in params}

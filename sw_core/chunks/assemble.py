@@ -43,9 +43,9 @@ def read_state_dict(
         tensors = load_tensors(data)
         if set(tensors) != set(chunk.tensors):
             raise SecurityError(f"chunk {chunk.name!r} holds other tensors than its manifest lists")
-        if chunk.rows is not None:
-            (name,) = chunk.tensors
-            shards.setdefault(name, []).append((chunk.rows[0], tensors[name]))
+        if chunk.rows is not None:  # row shards: one tensor; experts: every fused tensor
+            for name in chunk.tensors:
+                shards.setdefault(name, []).append((chunk.rows[0], tensors[name]))
         else:
             state.update(tensors)
     for name, parts in shards.items():

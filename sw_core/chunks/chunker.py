@@ -14,6 +14,7 @@ transformers, which needs the whole model in memory once).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -26,6 +27,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from sw_core.architectures import check_architecture
 from sw_core.chunks.manifest import ChunkInfo, FileInfo, Manifest
 from sw_core.chunks.plan import ChunkPlan, block_stacks, numel, plan_chunks, tied_parameters
 from sw_core.exceptions import ModelError
@@ -165,6 +167,7 @@ def _chunk_module(
     config = getattr(model, "config", None)
     if config is None:
         raise ModelError(f"{type(model).__name__} is not a transformers model (no .config)")
+    check_architecture(str(config.model_type), f"cannot chunk {source_label}")
     stacks = block_stacks(model)
     tied = tied_parameters(model)
     state = {k: v for k, v in model.state_dict().items() if k not in tied}
@@ -258,7 +261,7 @@ def _chunk_folder(
         chunks = _write_chunks(
             plans, _SafetensorsSource(handle_of, file_key_of), shapes, out, progress
         )
-    for side in SIDE_FILES:
+    for side in SIDE_FILES + _sentence_module_files(folder):
         if (folder / side).is_file():
             (out / side).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(folder / side, out / side)
@@ -277,6 +280,21 @@ def _chunk_folder(
     )
 
 
+def _sentence_module_files(folder: Path) -> tuple[str, ...]:
+    """Config and safetensors weights of the sentence-transformers modules (``2_Dense/...``)
+    that ``modules.json`` lists in sub-folders; pickled weights are never copied."""
+    try:
+        entries = json.loads((folder / "modules.json").read_text())
+    except (OSError, ValueError):
+        return ()
+    names: list[str] = []
+    for entry in entries if isinstance(entries, list) else []:
+        sub = str(entry.get("path", "")).strip("/") if isinstance(entry, dict) else ""
+        if sub and ".." not in sub.split("/"):
+            names += [f"{sub}/config.json", f"{sub}/model.safetensors"]
+    return tuple(names)
+
+
 def _skeleton_class(folder: Path) -> tuple[type[torch.nn.Module], Any]:
     import transformers
     from transformers import AutoConfig
@@ -285,6 +303,7 @@ def _skeleton_class(folder: Path) -> tuple[type[torch.nn.Module], Any]:
         config = AutoConfig.from_pretrained(folder)
     except (OSError, ValueError) as exc:
         raise ModelError(f"{folder}: cannot read config.json: {exc}") from exc
+    check_architecture(str(config.model_type), f"cannot chunk {folder}")
     for arch in config.architectures or []:
         cls = getattr(transformers, arch, None)
         if isinstance(cls, type):
@@ -419,7 +438,7 @@ def _side_files(out: Path) -> list[str]:
         rel = path.relative_to(out).as_posix()
         if (
             path.is_file()
-            and not rel.endswith(".safetensors")
+            and not (rel.endswith(".safetensors") and "/" not in rel)  # chunks are top-level
             and rel != "manifest.json"
             and not path.name.startswith(".")
         ):

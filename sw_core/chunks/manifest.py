@@ -23,7 +23,8 @@ MAX_MANIFEST_BYTES = 16 << 20
 #: Largest non-chunk file of a chunk set (config, tokenizer) a reader accepts.
 MAX_FILE_BYTES = 64 << 20
 
-Role = Literal["embeddings", "block", "head"]
+#: ``expert``: one expert of a mixture-of-experts block (its rows of the fused expert tensors).
+Role = Literal["embeddings", "block", "head", "expert"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class ChunkInfo:
     param_bytes: int = 0
     #: Row shard of one large 2-D tensor (embedding matrix, untied head): the chunk holds
     #: rows ``[rows[0], rows[1])`` of its single tensor, under the tensor's full name.
+    #: For an ``expert`` chunk: experts ``[rows[0], rows[1])`` of every fused expert tensor
+    #: it lists (dim 0 is the expert index); ``stack``/``index`` name its block.
     rows: list[int] | None = None
 
 

@@ -74,21 +74,54 @@ def plan_chunks(
     embeddings = ChunkPlan("embeddings", "embeddings")
     head = ChunkPlan("head", "head")
     seen_block = False
+    experts: dict[str, list[str]] = {}  # block name -> its fused expert tensors
     for key in ordered_keys:
         owner = _block_of(key, stacks)
         if owner is not None:
             stack, index = owner
             name = f"{stack}.{index}"
             plan = blocks.setdefault(name, ChunkPlan(name, "block", stack=stack, index=index))
-            plan.tensors.append(key)
+            if is_fused_expert(key, shapes[key][0]):
+                experts.setdefault(name, []).append(key)
+            else:
+                plan.tensors.append(key)
             seen_block = True
         else:
             (head if seen_block else embeddings).tensors.append(key)
     out: list[ChunkPlan] = []
     out += _shard_role(embeddings, shapes, max_chunk_bytes)
-    out += list(blocks.values())
+    for name, plan in blocks.items():
+        out.append(plan)
+        out += _expert_plans(plan, experts.get(name, []), shapes)
     out += _shard_role(head, shapes, max_chunk_bytes)
     return out
+
+
+def is_fused_expert(key: str, shape: list[int]) -> bool:
+    """A parameter of a fused experts module (``...mlp.experts.gate_up_proj`` of shape
+    ``[num_experts, ...]``, as transformers 5 stores mixture-of-experts weights)."""
+    module, _, _ = key.rpartition(".")
+    return module.rsplit(".", 1)[-1] == "experts" and len(shape) >= 2
+
+
+def _expert_plans(
+    block: ChunkPlan, keys: list[str], shapes: dict[str, tuple[list[int], torch.dtype]]
+) -> list[ChunkPlan]:
+    """One ``expert`` chunk per expert of each experts module of ``block``: rows ``[e, e+1)``
+    of every fused tensor of that module."""
+    modules: dict[str, list[str]] = {}
+    for key in keys:
+        modules.setdefault(key.rpartition(".")[0], []).append(key)
+    plans: list[ChunkPlan] = []
+    for module, tensors in modules.items():
+        counts = {shapes[k][0][0] for k in tensors}
+        if len(counts) != 1:
+            raise ModelError(f"{module}: fused expert tensors disagree on the expert count")
+        for e in range(counts.pop()):
+            plan = ChunkPlan(f"{module}.{e}", "expert", list(tensors), rows=[e, e + 1])
+            plan.stack, plan.index = block.stack, block.index
+            plans.append(plan)
+    return plans
 
 
 def _block_of(key: str, stacks: list[str]) -> tuple[str, int] | None:

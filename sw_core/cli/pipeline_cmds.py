@@ -175,6 +175,7 @@ def _register(args: argparse.Namespace) -> int:
     async def run() -> tuple[str, str]:
         from redis.asyncio import Redis
 
+        from sw_core.architectures import check_architecture
         from sw_core.chunks.pin import pin_location
         from sw_core.pipeline.registry import ModelRegistry
         from sw_core.storage.location import check_location
@@ -186,6 +187,7 @@ def _register(args: argparse.Namespace) -> int:
         if not args.no_check:
             location = check_location(location, must_exist=True)
             manifest, raw = await _read_manifest(location, settings)
+            check_architecture(manifest.architecture, f"chunk set {manifest.name!r} at {location}")
             about = (
                 f" (chunk set {manifest.name!r}: {len(manifest.chunks)} chunks, "
                 f"{human_bytes(manifest.total_bytes)})"

@@ -16,6 +16,11 @@ A sharded tensor that is only ever looked up (``lookup_only``: an embedding matr
 to an output head) is never concatenated: where the rules above would keep it whole, its
 shards are kept instead and lookups gather rows from them. That costs the same memory, no
 copy, and no shard of room to concatenate through.
+Mixture-of-experts blocks store each expert as its own ``expert`` chunk, fetched on demand
+when the router sends a token to it (only while its block is held): the window and the
+smallest budget count a block plus one of its experts; experts are kept only with room
+left once every block is kept.
+
 3. A budget smaller than the kept small chunks plus the largest streamed chunk cannot run
    the model at all: :class:`~sw_core.exceptions.ModelError` naming that chunk, its size
    and the budget.
@@ -64,7 +69,7 @@ def sharded_tensors(manifest: Manifest) -> dict[str, list[ChunkInfo]]:
     """Canonical tensor name -> its row-shard chunks, ordered by first row."""
     groups: dict[str, list[ChunkInfo]] = defaultdict(list)
     for chunk in manifest.chunks:
-        if chunk.rows is not None:
+        if chunk.rows is not None and chunk.role != "expert":
             if len(chunk.tensors) != 1:
                 raise ModelError(
                     f"model {manifest.name!r}: row-shard chunk {chunk.name!r} must hold exactly "
@@ -98,27 +103,28 @@ def plan_residency(
     shards = sharded_tensors(manifest)
     lookups = frozenset(lookup_only) & frozenset(shards)
     blocks = [c for c in manifest.chunks if c.role == "block"]
-    small = [c for c in manifest.chunks if c.role != "block" and c.rows is None]
+    experts = [c for c in manifest.chunks if c.role == "expert"]
+    small = [c for c in manifest.chunks if c.role not in ("block", "expert") and c.rows is None]
     pinned = sum(c.size_bytes for c in small)
     to_merge = [group for name, group in shards.items() if name not in lookups]
     merge_room = max((c.size_bytes for group in to_merge for c in group), default=0)
     whole = sum(_whole_bytes(name, group, lookups) for name, group in shards.items())
 
-    resident_bytes = pinned + sum(c.size_bytes for c in blocks) + whole + merge_room
+    resident_bytes = pinned + sum(c.size_bytes for c in blocks + experts) + whole + merge_room
     if resident_bytes <= budget_bytes:
         kept_shards = [c for name in lookups for c in shards[name]]
         return ResidencyPlan(
             mode="resident",
             budget_bytes=budget_bytes,
-            keep=frozenset(c.name for c in small + blocks + kept_shards),
+            keep=frozenset(c.name for c in small + blocks + experts + kept_shards),
             merged=frozenset(shards) - lookups,
-            min_bytes=_min_bytes(pinned, blocks, shards),
+            min_bytes=_min_bytes(pinned, blocks, shards, experts),
             window_bytes=merge_room,
         )
 
-    streamed = blocks + [c for group in shards.values() for c in group]
+    streamed = blocks + experts + [c for group in shards.values() for c in group]
     largest = max(streamed, key=lambda c: c.size_bytes, default=None)
-    min_bytes = _min_bytes(pinned, blocks, shards)
+    min_bytes = _min_bytes(pinned, blocks, shards, experts)
     if budget_bytes < min_bytes:
         what = (
             f"chunk {largest.name!r} is {mib(largest.size_bytes):.1f} MiB"
@@ -131,7 +137,7 @@ def plan_residency(
             f"it needs at least {mib(min_bytes):.1f} MiB (raise SW_MEMORY_BUDGET_MB, or re-chunk "
             "with a smaller max_chunk_mb)"
         )
-    step = largest.size_bytes if largest is not None else 0
+    step = min_bytes - pinned  # the largest streamed chunk (a block with one expert)
     window = min(step * (1 + max(prefetch_count, 0)), budget_bytes - pinned)
     leftover = budget_bytes - pinned - window
     merged: set[str] = set()
@@ -149,6 +155,12 @@ def plan_residency(
             break
         keep.add(chunk.name)
         leftover -= chunk.size_bytes
+    if all(c.name in keep for c in blocks):
+        for chunk in experts:  # fetched on demand; whatever room is left keeps some
+            if chunk.size_bytes > leftover:
+                break
+            keep.add(chunk.name)
+            leftover -= chunk.size_bytes
     return ResidencyPlan(
         mode="streaming",
         budget_bytes=budget_bytes,
@@ -164,6 +176,18 @@ def _whole_bytes(name: str, group: list[ChunkInfo], lookups: frozenset[str]) -> 
     return sum(c.size_bytes for c in group) if name in lookups else merged_bytes(group)
 
 
-def _min_bytes(pinned: int, blocks: list[ChunkInfo], shards: dict[str, list[ChunkInfo]]) -> int:
-    streamed = [c.size_bytes for c in blocks] + [c.size_bytes for g in shards.values() for c in g]
+def _min_bytes(
+    pinned: int,
+    blocks: list[ChunkInfo],
+    shards: dict[str, list[ChunkInfo]],
+    experts: list[ChunkInfo],
+) -> int:
+    """Kept chunks plus the largest streamed step: a row shard, or a block together with
+    one of its experts (an expert runs while its block is held)."""
+    largest_expert: dict[tuple[str | None, int | None], int] = {}
+    for c in experts:
+        key = (c.stack, c.index)
+        largest_expert[key] = max(largest_expert.get(key, 0), c.size_bytes)
+    streamed = [c.size_bytes + largest_expert.get((c.stack, c.index), 0) for c in blocks]
+    streamed += [c.size_bytes for g in shards.values() for c in g]
     return pinned + max(streamed, default=0)

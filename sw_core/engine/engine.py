@@ -39,6 +39,7 @@ from sw_core.engine.inputs import (
 )
 from sw_core.engine.loop import LoopThread
 from sw_core.engine.memory import limit_heap_retention
+from sw_core.engine.pooling import SentencePipeline, read_pipeline
 from sw_core.engine.residency import Residency, Tensors
 from sw_core.engine.runtime import Runtime
 from sw_core.engine.setup import (
@@ -47,6 +48,7 @@ from sw_core.engine.setup import (
     pad_token_id,
     read_chunk_set,
     resolve_device,
+    usable_positions,
 )
 from sw_core.engine.skeleton import Family, Skeleton, load_config
 from sw_core.engine.sources import ChunkSource
@@ -86,6 +88,8 @@ class StreamingEngine:
         self.skeleton: Skeleton
         self.tokenizer: Any = None
         self.generation_config: Any = None
+        #: What ``embed`` runs after the model (sentence-transformers modules or defaults).
+        self.sentence = SentencePipeline()
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -111,6 +115,7 @@ class StreamingEngine:
         tokenizer_files = {k: v for k, v in files.items() if k != "config.json"}
         tokenizer = await asyncio.to_thread(load_tokenizer, tokenizer_files)
         generation_config = load_generation_config(files.get("generation_config.json"), config)
+        self.sentence = read_pipeline(files, tokenizer)
         await asyncio.to_thread(self._build, manifest, config, tokenizer, generation_config)
         return self
 
@@ -138,9 +143,7 @@ class StreamingEngine:
         self.tokenizer = tokenizer
         self.generation_config = gen_config
         self.pad_id = pad_token_id(tokenizer, gen_config, config)
-        positions = getattr(config, "max_position_embeddings", None) or getattr(
-            config, "n_positions", None
-        )
+        positions = usable_positions(config)
         max_input = settings.max_input_tokens
         if positions is not None:
             max_input = min(max_input, int(positions))
@@ -151,10 +154,13 @@ class StreamingEngine:
             max_new_tokens=settings.max_new_tokens_limit,
             max_positions=int(positions) if positions is not None else None,
         )
-        model = self.skeleton.model
-        has_head = self.family != "encoder" and hasattr(model, "lm_head")
+        has_head = self.family != "encoder" and self.skeleton.structure.head is not None
         self.parser = RequestParser(
-            self.limits, tokenizer, has_lm_head=has_head, seq2seq=self.family == "seq2seq"
+            self.limits,
+            tokenizer,
+            has_lm_head=has_head,
+            seq2seq=self.family == "seq2seq",
+            embed_max_tokens=self.sentence.max_seq_length,
         )
         self._loaded = True
 
@@ -350,6 +356,7 @@ class StreamingEngine:
         info: dict[str, Any] = {
             "model": self.name,
             "mode": self.plan.mode,
+            "embed_pooling": self.sentence.describe(),
             "device": str(self.device),
             "hits": stats.hits,
             "misses": stats.misses,

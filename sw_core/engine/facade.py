@@ -102,13 +102,18 @@ class StreamingModel:
         return results
 
     # ---------------------------------------------------------------- tasks
-    async def embed_async(self, texts: str | list[str]) -> list[float] | list[list[float]]:
-        """Mean-pooled, L2-normalized sentence embeddings (one list per text)."""
+    async def embed_async(
+        self, texts: str | list[str], *, truncate: bool = True
+    ) -> list[float] | list[list[float]]:
+        """Sentence embeddings (one list per text), pooled as the model's sentence-transformers
+        modules say (mean + L2 norm without them); ``truncate=False`` refuses texts longer
+        than ``max_seq_length`` instead of cutting them."""
         single = isinstance(texts, str)
         batch = [texts] if single else texts
         if not isinstance(batch, list):
             raise ModelError(f"texts must be a string or a list of strings, got {type(texts)}")
-        results = [r.tolist() for r in await self._run("embed", [{"text": t} for t in batch])]
+        requests = [{"text": t, "truncate": truncate} for t in batch]
+        results = [r.tolist() for r in await self._run("embed", requests)]
         return results[0] if single else results
 
     async def generate_async(

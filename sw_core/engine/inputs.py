@@ -2,8 +2,11 @@
 
 Every task takes a list of request dicts (msgpack-friendly). Fields:
 
-- ``embed``: ``text`` (str) or ``input_ids`` (list of int); ``normalize`` (bool, default
-  true).
+- ``embed``: ``text`` (str) or ``input_ids`` (list of int); ``normalize`` (bool, default:
+  what the model's sentence-transformers modules say, true without them); ``truncate`` (bool,
+  default true: inputs longer than the model's ``max_seq_length`` are cut there, as
+  sentence-transformers does; false refuses them); ``details`` (bool, default false: return
+  ``{"embedding", "pooling", "tokens", "truncated"}`` instead of the bare vector).
 - ``forward``: ``input_ids`` or ``text``; ``output`` ("hidden" or "logits"; default logits
   for models with an LM head, else hidden); ``positions`` ("all" or "last");
   ``decoder_input_ids`` (T5 only; default: the decoder start token).
@@ -32,7 +35,7 @@ TASKS = ("embed", "forward", "generate")
 #: Request fields that describe the job rather than the input; accepted and ignored.
 META_FIELDS = frozenset({"model", "task", "id", "job_id"})
 _FIELDS: dict[str, frozenset[str]] = {
-    "embed": frozenset({"text", "input_ids", "normalize"}),
+    "embed": frozenset({"text", "input_ids", "normalize", "truncate", "details"}),
     "forward": frozenset({"text", "input_ids", "output", "positions", "decoder_input_ids"}),
     "generate": frozenset(
         {"text", "messages", "input_ids", "max_new_tokens", "temperature", "top_k", "top_p"}
@@ -66,7 +69,11 @@ class Limits:
 @dataclass
 class EmbedRequest:
     ids: list[int]
-    normalize: bool = True
+    #: None: as the model's modules say.
+    normalize: bool | None = None
+    details: bool = False
+    #: The input was cut to ``max_seq_length``.
+    truncated: bool = False
 
 
 @dataclass
@@ -107,17 +114,37 @@ def load_tokenizer(files: dict[str, bytes]) -> Any:
 class RequestParser:
     """Turns request dicts into validated token-id requests for one model."""
 
-    def __init__(self, limits: Limits, tokenizer: Any, *, has_lm_head: bool, seq2seq: bool):
+    def __init__(
+        self,
+        limits: Limits,
+        tokenizer: Any,
+        *,
+        has_lm_head: bool,
+        seq2seq: bool,
+        embed_max_tokens: int | None = None,
+    ):
         self.limits = limits
         self.tokenizer = tokenizer
         self.has_lm_head = has_lm_head
         self.seq2seq = seq2seq
+        #: sentence-transformers' ``max_seq_length``: embed inputs are cut there by default.
+        self.embed_max_tokens = embed_max_tokens
 
     # ---------------------------------------------------------------- tasks
     def embed(self, req: Any) -> EmbedRequest:
         req = self._fields("embed", req)
-        ids = self._ids(req, chat=False)
-        return EmbedRequest(ids, normalize=_bool(req, "normalize", True))
+        normalize = _bool(req, "normalize", True) if "normalize" in req else None
+        details = _bool(req, "details", False)
+        cut = self.embed_max_tokens if _bool(req, "truncate", True) else None
+        if cut is None:
+            return EmbedRequest(self._ids(req, chat=False), normalize, details)
+        cut = min(cut, self.limits.max_input_tokens)
+        ids = self._ids(req, chat=False, max_length=cut)
+        if len(ids) <= cut:
+            return EmbedRequest(ids, normalize, details)
+        if "text" in req:  # as sentence-transformers: the tokenizer cuts, special tokens stay
+            ids = list(self.tokenizer(req["text"], truncation=True, max_length=cut)["input_ids"])
+        return EmbedRequest(ids[:cut], normalize, details, truncated=True)
 
     def forward(self, req: Any) -> ForwardRequest:
         req = self._fields("forward", req)
@@ -192,7 +219,9 @@ class RequestParser:
             )
         return req
 
-    def _ids(self, req: dict[str, Any], *, chat: bool) -> list[int]:
+    def _ids(self, req: dict[str, Any], *, chat: bool, max_length: int | None = None) -> list[int]:
+        """Token ids of the request; with ``max_length`` the input limit is not checked (the
+        caller cuts the ids to ``max_length``)."""
         given = [k for k in ("text", "messages", "input_ids") if k in req]
         if len(given) != 1:
             allowed = "'text', 'messages' or 'input_ids'" if chat else "'text' or 'input_ids'"
@@ -203,6 +232,8 @@ class RequestParser:
         else:
             ids = self._tokenize(req[key], key, chat=chat)
         limit = self.limits.max_input_tokens
+        if max_length is not None:
+            return ids
         if len(ids) > limit:
             raise ModelError(
                 f"input has {len(ids)} tokens; model {self.limits.model!r} accepts at most "

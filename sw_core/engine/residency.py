@@ -188,6 +188,14 @@ class Residency:
             self._cursor = -1
             self._pump()
 
+    def schedule_next(self, chunks: list[ChunkInfo]) -> None:
+        """Insert ``chunks`` right after the current position of the schedule (the experts
+        a router just chose) and start prefetching them."""
+        with self._lock:
+            at = self._cursor + 1
+            self._schedule[at:at] = chunks
+            self._pump()
+
     def cancel(self) -> None:
         """Make a waiting :meth:`acquire` raise; the run unwinds and releases its chunks."""
         self._cancel.set()

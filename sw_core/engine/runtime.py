@@ -9,8 +9,8 @@ still on ``meta``, and a forward hook (``always_call``, so errors release too) t
 releases them. Row-sharded matrices are either concatenated once and kept (when the plan
 says so) or served by :mod:`~sw_core.engine.sharded` modules that stream shard by shard.
 
-Units are listed in module registration order, which for the supported families is the
-order they run in; :meth:`Runtime.schedule` turns them into the chunk order the prefetcher
+Units are listed in module registration order, corrected where the model's structure says
+otherwise (a final norm registered before its blocks, as in OPT); :meth:`Runtime.schedule` turns them into the chunk order the prefetcher
 follows.
 """
 
@@ -27,6 +27,7 @@ from torch import nn
 
 from sw_core.chunks.manifest import ChunkInfo
 from sw_core.engine.budget import ResidencyPlan
+from sw_core.engine.experts import StreamedExperts
 from sw_core.engine.residency import Residency
 from sw_core.engine.sharded import ShardedEmbedding, ShardedLinear, _Sharded
 from sw_core.engine.skeleton import Skeleton
@@ -59,7 +60,7 @@ class Runtime:
         self.merged: dict[str, torch.Tensor] = {}
         self._replace_streamed_matrices()
         skeleton.refresh_places()
-        self.units = self._find_units()
+        self.units = _run_order(self._find_units(), skeleton.structure.final_norms)
         self._handles: list[Any] = []
         for unit in self.units:
             if unit.sharded is None:
@@ -72,8 +73,9 @@ class Runtime:
     def _replace_streamed_matrices(self) -> None:
         model = self.skeleton.model
         name = self.skeleton.manifest.name
+        self._replace_experts()
         for spec in self.skeleton.tensors.values():
-            if not spec.sharded or spec.name in self.plan.merged:
+            if not spec.sharded or spec.experts or spec.name in self.plan.merged:
                 continue
             shape = (spec.shape[0], spec.shape[1])
             for owner in list(spec.owners):
@@ -83,10 +85,10 @@ class Runtime:
                     raise ModelError(
                         f"model {name!r}: cannot stream sharded tensor {owner!r} (not a weight)"
                     )
-                if isinstance(module, nn.Embedding):
+                if isinstance(module, nn.Embedding) and _plain_lookup(module):
                     new: nn.Module = ShardedEmbedding(
                         self.residency, spec.name, spec.chunks, shape, spec.dtype,
-                        padding_idx=module.padding_idx,
+                        padding_idx=module.padding_idx, scale=module._buffers.get("embed_scale"),
                     )  # fmt: skip
                 elif isinstance(module, nn.Linear) and module.bias is None:
                     new = ShardedLinear(self.residency, spec.name, spec.chunks, shape, spec.dtype)
@@ -96,6 +98,19 @@ class Runtime:
                         f"{type(module).__name__}; raise the memory budget so it stays whole"
                     )
                 model.set_submodule(path, new)
+
+    def _replace_experts(self) -> None:
+        """Fused experts modules stored one expert per chunk -> :class:`StreamedExperts`."""
+        groups: dict[str, list[ChunkInfo]] = {}
+        for chunk in self.skeleton.manifest.chunks:
+            if chunk.role == "expert":
+                groups.setdefault(chunk.name.rpartition(".")[0], []).append(chunk)
+        model = self.skeleton.model
+        for path, chunks in groups.items():
+            chunks.sort(key=lambda c: (c.rows or [0])[0])
+            params = {t.rpartition(".")[2]: t for t in chunks[0].tensors}
+            inner = model.get_submodule(path)
+            model.set_submodule(path, StreamedExperts(self.residency, inner, chunks, params))
 
     def _find_units(self) -> list[Unit]:
         skeleton = self.skeleton
@@ -256,6 +271,29 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
         return torch.empty(shape, dtype=dtype)
     # numpy asks for huge pages on big buffers (as sw_core.cache.allocate_buffer does)
     return torch.frombuffer(memoryview(np.empty(n_bytes, dtype=np.uint8)), dtype=dtype).view(shape)
+
+
+def _plain_lookup(module: nn.Embedding) -> bool:
+    """A lookup that :class:`ShardedEmbedding` reproduces: ``nn.Embedding``'s own forward,
+    or Gemma's scaled embedding (the lookup times ``embed_scale``)."""
+    if type(module).forward is nn.Embedding.forward:
+        return True
+    return isinstance(module._buffers.get("embed_scale"), torch.Tensor)
+
+
+def _run_order(units: list[Unit], final_norms: dict[str, str]) -> list[Unit]:
+    """Units in the order they run: a final norm registered before its block list moves
+    right after that list's last block."""
+    moved = [u for u in units if u.path in final_norms]
+    order = [u for u in units if u.path not in final_norms]
+    for unit in moved:
+        stack = final_norms[unit.path]
+        last = max(
+            (i for i, u in enumerate(order) if u.is_block and _under(u.path, (stack,))),
+            default=len(order) - 1,
+        )
+        order.insert(last + 1, unit)
+    return order
 
 
 def _under(path: str, prefixes: tuple[str, ...]) -> bool:

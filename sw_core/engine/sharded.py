@@ -83,10 +83,13 @@ class ShardedEmbedding(_Sharded):
         shape: tuple[int, int],
         dtype: torch.dtype,
         padding_idx: int | None = None,
+        scale: torch.Tensor | None = None,
     ) -> None:
         super().__init__(access, tensor, shards, shape, dtype)
         self.num_embeddings, self.embedding_dim = shape
         self.padding_idx = padding_idx
+        #: Gemma's scaled embeddings multiply the looked-up rows by this (cast to the dtype).
+        self.scale = scale
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         flat = ids.reshape(-1)
@@ -116,6 +119,8 @@ class ShardedEmbedding(_Sharded):
                 self.access.release(shard)
         if out is None:
             out = torch.empty(0, self.cols, dtype=self.dtype, device=ids.device)
+        if self.scale is not None:
+            out = out * self.scale.to(out.dtype)
         return out.view(*ids.shape, self.cols)
 
 

@@ -14,24 +14,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
+from sw_core.architectures import ARCHITECTURES, Family, check_architecture
 from sw_core.chunks.manifest import ChunkInfo, Manifest
 from sw_core.chunks.safetensors_io import load_tensors
+from sw_core.engine.structure import describe
 from sw_core.exceptions import ModelError, SecurityError
 
-Family = Literal["encoder", "decoder", "seq2seq"]
-
 #: model_type -> family; the architectures this engine runs and tests.
-SUPPORTED_TYPES: dict[str, Family] = {
-    "bert": "encoder",
-    "gpt2": "decoder",
-    "llama": "decoder",
-    "t5": "seq2seq",
-}
+SUPPORTED_TYPES: dict[str, Family] = {k: a.family for k, a in ARCHITECTURES.items()}
 
 
 @dataclass
@@ -49,6 +44,11 @@ class TensorSpec:
     @property
     def sharded(self) -> bool:
         return any(c.rows is not None for c in self.chunks)
+
+    @property
+    def experts(self) -> bool:
+        """A fused experts tensor stored one expert per chunk."""
+        return any(c.role == "expert" for c in self.chunks)
 
 
 def load_config(raw: bytes) -> Any:
@@ -68,12 +68,7 @@ def model_class(manifest: Manifest, config: Any) -> tuple[type[nn.Module], Famil
     import transformers
 
     model_type = str(getattr(config, "model_type", ""))
-    family = SUPPORTED_TYPES.get(model_type)
-    if family is None:
-        raise ModelError(
-            f"model {manifest.name!r}: architecture {model_type!r} is not supported "
-            f"(supported: {', '.join(sorted(SUPPORTED_TYPES))})"
-        )
+    family = check_architecture(model_type, f"model {manifest.name!r}").family
     cls = getattr(transformers, manifest.model_class, None)
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise ModelError(
@@ -99,10 +94,14 @@ class Skeleton:
         self.device = device
         cls, self.family = model_class(manifest, config)
         if hasattr(config, "_attn_implementation") and config._attn_implementation is None:
-            config._attn_implementation = "sdpa"
+            # sdpa where the class has it (Gemma 2 has only eager attention)
+            config._attn_implementation = (
+                "sdpa" if getattr(cls, "_supports_sdpa", False) else "eager"
+            )
         with init_empty_weights(include_buffers=False):
             model = cls(config)
         self.model: nn.Module = model.eval()
+        self.structure = describe(model)
         for module in model.modules():
             for name, buf in list(module._buffers.items()):
                 if buf is not None and not buf.is_meta:
@@ -179,7 +178,8 @@ class Skeleton:
         if stray:
             raise ModelError(f"model {name!r}: block chunk {chunk.name!r} holds {stray[0]!r}")
         needed = {prefix + k for k in module.state_dict(keep_vars=True)}
-        missing = sorted(needed - set(chunk.tensors) - set(self.manifest.tied))
+        experts = {t for c in self.manifest.chunks if c.role == "expert" for t in c.tensors}
+        missing = sorted(needed - set(chunk.tensors) - set(self.manifest.tied) - experts)
         if missing:
             raise ModelError(
                 f"model {name!r}: block chunk {chunk.name!r} lacks {len(missing)} tensors, "
@@ -198,7 +198,8 @@ class Skeleton:
                     f"(chunk {chunk.name!r} has rows {rows}, expected to start at {cursor})"
                 )
             cursor = rows[1]
-        if len(spec.shape) != 2 or cursor != spec.shape[0]:
+        dims = 2 if spec.chunks[0].role != "expert" else len(spec.shape)  # experts: [E, ...]
+        if len(spec.shape) != dims or cursor != spec.shape[0]:
             raise ModelError(
                 f"model {name!r}: row shards of {spec.name!r} cover {cursor} rows, "
                 f"the tensor has shape {list(spec.shape)}"
@@ -231,7 +232,7 @@ class Skeleton:
         for spec in self.tensors.values():
             places = [self._places[owner] for owner in spec.owners]
             lookups = [isinstance(m, nn.Embedding) and attr == "weight" for m, attr, _ in places]
-            if spec.sharded and lookups and all(lookups):
+            if spec.sharded and not spec.experts and lookups and all(lookups):
                 names.add(spec.name)
         return frozenset(names)
 

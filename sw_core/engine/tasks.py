@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional
 
 from sw_core.engine.inputs import EmbedRequest, ForwardRequest, pad
+from sw_core.engine.pooling import SentencePipeline
 from sw_core.engine.skeleton import Family
 
 
@@ -25,6 +26,7 @@ class PassContext(Protocol):
     family: Family
     device: torch.device
     pad_id: int
+    sentence: SentencePipeline
 
     def begin_pass(self, prefixes: tuple[str, ...] | None, ids: torch.Tensor | None) -> None: ...
 
@@ -60,12 +62,31 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return summed / torch.clamp(weights.sum(dim=1), min=1e-9)
 
 
-def run_embed(ctx: PassContext, requests: list[EmbedRequest]) -> list[torch.Tensor]:
-    """Mean-pooled (and by default L2-normalized) sentence embeddings, (D,) each on CPU."""
+def run_embed(ctx: PassContext, requests: list[EmbedRequest]) -> list[Any]:
+    """Sentence embeddings as the model's sentence-transformers modules make them (pooling,
+    Dense layers, Normalize; mean + L2 norm without them): (E,) each on CPU, or with
+    ``details`` a dict that also says which pooling ran."""
     hidden, mask = encode(ctx, [r.ids for r in requests])
-    pooled = mean_pool(hidden.float(), mask)
+    pipeline = ctx.sentence
+    pooled = pipeline.apply(hidden.float(), mask, normalize=False)
     normalized = functional.normalize(pooled, p=2, dim=1)
-    return [(normalized[i] if r.normalize else pooled[i]).cpu() for i, r in enumerate(requests)]
+    results: list[Any] = []
+    for i, req in enumerate(requests):
+        norm = pipeline.normalize if req.normalize is None else req.normalize
+        vector = (normalized[i] if norm else pooled[i]).cpu()
+        if not req.details:
+            results.append(vector)
+            continue
+        results.append(
+            {
+                "embedding": vector.tolist(),
+                "pooling": pipeline.describe(norm),
+                "modules": pipeline.origin,
+                "tokens": len(req.ids),
+                "truncated": req.truncated,
+            }
+        )
+    return results
 
 
 def run_forward(ctx: PassContext, requests: list[ForwardRequest]) -> list[torch.Tensor]:

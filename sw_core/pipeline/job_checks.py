@@ -45,7 +45,11 @@ class ParamSpec:
 
 #: Parameters each task accepts; anything else is refused.
 PARAM_SCHEMAS: dict[str, dict[str, ParamSpec]] = {
-    "embed": {"normalize": ParamSpec(bool)},
+    "embed": {
+        "normalize": ParamSpec(bool),
+        "truncate": ParamSpec(bool),
+        "details": ParamSpec(bool),
+    },
     "generate": {
         "max_new_tokens": ParamSpec(int, low=1, high_setting="max_new_tokens_limit"),
         "do_sample": ParamSpec(bool),

@@ -145,7 +145,8 @@ async def test_facade_checks_the_family_and_bad_inputs(
         with pytest.raises(ModelError, match="cannot generate"):
             await bert.generate_async("hello")
         with pytest.raises(ModelError, match="accepts at most 512"):
-            await bert.embed_async("word " * 600)
+            await bert.embed_async("word " * 600, truncate=False)
+        assert len(await bert.embed_async("word " * 600)) == 384  # cut at max_seq_length
         with pytest.raises(ModelError, match="must be a string or a list"):
             await bert.embed_async(42)  # type: ignore[arg-type]
 
