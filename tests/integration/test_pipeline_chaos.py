@@ -13,28 +13,23 @@ import pytest
 
 from producer import Producer
 from sw_core.ops.stats import COMPLETED, DEAD_LETTERED, ERRORS, FAILED, TOTAL_REQUESTS
-from tests.pipeline_handlers import calls_key
-from tests.pipeline_helpers import (
-    KEYS,
-    pending_count,
-    pipeline_settings,
-    start_worker,
-    stats,
-    stop_worker,
-    wait_for,
-    worker_env,
-)
+from tests.support.observe import KEYS, calls_key, pending_count, read_stats
+from tests.support.processes import start_worker, worker_env
+from tests.support.settings import fast_settings
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.chaos]
 
-SLOW = "tests.pipeline_handlers:SlowHandler"
+SLOW = "tests.support.handlers:SlowHandler"
 
 
 async def _events(redis) -> list[dict]:
-    return [json.loads(x) for x in await redis.lrange(calls_key(_SETTINGS_FOR_KEYS), 0, -1)]
+    return [
+        json.loads(x) for x in await redis.lrange(calls_key(_SETTINGS_FOR_KEYS.key_prefix), 0, -1)
+    ]
 
 
-_SETTINGS_FOR_KEYS = pipeline_settings("redis://unused:1/0")
+_SETTINGS_FOR_KEYS = fast_settings("redis://unused:1/0")
 
 
 async def _workers_up(redis, names: list[str]) -> bool:
@@ -66,7 +61,7 @@ async def test_kill_9_one_of_two_workers_mid_batch_loses_nothing(
     redis_url: str, redis_client, tmp_path: Path
 ) -> None:
     claim_idle_ms = 2000
-    settings = pipeline_settings(
+    settings = fast_settings(
         redis_url, claim_idle_ms=claim_idle_ms, max_batch_size=2, poll_block_ms=100
     )
     procs = {
@@ -77,16 +72,16 @@ async def test_kill_9_one_of_two_workers_mid_batch_loses_nothing(
         for name in ("victim", "survivor")
     }
     try:
-        await wait_for(lambda: _workers_up(redis_client, list(procs)), 30, "both workers")
+        await wait_until(lambda: _workers_up(redis_client, list(procs)), 30, "both workers")
         async with Producer(settings=settings) as p:
             ids = [await p.submit("m1", "embed", [f"job {i}"]) for i in range(12)]
-            await wait_for(lambda: _has_running(p, ids, "victim"), 15, "a batch on the victim")
+            await wait_until(lambda: _has_running(p, ids, "victim"), 15, "a batch on the victim")
             procs["victim"].send_signal(signal.SIGKILL)
             procs["victim"].wait(10)
             killed_at = time.monotonic()
             held = await _pending_entries(redis_client, "victim")  # frozen: it is dead
             assert held, "the victim held no entries when it died"
-            took = await wait_for(
+            took = await wait_until(
                 lambda: _pending_is(redis_client, "victim", 0), claim_idle_ms / 1000 + 5,
                 "the survivor to reclaim the victim's entries",
             )  # fmt: skip
@@ -98,7 +93,7 @@ async def test_kill_9_one_of_two_workers_mid_batch_loses_nothing(
         assert duplicates <= set(held.values()), (duplicates, held)
         assert len(duplicates) <= len(held)
         assert set(starts) == set(ids)
-        counts = await stats(redis_client)
+        counts = await read_stats(redis_client)
         assert counts[COMPLETED] == 12 and counts[TOTAL_REQUESTS] == 12
         assert ERRORS not in counts and DEAD_LETTERED not in counts
         assert await pending_count(redis_client) == 0
@@ -106,7 +101,7 @@ async def test_kill_9_one_of_two_workers_mid_batch_loses_nothing(
               f"all done {time.monotonic() - killed_at:.1f} s after the kill")  # fmt: skip
     finally:
         for proc in procs.values():
-            stop_worker(proc, signal.SIGKILL)
+            proc.kill()
 
 
 @pytest.mark.slow
@@ -114,7 +109,7 @@ async def test_sigterm_drains_in_flight_and_hands_the_rest_to_the_other_worker(
     redis_url: str, redis_client, tmp_path: Path
 ) -> None:
     # reclaiming is effectively off: only the hand-back can move entries to the stayer
-    settings = pipeline_settings(
+    settings = fast_settings(
         redis_url, claim_idle_ms=600_000, max_batch_size=2, shutdown_grace_s=15
     )
     procs = {
@@ -125,10 +120,10 @@ async def test_sigterm_drains_in_flight_and_hands_the_rest_to_the_other_worker(
         for name in ("leaver", "stayer")
     }
     try:
-        await wait_for(lambda: _workers_up(redis_client, list(procs)), 30, "both workers")
+        await wait_until(lambda: _workers_up(redis_client, list(procs)), 30, "both workers")
         async with Producer(settings=settings) as p:
             ids = [await p.submit("m1", "embed", [f"job {i}"]) for i in range(12)]
-            await wait_for(
+            await wait_until(
                 lambda: _busy_with_backlog(redis_client, p, ids, "leaver"), 15,
                 "the leaver to run a batch with more entries waiting",
             )  # fmt: skip
@@ -147,13 +142,13 @@ async def test_sigterm_drains_in_flight_and_hands_the_rest_to_the_other_worker(
             assert finals[job_id]["worker"] == "stayer"
         starts = Counter(e["job_id"] for e in await _events(redis_client) if e["event"] == "start")
         assert set(starts.values()) == {1}  # nothing ran twice
-        counts = await stats(redis_client)
+        counts = await read_stats(redis_client)
         assert counts[COMPLETED] == 12 and counts[TOTAL_REQUESTS] == 12
         assert FAILED not in counts and ERRORS not in counts
         assert not await redis_client.exists(KEYS.worker("leaver"))  # deregistered
     finally:
         for proc in procs.values():
-            stop_worker(proc, signal.SIGKILL)
+            proc.kill()
 
 
 async def _has_running(p: Producer, ids: list[str], worker: str) -> bool:

@@ -15,7 +15,8 @@ from sw_core.engine.budget import plan_residency
 from sw_core.engine.loop import LoopThread
 from sw_core.engine.residency import Residency
 from sw_core.engine.sharded import ShardedEmbedding
-from tests.engine_helpers import chunk_small, id_rows, padded
+from tests.support.engine import id_rows, padded
+from tests.support.models import chunk_small
 from tests.unit.test_engine_budget import _manifest
 from tests.unit.test_engine_residency import FakeStore, _chunk
 
