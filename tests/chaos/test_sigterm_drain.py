@@ -4,7 +4,8 @@ Two inference nodes share a backlog of slow jobs. One gets SIGTERM while it runs
 with more entries waiting: the batch in flight must finish within ``shutdown_grace_s`` on
 the leaving worker, the entries it had not started must be handed back and run by the
 other worker (reclaiming is off, so only the hand-back can move them), nothing may run
-twice, the exit is clean (status 0) and nothing is counted as a failure.
+twice, the exit is clean (status 0), every submit is counted once and nothing is counted as
+a failure.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pytest
 
 from producer import Producer
 from sw_core.local.redis_server import RedisServer
-from sw_core.ops.stats import COMPLETED, ERRORS, FAILED
+from sw_core.ops.stats import COMPLETED, ERRORS, FAILED, TOTAL_REQUESTS
 from sw_core.pipeline.registry import ModelRegistry
 from tests.chaos.harness import publish_model
 from tests.chaos.report import Figures
@@ -140,5 +141,6 @@ async def test_sigterm_finishes_in_flight_and_hands_back_the_rest(
     )
     assert duplicated == 0
     assert counts.get(COMPLETED, 0) == len(all_ids)
+    assert counts.get(TOTAL_REQUESTS, 0) == len(all_ids)  # each submit counted once
     assert FAILED not in counts and ERRORS not in counts
     assert max(drains) < grace_s + 10
