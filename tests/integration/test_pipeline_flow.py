@@ -8,14 +8,13 @@ from collections import Counter
 import pytest
 
 from producer import Producer
-from sw_core.exceptions import ConfigError, JobError, JobTimeoutError, ModelError, SurfingError
+from sw_core.exceptions import JobTimeoutError, ModelError, SurfingError
 from sw_core.ops.stats import COMPLETED, ERRORS, TOTAL_REQUESTS
 from tests.support.handlers import BrokenHandler, EchoHandler, RecordingEchoHandler
 from tests.support.observe import KEYS, pending_count, read_stats, recorded_events
 from tests.support.pipeline import consumers
 from tests.support.settings import fast_settings
 from tests.support.waiting import wait_until
-from workers.handlers import load_handler
 from workers.heartbeat import Heartbeat
 
 
@@ -135,19 +134,6 @@ async def test_many_waiters_on_one_job_all_wake(redis_url: str) -> None:
     assert all(r["inputs"] == ["shared"] for r in results)
 
 
-async def test_producer_rejects_bad_jobs_before_enqueueing(redis_url: str, redis_client) -> None:
-    settings = fast_settings(redis_url, max_payload_bytes=1024)
-    async with Producer(settings=settings) as p:
-        with pytest.raises(JobError, match="unknown task"):
-            await p.submit("m1", "summarize", ["x"])
-        with pytest.raises(JobError, match="max_payload_bytes"):
-            await p.submit("m1", "embed", ["x" * 2000])
-        with pytest.raises(JobError, match="out of range"):
-            await p.submit("m1", "generate", ["x"], max_new_tokens=10**6)
-    assert await redis_client.exists(KEYS.jobs) == 0
-    assert TOTAL_REQUESTS not in await read_stats(redis_client)
-
-
 async def test_heartbeat_hash_expires_and_is_removed_at_stop(redis_url: str, redis_client) -> None:
     settings = fast_settings(redis_url, heartbeat_interval_s=0.1, heartbeat_ttl_s=3)
     beat = Heartbeat(
@@ -172,17 +158,6 @@ async def test_consumer_reports_current_work_in_its_heartbeat(redis_url: str, re
             await p.result(await p.submit("m1", "embed", ["x"]), timeout=10)
         report = worker.report()
     assert report["jobs_done"] == 1 and report["current_jobs"] == ""
-
-
-async def test_handler_is_loaded_from_its_import_path(redis_url: str) -> None:
-    settings = fast_settings(redis_url, handler="tests.support.handlers:EchoHandler")
-    handler = await load_handler(settings)
-    assert isinstance(handler, EchoHandler)
-    for bad in ("tests.support.handlers:Nope", "no_such_module_xyz:thing", "nocolon"):
-        with pytest.raises(ConfigError):
-            await load_handler(settings, bad)
-    with pytest.raises(ConfigError, match="no async run_batch"):
-        await load_handler(settings, "tests.support.settings:fast_settings")
 
 
 async def test_worker_waits_for_a_job_without_busy_polling(redis_url: str, redis_client) -> None:
