@@ -9,11 +9,12 @@ fixtures of ``tests/conftest.py`` fail loudly here, and so does starting a
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import fakeredis
 import pytest
 
+from sw_core.engine.loop import LoopThread
 from sw_core.local.redis_server import RedisServer
 
 NO_SERVERS = (
@@ -71,3 +72,11 @@ async def fake_redis(fake_server: fakeredis.FakeServer) -> AsyncIterator[fakered
     client = fakeredis.FakeAsyncRedis(server=fake_server)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+def loop() -> Iterator[LoopThread]:
+    """The engine's fetch loop thread, closed after the test."""
+    thread = LoopThread("test-fetch")
+    yield thread
+    thread.close()
