@@ -4,7 +4,7 @@ A steady job stream runs through three inference nodes (``arq workers.Settings``
 loader (``arq workers.LoaderSettings``); every few seconds a random one of them is
 SIGKILLed and started again under the same name. Jobs run the REAL engine
 (:class:`workers.inference.InferenceHandler`, recorded by
-:class:`~tests.chaos.engine_handler.RecordingInference`): ``forward`` passes of a small
+:class:`~tests.support.engine_handler.RecordingInference`): ``forward`` passes of a small
 random LLaMA chunked and published to S3 (backup folder behind it), its chunks read
 through the shared Redis cache and loaded by the loaders. In the long version the model
 (9 MiB) is larger than the cache (4 MiB), so loads go on all the time and kills hit them.
