@@ -1,7 +1,9 @@
-"""Shared fixtures: a real Redis server and moto's S3 server, both on loopback.
+"""Shared fixtures: a real Redis server and moto's S3 server, both on loopback, and the two
+bundled pretrained models chunked once per session.
 
 Both servers are started once per test session on free ports and stopped at the end. A
-server that cannot start fails the tests that need it -- never a skip.
+server that cannot start fails the tests that need it -- never a skip. Unit tests may not
+use them (``tests/unit/conftest.py``). The helpers live in :mod:`tests.support`.
 """
 
 from __future__ import annotations
@@ -9,11 +11,15 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
-from sw_core.local.redis_server import RedisServer, free_port
-from tests.model_fixtures import minilm_chunked, smollm2_chunked  # noqa: F401 - session fixtures
+from sw_core.local.redis_server import RedisServer
+from tests.support.servers import S3Server
+
+if TYPE_CHECKING:
+    from tests.support.models import ChunkedModel
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -51,47 +57,9 @@ async def redis_client(redis_url: str) -> AsyncIterator[object]:
     await client.aclose()
 
 
-class S3Server:
-    """moto's S3 HTTP server on 127.0.0.1, spoken to through the real ``minio`` SDK."""
-
-    access_key = "testing"
-    secret_key = "testing"
-    region = "us-east-1"
-
-    def __init__(self) -> None:
-        from moto.server import ThreadedMotoServer
-
-        self.port = free_port()
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-
-    @property
-    def endpoint(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> S3Server:
-        self._server.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.stop()
-
-    def client(self):  # -> minio.Minio
-        from minio import Minio
-
-        return Minio(
-            self.endpoint,
-            access_key=self.access_key,
-            secret_key=self.secret_key,
-            secure=False,
-            region=self.region,
-        )
-
-
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Server]:
     """moto's S3 server for the whole session."""
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", S3Server.access_key)
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", S3Server.secret_key)
     try:
         server = S3Server().start()
     except Exception as exc:
@@ -106,3 +74,22 @@ def s3_bucket(s3_server: S3Server) -> str:
     name = f"sw-test-{uuid.uuid4().hex[:12]}"
     s3_server.client().make_bucket(name)
     return name
+
+
+# ---------------------------------------------------------------------------- models
+# Tests must not modify the reference models. Heavy imports happen inside the fixtures, so
+# collecting tests that do not use them stays fast.
+@pytest.fixture(scope="session")
+def smollm2_chunked(tmp_path_factory: pytest.TempPathFactory) -> ChunkedModel:
+    """SmolLM2-135M-Instruct (LLaMA, fp32) in memory and chunked (16 MiB row shards)."""
+    from tests.support.models import chunked_smollm2
+
+    return chunked_smollm2(tmp_path_factory.mktemp("smollm2"))
+
+
+@pytest.fixture(scope="session")
+def minilm_chunked(tmp_path_factory: pytest.TempPathFactory) -> ChunkedModel:
+    """all-MiniLM-L6-v2 (BERT) in memory and chunked from its safetensors folder."""
+    from tests.support.models import chunked_minilm
+
+    return chunked_minilm(tmp_path_factory.mktemp("minilm"))

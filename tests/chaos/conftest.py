@@ -1,5 +1,5 @@
-"""Fixtures of the reliability suite: private Redis servers, a stoppable S3, worker clusters,
-a chunk set published to S3 with its backup folder, and the figures collector.
+"""Fixtures of the reliability suite: private Redis servers, a stoppable S3, worker clusters
+and the figures collector.
 
 Short versions run by default (CI, a few minutes on 2 cores). ``CHAOS_LONG=1`` or
 ``pytest tests/chaos --chaos-long`` runs the long versions; in that mode the session ends by
@@ -10,22 +10,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
-from sw_core.chunks.manifest import Manifest
-from sw_core.keys import Keys
 from sw_core.local.redis_server import RedisServer
-from sw_core.settings import Settings
-from sw_core.storage import S3Backend
-from tests.chaos.chunks import write_chunk_set
-from tests.chaos.harness import REPO, Cluster, StoppableS3, chaos_long
+from tests.chaos.harness import chaos_long
 from tests.chaos.report import Figures, record, write_report
-
-KEYS = Keys("sw")
+from tests.support.processes import REPO, Cluster
+from tests.support.servers import S3Server
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -107,9 +101,9 @@ async def chaos_client(chaos_redis: RedisServer) -> AsyncIterator[aioredis.Redis
 
 
 @pytest.fixture
-def s3() -> Iterator[StoppableS3]:
+def s3() -> Iterator[S3Server]:
     """moto's S3 on its own port, stoppable; objects survive a stop."""
-    server = StoppableS3()
+    server = S3Server()
     try:
         server.start()
     except Exception as exc:
@@ -126,72 +120,3 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     yield group
     group.close()
     print(group.logs())
-
-
-# ---------------------------------------------------------------------------- chunk set
-@dataclass
-class PublishedModel:
-    """A chunk set in a bucket (``location``) with a backup copy in ``backup_dir/name``."""
-
-    name: str
-    bucket: str
-    location: str
-    folder: Path
-    backup_dir: Path
-    manifest: Manifest
-
-    @property
-    def backup_folder(self) -> Path:
-        return self.backup_dir / self.name
-
-
-async def publish_model(
-    s3: StoppableS3, tmp_path: Path, *, name: str = "tiny", n_chunks: int = 4, rows: int = 64
-) -> PublishedModel:
-    """Write a chunk set of random tensors, upload it to a fresh bucket, copy it to a backup."""
-    folder = tmp_path / "source" / name
-    write_chunk_set(folder, name=name, n_chunks=n_chunks, rows=rows)
-    return await publish_folder(s3, tmp_path, folder, name)
-
-
-async def publish_folder(
-    s3: StoppableS3, tmp_path: Path, folder: Path, name: str
-) -> PublishedModel:
-    """Upload the chunk set in ``folder`` to a fresh bucket (``s3://BUCKET/<name>``) and copy
-    it to ``tmp_path/backup/<name>``."""
-    import shutil
-    import uuid
-
-    from sw_core.chunks.verify import publish_chunk_set
-
-    bucket = f"chaos-{uuid.uuid4().hex[:12]}"
-    s3.client().make_bucket(bucket)
-    settings = Settings.from_env({}, **s3.settings_overrides(), retry_initial_delay_s=0.05)
-    backend = S3Backend.from_settings(settings, name, bucket_name=bucket)
-    try:
-        report = await publish_chunk_set(folder, backend)
-    finally:
-        await backend.close()
-    assert report.ok, report.bad
-    backup_dir = tmp_path / "backup"
-    shutil.copytree(folder, backup_dir / name)
-    manifest = Manifest.load(folder)
-    return PublishedModel(name, bucket, f"s3://{bucket}/{name}", folder, backup_dir, manifest)
-
-
-def tiny_engine_model(folder: Path, name: str = "tinyllama", *, hidden: int = 64) -> Manifest:
-    """A small random LLaMA chunked for the real engine (hidden 64: about 0.7 MiB; hidden
-    256: about 9 MiB). Jobs run the ``forward`` task on token ids: no tokenizer needed."""
-    import torch
-    import transformers
-
-    from sw_core.chunks.chunker import chunk_model
-
-    config = transformers.LlamaConfig(
-        vocab_size=512, hidden_size=hidden, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=2, intermediate_size=2 * hidden, max_position_embeddings=128,
-        bos_token_id=0, eos_token_id=1, pad_token_id=1,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(config).eval()
-    return chunk_model(model, folder, name=name)

@@ -1,42 +1,32 @@
-"""Process-level harness of the reliability suite: real workers, Redis, S3 and a load.
+"""Chaos-specific parts of the reliability suite; the rest is shared (:mod:`tests.support`:
+worker processes, S3 server, settings profile ``CHAOS``, the poller, what is read back).
 
-- :class:`WorkerProcess` -- ``python -m arq workers.Settings`` (or ``LoaderSettings``) as a
-  child process with ``SW_*`` variables; SIGKILL, SIGTERM, restart, RSS from ``/proc``.
-- :class:`StoppableS3` -- moto's S3 server on a fixed loopback port that can be stopped
-  and started again (its objects live in this process, so they survive the outage).
+- :func:`chaos_long` -- whether the long versions of the scenarios run.
+- :class:`PublishedModel`, :func:`publish_model`, :func:`publish_folder` -- a chunk set in
+  a fresh S3 bucket with a backup copy on disk.
 - :class:`LoadGenerator` -- a steady job stream through the real :class:`~producer.Producer`;
   a submit that fails (Redis away) is counted as refused, not as produced.
-- :func:`wait_until` -- poll with a deadline; the only way the suite waits for something.
-
-What the tests read back from Redis (job outcomes, counters, executions) is in
-:mod:`tests.chaos.observe`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import os
-import signal
-import subprocess
-import sys
+import shutil
 import time
-from collections.abc import Awaitable, Callable, Iterator
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from producer import Producer
-from sw_core.keys import Keys
-from sw_core.local.redis_server import free_port
+from sw_core.chunks.manifest import Manifest
 from sw_core.settings import Settings
-from tests.worker_processes import settings_env as settings_env
-from tests.worker_processes import worker_env as worker_env
-
-REPO = Path(__file__).resolve().parents[2]
+from sw_core.storage import S3Backend
+from tests.support.servers import S3Server
+from tests.support.storage import write_chunk_set
 
 #: Environment variable that turns on the long versions (``make chaos`` sets it).
 LONG_ENV = "CHAOS_LONG"
@@ -47,292 +37,50 @@ def chaos_long() -> bool:
     return os.environ.get(LONG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-async def wait_until(
-    check: Callable[[], bool | Awaitable[bool]],
-    timeout_s: float,
-    what: str,
-    every_s: float = 0.05,
-) -> float:
-    """Poll ``check`` until it is true; returns the seconds it took.
+# ---------------------------------------------------------------------------- chunk set
+@dataclass
+class PublishedModel:
+    """A chunk set in a bucket (``location``) with a backup copy in ``backup_dir/name``."""
 
-    Raises:
-        AssertionError: still false after ``timeout_s`` (the message names ``what``).
-    """
-    start = time.monotonic()
-    while True:
-        result = check()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return time.monotonic() - start
-        if time.monotonic() - start > timeout_s:
-            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
-        await asyncio.sleep(every_s)
-
-
-# ---------------------------------------------------------------------------- settings
-def chaos_settings(redis_url: str, **overrides: Any) -> Settings:
-    """Settings with short claims, polls and retry delays (no ``SW_*`` from the environment)."""
-    values: dict[str, Any] = {
-        "redis_url": redis_url,
-        "claim_idle_ms": 1500,
-        "poll_block_ms": 100,
-        "batch_wait_ms": 5,
-        "max_batch_size": 4,
-        "retry_initial_delay_s": 0.2,
-        "retry_max_delay_s": 2.0,
-        "retry_jitter": 0.1,
-        "heartbeat_interval_s": 0.5,
-        "heartbeat_ttl_s": 3,
-        "shutdown_grace_s": 10,
-        "timeout_seconds": 5,
-        "cache_size_mb": 64,
-    }
-    values.update(overrides)
-    return Settings.from_env({}, **values)
-
-
-# ---------------------------------------------------------------------------- processes
-#: ``python -m arq SETTINGS`` that first asks Linux to SIGKILL it when its parent (the test
-#: process) dies, so a killed test run leaves no worker behind (set in the child itself:
-#: no ``preexec_fn`` in a process with threads). Linux ties this to the thread that started
-#: the child: start workers from the event loop's thread, never from ``to_thread``.
-_ARQ_MAIN = (
-    "import ctypes, runpy, signal, sys\n"
-    "if sys.platform.startswith('linux'):\n"
-    "    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG\n"
-    "sys.argv = ['arq', *sys.argv[1:]]\n"
-    "runpy.run_module('arq', run_name='__main__', alter_sys=True)\n"
-)
-
-
-class WorkerProcess:
-    """One ``python -m arq <settings_path>`` child (see :data:`_ARQ_MAIN`) in its own
-    process group.
-
-    Args:
-        name: the worker's consumer name (``SW_WORKER_NAME``); a restart keeps it, so the
-            new process takes back its own pending entries first.
-        env: the full environment (see :func:`worker_env`).
-        log_dir: where ``<name>.log`` collects stdout and stderr (appended across restarts).
-        settings_path: ``workers.Settings`` (inference node) or ``workers.LoaderSettings``.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        env: dict[str, str],
-        log_dir: Path,
-        settings_path: str = "workers.Settings",
-    ) -> None:
-        self.name = name
-        self.env = {**env, "SW_WORKER_NAME": name}
-        self.log_path = Path(log_dir) / f"{name}.log"
-        self.settings_path = settings_path
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    def start(self) -> WorkerProcess:
-        with self.log_path.open("ab") as log:
-            log.write(f"\n===== start {self.starts + 1} at {time.time():.3f}\n".encode())
-            log.flush()
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", _ARQ_MAIN, self.settings_path],
-                cwd=REPO,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.starts += 1
-        return self
+    name: str
+    bucket: str
+    location: str
+    folder: Path
+    backup_dir: Path
+    manifest: Manifest
 
     @property
-    def pid(self) -> int:
-        assert self.proc is not None, f"worker {self.name} was never started"
-        return self.proc.pid
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    @property
-    def returncode(self) -> int | None:
-        return None if self.proc is None else self.proc.poll()
-
-    def kill(self) -> float:
-        """SIGKILL the process and reap it; returns the wall-clock time of the kill."""
-        assert self.proc is not None
-        at = time.time()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(30)
-        return at
-
-    def terminate(self) -> float:
-        """Send SIGTERM (arq drains); returns the wall-clock time. Does not wait."""
-        assert self.proc is not None
-        at = time.time()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return at
-
-    def wait(self, timeout_s: float) -> int:
-        assert self.proc is not None
-        return self.proc.wait(timeout_s)
-
-    def stop(self, timeout_s: float = 20) -> int | None:
-        """SIGTERM, then SIGKILL after ``timeout_s``; None if it was never started."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(10)
-
-    def restart(self) -> WorkerProcess:
-        if self.alive:
-            self.kill()
-        return self.start()
-
-    def _status_kib(self, field_name: str) -> int:
-        text = Path(f"/proc/{self.pid}/status").read_text()
-        for line in text.splitlines():
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1])
-        raise AssertionError(f"/proc/{self.pid}/status has no {field_name}")
-
-    def rss_kib(self) -> int:
-        """Resident memory now (``VmRSS``), KiB."""
-        return self._status_kib("VmRSS")
-
-    def peak_rss_kib(self) -> int:
-        """Highest resident memory so far (``VmHWM``), KiB."""
-        return self._status_kib("VmHWM")
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+    def backup_folder(self) -> Path:
+        return self.backup_dir / self.name
 
 
-class Cluster:
-    """Named worker processes; :meth:`close` kills whatever is left."""
-
-    def __init__(self, log_dir: Path) -> None:
-        self.log_dir = Path(log_dir)
-        self.workers: dict[str, WorkerProcess] = {}
-
-    def add(
-        self, name: str, env: dict[str, str], settings_path: str = "workers.Settings"
-    ) -> WorkerProcess:
-        worker = WorkerProcess(name, env, self.log_dir, settings_path)
-        self.workers[name] = worker
-        return worker.start()
-
-    def __getitem__(self, name: str) -> WorkerProcess:
-        return self.workers[name]
-
-    def __iter__(self) -> Iterator[WorkerProcess]:
-        return iter(list(self.workers.values()))
-
-    async def wait_registered(
-        self,
-        redis: aioredis.Redis,
-        keys: Keys,
-        timeout_s: float,
-        names: list[str] | None = None,
-    ) -> float:
-        """Until every worker (or those named) has a heartbeat hash: it finished its start-up.
-
-        Raises:
-            AssertionError: one of them exited (with its log), or the deadline passed.
-        """
-        chosen = [self.workers[n] for n in names] if names is not None else list(self)
-
-        async def up() -> bool:
-            for worker in chosen:
-                if not worker.alive:
-                    raise AssertionError(
-                        f"worker {worker.name} exited with {worker.returncode}:\n"
-                        + worker.log_text()[-3000:]
-                    )
-                if not await redis.exists(keys.worker(worker.name)):
-                    return False
-            return True
-
-        return await wait_until(up, timeout_s, "every worker to register its heartbeat", 0.1)
-
-    def close(self) -> None:
-        for worker in self:
-            if worker.alive:
-                worker.kill()
-
-    def logs(self, tail_chars: int = 4000) -> str:
-        return "\n".join(f"--- {w.name}\n{w.log_text()[-tail_chars:]}" for w in self)
+async def publish_model(
+    s3: S3Server, tmp_path: Path, *, name: str = "tiny", n_chunks: int = 4, rows: int = 64
+) -> PublishedModel:
+    """Write a chunk set of random tensors, upload it to a fresh bucket, copy it to a backup."""
+    folder = tmp_path / "source" / name
+    write_chunk_set(folder, name=name, n_chunks=n_chunks, rows=rows)
+    return await publish_folder(s3, tmp_path, folder, name)
 
 
-# ---------------------------------------------------------------------------- S3
-class StoppableS3:
-    """moto's S3 server on one loopback port, stopped and started at will.
+async def publish_folder(s3: S3Server, tmp_path: Path, folder: Path, name: str) -> PublishedModel:
+    """Upload the chunk set in ``folder`` to a fresh bucket (``s3://BUCKET/<name>``) and copy
+    it to ``tmp_path/backup/<name>``."""
+    from sw_core.chunks.verify import publish_chunk_set
 
-    moto keeps buckets and objects in this process, so a stop is an outage of the
-    endpoint, not a loss of data; :meth:`start` serves the same objects again.
-    """
-
-    access_key = "testing"
-    secret_key = "testing"
-    region = "us-east-1"
-
-    def __init__(self) -> None:
-        os.environ.setdefault("AWS_ACCESS_KEY_ID", self.access_key)
-        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", self.secret_key)
-        self.port = free_port()
-        self._server: Any = None
-
-    @property
-    def endpoint(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def running(self) -> bool:
-        return self._server is not None
-
-    def start(self) -> StoppableS3:
-        from moto.server import ThreadedMotoServer
-
-        if self._server is None:
-            server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-            server.start()
-            self._server = server
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
-
-    def client(self) -> Any:  # -> minio.Minio
-        from minio import Minio
-
-        return Minio(
-            self.endpoint,
-            access_key=self.access_key,
-            secret_key=self.secret_key,
-            secure=False,
-            region=self.region,
-        )
-
-    def settings_overrides(self) -> dict[str, Any]:
-        """The S3 settings that point at this server."""
-        return {
-            "s3_endpoint": self.endpoint,
-            "s3_access_key": self.access_key,
-            "s3_secret_key": self.secret_key,
-            "s3_region": self.region,
-            "s3_secure": False,
-        }
+    bucket = f"chaos-{uuid.uuid4().hex[:12]}"
+    s3.client().make_bucket(bucket)
+    settings = Settings.from_env({}, **s3.settings_overrides(), retry_initial_delay_s=0.05)
+    backend = S3Backend.from_settings(settings, name, bucket_name=bucket)
+    try:
+        report = await publish_chunk_set(folder, backend)
+    finally:
+        await backend.close()
+    assert report.ok, report.bad
+    backup_dir = tmp_path / "backup"
+    shutil.copytree(folder, backup_dir / name)
+    manifest = Manifest.load(folder)
+    return PublishedModel(name, bucket, f"s3://{bucket}/{name}", folder, backup_dir, manifest)
 
 
 # ---------------------------------------------------------------------------- load

@@ -25,10 +25,11 @@ from producer import Producer
 from sw_core.exceptions import is_transient
 from sw_core.local.redis_server import RedisServer
 from sw_core.settings import Settings
-from tests.chaos.chunks import write_chunk_set
-from tests.chaos.conftest import KEYS
-from tests.chaos.harness import Cluster, WorkerProcess, chaos_settings, worker_env
 from tests.chaos.report import Figures
+from tests.support.observe import KEYS
+from tests.support.processes import Cluster, WorkerProcess, worker_env
+from tests.support.settings import CHAOS, fast_settings
+from tests.support.storage import write_chunk_set
 
 pytestmark = [pytest.mark.chaos]
 
@@ -86,8 +87,8 @@ def test_a_refused_password_is_not_retried_as_a_connection_blip() -> None:
 async def test_a_worker_is_refused_with_one_clear_line_not_a_stack_trace(
     locked_redis, tmp_path: Path, case: str
 ) -> None:
-    settings = chaos_settings(_url(locked_redis, CASES[case]), models="m1=/srv/m1")
-    worker = WorkerProcess("refused", worker_env(settings), tmp_path).start()
+    settings = fast_settings(_url(locked_redis, CASES[case]), CHAOS, models="m1=/srv/m1")
+    worker = WorkerProcess(worker_env(settings), tmp_path / "refused.log", name="refused").start()
     try:
         code = await asyncio.to_thread(worker.wait, 60)
     except subprocess.TimeoutExpired:
@@ -106,13 +107,13 @@ async def test_a_user_restricted_to_the_deployment_prefix_can_run_the_pipeline(
     arq keeps the loaders' job state) runs the whole pipeline, as the README documents."""
     started = time.monotonic()
     write_chunk_set(tmp_path / "tiny", n_chunks=2)  # jobs load chunks: loaders' arq jobs run
-    settings = chaos_settings(
-        _url(locked_redis, "swonly:sw-pw@"), models=f"tiny={tmp_path / 'tiny'}"
+    settings = fast_settings(
+        _url(locked_redis, "swonly:sw-pw@"), CHAOS, models=f"tiny={tmp_path / 'tiny'}"
     )
     group = Cluster(tmp_path / "logs")
     group.log_dir.mkdir()
     try:
-        group.add("scoped", worker_env(settings, SW_HANDLER="tests.chaos.handlers:ChunkHandler"))
+        group.add("scoped", worker_env(settings, SW_HANDLER="tests.support.handlers:ChunkHandler"))
         client = redis.asyncio.Redis.from_url(locked_redis.url)
         try:
             await group.wait_registered(client, KEYS, 60)

@@ -33,10 +33,15 @@ from sw_core.ops.stats import INTEGRITY_FAILURES
 from sw_core.pipeline.registry import ModelRegistry
 from sw_core.settings import Settings
 from sw_core.storage import S3Backend
-from tests.chaos import chunks as forge
-from tests.chaos.conftest import KEYS, PublishedModel, publish_model
-from tests.chaos.harness import REPO, StoppableS3, chaos_settings, wait_until
+from tests.chaos import forgery as forge
+from tests.chaos.harness import PublishedModel, publish_model
 from tests.chaos.report import Figures
+from tests.support.observe import KEYS
+from tests.support.processes import REPO
+from tests.support.servers import S3Server
+from tests.support.settings import CHAOS, fast_settings
+from tests.support.storage import tensor_chunk
+from tests.support.waiting import wait_until
 from workers.chunk_source import RemoteChunkSource
 from workers.loader import ChunkLoader
 from workers.node import worker_options
@@ -59,7 +64,7 @@ async def loader_worker(settings: Settings) -> AsyncIterator[ChunkLoader]:
             await task
 
 
-def s3_object(s3: StoppableS3, model: PublishedModel, file: str) -> bytes:
+def s3_object(s3: S3Server, model: PublishedModel, file: str) -> bytes:
     response = s3.client().get_object(model.bucket, f"{model.name}/{file}")
     try:
         return response.read()
@@ -68,12 +73,12 @@ def s3_object(s3: StoppableS3, model: PublishedModel, file: str) -> bytes:
         response.release_conn()
 
 
-def put_s3_object(s3: StoppableS3, model: PublishedModel, file: str, data: bytes) -> None:
+def put_s3_object(s3: S3Server, model: PublishedModel, file: str, data: bytes) -> None:
     s3.client().put_object(model.bucket, f"{model.name}/{file}", io.BytesIO(data), len(data))
 
 
 async def forge_chunk_set(
-    s3: StoppableS3, model: PublishedModel, forgeries: dict[int, bytes]
+    s3: S3Server, model: PublishedModel, forgeries: dict[int, bytes]
 ) -> Manifest:
     """Replace chunks everywhere (S3 and backup) AND their manifest entries: an attacker who
     controls the whole chunk set, so every sha256 matches the forged bytes."""
@@ -87,14 +92,15 @@ async def forge_chunk_set(
 
 
 async def test_corruption_and_tampering_are_refused_or_repaired(
-    s3: StoppableS3, redis_url: str, redis_client, tmp_path: Path, figures
+    s3: S3Server, redis_url: str, redis_client, tmp_path: Path, figures
 ) -> None:
     started = time.monotonic()
     canary = tmp_path / "canary-unpickled"
     honest = await publish_model(s3, tmp_path / "honest", name="honest", n_chunks=4)
     forged = await publish_model(s3, tmp_path / "forged", name="forged", n_chunks=6)
-    settings = chaos_settings(
+    settings = fast_settings(
         redis_url,
+        CHAOS,
         **s3.settings_overrides(),
         backup_dir=str(honest.backup_dir),
         retry_initial_delay_s=0.02,
@@ -259,7 +265,7 @@ def test_no_product_code_can_unpickle() -> None:
 def test_the_pickle_payload_hashes_differently_from_the_chunk(tmp_path: Path) -> None:
     """Sanity of the scenario: an honest manifest cannot match the pickle's bytes."""
     bomb = forge.pickle_bomb_bytes(tmp_path / "c")
-    chunk = forge.tensor_chunk(0)
+    chunk = tensor_chunk(0)
     assert hashlib.sha256(bomb).hexdigest() != hashlib.sha256(chunk).hexdigest()
 
 
@@ -271,7 +277,7 @@ async def test_a_job_on_a_forged_chunk_set_dead_letters_with_security_error(
     SecurityError), and the pickle must never run."""
     from producer import Producer
     from sw_core.exceptions import SurfingError
-    from tests.chaos.conftest import tiny_engine_model
+    from tests.support.models import tiny_engine_model
     from workers.consumer import JobConsumer
     from workers.inference import InferenceHandler
 
@@ -280,7 +286,7 @@ async def test_a_job_on_a_forged_chunk_set_dead_letters_with_security_error(
     manifest = await asyncio.to_thread(tiny_engine_model, folder)
     block = next(i for i, c in enumerate(manifest.chunks) if c.role == "block")
     forge.replace_chunk(folder, manifest, block, forge.pickle_bomb_bytes(canary))
-    settings = chaos_settings(redis_url, retry_initial_delay_s=0.05, timeout_seconds=10)
+    settings = fast_settings(redis_url, CHAOS, retry_initial_delay_s=0.05, timeout_seconds=10)
     await ModelRegistry(redis_client, settings).register("forged-llama", str(folder))
     handler = InferenceHandler(settings)
     consumer = JobConsumer(redis_client, settings, handler, name="w-forged")

@@ -23,11 +23,12 @@ from sw_core.local.redis_server import RedisServer
 from sw_core.ops.stats import COMPLETED, DEAD_LETTERED
 from sw_core.pipeline.jobs import MAX_INPUTS, TASKS, Job, decode_entry
 from sw_core.settings import Settings
-from tests.chaos.conftest import KEYS
-from tests.chaos.harness import Cluster, chaos_settings, wait_until, worker_env
 from tests.chaos.hostile import entries, entry_size_bytes
-from tests.chaos.observe import read_stats
 from tests.chaos.report import Figures
+from tests.support.observe import KEYS, read_stats
+from tests.support.processes import Cluster, worker_env
+from tests.support.settings import CHAOS, fast_settings
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.chaos]
 
@@ -100,9 +101,9 @@ async def test_hostile_entries_to_a_running_worker_all_end_and_it_stays_up(
     chaos_redis: RedisServer, chaos_client, cluster: Cluster, long_mode: bool, figures
 ) -> None:
     started = time.monotonic()
-    settings = chaos_settings(chaos_redis.url, models="m1=/srv/m1,m2=/srv/m2")
+    settings = fast_settings(chaos_redis.url, CHAOS, models="m1=/srv/m1,m2=/srv/m2")
     worker = cluster.add(
-        "fuzzed", worker_env(settings, SW_HANDLER="tests.chaos.handlers:SmallEcho")
+        "fuzzed", worker_env(settings, SW_HANDLER="tests.support.handlers:SmallEcho")
     )
     await cluster.wait_registered(chaos_client, KEYS, 60)
     # warm up with valid jobs so the baseline RSS includes the steady-state allocations
@@ -197,7 +198,7 @@ async def test_an_entry_the_decoder_chokes_on_is_dead_lettered_not_retried_forev
     (``max_deliveries`` is checked only when a job starts), and the entries read with it
     in the same batch are never taken either."""
     import workers.consumer as consumer_module
-    from tests.chaos.handlers import SmallEcho
+    from tests.support.handlers import SmallEcho
     from workers.consumer import JobConsumer
 
     real_decode = consumer_module.decode_entry
@@ -208,7 +209,7 @@ async def test_an_entry_the_decoder_chokes_on_is_dead_lettered_not_retried_forev
         return real_decode(entry_id, fields, settings)
 
     monkeypatch.setattr(consumer_module, "decode_entry", buggy_decode)
-    settings = chaos_settings(redis_url, models="m1=/srv/m1", claim_idle_ms=300)
+    settings = fast_settings(redis_url, CHAOS, models="m1=/srv/m1", claim_idle_ms=300)
     await asyncio.to_thread(
         _xadd,
         redis_url,

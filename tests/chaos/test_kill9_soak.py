@@ -4,7 +4,7 @@ A steady job stream runs through three inference nodes (``arq workers.Settings``
 loader (``arq workers.LoaderSettings``); every few seconds a random one of them is
 SIGKILLed and started again under the same name. Jobs run the REAL engine
 (:class:`workers.inference.InferenceHandler`, recorded by
-:class:`~tests.chaos.engine_handler.RecordingInference`): ``forward`` passes of a small
+:class:`~tests.support.engine_handler.RecordingInference`): ``forward`` passes of a small
 random LLaMA chunked and published to S3 (backup folder behind it), its chunks read
 through the shared Redis cache and loaded by the loaders. In the long version the model
 (9 MiB) is larger than the cache (4 MiB), so loads go on all the time and kills hit them.
@@ -26,18 +26,13 @@ import pytest
 from sw_core.local.redis_server import RedisServer
 from sw_core.ops.stats import COMPLETED, DEAD_LETTERED
 from sw_core.pipeline.registry import ModelRegistry
-from tests.chaos.conftest import KEYS, publish_folder, tiny_engine_model
-from tests.chaos.handlers import calls_key
-from tests.chaos.harness import (
-    Cluster,
-    LoadGenerator,
-    StoppableS3,
-    chaos_settings,
-    wait_until,
-    worker_env,
-)
-from tests.chaos.observe import (
+from tests.chaos.harness import LoadGenerator, publish_folder
+from tests.chaos.report import Figures
+from tests.support.models import tiny_engine_model
+from tests.support.observe import (
+    KEYS,
     all_ended,
+    calls_key,
     job_ids_of_entries,
     job_outcomes,
     pending_of,
@@ -45,7 +40,10 @@ from tests.chaos.observe import (
     read_stats,
     recorded_events,
 )
-from tests.chaos.report import Figures
+from tests.support.processes import Cluster, worker_env
+from tests.support.servers import S3Server
+from tests.support.settings import CHAOS, fast_settings
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
@@ -56,7 +54,7 @@ LOADER = "loader-1"
 async def test_kill_9_soak_loses_nothing(
     chaos_redis: RedisServer,
     chaos_client,
-    s3: StoppableS3,
+    s3: S3Server,
     cluster: Cluster,
     tmp_path: Path,
     long_mode: bool,
@@ -69,8 +67,9 @@ async def test_kill_9_soak_loses_nothing(
     folder = tmp_path / "tinyllama"
     await asyncio.to_thread(tiny_engine_model, folder, hidden=hidden)
     model = await publish_folder(s3, tmp_path, folder, "tinyllama")
-    settings = chaos_settings(
+    settings = fast_settings(
         chaos_redis.url,
+        CHAOS,
         **s3.settings_overrides(),
         backup_dir=str(model.backup_dir),
         cache_size_mb=cache_mb,
@@ -81,7 +80,7 @@ async def test_kill_9_soak_loses_nothing(
         timeout_seconds=10,
     )
     await ModelRegistry(chaos_client, settings).register(model.name, model.location)
-    env = worker_env(settings, SW_HANDLER="tests.chaos.engine_handler:RecordingInference")
+    env = worker_env(settings, SW_HANDLER="tests.support.engine_handler:RecordingInference")
     for name in INFERENCE:
         cluster.add(name, env)
     cluster.add(LOADER, env, "workers.LoaderSettings")

@@ -19,8 +19,12 @@ import pytest
 from sw_core.exceptions import WeightServerError
 from sw_core.local.redis_server import RedisServer
 from sw_core.pipeline.registry import ModelRegistry
-from tests.chaos.conftest import KEYS, publish_model
-from tests.chaos.harness import Cluster, StoppableS3, chaos_settings, wait_until, worker_env
+from tests.chaos.harness import publish_model
+from tests.support.observe import KEYS
+from tests.support.processes import Cluster, worker_env
+from tests.support.servers import S3Server
+from tests.support.settings import CHAOS, fast_settings
+from tests.support.waiting import wait_until
 from workers.chunk_source import RemoteChunkSource
 from workers.loader import load_job_id
 
@@ -33,14 +37,15 @@ IN_PROGRESS_PREFIX = "arq:in-progress:"
 async def test_a_loader_killed_mid_load_does_not_block_the_chunk(
     chaos_redis: RedisServer,
     chaos_client,
-    s3: StoppableS3,
+    s3: S3Server,
     cluster: Cluster,
     tmp_path: Path,
 ) -> None:
     model = await publish_model(s3, tmp_path, n_chunks=2)
     # S3 down + slow storage retries keep the first load busy for seconds: time to kill it
-    settings = chaos_settings(
+    settings = fast_settings(
         chaos_redis.url,
+        CHAOS,
         **s3.settings_overrides(),
         backup_dir=str(model.backup_dir),
         retry_attempts=4,

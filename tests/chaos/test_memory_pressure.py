@@ -27,10 +27,13 @@ from sw_core.exceptions import CacheError
 from sw_core.keys import Keys
 from sw_core.local.redis_server import RedisServer
 from sw_core.pipeline.registry import ModelRegistry
-from tests.chaos.conftest import KEYS, publish_model
-from tests.chaos.harness import Cluster, StoppableS3, chaos_settings, wait_until, worker_env
-from tests.chaos.observe import all_ended, job_outcomes, read_stats
+from tests.chaos.harness import publish_model
 from tests.chaos.report import Figures
+from tests.support.observe import KEYS, all_ended, job_outcomes, read_stats
+from tests.support.processes import Cluster, worker_env
+from tests.support.servers import S3Server
+from tests.support.settings import CHAOS, fast_settings
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.chaos]
 
@@ -138,7 +141,7 @@ def _fill_until_free(client: redis.Redis, maxmemory: int, free_bytes: int) -> in
 @pytest.mark.slow
 async def test_jobs_under_redis_oom_dead_letter_with_a_reason_and_none_is_lost(
     small_redis: RedisServer,
-    s3: StoppableS3,
+    s3: S3Server,
     cluster: Cluster,
     tmp_path: Path,
     long_mode: bool,
@@ -149,8 +152,9 @@ async def test_jobs_under_redis_oom_dead_letter_with_a_reason_and_none_is_lost(
     started = time.monotonic()
     jobs = 20 if long_mode else 8
     model = await publish_model(s3, tmp_path, n_chunks=6, rows=1024)  # 6 x 1 MiB
-    settings = chaos_settings(
+    settings = fast_settings(
         small_redis.url,
+        CHAOS,
         **s3.settings_overrides(),
         backup_dir=str(model.backup_dir),
         cache_size_mb=512,  # misconfigured: Redis holds 24 MiB
@@ -162,7 +166,7 @@ async def test_jobs_under_redis_oom_dead_letter_with_a_reason_and_none_is_lost(
     sync = redis.Redis.from_url(small_redis.url)
     try:
         await ModelRegistry(client, settings).register(model.name, model.location)
-        env = worker_env(settings, SW_HANDLER="tests.chaos.handlers:ChunkHandler")
+        env = worker_env(settings, SW_HANDLER="tests.support.handlers:ChunkHandler")
         cluster.add("node-a", env)
         cluster.add("loader-1", env, "workers.LoaderSettings")
         await cluster.wait_registered(client, KEYS, 60)
@@ -235,11 +239,11 @@ async def test_an_oom_while_asking_a_loader_is_a_clear_transient_error(
     import redis.asyncio as aioredis
 
     from sw_core.exceptions import SurfingError, is_transient
-    from tests.chaos.chunks import write_chunk_set
+    from tests.support.storage import write_chunk_set
     from workers.chunk_source import RemoteChunkSource
 
     manifest = write_chunk_set(tmp_path / "tiny", n_chunks=1)
-    settings = chaos_settings(small_redis.url, timeout_seconds=2)
+    settings = fast_settings(small_redis.url, CHAOS, timeout_seconds=2)
     client = aioredis.Redis.from_url(small_redis.url)
     source = RemoteChunkSource("tiny", settings, timeout_s=2)
     try:

@@ -18,8 +18,9 @@ import pytest
 from arq.worker import Worker
 
 from sw_core.pipeline.registry import ModelRegistry
-from tests.chaos.chunks import write_chunk_set
-from tests.chaos.harness import chaos_settings, wait_until
+from tests.support.settings import CHAOS, fast_settings
+from tests.support.storage import write_chunk_set
+from tests.support.waiting import wait_until
 from workers.chunk_source import RemoteChunkSource
 from workers.loader import LOAD_CHUNK, arq_pool, load_job_id
 from workers.node import worker_options
@@ -32,8 +33,8 @@ async def test_a_load_queued_by_one_prefix_does_not_block_another_prefix(
 ) -> None:
     manifest = write_chunk_set(tmp_path / "tiny", n_chunks=1)
     chunk = manifest.chunks[0]
-    one = chaos_settings(redis_url, key_prefix="sw", timeout_seconds=3)
-    two = chaos_settings(redis_url, key_prefix="sw2", timeout_seconds=3)
+    one = fast_settings(redis_url, CHAOS, key_prefix="sw", timeout_seconds=3)
+    two = fast_settings(redis_url, CHAOS, key_prefix="sw2", timeout_seconds=3)
     for settings in (one, two):
         await ModelRegistry(redis_client, settings).register("tiny", str(tmp_path / "tiny"))
     # deployment "sw" asks for the chunk while its loaders are down: the job waits queued

@@ -19,17 +19,13 @@ import pytest
 from producer import Producer
 from sw_core.local.redis_server import RedisServer
 from sw_core.pipeline.registry import ModelRegistry
-from tests.chaos.conftest import KEYS, publish_model
-from tests.chaos.harness import (
-    Cluster,
-    LoadGenerator,
-    StoppableS3,
-    chaos_settings,
-    wait_until,
-    worker_env,
-)
-from tests.chaos.observe import all_ended, job_outcomes, read_stats
+from tests.chaos.harness import LoadGenerator, publish_model
 from tests.chaos.report import Figures
+from tests.support.observe import KEYS, all_ended, job_outcomes, read_stats
+from tests.support.processes import Cluster, worker_env
+from tests.support.servers import S3Server
+from tests.support.settings import CHAOS, fast_settings
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
@@ -37,11 +33,12 @@ NODES = ("node-a", "node-b")
 
 
 async def _start(
-    chaos_redis: RedisServer, chaos_client, s3: StoppableS3, cluster: Cluster, tmp_path: Path
+    chaos_redis: RedisServer, chaos_client, s3: S3Server, cluster: Cluster, tmp_path: Path
 ):
     model = await publish_model(s3, tmp_path, n_chunks=2)
-    settings = chaos_settings(
+    settings = fast_settings(
         chaos_redis.url,
+        CHAOS,
         **s3.settings_overrides(),
         backup_dir=str(model.backup_dir),
         retry_attempts=5,
@@ -49,7 +46,7 @@ async def _start(
     )
     await ModelRegistry(chaos_client, settings).register(model.name, model.location)
     env = worker_env(
-        settings, SW_HANDLER="tests.chaos.handlers:ChunkHandler", CHAOS_HANDLER_SLEEP_S="0.05"
+        settings, SW_HANDLER="tests.support.handlers:ChunkHandler", CHAOS_HANDLER_SLEEP_S="0.05"
     )
     for name in NODES:
         cluster.add(name, env)
@@ -104,7 +101,7 @@ async def _summary(chaos_client, ids: list[str]) -> tuple[int, int, int]:
 async def test_redis_restart_loses_no_job_and_workers_reconnect(
     chaos_redis: RedisServer,
     chaos_client,
-    s3: StoppableS3,
+    s3: S3Server,
     cluster: Cluster,
     tmp_path: Path,
     long_mode: bool,
@@ -173,7 +170,7 @@ async def test_redis_restart_loses_no_job_and_workers_reconnect(
 async def test_redis_dropping_connections_loses_no_job_and_workers_reconnect(
     chaos_redis: RedisServer,
     chaos_client,
-    s3: StoppableS3,
+    s3: S3Server,
     cluster: Cluster,
     tmp_path: Path,
     long_mode: bool,

@@ -4,7 +4,8 @@ Two inference nodes share a backlog of slow jobs. One gets SIGTERM while it runs
 with more entries waiting: the batch in flight must finish within ``shutdown_grace_s`` on
 the leaving worker, the entries it had not started must be handed back and run by the
 other worker (reclaiming is off, so only the hand-back can move them), nothing may run
-twice, the exit is clean (status 0) and nothing is counted as a failure.
+twice, the exit is clean (status 0), every submit is counted once and nothing is counted as
+a failure.
 """
 
 from __future__ import annotations
@@ -18,13 +19,22 @@ import pytest
 
 from producer import Producer
 from sw_core.local.redis_server import RedisServer
-from sw_core.ops.stats import COMPLETED, ERRORS, FAILED
+from sw_core.ops.stats import COMPLETED, ERRORS, FAILED, TOTAL_REQUESTS
 from sw_core.pipeline.registry import ModelRegistry
-from tests.chaos.conftest import KEYS, publish_model
-from tests.chaos.handlers import calls_key
-from tests.chaos.harness import Cluster, StoppableS3, chaos_settings, wait_until, worker_env
-from tests.chaos.observe import job_ids_of_entries, pending_of, read_stats, recorded_events
+from tests.chaos.harness import publish_model
 from tests.chaos.report import Figures
+from tests.support.observe import (
+    KEYS,
+    calls_key,
+    job_ids_of_entries,
+    pending_of,
+    read_stats,
+    recorded_events,
+)
+from tests.support.processes import Cluster, worker_env
+from tests.support.servers import S3Server
+from tests.support.settings import CHAOS, fast_settings
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
@@ -41,7 +51,7 @@ async def _running_on(producer: Producer, ids: list[str], worker: str) -> list[s
 async def test_sigterm_finishes_in_flight_and_hands_back_the_rest(
     chaos_redis: RedisServer,
     chaos_client,
-    s3: StoppableS3,
+    s3: S3Server,
     cluster: Cluster,
     tmp_path: Path,
     long_mode: bool,
@@ -50,8 +60,9 @@ async def test_sigterm_finishes_in_flight_and_hands_back_the_rest(
     rounds = 3 if long_mode else 1
     grace_s = 10.0
     model = await publish_model(s3, tmp_path, n_chunks=2)
-    settings = chaos_settings(
+    settings = fast_settings(
         chaos_redis.url,
+        CHAOS,
         **s3.settings_overrides(),
         backup_dir=str(model.backup_dir),
         claim_idle_ms=600_000,  # no reclaiming: only the hand-back moves entries
@@ -60,7 +71,7 @@ async def test_sigterm_finishes_in_flight_and_hands_back_the_rest(
     )
     await ModelRegistry(chaos_client, settings).register(model.name, model.location)
     env = worker_env(
-        settings, SW_HANDLER="tests.chaos.handlers:ChunkHandler", CHAOS_HANDLER_SLEEP_S="1.5"
+        settings, SW_HANDLER="tests.support.handlers:ChunkHandler", CHAOS_HANDLER_SLEEP_S="1.5"
     )
     cluster.add("stayer", env)
     started = time.monotonic()
@@ -130,5 +141,6 @@ async def test_sigterm_finishes_in_flight_and_hands_back_the_rest(
     )
     assert duplicated == 0
     assert counts.get(COMPLETED, 0) == len(all_ids)
+    assert counts.get(TOTAL_REQUESTS, 0) == len(all_ids)  # each submit counted once
     assert FAILED not in counts and ERRORS not in counts
     assert max(drains) < grace_s + 10

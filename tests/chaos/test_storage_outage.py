@@ -25,18 +25,13 @@ from sw_core.cache import ChunkCache
 from sw_core.local.redis_server import RedisServer
 from sw_core.ops.stats import STORAGE_FAILOVERS
 from sw_core.pipeline.registry import ModelRegistry
-from tests.chaos.conftest import KEYS, publish_model
-from tests.chaos.harness import (
-    Cluster,
-    LoadGenerator,
-    StoppableS3,
-    chaos_settings,
-    settings_env,
-    wait_until,
-    worker_env,
-)
-from tests.chaos.observe import all_ended, job_outcomes, read_stats
+from tests.chaos.harness import LoadGenerator, publish_model
 from tests.chaos.report import Figures
+from tests.support.observe import KEYS, all_ended, job_outcomes, read_stats
+from tests.support.processes import Cluster, settings_env, worker_env
+from tests.support.servers import S3Server
+from tests.support.settings import CHAOS, fast_settings
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
@@ -53,7 +48,7 @@ async def _submit(producer: Producer, model: str, n: int, tag: str) -> list[str]
 async def test_storage_outage_fails_over_then_dead_letters_then_replays(
     chaos_redis: RedisServer,
     chaos_client,
-    s3: StoppableS3,
+    s3: S3Server,
     cluster: Cluster,
     tmp_path: Path,
     long_mode: bool,
@@ -63,8 +58,9 @@ async def test_storage_outage_fails_over_then_dead_letters_then_replays(
     outage_s = 20.0 if long_mode else 3.0
     started = time.monotonic()
     model = await publish_model(s3, tmp_path, n_chunks=3)
-    settings = chaos_settings(
+    settings = fast_settings(
         chaos_redis.url,
+        CHAOS,
         **s3.settings_overrides(),
         backup_dir=str(model.backup_dir),
         retry_attempts=3,
@@ -72,7 +68,7 @@ async def test_storage_outage_fails_over_then_dead_letters_then_replays(
         retry_max_delay_s=1.0,
     )
     await ModelRegistry(chaos_client, settings).register(model.name, model.location)
-    env = worker_env(settings, SW_HANDLER="tests.chaos.handlers:ChunkHandler")
+    env = worker_env(settings, SW_HANDLER="tests.support.handlers:ChunkHandler")
     cluster.add("node-a", env)
     cluster.add("node-b", env)
     cluster.add("loader-1", env, "workers.LoaderSettings")

@@ -8,7 +8,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from sw_core.cache import ChunkCache
 from sw_core.exceptions import CacheError, is_transient
 from sw_core.keys import Keys
 from sw_core.local.redis_server import RedisServer, free_port
+from tests.support.waiting import wait_until_sync
 
 MIB = 1 << 20
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -89,9 +89,9 @@ def test_writer_killed_between_staging_and_commit_leaves_nothing(redis_url: str)
         cache.keys.cache_meta,
     )
     assert sorted(permanent) == sorted(k.encode() for k in expected)
-    deadline = time.monotonic() + 10
-    while list(client.scan_iter(match="sw:cache:staging:*")) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until_sync(
+        lambda: not list(client.scan_iter(match="sw:cache:staging:*")), 10, "staging keys to go"
+    )
     assert not list(client.scan_iter(match="sw:cache:staging:*"))
 
     # The next writer stores it normally, with exact accounting.

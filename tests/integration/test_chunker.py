@@ -17,7 +17,7 @@ from sw_core.chunks.manifest import Manifest
 from sw_core.cli import main as sw_main
 from sw_core.local.bundled import minilm_path, smollm2_gguf_path
 from sw_core.utils import calculate_chunk_hash
-from tests.model_zoo import sample_inputs, tiny_model
+from tests.support.models import sample_inputs, tiny_model
 
 
 def _outputs(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:

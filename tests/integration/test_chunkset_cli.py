@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sw_core.chunks.manifest import Manifest
 from sw_core.cli import main
-from tests.storage_helpers import flip_data_byte, make_chunk_set
+from tests.support.storage import flip_data_byte, make_chunk_set
 
 
 def s3_flags(server) -> list[str]:

@@ -14,7 +14,7 @@ from sw_core.architectures import ARCHITECTURES
 from sw_core.chunks.chunker import chunk_model
 from sw_core.cli import main
 from sw_core.exceptions import ModelError
-from tests.storage_helpers import make_chunk_set
+from tests.support.storage import make_chunk_set
 
 
 def _unsupported_model() -> torch.nn.Module:

@@ -22,8 +22,8 @@ import torch
 from sw_core.chunks.chunker import chunk_model
 from sw_core.engine import StreamingEngine
 from sw_core.exceptions import ModelError
-from tests.model_fixtures import ChunkedModel
-from tests.st_zoo import encoder_model, minilm_tokenizer, sentence_folder
+from tests.support.models import ChunkedModel
+from tests.support.st_zoo import encoder_model, minilm_tokenizer, sentence_folder
 
 TEXTS = [
     "The cat sits on the mat.",

@@ -25,8 +25,8 @@ from sw_core.exceptions import (
 )
 from sw_core.storage import FilesystemBackend
 from sw_core.utils import calculate_chunk_hash, mib
-from tests.engine_helpers import chunk_cache, chunk_small, id_rows
-from tests.model_zoo import MODEL_CLASSES, tiny_config
+from tests.support.engine import chunk_cache, id_rows
+from tests.support.models import MODEL_CLASSES, chunk_small, tiny_config
 
 ROWS = id_rows([6, 4])
 

@@ -25,8 +25,8 @@ from sw_core.engine import (
 )
 from sw_core.exceptions import ChunkNotFoundError, ModelError
 from sw_core.storage import FilesystemBackend, S3Backend
-from tests.engine_helpers import chunk_cache, chunk_small, id_rows
-from tests.model_fixtures import ChunkedModel
+from tests.support.engine import chunk_cache, id_rows
+from tests.support.models import ChunkedModel, chunk_small
 
 ROWS = id_rows([6, 4, 5])
 

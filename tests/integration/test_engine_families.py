@@ -17,8 +17,8 @@ import torch
 
 from sw_core.chunks.chunker import chunk_model
 from sw_core.engine import StreamingEngine
-from tests.engine_helpers import id_rows, padded, reference_generate
-from tests.family_zoo import DECODERS, VOCAB, WINDOW, decoder_model
+from tests.support.engine import id_rows, padded, reference_generate
+from tests.support.family_zoo import DECODERS, VOCAB, WINDOW, decoder_model
 
 BUDGETS_MB = {"resident": 2048, "streaming": 1}
 #: Prompt lengths: all longer than the sliding window, one row padded in every batch.
@@ -98,7 +98,7 @@ async def test_opt_final_norm_is_scheduled_after_the_blocks(tmp_path: Path) -> N
 @pytest.mark.parametrize("kind", ["roberta", "xlm-roberta", "mpnet", "distilbert"])
 async def test_encoder_family_matches_transformers(kind: str, mode: str, tmp_path: Path) -> None:
     """Encoders: last hidden states within 1e-5, resident and streamed under 1 MiB."""
-    from tests.st_zoo import encoder_model
+    from tests.support.st_zoo import encoder_model
 
     model = encoder_model(kind, 4 * VOCAB)  # hidden 32: a 2 MiB embedding matrix
     manifest = chunk_model(model, tmp_path, name=f"tiny-{kind}", max_chunk_mb=0.25)

@@ -14,8 +14,8 @@ import transformers
 
 from sw_core.chunks.chunker import chunk_model
 from sw_core.engine import StreamingEngine
-from tests.engine_helpers import reference_generate
-from tests.gguf_zoo import GGUF_FAMILIES, write_gguf
+from tests.support.engine import reference_generate
+from tests.support.gguf_zoo import GGUF_FAMILIES, write_gguf
 
 pytestmark = pytest.mark.slow  # converting the 49,152-token GGUF tokenizer takes a while
 

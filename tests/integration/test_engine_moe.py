@@ -20,8 +20,8 @@ from sw_core.chunks.manifest import ChunkInfo
 from sw_core.engine import StoreChunkSource, StreamingEngine
 from sw_core.engine.budget import plan_residency
 from sw_core.storage import FilesystemBackend
-from tests.engine_helpers import id_rows, padded, reference_generate
-from tests.family_zoo import EXPERTS, MOE, VOCAB, moe_model
+from tests.support.engine import id_rows, padded, reference_generate
+from tests.support.family_zoo import EXPERTS, MOE, VOCAB, moe_model
 
 BUDGETS_MB = {"resident": 2048, "streaming": 1}
 LENGTHS = [9, 5, 7]

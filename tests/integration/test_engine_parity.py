@@ -17,16 +17,8 @@ from torch.nn import functional
 
 from sw_core.cache import ChunkCache
 from sw_core.engine import StreamingEngine
-from tests.engine_helpers import (
-    KINDS,
-    cached_source,
-    chunk_cache,
-    chunk_small,
-    id_rows,
-    padded,
-    reference_generate,
-)
-from tests.model_fixtures import ChunkedModel
+from tests.support.engine import cached_source, chunk_cache, id_rows, padded, reference_generate
+from tests.support.models import KINDS, ChunkedModel, chunk_small
 
 BUDGETS_MB = {"resident": 2048, "streaming": 2}
 LENGTHS = [9, 5, 7]

@@ -17,8 +17,8 @@ import torch
 
 from sw_core.cache import ChunkCache
 from sw_core.engine import StreamingEngine
-from tests.engine_helpers import cached_source, chunk_cache, padded, reference_generate
-from tests.model_fixtures import ChunkedModel
+from tests.support.engine import cached_source, chunk_cache, padded, reference_generate
+from tests.support.models import ChunkedModel
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sw_core.keys import Keys
 from sw_core.local.redis_server import free_port
-from tests.ops_support import REPO, env_of, ops_settings, run_sw_here, sw_command, wait_until
+from tests.support.cli import run_sw_here, sw_command
+from tests.support.processes import REPO, worker_env
+from tests.support.settings import OPS, fast_settings
+from tests.support.waiting import wait_until_sync
 
 KEYS = Keys("sw")
 
@@ -28,7 +31,7 @@ def seed(redis_url: str, requests: int, errors: int) -> None:
 
 
 def test_stats_json_and_check(redis_url: str, monkeypatch, capsys) -> None:
-    settings = ops_settings(redis_url, alert_error_rate=0.2)
+    settings = fast_settings(redis_url, OPS, alert_error_rate=0.2)
     seed(redis_url, requests=10, errors=1)
     rc, out, _ = run_sw_here(["stats", "--json", "--check"], settings, monkeypatch, capsys)
     stats = json.loads(out)
@@ -43,7 +46,7 @@ def test_stats_json_and_check(redis_url: str, monkeypatch, capsys) -> None:
 
 
 def test_monitor_once_check_and_an_unreachable_redis(redis_url: str, monkeypatch, capsys) -> None:
-    settings = ops_settings(redis_url, alert_error_rate=0.2)
+    settings = fast_settings(redis_url, OPS, alert_error_rate=0.2)
     seed(redis_url, requests=10, errors=5)
     rc, out, err = run_sw_here(["monitor", "--once", "--check"], settings, monkeypatch, capsys)
     assert rc == 1 and "Errors by type" in out and "50.0%" in err
@@ -56,13 +59,13 @@ def test_monitor_once_check_and_an_unreachable_redis(redis_url: str, monkeypatch
 
 
 def test_metrics_command_serves_until_interrupted(redis_url: str) -> None:
-    settings = ops_settings(redis_url)
+    settings = fast_settings(redis_url, OPS)
     seed(redis_url, requests=4, errors=1)
     port = free_port()
     proc = subprocess.Popen(
         [*sw_command(), "metrics", "--port", str(port), "--host", "127.0.0.1"],
         cwd=REPO,
-        env=env_of(settings),
+        env=worker_env(settings),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -76,7 +79,7 @@ def test_metrics_command_serves_until_interrupted(redis_url: str) -> None:
             except OSError:
                 return None
 
-        body = wait_until(scrape, 30, "sw metrics to serve")
+        body = wait_until_sync(scrape, 30, "sw metrics to serve")
         samples = {
             (s.name, tuple(sorted(s.labels.items()))): s.value
             for f in text_string_to_metric_families(body)

@@ -1,7 +1,7 @@
 """Acceptance: injected storage failures and bad inputs show up exactly, everywhere.
 
 One real inference worker process (``arq workers.Settings``) runs against the real Redis.
-Its handler (``tests.ops_handlers.ChunkReadingHandler``) reads every chunk of the job's model
+Its handler (``tests.support.handlers.ChunkReadingHandler``) reads every chunk of the job's model
 through the worker's own chunk path (shared cache, loader, storage). The model ``down`` lives
 on an S3 endpoint nobody listens on, so each of its job attempts fails with a real
 ``StorageError`` from the S3 backend; malformed entries added straight to the stream fail
@@ -28,8 +28,10 @@ from sw_core.local.redis_server import RedisServer, free_port
 from sw_core.ops.monitor import StreamingMonitor
 from sw_core.ops.prometheus import start_metrics_server
 from sw_core.settings import Settings
-from tests.ops_support import ops_settings, wait_until, worker_logs, workers
-from tests.storage_helpers import make_chunk_set
+from tests.support.processes import worker_logs, workers
+from tests.support.settings import OPS, fast_settings
+from tests.support.storage import make_chunk_set
+from tests.support.waiting import wait_until_sync
 
 KEYS = Keys("sw")
 GOOD_JOBS = 3
@@ -65,8 +67,9 @@ def scenario(
     client.flushall()
     manifest = make_chunk_set(tmp / "good", name="good")
     metrics_port = free_port()
-    settings = ops_settings(
+    settings = fast_settings(
         redis_server.url,
+        OPS,
         s3_endpoint=f"127.0.0.1:{free_port()}",  # nothing listens: a storage outage
         s3_access_key="testing",
         s3_secret_key="testing",
@@ -104,7 +107,7 @@ def scenario(
             )
 
         try:
-            wait_until(finished, 90, "all jobs to finish")
+            wait_until_sync(finished, 90, "all jobs to finish")
         except AssertionError as exc:
             raise AssertionError(
                 f"{exc}\n{client.hgetall(KEYS.stats)}\n{worker_logs(tmp)}"

@@ -20,8 +20,10 @@ from sw_core.pipeline.dlq import DeadLetterQueue
 from sw_core.pipeline.jobs import decode_entry
 from sw_core.pipeline.store import JobStore
 from sw_core.settings import Settings
-from tests.ops_support import ops_settings, run_sw, run_sw_here, worker_logs, workers
-from tests.storage_helpers import make_chunk_set
+from tests.support.cli import run_sw, run_sw_here
+from tests.support.processes import worker_logs, workers
+from tests.support.settings import OPS, fast_settings
+from tests.support.storage import make_chunk_set
 
 KEYS = Keys("sw")
 
@@ -37,8 +39,9 @@ async def test_dead_letter_replayed_after_the_outage_completes(
 
     port = free_port()
     with RedisServer() as server:
-        settings = ops_settings(
+        settings = fast_settings(
             server.url,
+            OPS,
             s3_endpoint=f"127.0.0.1:{port}",
             s3_access_key="testing",
             s3_secret_key="testing",
@@ -119,7 +122,7 @@ def dlq_of(settings: Settings) -> DeadLetterQueue:
 
 
 async def test_list_show_and_replay_keep_the_job(redis_url: str) -> None:
-    settings = ops_settings(redis_url)
+    settings = fast_settings(redis_url, OPS)
     ids = await dead_letters(settings, ["first text", "second text"])
     dlq = dlq_of(settings)
     letters = dlq.list()
@@ -145,7 +148,7 @@ async def test_list_show_and_replay_keep_the_job(redis_url: str) -> None:
 
 
 async def test_concurrent_replays_of_one_letter_add_one_job(redis_url: str) -> None:
-    settings = ops_settings(redis_url)
+    settings = fast_settings(redis_url, OPS)
     await dead_letters(settings, ["only once"])
     letter_id = dlq_of(settings).list()[0].id
     outcomes: list[str] = []
@@ -169,7 +172,7 @@ async def test_concurrent_replays_of_one_letter_add_one_job(redis_url: str) -> N
 
 
 async def test_malformed_letters_are_not_replayed(redis_url: str, monkeypatch, capsys) -> None:
-    settings = ops_settings(redis_url)
+    settings = fast_settings(redis_url, OPS)
     await dead_letters(settings, ["fine"])
     redis_client = aioredis.Redis.from_url(redis_url)
     store = JobStore(redis_client, settings)
@@ -189,7 +192,7 @@ async def test_malformed_letters_are_not_replayed(redis_url: str, monkeypatch, c
 
 
 async def test_purge_needs_confirmation(redis_url: str, monkeypatch, capsys) -> None:
-    settings = ops_settings(redis_url)
+    settings = fast_settings(redis_url, OPS)
     await dead_letters(settings, ["a", "b", "c"])
     client = redis.Redis.from_url(redis_url)
 
@@ -214,7 +217,7 @@ async def test_purge_needs_confirmation(redis_url: str, monkeypatch, capsys) -> 
 
 
 def test_purge_refuses_without_any_stdin(redis_url: str) -> None:
-    settings = ops_settings(redis_url)
+    settings = fast_settings(redis_url, OPS)
     asyncio.run(dead_letters(settings, ["kept"]))
     result = run_sw(["dlq", "purge"], settings)  # stdin is /dev/null
     assert result.returncode == 1 and "refusing" in result.stderr
@@ -222,7 +225,7 @@ def test_purge_refuses_without_any_stdin(redis_url: str) -> None:
 
 
 async def test_purge_keeps_letters_newer_than_the_confirmation(redis_url: str) -> None:
-    settings = ops_settings(redis_url)
+    settings = fast_settings(redis_url, OPS)
     await dead_letters(settings, ["seen 1", "seen 2"])
     dlq = dlq_of(settings)
     seen_up_to = dlq.last_id()

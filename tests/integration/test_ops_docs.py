@@ -19,8 +19,11 @@ from producer import Producer
 from sw_core.exceptions import SecurityError
 from sw_core.keys import Keys
 from sw_core.ops.metrics import record_latency_sync
-from tests.ops_support import REPO, ops_settings, redis_cli_binary, wait_until, workers
-from tests.storage_helpers import make_chunk_set
+from tests.support.cli import redis_cli_binary
+from tests.support.processes import REPO, workers
+from tests.support.settings import OPS, fast_settings
+from tests.support.storage import make_chunk_set
+from tests.support.waiting import wait_until_sync
 
 KEYS = Keys("sw")
 GUIDE = REPO / "docs" / "operations.md"
@@ -45,7 +48,7 @@ def test_guide_documents_the_essential_commands() -> None:
 
 def test_every_documented_command_works_on_a_running_system(redis_url: str, tmp_path: Path) -> None:
     make_chunk_set(tmp_path / "good", name="good")
-    settings = ops_settings(redis_url, retry_attempts=1)
+    settings = fast_settings(redis_url, OPS, retry_attempts=1)
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     client.hset(KEYS.models, "good", str(tmp_path / "good"))
 
@@ -63,7 +66,7 @@ def test_every_documented_command_works_on_a_running_system(redis_url: str, tmp_
     with workers(settings, tmp_path, "inference"):
         good_job, _ = asyncio.run(run_jobs())
         record_latency_sync(client, "embed", 0.042)
-        worker_id = wait_until(lambda: client.zrange(KEYS.workers, 0, 0), 30, "a heartbeat")[0]
+        worker_id = wait_until_sync(lambda: client.zrange(KEYS.workers, 0, 0), 30, "a heartbeat")[0]
         chunk_id = client.zrange(KEYS.cache_lru, 0, 0)[0]
         values = {
             "<job_id>": good_job,

@@ -10,16 +10,11 @@ import redis
 
 from sw_core.local.redis_server import RedisServer
 from sw_core.ops.health import check_health
-from tests.conftest import S3Server
-from tests.ops_support import (
-    ops_settings,
-    run_sw,
-    start_worker,
-    stop_worker,
-    wait_until,
-    worker_logs,
-    workers,
-)
+from tests.support.cli import run_sw
+from tests.support.processes import start_worker, worker_logs, workers
+from tests.support.servers import S3Server
+from tests.support.settings import OPS, fast_settings
+from tests.support.waiting import wait_until_sync
 
 TTL_S = 2.0
 
@@ -31,11 +26,11 @@ def by_name(report) -> dict[str, str]:
 def test_health_fails_within_the_ttl_after_the_only_inference_worker_dies(
     redis_url: str, tmp_path: Path
 ) -> None:
-    settings = ops_settings(redis_url, heartbeat_ttl_s=TTL_S, heartbeat_interval_s=0.25)
+    settings = fast_settings(redis_url, OPS, heartbeat_ttl_s=TTL_S, heartbeat_interval_s=0.25)
     with workers(settings, tmp_path, "loader"):
         inference = start_worker(settings, tmp_path / "inference-a.log")
         try:
-            wait_until(lambda: check_health(settings).ok, 60, "both workers heartbeating")
+            wait_until_sync(lambda: check_health(settings).ok, 60, "both workers heartbeating")
             first = run_sw(["health"], settings)
             assert first.returncode == 0, first.stdout + first.stderr
             assert "inference workers" in first.stdout and "healthy" in first.stdout
@@ -47,7 +42,9 @@ def test_health_fails_within_the_ttl_after_the_only_inference_worker_dies(
             def inference_dead() -> bool:
                 return by_name(check_health(settings))["inference workers"] == "fail"
 
-            wait_until(inference_dead, TTL_S + 10, "the dead worker to be noticed", every_s=0.05)
+            wait_until_sync(
+                inference_dead, TTL_S + 10, "the dead worker to be noticed", every_s=0.05
+            )
             detected_s = time.monotonic() - killed_at
             # the last beat was at most one interval before the kill: a worker counts as dead
             # once its last beat is older than the TTL (its hash expires then too)
@@ -56,26 +53,29 @@ def test_health_fails_within_the_ttl_after_the_only_inference_worker_dies(
             failed = run_sw(["health"], settings)
             assert failed.returncode == 1 and "UNHEALTHY" in failed.stdout
         finally:
-            stop_worker(inference)
+            inference.stop()
 
         replacement = start_worker(settings, tmp_path / "inference-b.log")
         try:
             try:
-                wait_until(lambda: check_health(settings).ok, 60, "the new worker heartbeating")
+                wait_until_sync(
+                    lambda: check_health(settings).ok, 60, "the new worker heartbeating"
+                )
             except AssertionError as exc:
                 raise AssertionError(f"{exc}\n{worker_logs(tmp_path)}") from None
             again = run_sw(["health"], settings)
             assert again.returncode == 0, again.stdout + again.stderr
         finally:
-            stop_worker(replacement)
+            replacement.stop()
 
 
 def test_health_checks_redis_policy_storage_and_folders(
     s3_server: S3Server, s3_bucket: str, tmp_path: Path
 ) -> None:
     with RedisServer(maxmemory_policy="allkeys-lru", maxmemory_mb=64) as server:
-        settings = ops_settings(
+        settings = fast_settings(
             server.url,
+            OPS,
             s3_endpoint=s3_server.endpoint,
             s3_access_key=s3_server.access_key,
             s3_secret_key=s3_server.secret_key,
@@ -107,8 +107,8 @@ def test_health_checks_redis_policy_storage_and_folders(
 def test_health_reports_an_unreachable_redis_and_s3(tmp_path: Path) -> None:
     from sw_core.local.redis_server import free_port
 
-    settings = ops_settings(
-        f"redis://127.0.0.1:{free_port()}/0", s3_endpoint=f"127.0.0.1:{free_port()}"
+    settings = fast_settings(
+        f"redis://127.0.0.1:{free_port()}/0", OPS, s3_endpoint=f"127.0.0.1:{free_port()}"
     )
     started = time.monotonic()
     report = check_health(settings)

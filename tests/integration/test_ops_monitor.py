@@ -19,8 +19,11 @@ import redis
 
 from producer import Producer
 from sw_core.keys import Keys
-from tests.ops_support import env_of, ops_settings, sw_command, wait_until, worker_logs, workers
-from tests.storage_helpers import make_chunk_set
+from tests.support.cli import sw_command
+from tests.support.processes import worker_env, worker_logs, workers
+from tests.support.settings import OPS, fast_settings
+from tests.support.storage import make_chunk_set
+from tests.support.waiting import wait_until_sync
 
 KEYS = Keys("sw")
 TMUX = "/usr/bin/tmux"
@@ -69,14 +72,16 @@ def jobs_value(screen: str, label: str) -> int | None:
 
 def test_monitor_renders_while_jobs_flow_and_quits_cleanly(redis_url: str, tmp_path: Path) -> None:
     make_chunk_set(tmp_path / "good", name="good")
-    settings = ops_settings(redis_url, retry_attempts=1)
+    settings = fast_settings(redis_url, OPS, retry_attempts=1)
     client = redis.Redis.from_url(redis_url)
     client.hset(KEYS.models, "good", str(tmp_path / "good"))
 
     exit_file = tmp_path / "exit-status"
     script = tmp_path / "monitor.sh"
     exports = "".join(
-        f"export {k}={shlex.quote(v)}\n" for k, v in env_of(settings).items() if k.startswith("SW_")
+        f"export {k}={shlex.quote(v)}\n"
+        for k, v in worker_env(settings).items()
+        if k.startswith("SW_")
     )
     command = shlex.join([*sw_command(), "monitor", "--interval", "0.5"])
     # A shell that traps INT waits for the monitor and records its exit status. COLUMNS and
@@ -89,7 +94,7 @@ def test_monitor_renders_while_jobs_flow_and_quits_cleanly(redis_url: str, tmp_p
     try:
         with workers(settings, tmp_path, "inference"):
             pane.start(script)
-            wait_until(lambda: "Surfing Weights" in pane.screen(), 30, "the first frame")
+            wait_until_sync(lambda: "Surfing Weights" in pane.screen(), 30, "the first frame")
 
             async def submit() -> None:
                 async with Producer(settings=settings) as producer:
@@ -111,7 +116,7 @@ def test_monitor_renders_while_jobs_flow_and_quits_cleanly(redis_url: str, tmp_p
                 return done == total_jobs
 
             try:
-                wait_until(settled, 60, "every job to end")
+                wait_until_sync(settled, 60, "every job to end")
             except AssertionError as exc:
                 raise AssertionError(f"{exc}\n{worker_logs(tmp_path)}") from None
             expected = {"StorageError": 3, "SecurityError": 2}
@@ -122,7 +127,7 @@ def test_monitor_renders_while_jobs_flow_and_quits_cleanly(redis_url: str, tmp_p
                     return screen
                 return None
 
-            screen = wait_until(shows_final_counts, 15, "the final counts on screen")
+            screen = wait_until_sync(shows_final_counts, 15, "the final counts on screen")
             lines = screen.rstrip("\n").splitlines()
             assert "Surfing Weights" in lines[0]
             assert len(lines) <= 30 and lines[-1].startswith("╰")  # the whole frame fits
@@ -134,7 +139,7 @@ def test_monitor_renders_while_jobs_flow_and_quits_cleanly(redis_url: str, tmp_p
             assert all("Queue" in frame for frame in frames_in_flight)
 
             pane.tmux("send-keys", "-t", pane.name, "C-c")
-            wait_until(exit_file.exists, 15, "sw monitor to exit after Ctrl-C")
+            wait_until_sync(exit_file.exists, 15, "sw monitor to exit after Ctrl-C")
             time.sleep(0.2)
             assert exit_file.read_text().strip() == "0"
             assert pane.flag("alternate_on") == "0"  # back on the normal screen

@@ -13,9 +13,10 @@ import pytest
 
 from sw_core.cli import main
 from sw_core.settings import Settings
-from tests.pipeline_handlers import EchoHandler
-from tests.pipeline_helpers import consumers, pipeline_settings
-from tests.storage_helpers import make_chunk_set
+from tests.support.handlers import EchoHandler
+from tests.support.pipeline import consumers
+from tests.support.settings import fast_settings
+from tests.support.storage import make_chunk_set
 
 
 @contextlib.contextmanager
@@ -103,7 +104,7 @@ def test_register_reads_the_manifest_on_s3(
 
 
 def test_submit_wait_prints_the_result(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    settings = pipeline_settings(redis_url)
+    settings = fast_settings(redis_url)
     flags = ["--redis-url", redis_url]
     with worker_thread(settings):
         code = main(
@@ -126,7 +127,7 @@ def test_submit_wait_prints_the_result(redis_url: str, capsys: pytest.CaptureFix
 def test_failed_and_unfinished_jobs_have_their_own_exit_codes(
     redis_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    settings = pipeline_settings(redis_url)
+    settings = fast_settings(redis_url)
     flags = ["--redis-url", redis_url]
     with worker_thread(settings):
         assert main(["submit", "unknown-model", "--text", "x", "--wait", *flags]) == 1

@@ -13,8 +13,9 @@ from producer import Producer
 from sw_core.engine import StreamingEngine
 from sw_core.exceptions import ModelError
 from sw_core.keys import Keys
-from tests.model_fixtures import ChunkedModel
-from tests.pipeline_helpers import pipeline_settings, start_worker, stop_worker, worker_env
+from tests.support.models import ChunkedModel
+from tests.support.processes import start_worker, worker_env
+from tests.support.settings import fast_settings
 
 N_JOBS = 200
 
@@ -32,9 +33,7 @@ def _sentences(n: int) -> list[str]:
 async def test_200_embed_jobs_two_producers_two_workers_one_loader(
     redis_url: str, minilm_chunked: ChunkedModel, tmp_path: Path
 ) -> None:
-    settings = pipeline_settings(
-        redis_url, models=f"minilm={minilm_chunked.folder}", max_batch_size=16
-    )
+    settings = fast_settings(redis_url, models=f"minilm={minilm_chunked.folder}", max_batch_size=16)
     env = worker_env(settings, SW_HANDLER="workers.inference:build_handler")
     procs = [
         start_worker(env, tmp_path / "inference-1.log"),
@@ -55,7 +54,7 @@ async def test_200_embed_jobs_two_producers_two_workers_one_loader(
             job_ids[0::2], job_ids[1::2] = ids_1, ids_2
             results = await asyncio.gather(*(p1.result(j, timeout=240) for j in job_ids))
     finally:
-        codes = [stop_worker(p) for p in procs]
+        codes = [p.stop() for p in procs]
     logs = "".join((tmp_path / f).read_text() for f in ("inference-1.log", "inference-2.log"))
     assert codes == [0, 0, 0], logs[-3000:]
 
@@ -82,7 +81,7 @@ async def test_200_embed_jobs_two_producers_two_workers_one_loader(
 async def test_unknown_model_is_dead_lettered_by_the_engine_handler(
     redis_url: str, minilm_chunked: ChunkedModel, tmp_path: Path
 ) -> None:
-    settings = pipeline_settings(redis_url, models=f"minilm={minilm_chunked.folder}")
+    settings = fast_settings(redis_url, models=f"minilm={minilm_chunked.folder}")
     proc = start_worker(worker_env(settings), tmp_path / "inference.log")
     try:
         async with Producer(settings=settings) as producer:
@@ -93,4 +92,4 @@ async def test_unknown_model_is_dead_lettered_by_the_engine_handler(
             vector = await producer.result(good, timeout=120)
         assert len(vector) == 1 and len(vector[0]) == 384
     finally:
-        assert stop_worker(proc) == 0, (tmp_path / "inference.log").read_text()[-3000:]
+        assert proc.stop() == 0, (tmp_path / "inference.log").read_text()[-3000:]

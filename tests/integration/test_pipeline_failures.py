@@ -21,22 +21,11 @@ from sw_core.ops.stats import (
     error_counter,
 )
 from sw_core.pipeline.jobs import Job, encode_job
-from tests.pipeline_handlers import (
-    AlwaysTransientHandler,
-    BrokenHandler,
-    EchoHandler,
-    FlakyHandler,
-)
-from tests.pipeline_helpers import (
-    KEYS,
-    calls,
-    consumers,
-    dead_letters,
-    pending_count,
-    pipeline_settings,
-    stats,
-    wait_for,
-)
+from tests.support.handlers import AlwaysTransientHandler, BrokenHandler, EchoHandler, FlakyHandler
+from tests.support.observe import KEYS, dead_letters, pending_count, read_stats, recorded_events
+from tests.support.pipeline import consumers
+from tests.support.settings import fast_settings
+from tests.support.waiting import wait_until
 
 
 def malformed_entries() -> list[dict[str, Any]]:
@@ -62,13 +51,13 @@ def malformed_entries() -> list[dict[str, Any]]:
 async def test_fifty_malformed_entries_become_readable_dead_letters(
     redis_url: str, redis_client
 ) -> None:
-    settings = pipeline_settings(redis_url)
+    settings = fast_settings(redis_url)
     async with consumers(settings, [EchoHandler(settings)]), Producer(settings=settings) as p:
         for fields in malformed_entries():
             await redis_client.xadd(KEYS.jobs, fields)
         good = await p.submit("m1", "embed", ["still serving"])
         assert (await p.result(good, timeout=20))["inputs"] == ["still serving"]
-        await wait_for(
+        await wait_until(
             lambda: _xlen(redis_client, KEYS.dlq, 50), timeout_s=10, what="50 dead letters"
         )
     letters = await dead_letters(redis_client)
@@ -87,7 +76,7 @@ async def test_fifty_malformed_entries_become_readable_dead_letters(
     kept = msgpack.unpackb(raw[0][1][b"fields"], raw=False)
     assert kept == {"garbage": b"value-0", "more": b"junk"}
     assert await pending_count(redis_client) == 0
-    counts = await stats(redis_client)
+    counts = await read_stats(redis_client)
     assert counts[DEAD_LETTERED] == 50 and counts[ERRORS] == 50 and counts[FAILED] == 50
     assert counts[error_counter("JobError")] == 40 and counts[error_counter("ModelError")] == 10
     assert counts[TOTAL_REQUESTS] == 51 and counts[COMPLETED] == 1
@@ -109,7 +98,7 @@ async def _xlen(redis: Any, key: str, n: int) -> bool:
 
 
 async def test_transient_twice_then_success_on_attempt_three(redis_url: str, redis_client) -> None:
-    settings = pipeline_settings(
+    settings = fast_settings(
         redis_url, retry_initial_delay_s=0.2, retry_multiplier=2.0, retry_jitter=0.1
     )
     async with consumers(settings, [FlakyHandler(settings)]), Producer(settings=settings) as p:
@@ -118,14 +107,14 @@ async def test_transient_twice_then_success_on_attempt_three(redis_url: str, red
         status = await p.status(job_id)
     assert result["attempt"] == 3 and status["attempts"] == 3 and status["status"] == "done"
     assert "error" not in status
-    runs = [c for c in await calls(redis_client, settings) if c["job_id"] == job_id]
+    runs = [c for c in await recorded_events(redis_client, settings) if c["job_id"] == job_id]
     assert [c["attempt"] for c in runs] == [1, 2, 3]
     first_gap = runs[1]["t"] - runs[0]["t"]
     second_gap = runs[2]["t"] - runs[1]["t"]
     # backoff 0.2 s then 0.4 s, +-10 % jitter, plus at most a little scheduling latency
     assert 0.18 <= first_gap <= 0.22 + 0.15, first_gap
     assert 0.36 <= second_gap <= 0.44 + 0.15, second_gap
-    counts = await stats(redis_client)
+    counts = await read_stats(redis_client)
     assert counts[COMPLETED] == 1 and counts[TOTAL_REQUESTS] == 1
     assert counts[RETRIED] == 2 and counts[FAILED] == 2 and counts[ERRORS] == 2
     assert counts[error_counter("WeightServerError")] == 2
@@ -137,7 +126,7 @@ async def test_transient_twice_then_success_on_attempt_three(redis_url: str, red
 async def test_always_transient_is_dead_lettered_after_exactly_retry_attempts(
     redis_url: str, redis_client
 ) -> None:
-    settings = pipeline_settings(redis_url, retry_attempts=3, retry_initial_delay_s=0.05)
+    settings = fast_settings(redis_url, retry_attempts=3, retry_initial_delay_s=0.05)
     handler = AlwaysTransientHandler(settings)
     async with consumers(settings, [handler]), Producer(settings=settings) as p:
         job_id = await p.submit("m1", "embed", ["doomed"])
@@ -145,14 +134,14 @@ async def test_always_transient_is_dead_lettered_after_exactly_retry_attempts(
             await p.result(job_id, timeout=15)
         status = await p.status(job_id)
     assert status["status"] == "dead" and status["attempts"] == 3
-    runs = [c["attempt"] for c in await calls(redis_client, settings)]
+    runs = [c["attempt"] for c in await recorded_events(redis_client, settings)]
     assert runs == [1, 2, 3]
     (letter,) = await dead_letters(redis_client)
     assert letter["job_id"] == job_id and letter["attempts"] == "3"
     assert letter["reason"] == "retries_exhausted" and letter["error_type"] == "StorageError"
     assert int(letter["first_failure_ms"]) < int(letter["last_failure_ms"])
     assert int(letter["submitted_ms"]) <= int(letter["first_failure_ms"])
-    counts = await stats(redis_client)
+    counts = await read_stats(redis_client)
     assert counts[ERRORS] == counts[FAILED] == 3 and counts[RETRIED] == 2
     assert counts[DEAD_LETTERED] == 1 and counts[TOTAL_REQUESTS] == 1
     assert counts[error_counter("StorageError")] == 3 and COMPLETED not in counts
@@ -163,14 +152,14 @@ async def test_always_transient_is_dead_lettered_after_exactly_retry_attempts(
 
 
 async def test_permanent_error_is_dead_lettered_at_once(redis_url: str, redis_client) -> None:
-    settings = pipeline_settings(redis_url)
+    settings = fast_settings(redis_url)
     async with consumers(settings, [BrokenHandler(settings)]), Producer(settings=settings) as p:
         job_id = await p.submit("m1", "embed", ["x"])
-        await wait_for(lambda: _xlen(redis_client, KEYS.dlq, 1), 10, "a dead letter")
+        await wait_until(lambda: _xlen(redis_client, KEYS.dlq, 1), 10, "a dead letter")
     (letter,) = await dead_letters(redis_client)
     assert letter["job_id"] == job_id and letter["reason"] == "permanent"
     assert letter["error_type"] == "ValueError" and letter["attempts"] == "1"
-    counts = await stats(redis_client)
+    counts = await read_stats(redis_client)
     assert counts[error_counter("ValueError")] == 1 and RETRIED not in counts
 
 
@@ -194,7 +183,7 @@ class _HangingHandler:
 async def test_a_batch_past_its_timeout_is_retried_then_dead_lettered(
     redis_url: str, redis_client
 ) -> None:
-    settings = pipeline_settings(
+    settings = fast_settings(
         redis_url, batch_timeout_s=0.3, retry_attempts=2, retry_initial_delay_s=0.1
     )
     handler = _HangingHandler()
@@ -210,7 +199,7 @@ async def test_a_batch_past_its_timeout_is_retried_then_dead_lettered(
     (letter,) = await dead_letters(redis_client)
     assert letter["job_id"] == stuck and letter["error_type"] == "BatchTimeoutError"
     assert letter["attempts"] == "2"
-    counts = await stats(redis_client)
+    counts = await read_stats(redis_client)
     assert counts[error_counter("BatchTimeoutError")] == 2 and counts[RETRIED] == 1
     assert await pending_count(redis_client) == 0
 
@@ -234,7 +223,7 @@ class _OddHandler:
 async def test_handler_misbehaviour_dead_letters_the_job(
     redis_url: str, redis_client, mode: str, reason: str
 ) -> None:
-    settings = pipeline_settings(redis_url)
+    settings = fast_settings(redis_url)
     async with consumers(settings, [_OddHandler(mode)]), Producer(settings=settings) as p:
         job_id = await p.submit("m1", "embed", ["x"])
         with pytest.raises(JobError, match=reason):
@@ -242,7 +231,7 @@ async def test_handler_misbehaviour_dead_letters_the_job(
 
 
 async def test_poison_entry_is_dead_lettered(redis_url: str, redis_client) -> None:
-    settings = pipeline_settings(redis_url, max_deliveries=3, claim_idle_ms=200)
+    settings = fast_settings(redis_url, max_deliveries=3, claim_idle_ms=200)
     async with Producer(settings=settings) as p:
         job_id = await p.submit("m1", "embed", ["crashes every worker"])
         await redis_client.xgroup_create(KEYS.jobs, KEYS.jobs_group, id="0", mkstream=True)
@@ -258,18 +247,20 @@ async def test_poison_entry_is_dead_lettered(redis_url: str, redis_client) -> No
                 await p.result(job_id, timeout=10)
     (letter,) = await dead_letters(redis_client)
     assert letter["reason"] == "poison" and letter["job_id"] == job_id
-    assert await calls(redis_client, settings) == []  # never run again
+    assert await recorded_events(redis_client, settings) == []  # never run again
     assert await pending_count(redis_client) == 0
 
 
 async def test_retry_scheduled_by_a_dead_worker_is_moved_by_another(
     redis_url: str, redis_client
 ) -> None:
-    settings = pipeline_settings(redis_url, retry_initial_delay_s=0.3, retry_jitter=0)
+    settings = fast_settings(redis_url, retry_initial_delay_s=0.3, retry_jitter=0)
     async with Producer(settings=settings) as p:
         job_id = await p.submit("m1", "embed", ["fail=1"])
         async with consumers(settings, [FlakyHandler(settings)]):
-            await wait_for(lambda: _status_is(p, job_id, "retrying"), timeout_s=10, what="a retry")
+            await wait_until(
+                lambda: _status_is(p, job_id, "retrying"), timeout_s=10, what="a retry"
+            )
         # the worker that scheduled the retry is gone; the retry waits in the zset
         assert await redis_client.zcard(KEYS.retries) == 1
         async with consumers(settings, [EchoHandler(settings)], names=["other"]):
@@ -283,10 +274,10 @@ async def _status_is(p: Producer, job_id: str, status: str) -> bool:
 
 
 async def test_error_messages_are_stored_with_type(redis_url: str, redis_client) -> None:
-    settings = pipeline_settings(redis_url, retry_initial_delay_s=5)
+    settings = fast_settings(redis_url, retry_initial_delay_s=5)
     async with consumers(settings, [FlakyHandler(settings)]), Producer(settings=settings) as p:
         job_id = await p.submit("m1", "embed", ["fail=1"])
-        await wait_for(lambda: _status_is(p, job_id, "retrying"), 10, "a retry")
+        await wait_until(lambda: _status_is(p, job_id, "retrying"), 10, "a retry")
         status = await p.status(job_id)
     assert status["error_type"] == "WeightServerError"
     assert "simulated blip 1" in status["error"]

@@ -8,24 +8,18 @@ from collections import Counter
 import pytest
 
 from producer import Producer
-from sw_core.exceptions import ConfigError, JobError, JobTimeoutError, ModelError, SurfingError
+from sw_core.exceptions import JobTimeoutError, ModelError, SurfingError
 from sw_core.ops.stats import COMPLETED, ERRORS, TOTAL_REQUESTS
-from tests.pipeline_handlers import BrokenHandler, EchoHandler, RecordingEchoHandler
-from tests.pipeline_helpers import (
-    KEYS,
-    calls,
-    consumers,
-    pending_count,
-    pipeline_settings,
-    stats,
-    wait_for,
-)
-from workers.handlers import load_handler
+from tests.support.handlers import BrokenHandler, EchoHandler, RecordingEchoHandler
+from tests.support.observe import KEYS, pending_count, read_stats, recorded_events
+from tests.support.pipeline import consumers
+from tests.support.settings import fast_settings
+from tests.support.waiting import wait_until
 from workers.heartbeat import Heartbeat
 
 
 async def test_submit_then_result_round_trip(redis_url: str, redis_client) -> None:
-    settings = pipeline_settings(redis_url)
+    settings = fast_settings(redis_url)
     async with consumers(settings, [EchoHandler(settings)]), Producer(settings=settings) as p:
         job_id = await p.submit("m1", "generate", ["hello"], max_new_tokens=5)
         result = await p.result(job_id, timeout=10)
@@ -35,14 +29,14 @@ async def test_submit_then_result_round_trip(redis_url: str, redis_client) -> No
     assert status["status"] == "done" and status["attempts"] == 1 and status["worker"] == "w0"
     assert status["finished_ms"] >= status["started_ms"] >= status["submitted_ms"]
     assert 0 < await redis_client.ttl(KEYS.job(job_id)) <= settings.result_ttl_s
-    counts = await stats(redis_client)
+    counts = await read_stats(redis_client)
     assert counts[TOTAL_REQUESTS] == 1 and counts[COMPLETED] == 1 and ERRORS not in counts
     assert await redis_client.xlen(KEYS.jobs) == 0  # acked entries are deleted
     assert await pending_count(redis_client) == 0
 
 
 async def test_hand_added_entry_is_run_and_counted_once(redis_url: str, redis_client) -> None:
-    settings = pipeline_settings(redis_url)
+    settings = fast_settings(redis_url)
     async with consumers(settings, [EchoHandler(settings)]), Producer(settings=settings) as p:
         entry_id = await redis_client.xadd(
             KEYS.jobs, {"model": "m1", "task": "embed", "text": "hello world", "normalize": "true"}
@@ -51,12 +45,12 @@ async def test_hand_added_entry_is_run_and_counted_once(redis_url: str, redis_cl
         result = await p.result(job_id, timeout=10)
     assert result["job_id"] == job_id
     assert result["inputs"] == ["hello world"] and result["params"] == {"normalize": True}
-    counts = await stats(redis_client)
+    counts = await read_stats(redis_client)
     assert counts[TOTAL_REQUESTS] == 1 and counts[COMPLETED] == 1
 
 
 async def test_two_producers_two_workers_every_result_once(redis_url: str, redis_client) -> None:
-    settings = pipeline_settings(redis_url, max_batch_size=8)
+    settings = fast_settings(redis_url, max_batch_size=8)
     per_producer = 150
     handlers = [RecordingEchoHandler(settings), RecordingEchoHandler(settings)]
     async with consumers(settings, handlers) as workers:
@@ -75,16 +69,16 @@ async def test_two_producers_two_workers_every_result_once(redis_url: str, redis
         assert [r["inputs"] for r in results] == [[text] for _, text in sent]
         assert all(w.jobs_done > 0 for w in workers), [w.jobs_done for w in workers]
         assert sum(w.jobs_done for w in workers) == 2 * per_producer
-    runs = Counter(c["job_id"] for c in await calls(redis_client, settings))
+    runs = Counter(c["job_id"] for c in await recorded_events(redis_client, settings))
     assert set(runs) == {j for j, _ in sent} and set(runs.values()) == {1}
-    counts = await stats(redis_client)
+    counts = await read_stats(redis_client)
     assert counts[TOTAL_REQUESTS] == counts[COMPLETED] == 2 * per_producer
     assert ERRORS not in counts
     assert await pending_count(redis_client) == 0
 
 
 async def test_jobs_are_batched_per_model_and_task(redis_url: str, redis_client) -> None:
-    settings = pipeline_settings(redis_url, max_batch_size=8, batch_wait_ms=20)
+    settings = fast_settings(redis_url, max_batch_size=8, batch_wait_ms=20)
     async with Producer(settings=settings) as p:
         ids = []
         for i in range(24):  # queued before any worker runs: batches can fill
@@ -92,7 +86,7 @@ async def test_jobs_are_batched_per_model_and_task(redis_url: str, redis_client)
             ids.append(await p.submit(model, task, [f"t{i}"]))
         async with consumers(settings, [RecordingEchoHandler(settings)]):
             await asyncio.gather(*(p.result(j, timeout=20) for j in ids))
-    records = await calls(redis_client, settings)
+    records = await recorded_events(redis_client, settings)
     assert len(records) == 24
     batches: Counter[tuple[str, str, int, float]] = Counter(
         (c["model"], c["task"], c["batch"], c["t"]) for c in records
@@ -105,7 +99,7 @@ async def test_jobs_are_batched_per_model_and_task(redis_url: str, redis_client)
 
 
 async def test_result_raises_the_stored_error_class(redis_url: str, redis_client) -> None:
-    settings = pipeline_settings(redis_url)
+    settings = fast_settings(redis_url)
     async with consumers(settings, [BrokenHandler(settings)]), Producer(settings=settings) as p:
         broken = await p.submit("m1", "embed", ["x"])
         unknown = await p.submit("nosuchmodel", "embed", ["x"])
@@ -117,7 +111,7 @@ async def test_result_raises_the_stored_error_class(redis_url: str, redis_client
 
 
 async def test_result_times_out_with_job_timeout_error(redis_url: str) -> None:
-    settings = pipeline_settings(redis_url)
+    settings = fast_settings(redis_url)
     async with Producer(settings=settings) as p:
         job_id = await p.submit("m1", "embed", ["nobody runs this"])
         loop = asyncio.get_running_loop()
@@ -130,7 +124,7 @@ async def test_result_times_out_with_job_timeout_error(redis_url: str) -> None:
 
 
 async def test_many_waiters_on_one_job_all_wake(redis_url: str) -> None:
-    settings = pipeline_settings(redis_url)
+    settings = fast_settings(redis_url)
     async with Producer(settings=settings) as p:
         job_id = await p.submit("m1", "embed", ["shared"])
         waiters = [asyncio.create_task(p.result(job_id, timeout=10)) for _ in range(5)]
@@ -140,21 +134,8 @@ async def test_many_waiters_on_one_job_all_wake(redis_url: str) -> None:
     assert all(r["inputs"] == ["shared"] for r in results)
 
 
-async def test_producer_rejects_bad_jobs_before_enqueueing(redis_url: str, redis_client) -> None:
-    settings = pipeline_settings(redis_url, max_payload_bytes=1024)
-    async with Producer(settings=settings) as p:
-        with pytest.raises(JobError, match="unknown task"):
-            await p.submit("m1", "summarize", ["x"])
-        with pytest.raises(JobError, match="max_payload_bytes"):
-            await p.submit("m1", "embed", ["x" * 2000])
-        with pytest.raises(JobError, match="out of range"):
-            await p.submit("m1", "generate", ["x"], max_new_tokens=10**6)
-    assert await redis_client.exists(KEYS.jobs) == 0
-    assert TOTAL_REQUESTS not in await stats(redis_client)
-
-
 async def test_heartbeat_hash_expires_and_is_removed_at_stop(redis_url: str, redis_client) -> None:
-    settings = pipeline_settings(redis_url, heartbeat_interval_s=0.1, heartbeat_ttl_s=3)
+    settings = fast_settings(redis_url, heartbeat_interval_s=0.1, heartbeat_ttl_s=3)
     beat = Heartbeat(
         redis_client, settings, worker_id="hb-1", kind="loader", report=lambda: {"jobs_done": 7}
     )
@@ -171,7 +152,7 @@ async def test_heartbeat_hash_expires_and_is_removed_at_stop(redis_url: str, red
 
 
 async def test_consumer_reports_current_work_in_its_heartbeat(redis_url: str, redis_client) -> None:
-    settings = pipeline_settings(redis_url)
+    settings = fast_settings(redis_url)
     async with consumers(settings, [EchoHandler(settings)]) as (worker,):
         async with Producer(settings=settings) as p:
             await p.result(await p.submit("m1", "embed", ["x"]), timeout=10)
@@ -179,19 +160,8 @@ async def test_consumer_reports_current_work_in_its_heartbeat(redis_url: str, re
     assert report["jobs_done"] == 1 and report["current_jobs"] == ""
 
 
-async def test_handler_is_loaded_from_its_import_path(redis_url: str) -> None:
-    settings = pipeline_settings(redis_url, handler="tests.pipeline_handlers:EchoHandler")
-    handler = await load_handler(settings)
-    assert isinstance(handler, EchoHandler)
-    for bad in ("tests.pipeline_handlers:Nope", "no_such_module_xyz:thing", "nocolon"):
-        with pytest.raises(ConfigError):
-            await load_handler(settings, bad)
-    with pytest.raises(ConfigError, match="no async run_batch"):
-        await load_handler(settings, "tests.pipeline_helpers:pipeline_settings")
-
-
 async def test_worker_waits_for_a_job_without_busy_polling(redis_url: str, redis_client) -> None:
-    settings = pipeline_settings(redis_url, poll_block_ms=200)
+    settings = fast_settings(redis_url, poll_block_ms=200)
     async with consumers(settings, [EchoHandler(settings)]), Producer(settings=settings) as p:
         await asyncio.sleep(0.5)
         before = (await redis_client.info("commandstats")).get("cmdstat_xreadgroup", {})
@@ -200,7 +170,7 @@ async def test_worker_waits_for_a_job_without_busy_polling(redis_url: str, redis
         reads = after.get("calls", 0) - before.get("calls", 0)
         assert reads <= 8, reads  # blocking reads of 200 ms: about 5 a second
         job_id = await p.submit("m1", "embed", ["late"])
-        took = await wait_for(
+        took = await wait_until(
             lambda: _done(p, job_id), timeout_s=5, what="the late job", every_s=0.01
         )
         assert took < 0.5  # a blocked read returns as soon as the entry lands

@@ -19,7 +19,10 @@ from sw_core.chunks.pin import pin_location
 from sw_core.exceptions import ChunkNotFoundError, ModelError, SecurityError, WeightServerError
 from sw_core.pipeline.registry import ModelRegistry
 from sw_core.settings import Settings
-from tests.pipeline_helpers import KEYS, pipeline_settings, start_worker, stop_worker, wait_for
+from tests.support.observe import KEYS
+from tests.support.processes import start_worker
+from tests.support.settings import fast_settings
+from tests.support.waiting import wait_until
 from workers.chunk_source import RemoteChunkSource
 from workers.loader import ChunkLoader
 from workers.node import worker_options
@@ -56,7 +59,7 @@ def write_chunk_set(folder: Path, n_chunks: int = 2, size_bytes: int = 256 << 10
 async def chunk_set(tmp_path: Path, redis_url: str, redis_client) -> tuple[Settings, Manifest]:
     folder = tmp_path / "tiny"
     manifest = write_chunk_set(folder)
-    settings = pipeline_settings(redis_url, models="", cache_size_mb=16, timeout_seconds=5)
+    settings = fast_settings(redis_url, models="", cache_size_mb=16, timeout_seconds=5)
     await ModelRegistry(redis_client, settings).register("tiny", str(folder))
     return settings, manifest
 
@@ -67,11 +70,11 @@ async def loader_worker(settings: Settings) -> AsyncIterator[ChunkLoader]:
     worker = Worker(**worker_options(settings, inference=False), handle_signals=False)
     task = asyncio.create_task(worker.async_run())
     try:
-        await wait_for(lambda: _has_loader(worker), 10, "the loader to start")
+        await wait_until(lambda: _has_loader(worker), 10, "the loader to start")
         yield worker.ctx["loader"]
     finally:
         # let finishing jobs record their end: close() cancels unfinished ones
-        await wait_for(lambda: _idle(worker), 10, "the loader's jobs to finish")
+        await wait_until(lambda: _idle(worker), 10, "the loader's jobs to finish")
         await worker.close()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -227,23 +230,23 @@ async def test_a_pinned_model_refuses_a_changed_manifest_in_workers(
 @pytest.mark.slow
 async def test_loader_settings_run_as_a_process(chunk_set, redis_client, tmp_path) -> None:
     settings, manifest = chunk_set
-    from tests.pipeline_helpers import worker_env
+    from tests.support.processes import worker_env
 
     env = worker_env(settings, SW_WORKER_NAME="loader-proc", SW_CACHE_SIZE_MB="16")
     proc = start_worker(env, tmp_path / "loader.log", "workers.LoaderSettings")
     try:
-        await wait_for(
+        await wait_until(
             lambda: _exists(redis_client, KEYS.worker("loader-proc")), 30, "the loader process"
         )
         assert await redis_client.hget(KEYS.worker("loader-proc"), "kind") == b"loader"
         async with sources(settings, 3) as three:
             datas = await asyncio.gather(*(s.fetch(manifest.chunks[1]) for s in three))
         assert all(hashlib.sha256(d).hexdigest() == manifest.chunks[1].sha256 for d in datas)
-        await wait_for(
+        await wait_until(
             lambda: _chunks_loaded(redis_client, b"1"), 5, "the loader's heartbeat count"
         )
     finally:
-        assert stop_worker(proc) == 0, (tmp_path / "loader.log").read_text()[-3000:]
+        assert proc.stop() == 0, (tmp_path / "loader.log").read_text()[-3000:]
 
 
 async def _exists(redis, key: str) -> bool:
@@ -261,15 +264,15 @@ async def test_a_node_serves_loads_and_beats_while_a_batch_runs(chunk_set, redis
 
     settings, manifest = chunk_set
     settings = settings.replace(
-        handler="tests.pipeline_handlers:SlowHandler", worker_name="node-1", models="m1=/srv/m1"
+        handler="tests.support.handlers:SlowHandler", worker_name="node-1", models="m1=/srv/m1"
     )
     worker = Worker(**worker_options(settings, inference=True), handle_signals=False)
     task = asyncio.create_task(worker.async_run())
     try:
-        await wait_for(lambda: _has_loader(worker), 10, "the node to start")
+        await wait_until(lambda: _has_loader(worker), 10, "the node to start")
         async with Producer(settings=settings) as p, sources(settings, 1) as (source,):
             job_id = await p.submit("m1", "embed", ["sleep=2.0"])
-            await wait_for(lambda: _running(p, job_id), 5, "the slow job to start")
+            await wait_until(lambda: _running(p, job_id), 5, "the slow job to start")
             beat_before = int(await redis_client.hget(KEYS.worker("node-1"), "beat_ms"))
             started = time.monotonic()
             data = await source.fetch(manifest.chunks[0])  # served by the busy node
@@ -282,7 +285,7 @@ async def test_a_node_serves_loads_and_beats_while_a_batch_runs(chunk_set, redis
             assert (await p.status(job_id))["status"] == "running"
             assert (await p.result(job_id, timeout=10))["job_id"] == job_id
     finally:
-        await wait_for(lambda: _idle(worker), 10, "the node's loads to finish")
+        await wait_until(lambda: _idle(worker), 10, "the node's loads to finish")
         await worker.close()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -8,17 +8,11 @@ from collections import Counter
 
 from producer import Producer
 from sw_core.ops.stats import COMPLETED, ERRORS, FAILED, TOTAL_REQUESTS
-from tests.pipeline_handlers import EchoHandler, RecordingEchoHandler, SlowHandler
-from tests.pipeline_helpers import (
-    KEYS,
-    calls,
-    consumers,
-    crash,
-    pending_count,
-    pipeline_settings,
-    stats,
-    wait_for,
-)
+from tests.support.handlers import EchoHandler, RecordingEchoHandler, SlowHandler
+from tests.support.observe import KEYS, pending_count, read_stats, recorded_events
+from tests.support.pipeline import consumers, crash
+from tests.support.settings import fast_settings
+from tests.support.waiting import wait_until
 
 
 async def _delivery_counts(redis) -> list[int]:
@@ -27,41 +21,41 @@ async def _delivery_counts(redis) -> list[int]:
 
 
 async def test_long_job_on_a_live_worker_is_not_redelivered(redis_url: str, redis_client) -> None:
-    settings = pipeline_settings(redis_url, claim_idle_ms=500)
+    settings = fast_settings(redis_url, claim_idle_ms=500)
     handlers = [SlowHandler(settings), SlowHandler(settings)]
     async with consumers(settings, handlers), Producer(settings=settings) as p:
         job_id = await p.submit("m1", "embed", ["sleep=2.0"])  # 4x claim_idle_ms
-        await wait_for(lambda: _status(p, job_id, "running"), 5, "the job to start")
+        await wait_until(lambda: _status(p, job_id, "running"), 5, "the job to start")
         await asyncio.sleep(1.2)
         assert await _delivery_counts(redis_client) == [1]  # claim kept: no redelivery
         assert (await p.result(job_id, timeout=10))["attempt"] == 1
-    starts = [c for c in await calls(redis_client, settings) if c["event"] == "start"]
+    starts = [c for c in await recorded_events(redis_client, settings) if c["event"] == "start"]
     assert len(starts) == 1
-    assert (await stats(redis_client))[COMPLETED] == 1
+    assert (await read_stats(redis_client))[COMPLETED] == 1
 
 
 async def test_crashed_workers_entries_are_reclaimed_within_claim_idle(
     redis_url: str, redis_client
 ) -> None:
-    settings = pipeline_settings(redis_url, claim_idle_ms=800, max_batch_size=2)
+    settings = fast_settings(redis_url, claim_idle_ms=800, max_batch_size=2)
     slow = SlowHandler(settings)
     async with Producer(settings=settings) as p:
         ids = [await p.submit("m1", "embed", ["sleep=0.4"]) for _ in range(6)]
         async with consumers(settings, [slow], names=["doomed"]) as (doomed,):
-            await wait_for(lambda: _any_running(p, ids), 5, "a batch to start")
+            await wait_until(lambda: _any_running(p, ids), 5, "a batch to start")
             await crash(doomed)
             held = await pending_count(redis_client, "doomed")
             assert held > 0
             crashed_at = time.monotonic()
             async with consumers(settings, [RecordingEchoHandler(settings)], names=["rescuer"]):
-                took = await wait_for(
+                took = await wait_until(
                     lambda: _pending_is(redis_client, "doomed", 0), 5, "the reclaim"
                 )
                 results = await asyncio.gather(*(p.result(j, timeout=10) for j in ids))
     assert took <= 0.8 + 2, took
     assert time.monotonic() - crashed_at < 10
     assert sorted(r["job_id"] for r in results) == sorted(ids)
-    counts = await stats(redis_client)
+    counts = await read_stats(redis_client)
     assert counts[COMPLETED] == 6 and counts[TOTAL_REQUESTS] == 6 and ERRORS not in counts
     await slow.close()
 
@@ -70,12 +64,12 @@ async def test_restarted_worker_resumes_its_own_pending_entries_first(
     redis_url: str, redis_client
 ) -> None:
     # claims are effectively off: only reading its own pending list can bring them back
-    settings = pipeline_settings(redis_url, claim_idle_ms=600_000, max_batch_size=2)
+    settings = fast_settings(redis_url, claim_idle_ms=600_000, max_batch_size=2)
     slow = SlowHandler(settings)
     async with Producer(settings=settings) as p:
         ids = [await p.submit("m1", "embed", ["sleep=1.5"]) for _ in range(3)]
         async with consumers(settings, [slow], names=["stable"]) as (first_life,):
-            await wait_for(lambda: _any_running(p, ids), 5, "a batch to start")
+            await wait_until(lambda: _any_running(p, ids), 5, "a batch to start")
             await crash(first_life)
         assert await pending_count(redis_client, "stable") == 3
         started = time.monotonic()
@@ -90,12 +84,12 @@ async def test_restarted_worker_resumes_its_own_pending_entries_first(
 async def test_shutdown_finishes_in_flight_and_hands_back_the_rest(
     redis_url: str, redis_client
 ) -> None:
-    settings = pipeline_settings(redis_url, claim_idle_ms=600_000, max_batch_size=2)
+    settings = fast_settings(redis_url, claim_idle_ms=600_000, max_batch_size=2)
     slow = SlowHandler(settings)
     async with Producer(settings=settings) as p:
         ids = [await p.submit("m1", "embed", ["sleep=0.8"]) for _ in range(4)]
         async with consumers(settings, [slow], names=["leaving"]) as (leaving,):
-            await wait_for(lambda: _any_running(p, ids), 5, "a batch to start")
+            await wait_until(lambda: _any_running(p, ids), 5, "a batch to start")
             running = [j for j in ids if (await p.status(j))["status"] == "running"]
             assert await pending_count(redis_client, "leaving") == 4  # 2 running + 2 waiting
             handed = await leaving.stop(grace_s=5)
@@ -106,10 +100,10 @@ async def test_shutdown_finishes_in_flight_and_hands_back_the_rest(
         async with consumers(settings, [RecordingEchoHandler(settings)], names=["stayer"]):
             rest = await asyncio.gather(*(p.result(j, timeout=5) for j in ids if j not in running))
     assert len(rest) == 2
-    runs = Counter(c["job_id"] for c in await calls(redis_client, settings) if c["event"] in
+    runs = Counter(c["job_id"] for c in await recorded_events(redis_client, settings) if c["event"] in
                    ("start", "run"))  # fmt: skip
     assert set(runs.values()) == {1} and len(runs) == 4  # nothing ran twice
-    counts = await stats(redis_client)
+    counts = await read_stats(redis_client)
     assert counts[COMPLETED] == 4 and FAILED not in counts and ERRORS not in counts
     assert await pending_count(redis_client) == 0
     await slow.close()
@@ -118,17 +112,17 @@ async def test_shutdown_finishes_in_flight_and_hands_back_the_rest(
 async def test_shutdown_past_grace_hands_back_the_unfinished_batch(
     redis_url: str, redis_client
 ) -> None:
-    settings = pipeline_settings(redis_url, claim_idle_ms=600_000, max_batch_size=1)
+    settings = fast_settings(redis_url, claim_idle_ms=600_000, max_batch_size=1)
     slow = SlowHandler(settings)
     async with Producer(settings=settings) as p:
         job_id = await p.submit("m1", "embed", ["sleep=1.5"])
         async with consumers(settings, [slow], names=["impatient"]) as (worker,):
-            await wait_for(lambda: _status(p, job_id, "running"), 5, "the job to start")
+            await wait_until(lambda: _status(p, job_id, "running"), 5, "the job to start")
             assert await worker.stop(grace_s=0.2) == 1
         assert (await p.status(job_id))["status"] == "queued"
         async with consumers(settings, [EchoHandler(settings)], names=["next"]):
             assert (await p.result(job_id, timeout=5))["job_id"] == job_id
-    assert FAILED not in await stats(redis_client)
+    assert FAILED not in await read_stats(redis_client)
     await slow.close()
 
 
@@ -150,14 +144,14 @@ async def _pending_is(redis, consumer: str, n: int) -> bool:
 async def test_pending_entries_deleted_by_hand_do_not_wedge_a_worker(
     redis_url: str, redis_client
 ) -> None:
-    settings = pipeline_settings(redis_url, claim_idle_ms=300)
+    settings = fast_settings(redis_url, claim_idle_ms=300)
     await redis_client.xgroup_create(KEYS.jobs, KEYS.jobs_group, id="0", mkstream=True)
     for consumer in ("stable", "ghost"):  # one own pending entry, one of a dead worker
         entry_id = await redis_client.xadd(KEYS.jobs, {"model": "m1", "task": "embed", "text": "x"})
         await redis_client.xreadgroup(KEYS.jobs_group, consumer, {KEYS.jobs: ">"}, count=1)
         await redis_client.xdel(KEYS.jobs, entry_id)  # an operator trimmed the stream
     async with consumers(settings, [EchoHandler(settings)], names=["stable"]):
-        await wait_for(lambda: _pending_is(redis_client, "stable", 0), 5, "the own entry acked")
+        await wait_until(lambda: _pending_is(redis_client, "stable", 0), 5, "the own entry acked")
         await asyncio.sleep(1.0)  # the ghost's nil entry goes through XAUTOCLAIM
         async with Producer(settings=settings) as p:
             job_id = await p.submit("m1", "embed", ["after"])

@@ -14,7 +14,7 @@ from sw_core.retry import RetryPolicy
 from sw_core.settings import Settings
 from sw_core.storage import FailoverBackend, FilesystemBackend, S3Backend, model_store
 from sw_core.utils import calculate_chunk_hash
-from tests.conftest import S3Server
+from tests.support.servers import S3Server
 
 GOOD = bytes(range(256)) * 1024 + b"chunk"
 SHA = calculate_chunk_hash(GOOD)

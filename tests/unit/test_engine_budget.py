@@ -7,44 +7,13 @@ import pytest
 from sw_core.chunks.manifest import ChunkInfo, Manifest
 from sw_core.engine.budget import plan_residency, sharded_tensors
 from sw_core.exceptions import ModelError
-
-MIB = 1 << 20
-
-
-def _chunk(name: str, size_mb: float, role: str, rows: list[int] | None = None) -> ChunkInfo:
-    size = int(size_mb * MIB)
-    tensors = ["emb.weight"] if rows is not None else [f"{name}.w"]
-    stack, index = (None, None)
-    if role == "block":
-        stack, _, idx = name.rpartition(".")
-        index = int(idx)
-    return ChunkInfo(
-        name=name,
-        file=f"{name}.safetensors",
-        size_bytes=size,
-        sha256="0" * 64,
-        tensors=tensors,
-        role=role,  # type: ignore[arg-type]
-        stack=stack,
-        index=index,
-        param_bytes=size - 100,
-        rows=rows,
-    )
-
-
-def _manifest(block_mb: float = 10, n_blocks: int = 4, shard_mb: float = 8) -> Manifest:
-    chunks = [
-        _chunk("embeddings", 1, "embeddings"),
-        _chunk("embeddings.0", shard_mb, "embeddings", rows=[0, 100]),
-        _chunk("embeddings.1", shard_mb, "embeddings", rows=[100, 200]),
-    ]
-    chunks += [_chunk(f"layers.{i}", block_mb, "block") for i in range(n_blocks)]
-    chunks.append(_chunk("head", 0.5, "head"))
-    return Manifest("m", "llama", "LlamaForCausalLM", "float32", chunks)
+from tests.support.fakes import MIB, planned_chunk, planned_manifest
 
 
 def test_a_model_that_fits_is_resident_and_merges_its_shards() -> None:
-    manifest = _manifest()  # 1 + 16 + 40 + 0.5 = 57.5 MiB, merged 16 MiB, + one shard of room
+    manifest = (
+        planned_manifest()
+    )  # 1 + 16 + 40 + 0.5 = 57.5 MiB, merged 16 MiB, + one shard of room
     plan = plan_residency(manifest, 66 * MIB, prefetch_count=2)
     assert plan.mode == "resident"
     assert plan.keep == {"embeddings", "head", "layers.0", "layers.1", "layers.2", "layers.3"}
@@ -52,12 +21,12 @@ def test_a_model_that_fits_is_resident_and_merges_its_shards() -> None:
 
 
 def test_one_shard_short_of_room_streams_instead() -> None:
-    plan = plan_residency(_manifest(), 64 * MIB, prefetch_count=2)
+    plan = plan_residency(planned_manifest(), 64 * MIB, prefetch_count=2)
     assert plan.mode == "streaming"
 
 
 def test_streaming_keeps_small_chunks_then_merged_then_blocks_in_order() -> None:
-    manifest = _manifest()
+    manifest = planned_manifest()
     # window = 10 MiB x (1 + 2) = 30; pinned 1.5; leftover 60 - 31.5 = 28.5:
     # merged matrix (about 16 MiB) first, then one 10 MiB block.
     plan = plan_residency(manifest, 60 * MIB, prefetch_count=2)
@@ -68,13 +37,13 @@ def test_streaming_keeps_small_chunks_then_merged_then_blocks_in_order() -> None
 
 
 def test_prefetch_depth_shrinks_what_stays_resident() -> None:
-    manifest = _manifest()
+    manifest = planned_manifest()
     deep = plan_residency(manifest, 60 * MIB, prefetch_count=4)  # window 50 MiB
     assert deep.merged == set() and deep.keep == {"embeddings", "head"}
 
 
 def test_smallest_budget_streams_everything_but_small_chunks() -> None:
-    manifest = _manifest()
+    manifest = planned_manifest()
     plan = plan_residency(manifest, int(11.5 * MIB), prefetch_count=2)
     assert plan.min_bytes == int(1.5 * MIB) + 10 * MIB
     assert plan.keep == {"embeddings", "head"} and plan.merged == set()
@@ -82,7 +51,7 @@ def test_smallest_budget_streams_everything_but_small_chunks() -> None:
 
 
 def test_budget_below_the_largest_chunk_names_chunk_size_and_budget() -> None:
-    manifest = _manifest(block_mb=20)
+    manifest = planned_manifest(block_mb=20)
     with pytest.raises(ModelError) as err:
         plan_residency(manifest, 16 * MIB, prefetch_count=2)
     text = str(err.value)
@@ -91,7 +60,7 @@ def test_budget_below_the_largest_chunk_names_chunk_size_and_budget() -> None:
 
 
 def test_shard_chunk_with_two_tensors_is_refused() -> None:
-    bad = _chunk("embeddings.0", 1, "embeddings", rows=[0, 10])
+    bad = planned_chunk("embeddings.0", 1, "embeddings", rows=[0, 10])
     bad = ChunkInfo(**{**bad.__dict__, "tensors": ["a", "b"]})
     manifest = Manifest("m", "llama", "LlamaForCausalLM", "float32", [bad])
     with pytest.raises(ModelError, match="exactly one tensor"):
@@ -100,8 +69,8 @@ def test_shard_chunk_with_two_tensors_is_refused() -> None:
 
 def test_shards_are_grouped_in_row_order() -> None:
     chunks = [
-        _chunk("embeddings.1", 1, "embeddings", rows=[100, 200]),
-        _chunk("embeddings.0", 1, "embeddings", rows=[0, 100]),
+        planned_chunk("embeddings.1", 1, "embeddings", rows=[100, 200]),
+        planned_chunk("embeddings.0", 1, "embeddings", rows=[0, 100]),
     ]
     groups = sharded_tensors(Manifest("m", "llama", "X", "float32", chunks))
     assert [c.name for c in groups["emb.weight"]] == ["embeddings.0", "embeddings.1"]

@@ -4,7 +4,6 @@ and kept chunks load back to back instead of at the pace of compute."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,16 +14,17 @@ from sw_core.engine.budget import plan_residency
 from sw_core.engine.loop import LoopThread
 from sw_core.engine.residency import Residency
 from sw_core.engine.sharded import ShardedEmbedding
-from tests.engine_helpers import chunk_small, id_rows, padded
-from tests.unit.test_engine_budget import _manifest
-from tests.unit.test_engine_residency import FakeStore, _chunk
+from tests.support.engine import id_rows, padded
+from tests.support.fakes import FakeStore, block_chunk, planned_manifest
+from tests.support.models import chunk_small
+from tests.support.waiting import wait_until_sync
 
 MIB = 1 << 20
 
 
 # ------------------------------------------------------------------------- plan
 def test_a_lookup_only_matrix_keeps_its_shards_and_needs_no_room_to_concatenate() -> None:
-    manifest = _manifest()  # 1.5 MiB small + 16 MiB of shards + 40 MiB of blocks = 57.5 MiB
+    manifest = planned_manifest()  # 1.5 MiB small + 16 MiB of shards + 40 MiB of blocks = 57.5 MiB
     merging = plan_residency(manifest, 60 * MIB, prefetch_count=2)
     assert merging.mode == "streaming"  # concatenating needs one more 8 MiB shard of room
     plan = plan_residency(manifest, 60 * MIB, prefetch_count=2, lookup_only={"emb.weight"})
@@ -35,7 +35,7 @@ def test_a_lookup_only_matrix_keeps_its_shards_and_needs_no_room_to_concatenate(
 
 
 def test_streaming_keeps_lookup_shards_where_it_would_merge() -> None:
-    manifest = _manifest()
+    manifest = planned_manifest()
     # Same budget as test_streaming_keeps_small_chunks_then_merged_then_blocks_in_order.
     plan = plan_residency(manifest, 60 * MIB, prefetch_count=2, lookup_only={"emb.weight"})
     assert plan.mode == "resident"
@@ -47,7 +47,7 @@ def test_streaming_keeps_lookup_shards_where_it_would_merge() -> None:
 
 
 def test_unknown_lookup_names_change_nothing() -> None:
-    manifest = _manifest()
+    manifest = planned_manifest()
     plain = plan_residency(manifest, 66 * MIB, prefetch_count=2)
     assert plan_residency(manifest, 66 * MIB, prefetch_count=2, lookup_only={"nope"}) == plain
 
@@ -93,13 +93,6 @@ async def test_resident_bert_gathers_from_kept_shards_exactly(tmp_path: Path) ->
 
 
 # ------------------------------------------------------------------------- prefetch
-@pytest.fixture
-def loop() -> Iterator[LoopThread]:
-    thread = LoopThread("test-fetch")
-    yield thread
-    thread.close()
-
-
 def _residency(store: FakeStore, loop: LoopThread, keep: tuple[str, ...]) -> Residency:
     res = Residency(
         model_name="tiny",
@@ -115,20 +108,13 @@ def _residency(store: FakeStore, loop: LoopThread, keep: tuple[str, ...]) -> Res
     return res
 
 
-def _wait_for(check: object, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.005)
-
-
 def test_kept_chunks_load_back_to_back_while_the_first_one_is_in_use(loop: LoopThread) -> None:
     store = FakeStore(delay_s=0.02)
-    chunks = [_chunk(f"c{i}") for i in range(6)]
+    chunks = [block_chunk(f"c{i}") for i in range(6)]
     res = _residency(store, loop, keep=tuple(c.name for c in chunks))
     res.set_schedule(chunks)
     res.acquire(chunks[0])  # compute sits on c0 and asks for nothing else
-    _wait_for(lambda: len(store.loaded) == len(chunks))
+    wait_until_sync(lambda: len(store.loaded) == len(chunks), 5.0, "every chunk loaded", 0.005)
     assert store.loaded == [c.name for c in chunks]  # in schedule order
     assert store.peak_concurrent <= 2  # the one acquired plus prefetch_count ahead
     res.release(chunks[0])
@@ -138,11 +124,11 @@ def test_kept_chunks_load_back_to_back_while_the_first_one_is_in_use(loop: LoopT
 
 def test_streamed_chunks_still_wait_for_compute(loop: LoopThread) -> None:
     store = FakeStore(delay_s=0.02)
-    chunks = [_chunk(f"c{i}") for i in range(6)]
+    chunks = [block_chunk(f"c{i}") for i in range(6)]
     res = _residency(store, loop, keep=())
     res.set_schedule(chunks)
     res.acquire(chunks[0])
-    _wait_for(lambda: len(store.loaded) >= 2)
+    wait_until_sync(lambda: len(store.loaded) >= 2, 5.0, "two chunks loaded", 0.005)
     time.sleep(0.1)  # time enough for four more loads, were they allowed
     assert store.loaded == ["c0", "c1"]  # one ahead: the window holds no more
     res.release(chunks[0])

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
-from collections.abc import Iterator
 
 import pytest
-import torch
 
-from sw_core.chunks.manifest import ChunkInfo
 from sw_core.engine.loop import LoopThread
 from sw_core.engine.residency import Residency
 from sw_core.exceptions import (
@@ -19,45 +15,7 @@ from sw_core.exceptions import (
     WeightServerError,
     is_transient,
 )
-
-KIB = 1024
-
-
-def _chunk(name: str, size_kib: int = 100) -> ChunkInfo:
-    return ChunkInfo(name, f"{name}.safetensors", size_kib * KIB, "0" * 64, [f"{name}.w"], "block")
-
-
-class FakeStore:
-    """A loader that records what was loaded, optionally slowly or with errors."""
-
-    def __init__(self, delay_s: float = 0.0) -> None:
-        self.delay_s = delay_s
-        self.loaded: list[str] = []
-        self.errors: dict[str, BaseException] = {}
-        self.gates: dict[str, threading.Event] = {}
-        self.peak_concurrent = 0
-        self._running = 0
-
-    async def load(self, chunk: ChunkInfo) -> dict[str, torch.Tensor]:
-        self._running += 1
-        self.peak_concurrent = max(self.peak_concurrent, self._running)
-        try:
-            if chunk.name in self.gates:
-                await asyncio.to_thread(self.gates[chunk.name].wait)
-            await asyncio.sleep(self.delay_s)
-            if chunk.name in self.errors:
-                raise self.errors[chunk.name]
-            self.loaded.append(chunk.name)
-            return {f"{chunk.name}.w": torch.zeros(4)}
-        finally:
-            self._running -= 1
-
-
-@pytest.fixture
-def loop() -> Iterator[LoopThread]:
-    thread = LoopThread("test-fetch")
-    yield thread
-    thread.close()
+from tests.support.fakes import KIB, FakeStore, block_chunk
 
 
 def _residency(
@@ -87,7 +45,7 @@ def _residency(
 def test_streamed_chunks_are_dropped_at_release_and_kept_ones_stay(loop: LoopThread) -> None:
     store = FakeStore()
     res, events = _residency(store, loop, keep=("a",), prefetch=0)
-    a, b = _chunk("a"), _chunk("b")
+    a, b = block_chunk("a"), block_chunk("b")
     assert "a.w" in res.acquire(a)
     res.acquire(b)
     assert res.materialized_bytes == 200 * KIB
@@ -104,7 +62,7 @@ def test_streamed_chunks_are_dropped_at_release_and_kept_ones_stay(loop: LoopThr
 
 def test_prefetch_follows_the_schedule_and_never_exceeds_the_budget(loop: LoopThread) -> None:
     store = FakeStore(delay_s=0.01)
-    chunks = [_chunk(f"c{i}") for i in range(8)]
+    chunks = [block_chunk(f"c{i}") for i in range(8)]
     res, _ = _residency(store, loop, budget_kib=300, prefetch=5)
     res.set_schedule(chunks)
     for chunk in chunks:
@@ -120,7 +78,7 @@ def test_prefetch_follows_the_schedule_and_never_exceeds_the_budget(loop: LoopTh
 
 def test_prefetch_depth_is_respected(loop: LoopThread) -> None:
     store = FakeStore(delay_s=0.05)
-    chunks = [_chunk(f"c{i}") for i in range(6)]
+    chunks = [block_chunk(f"c{i}") for i in range(6)]
     res, _ = _residency(store, loop, budget_kib=10_000, prefetch=1)
     res.set_schedule(chunks)
     for chunk in chunks:
@@ -133,18 +91,20 @@ def test_prefetch_depth_is_respected(loop: LoopThread) -> None:
 
 def test_acquire_beyond_the_budget_is_a_model_error(loop: LoopThread) -> None:
     res, _ = _residency(FakeStore(), loop, budget_kib=150, prefetch=0)
-    res.acquire(_chunk("a"))
+    res.acquire(block_chunk("a"))
     with pytest.raises(ModelError, match=r"chunk 'b' needs .*\(in use: a\)"):
-        res.acquire(_chunk("b"))
+        res.acquire(block_chunk("b"))
 
 
 def test_unused_prefetched_chunks_are_evicted_for_a_needed_one(loop: LoopThread) -> None:
     store = FakeStore()
     res, _ = _residency(store, loop, budget_kib=300, prefetch=2)
-    res.set_schedule([_chunk("x"), _chunk("y"), _chunk("z")])  # x and y start loading
-    res.acquire(_chunk("other"))  # not in the schedule: needs room
+    res.set_schedule(
+        [block_chunk("x"), block_chunk("y"), block_chunk("z")]
+    )  # x and y start loading
+    res.acquire(block_chunk("other"))  # not in the schedule: needs room
     assert res.materialized_bytes <= 300 * KIB
-    res.release(_chunk("other"))
+    res.release(block_chunk("other"))
     res.settle()
     assert res.materialized_bytes == 0
 
@@ -165,7 +125,7 @@ def test_load_errors_name_model_and_chunk_and_keep_their_kind(
     store.errors["b"] = error
     res, events = _residency(store, loop, prefetch=0)
     with pytest.raises(kind) as err:
-        res.acquire(_chunk("b"))
+        res.acquire(block_chunk("b"))
     assert "'tiny'" in str(err.value) and "'b'" in str(err.value)
     assert is_transient(err.value) == is_transient(error)
     assert res.materialized_bytes == 0 and events == []
@@ -176,7 +136,7 @@ def test_a_chunk_that_never_arrives_times_out_naming_it(loop: LoopThread) -> Non
     store.gates["slow"] = threading.Event()
     res, _ = _residency(store, loop, prefetch=0, timeout_s=0.3)
     with pytest.raises(WeightServerError, match=r"timed out after 0.3 s .* chunk 'slow'"):
-        res.acquire(_chunk("slow"))
+        res.acquire(block_chunk("slow"))
     store.gates["slow"].set()
     assert res.materialized_bytes == 0
 
@@ -187,27 +147,27 @@ def test_cancel_unblocks_a_waiting_acquire(loop: LoopThread) -> None:
     res, _ = _residency(store, loop, prefetch=0, timeout_s=30)
     threading.Timer(0.2, res.cancel).start()
     with pytest.raises(Exception, match="cancelled"):
-        res.acquire(_chunk("slow"))
+        res.acquire(block_chunk("slow"))
     store.gates["slow"].set()
 
 
 def test_cancel_stops_a_run_at_its_next_resident_chunk(loop: LoopThread) -> None:
     res, _ = _residency(FakeStore(), loop, keep=("a",))
-    res.acquire(_chunk("a"))
-    res.release(_chunk("a"))
+    res.acquire(block_chunk("a"))
+    res.release(block_chunk("a"))
     assert res.is_resident("a")
     res.cancel()
     with pytest.raises(Exception, match="cancelled"):
-        res.acquire(_chunk("a"))
+        res.acquire(block_chunk("a"))
     assert res.is_resident("a")  # kept: the next run finds it
     res.begin(loop.submit)  # a new run starts uncancelled
-    res.acquire(_chunk("a"))
+    res.acquire(block_chunk("a"))
 
 
 def test_clear_drops_resident_chunks_and_reservations(loop: LoopThread) -> None:
     res, events = _residency(FakeStore(), loop, keep=("a",))
-    res.acquire(_chunk("a"))
-    res.release(_chunk("a"))
+    res.acquire(block_chunk("a"))
+    res.release(block_chunk("a"))
     res.reserve("merged:x", 50 * KIB, what="x")
     assert res.materialized_bytes == 150 * KIB
     res.clear()

@@ -13,7 +13,7 @@ from sw_core.exceptions import ModelError, SecurityError
 from sw_core.ops.stats import INTEGRITY_FAILURES
 from sw_core.storage import FilesystemBackend, MemoryBackend
 from sw_core.utils import calculate_chunk_hash
-from tests.storage_helpers import flip_data_byte, make_chunk_set
+from tests.support.storage import flip_data_byte, make_chunk_set
 
 
 async def test_a_good_chunk_set_verifies(tmp_path: Path) -> None:

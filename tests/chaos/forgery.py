@@ -1,10 +1,9 @@
-"""Small chunk sets for the chaos scenarios, and the hostile files that replace their chunks.
+"""The hostile files that replace the chunks of a chaos chunk set
+(:func:`tests.support.storage.write_chunk_set`).
 
-:func:`write_chunk_set` writes real safetensors chunks (``safetensors.numpy``, no torch)
-and a manifest with their sha256. The ``*_bytes`` helpers build what an attacker or a bad
-disk would put in a chunk's place: a flipped byte, a pickle whose ``__reduce__`` writes a
-canary file if it is ever unpickled, headers that lie about sizes or overlap, and a header
-length of many gigabytes.
+The ``*_bytes`` helpers build what an attacker or a bad disk would put in a chunk's place: a
+flipped byte, a pickle whose ``__reduce__`` writes a canary file if it is ever unpickled,
+headers that lie about sizes or overlap, and a header length of many gigabytes.
 """
 
 from __future__ import annotations
@@ -16,51 +15,7 @@ import pickle
 import struct
 from pathlib import Path
 
-import numpy as np
-from safetensors.numpy import save as save_numpy
-
 from sw_core.chunks.manifest import ChunkInfo, Manifest
-
-
-def tensor_chunk(seed: int, rows: int = 64, cols: int = 256) -> bytes:
-    """A safetensors blob with one weight and one bias (float32), deterministic per seed."""
-    rng = np.random.default_rng(seed)
-    return save_numpy(
-        {
-            "weight": rng.standard_normal((rows, cols), dtype=np.float32),
-            "bias": rng.standard_normal((cols,), dtype=np.float32),
-        }
-    )
-
-
-def write_chunk_set(
-    folder: Path, *, name: str = "tiny", n_chunks: int = 4, rows: int = 64, seed: int = 0
-) -> Manifest:
-    """A chunk set of ``n_chunks`` real safetensors chunks plus its manifest."""
-    folder.mkdir(parents=True, exist_ok=True)
-    chunks: list[ChunkInfo] = []
-    for i in range(n_chunks):
-        data = tensor_chunk(seed * 1000 + i, rows=rows)
-        chunk_name = f"block_{i:03d}"
-        (folder / f"{chunk_name}.safetensors").write_bytes(data)
-        chunks.append(
-            ChunkInfo(
-                name=chunk_name,
-                file=f"{chunk_name}.safetensors",
-                size_bytes=len(data),
-                sha256=hashlib.sha256(data).hexdigest(),
-                tensors=["weight", "bias"],
-                role="block",
-                stack="layers",
-                index=i,
-                param_bytes=len(data),
-            )
-        )
-    manifest = Manifest(
-        name=name, architecture="chaos", model_class="none", dtype="float32", chunks=chunks
-    )
-    manifest.save(folder)
-    return manifest
 
 
 def replace_chunk(folder: Path, manifest: Manifest, index: int, data: bytes) -> Manifest:

@@ -1,11 +1,20 @@
-"""Tiny chunk sets for storage tests, written without the chunker."""
+"""Small chunk sets written without the chunker, and a byte flipper.
+
+- :func:`make_chunk_set` (torch): embeddings, blocks and head chunks plus a config file,
+  for the storage and operations tests;
+- :func:`write_chunk_set` (``safetensors.numpy``, no torch): ``n_chunks`` block chunks of
+  one weight and one bias each, for the chaos scenarios.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
+from safetensors.numpy import save as save_numpy
 from safetensors.torch import save_file
 
 from sw_core.chunks.manifest import ChunkInfo, FileInfo, Manifest
@@ -70,3 +79,44 @@ def flip_data_byte(path: Path) -> None:
     _, start = parse_header(data)
     data[start + 5] ^= 0xFF
     path.write_bytes(bytes(data))
+
+
+def tensor_chunk(seed: int, rows: int = 64, cols: int = 256) -> bytes:
+    """A safetensors blob with one weight and one bias (float32), deterministic per seed."""
+    rng = np.random.default_rng(seed)
+    return save_numpy(
+        {
+            "weight": rng.standard_normal((rows, cols), dtype=np.float32),
+            "bias": rng.standard_normal((cols,), dtype=np.float32),
+        }
+    )
+
+
+def write_chunk_set(
+    folder: Path, *, name: str = "tiny", n_chunks: int = 4, rows: int = 64, seed: int = 0
+) -> Manifest:
+    """A chunk set of ``n_chunks`` real safetensors chunks plus its manifest."""
+    folder.mkdir(parents=True, exist_ok=True)
+    chunks: list[ChunkInfo] = []
+    for i in range(n_chunks):
+        data = tensor_chunk(seed * 1000 + i, rows=rows)
+        chunk_name = f"block_{i:03d}"
+        (folder / f"{chunk_name}.safetensors").write_bytes(data)
+        chunks.append(
+            ChunkInfo(
+                name=chunk_name,
+                file=f"{chunk_name}.safetensors",
+                size_bytes=len(data),
+                sha256=hashlib.sha256(data).hexdigest(),
+                tensors=["weight", "bias"],
+                role="block",
+                stack="layers",
+                index=i,
+                param_bytes=len(data),
+            )
+        )
+    manifest = Manifest(
+        name=name, architecture="chaos", model_class="none", dtype="float32", chunks=chunks
+    )
+    manifest.save(folder)
+    return manifest

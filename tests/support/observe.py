@@ -1,4 +1,8 @@
-"""What the chaos tests read back from Redis: job outcomes, counters, recorded executions."""
+"""What tests read back from Redis: job outcomes, counters, pending entries, dead letters and
+the executions the recording handlers (:mod:`tests.support.handlers`) wrote.
+
+``keys`` defaults to the default deployment prefix (``sw``).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,10 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from sw_core.keys import Keys
+from sw_core.settings import Settings
+
+#: Keys of the default prefix, which the test settings use.
+KEYS = Keys("sw")
 
 
 async def job_outcomes(redis: aioredis.Redis, keys: Keys, ids: list[str]) -> dict[str, str]:
@@ -29,13 +37,36 @@ async def all_ended(redis: aioredis.Redis, keys: Keys, ids: list[str]) -> bool:
     return all(s in ("done", "dead") for s in outcomes.values())
 
 
-async def read_stats(redis: aioredis.Redis, keys: Keys) -> dict[str, int]:
+async def read_stats(redis: aioredis.Redis, keys: Keys = KEYS) -> dict[str, int]:
+    """The stats hash as ``{counter: value}``."""
     raw = await redis.hgetall(keys.stats)
     return {k.decode(): int(v) for k, v in raw.items()}
 
 
-async def recorded_events(redis: aioredis.Redis, key: str) -> list[dict[str, Any]]:
+def calls_key(prefix: str) -> str:
+    """Redis list the recording handlers append to (``prefix``: the settings' key prefix)."""
+    return f"{prefix}:test:calls"
+
+
+async def recorded_events(redis: aioredis.Redis, where: str | Settings) -> list[dict[str, Any]]:
+    """What the recording handlers wrote, in order: to the list ``where``, or for settings
+    ``where`` to their :func:`calls_key`."""
+    key = calls_key(where.key_prefix) if isinstance(where, Settings) else where
     return [json.loads(line) for line in await redis.lrange(key, 0, -1)]
+
+
+async def pending_count(
+    redis: aioredis.Redis, consumer: str | None = None, keys: Keys = KEYS
+) -> int:
+    """Entries pending in the jobs group (of ``consumer``, if given)."""
+    summary = await redis.xpending(keys.jobs, keys.jobs_group)
+    if consumer is None:
+        return int(summary["pending"])
+    for item in summary["consumers"]:
+        name = item["name"].decode() if isinstance(item["name"], bytes) else item["name"]
+        if name == consumer:
+            return int(item["pending"])
+    return 0
 
 
 async def pending_of(redis: aioredis.Redis, keys: Keys, consumer: str) -> list[str]:
@@ -51,6 +82,15 @@ async def job_ids_of_entries(redis: aioredis.Redis, keys: Keys, entry_ids: list[
         if rows and b"job_id" in rows[0][1]:
             out.append(rows[0][1][b"job_id"].decode())
     return out
+
+
+async def dead_letters(redis: aioredis.Redis, keys: Keys = KEYS) -> list[dict[str, str]]:
+    """The dead-letter stream's entries as text fields (without the raw ``fields`` copy)."""
+    entries = await redis.xrange(keys.dlq)
+    return [
+        {k.decode(): v.decode("utf-8", "replace") for k, v in fields.items() if k != b"fields"}
+        for _, fields in entries
+    ]
 
 
 def percentile(values: list[float], q: float) -> float | None:

@@ -1,37 +1,18 @@
-"""Helpers for the engine tests: small random models, chunk sets in the Redis cache, references."""
+"""Helpers for the engine tests: chunk sets in the Redis cache, token rows, references."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import redis
 import torch
 
 from sw_core.cache import ChunkCache
-from sw_core.chunks.chunker import chunk_model
 from sw_core.chunks.manifest import Manifest
 from sw_core.engine.sources import CachedChunkSource
 from sw_core.keys import Keys
 from sw_core.storage import FilesystemBackend
-from tests.model_zoo import MODEL_CLASSES, tiny_config
-
-KINDS = ("bert", "gpt2", "llama", "t5")
-#: Big enough that a 2 MiB budget cannot hold the model (about 2.5 MiB), small enough to be fast.
-VOCAB = 8192
-#: Row shards of 0.5 MiB: the 2 MiB embedding matrices become four shards.
-SHARD_MB = 0.5
-
-
-def small_model(kind: str, seed: int = 0) -> torch.nn.Module:
-    """A random-init model of ``kind`` with an 8192-token vocabulary and tied embeddings
-    where the family allows (LLaMA like SmolLM2, GPT-2 and T5 by default)."""
-    config = tiny_config(kind)
-    config.vocab_size = VOCAB
-    if kind == "llama":
-        config.tie_word_embeddings = True
-    torch.manual_seed(seed)
-    return MODEL_CLASSES[kind](config).eval()
+from tests.support.models import VOCAB
 
 
 def chunk_cache(redis_url: str, budget_mb: int = 1024) -> ChunkCache:
@@ -47,12 +28,6 @@ def cached_source(folder: Path, manifest: Manifest, cache: ChunkCache) -> Cached
     for chunk in manifest.chunks:
         cache.put(chunk.sha256, (folder / chunk.file).read_bytes())
     return CachedChunkSource(cache, FilesystemBackend(folder))
-
-
-def chunk_small(kind: str, folder: Path, **kwargs: Any) -> tuple[torch.nn.Module, Manifest]:
-    model = small_model(kind)
-    manifest = chunk_model(model, folder, name=f"small-{kind}", max_chunk_mb=SHARD_MB, **kwargs)
-    return model, manifest
 
 
 def id_rows(lengths: list[int], vocab: int = VOCAB, seed: int = 1) -> list[list[int]]:
