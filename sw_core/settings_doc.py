@@ -24,7 +24,8 @@ END = "<!-- settings-table:end -->"
 
 #: What each setting means, for operators.
 MEANINGS: dict[str, str] = {
-    "redis_url": "Redis for queues, results, counters and the chunk cache (`redis://[:password@]host:port/db`, `rediss://` for TLS).",
+    "redis_url": "Redis for queues, results and counters, and the chunk cache unless `SW_CACHE_REDIS_URL` is set (`redis://[:password@]host:port/db`, `rediss://` for TLS).",
+    "cache_redis_url": "Redis of the chunk cache; empty = the same as `SW_REDIS_URL`. A server without persistence suits it (see scaling out).",
     "key_prefix": "Prefix of every Redis key, so deployments can share one Redis (`sw:jobs` ...).",
     "s3_endpoint": "S3/MinIO `host:port` or `http(s)://host:port`; unset = no S3.",
     "s3_bucket": "Default bucket for `sw publish` and the health check.",
@@ -146,7 +147,9 @@ def table_in(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Rewrite the table in the given Markdown files (default ``docs/operations.md``)."""
-    paths = [Path(p) for p in (argv if argv is not None else sys.argv[1:])] or [Path("docs/operations.md")]
+    paths = [Path(p) for p in (argv if argv is not None else sys.argv[1:])] or [
+        Path("docs/operations.md")
+    ]
     for path in paths:
         path.write_text(rewrite(path.read_text()))
         print(f"settings table updated in {path}")

@@ -99,9 +99,9 @@ class ChunkCache(AsyncCacheAPI):
 
     @classmethod
     def from_settings(cls, settings: Settings, *, counters: Counters | None = None) -> ChunkCache:
-        """A cache on its own connection pool to ``settings.redis_url`` (closed by :meth:`close`)."""
+        """A cache on its own connection pool to ``settings.cache_url`` (closed by :meth:`close`)."""
         client = redis.Redis.from_url(
-            settings.redis_url,
+            settings.cache_url,
             socket_timeout=settings.timeout_seconds,
             socket_connect_timeout=settings.timeout_seconds,
         )

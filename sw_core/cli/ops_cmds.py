@@ -18,7 +18,7 @@ from sw_core.ops.dashboard import render_dashboard, render_unreachable
 from sw_core.settings import add_cli_flags, redact_url, settings_from_args
 
 #: Settings every ops command takes as flags.
-OPS_FLAGS = ["redis_url", "key_prefix", "alert_error_rate", "heartbeat_ttl_s"]
+OPS_FLAGS = ["redis_url", "cache_redis_url", "key_prefix", "alert_error_rate", "heartbeat_ttl_s"]
 #: More flags for ``sw health`` (storage and the cache budget it checks).
 HEALTH_FLAGS = [
     *OPS_FLAGS,

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from functools import cache
@@ -22,6 +23,7 @@ from typing import Any
 
 from sw_core.keys import Keys
 from sw_core.ops import stats as counter_names
+from sw_core.ops.cache_stats import CacheStatsReader
 from sw_core.ops.metrics import Histogram
 from sw_core.settings import Settings
 
@@ -80,6 +82,7 @@ class StreamingMonitor:
         self._async: Any = None
         self._sync: Any = None
         self._previous: tuple[float, int] | None = None
+        self._cache_stats = CacheStatsReader(self.settings, self.redis_url)
 
     # ------------------------------------------------------------------ clients
     def _async_client(self) -> Any:
@@ -112,7 +115,8 @@ class StreamingMonitor:
         self.close()
 
     def close(self) -> None:
-        """Close the sync client."""
+        """Close the sync client and the cache's."""
+        self._cache_stats.close()
         if self._sync is not None:
             self._sync.close()
             self._sync = None
@@ -164,6 +168,7 @@ class StreamingMonitor:
         redis = self._async_client()
         now = time.time()
         first = await _execute_async(redis, self._first_round(now))
+        first.update(await asyncio.to_thread(self._cache_stats.read))
         second = await _execute_async(redis, self._second_round(first))
         return self._build(first, second, now)
 
@@ -172,6 +177,7 @@ class StreamingMonitor:
         redis = self._sync_client()
         now = time.time()
         first = _execute_sync(redis, self._first_round(now))
+        first.update(self._cache_stats.read())
         second = _execute_sync(redis, self._second_round(first))
         return self._build(first, second, now)
 
@@ -181,8 +187,6 @@ class StreamingMonitor:
         k = self.keys
         return {
             "stats": ("HGETALL", k.stats),
-            "cache_meta": ("HGETALL", k.cache_meta),
-            "cache_chunks": ("ZCARD", k.cache_lru),
             "xlen": ("XLEN", k.jobs),
             "groups": ("XINFO GROUPS", k.jobs),
             "retries": ("ZCARD", k.retries),
