@@ -77,6 +77,8 @@ class Settings:
     # Chunk cache in Redis.
     cache_size_mb: int = 1024
     cache_part_mb: int = 4
+    cache_shards: int = 1
+    cache_cluster: bool = False
 
     # Every remote call and every wait for a chunk.
     timeout_seconds: float = 30.0
@@ -170,6 +172,7 @@ class Settings:
         positive = (
             "cache_size_mb",
             "cache_part_mb",
+            "cache_shards",
             "timeout_seconds",
             "retry_attempts",
             "memory_budget_mb",

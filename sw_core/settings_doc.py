@@ -38,6 +38,8 @@ MEANINGS: dict[str, str] = {
     "backup_dir": "Local folder holding a copy of every chunk set (`<dir>/<model>`); reads fail over to it.",
     "cache_size_mb": "Byte budget of the shared chunk cache in Redis (LRU eviction above it). Keep it well under Redis' `maxmemory`.",
     "cache_part_mb": "Chunks are stored in the cache as parts of at most this size.",
+    "cache_shards": "Shards of the chunk cache: each a Redis Cluster hash tag with its own LRU and `SW_CACHE_SIZE_MB / SW_CACHE_SHARDS` of the budget (a chunk must fit in one). Use 1 on one server, at least 4 per master on Cluster.",
+    "cache_cluster": "`SW_CACHE_REDIS_URL` names a node of a Redis Cluster: each cache shard is served by the master that owns its slot.",
     "timeout_seconds": "Limit of every remote call and of every wait for a chunk.",
     "retry_attempts": "Attempts per job (and per storage call) before giving up.",
     "retry_initial_delay_s": "Delay before the first retry.",
