@@ -62,6 +62,10 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = "sw"
     cache_redis_url: str = ""
+    redis_sentinels: str = ""
+    redis_master_name: str = "mymaster"
+    submit_wait_replicas: int = 0
+    submit_wait_timeout_ms: int = 1000
 
     # Chunk storage: S3/MinIO first, the local folder as backup.
     s3_endpoint: str | None = None
@@ -189,6 +193,8 @@ class Settings:
                     f"{ENV_PREFIX}{name.upper()} must be > 0, got {getattr(self, name)!r}"
                 )
         for name in (
+            "submit_wait_replicas",
+            "submit_wait_timeout_ms",
             "retry_initial_delay_s",
             "retry_max_delay_s",
             "prefetch_count",

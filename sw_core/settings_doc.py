@@ -26,6 +26,10 @@ END = "<!-- settings-table:end -->"
 MEANINGS: dict[str, str] = {
     "redis_url": "Redis for queues, results and counters, and the chunk cache unless `SW_CACHE_REDIS_URL` is set (`redis://[:password@]host:port/db`, `rediss://` for TLS).",
     "cache_redis_url": "Redis of the chunk cache; empty = the same as `SW_REDIS_URL`. A server without persistence suits it (see scaling out).",
+    "redis_sentinels": "Sentinels of the queue Redis (`host:port,host:port,...`): clients ask them for the master (named by the next setting) and follow a failover; `SW_REDIS_URL` then gives only password, database and TLS.",
+    "redis_master_name": "Name of the queue Redis' master as the sentinels know it.",
+    "submit_wait_replicas": "A submit returns only once this many replicas hold the job (`WAIT`); else it raises `NotReplicatedError`. 0 = do not wait.",
+    "submit_wait_timeout_ms": "Longest a submit waits for the replicas of `SW_SUBMIT_WAIT_REPLICAS`.",
     "key_prefix": "Prefix of every Redis key, so deployments can share one Redis (`sw:jobs` ...).",
     "s3_endpoint": "S3/MinIO `host:port` or `http(s)://host:port`; unset = no S3.",
     "s3_bucket": "Default bucket for `sw publish` and the health check.",

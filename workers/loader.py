@@ -69,7 +69,7 @@ def load_job_id(sha256: str, key_prefix: str, token: str) -> str:
 async def arq_pool(settings: Settings) -> ArqRedis:
     """An arq pool that enqueues onto the loaders' queue with the msgpack serializer."""
     return await create_pool(
-        arq_redis_settings(settings.redis_url),
+        arq_redis_settings(settings),
         job_serializer=job_serializer,
         job_deserializer=job_deserializer,
         default_queue_name=Keys(settings.key_prefix).arq_queue,

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from sw_core.keys import Keys
 from sw_core.ops.monitor import StreamingMonitor
+from sw_core.queue_redis import queue_redis_sync
 from sw_core.settings import Settings, redact_url
 
 Status = Literal["ok", "warn", "fail", "skip"]
@@ -87,9 +88,7 @@ def check_health(
     timeout_s = min(CHECK_TIMEOUT_S, settings.timeout_seconds)
     report = HealthReport()
     where = redact_url(settings.redis_url)
-    client = redis.Redis.from_url(
-        settings.redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
-    )
+    client = queue_redis_sync(settings, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
     try:
         try:
             client.ping()

@@ -25,6 +25,7 @@ from sw_core.keys import Keys
 from sw_core.ops import stats as counter_names
 from sw_core.ops.cache_stats import CacheStatsReader
 from sw_core.ops.metrics import Histogram
+from sw_core.queue_redis import queue_redis, queue_redis_sync
 from sw_core.settings import Settings
 
 #: Counters of ``sw:stats`` that are always reported (0 when absent).
@@ -78,6 +79,12 @@ class StreamingMonitor:
     def __init__(self, redis_url: str | None = None, settings: Settings | None = None) -> None:
         self.settings = settings or Settings.from_env()
         self.redis_url = redis_url or self.settings.redis_url
+        #: Through Sentinel when configured, unless an explicit URL was given.
+        self._queue_settings = (
+            self.settings
+            if redis_url is None
+            else self.settings.replace(redis_url=redis_url, redis_sentinels="")
+        )
         self.keys = Keys(self.settings.key_prefix)
         self._async: Any = None
         self._sync: Any = None
@@ -87,10 +94,8 @@ class StreamingMonitor:
     # ------------------------------------------------------------------ clients
     def _async_client(self) -> Any:
         if self._async is None:
-            import redis.asyncio as aioredis
-
-            self._async = aioredis.Redis.from_url(
-                self.redis_url,
+            self._async = queue_redis(
+                self._queue_settings,
                 socket_timeout=self.settings.timeout_seconds,
                 socket_connect_timeout=min(5.0, self.settings.timeout_seconds),
             )
@@ -98,10 +103,8 @@ class StreamingMonitor:
 
     def _sync_client(self) -> Any:
         if self._sync is None:
-            import redis
-
-            self._sync = redis.Redis.from_url(
-                self.redis_url,
+            self._sync = queue_redis_sync(
+                self._queue_settings,
                 socket_timeout=self.settings.timeout_seconds,
                 socket_connect_timeout=min(5.0, self.settings.timeout_seconds),
             )

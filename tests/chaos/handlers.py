@@ -20,10 +20,9 @@ import os
 import time
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from sw_core.chunks.manifest import MANIFEST_FILE, Manifest
 from sw_core.pipeline.jobs import Job
+from sw_core.queue_redis import queue_redis
 from sw_core.settings import Settings
 from workers.chunk_source import RemoteChunkSource
 
@@ -38,7 +37,7 @@ class ChunkHandler:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.redis = aioredis.Redis.from_url(settings.redis_url)
+        self.redis = queue_redis(settings)  # through Sentinel when configured
         self.key = calls_key(settings.key_prefix)
         self.sleep_s = float(os.environ.get("CHAOS_HANDLER_SLEEP_S", "0"))
         self._sources: dict[str, RemoteChunkSource] = {}
