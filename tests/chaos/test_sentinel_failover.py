@@ -7,7 +7,9 @@ SIGKILLed; the sentinels promote the replica and workers and producers follow it
 master is then restarted, and the sentinels make it a replica of the new one.
 
 What replication lag can lose: a job the master acknowledged but had not yet sent to the
-replica. With ``SW_SUBMIT_WAIT_REPLICAS=1`` a submit returns only once a replica holds the
+replica. The replica reaches the master through a relay in the test that, just before the
+kill, holds back the master's stream for a moment (as a slow or stalled link would), so the
+master acknowledges jobs the replica never receives. With ``SW_SUBMIT_WAIT_REPLICAS=1`` a submit returns only once a replica holds the
 job (``WAIT``), so every accepted job survives the failover (lost = 0); between the
 failover and the old master's return there is no replica, and those submits are refused
 (``NotReplicatedError``) although their jobs are queued and run.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +39,59 @@ from tests.chaos.report import Figures
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
 MASTER_NAME = "sw-queues"
+#: How long the replica's link holds back the master's stream before the master is killed.
+LAG_S = 0.8
+
+
+class LaggingLink:
+    """A TCP relay on loopback for the replica's link to the master that can hold back what
+    the master sends (a slow or stalled link): held bytes never reach the replica if the
+    master dies meanwhile. The relay runs in its own thread with its own event loop."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self.holding = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lagging-link", daemon=True)
+
+    def start(self) -> LaggingLink:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        server = self._loop.run_until_complete(
+            asyncio.start_server(self._relay, "127.0.0.1", self.port)
+        )
+        self._ready.set()
+        self._loop.run_forever()
+        server.close()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, hold: bool) -> None:
+            with contextlib.suppress(OSError, ConnectionError):
+                while data := await src.read(65536):
+                    while hold and self.holding.is_set():
+                        await asyncio.sleep(0.01)
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pump(up_reader, writer, True), pump(reader, up_writer, False))
+
+    def close(self) -> None:
+        self.holding.clear()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
 
 
 class SentinelGroup:
@@ -46,10 +102,11 @@ class SentinelGroup:
             (root / name).mkdir(parents=True)
         self.root = root
         self.master = RedisServer(workdir=root / "master", appendonly=True)
+        self.link = LaggingLink(self.master.port)
         self.replica = RedisServer(
             workdir=root / "replica",
             appendonly=True,
-            extra_args=["--replicaof", "127.0.0.1", str(self.master.port)],
+            extra_args=["--replicaof", "127.0.0.1", str(self.link.port)],
         )
         self.cache = RedisServer(workdir=root / "cache")
         self.sentinel_ports = [free_port() for _ in range(3)]
@@ -57,6 +114,7 @@ class SentinelGroup:
 
     def start(self) -> SentinelGroup:
         self.master.start()
+        self.link.start()
         self.replica.start()
         self.cache.start()
         _wait(lambda: _info(self.replica.port).get("master_link_status") == "up", "replication")
@@ -112,6 +170,7 @@ class SentinelGroup:
             process.wait(10)
         for server in (self.master, self.replica, self.cache):
             server.cleanup()
+        self.link.close()
 
 
 def _info(port: int) -> dict:
@@ -168,9 +227,15 @@ async def test_workers_and_producers_follow_a_sentinel_failover(
         await workers.wait_registered(client, KEYS, 60)
         async with LoadGenerator(settings, rate_per_s=20) as load:
             await asyncio.sleep(before_s)
+            # A lagging replica (a slow or stalled link): the master acknowledges jobs the
+            # replica does not have yet; then the master dies with them.
+            group.link.holding.set()
+            accepted_before_lag = len(load.ids)
+            await asyncio.sleep(LAG_S)
             accepted_before_kill = len(load.ids)
             killed_at = time.monotonic()
             group.master.stop(kill=True)
+            group.link.close()  # what it held is gone with the master
             await wait_until(
                 lambda: group.master_port() == group.replica.port, 30, "the promotion", 0.1
             )
@@ -187,8 +252,11 @@ async def test_workers_and_producers_follow_a_sentinel_failover(
             accepted_before_rejoin = len(load.ids)
             await asyncio.sleep(after_s)
         ids, refused = list(load.ids), load.refused
+        lagged = ids[accepted_before_lag:accepted_before_kill]
+        others = ids[:accepted_before_lag] + ids[accepted_before_kill:]
         with contextlib.suppress(AssertionError):  # lost jobs are counted below
-            await wait_until(lambda: all_ended(client, KEYS, ids), 90, "every job", 0.2)
+            await wait_until(lambda: all_ended(client, KEYS, others), 90, "every job", 0.2)
+            await wait_until(lambda: all_ended(client, KEYS, lagged), 10, "lagged jobs", 0.2)
         outcomes = await job_outcomes(client, KEYS, ids)
         alive = [w.name for w in workers if w.alive]
     finally:
@@ -211,8 +279,10 @@ async def test_workers_and_producers_follow_a_sentinel_failover(
             lost=lost,
             recover_s=promoted_s,
             notes=(
-                f"kill -9 of the queue master under 20 jobs/s; sentinels promoted the replica "
-                f"in {promoted_s:.1f} s; {refused} submits refused (master down"
+                f"kill -9 of the queue master under 20 jobs/s after its replica's link stalled "
+                f"{LAG_S:g} s ({accepted_before_kill - accepted_before_lag} submits accepted "
+                f"meanwhile); sentinels promoted the replica in {promoted_s:.1f} s; "
+                f"{refused} submits refused (master down"
                 + (
                     ", or no replica to acknowledge before the old master rejoined"
                     if wait_replicas
@@ -226,6 +296,7 @@ async def test_workers_and_producers_follow_a_sentinel_failover(
                 "submit_wait_replicas": wait_replicas,
                 "promoted_s": round(promoted_s, 2),
                 "old_master_rejoined_s": round(rejoined_s, 2),
+                "accepted_while_the_replica_lagged": accepted_before_kill - accepted_before_lag,
             },
         )
     )
