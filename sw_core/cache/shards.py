@@ -18,6 +18,7 @@ from redis.cluster import RedisCluster
 
 from sw_core.exceptions import ConfigError
 from sw_core.keys import Keys, keys_of_cache_shard
+from sw_core.queue_redis import queue_redis_sync
 from sw_core.settings import Settings
 
 #: Least time between two refreshes of a cluster's slot map after errors.
@@ -30,7 +31,8 @@ def shard_of(chunk_id: str, shards: int) -> int:
 
 
 def open_cache_redis(settings: Settings) -> redis.Redis | RedisCluster:
-    """The cache's client: ``RedisCluster`` with ``cache_cluster``, else ``redis.Redis``."""
+    """The cache's client: ``RedisCluster`` with ``cache_cluster``, else ``redis.Redis`` (the
+    queues' master through Sentinel when the cache has no URL of its own)."""
     timeouts = {
         "socket_timeout": settings.timeout_seconds,
         "socket_connect_timeout": settings.timeout_seconds,
@@ -38,6 +40,8 @@ def open_cache_redis(settings: Settings) -> redis.Redis | RedisCluster:
     if settings.cache_cluster:
         # A failed master leaves its slots uncovered: the other shards keep working.
         return RedisCluster.from_url(settings.cache_url, require_full_coverage=False, **timeouts)
+    if not settings.cache_redis_url and settings.redis_sentinels:
+        return queue_redis_sync(settings, **timeouts)  # the cache shares the queues' master
     return redis.Redis.from_url(settings.cache_url, **timeouts)
 
 

@@ -8,6 +8,7 @@ import pytest
 import redis
 
 from producer import Producer
+from sw_core.cache import ChunkCache
 from sw_core.exceptions import ConfigError, NotReplicatedError
 from sw_core.keys import Keys
 from sw_core.queue_redis import master_connection_kwargs, queue_redis_sync, sentinel_addresses
@@ -35,6 +36,10 @@ def test_sentinel_settings_reach_every_kind_of_client() -> None:
     client = queue_redis_sync(settings)
     assert client.connection_pool.service_name == "sw-queues"
     client.close()
+    with ChunkCache.from_settings(settings) as cache:  # no cache URL: the queues' master
+        assert cache.redis.connection_pool.service_name == "sw-queues"
+    with ChunkCache.from_settings(settings.replace(cache_redis_url="redis://c:1/0")) as cache:
+        assert cache.redis.connection_pool.connection_kwargs["host"] == "c"
     with pytest.raises(ConfigError, match="host:port"):
         sentinel_addresses(settings.replace(redis_sentinels="10.0.0.1"))
 
