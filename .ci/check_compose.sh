@@ -57,7 +57,9 @@ def check_argv(service: str, argv: list[str]) -> None:
         except Exception as exc:  # noqa: BLE001 - report any import problem
             problems.append(f"{service}: `arq {path}` does not import: {exc}")
             return
-        if not getattr(obj, "functions", None) or not hasattr(obj, "on_startup"):
+        # a class, or arq's dict form (workers.Settings is a LazyWorkerSettings dict)
+        found = (lambda n: obj.get(n)) if isinstance(obj, dict) else (lambda n: getattr(obj, n, None))
+        if not found("functions") or not found("on_startup"):
             problems.append(f"{service}: {path} is not an arq worker settings class")
     elif program == "sw":
         errors = io.StringIO()

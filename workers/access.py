@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import sys
 
-import redis
 from redis.exceptions import AuthenticationError, AuthorizationError, NoPermissionError, RedisError
 
 from sw_core.keys import Keys
+from sw_core.queue_redis import queue_redis_sync
 from sw_core.settings import Settings, redact_url
 from workers.arq_compat import JOB_KEY_PREFIX
 
@@ -23,7 +23,7 @@ def check_access(settings: Settings) -> None:
     Connection failures are left to arq (it retries, and Redis may come up later).
     """
     keys = Keys(settings.key_prefix)
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    client = queue_redis_sync(settings, socket_timeout=5, socket_connect_timeout=5)
     try:
         client.ping()
         client.exists(keys.jobs)

@@ -28,6 +28,7 @@ from sw_core.exceptions import CacheError, WeightServerError, error_class
 from sw_core.keys import Keys
 from sw_core.lua_scripts import lua_source
 from sw_core.pipeline.registry import ModelRegistry
+from sw_core.queue_redis import queue_redis
 from sw_core.settings import Settings, redact_url
 from workers.arq_compat import IN_PROGRESS_KEY_PREFIX, JOB_KEY_PREFIX
 from workers.loader import LOAD_CHUNK, LOAD_LEASE_MS, arq_pool, job_deserializer, load_job_id
@@ -103,7 +104,7 @@ class RemoteChunkSource:
 
     async def _clients(self) -> tuple[Redis, ArqRedis]:
         if self._redis is None or self._arq is None:
-            self._redis = Redis.from_url(self.settings.redis_url)
+            self._redis = queue_redis(self.settings)
             self._arq = await arq_pool(self.settings)
             self._refresh = self._redis.register_script(lua_source("lease_refresh"))
         return self._redis, self._arq

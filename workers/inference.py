@@ -18,8 +18,6 @@ import logging
 from collections import OrderedDict
 from typing import Any
 
-from redis.asyncio import Redis
-
 from sw_core.cache import ChunkCache
 from sw_core.engine import StreamingEngine
 from sw_core.exceptions import ModelError
@@ -27,6 +25,7 @@ from sw_core.keys import Keys
 from sw_core.ops.stats import Counters
 from sw_core.pipeline.jobs import Job
 from sw_core.pipeline.registry import ModelRegistry
+from sw_core.queue_redis import queue_redis
 from sw_core.settings import Settings
 from workers.chunk_source import RemoteChunkSource
 
@@ -57,7 +56,7 @@ class InferenceHandler:
         self.settings = settings
         self.counters = Counters()
         self.cache = ChunkCache.from_settings(settings, counters=self.counters)
-        self._redis = Redis.from_url(settings.redis_url)
+        self._redis = queue_redis(settings)
         self._stats_key = Keys(settings.key_prefix).stats
         self.registry = ModelRegistry(self._redis, settings)
         self._engines: OrderedDict[str, StreamingEngine] = OrderedDict()

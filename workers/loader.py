@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 import msgpack
-from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.connections import ArqRedis, create_pool
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -35,6 +35,7 @@ from sw_core.ops.stats import Counters
 from sw_core.pipeline.registry import ModelRegistry
 from sw_core.settings import Settings
 from sw_core.storage import StorageBackend, parse_location
+from workers.arq_redis import arq_redis_settings
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def load_job_id(sha256: str, key_prefix: str, token: str) -> str:
 async def arq_pool(settings: Settings) -> ArqRedis:
     """An arq pool that enqueues onto the loaders' queue with the msgpack serializer."""
     return await create_pool(
-        RedisSettings.from_dsn(settings.redis_url),
+        arq_redis_settings(settings),
         job_serializer=job_serializer,
         job_deserializer=job_deserializer,
         default_queue_name=Keys(settings.key_prefix).arq_queue,

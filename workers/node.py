@@ -14,15 +14,16 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from arq.connections import RedisSettings
 from arq.worker import func
 from redis.asyncio import Redis
 
 from sw_core.keys import Keys
 from sw_core.ops.prometheus import maybe_start_metrics_server
 from sw_core.ops.stats import Counters
+from sw_core.queue_redis import queue_redis
 from sw_core.settings import Settings
 from workers.arq_compat import tolerate_redis_outages
+from workers.arq_redis import arq_redis_settings
 from workers.consumer import JobConsumer
 from workers.handlers import close_handler, load_handler
 from workers.heartbeat import Heartbeat, default_worker_name
@@ -64,7 +65,7 @@ class Node:
 async def start_node(ctx: dict[str, Any], *, settings: Settings, kind: str, consume: bool) -> Node:
     """Start a node's parts and keep them in arq's ``ctx`` (``ctx["loader"]``, ``ctx["node"]``)."""
     counters = Counters()
-    redis = Redis.from_url(settings.redis_url)
+    redis = queue_redis(settings)
     name = settings.worker_name or default_worker_name()
     loader = ChunkLoader(redis, settings, counters=counters)
     consumer = handler = None
@@ -109,7 +110,7 @@ def worker_options(settings: Settings, *, inference: bool) -> dict[str, Any]:
             func(load_chunk, name=LOAD_CHUNK, timeout=load_timeout_s, keep_result=0, max_tries=1)
         ],
         "queue_name": Keys(settings.key_prefix).arq_queue,
-        "redis_settings": RedisSettings.from_dsn(settings.redis_url),
+        "redis_settings": arq_redis_settings(settings),
         "job_serializer": job_serializer,
         "job_deserializer": job_deserializer,
         "poll_delay": POLL_DELAY_S,

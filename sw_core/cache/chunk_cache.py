@@ -4,22 +4,22 @@ A chunk's cache id *is* its sha256 hex digest (from the manifest), so identical 
 different models share one entry, and every :meth:`ChunkCache.get` checks the bytes against
 the id: a corrupted entry is dropped and reported as a miss, so the caller reloads it.
 
-Layout (names from :class:`~sw_core.keys.Keys`): a chunk is stored as parts of at most
-``part_size_bytes`` (``cache_part_<id>:<n>``; Redis GETs of 1-8 MiB values are the fastest),
+The cache is split into ``shards`` (:mod:`sw_core.cache.shards`; one by default), each with
+its own LRU and an equal share of the budget, all of whose keys share a hash tag: on Redis
+Cluster every Lua call stays in one slot. In a shard (names from :class:`~sw_core.keys.Keys`)
+a chunk is stored as parts of at most ``part_size_bytes`` (1-8 MiB GETs are the fastest),
 an info hash (``parts``, ``size_bytes``, ``part_bytes``), a member of the LRU sorted set
-scored by a logical clock, and the meta hash holding ``bytes`` (exactly the sum of stored
+scored by a logical clock, and the meta hash holds ``bytes`` (exactly the sum of stored
 sizes), ``clock``, ``hits``, ``misses``, ``evictions`` and ``corruptions``.
 
 A write uploads its parts under unique staging names with a TTL, then one Lua script
-commits it: evict least recently used chunks until it fits the budget, rename the parts,
-record it. A writer that dies before the commit leaves only staging keys, which expire.
-Every multi-key step is a Lua script in ``sw_core/lua``; the cache never touches other
-keys, so it can share a Redis with the job queues (use ``maxmemory-policy noeviction`` or a
-``volatile-*`` policy there: ``allkeys-*`` would let Redis drop cache keys behind its back).
+commits it: evict least recently used chunks until it fits the shard's budget, rename the
+parts, record it. A writer that dies before the commit leaves only staging keys, which
+expire. The cache never touches other keys, so it can share a Redis with the job queues (use
+``noeviction`` or a ``volatile-*`` policy: ``allkeys-*`` would drop cache keys behind its back).
 
-The API is synchronous on a thread-safe ``redis.Redis`` (the engine fetches from worker
-threads, and the sync client reads big values faster); ``aget``/``aput``/... wrap it for
-asyncio callers.
+The API is synchronous on thread-safe clients (the engine fetches from worker threads, and the
+sync client reads big values faster); ``aget``/``aput``/... wrap it for asyncio callers.
 """
 
 from __future__ import annotations
@@ -34,10 +34,11 @@ import redis
 
 from sw_core.cache.async_api import AsyncCacheAPI, CacheInfo
 from sw_core.cache.digest import ChunkDigest, target_view
-from sw_core.cache.errors import cache_error
+from sw_core.cache.errors import cache_error, too_large_error
 from sw_core.cache.ordered_hash import OrderedHash
 from sw_core.cache.redis_bulk import BulkReader
-from sw_core.exceptions import ChunkTooLargeError, ConfigError, SecurityError
+from sw_core.cache.shards import CacheShards, open_cache_redis
+from sw_core.exceptions import ConfigError, SecurityError
 from sw_core.keys import Keys
 from sw_core.lua_scripts import lua_source
 from sw_core.ops import stats
@@ -46,7 +47,6 @@ from sw_core.settings import Settings
 from sw_core.utils import mib
 
 _CHUNK_ID = re.compile(r"[0-9a-f]{64}")
-_MIB = 1 << 20
 
 
 class ChunkCache(AsyncCacheAPI):
@@ -70,10 +70,10 @@ class ChunkCache(AsyncCacheAPI):
         counters: Counters | None = None,
         staging_ttl_ms: int = 60_000,
         hash_threads: int = 2,
+        shards: int = 1,
     ) -> None:
-        if redis.connection_pool.connection_kwargs.get("decode_responses"):
-            raise ConfigError("ChunkCache needs a Redis client with decode_responses=False")
         for name, value in (
+            ("shards", shards),
             ("cache_size_bytes", cache_size_bytes),
             ("part_size_bytes", part_size_bytes),
             ("staging_ttl_ms", staging_ttl_ms),
@@ -81,9 +81,12 @@ class ChunkCache(AsyncCacheAPI):
         ):
             if value <= 0:
                 raise ConfigError(f"ChunkCache {name} must be > 0, got {value!r}")
+        self._clients = CacheShards(redis, keys, shards)
         self.redis = redis
         self.keys = keys
         self.budget_bytes = cache_size_bytes
+        #: Each shard keeps its own LRU within an equal share of the budget.
+        self.shard_budget_bytes = cache_size_bytes // shards
         self.part_size_bytes = part_size_bytes
         self.counters = counters
         self.staging_ttl_ms = staging_ttl_ms
@@ -99,14 +102,11 @@ class ChunkCache(AsyncCacheAPI):
 
     @classmethod
     def from_settings(cls, settings: Settings, *, counters: Counters | None = None) -> ChunkCache:
-        """A cache on its own connection pool to ``settings.redis_url`` (closed by :meth:`close`)."""
-        client = redis.Redis.from_url(
-            settings.redis_url,
-            socket_timeout=settings.timeout_seconds,
-            socket_connect_timeout=settings.timeout_seconds,
-        )
+        """A cache on its own connections to ``settings.cache_url`` (closed by :meth:`close`):
+        one server, or Redis Cluster with ``cache_cluster``; ``cache_shards`` shards."""
         cache = cls(
-            client,
+            open_cache_redis(settings),
+            shards=settings.cache_shards,
             keys=Keys(settings.key_prefix),
             cache_size_bytes=settings.cache_size_bytes,
             part_size_bytes=settings.cache_part_mb << 20,
@@ -154,35 +154,42 @@ class ChunkCache(AsyncCacheAPI):
         """
         self._check_id(chunk_id)
         view = memoryview(data).cast("B")
-        size = view.nbytes
-        if size > self.budget_bytes:
-            raise self._too_large(chunk_id, size)
+        size, n_shards = view.nbytes, self._clients.count
+        if size > self.shard_budget_bytes:
+            raise too_large_error(chunk_id, size, self.budget_bytes, n_shards)
+        shard, keys, client = self._clients.where(chunk_id)
         try:
-            if self._lookup(keys=self._entry_keys(chunk_id), args=[chunk_id, 0]) is not None:
+            found = self._lookup(
+                keys=self._entry_keys(chunk_id, keys), args=[chunk_id, 0], client=client
+            )
+            if found is not None:
                 return False
         except redis.RedisError as exc:
+            self._clients.failed(shard)
             raise cache_error(exc, f"looking up chunk {chunk_id[:12]}") from exc
         step = self.part_size_bytes
         token = uuid.uuid4().hex
-        staged = [self.keys.cache_staging(token, n) for n in range(max(1, -(-size // step)))]
+        staged = [keys.cache_staging(token, n) for n in range(max(1, -(-size // step)))]
         try:
-            self._upload(chunk_id, view, staged, verify=verify)
+            self._upload(client, chunk_id, view, staged, verify=verify)
             stored, evicted = self._commit(
-                keys=[*self._entry_keys(chunk_id), *staged],
+                keys=[*self._entry_keys(chunk_id, keys), *staged],
                 args=[
                     chunk_id,
                     size,
-                    self.budget_bytes,
+                    self.shard_budget_bytes,
                     step,
-                    self.keys.cache_info_prefix,
-                    self.keys.cache_part_prefix,
+                    keys.cache_info_prefix,
+                    keys.cache_part_prefix,
                 ],
+                client=client,
             )
         except BaseException as exc:
-            self._delete_staged(staged)
+            self._delete_staged(client, staged)
             if isinstance(exc, redis.ResponseError) and "SWCACHE_TOO_LARGE" in str(exc):
-                raise self._too_large(chunk_id, size) from exc
+                raise too_large_error(chunk_id, size, self.budget_bytes, n_shards) from exc
             if isinstance(exc, redis.RedisError):
+                self._clients.failed(shard)
                 raise cache_error(
                     exc, f"storing chunk {chunk_id[:12]} ({mib(size):.1f} MiB)"
                 ) from exc
@@ -193,9 +200,11 @@ class ChunkCache(AsyncCacheAPI):
     def contains(self, chunk_id: str) -> bool:
         """Whether the chunk is cached (no LRU bump, not counted)."""
         self._check_id(chunk_id)
+        shard, keys, client = self._clients.where(chunk_id)
         try:
-            return bool(self.redis.exists(self.keys.cache_info(chunk_id)))
+            return bool(client.exists(keys.cache_info(chunk_id)))
         except redis.RedisError as exc:
+            self._clients.failed(shard)
             raise cache_error(exc, f"checking chunk {chunk_id[:12]}") from exc
 
     def delete(self, chunk_id: str) -> bool:
@@ -204,23 +213,38 @@ class ChunkCache(AsyncCacheAPI):
         return self._drop_entry(chunk_id, "delete")
 
     def info(self) -> CacheInfo:
-        """Used bytes, budget, chunk count and the counters, read in one atomic step."""
-        try:
-            values = self._info(keys=[self.keys.cache_meta, self.keys.cache_lru])
-        except redis.RedisError as exc:
-            raise cache_error(exc, "reading the cache's accounting") from exc
-        used, hits, misses, evictions, corruptions, chunks = (int(v or 0) for v in values)
+        """Used bytes, budget, chunk count and the counters, added up over the shards (each
+        shard's read in one atomic step)."""
+        shards = (self.shard_info(n) for n in range(self._clients.count))
+        used, hits, misses, evictions, corruptions, chunks = map(sum, zip(*shards, strict=True))
         return CacheInfo(used, self.budget_bytes, chunks, hits, misses, evictions, corruptions)
+
+    def shard_info(self, shard: int) -> tuple[int, int, int, int, int, int]:
+        """One shard's ``(bytes, hits, misses, evictions, corruptions, chunks)``."""
+        keys = self._clients.keys_of(shard)
+        try:
+            values = self._info(
+                keys=[keys.cache_meta, keys.cache_lru], client=self._clients.client(shard)
+            )
+        except redis.RedisError as exc:
+            self._clients.failed(shard)
+            raise cache_error(exc, f"reading the accounting of cache shard {shard}") from exc
+        used, hits, misses, evictions, corruptions, chunks = (int(v or 0) for v in values)
+        return used, hits, misses, evictions, corruptions, chunks
 
     def clear(self) -> None:
         """Remove every cached chunk and reset the accounting; no other key is touched."""
-        try:
-            self._clear(
-                keys=[self.keys.cache_lru, self.keys.cache_meta],
-                args=[self.keys.cache_info_prefix, self.keys.cache_part_prefix],
-            )
-        except redis.RedisError as exc:
-            raise cache_error(exc, "clearing the cache") from exc
+        for shard in range(self._clients.count):
+            keys = self._clients.keys_of(shard)
+            try:
+                self._clear(
+                    keys=[keys.cache_lru, keys.cache_meta],
+                    args=[keys.cache_info_prefix, keys.cache_part_prefix],
+                    client=self._clients.client(shard),
+                )
+            except redis.RedisError as exc:
+                self._clients.failed(shard)
+                raise cache_error(exc, f"clearing cache shard {shard}") from exc
 
     def close(self) -> None:
         """Stop the hashing threads; close the Redis pool when :meth:`from_settings` made it."""
@@ -229,7 +253,7 @@ class ChunkCache(AsyncCacheAPI):
         if pool is not None:
             pool.shutdown(wait=True)
         if self._owns_redis:
-            self.redis.close()
+            self._clients.close()
 
     def __enter__(self) -> ChunkCache:
         return self
@@ -252,9 +276,13 @@ class ChunkCache(AsyncCacheAPI):
         count: bool = True,
     ) -> memoryview | None:
         self._check_id(chunk_id)
+        shard, keys, client = self._clients.where(chunk_id)
         try:
-            found = self._lookup(keys=self._entry_keys(chunk_id), args=[chunk_id, int(count)])
+            found = self._lookup(
+                keys=self._entry_keys(chunk_id, keys), args=[chunk_id, int(count)], client=client
+            )
         except redis.RedisError as exc:
+            self._clients.failed(shard)
             raise cache_error(exc, f"looking up chunk {chunk_id[:12]}") from exc
         if found is None:
             if count:
@@ -268,13 +296,13 @@ class ChunkCache(AsyncCacheAPI):
         feed = digest.feed if digest is not None else None
         offset = 0
         try:
-            with BulkReader(self.redis) as reader:
+            with BulkReader(client) as reader:
                 for n in range(parts):
                     expected = min(part_bytes, size - offset)
                     if expected < 0 or (n > 0 and expected == 0):
                         return self._drop_miss(chunk_id, "corrupt", counted=count)
                     piece = target[offset : offset + expected]
-                    got = reader.get_into(self.keys.cache_part(chunk_id, n), piece, feed=feed)
+                    got = reader.get_into(keys.cache_part(chunk_id, n), piece, feed=feed)
                     if got is None:
                         return self._drop_miss(chunk_id, "lost", counted=count)
                     if got != expected:
@@ -284,6 +312,7 @@ class ChunkCache(AsyncCacheAPI):
                 return self._drop_miss(chunk_id, "corrupt", counted=count)
             hexdigest = digest.hexdigest() if digest is not None else None
         except redis.RedisError as exc:
+            self._clients.failed(shard)
             raise cache_error(exc, f"reading chunk {chunk_id[:12]}") from exc
         finally:
             if digest is not None:
@@ -294,7 +323,15 @@ class ChunkCache(AsyncCacheAPI):
             self._count(stats.CACHE_HITS)
         return target
 
-    def _upload(self, chunk_id: str, view: memoryview, staged: list[str], *, verify: bool) -> None:
+    def _upload(
+        self,
+        client: redis.Redis,
+        chunk_id: str,
+        view: memoryview,
+        staged: list[str],
+        *,
+        verify: bool,
+    ) -> None:
         """SET the parts under their staging names, hashing them alongside with ``verify``."""
         step = self.part_size_bytes
         digest = ChunkDigest(view.nbytes, self._hasher) if verify else None
@@ -303,7 +340,7 @@ class ChunkCache(AsyncCacheAPI):
                 piece = view[n * step : (n + 1) * step]
                 if digest is not None:
                     digest.feed(piece)
-                self.redis.set(key, piece, px=self.staging_ttl_ms)
+                client.set(key, piece, px=self.staging_ttl_ms)
             hexdigest = digest.hexdigest() if digest is not None else None
         finally:
             if digest is not None:
@@ -325,21 +362,24 @@ class ChunkCache(AsyncCacheAPI):
         return None
 
     def _drop_entry(self, chunk_id: str, why: str, *, counted: bool = False) -> bool:
+        shard, keys, client = self._clients.where(chunk_id)
         try:
             removed = self._drop(
-                keys=self._entry_keys(chunk_id),
-                args=[chunk_id, self.keys.cache_part_prefix, why, int(counted)],
+                keys=self._entry_keys(chunk_id, keys),
+                args=[chunk_id, keys.cache_part_prefix, why, int(counted)],
+                client=client,
             )
         except redis.RedisError as exc:
+            self._clients.failed(shard)
             raise cache_error(exc, f"removing chunk {chunk_id[:12]}") from exc
         return bool(removed)
 
-    def _entry_keys(self, chunk_id: str) -> list[str]:
-        return [self.keys.cache_info(chunk_id), self.keys.cache_lru, self.keys.cache_meta]
+    def _entry_keys(self, chunk_id: str, keys: Keys | None = None) -> list[str]:
+        return self._clients.entry_keys(chunk_id, keys)
 
-    def _delete_staged(self, staged: list[str]) -> None:
+    def _delete_staged(self, client: redis.Redis, staged: list[str]) -> None:
         try:
-            self.redis.delete(*staged)
+            client.delete(*staged)
         except redis.RedisError:
             pass  # unreachable Redis: the staging TTL removes them
 
@@ -357,10 +397,3 @@ class ChunkCache(AsyncCacheAPI):
     def _check_id(chunk_id: str) -> None:
         if not isinstance(chunk_id, str) or not _CHUNK_ID.fullmatch(chunk_id):
             raise ValueError(f"a chunk id is a lower-case sha256 hex digest, got {chunk_id!r}")
-
-    def _too_large(self, chunk_id: str, size: int) -> ChunkTooLargeError:
-        return ChunkTooLargeError(
-            f"chunk {chunk_id[:12]} is {mib(size):.1f} MiB, larger than the whole chunk cache "
-            f"({mib(self.budget_bytes):.1f} MiB, cache_size_mb={self.budget_bytes // _MIB}); "
-            f"raise SW_CACHE_SIZE_MB to at least {-(-size // _MIB)}"
-        )

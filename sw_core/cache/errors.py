@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import redis
 
-from sw_core.exceptions import CacheError
+from sw_core.exceptions import CacheError, ChunkTooLargeError
+from sw_core.utils import mib
+
+_MIB = 1 << 20
 
 
 def cache_error(exc: redis.RedisError, doing: str) -> CacheError:
@@ -20,3 +23,19 @@ def cache_error(exc: redis.RedisError, doing: str) -> CacheError:
             f"(timeout_seconds); retry, or raise SW_TIMEOUT_SECONDS"
         )
     return CacheError(f"chunk cache Redis error while {doing}: {exc}")
+
+
+def too_large_error(chunk_id: str, size: int, budget_bytes: int, shards: int) -> ChunkTooLargeError:
+    """A chunk larger than its cache shard (``budget_bytes / shards``): what to raise."""
+    if shards == 1:
+        return ChunkTooLargeError(
+            f"chunk {chunk_id[:12]} is {mib(size):.1f} MiB, larger than the whole chunk cache "
+            f"({mib(budget_bytes):.1f} MiB, cache_size_mb={budget_bytes // _MIB}); "
+            f"raise SW_CACHE_SIZE_MB to at least {-(-size // _MIB)}"
+        )
+    return ChunkTooLargeError(
+        f"chunk {chunk_id[:12]} is {mib(size):.1f} MiB, larger than a cache shard "
+        f"({mib(budget_bytes // shards):.1f} MiB: SW_CACHE_SIZE_MB={budget_bytes // _MIB} "
+        f"over SW_CACHE_SHARDS={shards}); raise SW_CACHE_SIZE_MB to at least "
+        f"{shards * -(-size // _MIB)} or use fewer shards"
+    )

@@ -25,7 +25,15 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=24, help="tokens per answer")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for jobs")
     add_cli_flags(
-        parser, ["memory_budget_mb", "cache_size_mb", "device", "s3_endpoint", "s3_bucket"]
+        parser,
+        [
+            "memory_budget_mb",
+            "cache_size_mb",
+            "device",
+            "s3_endpoint",
+            "s3_bucket",
+            "local_redis_server",
+        ],
     )
     parser.set_defaults(handler=_demo)
 

@@ -15,10 +15,11 @@ from rich.text import Text
 
 from sw_core.exceptions import JobError
 from sw_core.ops.dashboard import render_dashboard, render_unreachable
+from sw_core.queue_redis import queue_redis_sync
 from sw_core.settings import add_cli_flags, redact_url, settings_from_args
 
 #: Settings every ops command takes as flags.
-OPS_FLAGS = ["redis_url", "key_prefix", "alert_error_rate", "heartbeat_ttl_s"]
+OPS_FLAGS = ["redis_url", "cache_redis_url", "key_prefix", "alert_error_rate", "heartbeat_ttl_s"]
 #: More flags for ``sw health`` (storage and the cache budget it checks).
 HEALTH_FLAGS = [
     *OPS_FLAGS,
@@ -255,12 +256,11 @@ def _health(args: argparse.Namespace) -> int:
 
 
 def _dlq(args: argparse.Namespace) -> int:
-    import redis
 
     from sw_core.pipeline.dlq import DeadLetterQueue
 
     settings = settings_from_args(args)
-    client = redis.Redis.from_url(settings.redis_url)
+    client = queue_redis_sync(settings)
     try:
         dlq = DeadLetterQueue(client, settings)
         action = {

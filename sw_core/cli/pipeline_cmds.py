@@ -11,6 +11,7 @@ from typing import Any
 
 from sw_core.exceptions import ConfigError, JobTimeoutError, SurfingError
 from sw_core.pipeline.jobs import TASKS, coerce_params
+from sw_core.queue_redis import queue_redis
 from sw_core.settings import Settings, add_cli_flags, settings_from_args
 
 #: Settings these commands take as flags too.
@@ -173,7 +174,6 @@ def _register(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
 
     async def run() -> tuple[str, str]:
-        from redis.asyncio import Redis
 
         from sw_core.architectures import check_architecture
         from sw_core.chunks.pin import pin_location
@@ -194,7 +194,7 @@ def _register(args: argparse.Namespace) -> int:
             )
             if args.pin:
                 location = pin_location(location, raw)
-        async with Redis.from_url(settings.redis_url) as redis:
+        async with queue_redis(settings) as redis:
             registry = ModelRegistry(redis, settings)
             return await registry.register(args.name, location), about
 
@@ -216,11 +216,10 @@ def _models(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
 
     async def run() -> dict[str, str]:
-        from redis.asyncio import Redis
 
         from sw_core.pipeline.registry import ModelRegistry
 
-        async with Redis.from_url(settings.redis_url) as redis:
+        async with queue_redis(settings) as redis:
             return await ModelRegistry(redis, settings).all()
 
     models = asyncio.run(run())

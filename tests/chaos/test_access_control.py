@@ -5,8 +5,8 @@ password, no password, or a user whose ACL covers another key prefix must be ref
 an error that says authentication/permission -- a worker exits non-zero with a clear line,
 not a stack trace -- and a refused password must not be retried as if it were a network
 blip. A user restricted to the deployment's prefix (as ``sw_core.keys`` documents) must be
-enough to run the pipeline. ``rediss://`` URLs build TLS connections everywhere (no TLS
-server is available here: see :data:`tests.chaos.report.TLS_NOTE`).
+enough to run the pipeline. ``rediss://`` URLs build TLS connections everywhere (the TLS
+handshake itself is tested in ``test_tls.py``).
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ async def test_a_user_restricted_to_the_deployment_prefix_can_run_the_pipeline(
             notes=(
                 "no/wrong password and an ACL user of another prefix refused (producer and "
                 "worker) with authentication/permission errors; a user limited to ~sw:* ~arq:* "
-                "runs the pipeline; rediss:// builds TLS clients (no TLS server here)"
+                "runs the pipeline; rediss:// builds TLS clients (handshakes: scenario 8b)"
             ),
             duration_s=time.monotonic() - started,
         )
@@ -164,16 +164,3 @@ async def test_rediss_urls_build_tls_connections_everywhere() -> None:
     assert isinstance(options["redis_settings"], RedisSettings)
     assert options["redis_settings"].ssl is True
     assert options["redis_settings"].port == 6380
-
-
-def test_the_local_redis_binary_has_no_tls(tmp_path: Path) -> None:
-    """Why no TLS handshake is tested: the available redis-server refuses TLS options.
-    (If a TLS-capable binary appears, this test says so and a real TLS test is due.)"""
-    server = RedisServer(workdir=tmp_path, extra_args=["--tls-port", "0"])
-    try:
-        server.start(timeout_s=5)
-    except Exception as exc:
-        assert re.search(r"tls|directive|argument", str(exc), re.I), exc
-    else:
-        server.stop()
-        pytest.fail("this redis-server accepts --tls-port: add a real rediss:// test")

@@ -119,7 +119,7 @@ def test_redis_oom_becomes_a_clear_cache_error_and_nothing_is_lost(
     assert "out of memory" in str(error) and "SW_CACHE_SIZE_MB" in str(error), error
     assert error.transient  # CacheError: retried, then dead-lettered with this message
     # nothing half-written: no staging parts left, the byte count matches the entries
-    assert list(client.scan_iter(match="sw:cache:staging:*")) == []
+    assert list(client.scan_iter(match="sw:cache:*:staging:*")) == []
     info = cache.info()
     assert info.chunks == len(stored) and info.used_bytes == len(stored) * MIB
     for chunk_id, data in stored.items():  # what was cached is served intact

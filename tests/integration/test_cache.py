@@ -77,7 +77,7 @@ def test_round_trip_multi_part_under_keys_named_by_keys(client: redis.Redis) -> 
         b"part_bytes": str(MIB).encode(),
     }
     assert cache.info().used_bytes == len(data) == stored_part_bytes(client, keys)
-    assert not list(client.scan_iter(match="sw:cache:staging:*"))
+    assert not list(client.scan_iter(match="sw:cache:*:staging:*"))
     assert all(client.ttl(k) == -1 for k in client.scan_iter(match="sw:cache:*"))
 
     got = cache.get(chunk_id)
@@ -118,7 +118,7 @@ def test_identical_chunks_share_one_entry(client: redis.Redis) -> None:
     assert cache.put(chunk_id, bytearray(data)) is False  # a second model with the same chunk
     info = cache.info()
     assert (info.chunks, info.used_bytes) == (1, len(data))
-    assert not list(client.scan_iter(match="sw:cache:staging:*"))
+    assert not list(client.scan_iter(match="sw:cache:*:staging:*"))
 
 
 def test_lru_order_put_abc_get_a_put_d_evicts_b(client: redis.Redis) -> None:
@@ -311,7 +311,7 @@ def test_delete_contains_and_missing_get(client: redis.Redis) -> None:
     assert cache.delete(chunk_id) is False
     info = cache.info()
     assert (info.chunks, info.used_bytes, info.misses) == (0, 0, 1)
-    assert client.keys("sw:cache:*") == [b"sw:cache:meta"]
+    assert client.keys("sw:cache:*") == [cache.keys.cache_meta.encode()]
 
 
 def test_clear_removes_only_its_own_keys(client: redis.Redis) -> None:

@@ -126,7 +126,7 @@ def test_concurrent_writers_stay_within_budget_with_exact_accounting(redis_url: 
     assert {k.decode() for k in admin.scan_iter(match=f"{keys.cache_info_prefix}*")} == {
         keys.cache_info(c) for c in present
     }
-    assert not list(admin.scan_iter(match="sw:cache:staging:*"))
+    assert not list(admin.scan_iter(match="sw:cache:*:staging:*"))
     # Each chunk was committed once: whatever is gone was evicted, and counted once.
     assert info.evictions == len(work) - len(present)
     assert info.evictions == sum(c.counters.get(stats.CACHE_EVICTIONS) for c in caches)

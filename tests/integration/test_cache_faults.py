@@ -67,7 +67,7 @@ def test_writer_killed_between_staging_and_commit_leaves_nothing(redis_url: str)
     try:
         assert child.stdout is not None
         assert child.stdout.readline().strip() == b"staged"
-        staged = sorted(client.scan_iter(match="sw:cache:staging:*"))
+        staged = sorted(client.scan_iter(match="sw:cache:*:staging:*"))
         assert len(staged) == 4
         assert all(0 < client.pttl(k) <= 2000 for k in staged)
         os.kill(child.pid, signal.SIGKILL)
@@ -90,9 +90,9 @@ def test_writer_killed_between_staging_and_commit_leaves_nothing(redis_url: str)
     )
     assert sorted(permanent) == sorted(k.encode() for k in expected)
     wait_until_sync(
-        lambda: not list(client.scan_iter(match="sw:cache:staging:*")), 10, "staging keys to go"
+        lambda: not list(client.scan_iter(match="sw:cache:*:staging:*")), 10, "staging keys to go"
     )
-    assert not list(client.scan_iter(match="sw:cache:staging:*"))
+    assert not list(client.scan_iter(match="sw:cache:*:staging:*"))
 
     # The next writer stores it normally, with exact accounting.
     assert cache.put(chunk_id, data) is True
@@ -115,8 +115,8 @@ def test_out_of_memory_redis_fails_put_cleanly() -> None:
         assert "maxmemory" in str(caught.value)
         assert not cache.contains(chunk_id)
         assert cache.get(chunk_id) is None
-        assert not list(client.scan_iter(match="sw:cache:staging:*"))
-        assert not list(client.scan_iter(match="sw:cache:part:*"))
+        assert not list(client.scan_iter(match="sw:cache:*:staging:*"))
+        assert not list(client.scan_iter(match="sw:cache:*:part:*"))
         assert cache.info().used_bytes == 0
         assert client.get("unrelated:string") == b"keep me"
 

@@ -107,8 +107,8 @@ def test_every_documented_command_works_on_a_running_system(redis_url: str, tmp_
     assert "done" in out("HGETALL sw:job:")
     assert "inference" in out("HGETALL sw:worker:")
     assert "sw-workers" in out("XINFO GROUPS sw:jobs")
-    assert int(out("ZCARD sw:cache:lru").strip()) >= 1
-    assert "parts" in out("HGETALL sw:cache:info:")
+    assert int(out("ZCARD 'sw:cache:{s0-320}:lru'").strip()) >= 1
+    assert "parts" in out("HGETALL 'sw:cache:{s0-320}:info:")
     assert "bucket:0.05" in out("HGETALL sw:latency:")
     assert "good" in out("HGETALL sw:models")
     assert "noeviction" in out("CONFIG GET maxmemory-policy")

@@ -25,11 +25,10 @@ import os
 import time
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from sw_core.chunks.manifest import MANIFEST_FILE, Manifest
 from sw_core.exceptions import StorageError, WeightServerError, error_class
 from sw_core.pipeline.jobs import Job
+from sw_core.queue_redis import queue_redis
 from sw_core.settings import Settings
 from tests.support.observe import calls_key
 from workers.chunk_source import RemoteChunkSource
@@ -41,7 +40,7 @@ class Recorder:
     otherwise they fail the batch."""
 
     def __init__(self, settings: Settings, *, best_effort: bool = False) -> None:
-        self.redis = aioredis.Redis.from_url(settings.redis_url)
+        self.redis = queue_redis(settings)  # through Sentinel when configured
         self.key = calls_key(settings.key_prefix)
         self.best_effort = best_effort
 
