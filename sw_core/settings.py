@@ -118,6 +118,11 @@ class Settings:
     metrics_port: int | None = None
     alert_error_rate: float = 0.1
 
+    # HTTP gateway (``sw serve``).
+    api_keys: Secret | None = None
+    gateway_timeout_s: float = 300.0
+    gateway_max_streams: int = 512
+
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, /, **overrides: Any) -> Settings:
@@ -175,6 +180,8 @@ class Settings:
             "max_payload_bytes",
             "s3_range_mb",
             "s3_concurrency",
+            "gateway_timeout_s",
+            "gateway_max_streams",
         )
         for name in positive:
             if getattr(self, name) <= 0:

@@ -43,10 +43,14 @@ def job_requests(task: str, job: Job) -> list[dict[str, Any]]:
         options = {k: params[k] for k in ("output",) if k in params}
         return [{"input_ids": list(ids), **options} for ids in job.inputs]
     if task == "generate":
-        options = {k: params[k] for k in ("max_new_tokens", "top_p", "seed") if k in params}
+        options = {k: params[k] for k in ("max_new_tokens", "top_p", "seed", "chat") if k in params}
         sampling = params.get("do_sample", "temperature" in params)
         options["temperature"] = float(params.get("temperature", 1.0)) if sampling else 0.0
-        return [{"text": text, **options} for text in job.inputs]
+        # An input is a prompt (text) or a chat (a list of {role, content} messages).
+        return [
+            {"messages" if isinstance(item, list) else "text": item, **options}
+            for item in job.inputs
+        ]
     raise ModelError(f"unknown task {task!r}")
 
 
