@@ -169,6 +169,8 @@ class Settings:
     def validate(self) -> None:
         """Reject values that cannot work, with a message naming the variable."""
         positive = (
+            "gateway_timeout_s",
+            "gateway_max_streams",
             "cache_size_mb",
             "cache_part_mb",
             "timeout_seconds",
@@ -180,8 +182,6 @@ class Settings:
             "max_payload_bytes",
             "s3_range_mb",
             "s3_concurrency",
-            "gateway_timeout_s",
-            "gateway_max_streams",
         )
         for name in positive:
             if getattr(self, name) <= 0:
