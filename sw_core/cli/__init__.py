@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "ops_cmds",
     "demo_cmds",
     "pipeline_cmds",
+    "serving_cmds",
 )
 
 
