@@ -93,7 +93,7 @@ def error_from_exception(exc: BaseException) -> ApiError:
     name = type(exc).__name__
     if name == "QueueFullError":
         return too_busy(f"The job queue is full: {exc}")
-    if isinstance(exc, JobTimeoutError) or name in ("DeadlineExceededError", "DeadlineError"):
+    if isinstance(exc, JobTimeoutError) or name == "JobExpiredError":
         return deadline(f"The request did not finish in time: {exc}")
     if isinstance(exc, (JobError, ModelError)):
         return bad_request(str(exc), code=name)

@@ -11,17 +11,19 @@ awaited with ``Producer.result`` and sent as one delta.
 from __future__ import annotations
 
 import inspect
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 from producer import Producer
-from sw_core.exceptions import ModelError
+from sw_core.exceptions import ModelError, SurfingError
 from sw_core.keys import Keys
 from sw_core.pipeline.registry import ModelRegistry
 from sw_core.settings import Settings
 
+log = logging.getLogger(__name__)
 #: How long one answer about live inference workers is reused.
 LIVENESS_CACHE_S = 1.0
 #: OpenAI's words for the engine's finish reasons.
@@ -117,34 +119,83 @@ class JobBackend:
         return await self.producer.result(job_id, timeout=timeout_s)
 
     async def stream(self, job_id: str, timeout_s: float) -> AsyncIterator[Delta | Finish]:
-        """The answer of a one-input generate job as deltas, then one :class:`Finish`."""
-        if self.streams_tokens:
-            async for event in self._token_stream(job_id, timeout_s):
-                yield event
-            return
-        # FALLBACK: no token streaming in this producer: the whole text as one delta.
-        outputs = await self.result(job_id, timeout_s)
-        output = outputs[0]
-        if output.get("text"):
-            yield Delta(output["text"])
-        yield finish_of(output)
+        """The answer of a one-input generate job as deltas, then one :class:`Finish`.
 
-    async def _token_stream(self, job_id: str, timeout_s: float) -> AsyncIterator[Delta | Finish]:
-        async for event in self.producer.stream(job_id):  # type: ignore[attr-defined]
-            yield event
+        Raises:
+            SurfingError: the job failed (as its class), was cancelled or expired.
+            JobTimeoutError: nothing came for ``timeout_s`` seconds.
+        """
+        if not self.streams_tokens:
+            # FALLBACK: no token streaming in this producer: the whole text as one delta.
+            output = (await self.result(job_id, timeout_s))[0]
+            if output.get("text"):
+                yield Delta(output["text"])
+            yield finish_of(output)
+            return
+        sent = ""  # text the client has; a restarted job's text is replayed up to here
+        replay: str | None = None
+        finish: Finish | None = None
+        events = self.producer.stream(job_id, timeout=timeout_s)  # type: ignore[attr-defined]
+        async for event in events:
+            kind = event.get("type")
+            if kind == "restart":
+                replay = ""
+            elif kind == "token" and event.get("index", 0) == 0:
+                text = str(event.get("text", ""))
+                if replay is not None:
+                    replay += text
+                    new = _beyond(sent, replay)
+                    if new is None:
+                        continue
+                    text = new
+                sent += text
+                if text:
+                    yield Delta(text)
+            elif kind == "end" and event.get("index", 0) == 0:
+                finish = finish_of(event, event.get("completion_tokens"))
+            elif kind == "final":
+                if finish is None or event.get("status") != "done":
+                    # no end event (a worker without token streaming), or the job failed:
+                    # the result says which (the job's error is raised as its class)
+                    output = (await self.result(job_id, timeout_s))[0]
+                    rest = _beyond(sent, str(output.get("text") or ""))
+                    if rest:
+                        yield Delta(rest)
+                    finish = finish_of(output)
+                yield finish
+                return
 
     async def cancel(self, job_id: str) -> bool:
         """Cancel a job nobody waits for any more; False when the producer cannot."""
         if not self.can_cancel:
             return False
-        await self.producer.cancel(job_id)  # type: ignore[attr-defined]
+        status = await self.producer.cancel(job_id)  # type: ignore[attr-defined]
+        log.info("job %s cancelled: %s", job_id, status)
         return True
 
 
-def finish_of(output: dict[str, Any]) -> Finish:
-    """The :class:`Finish` of one generate output (``finish_reason``, token counts)."""
+def finish_of(output: dict[str, Any], completion_tokens: int | None = None) -> Finish:
+    """The :class:`Finish` of one generate output or ``end`` event (reason, token counts)."""
+    if completion_tokens is None:
+        completion_tokens = len(output.get("token_ids") or [])
     return Finish(
         finish_reason=FINISH_REASONS.get(str(output.get("finish_reason")), "stop"),
         prompt_tokens=int(output.get("prompt_tokens") or 0),
-        completion_tokens=len(output.get("token_ids") or []),
+        completion_tokens=int(completion_tokens),
     )
+
+
+def _beyond(sent: str, text: str) -> str | None:
+    """What ``text`` adds to the ``sent`` prefix; None while it is still within it.
+
+    Raises:
+        SurfingError: ``text`` differs from what was sent (a restarted job that sampled
+            another answer): the stream cannot take back what the client has.
+    """
+    if len(text) <= len(sent):
+        if not sent.startswith(text):
+            raise SurfingError("the job restarted on another worker with a different answer")
+        return None
+    if not text.startswith(sent):
+        raise SurfingError("the job restarted on another worker with a different answer")
+    return text[len(sent) :]

@@ -287,3 +287,53 @@ async def test_busy_gateway_is_429_and_a_hung_worker_504(cluster: Cluster) -> No
         model="tinychat", messages=CHAT, max_tokens=2
     )
     assert ok.choices[0].message.content is not None
+
+
+async def test_full_queue_is_429(cluster: Cluster) -> None:
+    gateway = cluster.start_gateway(
+        "gateway-queue", SW_MAX_QUEUED_JOBS="1", SW_GATEWAY_TIMEOUT_S="3"
+    )
+    client = client_of(cluster, len(cluster.gateways) - 1)
+    worker = cluster.workers[0]
+    os.killpg(worker.pid, signal.SIGSTOP)  # nothing leaves the queue
+    try:
+        first = asyncio.create_task(
+            client.chat.completions.create(model="tinychat", messages=CHAT, max_tokens=2)
+        )
+        for _ in range(100):
+            if (
+                queued(cluster)
+                and httpx.get(gateway.url + "/api/status").json()["gateway"]["open_requests"]
+            ):
+                break
+            await asyncio.sleep(0.05)
+        with pytest.raises(openai.RateLimitError) as caught:
+            await client.embeddings.create(model="minilm", input="one more")
+        assert caught.value.code == "queue_full"
+        assert "SW_MAX_QUEUED_JOBS=1" in caught.value.message
+        assert caught.value.response.headers["retry-after"] == "1"
+        with pytest.raises(openai.APIStatusError) as late:
+            await first
+        assert late.value.status_code == 504
+    finally:
+        os.killpg(worker.pid, signal.SIGCONT)
+
+
+async def test_a_client_that_goes_away_cancels_its_job(cluster: Cluster) -> None:
+    worker = cluster.workers[0]
+    body = {"model": "tinychat", "messages": CHAT, "max_tokens": 8, "stream": True}
+    url = cluster.gateways[0].url + "/v1/chat/completions"
+    os.killpg(worker.pid, signal.SIGSTOP)  # the job waits in the queue
+    try:
+        with httpx.stream("POST", url, json=body, timeout=30) as response:
+            first = next(line for line in response.iter_lines() if line)
+        job_id = json.loads(first[6:])["id"].removeprefix("chatcmpl-")
+        async with Producer(settings=cluster.settings) as producer:
+            for _ in range(100):
+                status = (await producer.status(job_id))["status"]
+                if status == "cancelled":
+                    break
+                await asyncio.sleep(0.05)
+        assert status == "cancelled"
+    finally:
+        os.killpg(worker.pid, signal.SIGCONT)
