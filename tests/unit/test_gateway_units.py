@@ -10,10 +10,11 @@ import pytest
 
 from gateway.auth import KeyChecker
 from gateway.errors import ApiError, error_from_exception
+from gateway.jobs import Delta, Finish, JobBackend
 from gateway.requests import parse_chat, parse_completion, parse_embeddings
 from gateway.responses import embeddings
 from gateway.server import check_bind, is_loopback
-from sw_core.exceptions import ConfigError, JobError, JobTimeoutError, ModelError
+from sw_core.exceptions import ConfigError, JobError, JobTimeoutError, ModelError, SurfingError
 from sw_core.pipeline.jobs import Job, decode_entry, encode_job, validate_request
 from sw_core.settings import Secret, Settings
 from workers.inference import job_requests
@@ -139,3 +140,58 @@ def test_job_errors_map_to_openai_statuses() -> None:
     assert error_from_exception(full).status == 429
     assert error_from_exception(full).headers["Retry-After"] == "1"
     assert error_from_exception(RuntimeError("boom")).status == 500
+
+
+class FakeProducer:
+    """A producer whose token stream and result are given (no Redis)."""
+
+    def __init__(self, events: list[dict], result: list | None = None) -> None:
+        self.events = events
+        self.result_value = result
+        self.redis = None
+
+    def stream(self, job_id: str, *, timeout: float | None = 60):
+        async def events():
+            for event in self.events:
+                yield event
+
+        return events()
+
+    async def result(self, job_id: str, timeout: float | None = 30):
+        return self.result_value
+
+    async def cancel(self, job_id: str) -> str:
+        return "cancelled"
+
+    async def submit(self, model: str, task: str, inputs: list, *, deadline_s=None, **params):
+        return "j"
+
+
+async def collect(producer: FakeProducer) -> list:
+    backend = JobBackend(producer, Settings())  # type: ignore[arg-type]
+    return [event async for event in backend.stream("j", 5)]
+
+
+async def test_a_restarted_stream_does_not_repeat_text() -> None:
+    events = [
+        {"type": "token", "index": 0, "text": "Hel"},
+        {"type": "token", "index": 0, "text": "lo"},
+        {"type": "restart"},
+        {"type": "token", "index": 0, "text": "Hello"},
+        {"type": "token", "index": 0, "text": " world"},
+        {"type": "end", "index": 0, "finish_reason": "eos", "prompt_tokens": 4,
+         "completion_tokens": 3},
+        {"type": "final", "status": "done"},
+    ]  # fmt: skip
+    got = await collect(FakeProducer(events))
+    assert got == [Delta("Hel"), Delta("lo"), Delta(" world"), Finish("stop", 4, 3)]
+    diverging = [*events[:3], {"type": "token", "index": 0, "text": "Bye"}]
+    with pytest.raises(SurfingError, match="different answer"):
+        await collect(FakeProducer(diverging))
+
+
+async def test_a_stream_without_token_events_ends_with_the_whole_result() -> None:
+    result = [{"text": "Paris.", "token_ids": [5, 6, 7], "finish_reason": "length",
+               "prompt_tokens": 9}]  # fmt: skip
+    got = await collect(FakeProducer([{"type": "final", "status": "done"}], result))
+    assert got == [Delta("Paris."), Finish("length", 9, 3)]
