@@ -183,7 +183,7 @@ def create_app(settings: Settings, producer: Producer | None = None) -> FastAPI:
             "models": list(await gw.backend.models()),
             "cluster": await state["status"].cluster(),
             "gateway": gw.counters.as_dict(),
-            "streaming": "tokens" if gw.backend.streams_tokens else "whole answer (fallback)",
+            "streaming": "job token streams" if gw.backend.streams_tokens else "whole answers",
             "keys_required": keys.enabled,
         }
 

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,3 +148,31 @@ class Cluster:
     def stop(self) -> tuple[list[int], list[int]]:
         """Stop everything: (exit statuses of the gateways, of the workers)."""
         return [g.stop() for g in self.gateways], [stop_worker(p) for p in self.workers]
+
+
+@contextlib.contextmanager
+def running_cluster(
+    redis_url: str, models: str, tmp: Path, *, workers: int = 1, **overrides: object
+) -> Iterator[Cluster]:
+    """A flushed Redis, ``workers`` inference workers and one keyless gateway, ready (its
+    /readyz answers 200); everything is stopped at the end and must stop cleanly."""
+    import redis
+
+    from tests.pipeline_helpers import pipeline_settings
+
+    client = redis.Redis.from_url(redis_url)
+    client.flushall()
+    client.close()
+    settings = pipeline_settings(redis_url, models=models, heartbeat_ttl_s=10, **overrides)
+    cluster = Cluster(settings, tmp)
+    try:
+        for i in range(workers):
+            cluster.start_worker(f"inference-{i + 1}")
+        gateway = cluster.start_gateway("gateway")
+        wait_http(gateway, "/readyz", 200, timeout_s=120)
+        yield cluster
+    finally:
+        gateways, exits = cluster.stop()
+        # uvicorn ends on SIGTERM by re-raising it once it has shut down cleanly
+        assert set(gateways) <= {0, -signal.SIGTERM}, (gateways, cluster.logs())
+        assert exits == [0] * len(exits), (exits, cluster.logs())

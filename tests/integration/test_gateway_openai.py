@@ -24,9 +24,8 @@ import redis
 from producer import Producer
 from sw_core.keys import Keys
 from sw_core.local.redis_server import RedisServer
-from tests.gateway_helpers import Cluster, tinychat_chunked, wait_http  # noqa: F401 - fixture
+from tests.gateway_helpers import Cluster, running_cluster, tinychat_chunked  # noqa: F401
 from tests.model_fixtures import ChunkedModel
-from tests.pipeline_helpers import pipeline_settings
 
 TEXTS = ["A man plays a guitar.", "Someone is playing an instrument.", "The stock market fell."]
 CHAT = [{"role": "user", "content": "What is the capital of France?"}]
@@ -40,25 +39,9 @@ def cluster(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Cluster]:
     """One inference worker and one keyless gateway for the whole module."""
-    client = redis.Redis.from_url(redis_server.url)
-    client.flushall()
-    client.close()
-    settings = pipeline_settings(
-        redis_server.url,
-        models=f"minilm={minilm_chunked.folder},tinychat={tinychat_chunked}",
-        heartbeat_ttl_s=10,
-    )
-    cluster = Cluster(settings, tmp_path_factory.mktemp("gateway"))
-    try:
-        cluster.start_worker("inference")
-        gateway = cluster.start_gateway("gateway")
-        wait_http(gateway, "/readyz", 200, timeout_s=120)
-        yield cluster
-    finally:
-        gateways, workers = cluster.stop()
-        # uvicorn ends on SIGTERM by re-raising it once it has shut down cleanly
-        assert set(gateways) <= {0, -signal.SIGTERM}, (gateways, cluster.logs())
-        assert workers == [0] * len(workers), (workers, cluster.logs())
+    models = f"minilm={minilm_chunked.folder},tinychat={tinychat_chunked}"
+    with running_cluster(redis_server.url, models, tmp_path_factory.mktemp("gateway")) as c:
+        yield c
 
 
 OPEN_CLIENTS: list[openai.AsyncOpenAI] = []
