@@ -21,7 +21,10 @@ from sw_core.keys import Keys
 FINAL_STATUSES = frozenset({"done", "dead", "cancelled", "expired"})
 #: Longest single block of one ``XREAD``; the job's status is checked after each.
 _READ_SLICE_MS = 1000
-_INT_FIELDS = ("index", "step", "attempt", "prompt_tokens", "completion_tokens", "deliveries")
+_INT_FIELDS = frozenset(
+    {"index", "step", "joined_step", "attempt", "deliveries", "inputs", "prompt_tokens",
+     "completion_tokens"}
+)  # fmt: skip
 
 
 def parse_event(fields: dict[bytes, bytes]) -> dict[str, Any]:

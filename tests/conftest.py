@@ -14,6 +14,7 @@ import pytest
 
 from sw_core.local.redis_server import RedisServer, free_port
 from tests.model_fixtures import minilm_chunked, smollm2_chunked  # noqa: F401 - session fixtures
+from tests.serving_support import tiny_chat  # noqa: F401 - module fixture
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 
 from sw_core.cache import ChunkCache
 from sw_core.engine import StreamingEngine
+from sw_core.engine.continuous import DecodeSession
 from sw_core.exceptions import ModelError
 from sw_core.keys import Keys
 from sw_core.ops.stats import Counters
@@ -67,6 +68,7 @@ class InferenceHandler:
         self._engines: OrderedDict[str, StreamingEngine] = OrderedDict()
         self._sources: dict[str, RemoteChunkSource] = {}
         self._opening: dict[str, asyncio.Lock] = {}
+        self._sessions: dict[str, DecodeSession] = {}
 
     async def engine(self, model: str) -> StreamingEngine:
         """The loaded engine of ``model`` (opened on first use)."""
@@ -109,6 +111,21 @@ class InferenceHandler:
             errors = [o for o in outputs[start:end] if isinstance(o, BaseException)]
             results.append(errors[0] if errors else outputs[start:end])
         return results
+
+    async def decode_session(self, model: str) -> DecodeSession | None:
+        """The continuous decode batch of ``model`` (None for encoder-decoder models, which
+        run as static batches); see :mod:`workers.decode_loop`."""
+        if model not in self._sessions:
+            engine = await self.engine(model)
+            if engine.family == "seq2seq":
+                return None
+            self._sessions[model] = DecodeSession(engine, self.settings.kv_cache_bytes)
+        return self._sessions[model]
+
+    async def after_step(self, model: str) -> None:
+        """After each decode step: flush the counters, keep the worker within its budget."""
+        await self.counters.flush(self._redis, self._stats_key)
+        self._fit_budget(model)
 
     def _fit_budget(self, active: str) -> None:
         """Release the least recently used other engines while the worker is over budget."""
