@@ -125,6 +125,7 @@ async def test_chat_without_and_with_stream(cluster: Cluster) -> None:
                 finishes.append(c.finish_reason)
         usage = chunk.usage or usage
     assert "".join(deltas) == choice.message.content
+    assert 1 < len(deltas) <= whole.usage.completion_tokens  # token by token, not in one piece
     assert finishes == [choice.finish_reason]
     assert usage is not None and usage.model_dump() == whole.usage.model_dump()
 
@@ -310,13 +311,30 @@ async def test_a_client_that_goes_away_cancels_its_job(cluster: Cluster) -> None
     try:
         with httpx.stream("POST", url, json=body, timeout=30) as response:
             first = next(line for line in response.iter_lines() if line)
-        job_id = json.loads(first[6:])["id"].removeprefix("chatcmpl-")
-        async with Producer(settings=cluster.settings) as producer:
-            for _ in range(100):
-                status = (await producer.status(job_id))["status"]
-                if status == "cancelled":
-                    break
-                await asyncio.sleep(0.05)
-        assert status == "cancelled"
+        queued_job = json.loads(first[6:])["id"].removeprefix("chatcmpl-")
+        assert await status_becomes(cluster, queued_job, "cancelled")
     finally:
         os.killpg(worker.pid, signal.SIGCONT)
+
+    # a job that is generating stops between two steps
+    body["max_tokens"] = 400
+    with httpx.stream("POST", url, json=body, timeout=60) as response:
+        lines = (line for line in response.iter_lines() if line.startswith("data: {"))
+        running_job = json.loads(next(lines)[6:])["id"].removeprefix("chatcmpl-")
+        for line in lines:
+            if json.loads(line[6:])["choices"][0]["delta"].get("content"):
+                break  # the first token came: leave
+    assert await status_becomes(cluster, running_job, "cancelled")
+    async with Producer(settings=cluster.settings) as producer:
+        tokens = await producer.redis.xlen(producer.keys.job_tokens(running_job))
+    assert tokens < 400
+
+
+async def status_becomes(cluster: Cluster, job_id: str, wanted: str, timeout_s: float = 10) -> bool:
+    async with Producer(settings=cluster.settings) as producer:
+        for _ in range(int(timeout_s / 0.05)):
+            status = (await producer.status(job_id))["status"]
+            if status == wanted:
+                return True
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"job {job_id} is {status}, not {wanted}")

@@ -147,6 +147,7 @@ async def test_the_page_shows_the_cluster_and_streams_a_chat(
     )
     assert answer == want_text.strip()  # the browser renders what the API streams...
     assert int(output.get_attribute("data-deltas")) == want_deltas  # ... delta by delta
+    assert want_deltas > 1 and len(seen) > 1, (want_deltas, seen)  # and it grew as it came
 
     # embeddings and their similarity table
     Select(browser.find_element(By.ID, "embed-model")).select_by_visible_text("minilm")
