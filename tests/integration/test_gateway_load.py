@@ -32,12 +32,15 @@ def cluster(
     tinychat_chunked: Path,  # noqa: F811
     tmp_path: Path,
 ) -> Iterator[Cluster]:
+    # claim_idle_ms as in production (30 s): the tests' 1 s would let the other worker take
+    # over jobs a busy worker is still generating
     with running_cluster(
         redis_server.url,
         f"tinychat={tinychat_chunked}",
         tmp_path,
         workers=2,
         max_queued_jobs=QUEUE_CAP,
+        claim_idle_ms=30_000,
     ) as cluster:
         yield cluster
 
