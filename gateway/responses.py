@@ -13,6 +13,8 @@ from gateway.jobs import Finish
 
 #: The last event of every stream.
 DONE = b"data: [DONE]\n\n"
+#: A comment line: clients ignore it, proxies see the connection is alive.
+KEEPALIVE = b": keep-alive\n\n"
 
 
 def usage(prompt_tokens: int, completion_tokens: int = 0) -> dict[str, int]:

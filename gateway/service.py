@@ -24,6 +24,8 @@ from sw_core.exceptions import JobTimeoutError
 from sw_core.settings import Settings
 
 log = logging.getLogger(__name__)
+#: Seconds without an event after which a stream gets a keep-alive comment line.
+KEEPALIVE_S = 15.0
 
 
 class Gateway:
@@ -131,22 +133,20 @@ class Gateway:
 
     async def _events(self, job_id: str, model: str, *, chat: bool) -> AsyncIterator[bytes]:
         """OpenAI chunks fed by the job's stream, then ``[DONE]``; an error after the stream
-        began is sent as an error event. A client that goes away cancels the job."""
+        began is sent as an error event; a comment line every :data:`KEEPALIVE_S` while
+        nothing comes keeps proxies from closing the connection. A client that goes away
+        (or a stream past its deadline) cancels the job."""
         ended = False
-        loop = asyncio.get_running_loop()
-        end_at = loop.time() + self.settings.gateway_timeout_s
         events = self.backend.stream(job_id, self.settings.gateway_timeout_s)
         try:
             if chat:
                 yield responses.sse(responses.chunk(job_id, model, chat=True, text="", first=True))
-            while True:
-                try:
-                    event = await asyncio.wait_for(anext(events), end_at - loop.time())
-                except StopAsyncIteration:
-                    break
-                if isinstance(event, Delta):
+            async for event in _with_keepalive(events, self.settings.gateway_timeout_s):
+                if event is None:
+                    yield responses.KEEPALIVE
+                elif isinstance(event, Delta):
                     yield responses.sse(responses.chunk(job_id, model, chat=chat, text=event.text))
-                elif isinstance(event, Finish):
+                else:
                     yield responses.sse(responses.chunk(job_id, model, chat=chat, finish=event))
             ended = True
             yield responses.DONE
@@ -173,3 +173,34 @@ class Gateway:
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(task, 5)
         await self.backend.close()
+
+
+async def _with_keepalive(
+    events: AsyncIterator[Delta | Finish], timeout_s: float
+) -> AsyncIterator[Delta | Finish | None]:
+    """``events``, with None after each :data:`KEEPALIVE_S` without one.
+
+    Raises:
+        TimeoutError: the events did not end within ``timeout_s``.
+    """
+    loop = asyncio.get_running_loop()
+    end_at = loop.time() + timeout_s
+    while True:
+        pending = asyncio.ensure_future(anext(events))
+        try:
+            while not pending.done():
+                left = end_at - loop.time()
+                if left <= 0:
+                    raise TimeoutError
+                await asyncio.wait({pending}, timeout=min(KEEPALIVE_S, left))
+                if not pending.done():
+                    yield None
+            try:
+                yield pending.result()
+            except StopAsyncIteration:
+                return
+        finally:
+            if not pending.done():
+                pending.cancel()
+                with contextlib.suppress(BaseException):
+                    await pending

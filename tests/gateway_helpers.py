@@ -163,7 +163,10 @@ def running_cluster(
     client = redis.Redis.from_url(redis_url)
     client.flushall()
     client.close()
-    settings = pipeline_settings(redis_url, models=models, heartbeat_ttl_s=10, **overrides)
+    # claim_idle_ms as in production: the pipeline tests' 1 s lets a worker slowed by a busy
+    # machine (or a SIGSTOP) lose a generate job it is still running to a second run
+    values: dict[str, object] = {"heartbeat_ttl_s": 10, "claim_idle_ms": 30_000, **overrides}
+    settings = pipeline_settings(redis_url, models=models, **values)
     cluster = Cluster(settings, tmp)
     try:
         for i in range(workers):

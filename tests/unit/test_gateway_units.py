@@ -195,3 +195,21 @@ async def test_a_stream_without_token_events_ends_with_the_whole_result() -> Non
                "prompt_tokens": 9}]  # fmt: skip
     got = await collect(FakeProducer([{"type": "final", "status": "done"}], result))
     assert got == [Delta("Paris."), Finish("length", 9, 3)]
+
+
+async def test_a_quiet_stream_gets_keepalives_and_a_deadline(monkeypatch) -> None:
+    import asyncio
+
+    from gateway import service
+
+    monkeypatch.setattr(service, "KEEPALIVE_S", 0.02)
+
+    async def slow(delay_s: float):
+        await asyncio.sleep(delay_s)
+        yield Delta("late")
+
+    got = [e async for e in service._with_keepalive(slow(0.1), timeout_s=5)]
+    assert got[-1] == Delta("late") and got.count(None) >= 2
+    with pytest.raises(TimeoutError):
+        async for _ in service._with_keepalive(slow(5), timeout_s=0.1):
+            pass
