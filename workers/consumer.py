@@ -85,13 +85,9 @@ class JobConsumer:
         #: Entries held at once (taken, running or waiting): enough for the next batch.
         self.capacity = 2 * settings.max_batch_size
         if settings.generate_batching == "continuous" and hasattr(handler, "decode_session"):
-            from workers.decode_loop import DecodeLoops
-            from workers.token_stream import TokenStreams
+            from workers.decode_loop import DecodeLoops  # imports torch: only when used
 
-            streams = TokenStreams(redis, settings)
-            self.loops = DecodeLoops(
-                handler, settings, self.outcomes, self.ends, streams, self.release
-            )
+            self.loops = DecodeLoops.for_consumer(self)
             self.capacity += settings.max_active_sequences
         self._buffer: list[Job] = []
         self._inflight: dict[str, Job] = {}
@@ -344,7 +340,7 @@ class JobConsumer:
                 batch, store=self.store, ends=self.ends, outcomes=self.outcomes,
                 settings=self.settings, name=self.name,
             )  # fmt: skip
-            if runnable and task == "generate" and self.loops and await self.loops.accepts(model):
+            if runnable and task == "generate" and await self._loop_takes(model):
                 self.loops.add(model, runnable)
                 handed = {job.entry_id for job in runnable}
             elif runnable:
@@ -353,6 +349,15 @@ class JobConsumer:
             for job in batch:
                 if job.entry_id not in handed:
                     self.release(job)
+
+    async def _loop_takes(self, model: str) -> bool:
+        """Whether a decode loop runs ``model``'s generate jobs (if the model cannot be
+        opened, the batch path records the failure)."""
+        try:
+            return self.loops is not None and await self.loops.accepts(model)
+        except Exception as exc:
+            log.warning("worker %s: no decode loop for %s: %s", self.name, model, exc)
+            return False
 
     def release(self, job: Job) -> None:
         """Forget a job this consumer is done with (its entry was acked or handed on)."""

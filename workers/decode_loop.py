@@ -221,10 +221,13 @@ class DecodeLoops:
         self.release = release
         self.loops: dict[str, DecodeLoop] = {}
 
-    @staticmethod
-    def supported(handler: Any, settings: Settings) -> bool:
-        """Whether this handler and these settings batch generate jobs continuously."""
-        return settings.generate_batching == "continuous" and hasattr(handler, "decode_session")
+    @classmethod
+    def for_consumer(cls, consumer: Any) -> DecodeLoops:
+        """The loops of a :class:`~workers.consumer.JobConsumer` (its handler, outcomes,
+        job ends and ``release``)."""
+        streams = TokenStreams(consumer.redis, consumer.settings)
+        return cls(consumer.handler, consumer.settings, consumer.outcomes, consumer.ends,
+                   streams, consumer.release)  # fmt: skip
 
     async def accepts(self, model: str) -> bool:
         """Whether ``model``'s generate jobs go to a decode loop (decoder-only models)."""
