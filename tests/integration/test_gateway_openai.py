@@ -200,6 +200,16 @@ async def test_oversized_body_is_413(cluster: Cluster) -> None:
         await client_of(cluster).embeddings.create(model="minilm", input=big)
     assert caught.value.status_code == 413
     assert caught.value.code == "request_too_large"
+
+    def chunked():  # no Content-Length: the limit holds while the body is read
+        yield b'{"model": "minilm", "input": "'
+        for _ in range(cluster.settings.max_payload_bytes // 65536 + 2):
+            yield b"x" * 65536
+        yield b'"}'
+
+    url = cluster.gateways[0].url + "/v1/embeddings"
+    response = httpx.post(url, content=chunked(), headers={"Content-Type": "application/json"})
+    assert response.status_code == 413
     assert queued(cluster) == before
 
 
