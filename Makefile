@@ -26,8 +26,8 @@ demo: $(STAMP)
 	$(BIN)/sw demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check sw_core workers producer tests bench
-	$(BIN)/ruff format --check sw_core workers producer tests bench
+	$(BIN)/ruff check sw_core workers producer gateway tests bench
+	$(BIN)/ruff format --check sw_core workers producer gateway tests bench
 
 test: $(STAMP) lint
 	$(BIN)/pytest -q $(PYTEST_ARGS)

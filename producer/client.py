@@ -1,24 +1,36 @@
 """The producer client: validates and submits jobs, waits for results.
 
-A job is written in one transaction: its hash (status ``queued``, with the result TTL), its
-stream entry and the ``total_requests`` counter. Results are read from the job hash; a
-waiter blocks on the job's done list with ``BLMOVE list list`` (non-destructive, so any
-number of waiters wake) instead of polling.
+A job is written by one Lua call: its hash (status ``queued``, with the result TTL), its
+stream entry and the ``total_requests`` counter -- or nothing at all when the queue already
+holds ``max_queued_jobs`` jobs (:class:`~sw_core.exceptions.QueueFullError`). Results are
+read from the job hash; a waiter blocks on the job's done list with ``BLMOVE list list``
+(non-destructive, so any number of waiters wake) instead of polling. A generate job's tokens
+can be read while it runs with :meth:`Producer.stream`; :meth:`Producer.cancel` stops a job.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any
 
 import msgpack
 from redis.asyncio import Redis
 
-from sw_core.exceptions import JobTimeoutError, NotReplicatedError, SurfingError, error_class
+from sw_core.exceptions import (
+    JobCancelledError,
+    JobError,
+    JobExpiredError,
+    JobTimeoutError,
+    NotReplicatedError,
+    QueueFullError,
+    SurfingError,
+    error_class,
+)
 from sw_core.keys import Keys
-from sw_core.ops.stats import TOTAL_REQUESTS
+from sw_core.lua_scripts import lua_source
 from sw_core.pipeline.jobs import Job, encode_job, now_ms, validate_request
 from sw_core.queue_redis import queue_redis
 from sw_core.settings import Settings
@@ -41,6 +53,8 @@ class Producer:
         self.settings = settings or Settings.from_env()
         self.redis: Redis = Redis.from_url(redis_url) if redis_url else queue_redis(self.settings)
         self.keys = Keys(self.settings.key_prefix)
+        self._submit = self.redis.register_script(lua_source("job_submit"))
+        self._cancel = self.redis.register_script(lua_source("job_cancel"))
 
     async def __aenter__(self) -> Producer:
         return self
@@ -57,75 +71,115 @@ class Producer:
         """Close the Redis connections."""
         await self.redis.aclose()
 
-    async def submit(self, model: str, task: str, inputs: list[Any], **params: Any) -> str:
+    async def submit(
+        self,
+        model: str,
+        task: str,
+        inputs: list[Any],
+        *,
+        deadline_s: float | None = None,
+        **params: Any,
+    ) -> str:
         """Validate and enqueue a job; returns its id.
 
         Args:
             model: a registered model name.
             task: ``embed``, ``generate`` or ``forward``.
             inputs: texts (embed, generate) or lists of token ids (forward).
+            deadline_s: the job must end within this many seconds: not started later, and a
+                running generate job stops then (status ``expired``).
             params: task parameters, e.g. ``max_new_tokens=20`` for generate.
 
         Raises:
+            QueueFullError: ``max_queued_jobs`` jobs are queued or pending; nothing was written.
             JobError: unknown task, bad inputs or params, payload over ``max_payload_bytes``.
             NotReplicatedError: ``submit_wait_replicas`` replicas did not acknowledge the job
                 within ``submit_wait_timeout_ms`` (it is queued on the master).
             redis.exceptions.ConnectionError: Redis cannot be reached.
         """
         model, task, inputs, clean = validate_request(model, task, inputs, params, self.settings)
+        submitted_ms = now_ms()
+        deadline_ms = None
+        if deadline_s is not None:
+            if not 0 < deadline_s <= 10**9:
+                raise JobError(f"deadline_s={deadline_s!r} must be > 0")
+            deadline_ms = submitted_ms + int(deadline_s * 1000)
         job = Job(
             job_id=uuid.uuid4().hex,
             model=model,
             task=task,
             inputs=inputs,
             params=clean,
-            submitted_ms=now_ms(),
+            submitted_ms=submitted_ms,
+            deadline_ms=deadline_ms,
         )
         fields = encode_job(job, max_payload_bytes=self.settings.max_payload_bytes)
-        key = self.keys.job(job.job_id)
-        queued = {
-            "status": "queued",
-            "model": model,
-            "task": task,
-            "attempts": 0,
-            "submitted_ms": job.submitted_ms,
-            "updated_ms": job.submitted_ms,
-        }
-        commands: list[tuple[Any, ...]] = [
-            ("HSET", key, *(x for pair in queued.items() for x in pair)),
-            ("EXPIRE", key, self.settings.result_ttl_s),
-            ("XADD", self.keys.jobs, "*", *(x for pair in fields.items() for x in pair)),
-            ("HINCRBY", self.keys.stats, TOTAL_REQUESTS, 1),
-        ]
+        flat: list[Any] = []
+        for name, value in fields.items():
+            flat += [name, value]
+        cap = self.settings.max_queued_jobs
+        keys = [self.keys.jobs, self.keys.job(job.job_id), self.keys.stats]
+        args = [cap, self.settings.result_ttl_s, submitted_ms, model, task,
+                "" if deadline_ms is None else deadline_ms, *flat]  # fmt: skip
         if self.settings.submit_wait_replicas > 0:
-            await self._submit_replicated(commands)
+            entry = await self._submit_replicated(keys, args)
         else:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                for command in commands:
-                    pipe.execute_command(*command)
-                await pipe.execute()
+            entry = await self._submit(keys=keys, args=args)
+        if not entry:
+            raise QueueFullError(
+                f"the jobs queue holds SW_MAX_QUEUED_JOBS={cap} jobs (queued or running); "
+                "nothing was submitted: try again later or add workers"
+            )
         return job.job_id
 
-    async def _submit_replicated(self, commands: list[tuple[Any, ...]]) -> None:
-        """The submit's transaction, then ``WAIT`` on the same connection (``WAIT`` counts
-        the replicas that acknowledged this connection's writes)."""
+    async def _submit_replicated(self, keys: list[str], args: list[Any]) -> Any:
+        """The submit script, then ``WAIT`` on the same connection (``WAIT`` counts the
+        replicas that acknowledged this connection's writes)."""
         wanted = self.settings.submit_wait_replicas
         async with self.redis.client() as conn:
-            await conn.execute_command("MULTI")
-            for command in commands:
-                await conn.execute_command(*command)
-            await conn.execute_command("EXEC")
+            entry = await self._submit(keys=keys, args=args, client=conn)
             acked = int(
                 await conn.execute_command("WAIT", wanted, self.settings.submit_wait_timeout_ms)
             )
-        if acked < wanted:
+        if entry and acked < wanted:
             raise NotReplicatedError(
                 f"the job reached {acked} of {wanted} replicas within "
                 f"{self.settings.submit_wait_timeout_ms} ms (SW_SUBMIT_WAIT_REPLICAS)"
             )
+        return entry
+
+    async def cancel(self, job_id: str) -> str:
+        """Cancel a job: a queued one never runs, a running generate job stops at its next
+        step (a running embed or forward batch, which has no steps, finishes).
+
+        Returns:
+            ``cancelled`` (it will not run), ``cancelling`` (running: its worker stops it
+            and then marks it ``cancelled``), ``unknown``, or the status the job had already
+            ended with (``done``, ``dead``, ``expired``, ``cancelled``).
+        """
+        keys = [
+            self.keys.job(job_id),
+            self.keys.job_done(job_id),
+            self.keys.retries,
+            self.keys.retry_job(job_id),
+            self.keys.stats,
+        ]
+        reply = await self._cancel(keys=keys, args=[now_ms(), self.settings.result_ttl_s, job_id])
+        return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+    def stream(self, job_id: str, *, timeout: float | None = 60) -> AsyncIterator[dict[str, Any]]:
+        """The events of a generate job as it runs (see :func:`producer.streaming.stream_events`):
+        ``{"type": "token", "index", "text", "step"}`` text deltas, ``{"type": "restart"}``
+        when a worker took the job over after a crash (start over), ``{"type": "end", "index",
+        "finish_reason", "prompt_tokens", "completion_tokens"}`` per input and a last
+        ``{"type": "final", "status"}``."""
+        from producer.streaming import stream_events
+
+        return stream_events(self.redis, self.keys, job_id, timeout_s=timeout)
 
     async def status(self, job_id: str) -> dict[str, Any]:
-        """The job hash: ``status`` (queued, running, retrying, done, dead), ``attempts``,
+        """The job hash: ``status`` (queued, running, retrying, done, dead, cancelled,
+        expired), ``attempts``,
         ``worker``, times in ms, ``error_type``/``error`` -- without the result bytes.
 
         An unknown (or expired) job gives ``{"status": "unknown"}``.
@@ -169,6 +223,10 @@ class Producer:
                 return msgpack.unpackb(result, raw=False) if result is not None else None
             if status == b"dead":
                 raise _job_error(error_type, error)
+            if status == b"cancelled":
+                raise JobCancelledError(f"job {job_id} was cancelled")
+            if status == b"expired":
+                raise JobExpiredError(f"job {job_id} passed its deadline before it ended")
             remaining = _WAIT_SLICE_S if deadline is None else deadline - loop.time()
             if remaining <= 0:
                 state = status.decode() if status else "unknown (never submitted, or expired)"

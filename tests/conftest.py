@@ -17,6 +17,7 @@ import pytest
 
 from sw_core.local.redis_server import RedisServer
 from tests.support.servers import S3Server
+from tests.support.serving import tiny_chat  # noqa: F401 - module fixture
 
 if TYPE_CHECKING:
     from tests.support.models import ChunkedModel

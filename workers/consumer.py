@@ -31,10 +31,12 @@ from redis.asyncio import Redis
 
 from sw_core.exceptions import BatchTimeoutError, JobError, ModelError, SurfingError
 from sw_core.pipeline.jobs import Job, decode_entry, decode_fields
+from sw_core.pipeline.lifecycle import JobEnds
 from sw_core.pipeline.registry import ModelRegistry
 from sw_core.pipeline.store import JobStore
 from sw_core.retry import RetryPolicy
 from sw_core.settings import Settings
+from workers.admission import start_batch
 from workers.handlers import BatchHandler
 from workers.heartbeat import default_worker_name
 from workers.outcomes import JobOutcomes
@@ -77,8 +79,16 @@ class JobConsumer:
         self.outcomes = JobOutcomes(
             redis, self.store, RetryPolicy.from_settings(settings), self.retry_mover, self.name
         )
+        self.ends = JobEnds(redis, settings)
+        #: Continuous batching of generate jobs (None: every batch runs to its end).
+        self.loops: Any = None
         #: Entries held at once (taken, running or waiting): enough for the next batch.
         self.capacity = 2 * settings.max_batch_size
+        if settings.generate_batching == "continuous" and hasattr(handler, "decode_session"):
+            from workers.decode_loop import DecodeLoops  # imports torch: only when used
+
+            self.loops = DecodeLoops.for_consumer(self)
+            self.capacity += settings.max_active_sequences
         self._buffer: list[Job] = []
         self._inflight: dict[str, Job] = {}
         self._held: set[str] = set()
@@ -124,6 +134,12 @@ class JobConsumer:
                     grace_s,
                 )
             await _cancel(self._runner)
+        if self.loops is not None and not leftovers:
+            if not await self.loops.drain(grace_s):
+                leftovers = list(self._inflight.values())
+                log.warning("worker %s: generating jobs did not finish in time; handing "
+                            "them back", self.name)  # fmt: skip
+            await self.loops.cancel()
         if self._reader is not None:
             await asyncio.wait({self._reader}, timeout=self.settings.poll_block_ms / 1000 + 2)
             await _cancel(self._reader)
@@ -285,6 +301,12 @@ class JobConsumer:
         head = self._buffer[0]
         key = (head.model, head.task)
         limit = self.settings.max_batch_size
+        if self.loops is not None and head.task == "generate" and head.model in self.loops.loops:
+            limit = min(limit, self.loops.room(head.model))
+            if limit <= 0:  # the decode loop is full: wait for a job to leave it
+                self._room.clear()
+                await self._room.wait()
+                return []
         deadline = loop.time() + self.settings.batch_wait_ms / 1000
         while True:
             same = [j for j in self._buffer if (j.model, j.task) == key]
@@ -306,6 +328,7 @@ class JobConsumer:
 
     async def _run_batch(self, batch: list[Job]) -> None:
         model, task = batch[0].model, batch[0].task
+        handed: set[str] = set()  # entries a decode loop now finishes
         try:
             try:
                 await self.registry.resolve(model)
@@ -313,32 +336,34 @@ class JobConsumer:
                 for job in batch:
                     await self.outcomes.failed(job, exc)
                 return
-            starts = await self.outcomes.with_retries(
-                lambda: self.store.start(batch, self.name), "mark jobs running"
-            )
-            if starts is None:
-                return
-            runnable: list[Job] = []
-            for job, deliveries in zip(batch, starts, strict=True):
-                if deliveries == 0:
-                    log.info("worker %s: %s is no longer ours; skipped", self.name, job.entry_id)
-                elif deliveries < 0:
-                    poison = JobError(
-                        f"entry {job.entry_id} was delivered {-deliveries} times, more than "
-                        f"max_deliveries={self.settings.max_deliveries}: workers probably "
-                        "crashed while running it"
-                    )
-                    await self.outcomes.failed(job, poison, reason="poison")
-                else:
-                    job.deliveries = deliveries
-                    runnable.append(job)
-            if runnable:
+            runnable = await start_batch(
+                batch, store=self.store, ends=self.ends, outcomes=self.outcomes,
+                settings=self.settings, name=self.name,
+            )  # fmt: skip
+            if runnable and task == "generate" and await self._loop_takes(model):
+                self.loops.add(model, runnable)
+                handed = {job.entry_id for job in runnable}
+            elif runnable:
                 await self.outcomes.finish(runnable, await self._invoke(model, task, runnable))
         finally:
             for job in batch:
-                self._inflight.pop(job.entry_id, None)
-                self._held.discard(job.entry_id)
-            self._room.set()
+                if job.entry_id not in handed:
+                    self.release(job)
+
+    async def _loop_takes(self, model: str) -> bool:
+        """Whether a decode loop runs ``model``'s generate jobs (if the model cannot be
+        opened, the batch path records the failure)."""
+        try:
+            return self.loops is not None and await self.loops.accepts(model)
+        except Exception as exc:
+            log.warning("worker %s: no decode loop for %s: %s", self.name, model, exc)
+            return False
+
+    def release(self, job: Job) -> None:
+        """Forget a job this consumer is done with (its entry was acked or handed on)."""
+        self._inflight.pop(job.entry_id, None)
+        self._held.discard(job.entry_id)
+        self._room.set()
 
     async def _invoke(self, model: str, task: str, jobs: list[Job]) -> list[Any]:
         limit_s = self.settings.batch_timeout_s

@@ -20,6 +20,7 @@ from typing import Any
 
 from sw_core.cache import ChunkCache
 from sw_core.engine import StreamingEngine
+from sw_core.engine.continuous import DecodeSession
 from sw_core.exceptions import ModelError
 from sw_core.keys import Keys
 from sw_core.ops.stats import Counters
@@ -42,10 +43,14 @@ def job_requests(task: str, job: Job) -> list[dict[str, Any]]:
         options = {k: params[k] for k in ("output",) if k in params}
         return [{"input_ids": list(ids), **options} for ids in job.inputs]
     if task == "generate":
-        options = {k: params[k] for k in ("max_new_tokens", "top_p", "seed") if k in params}
+        options = {k: params[k] for k in ("max_new_tokens", "top_p", "seed", "chat") if k in params}
         sampling = params.get("do_sample", "temperature" in params)
         options["temperature"] = float(params.get("temperature", 1.0)) if sampling else 0.0
-        return [{"text": text, **options} for text in job.inputs]
+        # An input is a prompt (text) or a chat (a list of {role, content} messages).
+        return [
+            {"messages" if isinstance(item, list) else "text": item, **options}
+            for item in job.inputs
+        ]
     raise ModelError(f"unknown task {task!r}")
 
 
@@ -62,6 +67,7 @@ class InferenceHandler:
         self._engines: OrderedDict[str, StreamingEngine] = OrderedDict()
         self._sources: dict[str, RemoteChunkSource] = {}
         self._opening: dict[str, asyncio.Lock] = {}
+        self._sessions: dict[str, DecodeSession] = {}
 
     async def engine(self, model: str) -> StreamingEngine:
         """The loaded engine of ``model`` (opened on first use)."""
@@ -104,6 +110,21 @@ class InferenceHandler:
             errors = [o for o in outputs[start:end] if isinstance(o, BaseException)]
             results.append(errors[0] if errors else outputs[start:end])
         return results
+
+    async def decode_session(self, model: str) -> DecodeSession | None:
+        """The continuous decode batch of ``model`` (None for encoder-decoder models, which
+        run as static batches); see :mod:`workers.decode_loop`."""
+        if model not in self._sessions:
+            engine = await self.engine(model)
+            if engine.family == "seq2seq":
+                return None
+            self._sessions[model] = DecodeSession(engine, self.settings.kv_cache_bytes)
+        return self._sessions[model]
+
+    async def after_step(self, model: str) -> None:
+        """After each decode step: flush the counters, keep the worker within its budget."""
+        await self.counters.flush(self._redis, self._stats_key)
+        self._fit_budget(model)
 
     def _fit_budget(self, active: str) -> None:
         """Release the least recently used other engines while the worker is over budget."""

@@ -14,9 +14,11 @@ from sw_core.exceptions import SurfingError
 COMMAND_MODULES: tuple[str, ...] = (
     "chunk_cmds",
     "store_cmds",
+    "serve_cmds",
     "ops_cmds",
     "demo_cmds",
     "pipeline_cmds",
+    "serving_cmds",
 )
 
 

@@ -19,13 +19,15 @@ REDIS_FLAGS = ["redis_url", "key_prefix"]
 #: Storage settings ``sw register`` takes as flags to read the chunk set it registers.
 STORAGE_FLAGS = ["s3_endpoint", "s3_access_key", "s3_secret_key", "s3_secure", "s3_region"]
 
-#: Exit status when a job was dead-lettered / did not finish in time.
+#: Exit status when a job was dead-lettered / did not finish in time / the queue was full.
 EXIT_DEAD = 1
 EXIT_NOT_DONE = 3
+EXIT_QUEUE_FULL = 4
 
 _RESULT_EXIT = (
-    "Exit status: 0 done; 1 the job was dead-lettered (its error on stderr); 3 not finished "
-    "within --timeout (or, without --wait, not finished yet); 2 bad input or settings."
+    "Exit status: 0 done; 1 the job was dead-lettered, cancelled or expired (why on stderr); "
+    "3 not finished within --timeout (or, without --wait, not finished yet); 2 bad input or "
+    "settings."
 )
 
 
@@ -34,7 +36,10 @@ def register(subparsers: Any) -> None:
         "submit",
         help="submit a job to the pipeline",
         description="Validate a job and add it to the jobs stream; prints its job id.",
-        epilog="With --wait, the result follows as one line of JSON. " + _RESULT_EXIT,
+        epilog="With --wait, the result follows as one line of JSON; with --stream, the "
+        "generated text is printed as it comes, then the result. "
+        + _RESULT_EXIT
+        + " 4: the queue is full (SW_MAX_QUEUED_JOBS), nothing was submitted: try later.",
     )
     submit.add_argument("model", metavar="MODEL", help="registered model name")
     submit.add_argument("--task", choices=TASKS, default="embed", help="default: embed")
@@ -56,6 +61,18 @@ def register(subparsers: Any) -> None:
         help="task parameter, e.g. max_new_tokens=20 (repeatable)",
     )
     submit.add_argument("--wait", action="store_true", help="wait for the result and print it")
+    submit.add_argument(
+        "--stream",
+        action="store_true",
+        help="generate: print the text as it comes, then the result as JSON (implies --wait)",
+    )
+    submit.add_argument(
+        "--deadline",
+        type=float,
+        default=None,
+        metavar="S",
+        help="the job must end within S seconds (not started later; generate stops then)",
+    )
     submit.add_argument("--timeout", type=float, default=60.0, metavar="S", help="default: 60")
     add_cli_flags(submit, REDIS_FLAGS)
     submit.set_defaults(handler=_submit)
@@ -129,11 +146,21 @@ async def _submit_async(
     settings: Settings, args: argparse.Namespace, inputs: list[Any], params: dict[str, Any]
 ) -> int:
     from producer import Producer
+    from sw_core.cli.serving_cmds import print_stream
+    from sw_core.exceptions import QueueFullError
 
     async with Producer(settings=settings) as producer:
-        job_id = await producer.submit(args.model, args.task, inputs, **params)
+        try:
+            job_id = await producer.submit(
+                args.model, args.task, inputs, deadline_s=args.deadline, **params
+            )
+        except QueueFullError as exc:
+            print(f"sw submit: QueueFullError: {exc}", file=sys.stderr)
+            return EXIT_QUEUE_FULL
         print(job_id, flush=True)
-        if not args.wait:
+        if args.stream:
+            await print_stream(producer, job_id, args.timeout)
+        elif not args.wait:
             return 0
         return await _wait_and_print(producer, job_id, args.timeout)
 
@@ -152,7 +179,7 @@ async def _result_async(settings: Settings, args: argparse.Namespace) -> int:
         if status["status"] == "done":
             status["result"] = await producer.result(args.job_id, timeout=1)
         print(_json(status))
-        if status["status"] == "dead":
+        if status["status"] in ("dead", "cancelled", "expired"):
             return EXIT_DEAD
         return 0 if status["status"] == "done" else EXIT_NOT_DONE
 

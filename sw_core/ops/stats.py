@@ -18,6 +18,10 @@ TOTAL_REQUESTS = "total_requests"
 COMPLETED = "completed"
 #: Jobs that ended in the dead-letter stream.
 DEAD_LETTERED = "dead_lettered"
+#: Jobs cancelled, jobs past their deadline (never errors), submits refused (queue full).
+CANCELLED = "cancelled"
+EXPIRED = "expired"
+QUEUE_FULL = "queue_full"
 #: Job attempts that failed and were scheduled again.
 RETRIED = "retried"
 #: Failed job attempts, transient or not.

@@ -56,6 +56,7 @@ PARAM_SCHEMAS: dict[str, dict[str, ParamSpec]] = {
         "temperature": ParamSpec(float, low=0, high=100, low_exclusive=True),
         "top_p": ParamSpec(float, low=0, high=1, low_exclusive=True),
         "seed": ParamSpec(int, low=0, high=(1 << 63) - 1),
+        "chat": ParamSpec(bool),
     },
     "forward": {"output": ParamSpec(str, choices=("hidden", "logits"))},
 }
@@ -102,7 +103,9 @@ def check_inputs(task: str, inputs: Any, settings: Settings) -> list[Any]:
         raise JobError(f"inputs of a {task} job must be a non-empty list, got {short(inputs)}")
     if len(inputs) > MAX_INPUTS:
         raise JobError(f"{len(inputs)} inputs in one job; at most {MAX_INPUTS} are allowed")
-    if task in ("embed", "generate"):
+    if task == "generate":
+        return [_check_generate_input(i, item) for i, item in enumerate(inputs)]
+    if task == "embed":
         for i, text in enumerate(inputs):
             if not isinstance(text, str) or not text:
                 raise JobError(f"input {i} of a {task} job must be a non-empty string")
@@ -120,6 +123,26 @@ def check_inputs(task: str, inputs: Any, settings: Settings) -> list[Any]:
                     f"input {i} of a forward job holds {short(token)}: token ids are ints >= 0"
                 )
     return [list(seq) for seq in inputs]
+
+
+def _check_generate_input(i: int, item: Any) -> Any:
+    """A prompt (non-empty text) or a chat: a non-empty list of ``{role, content}`` texts."""
+    if isinstance(item, str) and item:
+        return item
+    if isinstance(item, list) and item and len(item) <= MAX_INPUTS:
+        for message in item:
+            if (
+                not isinstance(message, dict)
+                or set(message) != {"role", "content"}
+                or not all(isinstance(v, str) for v in message.values())
+            ):
+                break
+        else:
+            return [dict(message) for message in item]
+    raise JobError(
+        f"input {i} of a generate job must be a non-empty string or a chat: a list of "
+        "{role, content} messages"
+    )
 
 
 def check_params(

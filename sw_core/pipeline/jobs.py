@@ -6,7 +6,10 @@ A job travels as one entry of the Redis stream ``sw:jobs``. Producers write thes
 - ``payload`` -- msgpack of ``{"inputs": [...], "params": {...}}``;
 - ``attempt`` (1-based), ``submitted_ms`` -- decimal text;
 - ``counted`` -- ``1``: ``total_requests`` was already counted for this job;
-- ``first_failure_ms`` -- set on retries, for the dead-letter record.
+- ``first_failure_ms`` -- set on retries, for the dead-letter record;
+- ``deadline_ms`` -- optional: the job is not started after this time (ms since the epoch)
+  and a running generate job stops there (status ``expired``). A hand-added entry may give
+  ``deadline_s`` instead: seconds after the entry was added.
 
 An entry added by hand is accepted too (``XADD sw:jobs '*' model minilm task embed text
 "hello"``): ``text`` is one input, ``inputs`` a JSON list, any other field a parameter given
@@ -46,7 +49,9 @@ from sw_core.pipeline.job_checks import (
 from sw_core.settings import Settings
 
 #: Job status values stored in the job hash.
-STATUSES: tuple[str, ...] = ("queued", "running", "retrying", "done", "dead")
+STATUSES: tuple[str, ...] = (
+    "queued", "running", "retrying", "done", "dead", "cancelled", "expired",
+)  # fmt: skip
 #: Deepest nesting a payload may have ({"inputs": [[token, ...]]} is 3 deep).
 MAX_DEPTH = 4
 #: Room for the small fields of an entry beside its payload.
@@ -54,8 +59,11 @@ ENTRY_OVERHEAD_BYTES = 4096
 
 #: Fields with a meaning of their own; every other field of a hand-added entry is a param.
 META_FIELDS = frozenset(
-    {"job_id", "model", "task", "payload", "attempt", "submitted_ms", "counted", "first_failure_ms"}
-)
+    {
+        "job_id", "model", "task", "payload", "attempt", "submitted_ms", "counted",
+        "first_failure_ms", "deadline_ms", "deadline_s",
+    }
+)  # fmt: skip
 _INPUT_FIELDS = frozenset({"text", "inputs"})
 _JOB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 
@@ -98,6 +106,8 @@ class Job:
     #: ``total_requests`` was already counted (by the producer or an earlier attempt).
     counted: bool = True
     first_failure_ms: int | None = None
+    #: Not started after this time, stopped there when running (ms since the epoch).
+    deadline_ms: int | None = None
 
 
 # ---------------------------------------------------------------------------- encoding
@@ -130,6 +140,8 @@ def encode_job(job: Job, *, max_payload_bytes: int | None = None) -> dict[str, b
         fields["counted"] = b"1"
     if job.first_failure_ms is not None:
         fields["first_failure_ms"] = str(job.first_failure_ms).encode()
+    if job.deadline_ms is not None:
+        fields["deadline_ms"] = str(job.deadline_ms).encode()
     return fields
 
 
@@ -253,6 +265,7 @@ def decode_entry(entry_id: str | bytes, fields: Mapping[Any, Any], settings: Set
     attempt = _int_field(raw, "attempt", 1, low=1)
     submitted = _int_field(raw, "submitted_ms", _entry_ms(entry), low=0)
     first_failure = _int_field(raw, "first_failure_ms", 0, low=0) or None
+    deadline = _deadline(raw, _entry_ms(entry))
     return Job(
         job_id=job_id,
         model=model,
@@ -264,7 +277,23 @@ def decode_entry(entry_id: str | bytes, fields: Mapping[Any, Any], settings: Set
         submitted_ms=submitted,
         counted=raw.get("counted") == b"1",
         first_failure_ms=first_failure,
+        deadline_ms=deadline,
     )
+
+
+def _deadline(raw: Mapping[str, bytes], added_ms: int) -> int | None:
+    """``deadline_ms`` as given, or ``deadline_s`` counted from when the entry was added."""
+    if "deadline_ms" in raw:
+        return _int_field(raw, "deadline_ms", 0, low=1)
+    if "deadline_s" not in raw:
+        return None
+    try:
+        seconds = float(raw["deadline_s"])
+    except ValueError:
+        raise JobError(f"field deadline_s={short(raw['deadline_s'])} is not a number") from None
+    if not seconds > 0 or seconds > 10**9:
+        raise JobError(f"field deadline_s={seconds:g} must be > 0")
+    return added_ms + int(seconds * 1000)
 
 
 def _hand_inputs(task: str, raw: Mapping[str, bytes], settings: Settings) -> list[Any]:

@@ -147,6 +147,7 @@ class JobStore:
             submitted_ms=job.submitted_ms,
             counted=True,  # counted now, in this transaction, if it was not yet
             first_failure_ms=job.first_failure_ms or now,
+            deadline_ms=job.deadline_ms,
         )
         fields = _flatten(encode_job(again))
         return await self._run_fail(

@@ -1,5 +1,6 @@
 """The layers of the code base, enforced: the library (``sw_core``) <- ``producer`` <-
-``workers`` <- the command line and the local demo (``sw_core.cli``, ``sw_core.local``).
+``workers`` and ``gateway`` (the HTTP gateway, beside the workers) <- the command line and the
+local demo (``sw_core.cli``, ``sw_core.local``).
 
 Every import statement counts, at module level or inside a function, so a lazy import
 cannot slip a dependency past the check.
@@ -17,9 +18,10 @@ ROOT = Path(__file__).resolve().parents[2]
 TOP = ("sw_core.cli", "sw_core.local")
 #: For each layer, the packages it must not import (the layers above it).
 FORBIDDEN = {
-    "sw_core": ("producer", "workers", *TOP),
-    "producer": ("workers", *TOP),
-    "workers": TOP,
+    "sw_core": ("producer", "workers", "gateway", *TOP),
+    "producer": ("workers", "gateway", *TOP),
+    "workers": ("gateway", *TOP),
+    "gateway": ("workers", *TOP),
 }
 
 
@@ -78,12 +80,14 @@ def test_imports_point_down_the_layers() -> None:
         ("sw_core", "from sw_core.local import demo"),
         ("producer", "from workers.node import worker_options"),
         ("workers", "from sw_core.cli import main"),
+        ("producer", "from gateway.app import create_app"),
+        ("gateway", "import workers.inference"),
     ],
 )
 def test_an_upward_import_is_caught(tmp_path: Path, package: str, statement: str) -> None:
     """The check sees an upward import in a function body of a library module."""
     fake_root = tmp_path / "repo"
-    for top in ("sw_core", "producer", "workers"):
+    for top in ("sw_core", "producer", "workers", "gateway"):
         (fake_root / top).mkdir(parents=True)
         (fake_root / top / "__init__.py").write_text("")
     target = fake_root / package / "mod.py"

@@ -1,0 +1,201 @@
+"""The gateway's one door to the job pipeline: submit, wait, stream and cancel through
+:class:`~producer.Producer`, and ask the heartbeats whether any inference worker lives.
+
+Every HTTP request becomes ordinary jobs on ``sw:jobs`` (retries, dead letters, counters and
+the monitor see them like any other). What the producer offers decides how a stream is fed:
+with ``Producer.stream`` the events are the job's token deltas as the worker makes them;
+without it (FALLBACK, before the serving issue's token streaming) the whole answer is
+awaited with ``Producer.result`` and sent as one delta.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from producer import Producer
+from sw_core.exceptions import ModelError, SurfingError
+from sw_core.keys import Keys
+from sw_core.pipeline.registry import ModelRegistry
+from sw_core.settings import Settings
+
+log = logging.getLogger(__name__)
+#: How long one answer about live inference workers is reused.
+LIVENESS_CACHE_S = 1.0
+#: OpenAI's words for the engine's finish reasons.
+FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}
+
+
+@dataclass(frozen=True)
+class Delta:
+    """More text of the answer."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Finish:
+    """The answer ended: why, and the token counts."""
+
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def _accepts(method: Any, name: str) -> bool:
+    try:
+        return name in inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+class JobBackend:
+    """Submits and follows the jobs of gateway requests.
+
+    Args:
+        producer: the producer the jobs go through (closed by :meth:`close`).
+        settings: heartbeat TTL and key prefix.
+    """
+
+    def __init__(self, producer: Producer, settings: Settings) -> None:
+        self.producer = producer
+        self.settings = settings
+        self.keys = Keys(settings.key_prefix)
+        self.registry = ModelRegistry(producer.redis, settings)
+        self.streams_tokens = hasattr(producer, "stream")
+        self.can_cancel = hasattr(producer, "cancel")
+        self._deadlines = _accepts(producer.submit, "deadline_s")
+        self._live: tuple[float, int] = (0.0, 0)
+
+    async def close(self) -> None:
+        await self.producer.close()
+
+    # ---------------------------------------------------------------- models and workers
+    async def models(self) -> dict[str, str]:
+        """Every registered model name -> location."""
+        return await self.registry.all()
+
+    async def has_model(self, name: str) -> bool:
+        try:
+            await self.registry.resolve(name)
+        except ModelError:
+            return False
+        return True
+
+    async def live_inference_workers(self) -> int:
+        """Inference workers whose heartbeat is younger than ``heartbeat_ttl_s`` (cached 1 s)."""
+        now = time.monotonic()
+        if now < self._live[0]:
+            return self._live[1]
+        redis = self.producer.redis
+        since_ms = int((time.time() - self.settings.heartbeat_ttl_s) * 1000)
+        ids = await redis.zrangebyscore(self.keys.workers, since_ms, "+inf")
+        count = 0
+        if ids:
+            async with redis.pipeline(transaction=False) as pipe:
+                for worker_id in ids:
+                    name = worker_id.decode() if isinstance(worker_id, bytes) else str(worker_id)
+                    pipe.hget(self.keys.worker(name), "kind")
+                kinds = await pipe.execute()
+            count = sum(1 for kind in kinds if kind in (b"inference", "inference"))
+        self._live = (now + LIVENESS_CACHE_S, count)
+        return count
+
+    # ---------------------------------------------------------------- jobs
+    async def submit(
+        self, model: str, task: str, inputs: list[Any], *, deadline_s: float, **params: Any
+    ) -> str:
+        """Enqueue one job; the deadline travels with it when the producer supports one."""
+        if self._deadlines:
+            return await self.producer.submit(model, task, inputs, deadline_s=deadline_s, **params)
+        return await self.producer.submit(model, task, inputs, **params)
+
+    async def result(self, job_id: str, timeout_s: float) -> Any:
+        """The job's result (its error raised as its class; JobTimeoutError after timeout_s)."""
+        return await self.producer.result(job_id, timeout=timeout_s)
+
+    async def stream(self, job_id: str, timeout_s: float) -> AsyncIterator[Delta | Finish]:
+        """The answer of a one-input generate job as deltas, then one :class:`Finish`.
+
+        Raises:
+            SurfingError: the job failed (as its class), was cancelled or expired.
+            JobTimeoutError: nothing came for ``timeout_s`` seconds.
+        """
+        if not self.streams_tokens:
+            # FALLBACK: no token streaming in this producer: the whole text as one delta.
+            output = (await self.result(job_id, timeout_s))[0]
+            if output.get("text"):
+                yield Delta(output["text"])
+            yield finish_of(output)
+            return
+        sent = ""  # text the client has; a restarted job's text is replayed up to here
+        replay: str | None = None
+        finish: Finish | None = None
+        events = self.producer.stream(job_id, timeout=timeout_s)  # type: ignore[attr-defined]
+        async for event in events:
+            kind = event.get("type")
+            if kind == "restart":
+                replay = ""
+            elif kind == "token" and event.get("index", 0) == 0:
+                text = str(event.get("text", ""))
+                if replay is not None:
+                    replay += text
+                    new = _beyond(sent, replay)
+                    if new is None:
+                        continue
+                    text = new
+                sent += text
+                if text:
+                    yield Delta(text)
+            elif kind == "end" and event.get("index", 0) == 0:
+                finish = finish_of(event, event.get("completion_tokens"))
+            elif kind == "final":
+                if finish is None or event.get("status") != "done":
+                    # no end event (a worker without token streaming), or the job failed:
+                    # the result says which (the job's error is raised as its class)
+                    output = (await self.result(job_id, timeout_s))[0]
+                    rest = _beyond(sent, str(output.get("text") or ""))
+                    if rest:
+                        yield Delta(rest)
+                    finish = finish_of(output)
+                yield finish
+                return
+
+    async def cancel(self, job_id: str) -> bool:
+        """Cancel a job nobody waits for any more; False when the producer cannot."""
+        if not self.can_cancel:
+            return False
+        status = await self.producer.cancel(job_id)  # type: ignore[attr-defined]
+        log.info("job %s cancelled: %s", job_id, status)
+        return True
+
+
+def finish_of(output: dict[str, Any], completion_tokens: int | None = None) -> Finish:
+    """The :class:`Finish` of one generate output or ``end`` event (reason, token counts)."""
+    if completion_tokens is None:
+        completion_tokens = len(output.get("token_ids") or [])
+    return Finish(
+        finish_reason=FINISH_REASONS.get(str(output.get("finish_reason")), "stop"),
+        prompt_tokens=int(output.get("prompt_tokens") or 0),
+        completion_tokens=int(completion_tokens),
+    )
+
+
+def _beyond(sent: str, text: str) -> str | None:
+    """What ``text`` adds to the ``sent`` prefix; None while it is still within it.
+
+    Raises:
+        SurfingError: ``text`` differs from what was sent (a restarted job that sampled
+            another answer): the stream cannot take back what the client has.
+    """
+    if len(text) <= len(sent):
+        if not sent.startswith(text):
+            raise SurfingError("the job restarted on another worker with a different answer")
+        return None
+    if not text.startswith(sent):
+        raise SurfingError("the job restarted on another worker with a different answer")
+    return text[len(sent) :]

@@ -1,0 +1,169 @@
+"""OpenAI request bodies -> job inputs and parameters, checked before anything is queued.
+
+Each parser takes the decoded JSON body and returns what the job needs, or raises a 400
+:class:`~gateway.errors.ApiError` naming the field. Fields that change nothing here
+(``user``, ``stream_options``, ``logprobs: false`` ...) are accepted; fields asking for
+something the engine cannot do (``n`` > 1, ``stop`` sequences, ``dimensions``) are refused
+rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.errors import bad_request
+
+#: Roles a chat message may have.
+ROLES = ("system", "user", "assistant", "developer", "tool")
+
+
+@dataclass
+class GenerateCall:
+    """One generate job: its model, the one input (a prompt or a chat) and its params."""
+
+    model: str
+    prompt: str | list[dict[str, str]]
+    stream: bool
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EmbedCall:
+    """One embed job."""
+
+    model: str
+    inputs: list[str]
+    base64: bool
+
+
+def parse_chat(body: Any) -> GenerateCall:
+    """``POST /v1/chat/completions``."""
+    body = _object(body)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise bad_request("'messages' must be a non-empty list of {role, content} messages")
+    chat = [_message(i, m) for i, m in enumerate(messages)]
+    return GenerateCall(_model(body), chat, _stream(body), _generate_params(body))
+
+
+def parse_completion(body: Any) -> GenerateCall:
+    """``POST /v1/completions``: one text prompt, completed without the chat template."""
+    body = _object(body)
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    if not isinstance(prompt, str) or not prompt:
+        raise bad_request("'prompt' must be one non-empty string")
+    if body.get("echo"):
+        raise bad_request("'echo' is not supported")
+    params = _generate_params(body)
+    params["chat"] = False
+    return GenerateCall(_model(body), prompt, _stream(body), params)
+
+
+def parse_embeddings(body: Any) -> EmbedCall:
+    """``POST /v1/embeddings``: ``input`` is a string or a list of strings."""
+    body = _object(body)
+    given = body.get("input")
+    inputs = [given] if isinstance(given, str) else given
+    if not isinstance(inputs, list) or not inputs:
+        raise bad_request("'input' must be a non-empty string or list of strings")
+    for i, text in enumerate(inputs):
+        if not isinstance(text, str) or not text:
+            raise bad_request(
+                f"input {i} must be a non-empty string (token-id inputs are not supported)"
+            )
+    fmt = body.get("encoding_format") or "float"
+    if fmt not in ("float", "base64"):
+        raise bad_request("'encoding_format' must be 'float' or 'base64'")
+    if body.get("dimensions") is not None:
+        raise bad_request("'dimensions' is not supported: the model's own size is returned")
+    return EmbedCall(_model(body), inputs, fmt == "base64")
+
+
+# ---------------------------------------------------------------------------- pieces
+def _object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise bad_request("the request body must be a JSON object")
+    return body
+
+
+def _model(body: dict[str, Any]) -> str:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad_request("'model' is required: one of GET /v1/models")
+    return model
+
+
+def _stream(body: dict[str, Any]) -> bool:
+    stream = body.get("stream", False)
+    if stream is None:
+        return False
+    if not isinstance(stream, bool):
+        raise bad_request("'stream' must be true or false")
+    return stream
+
+
+def _message(i: int, message: Any) -> dict[str, str]:
+    if not isinstance(message, dict) or message.get("role") not in ROLES:
+        raise bad_request(f"message {i} must be an object with a 'role' of {', '.join(ROLES)}")
+    content = message.get("content")
+    if isinstance(content, list):  # content parts: only text ones can be served
+        texts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text":
+                raise bad_request(f"message {i}: only text content parts are supported")
+            texts.append(str(part.get("text", "")))
+        content = "".join(texts)
+    if content is None:
+        content = ""
+    if not isinstance(content, str):
+        raise bad_request(f"message {i}: 'content' must be a string or a list of text parts")
+    return {"role": message["role"], "content": content}
+
+
+def _generate_params(body: dict[str, Any]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    n = body.get("n")
+    if n not in (None, 1):
+        raise bad_request("'n' must be 1: one answer per request")
+    if body.get("stop"):
+        raise bad_request("'stop' sequences are not supported; generation stops at end of text")
+    limit = body.get("max_completion_tokens", body.get("max_tokens"))
+    if limit is not None:
+        if not _is_int(limit) or limit < 1:
+            raise bad_request("'max_tokens' must be a whole number >= 1")
+        params["max_new_tokens"] = limit
+    temperature = body.get("temperature")
+    if temperature is not None:
+        if not _is_number(temperature) or not 0 <= temperature <= 2:
+            raise bad_request("'temperature' must be a number from 0 to 2")
+        if temperature > 0:
+            params["do_sample"] = True
+            params["temperature"] = float(temperature)
+    top_p = body.get("top_p")
+    if top_p is not None:
+        if not _is_number(top_p) or not 0 < top_p <= 1:
+            raise bad_request("'top_p' must be a number in (0, 1]")
+        if top_p < 1:
+            params["top_p"] = float(top_p)
+    seed = body.get("seed")
+    if seed is not None:
+        if not _is_int(seed) or seed < 0:
+            raise bad_request("'seed' must be a whole number >= 0")
+        params["seed"] = seed
+    return params
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+    )

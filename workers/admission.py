@@ -1,0 +1,56 @@
+"""Starting a batch: jobs cancelled or past their deadline end here, the rest are marked
+running (poison entries, delivered too often, are dead-lettered)."""
+
+from __future__ import annotations
+
+import logging
+
+from sw_core.exceptions import JobError
+from sw_core.pipeline.jobs import Job
+from sw_core.pipeline.lifecycle import JobEnds
+from sw_core.pipeline.store import JobStore
+from sw_core.settings import Settings
+from workers.outcomes import JobOutcomes
+
+log = logging.getLogger(__name__)
+
+
+async def start_batch(
+    batch: list[Job],
+    *,
+    store: JobStore,
+    ends: JobEnds,
+    outcomes: JobOutcomes,
+    settings: Settings,
+    name: str,
+) -> list[Job]:
+    """The jobs of ``batch`` to run now, marked running, with their delivery counts."""
+    checks = await outcomes.with_retries(lambda: ends.check(batch), "check cancels and deadlines")
+    if checks is None:
+        return []
+    live: list[Job] = []
+    for job, outcome in zip(batch, checks, strict=True):
+        if outcome == "ok":
+            live.append(job)
+        elif outcome != "gone":
+            log.info("worker %s: job %s %s before it started", name, job.job_id, outcome)
+    if not live:
+        return []
+    starts = await outcomes.with_retries(lambda: store.start(live, name), "mark jobs running")
+    if starts is None:
+        return []
+    runnable: list[Job] = []
+    for job, deliveries in zip(live, starts, strict=True):
+        if deliveries == 0:
+            log.info("worker %s: %s is no longer ours; skipped", name, job.entry_id)
+        elif deliveries < 0:
+            poison = JobError(
+                f"entry {job.entry_id} was delivered {-deliveries} times, more than "
+                f"max_deliveries={settings.max_deliveries}: workers probably "
+                "crashed while running it"
+            )
+            await outcomes.failed(job, poison, reason="poison")
+        else:
+            job.deliveries = deliveries
+            runnable.append(job)
+    return runnable

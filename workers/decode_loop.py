@@ -1,0 +1,273 @@
+"""Continuous batching in the worker: one decode loop per model.
+
+The consumer hands started ``generate`` jobs to :class:`DecodeLoops` and goes back to
+reading the stream. Each model's :class:`DecodeLoop` runs steps of its
+:class:`~sw_core.engine.continuous.DecodeSession` back to back; between two steps it
+
+- ends jobs whose cancel was requested or whose deadline passed (status ``cancelled`` /
+  ``expired``, see :class:`~sw_core.pipeline.lifecycle.JobEnds`);
+- lets waiting jobs join, up to ``max_active_sequences`` sequences and the KV-cache budget
+  (their prompts run in the next step, in the same sweep over the weights);
+- streams each new token to the job's token stream, and writes a job's result the moment
+  its last sequence finishes (then frees its place at once).
+
+A step that fails (a chunk that cannot be loaded) fails its jobs like a failed batch:
+retried with backoff or dead-lettered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sw_core.engine.continuous import DecodeSession, Sequence
+from sw_core.exceptions import ModelError
+from sw_core.pipeline.jobs import Job
+from sw_core.pipeline.lifecycle import JobEnds, past_deadline
+from sw_core.settings import Settings
+from workers.inference import job_requests
+from workers.outcomes import JobOutcomes
+from workers.token_stream import TextDeltas, TokenStreams
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Running:
+    """A job in a decode loop: its sequences (one per input) and their text so far."""
+
+    job: Job
+    seqs: list[Sequence] = field(default_factory=list)
+    deltas: list[TextDeltas] = field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return bool(self.seqs) and all(s.finish_reason is not None for s in self.seqs)
+
+
+class DecodeLoop:
+    """The decode loop of one model in one worker."""
+
+    def __init__(self, model: str, session: DecodeSession, owner: DecodeLoops) -> None:
+        self.model = model
+        self.session = session
+        self.owner = owner
+        self.waiting: list[Job] = []
+        self.running: dict[str, _Running] = {}
+        self.task: asyncio.Task[None] | None = None
+        tokenizer = session.engine.tokenizer
+        self.decode: Callable[[list[int]], str] = (
+            (lambda ids: str(tokenizer.decode(ids, skip_special_tokens=True)))
+            if tokenizer is not None
+            else (lambda ids: "")
+        )
+
+    @property
+    def sequences(self) -> int:
+        """Sequences running or waiting to join."""
+        return self.session.active + sum(len(j.inputs) for j in self.waiting)
+
+    def add(self, jobs: list[Job]) -> None:
+        self.waiting.extend(jobs)
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._run(), name=f"decode-{self.model}")
+
+    async def _run(self) -> None:
+        while self.waiting or self.running:
+            try:
+                await self._stop_ended()
+                joining = await self._admit()
+                if not joining and not self.session.active:
+                    # only running jobs without a sequence left: a bug, fail them (retried)
+                    await self._fail_all(ModelError("the decode loop lost track of its jobs"))
+                    continue
+                try:
+                    report = await self.session.step_async(joining)
+                except Exception as exc:
+                    await self._fail_all(exc)
+                    continue
+                await self._publish(report.step, report.tokens)
+                await self.owner.after_step(self.model)
+            except Exception:  # a bug here must not lose jobs: fail them (retried)
+                log.exception("decode loop of %s failed", self.model)
+                await self._fail_all(ModelError("the decode loop failed; see the worker log"))
+
+    # ---------------------------------------------------------------- between steps
+    async def _stop_ended(self) -> None:
+        jobs = [r.job for r in self.running.values()] + self.waiting
+        if not jobs:
+            return
+        flags = await self.owner.ends.cancel_requested(jobs)
+        for job, cancel in zip(jobs, flags, strict=True):
+            if cancel or past_deadline(job):
+                await self._end(job, "cancelled" if cancel else "expired")
+
+    async def _end(self, job: Job, status: str) -> None:
+        state = self.running.pop(job.job_id, None)
+        if state is not None:
+            self.session.drop({s.key for s in state.seqs})
+        self.waiting = [j for j in self.waiting if j.job_id != job.job_id]
+        if await self.owner.ends.end(job, status):
+            log.info("job %s %s while generating", job.job_id, status)
+        await self.owner.streams.write([(job.job_id, {"type": "final", "status": status})])
+        self.owner.release(job)
+
+    async def _admit(self) -> list[Sequence]:
+        """Parse waiting jobs into sequences while they fit the caps (FIFO)."""
+        joining: list[Sequence] = []
+        cap = self.owner.settings.max_active_sequences
+        events: list[tuple[str, dict[str, Any]]] = []
+        while self.waiting:
+            job = self.waiting[0]
+            try:
+                seqs = [
+                    self.session.parse((job.job_id, i), req)
+                    for i, req in enumerate(job_requests("generate", job))
+                ]
+            except ModelError as exc:
+                self.waiting.pop(0)
+                await self.owner.outcomes.failed(job, exc)
+                self.owner.release(job)
+                continue
+            empty = not self.session.active and not joining
+            too_many = self.session.active + len(joining) + len(seqs) > cap
+            if not empty and (too_many or not self.session.fits([*joining, *seqs])):
+                break
+            self.waiting.pop(0)
+            joining += seqs
+            self.running[job.job_id] = _Running(job, seqs, [TextDeltas(self.decode) for _ in seqs])
+            events.append((job.job_id, {
+                "type": "start", "attempt": job.attempt, "deliveries": job.deliveries,
+                "inputs": len(seqs),
+            }))  # fmt: skip
+        await self.owner.streams.write(events)
+        return joining
+
+    async def _publish(self, step: int, tokens: dict[Any, int]) -> None:
+        """Token deltas and end events of this step; results of the jobs that finished."""
+        events: list[tuple[str, dict[str, Any]]] = []
+        finished: list[_Running] = []
+        for (job_id, index), _token in tokens.items():
+            state = self.running.get(job_id)
+            if state is None:
+                continue
+            seq = state.seqs[index]
+            ended = seq.finish_reason is not None
+            delta = state.deltas[index].next(seq.text_ids, final=ended)
+            if delta:
+                events.append((job_id, {"type": "token", "index": index, "text": delta,
+                                        "step": step}))  # fmt: skip
+            if ended:
+                events.append((job_id, {
+                    "type": "end", "index": index, "finish_reason": seq.finish_reason,
+                    "prompt_tokens": len(seq.request.ids), "completion_tokens": len(seq.tokens),
+                    "joined_step": seq.joined_step, "step": step,
+                }))  # fmt: skip
+            if state.done and state not in finished:
+                finished.append(state)
+        await self.owner.streams.write(events)
+        for state in finished:
+            del self.running[state.job.job_id]
+            result = [
+                {
+                    "text": self.decode(s.text_ids),
+                    "token_ids": s.tokens,
+                    "finish_reason": s.finish_reason,
+                    "prompt_tokens": len(s.request.ids),
+                }
+                for s in state.seqs
+            ]
+            await self.owner.outcomes.finish([state.job], [result])
+            await self.owner.streams.write([(state.job.job_id, {"type": "final",
+                                                                "status": "done"})])  # fmt: skip
+            self.owner.release(state.job)
+
+    async def _fail_all(self, exc: BaseException) -> None:
+        """A failed step: every running job fails with ``exc`` (retried or dead-lettered)."""
+        self.session.reset()
+        states, self.running = list(self.running.values()), {}
+        for state in states:
+            await self.owner.outcomes.failed(state.job, exc)
+            self.owner.release(state.job)
+
+
+class DecodeLoops:
+    """The decode loops of one worker, one per model (see the module docstring).
+
+    Args:
+        handler: the worker's handler; it must have ``decode_session(model)`` (a session, or
+            None for a model that runs as static batches) and ``after_step(model)``.
+        release: called once per job when the loop is done with it.
+    """
+
+    def __init__(
+        self,
+        handler: Any,
+        settings: Settings,
+        outcomes: JobOutcomes,
+        ends: JobEnds,
+        streams: TokenStreams,
+        release: Callable[[Job], None],
+    ) -> None:
+        self.handler = handler
+        self.settings = settings
+        self.outcomes = outcomes
+        self.ends = ends
+        self.streams = streams
+        self.release = release
+        self.loops: dict[str, DecodeLoop] = {}
+
+    @classmethod
+    def for_consumer(cls, consumer: Any) -> DecodeLoops:
+        """The loops of a :class:`~workers.consumer.JobConsumer` (its handler, outcomes,
+        job ends and ``release``)."""
+        streams = TokenStreams(consumer.redis, consumer.settings)
+        return cls(consumer.handler, consumer.settings, consumer.outcomes, consumer.ends,
+                   streams, consumer.release)  # fmt: skip
+
+    async def accepts(self, model: str) -> bool:
+        """Whether ``model``'s generate jobs go to a decode loop (decoder-only models)."""
+        if model in self.loops:
+            return True
+        session = await self.handler.decode_session(model)
+        if session is None:
+            return False
+        self.loops[model] = DecodeLoop(model, session, self)
+        return True
+
+    def room(self, model: str) -> int:
+        """How many more sequences ``model``'s loop takes now."""
+        loop = self.loops.get(model)
+        used = loop.sequences if loop is not None else 0
+        return max(0, self.settings.max_active_sequences - used)
+
+    def add(self, model: str, jobs: list[Job]) -> None:
+        """Hand started jobs to ``model``'s loop (after :meth:`accepts`)."""
+        self.loops[model].add(jobs)
+
+    async def after_step(self, model: str) -> None:
+        await self.handler.after_step(model)
+
+    @property
+    def busy(self) -> bool:
+        return any(loop.task is not None and not loop.task.done() for loop in self.loops.values())
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait until every loop finished its jobs; False when ``timeout_s`` ran out."""
+        tasks = [loop.task for loop in self.loops.values() if loop.task and not loop.task.done()]
+        if not tasks:
+            return True
+        _, pending = await asyncio.wait(tasks, timeout=max(timeout_s, 0))
+        return not pending
+
+    async def cancel(self) -> None:
+        """Stop every loop now (its jobs stay with the consumer, to be handed back)."""
+        for loop in self.loops.values():
+            if loop.task is not None and not loop.task.done():
+                loop.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await loop.task
