@@ -1,7 +1,7 @@
 """The producer client: validates and submits jobs, waits for results.
 
-A job is written in one transaction: its hash (status ``queued``, with the result TTL), its
-stream entry and the ``total_requests`` counter. Results are read from the job hash; a
+A job is written in one Lua call: its stream entry, its hash (status ``queued``, with the result
+TTL, naming that entry as the only one that may run the job) and the ``total_requests`` counter. Results are read from the job hash; a
 waiter blocks on the job's done list with ``BLMOVE list list`` (non-destructive, so any
 number of waiters wake) instead of polling.
 """
@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 
 from sw_core.exceptions import JobTimeoutError, SurfingError, error_class
 from sw_core.keys import Keys
-from sw_core.ops.stats import TOTAL_REQUESTS
+from sw_core.lua_scripts import lua_source
 from sw_core.pipeline.jobs import Job, encode_job, now_ms, validate_request
 from sw_core.settings import Settings
 
@@ -40,6 +40,7 @@ class Producer:
         self.settings = settings or Settings.from_env()
         self.redis: Redis = Redis.from_url(redis_url or self.settings.redis_url)
         self.keys = Keys(self.settings.key_prefix)
+        self._submit = self.redis.register_script(lua_source("pipeline_submit"))
 
     async def __aenter__(self) -> Producer:
         return self
@@ -79,23 +80,13 @@ class Producer:
             submitted_ms=now_ms(),
         )
         fields = encode_job(job, max_payload_bytes=self.settings.max_payload_bytes)
-        key = self.keys.job(job.job_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                key,
-                mapping={
-                    "status": "queued",
-                    "model": model,
-                    "task": task,
-                    "attempts": 0,
-                    "submitted_ms": job.submitted_ms,
-                    "updated_ms": job.submitted_ms,
-                },
-            )
-            pipe.expire(key, self.settings.result_ttl_s)
-            pipe.xadd(self.keys.jobs, fields)  # type: ignore[arg-type]
-            pipe.hincrby(self.keys.stats, TOTAL_REQUESTS, 1)
-            await pipe.execute()
+        flat: list[Any] = []
+        for name, value in fields.items():
+            flat += [name, value]
+        await self._submit(
+            keys=[self.keys.job(job.job_id), self.keys.jobs, self.keys.stats],
+            args=[model, task, job.submitted_ms, self.settings.result_ttl_s, *flat],
+        )
         return job.job_id
 
     async def status(self, job_id: str) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from redis.asyncio import Redis
 from sw_core.exceptions import BatchTimeoutError, JobError, ModelError, SurfingError
 from sw_core.pipeline.jobs import Job, decode_entry, decode_fields
 from sw_core.pipeline.registry import ModelRegistry
-from sw_core.pipeline.store import JobStore
+from sw_core.pipeline.store import START_DUPLICATE, JobStore
 from sw_core.retry import RetryPolicy
 from sw_core.settings import Settings
 from workers.handlers import BatchHandler
@@ -322,6 +322,8 @@ class JobConsumer:
             for job, deliveries in zip(batch, starts, strict=True):
                 if deliveries == 0:
                     log.info("worker %s: %s is no longer ours; skipped", self.name, job.entry_id)
+                elif deliveries == START_DUPLICATE:
+                    await self.outcomes.duplicate(job)
                 elif deliveries < 0:
                     poison = JobError(
                         f"entry {job.entry_id} was delivered {-deliveries} times, more than "

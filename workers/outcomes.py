@@ -103,6 +103,22 @@ class JobOutcomes:
             "write a dead letter",
         )
 
+    async def duplicate(self, job: Job) -> None:
+        """Dead-letter an entry whose job id belongs to another job, leaving that job alone."""
+        self.jobs_failed += 1
+        job.counted = False  # nobody registered this entry, so nobody counted its request
+        message = (
+            f"job id {job.job_id} already belongs to a job that is not this entry's "
+            f"({job.entry_id}); the entry was not run and the job was left as it was"
+        )
+        log.warning("entry %s dead-lettered (duplicate_job_id): %s", job.entry_id, message)
+        await self.with_retries(
+            lambda: self.store.dead_letter_job(
+                job, "JobError", message, "duplicate_job_id", self.name, touch_job=False
+            ),
+            "write a dead letter",
+        )
+
     async def with_retries(self, call: Callable[[], Awaitable[T]], what: str) -> T | None:
         """Run a Redis step, retrying connection blips; None when Redis stays away
         (the entry stays pending and is reclaimed later, so nothing is lost)."""

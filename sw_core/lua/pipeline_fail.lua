@@ -4,8 +4,10 @@
 -- crash can never lose it.
 -- KEYS: 1 jobs stream, 2 stats hash, 3 job hash, 4 done list, 5 retries zset,
 --       6 retry hash (fields to re-add), 7 dead-letter stream
--- ARGV: 1 group, 2 entry_id, 3 mode ('retry' | 'dead'), 4 now_ms, 5 ttl_s, 6 worker,
---       7 error type, 8 error message, 9 attempt, 10 count_request ('1' | '0'),
+-- ARGV: 1 group, 2 entry_id, 3 mode ('retry' | 'dead' | 'stray': a dead letter that leaves
+--       the job hash and done list alone, for an entry that does not own its job id), 4 now_ms, 5 ttl_s, 6 worker,
+--       7 error type, 8 error message, 9 attempt, 10 count_request ('1' | '0' | 'auto':
+--       count unless the job hash names this entry, i.e. a producer registered and counted it),
 --       11 retry delay in ms (retry; counted from the Redis clock, so worker clocks may
 --       differ) or the dead-letter stream's approximate max length (dead), 12 job_id,
 --       13.. field/value pairs: the entry to re-add (retry) or the dead letter (dead)
@@ -21,12 +23,16 @@ end
 redis.call('HINCRBY', KEYS[2], 'errors', 1)
 redis.call('HINCRBY', KEYS[2], 'errors:' .. ARGV[7], 1)
 redis.call('HINCRBY', KEYS[2], 'failed', 1)
-if ARGV[10] == '1' then
+local count = ARGV[10] == '1'
+if ARGV[10] == 'auto' then
+  count = redis.call('HGET', KEYS[3], 'entry_id') ~= ARGV[2]
+end
+if count then
   redis.call('HINCRBY', KEYS[2], 'total_requests', 1)
 end
 local h = KEYS[3]
 -- a forged or duplicated entry must not turn a finished job back
-local finished = redis.call('HGET', h, 'status') == 'done'
+local finished = ARGV[3] == 'stray' or redis.call('HGET', h, 'status') == 'done'
 if ARGV[3] == 'retry' then
   local t = redis.call('TIME')
   local due = string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
