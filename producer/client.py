@@ -13,13 +13,13 @@ import uuid
 from types import TracebackType
 from typing import Any
 
-import msgpack
 from redis.asyncio import Redis
 
 from sw_core.exceptions import JobTimeoutError, SurfingError, error_class
 from sw_core.keys import Keys
 from sw_core.lua_scripts import lua_source
 from sw_core.pipeline.jobs import Job, encode_job, now_ms, validate_request
+from sw_core.pipeline.results import unpack_result
 from sw_core.settings import Settings
 
 #: Longest single block on the done list; the hash is re-read after each.
@@ -131,7 +131,7 @@ class Producer:
             )
             status, result, error_type, error = fields
             if status == b"done":
-                return msgpack.unpackb(result, raw=False) if result is not None else None
+                return unpack_result(result) if result is not None else None
             if status == b"dead":
                 raise _job_error(error_type, error)
             remaining = _WAIT_SLICE_S if deadline is None else deadline - loop.time()

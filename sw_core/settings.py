@@ -104,6 +104,7 @@ class Settings:
     batch_timeout_s: float = 600.0
     result_ttl_s: int = 86_400
     max_payload_bytes: int = 1 << 20
+    max_result_bytes: int = 16 << 20
     heartbeat_interval_s: float = 2.0
     heartbeat_ttl_s: float = 10.0
     shutdown_grace_s: float = 30.0
@@ -173,6 +174,7 @@ class Settings:
             "claim_idle_ms",
             "max_deliveries",
             "max_payload_bytes",
+            "max_result_bytes",
             "s3_range_mb",
             "s3_concurrency",
         )

@@ -56,6 +56,7 @@ MEANINGS: dict[str, str] = {
     "batch_timeout_s": "Longest a batch may run; its jobs then fail with `BatchTimeoutError` (retried, then dead-lettered). 0 = no limit.",
     "result_ttl_s": "How long job hashes (status, result) are kept.",
     "max_payload_bytes": "Largest job payload accepted (msgpack).",
+    "max_result_bytes": "Largest job result stored (msgpack, float arrays as float32); a larger one dead-letters the job with `ResultTooLargeError` naming its size.",
     "heartbeat_interval_s": "Workers write their heartbeat this often.",
     "heartbeat_ttl_s": "A worker silent this long counts as dead (`sw health`, `sw monitor`).",
     "shutdown_grace_s": "On SIGTERM a worker finishes its batch within this, then hands jobs back.",

@@ -40,7 +40,7 @@ def job_requests(task: str, job: Job) -> list[dict[str, Any]]:
         options = {k: params[k] for k in ("normalize",) if k in params}
         return [{"text": text, **options} for text in job.inputs]
     if task == "forward":
-        options = {k: params[k] for k in ("output",) if k in params}
+        options = {k: params[k] for k in ("output", "positions") if k in params}
         return [{"input_ids": list(ids), **options} for ids in job.inputs]
     if task == "generate":
         options = {k: params[k] for k in ("max_new_tokens", "top_p", "seed") if k in params}

@@ -8,12 +8,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import msgpack
 from redis.asyncio import Redis
 
 from sw_core.exceptions import JobError, is_transient
 from sw_core.ops.metrics import record_job_latencies
 from sw_core.pipeline.jobs import Job
+from sw_core.pipeline.results import pack_result
 from sw_core.pipeline.store import JobStore
 from sw_core.retry import RetryPolicy, retry_async
 from workers.retry_mover import RetryMover
@@ -53,7 +53,10 @@ class JobOutcomes:
                 await self.failed(job, result)
                 continue
             try:
-                packed = msgpack.packb(result, use_bin_type=True)
+                packed = pack_result(result, self.store.settings.max_result_bytes)
+            except JobError as exc:
+                await self.failed(job, exc)
+                continue
             except (TypeError, ValueError, OverflowError) as exc:
                 await self.failed(job, JobError(f"the job's result cannot be stored: {exc}"))
                 continue

@@ -53,7 +53,10 @@ PARAM_SCHEMAS: dict[str, dict[str, ParamSpec]] = {
         "top_p": ParamSpec(float, low=0, high=1, low_exclusive=True),
         "seed": ParamSpec(int, low=0, high=(1 << 63) - 1),
     },
-    "forward": {"output": ParamSpec(str, choices=("hidden", "logits"))},
+    "forward": {
+        "output": ParamSpec(str, choices=("hidden", "logits")),
+        "positions": ParamSpec(str, choices=("all", "last")),
+    },
 }
 
 
