@@ -9,6 +9,7 @@ number of waiters wake) instead of polling.
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from types import TracebackType
 from typing import Any
@@ -24,6 +25,7 @@ from sw_core.settings import Settings
 
 #: Longest single block on the done list; the hash is re-read after each.
 _WAIT_SLICE_S = 1.0
+_STREAM_ID_RE = re.compile(r"\d{1,20}-\d{1,20}")
 #: Fields of the job hash returned by :meth:`Producer.status` as integers.
 _INT_FIELDS = ("attempts", "submitted_ms", "started_ms", "finished_ms", "updated_ms")
 
@@ -93,10 +95,15 @@ class Producer:
         """The job hash: ``status`` (queued, running, retrying, done, dead), ``attempts``,
         ``worker``, times in ms, ``error_type``/``error`` -- without the result bytes.
 
-        An unknown (or expired) job gives ``{"status": "unknown"}``.
+        A hand-added entry no worker has started yet (its job id is its entry id) is
+        ``queued``; an unknown (or expired) job gives ``{"status": "unknown"}``.
         """
         raw = await self.redis.hgetall(self.keys.job(job_id))
         if not raw:
+            if _STREAM_ID_RE.fullmatch(job_id) and await self.redis.xrange(
+                self.keys.jobs, job_id, job_id
+            ):
+                return {"job_id": job_id, "status": "queued"}
             return {"job_id": job_id, "status": "unknown"}
         out: dict[str, Any] = {"job_id": job_id}
         for name_b, value_b in raw.items():

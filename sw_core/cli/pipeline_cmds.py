@@ -18,13 +18,15 @@ REDIS_FLAGS = ["redis_url", "key_prefix"]
 #: Storage settings ``sw register`` takes as flags to read the chunk set it registers.
 STORAGE_FLAGS = ["s3_endpoint", "s3_access_key", "s3_secret_key", "s3_secure", "s3_region"]
 
-#: Exit status when a job was dead-lettered / did not finish in time.
+#: Exit status when a job was dead-lettered / did not finish in time / is not known at all.
 EXIT_DEAD = 1
 EXIT_NOT_DONE = 3
+EXIT_UNKNOWN = 4
 
 _RESULT_EXIT = (
     "Exit status: 0 done; 1 the job was dead-lettered (its error on stderr); 3 not finished "
-    "within --timeout (or, without --wait, not finished yet); 2 bad input or settings."
+    "within --timeout (or, without --wait, not finished yet); 4 no such job (never submitted, "
+    "or expired after SW_RESULT_TTL_S): do not poll again; 2 bad input or settings."
 )
 
 
@@ -145,9 +147,16 @@ async def _result_async(settings: Settings, args: argparse.Namespace) -> int:
     from producer import Producer
 
     async with Producer(settings=settings) as producer:
+        status = await producer.status(args.job_id)
+        if status["status"] == "unknown":
+            print(
+                f"sw result: no job {args.job_id}: never submitted, or expired "
+                f"(results are kept SW_RESULT_TTL_S={settings.result_ttl_s} s)",
+                file=sys.stderr,
+            )
+            return EXIT_UNKNOWN
         if args.wait:
             return await _wait_and_print(producer, args.job_id, args.timeout)
-        status = await producer.status(args.job_id)
         if status["status"] == "done":
             status["result"] = await producer.result(args.job_id, timeout=1)
         print(_json(status))
