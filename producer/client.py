@@ -20,12 +20,15 @@ from sw_core.exceptions import JobTimeoutError, SurfingError, error_class
 from sw_core.keys import Keys
 from sw_core.lua_scripts import lua_source
 from sw_core.pipeline.jobs import Job, encode_job, now_ms, validate_request
+from sw_core.pipeline.registry import ModelRegistry
 from sw_core.pipeline.results import unpack_result
 from sw_core.settings import Settings
 
 #: Longest single block on the done list; the hash is re-read after each.
 _WAIT_SLICE_S = 1.0
 _STREAM_ID_RE = re.compile(r"\d{1,20}-\d{1,20}")
+#: How long a (model, task) pair found runnable is trusted before the registry is asked again.
+_CHECK_TTL_S = 10.0
 #: Fields of the job hash returned by :meth:`Producer.status` as integers.
 _INT_FIELDS = ("attempts", "submitted_ms", "started_ms", "finished_ms", "updated_ms")
 
@@ -43,6 +46,8 @@ class Producer:
         self.redis: Redis = Redis.from_url(redis_url or self.settings.redis_url)
         self.keys = Keys(self.settings.key_prefix)
         self._submit = self.redis.register_script(lua_source("pipeline_submit"))
+        self.registry = ModelRegistry(self.redis, self.settings)
+        self._runnable: dict[tuple[str, str], float] = {}
 
     async def __aenter__(self) -> Producer:
         return self
@@ -70,9 +75,12 @@ class Producer:
 
         Raises:
             JobError: unknown task, bad inputs or params, payload over ``max_payload_bytes``.
+            ModelError: the model is not registered, or cannot run ``task`` (``generate`` on
+                an encoder); nothing is queued.
             redis.exceptions.ConnectionError: Redis cannot be reached.
         """
         model, task, inputs, clean = validate_request(model, task, inputs, params, self.settings)
+        await self._check_model(model, task)
         job = Job(
             job_id=uuid.uuid4().hex,
             model=model,
@@ -90,6 +98,13 @@ class Producer:
             args=[model, task, job.submitted_ms, self.settings.result_ttl_s, *flat],
         )
         return job.job_id
+
+    async def _check_model(self, model: str, task: str) -> None:
+        loop = asyncio.get_running_loop()
+        if self._runnable.get((model, task), 0.0) > loop.time():
+            return
+        await self.registry.check(model, task)
+        self._runnable[(model, task)] = loop.time() + _CHECK_TTL_S
 
     async def status(self, job_id: str) -> dict[str, Any]:
         """The job hash: ``status`` (queued, running, retrying, done, dead), ``attempts``,

@@ -56,6 +56,11 @@ class Keys:
         """Hash: model name -> where its chunks live (``s3://bucket/prefix`` or a folder)."""
         return f"{self.prefix}:models"
 
+    @property
+    def model_tasks(self) -> str:
+        """Hash: model name -> the tasks it can run (``embed,forward``), from its manifest."""
+        return f"{self.prefix}:model-tasks"
+
     # ---------------------------------------------------------------- counters and workers
     @property
     def stats(self) -> str:

@@ -185,13 +185,13 @@ def _register(args: argparse.Namespace) -> int:
         from redis.asyncio import Redis
 
         from sw_core.chunks.pin import pin_location
-        from sw_core.pipeline.registry import ModelRegistry
+        from sw_core.pipeline.registry import ModelRegistry, tasks_of
         from sw_core.storage.location import check_location
         from sw_core.utils import human_bytes
 
         if args.pin and args.no_check:
             raise ConfigError("--pin reads the manifest: it cannot go with --no-check")
-        location, about = args.location, ""
+        location, about, tasks = args.location, "", None
         if not args.no_check:
             location = check_location(location, must_exist=True)
             manifest, raw = await _read_manifest(location, settings)
@@ -199,11 +199,12 @@ def _register(args: argparse.Namespace) -> int:
                 f" (chunk set {manifest.name!r}: {len(manifest.chunks)} chunks, "
                 f"{human_bytes(manifest.total_bytes)})"
             )
+            tasks = tasks_of(manifest)
             if args.pin:
                 location = pin_location(location, raw)
         async with Redis.from_url(settings.redis_url) as redis:
             registry = ModelRegistry(redis, settings)
-            return await registry.register(args.name, location), about
+            return await registry.register(args.name, location, tasks=tasks), about
 
     location, about = asyncio.run(run())
     print(f"{args.name} -> {location}{about}")

@@ -102,7 +102,10 @@ def test_register_reads_the_manifest_on_s3(
     assert "typo" not in capsys.readouterr().out
 
 
-def test_submit_wait_prints_the_result(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_submit_wait_prints_the_result(
+    redis_url: str, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    monkeypatch.setenv("SW_MODELS", "m1=/srv/m1")  # sw submit checks the model
     settings = pipeline_settings(redis_url)
     flags = ["--redis-url", redis_url]
     with worker_thread(settings):
@@ -124,12 +127,13 @@ def test_submit_wait_prints_the_result(redis_url: str, capsys: pytest.CaptureFix
 
 
 def test_failed_and_unfinished_jobs_have_their_own_exit_codes(
-    redis_url: str, capsys: pytest.CaptureFixture[str]
+    redis_url: str, capsys: pytest.CaptureFixture[str], monkeypatch
 ) -> None:
+    monkeypatch.setenv("SW_MODELS", "m1=/srv/m1")  # sw submit checks the model
     settings = pipeline_settings(redis_url)
     flags = ["--redis-url", redis_url]
     with worker_thread(settings):
-        assert main(["submit", "unknown-model", "--text", "x", "--wait", *flags]) == 1
+        assert main(["submit", "unknown-model", "--text", "x", "--wait", *flags]) == 2
         assert "ModelError" in capsys.readouterr().err
     assert main(["submit", "m1", "--text", "nobody runs me", *flags]) == 0
     job_id = capsys.readouterr().out.strip()
