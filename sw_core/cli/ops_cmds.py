@@ -372,7 +372,7 @@ def _metrics(args: argparse.Namespace) -> int:
     port = args.port if args.port is not None else (settings.metrics_port or DEFAULT_METRICS_PORT)
     server = start_metrics_server(port, settings, host=args.host)
     print(f"serving {server.url} (cluster-wide, from {redact_url(settings.redis_url)}); Ctrl-C stops",
-          flush=True)  # fmt: skip
+          file=sys.stderr, flush=True)  # fmt: skip
     try:
         while True:
             time.sleep(3600)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import json
 import sys
 from typing import Any
 
+from sw_core.cli.output import data, data_json, say
 from sw_core.exceptions import ConfigError, JobTimeoutError, SurfingError
 from sw_core.pipeline.jobs import TASKS, coerce_params
 from sw_core.settings import Settings, add_cli_flags, settings_from_args
@@ -34,8 +33,12 @@ def register(subparsers: Any) -> None:
     submit = subparsers.add_parser(
         "submit",
         help="submit a job to the pipeline",
-        description="Validate a job and add it to the jobs stream; prints its job id.",
-        epilog="With --wait, the result follows as one line of JSON. " + _RESULT_EXIT,
+        description=(
+            "Validate a job and add it to the jobs stream; prints its job id (with --json: "
+            '{"job_id": ...}). With --wait, stdout gets only the result, as one line of JSON '
+            "(the job id goes to stderr), so `sw submit ... --wait | jq` works."
+        ),
+        epilog=_RESULT_EXIT,
     )
     submit.add_argument("model", metavar="MODEL", help="registered model name")
     submit.add_argument("--task", choices=TASKS, default="embed", help="default: embed")
@@ -58,6 +61,7 @@ def register(subparsers: Any) -> None:
     )
     submit.add_argument("--wait", action="store_true", help="wait for the result and print it")
     submit.add_argument("--timeout", type=float, default=60.0, metavar="S", help="default: 60")
+    submit.add_argument("--json", action="store_true", help='print {"job_id": ...} as JSON')
     add_cli_flags(submit, REDIS_FLAGS)
     submit.set_defaults(handler=_submit)
 
@@ -92,6 +96,7 @@ def register(subparsers: Any) -> None:
         help="register without reading the chunk set (a folder on other machines only, an "
         "S3 location not reachable from here)",
     )
+    reg.add_argument("--json", action="store_true", help="print name, location, tasks as JSON")
     reg.add_argument(
         "--pin",
         action="store_true",
@@ -106,6 +111,7 @@ def register(subparsers: Any) -> None:
         help="list registered models",
         description="One line per model: NAME LOCATION (from sw:models and SW_MODELS).",
     )
+    models.add_argument("--json", action="store_true", help="print {NAME: LOCATION} as JSON")
     add_cli_flags(models, REDIS_FLAGS)
     models.set_defaults(handler=_models)
 
@@ -133,9 +139,13 @@ async def _submit_async(
 
     async with Producer(settings=settings) as producer:
         job_id = await producer.submit(args.model, args.task, inputs, **params)
-        print(job_id, flush=True)
         if not args.wait:
+            if args.json:
+                data_json({"job_id": job_id})
+            else:
+                data(job_id)
             return 0
+        say(f"sw submit: job {job_id} queued; waiting for its result")
         return await _wait_and_print(producer, job_id, args.timeout)
 
 
@@ -159,7 +169,7 @@ async def _result_async(settings: Settings, args: argparse.Namespace) -> int:
             return await _wait_and_print(producer, args.job_id, args.timeout)
         if status["status"] == "done":
             status["result"] = await producer.result(args.job_id, timeout=1)
-        print(_json(status))
+        data_json(status)
         if status["status"] == "dead":
             return EXIT_DEAD
         return 0 if status["status"] == "done" else EXIT_NOT_DONE
@@ -174,14 +184,14 @@ async def _wait_and_print(producer: Any, job_id: str, timeout_s: float) -> int:
     except SurfingError as exc:
         print(f"sw: job {job_id} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_DEAD
-    print(_json(result))
+    data_json(result)
     return 0
 
 
 def _register(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
 
-    async def run() -> tuple[str, str]:
+    async def run() -> tuple[str, str, tuple[str, ...] | None]:
         from redis.asyncio import Redis
 
         from sw_core.chunks.pin import pin_location
@@ -204,10 +214,13 @@ def _register(args: argparse.Namespace) -> int:
                 location = pin_location(location, raw)
         async with Redis.from_url(settings.redis_url) as redis:
             registry = ModelRegistry(redis, settings)
-            return await registry.register(args.name, location, tasks=tasks), about
+            return await registry.register(args.name, location, tasks=tasks), about, tasks
 
-    location, about = asyncio.run(run())
-    print(f"{args.name} -> {location}{about}")
+    location, about, tasks = asyncio.run(run())
+    if args.json:
+        data_json({"name": args.name, "location": location, "tasks": list(tasks or [])})
+    else:
+        data(f"{args.name} -> {location}{about}")
     return 0
 
 
@@ -232,11 +245,14 @@ def _models(args: argparse.Namespace) -> int:
             return await ModelRegistry(redis, settings).all()
 
     models = asyncio.run(run())
+    if args.json:
+        data_json(models)
+        return 0
     if not models:
-        print("no models registered: sw register NAME LOCATION", file=sys.stderr)
+        say("no models registered: sw register NAME LOCATION")
     width = max((len(name) for name in models), default=0)
     for name, location in models.items():
-        print(f"{name:<{width}}  {location}")
+        data(f"{name:<{width}}  {location}")
     return 0
 
 
@@ -256,12 +272,3 @@ def _token_ids(text: str) -> list[int]:
         return [int(part) for part in text.replace(" ", "").split(",") if part]
     except ValueError:
         raise ConfigError(f"--tokens {text!r} is not a comma-separated list of ints") from None
-
-
-def _json(value: Any) -> str:
-    def default(obj: Any) -> Any:
-        if isinstance(obj, (bytes, bytearray, memoryview)):
-            return base64.b64encode(bytes(obj)).decode()
-        raise TypeError(f"{type(obj).__name__} is not JSON serializable")
-
-    return json.dumps(value, default=default, ensure_ascii=False)

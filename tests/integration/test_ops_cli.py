@@ -86,6 +86,6 @@ def test_metrics_command_serves_until_interrupted(redis_url: str) -> None:
         assert samples[("sw_errors_total", (("type", "StorageError"),))] == 1
     finally:
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=20)
+        _out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
-    assert f"127.0.0.1:{port}/metrics" in out
+    assert f"127.0.0.1:{port}/metrics" in err  # a message: stderr

@@ -113,9 +113,10 @@ def test_submit_wait_prints_the_result(
             ["submit", "m1", "--task", "generate", "--text", "hello", "--text", "world",
              "--param", "max_new_tokens=3", "--param", "do_sample=false", "--wait", *flags]
         )  # fmt: skip
-        out = capsys.readouterr().out.splitlines()
+        out, err = capsys.readouterr()
         assert code == 0, out
-        job_id, result = out[0], json.loads(out[1])
+        result = json.loads(out)  # stdout holds the result only: `sw submit --wait | jq`
+        job_id = err.split("job ")[1].split()[0]
         assert result["inputs"] == ["hello", "world"]
         assert result["params"] == {"max_new_tokens": 3, "do_sample": False}
         assert main(["result", job_id, *flags]) == 0
@@ -123,7 +124,7 @@ def test_submit_wait_prints_the_result(
         assert status["status"] == "done" and status["result"]["job_id"] == job_id
         assert main(["submit", "m1", "--task", "forward", "--tokens", "1,2,3", "--wait",
                      *flags]) == 0  # fmt: skip
-        assert json.loads(capsys.readouterr().out.splitlines()[1])["inputs"] == [[1, 2, 3]]
+        assert json.loads(capsys.readouterr().out)["inputs"] == [[1, 2, 3]]
 
 
 def test_failed_and_unfinished_jobs_have_their_own_exit_codes(
