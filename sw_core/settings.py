@@ -115,9 +115,16 @@ class Settings:
     #: Import path ("module:attr") of the batch handler factory the inference worker runs.
     handler: str = "workers.inference:build_handler"
 
+    #: Models a worker loads when it starts ("minilm,smollm2"), so their first job is warm.
+    preload_models: str = ""
+
     # Operations.
     metrics_port: int | None = None
     alert_error_rate: float = 0.1
+    #: The alert judges errors / requests over this many recent seconds.
+    alert_window_s: int = 300
+    #: Worker log lines: "text" (date, level, logger, message) or "json" (one object a line).
+    log_format: str = "text"
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -177,6 +184,7 @@ class Settings:
             "max_result_bytes",
             "s3_range_mb",
             "s3_concurrency",
+            "alert_window_s",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -201,6 +209,10 @@ class Settings:
         if not 0 <= self.retry_jitter <= 1:
             raise ConfigError(
                 f"{ENV_PREFIX}RETRY_JITTER must be within [0, 1], got {self.retry_jitter}"
+            )
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(
+                f"{ENV_PREFIX}LOG_FORMAT must be 'text' or 'json', got {self.log_format!r}"
             )
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.key_prefix):
             raise ConfigError(

@@ -335,7 +335,10 @@ class JobConsumer:
                     job.deliveries = deliveries
                     runnable.append(job)
             if runnable:
-                await self.outcomes.finish(runnable, await self._invoke(model, task, runnable))
+                started_s = asyncio.get_running_loop().time()
+                results = await self._invoke(model, task, runnable)
+                duration_s = asyncio.get_running_loop().time() - started_s
+                await self.outcomes.finish(runnable, results, duration_s=duration_s)
         finally:
             for job in batch:
                 self._inflight.pop(job.entry_id, None)
