@@ -280,23 +280,21 @@ def _dlq_list(dlq: Any, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([letter.as_dict() for letter in letters], indent=2, default=str))
         return 0
-    table = Table(title=f"Dead letters: {len(letters)} of {total}")
-    for name in ("id", "job", "model/task", "error", "reason", "att", "rep", "age"):
-        table.add_column(name, no_wrap=name != "error", overflow="fold")
+    # One block per letter, ids whole on their own columns (pasteable into `sw dlq show`),
+    # the error wrapped below: fits 80 columns, also when piped.
+    console = Console()
+    console.print(Text(f"Dead letters: {len(letters)} of {total}", style="bold"))
     now_ms = time.time() * 1000
     for letter in letters:
         age = "" if not letter.last_failure_ms else _age((now_ms - letter.last_failure_ms) / 1000)
-        table.add_row(
-            letter.id,
-            letter.job_id[:12],
-            f"{letter.model}/{letter.task}",
-            f"{letter.error_type}: {letter.error[:80]}",
-            letter.reason,
-            str(letter.attempts),
-            str(letter.replays),
-            age,
-        )
-    Console().print(table)
+        head = Text(no_wrap=False, overflow="fold")
+        head.append(letter.id, style="bold")
+        head.append(f"  {letter.reason}  {letter.model}/{letter.task}  ")
+        head.append(f"attempts {letter.attempts}  replays {letter.replays}  {age} ago", style="dim")
+        console.print(head)
+        console.print(Text(f"  job {letter.job_id}", overflow="fold"))
+        error = Text(f"  {letter.error_type}: {letter.error[:300]}", style="red", overflow="fold")
+        console.print(error)
     return 0
 
 
