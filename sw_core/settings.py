@@ -210,6 +210,11 @@ class Settings:
             raise ConfigError(
                 f"{ENV_PREFIX}RETRY_JITTER must be within [0, 1], got {self.retry_jitter}"
             )
+        if self.alert_window_s > 86_400:
+            raise ConfigError(
+                f"{ENV_PREFIX}ALERT_WINDOW_S must be at most 86400 (one day of recent counts "
+                f"is kept), got {self.alert_window_s}"
+            )
         if self.log_format not in ("text", "json"):
             raise ConfigError(
                 f"{ENV_PREFIX}LOG_FORMAT must be 'text' or 'json', got {self.log_format!r}"

@@ -62,7 +62,7 @@ MEANINGS: dict[str, str] = {
     "shutdown_grace_s": "On SIGTERM a worker finishes its batch within this, then hands jobs back.",
     "poll_block_ms": "Longest block of one stream read (XREADGROUP BLOCK).",
     "metrics_port": "Port of the Prometheus `/metrics` each worker serves; unset = none.",
-    "alert_error_rate": "`errors / total_requests` above this raises the alert (`sw stats --check`, `sw monitor --check`, `sw_alert`).",
+    "alert_error_rate": "`errors / requests` of the recent window (see below) above this raises the alert (`sw stats --check`, `sw monitor --check`, `sw_alert`).",
 }
 
 

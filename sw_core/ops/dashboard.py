@@ -105,7 +105,9 @@ def _queue_panel(stats: Mapping[str, Any]) -> Panel:
 
 
 def _jobs_panel(stats: Mapping[str, Any]) -> Panel:
-    rate = float(stats.get("error_rate", 0.0))
+    rate = float(stats.get("recent_error_rate", 0.0))
+    window_s = int(stats.get("alert_window_s", 300))
+    label = f"errors {window_s // 60}m" if window_s % 60 == 0 else f"errors {window_s}s"
     rows = [
         ("requests", _n(stats.get("total_requests", 0)), ""),
         ("completed", _n(stats.get("completed", 0)), "green"),
@@ -113,7 +115,7 @@ def _jobs_panel(stats: Mapping[str, Any]) -> Panel:
         ("retried", _n(stats.get("retried", 0)), ""),
         ("dead-lettered", _n(stats.get("dead_lettered", 0)), ""),
         ("errors", _n(stats.get("errors", 0)), "red" if stats.get("errors") else ""),
-        ("error rate", f"{rate:.1%}", "bold red" if stats.get("alert") else ""),
+        (label, f"{rate:.1%}", "bold red" if stats.get("alert") else ""),
         ("threshold", f"{float(stats.get('alert_error_rate', 0.0)):.1%}", "dim"),
     ]
     return _pairs_panel("Jobs", rows)

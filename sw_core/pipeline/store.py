@@ -157,7 +157,7 @@ class JobStore:
         args: list[Any] = [self.group, self.settings.result_ttl_s, now_ms(), worker]
         for job, packed in done:
             keys += [self.keys.job(job.job_id), self.keys.job_done(job.job_id)]
-            args += [job.entry_id, packed, "0" if job.counted else "1"]
+            args += [job.entry_id, packed, "0" if job.counted else "1", job.model]
         return [bool(x) for x in await self._complete(keys=keys, args=args)]
 
     async def retry(
@@ -179,7 +179,7 @@ class JobStore:
         fields = _flatten(encode_job(again))
         return await self._run_fail(
             job.entry_id, job.job_id, "retry", now, worker, error_type, message,
-            job.attempt, not job.counted, int(delay_s * 1000), fields,
+            job.attempt, not job.counted, int(delay_s * 1000), fields, job.model,
         )  # fmt: skip
 
     async def dead_letter(
@@ -238,7 +238,7 @@ class JobStore:
         return await self._run_fail(
             entry_id, job_id, "dead" if touch_job else "stray", now, worker, error_type, message,
             attempt, "auto" if counted is None else not counted, DLQ_MAX_ENTRIES,
-            _flatten(letter),
+            _flatten(letter), model,
         )  # fmt: skip
 
     async def dead_letter_job(
@@ -306,6 +306,7 @@ class JobStore:
         count_request: bool | str,
         delay_or_cap: int,
         fields: list[Any],
+        model: str,
     ) -> bool:
         keys = [
             self.keys.jobs,
@@ -329,6 +330,7 @@ class JobStore:
             count_request if isinstance(count_request, str) else ("1" if count_request else "0"),
             delay_or_cap,
             job_id,
+            model,
             *fields,
         ]
         return bool(await self._fail(keys=keys, args=args))
