@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import sys
 import time
 from typing import Any
@@ -105,6 +106,11 @@ def _register_health(subparsers: Any) -> None:
         help="worker kinds that must heartbeat, comma-separated ('' for none)",
     )
     parser.add_argument("--no-storage", action="store_true", help="skip the storage checks")
+    parser.add_argument(
+        "--this-host",
+        action="store_true",
+        help="only workers on this host count (a container's health check: its own worker)",
+    )
     add_cli_flags(parser, HEALTH_FLAGS)
     parser.set_defaults(handler=_health)
 
@@ -236,7 +242,10 @@ def _health(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     kinds = [k.strip() for k in args.require.split(",") if k.strip()]
-    report = check_health(settings, require_kinds=kinds, check_storage=not args.no_storage)
+    host = socket.gethostname() if args.this_host else None
+    report = check_health(
+        settings, require_kinds=kinds, check_storage=not args.no_storage, host=host
+    )
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
