@@ -73,6 +73,9 @@ def register(subparsers: Any) -> None:
     publish.add_argument(
         "--to", required=True, metavar="s3://BUCKET/PREFIX", help="destination (or a folder)"
     )
+    publish.add_argument(
+        "--create-bucket", action="store_true", help="create the S3 bucket first unless it exists"
+    )
     add_cli_flags(publish, STORAGE_FLAGS)
     publish.set_defaults(handler=_publish)
 
@@ -84,7 +87,9 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _publish(args: argparse.Namespace) -> int:
     try:
-        return asyncio.run(_publish_async(args.folder, args.to, settings_from_args(args)))
+        return asyncio.run(
+            _publish_async(args.folder, args.to, settings_from_args(args), args.create_bucket)
+        )
     except SurfingError as exc:
         print(
             f"FAILED publish {args.folder} -> {args.to}: {type(exc).__name__}: {exc}",
@@ -105,12 +110,22 @@ async def _verify_async(location: str, settings: Settings) -> int:
     return _print_report(report, action="verified")
 
 
-async def _publish_async(folder: Path, destination: str, settings: Settings) -> int:
+async def _publish_async(
+    folder: Path, destination: str, settings: Settings, create_bucket: bool = False
+) -> int:
     from sw_core.chunks.verify import publish_chunk_set
     from sw_core.storage import backend_from_location
 
     manifest = Manifest.load(folder)
     backend = backend_from_location(destination, settings)
+    ensure = getattr(backend, "ensure_bucket", None)
+    if create_bucket and ensure is not None:
+        try:
+            if await ensure():
+                print(f"created bucket {backend.bucket_name}", file=sys.stderr)
+        except BaseException:
+            await backend.close()
+            raise
     manifest_bytes = (folder / MANIFEST_FILE).stat().st_size
     # One bar over both phases: upload (data + manifest), then verify (data).
     total_bytes = 2 * _payload_bytes(manifest) + manifest_bytes

@@ -190,10 +190,9 @@ class StreamingMonitor:
 
     def _window_command(self, now: float) -> tuple[Any, ...]:
         """Sum of the buckets of the last ``alert_window_s`` seconds (the current one too)."""
-        step = counter_names.WINDOW_BUCKET_S
-        last = int(now) // step
-        count = max(1, -(-self.settings.alert_window_s // step))
-        buckets = [self.keys.stats_window(b) for b in range(last - count + 1, last + 1)]
+        step, last = counter_names.WINDOW_BUCKET_S, int(now) // counter_names.WINDOW_BUCKET_S
+        first = last - max(1, -(-self.settings.alert_window_s // step)) + 1
+        buckets = [self.keys.stats_window(b) for b in range(first, last + 1)]
         return ("EVAL", lua_source("metrics_window"), len(buckets), *buckets)
 
     def _second_round(self, first: Mapping[str, Any]) -> dict[str, tuple[Any, ...]]:
@@ -291,9 +290,8 @@ class StreamingMonitor:
         workers: list[dict[str, Any]] = []
         for member, score in _pairs(first.get("workers")):
             worker_id = _text(member)
-            fields = {
-                _text(a): _text(b) for a, b in _ok(second.get(f"worker:{worker_id}"), {}).items()
-            }
+            raw = _ok(second.get(f"worker:{worker_id}"), {}).items()
+            fields = {_text(a): _num(_text(b)) for a, b in raw}  # numbers stay numbers
             if not fields:
                 continue  # its hash expired: the worker stopped beating
             beat_ms = _int(fields.get("beat_ms", score))
@@ -368,11 +366,8 @@ def _ok(value: Any, default: Any) -> Any:
 
 
 def _find_group(groups: Any, name: str) -> dict[str, Any] | None:
-    for group in _ok(groups, []):
-        info = {_text(k): v for k, v in group.items()}
-        if _text(info.get("name", "")) == name:
-            return info
-    return None
+    infos = ({_text(k): v for k, v in group.items()} for group in _ok(groups, []))
+    return next((info for info in infos if _text(info.get("name", "")) == name), None)
 
 
 def _lag(group: Mapping[str, Any]) -> int | None:
@@ -391,6 +386,10 @@ def _pairs(value: Any) -> list[tuple[Any, float]]:
 
 def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, (bytes, bytearray)) else str(value)
+
+
+def _num(text: str) -> int | str:
+    return int(text) if text.isdigit() and len(text) < 19 else text
 
 
 def _int(value: Any) -> int:
