@@ -43,7 +43,8 @@ def job_requests(task: str, job: Job) -> list[dict[str, Any]]:
         options = {k: params[k] for k in ("output", "positions") if k in params}
         return [{"input_ids": list(ids), **options} for ids in job.inputs]
     if task == "generate":
-        options = {k: params[k] for k in ("max_new_tokens", "top_p", "seed") if k in params}
+        keys = ("max_new_tokens", "top_p", "top_k", "seed")
+        options = {k: params[k] for k in keys if k in params}
         sampling = params.get("do_sample", "temperature" in params)
         options["temperature"] = float(params.get("temperature", 1.0)) if sampling else 0.0
         return [{"text": text, **options} for text in job.inputs]
@@ -85,6 +86,20 @@ class InferenceHandler:
                 self._engines[model] = engine
                 log.info("model %s ready: %s", model, engine.plan.mode)
             return self._engines[model]
+
+    async def preload(self, models: list[str]) -> None:
+        """Open each model and fetch its chunks once (SW_PRELOAD_MODELS), so the first job
+        is warm; a model that fails is logged and skipped (its jobs fail as usual)."""
+        for model in models:
+            started_s = asyncio.get_running_loop().time()
+            try:
+                engine = await self.engine(model)
+                await engine.warmup()
+            except Exception as exc:
+                log.warning("preloading model %s failed: %s: %s", model, type(exc).__name__, exc)
+                continue
+            took_s = asyncio.get_running_loop().time() - started_s
+            log.info("model %s preloaded in %.1f s", model, took_s)
 
     async def run_batch(self, model: str, task: str, jobs: list[Job]) -> list[Any | BaseException]:
         """One result per job: the list of the engine's outputs for the job's inputs."""

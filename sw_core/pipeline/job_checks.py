@@ -51,6 +51,7 @@ PARAM_SCHEMAS: dict[str, dict[str, ParamSpec]] = {
         "do_sample": ParamSpec(bool),
         "temperature": ParamSpec(float, low=0, high=100, low_exclusive=True),
         "top_p": ParamSpec(float, low=0, high=1, low_exclusive=True),
+        "top_k": ParamSpec(int, low=0, high=1 << 20),
         "seed": ParamSpec(int, low=0, high=(1 << 63) - 1),
     },
     "forward": {
