@@ -9,6 +9,7 @@ batch in flight finishes within ``shutdown_grace_s``, untouched entries are hand
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
@@ -49,11 +50,14 @@ class Node:
     metrics: Any = None
     name: str = ""
     kind: str = ""
+    preloading: asyncio.Task[None] | None = None
 
     async def stop(self) -> None:
         """Drain the consumer, then stop the heartbeat and close everything."""
         if self.metrics is not None:
             self.metrics.stop()
+        if self.preloading is not None and not self.preloading.done():
+            self.preloading.cancel()
         try:
             if self.consumer is not None:
                 await self.consumer.stop()
@@ -86,6 +90,11 @@ async def start_node(ctx: dict[str, Any], *, settings: Settings, kind: str, cons
     node.metrics = maybe_start_metrics_server(settings)
     if consumer is not None:
         await consumer.start()
+    preload = [m.strip() for m in settings.preload_models.split(",") if m.strip()]
+    if preload and hasattr(handler, "preload"):
+        # in the background: heartbeats, loads and jobs go on meanwhile (a job for a model
+        # being preloaded waits for the same engine instead of opening another)
+        node.preloading = asyncio.create_task(handler.preload(preload), name="preload")
     return node
 
 
