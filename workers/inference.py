@@ -47,7 +47,10 @@ def job_requests(task: str, job: Job) -> list[dict[str, Any]]:
         options = {k: params[k] for k in keys if k in params}
         sampling = params.get("do_sample", "temperature" in params)
         options["temperature"] = float(params.get("temperature", 1.0)) if sampling else 0.0
-        return [{"text": text, **options} for text in job.inputs]
+        return [
+            {"messages" if isinstance(value, list) else "text": value, **options}
+            for value in job.inputs
+        ]
     raise ModelError(f"unknown task {task!r}")
 
 

@@ -25,6 +25,8 @@ TASKS: tuple[str, ...] = ("embed", "generate", "forward")
 MAX_INPUTS = 256
 #: Most fields in one stream entry and most entries in a params map.
 MAX_FIELDS = 32
+#: Most messages in one chat input of a generate job.
+MAX_CHAT_MESSAGES = 64
 
 _MAX_TOKEN_ID = (1 << 31) - 1
 
@@ -104,8 +106,11 @@ def check_inputs(task: str, inputs: Any, settings: Settings) -> list[Any]:
         raise JobError(f"{len(inputs)} inputs in one job; at most {MAX_INPUTS} are allowed")
     if task in ("embed", "generate"):
         for i, text in enumerate(inputs):
-            if not isinstance(text, str) or not text:
-                raise JobError(f"input {i} of a {task} job must be a non-empty string")
+            if task == "generate" and isinstance(text, list):
+                _check_chat(i, text)
+            elif not isinstance(text, str) or not text:
+                chat = " or a chat (a list of {role, content} maps)" if task == "generate" else ""
+                raise JobError(f"input {i} of a {task} job must be a non-empty string{chat}")
         return list(inputs)
     for i, seq in enumerate(inputs):
         if not isinstance(seq, list) or not seq:
@@ -120,6 +125,22 @@ def check_inputs(task: str, inputs: Any, settings: Settings) -> list[Any]:
                     f"input {i} of a forward job holds {short(token)}: token ids are ints >= 0"
                 )
     return [list(seq) for seq in inputs]
+
+
+def _check_chat(i: int, messages: list[Any]) -> None:
+    """A generate input given as chat messages (the tokenizer's chat template formats it)."""
+    if not messages or len(messages) > MAX_CHAT_MESSAGES:
+        raise JobError(f"input {i}: a chat holds 1 to {MAX_CHAT_MESSAGES} messages")
+    for message in messages:
+        if (
+            not isinstance(message, dict)
+            or set(message) != {"role", "content"}
+            or not all(isinstance(v, str) for v in message.values())
+        ):
+            raise JobError(
+                f"input {i}: each chat message is a map of 'role' and 'content' (text), "
+                f"got {short(message)}"
+            )
 
 
 def check_params(

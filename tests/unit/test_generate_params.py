@@ -19,3 +19,16 @@ def test_top_k_is_accepted_and_passed_to_the_engine() -> None:
     assert request["top_k"] == 5 and request["temperature"] == 1.0
     with pytest.raises(JobError, match="top_k"):
         validate_request("m", "generate", ["hi"], {"top_k": -1}, settings)
+
+
+def test_chat_messages_reach_the_engine_and_bad_ones_are_refused() -> None:
+    settings = Settings.from_env({})
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}]
+    _, _, inputs, params = validate_request("m", "generate", [chat, "plain"], {}, settings)
+    first, second = job_requests("generate", Job("j", "m", "generate", inputs, params))
+    assert first["messages"] == chat and second["text"] == "plain"
+    for bad in ([], [{"role": "user"}], [{"role": "user", "content": 3}], ["text"]):
+        with pytest.raises(JobError, match="chat"):
+            validate_request("m", "generate", [bad], {}, settings)
+    with pytest.raises(JobError, match="non-empty string"):
+        validate_request("m", "embed", [chat], {}, settings)
