@@ -106,6 +106,10 @@ def register(subparsers: Any) -> None:
     add_cli_flags(reg, REDIS_FLAGS + STORAGE_FLAGS)
     reg.set_defaults(handler=_register)
 
+    _register_models(subparsers)
+
+
+def _register_models(subparsers: Any) -> None:
     models = subparsers.add_parser(
         "models",
         help="list registered models",
