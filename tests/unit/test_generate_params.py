@@ -32,3 +32,19 @@ def test_chat_messages_reach_the_engine_and_bad_ones_are_refused() -> None:
             validate_request("m", "generate", [bad], {}, settings)
     with pytest.raises(JobError, match="non-empty string"):
         validate_request("m", "embed", [chat], {}, settings)
+
+
+def test_defaults_come_from_the_generation_config_and_the_job_wins() -> None:
+    from transformers import GenerationConfig
+
+    from workers.inference import generation_defaults
+
+    sampling = GenerationConfig(do_sample=True, temperature=0.6, top_p=0.9, max_new_tokens=900)
+    defaults = generation_defaults(sampling, max_new_tokens_limit=512)
+    assert defaults["do_sample"] is True and defaults["max_new_tokens"] == 512
+    job = Job("j", "m", "generate", ["hi"], {"temperature": 0.2})
+    [request] = job_requests("generate", job, defaults)
+    assert request["temperature"] == 0.2 and request["top_p"] == 0.9  # the job's own wins
+    assert generation_defaults(GenerationConfig(), 512) == {}  # greedy config: greedy default
+    [request] = job_requests("generate", Job("j", "m", "generate", ["hi"], {}), {})
+    assert request["temperature"] == 0.0
