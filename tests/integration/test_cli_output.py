@@ -44,3 +44,22 @@ def test_closed_pipe_ends_quietly(redis_url: str) -> None:
     assert len(done.stdout) == 10
     assert b"Traceback" not in done.stderr and b"BrokenPipe" not in done.stderr, done.stderr
     assert done.returncode == 141
+
+
+def test_chunk_verify_and_publish_give_json(tmp_path, capsys) -> None:
+    from sw_core.local.bundled import minilm_path
+    from tests.storage_helpers import make_chunk_set
+
+    make_chunk_set(tmp_path / "tiny")
+    assert main(["verify", str(tmp_path / "tiny"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is True and report["entries_checked"] == 6 and report["bad"] == []
+    assert main(["publish", str(tmp_path / "tiny"), "--to", str(tmp_path / "copy"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ok"] is True
+    (tmp_path / "tiny" / "block_000.safetensors").write_bytes(b"broken")
+    assert main(["verify", str(tmp_path / "tiny"), "--json"]) == 1
+    [bad] = json.loads(capsys.readouterr().out)["bad"]
+    assert bad["name"] == "block_000"
+    assert main(["chunk", str(minilm_path()), "--out", str(tmp_path / "m"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["model_class"] == "BertModel" and summary["blocks"] == 6
