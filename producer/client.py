@@ -1,22 +1,23 @@
 """The producer client: validates and submits jobs, waits for results.
 
-A job is written by one Lua call: its hash (status ``queued``, with the result TTL), its
-stream entry and the ``total_requests`` counter -- or nothing at all when the queue already
-holds ``max_queued_jobs`` jobs (:class:`~sw_core.exceptions.QueueFullError`). Results are
-read from the job hash; a waiter blocks on the job's done list with ``BLMOVE list list``
-(non-destructive, so any number of waiters wake) instead of polling. A generate job's tokens
-can be read while it runs with :meth:`Producer.stream`; :meth:`Producer.cancel` stops a job.
+A job is written by one Lua call: its stream entry, its hash (status ``queued``, with the
+result TTL, naming that entry as the only one that may run the job) and the ``total_requests``
+counter -- or nothing at all when the queue already holds ``max_queued_jobs`` jobs
+(:class:`~sw_core.exceptions.QueueFullError`). Results are read from the job hash; a waiter
+blocks on the job's done list with ``BLMOVE list list`` (non-destructive, so any number of
+waiters wake) instead of polling. A generate job's tokens can be read while it runs with
+:meth:`Producer.stream`; :meth:`Producer.cancel` stops a job.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any
 
-import msgpack
 from redis.asyncio import Redis
 
 from sw_core.exceptions import (
@@ -32,11 +33,16 @@ from sw_core.exceptions import (
 from sw_core.keys import Keys
 from sw_core.lua_scripts import lua_source
 from sw_core.pipeline.jobs import Job, encode_job, now_ms, validate_request
+from sw_core.pipeline.registry import ModelRegistry
+from sw_core.pipeline.results import unpack_result
 from sw_core.queue_redis import queue_redis
 from sw_core.settings import Settings
 
 #: Longest single block on the done list; the hash is re-read after each.
 _WAIT_SLICE_S = 1.0
+_STREAM_ID_RE = re.compile(r"\d{1,20}-\d{1,20}")
+#: How long a (model, task) pair found runnable is trusted before the registry is asked again.
+_CHECK_TTL_S = 10.0
 #: Fields of the job hash returned by :meth:`Producer.status` as integers.
 _INT_FIELDS = ("attempts", "submitted_ms", "started_ms", "finished_ms", "updated_ms")
 
@@ -55,6 +61,8 @@ class Producer:
         self.keys = Keys(self.settings.key_prefix)
         self._submit = self.redis.register_script(lua_source("job_submit"))
         self._cancel = self.redis.register_script(lua_source("job_cancel"))
+        self.registry = ModelRegistry(self.redis, self.settings)
+        self._runnable: dict[tuple[str, str], float] = {}
 
     async def __aenter__(self) -> Producer:
         return self
@@ -93,11 +101,14 @@ class Producer:
         Raises:
             QueueFullError: ``max_queued_jobs`` jobs are queued or pending; nothing was written.
             JobError: unknown task, bad inputs or params, payload over ``max_payload_bytes``.
+            ModelError: the model is not registered, or cannot run ``task`` (``generate`` on
+                an encoder); nothing is queued.
             NotReplicatedError: ``submit_wait_replicas`` replicas did not acknowledge the job
                 within ``submit_wait_timeout_ms`` (it is queued on the master).
             redis.exceptions.ConnectionError: Redis cannot be reached.
         """
         model, task, inputs, clean = validate_request(model, task, inputs, params, self.settings)
+        await self._check_model(model, task)
         submitted_ms = now_ms()
         deadline_ms = None
         if deadline_s is not None:
@@ -177,15 +188,27 @@ class Producer:
 
         return stream_events(self.redis, self.keys, job_id, timeout_s=timeout)
 
+    async def _check_model(self, model: str, task: str) -> None:
+        loop = asyncio.get_running_loop()
+        if self._runnable.get((model, task), 0.0) > loop.time():
+            return
+        await self.registry.check(model, task)
+        self._runnable[(model, task)] = loop.time() + _CHECK_TTL_S
+
     async def status(self, job_id: str) -> dict[str, Any]:
         """The job hash: ``status`` (queued, running, retrying, done, dead, cancelled,
         expired), ``attempts``,
         ``worker``, times in ms, ``error_type``/``error`` -- without the result bytes.
 
-        An unknown (or expired) job gives ``{"status": "unknown"}``.
+        A hand-added entry no worker has started yet (its job id is its entry id) is
+        ``queued``; an unknown (or expired) job gives ``{"status": "unknown"}``.
         """
         raw = await self.redis.hgetall(self.keys.job(job_id))
         if not raw:
+            if _STREAM_ID_RE.fullmatch(job_id) and await self.redis.xrange(
+                self.keys.jobs, job_id, job_id
+            ):
+                return {"job_id": job_id, "status": "queued"}
             return {"job_id": job_id, "status": "unknown"}
         out: dict[str, Any] = {"job_id": job_id}
         for name_b, value_b in raw.items():
@@ -220,7 +243,7 @@ class Producer:
             )
             status, result, error_type, error = fields
             if status == b"done":
-                return msgpack.unpackb(result, raw=False) if result is not None else None
+                return unpack_result(result) if result is not None else None
             if status == b"dead":
                 raise _job_error(error_type, error)
             if status == b"cancelled":

@@ -85,6 +85,10 @@ class JobError(SurfingError):
     transient = False
 
 
+class ResultTooLargeError(JobError):
+    """A job's result is over ``max_result_bytes`` (permanent: a rerun gives the same)."""
+
+
 class JobTimeoutError(SurfingError, TimeoutError):
     """Waiting for a job's result took longer than the caller allowed (the job may still
     finish: ask again)."""
@@ -139,6 +143,7 @@ ERROR_TYPES: dict[str, type[SurfingError]] = {
         ModelError,
         SecurityError,
         ConfigError,
+        ResultTooLargeError,
         JobError,
         JobTimeoutError,
         BatchTimeoutError,

@@ -96,11 +96,26 @@ class Keys:
         """Hash: model name -> where its chunks live (``s3://bucket/prefix`` or a folder)."""
         return f"{self.prefix}:models"
 
+    @property
+    def model_tasks(self) -> str:
+        """Hash: model name -> the tasks it can run (``embed,forward``), from its manifest."""
+        return f"{self.prefix}:model-tasks"
+
     # ---------------------------------------------------------------- counters and workers
     @property
     def stats(self) -> str:
         """Hash of counters: ``total_requests``, ``errors``, ``errors:<Type>``, cache and storage."""
         return f"{self.prefix}:stats"
+
+    @property
+    def stats_models(self) -> str:
+        """Hash of per-model job counters: ``completed:<model>``, ``failed:<model>``, ..."""
+        return f"{self.stats}:models"
+
+    def stats_window(self, bucket: int) -> str:
+        """Hash of ``total_requests`` and ``errors`` counted in one 10-second bucket
+        (``unix seconds // 10``), kept a day: the windowed alert reads the recent ones."""
+        return f"{self.stats}:w:{bucket}"
 
     def latency(self, task: str) -> str:
         """Hash of latency histogram buckets for one task."""

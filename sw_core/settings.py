@@ -111,6 +111,7 @@ class Settings:
     batch_timeout_s: float = 600.0
     result_ttl_s: int = 86_400
     max_payload_bytes: int = 1 << 20
+    max_result_bytes: int = 16 << 20
     heartbeat_interval_s: float = 2.0
     heartbeat_ttl_s: float = 10.0
     shutdown_grace_s: float = 30.0
@@ -134,6 +135,8 @@ class Settings:
     max_kv_cache_mb: int = 0
     #: Longest per-job token stream (entries, trimmed approximately); it expires with the result.
     token_stream_max_len: int = 10_000
+    #: Models a worker loads when it starts ("minilm,smollm2"), so their first job is warm.
+    preload_models: str = ""
 
     # Operations.
     metrics_port: int | None = None
@@ -146,6 +149,10 @@ class Settings:
     api_keys: Secret | None = None
     gateway_timeout_s: float = 300.0
     gateway_max_streams: int = 512
+    #: The alert judges errors / requests over this many recent seconds.
+    alert_window_s: int = 300
+    #: Worker log lines: "text" (date, level, logger, message) or "json" (one object a line).
+    log_format: str = "text"
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -205,10 +212,12 @@ class Settings:
             "claim_idle_ms",
             "max_deliveries",
             "max_payload_bytes",
+            "max_result_bytes",
             "s3_range_mb",
             "s3_concurrency",
             "max_active_sequences",
             "token_stream_max_len",
+            "alert_window_s",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -242,6 +251,15 @@ class Settings:
             raise ConfigError(
                 f"{ENV_PREFIX}GENERATE_BATCHING must be continuous or static, "
                 f"got {self.generate_batching!r}"
+            )
+        if self.alert_window_s > 86_400:
+            raise ConfigError(
+                f"{ENV_PREFIX}ALERT_WINDOW_S must be at most 86400 (one day of recent counts "
+                f"is kept), got {self.alert_window_s}"
+            )
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(
+                f"{ENV_PREFIX}LOG_FORMAT must be 'text' or 'json', got {self.log_format!r}"
             )
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.key_prefix):
             raise ConfigError(

@@ -63,6 +63,7 @@ MEANINGS: dict[str, str] = {
     "batch_timeout_s": "Longest a batch may run; its jobs then fail with `BatchTimeoutError` (retried, then dead-lettered). 0 = no limit.",
     "result_ttl_s": "How long job hashes (status, result) are kept.",
     "max_payload_bytes": "Largest job payload accepted (msgpack).",
+    "max_result_bytes": "Largest job result stored (msgpack, float arrays as float32); a larger one dead-letters the job with `ResultTooLargeError` naming its size.",
     "heartbeat_interval_s": "Workers write their heartbeat this often.",
     "heartbeat_ttl_s": "A worker silent this long counts as dead (`sw health`, `sw monitor`).",
     "shutdown_grace_s": "On SIGTERM a worker finishes its batch within this, then hands jobs back.",
@@ -71,7 +72,7 @@ MEANINGS: dict[str, str] = {
     "api_keys": "Comma-separated keys `sw serve` accepts as `Authorization: Bearer KEY` (secret: compared in constant time, never logged); unset = no keys, and the gateway listens on loopback only.",
     "gateway_timeout_s": "Deadline of one gateway request: a job not finished by then is cancelled and the client gets 504.",
     "gateway_max_streams": "Most requests the gateway holds open at once; one more gets 429 with `Retry-After`.",
-    "alert_error_rate": "`errors / total_requests` above this raises the alert (`sw stats --check`, `sw monitor --check`, `sw_alert`).",
+    "alert_error_rate": "`errors / requests` of the recent window (see below) above this raises the alert (`sw stats --check`, `sw monitor --check`, `sw_alert`).",
 }
 
 

@@ -6,8 +6,8 @@
 
 Importing this package does nothing else: both read their configuration from ``SW_*``
 environment variables (an unknown ``SW_*`` name is an error), check that Redis accepts
-their credentials and adapt arq when arq starts the worker. ``SW_HANDLER`` names the batch
-handler.
+their credentials, configure logging (:mod:`workers.logs`, ``SW_LOG_FORMAT``) and adapt arq
+when arq starts the worker. ``SW_HANDLER`` names the batch handler.
 """
 
 from __future__ import annotations
@@ -20,9 +20,12 @@ from workers.arq_compat import LazyWorkerSettings
 def _build(*, inference: bool) -> dict[str, Any]:
     from sw_core.settings import Settings as CoreSettings
     from workers.access import check_access
+    from workers.logs import configure_logging
     from workers.node import worker_options
 
     settings = CoreSettings.from_env()
+    # arq has configured its own logger by now; every line of this process gets one format
+    configure_logging(settings.log_format)
     check_access(settings)
     return worker_options(settings, inference=inference)
 

@@ -1,5 +1,6 @@
 """Starting a batch: jobs cancelled or past their deadline end here, the rest are marked
-running (poison entries, delivered too often, are dead-lettered)."""
+running (poison entries, delivered too often, and entries that reuse another job's id are
+dead-lettered)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import logging
 from sw_core.exceptions import JobError
 from sw_core.pipeline.jobs import Job
 from sw_core.pipeline.lifecycle import JobEnds
-from sw_core.pipeline.store import JobStore
+from sw_core.pipeline.store import START_DUPLICATE, START_LOST, JobStore
 from sw_core.settings import Settings
 from workers.outcomes import JobOutcomes
 
@@ -41,8 +42,10 @@ async def start_batch(
         return []
     runnable: list[Job] = []
     for job, deliveries in zip(live, starts, strict=True):
-        if deliveries == 0:
+        if deliveries == START_LOST:
             log.info("worker %s: %s is no longer ours; skipped", name, job.entry_id)
+        elif deliveries == START_DUPLICATE:
+            await outcomes.duplicate(job)
         elif deliveries < 0:
             poison = JobError(
                 f"entry {job.entry_id} was delivered {-deliveries} times, more than "

@@ -344,7 +344,10 @@ class JobConsumer:
                 self.loops.add(model, runnable)
                 handed = {job.entry_id for job in runnable}
             elif runnable:
-                await self.outcomes.finish(runnable, await self._invoke(model, task, runnable))
+                started_s = asyncio.get_running_loop().time()
+                results = await self._invoke(model, task, runnable)
+                duration_s = asyncio.get_running_loop().time() - started_s
+                await self.outcomes.finish(runnable, results, duration_s=duration_s)
         finally:
             for job in batch:
                 if job.entry_id not in handed:

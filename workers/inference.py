@@ -33,17 +33,39 @@ from workers.chunk_source import RemoteChunkSource
 log = logging.getLogger(__name__)
 
 
-def job_requests(task: str, job: Job) -> list[dict[str, Any]]:
-    """The engine requests of one job: one per input, with the job's params."""
-    params = dict(job.params)
+def generation_defaults(generation_config: Any, max_new_tokens_limit: int) -> dict[str, Any]:
+    """Generate params from the model's ``generation_config.json`` (what a job leaves out):
+    its sampling settings when it samples by default, and its ``max_new_tokens``."""
+    if generation_config is None:
+        return {}
+    out: dict[str, Any] = {}
+    if getattr(generation_config, "do_sample", False):
+        out["do_sample"] = True
+        for name in ("temperature", "top_p", "top_k"):
+            value = getattr(generation_config, name, None)
+            if value is not None:
+                out[name] = value
+    max_new = getattr(generation_config, "max_new_tokens", None)
+    if isinstance(max_new, int) and max_new > 0:
+        out["max_new_tokens"] = min(max_new, max_new_tokens_limit)
+    return out
+
+
+def job_requests(
+    task: str, job: Job, defaults: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """The engine requests of one job: one per input, with the job's params (``defaults``
+    fill the params the job leaves out)."""
+    params = {**(defaults or {}), **job.params}
     if task == "embed":
         options = {k: params[k] for k in ("normalize", "truncate", "details") if k in params}
         return [{"text": text, **options} for text in job.inputs]
     if task == "forward":
-        options = {k: params[k] for k in ("output",) if k in params}
+        options = {k: params[k] for k in ("output", "positions") if k in params}
         return [{"input_ids": list(ids), **options} for ids in job.inputs]
     if task == "generate":
-        options = {k: params[k] for k in ("max_new_tokens", "top_p", "seed", "chat") if k in params}
+        keys = ("max_new_tokens", "top_p", "top_k", "seed", "chat")
+        options = {k: params[k] for k in keys if k in params}
         sampling = params.get("do_sample", "temperature" in params)
         options["temperature"] = float(params.get("temperature", 1.0)) if sampling else 0.0
         # An input is a prompt (text) or a chat (a list of {role, content} messages).
@@ -91,13 +113,31 @@ class InferenceHandler:
                 log.info("model %s ready: %s", model, engine.plan.mode)
             return self._engines[model]
 
+    async def preload(self, models: list[str]) -> None:
+        """Open each model and fetch its chunks once (SW_PRELOAD_MODELS), so the first job
+        is warm; a model that fails is logged and skipped (its jobs fail as usual)."""
+        for model in models:
+            started_s = asyncio.get_running_loop().time()
+            try:
+                engine = await self.engine(model)
+                await engine.warmup()
+            except Exception as exc:
+                log.warning("preloading model %s failed: %s: %s", model, type(exc).__name__, exc)
+                continue
+            took_s = asyncio.get_running_loop().time() - started_s
+            log.info("model %s preloaded in %.1f s", model, took_s)
+
     async def run_batch(self, model: str, task: str, jobs: list[Job]) -> list[Any | BaseException]:
         """One result per job: the list of the engine's outputs for the job's inputs."""
         engine = await self.engine(model)
+        defaults: dict[str, Any] = {}
+        if task == "generate":
+            limit = self.settings.max_new_tokens_limit
+            defaults = generation_defaults(getattr(engine, "generation_config", None), limit)
         requests: list[dict[str, Any]] = []
         spans: list[tuple[int, int]] = []
         for job in jobs:
-            mine = job_requests(task, job)
+            mine = job_requests(task, job, defaults)
             spans.append((len(requests), len(requests) + len(mine)))
             requests.extend(mine)
         try:

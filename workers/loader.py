@@ -173,13 +173,20 @@ class ChunkLoader:
                     f"in {location}, not {sha256[:12]}...: the model was re-chunked; "
                     "restart the workers that hold the old manifest"
                 )
-            if not await self.cache.acontains(sha256):
+            started_s = time.monotonic()
+            if await self.cache.acontains(sha256):
+                log.info("chunk %s/%s already cached", model, chunk_name)
+            else:
                 store = self.store_for(model, location)
                 data = await store.load_verified(
                     chunk.file, sha256, max_size_bytes=chunk.size_bytes
                 )
                 self.storage_loads += 1
                 await self.cache.aput(sha256, data, verify=False)  # verified just above
+                log.info(
+                    "chunk %s/%s loaded from storage: %.1f MiB in %.3f s",
+                    model, chunk_name, len(data) / (1 << 20), time.monotonic() - started_s,
+                )  # fmt: skip
             outcome: dict[str, Any] = {"ok": True}
         except Exception as exc:
             self.loads_failed += 1

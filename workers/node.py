@@ -9,8 +9,10 @@ batch in flight finishes within ``shutdown_grace_s``, untouched entries are hand
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,8 +22,9 @@ from redis.asyncio import Redis
 from sw_core.keys import Keys
 from sw_core.ops.prometheus import maybe_start_metrics_server
 from sw_core.ops.stats import Counters
+from sw_core.pipeline.registry import ModelRegistry
 from sw_core.queue_redis import queue_redis
-from sw_core.settings import Settings
+from sw_core.settings import Settings, redact_url
 from workers.arq_compat import tolerate_redis_outages
 from workers.arq_redis import arq_redis_settings
 from workers.consumer import JobConsumer
@@ -46,11 +49,16 @@ class Node:
     consumer: JobConsumer | None = None
     handler: Any = None
     metrics: Any = None
+    name: str = ""
+    kind: str = ""
+    preloading: asyncio.Task[None] | None = None
 
     async def stop(self) -> None:
         """Drain the consumer, then stop the heartbeat and close everything."""
         if self.metrics is not None:
             self.metrics.stop()
+        if self.preloading is not None and not self.preloading.done():
+            self.preloading.cancel()
         try:
             if self.consumer is not None:
                 await self.consumer.stop()
@@ -76,25 +84,59 @@ async def start_node(ctx: dict[str, Any], *, settings: Settings, kind: str, cons
     heartbeat = Heartbeat(
         redis, settings, worker_id=name, kind=kind, report=report, counters=counters
     )
-    node = Node(settings, redis, loader, heartbeat, consumer, handler)
+    node = Node(settings, redis, loader, heartbeat, consumer, handler, name=name, kind=kind)
     ctx["loader"] = loader
     ctx["node"] = node
     await heartbeat.start()
     node.metrics = maybe_start_metrics_server(settings)
     if consumer is not None:
         await consumer.start()
-    log.info("%s worker %s started on %s", kind, name, Keys(settings.key_prefix).jobs)
+    preload = [m.strip() for m in settings.preload_models.split(",") if m.strip()]
+    if preload and hasattr(handler, "preload"):
+        # in the background: heartbeats, loads and jobs go on meanwhile (a job for a model
+        # being preloaded waits for the same engine instead of opening another)
+        node.preloading = asyncio.create_task(handler.preload(preload), name="preload")
     return node
 
 
+async def _banner(node: Node) -> str:
+    """The start-up line: who this worker is and what it works with (no password)."""
+    settings = node.settings
+    try:
+        models = ",".join(await ModelRegistry(node.redis, settings).all()) or "none registered"
+    except Exception as exc:  # the banner must not stop a worker
+        models = f"unknown ({type(exc).__name__})"
+    parts = [
+        f"worker {node.name} started: kind={node.kind}",
+        f"pid={os.getpid()}",
+        f"models={models}",
+        f"budget={settings.memory_budget_mb} MiB",
+        f"cache={settings.cache_size_mb} MiB",
+        f"max_batch={settings.max_batch_size}",
+        f"redis={redact_url(settings.redis_url)}",
+        f"prefix={settings.key_prefix}",
+    ]
+    if node.consumer is not None:
+        parts.append(f"handler={settings.handler}")
+    return " ".join(parts)
+
+
 async def _on_startup(ctx: dict[str, Any], *, settings: Settings, kind: str, consume: bool) -> None:
-    await start_node(ctx, settings=settings, kind=kind, consume=consume)
+    node = await start_node(ctx, settings=settings, kind=kind, consume=consume)
+    log.info(await _banner(node), extra={"event": "start", "worker": node.name})
 
 
 async def _on_shutdown(ctx: dict[str, Any]) -> None:
     node: Node | None = ctx.pop("node", None)
     if node is not None:
         await node.stop()
+        done = node.consumer.jobs_done if node.consumer is not None else 0
+        failed = node.consumer.jobs_failed if node.consumer is not None else 0
+        log.info(
+            "worker %s exits: %d jobs done, %d failed attempts, %d chunk loads from storage",
+            node.name, done, failed, node.loader.storage_loads,
+            extra={"event": "exit", "worker": node.name},
+        )  # fmt: skip
 
 
 def worker_options(settings: Settings, *, inference: bool) -> dict[str, Any]:

@@ -8,12 +8,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import msgpack
 from redis.asyncio import Redis
 
 from sw_core.exceptions import JobError, is_transient
 from sw_core.ops.metrics import record_job_latencies
 from sw_core.pipeline.jobs import Job
+from sw_core.pipeline.results import pack_result
 from sw_core.pipeline.store import JobStore
 from sw_core.retry import RetryPolicy, retry_async
 from workers.retry_mover import RetryMover
@@ -44,18 +44,25 @@ class JobOutcomes:
         self.jobs_done = 0
         self.jobs_failed = 0
 
-    async def finish(self, jobs: list[Job], results: list[Any]) -> None:
+    async def finish(
+        self, jobs: list[Job], results: list[Any], *, duration_s: float | None = None
+    ) -> None:
         """Store each result with its ack; failures (exceptions in ``results``) go to
-        :meth:`failed`."""
+        :meth:`failed`. Logs one line per job (``duration_s``: the batch's run time)."""
         done: list[tuple[Job, bytes]] = []
+        batch = len(jobs)
         for job, result in zip(jobs, results, strict=True):
             if isinstance(result, BaseException):
-                await self.failed(job, result)
+                await self.failed(job, result, batch=batch, duration_s=duration_s)
                 continue
             try:
-                packed = msgpack.packb(result, use_bin_type=True)
+                packed = pack_result(result, self.store.settings.max_result_bytes)
+            except JobError as exc:
+                await self.failed(job, exc, batch=batch, duration_s=duration_s)
+                continue
             except (TypeError, ValueError, OverflowError) as exc:
-                await self.failed(job, JobError(f"the job's result cannot be stored: {exc}"))
+                error = JobError(f"the job's result cannot be stored: {exc}")
+                await self.failed(job, error, batch=batch, duration_s=duration_s)
                 continue
             done.append((job, packed))
         if done:
@@ -64,9 +71,21 @@ class JobOutcomes:
             )
             self.jobs_done += sum(flags or [])
             finished = [job for (job, _), ok in zip(done, flags or [], strict=False) if ok]
+            for job, packed in done:
+                ok = job in finished
+                _job_line(job, "done" if ok else "finished elsewhere", batch, duration_s,
+                          f"result {len(packed)} bytes")  # fmt: skip
             await record_job_latencies(self.redis, finished, keys=self.store.keys)
 
-    async def failed(self, job: Job, exc: BaseException, *, reason: str | None = None) -> None:
+    async def failed(
+        self,
+        job: Job,
+        exc: BaseException,
+        *,
+        reason: str | None = None,
+        batch: int = 0,
+        duration_s: float | None = None,
+    ) -> None:
         """Retry a transient failure with backoff, dead-letter anything else."""
         self.jobs_failed += 1
         error_type = type(exc).__name__
@@ -74,15 +93,9 @@ class JobOutcomes:
         transient = reason is None and is_transient(exc)
         if transient and job.attempt < self.policy.attempts:
             delay_s = self.policy.delay_s(job.attempt)
-            log.info(
-                "job %s attempt %d/%d failed (%s: %s); retry in %.2f s",
-                job.job_id,
-                job.attempt,
-                self.policy.attempts,
-                error_type,
-                message,
-                delay_s,
-            )
+            _job_line(job, "retry", batch, duration_s,
+                      f"attempt {job.attempt}/{self.policy.attempts} failed ({error_type}: "
+                      f"{message}); retry in {delay_s:.2f} s")  # fmt: skip
             await self.with_retries(
                 lambda: self.store.retry(job, error_type, message, delay_s, self.name),
                 "schedule a retry",
@@ -90,16 +103,27 @@ class JobOutcomes:
             self.retry_mover.wake()
             return
         reason = reason or ("retries_exhausted" if transient else "permanent")
-        log.warning(
-            "job %s dead-lettered after attempt %d (%s): %s: %s",
-            job.job_id,
-            job.attempt,
-            reason,
-            error_type,
-            message,
-        )
+        _job_line(job, "dead", batch, duration_s,
+                  f"dead-lettered after attempt {job.attempt} ({reason}): {error_type}: "
+                  f"{message}", level=logging.WARNING)  # fmt: skip
         await self.with_retries(
             lambda: self.store.dead_letter_job(job, error_type, message, reason, self.name),
+            "write a dead letter",
+        )
+
+    async def duplicate(self, job: Job) -> None:
+        """Dead-letter an entry whose job id belongs to another job, leaving that job alone."""
+        self.jobs_failed += 1
+        job.counted = False  # nobody registered this entry, so nobody counted its request
+        message = (
+            f"job id {job.job_id} already belongs to a job that is not this entry's "
+            f"({job.entry_id}); the entry was not run and the job was left as it was"
+        )
+        log.warning("entry %s dead-lettered (duplicate_job_id): %s", job.entry_id, message)
+        await self.with_retries(
+            lambda: self.store.dead_letter_job(
+                job, "JobError", message, "duplicate_job_id", self.name, touch_job=False
+            ),
             "write a dead letter",
         )
 
@@ -111,3 +135,23 @@ class JobOutcomes:
         except Exception as exc:
             log.error("worker %s could not %s: %s", self.name, what, exc)
             return None
+
+
+def _job_line(
+    job: Job,
+    outcome: str,
+    batch: int,
+    duration_s: float | None,
+    detail: str,
+    *,
+    level: int = logging.INFO,
+) -> None:
+    """The one log line of a job's attempt: id, model, task, batch size, duration, outcome."""
+    took = "" if duration_s is None else f" duration={duration_s:.3f}s"
+    log.log(
+        level,
+        "job %s %s model=%s task=%s inputs=%d batch=%d%s: %s",
+        job.job_id, outcome, job.model, job.task, len(job.inputs), batch, took, detail,
+        extra={"job_id": job.job_id, "outcome": outcome, "model": job.model, "task": job.task,
+               "batch": batch, "duration_s": duration_s},
+    )  # fmt: skip

@@ -122,9 +122,13 @@ def chunk_model(
         >>> manifest = chunk_model("path/to/all-MiniLM-L6-v2", "chunks/minilm")  # doctest: +SKIP
     """
     out = Path(out_dir)
+    path = None if isinstance(source, torch.nn.Module) else Path(source)
+    if path is not None and not (path.is_dir() or (path.is_file() and path.suffix == ".gguf")):
+        what = "does not exist" if not path.exists() else "is neither a model folder nor a .gguf"
+        raise ModelError(f"cannot chunk {source}: it {what}")  # before any folder is made
     out.mkdir(parents=True, exist_ok=True)
     max_chunk_bytes = int(max_chunk_mb * (1 << 20))
-    if isinstance(source, torch.nn.Module):
+    if path is None:
         return _chunk_module(
             source,
             out,
@@ -134,14 +138,9 @@ def chunk_model(
             progress,
             str(type(source).__name__),
         )
-    path = Path(source)
-    if path.is_file() and path.suffix == ".gguf":
+    if path.is_file():
         return _chunk_gguf(path, out, name or path.stem, max_chunk_bytes, progress)
-    if path.is_dir():
-        return _chunk_folder(path, out, name or path.name, max_chunk_bytes, progress)
-    raise ModelError(
-        f"cannot chunk {source}: expected a model folder, a .gguf file or a model object"
-    )
+    return _chunk_folder(path, out, name or path.name, max_chunk_bytes, progress)
 
 
 def _default_name(model: torch.nn.Module) -> str:

@@ -1,4 +1,9 @@
-"""The ``sw`` command: one sub-command module per concern, each with a ``register``."""
+"""The ``sw`` command: one sub-command module per concern, each with a ``register``.
+
+Output rules for every command (helpers in :mod:`sw_core.cli.output`): data on stdout (JSON
+with ``--json`` where a command has structured output), messages on stderr, exit status 141
+without a traceback when stdout's reader goes away.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from sw_core.cli.output import closed_pipe
 from sw_core.exceptions import SurfingError
 
 #: Modules under ``sw_core.cli`` that add sub-commands; each has ``register(subparsers)``.
@@ -45,7 +51,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
-        return int(handler(args) or 0)
+        status = int(handler(args) or 0)
+        sys.stdout.flush()  # a reader gone away shows here, not at interpreter exit
+        return status
+    except BrokenPipeError:
+        return closed_pipe()
     except SurfingError as exc:
         print(f"sw {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2

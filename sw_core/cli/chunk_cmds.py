@@ -31,6 +31,7 @@ def register(subparsers: Any) -> None:
         default=DEFAULT_MAX_CHUNK_MB,
         help="split embedding/head matrices larger than this into row shards (0: never)",
     )
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(handler=_chunk)
 
 
@@ -42,6 +43,14 @@ def _chunk(args: argparse.Namespace) -> int:
             args.source, args.out, name=args.name, max_chunk_mb=args.max_chunk_mb, progress=progress
         )
     largest = max(manifest.chunks, key=lambda c: c.size_bytes)
+    if args.json:
+        from sw_core.cli.output import data_json
+
+        data_json({"name": manifest.name, "model_class": manifest.model_class,
+                   "chunks": len(manifest.chunks), "blocks": len(manifest.blocks()),
+                   "total_bytes": manifest.total_bytes, "largest": largest.name,
+                   "out": str(args.out)})  # fmt: skip
+        return 0
     print(
         f"{manifest.name}: {manifest.model_class}, {len(manifest.chunks)} chunks "
         f"({len(manifest.blocks())} blocks), {mib(manifest.total_bytes):.1f} MiB, "

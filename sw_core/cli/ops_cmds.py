@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import sys
 import time
 from typing import Any
@@ -106,6 +107,11 @@ def _register_health(subparsers: Any) -> None:
         help="worker kinds that must heartbeat, comma-separated ('' for none)",
     )
     parser.add_argument("--no-storage", action="store_true", help="skip the storage checks")
+    parser.add_argument(
+        "--this-host",
+        action="store_true",
+        help="only workers on this host count (a container's health check: its own worker)",
+    )
     add_cli_flags(parser, HEALTH_FLAGS)
     parser.set_defaults(handler=_health)
 
@@ -237,7 +243,10 @@ def _health(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     kinds = [k.strip() for k in args.require.split(",") if k.strip()]
-    report = check_health(settings, require_kinds=kinds, check_storage=not args.no_storage)
+    host = socket.gethostname() if args.this_host else None
+    report = check_health(
+        settings, require_kinds=kinds, check_storage=not args.no_storage, host=host
+    )
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
@@ -280,23 +289,21 @@ def _dlq_list(dlq: Any, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([letter.as_dict() for letter in letters], indent=2, default=str))
         return 0
-    table = Table(title=f"Dead letters: {len(letters)} of {total}")
-    for name in ("id", "job", "model/task", "error", "reason", "att", "rep", "age"):
-        table.add_column(name, no_wrap=name != "error", overflow="fold")
+    # One block per letter, ids whole on their own columns (pasteable into `sw dlq show`),
+    # the error wrapped below: fits 80 columns, also when piped.
+    console = Console()
+    console.print(Text(f"Dead letters: {len(letters)} of {total}", style="bold"))
     now_ms = time.time() * 1000
     for letter in letters:
         age = "" if not letter.last_failure_ms else _age((now_ms - letter.last_failure_ms) / 1000)
-        table.add_row(
-            letter.id,
-            letter.job_id[:12],
-            f"{letter.model}/{letter.task}",
-            f"{letter.error_type}: {letter.error[:80]}",
-            letter.reason,
-            str(letter.attempts),
-            str(letter.replays),
-            age,
-        )
-    Console().print(table)
+        head = Text(no_wrap=False, overflow="fold")
+        head.append(letter.id, style="bold")
+        head.append(f"  {letter.reason}  {letter.model}/{letter.task}  ")
+        head.append(f"attempts {letter.attempts}  replays {letter.replays}  {age} ago", style="dim")
+        console.print(head)
+        console.print(Text(f"  job {letter.job_id}", overflow="fold"))
+        error = Text(f"  {letter.error_type}: {letter.error[:300]}", style="red", overflow="fold")
+        console.print(error)
     return 0
 
 
@@ -372,7 +379,7 @@ def _metrics(args: argparse.Namespace) -> int:
     port = args.port if args.port is not None else (settings.metrics_port or DEFAULT_METRICS_PORT)
     server = start_metrics_server(port, settings, host=args.host)
     print(f"serving {server.url} (cluster-wide, from {redact_url(settings.redis_url)}); Ctrl-C stops",
-          flush=True)  # fmt: skip
+          file=sys.stderr, flush=True)  # fmt: skip
     try:
         while True:
             time.sleep(3600)

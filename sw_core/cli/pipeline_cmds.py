@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import json
 import sys
 from typing import Any
 
+from sw_core.cli.output import data, data_json, say
 from sw_core.exceptions import ConfigError, JobTimeoutError, SurfingError
 from sw_core.pipeline.jobs import TASKS, coerce_params
 from sw_core.queue_redis import queue_redis
@@ -19,14 +18,17 @@ REDIS_FLAGS = ["redis_url", "key_prefix"]
 #: Storage settings ``sw register`` takes as flags to read the chunk set it registers.
 STORAGE_FLAGS = ["s3_endpoint", "s3_access_key", "s3_secret_key", "s3_secure", "s3_region"]
 
-#: Exit status when a job was dead-lettered / did not finish in time / the queue was full.
+#: Exit status when a job was dead-lettered / did not finish in time / is not known at all /
+#: the queue was full.
 EXIT_DEAD = 1
 EXIT_NOT_DONE = 3
-EXIT_QUEUE_FULL = 4
+EXIT_UNKNOWN = 4
+EXIT_QUEUE_FULL = 5
 
 _RESULT_EXIT = (
     "Exit status: 0 done; 1 the job was dead-lettered, cancelled or expired (why on stderr); "
-    "3 not finished within --timeout (or, without --wait, not finished yet); 2 bad input or "
+    "3 not finished within --timeout (or, without --wait, not finished yet); 4 no such job "
+    "(never submitted, or expired after SW_RESULT_TTL_S): do not poll again; 2 bad input or "
     "settings."
 )
 
@@ -35,11 +37,14 @@ def register(subparsers: Any) -> None:
     submit = subparsers.add_parser(
         "submit",
         help="submit a job to the pipeline",
-        description="Validate a job and add it to the jobs stream; prints its job id.",
-        epilog="With --wait, the result follows as one line of JSON; with --stream, the "
-        "generated text is printed as it comes, then the result. "
-        + _RESULT_EXIT
-        + " 4: the queue is full (SW_MAX_QUEUED_JOBS), nothing was submitted: try later.",
+        description=(
+            "Validate a job and add it to the jobs stream; prints its job id (with --json: "
+            '{"job_id": ...}). With --wait, stdout gets only the result, as one line of JSON '
+            "(the job id goes to stderr), so `sw submit ... --wait | jq` works; with --stream, "
+            "the generated text as it comes, then the result."
+        ),
+        epilog=_RESULT_EXIT
+        + " 5: the queue is full (SW_MAX_QUEUED_JOBS), nothing was submitted: try later.",
     )
     submit.add_argument("model", metavar="MODEL", help="registered model name")
     submit.add_argument("--task", choices=TASKS, default="embed", help="default: embed")
@@ -74,6 +79,7 @@ def register(subparsers: Any) -> None:
         help="the job must end within S seconds (not started later; generate stops then)",
     )
     submit.add_argument("--timeout", type=float, default=60.0, metavar="S", help="default: 60")
+    submit.add_argument("--json", action="store_true", help='print {"job_id": ...} as JSON')
     add_cli_flags(submit, REDIS_FLAGS)
     submit.set_defaults(handler=_submit)
 
@@ -108,6 +114,7 @@ def register(subparsers: Any) -> None:
         help="register without reading the chunk set (a folder on other machines only, an "
         "S3 location not reachable from here)",
     )
+    reg.add_argument("--json", action="store_true", help="print name, location, tasks as JSON")
     reg.add_argument(
         "--pin",
         action="store_true",
@@ -117,11 +124,16 @@ def register(subparsers: Any) -> None:
     add_cli_flags(reg, REDIS_FLAGS + STORAGE_FLAGS)
     reg.set_defaults(handler=_register)
 
+    _register_models(subparsers)
+
+
+def _register_models(subparsers: Any) -> None:
     models = subparsers.add_parser(
         "models",
         help="list registered models",
         description="One line per model: NAME LOCATION (from sw:models and SW_MODELS).",
     )
+    models.add_argument("--json", action="store_true", help="print {NAME: LOCATION} as JSON")
     add_cli_flags(models, REDIS_FLAGS)
     models.set_defaults(handler=_models)
 
@@ -155,13 +167,17 @@ async def _submit_async(
                 args.model, args.task, inputs, deadline_s=args.deadline, **params
             )
         except QueueFullError as exc:
-            print(f"sw submit: QueueFullError: {exc}", file=sys.stderr)
+            say(f"sw submit: QueueFullError: {exc}")
             return EXIT_QUEUE_FULL
-        print(job_id, flush=True)
+        if not (args.wait or args.stream):
+            if args.json:
+                data_json({"job_id": job_id})
+            else:
+                data(job_id)
+            return 0
+        say(f"sw submit: job {job_id} queued; waiting for its result")
         if args.stream:
             await print_stream(producer, job_id, args.timeout)
-        elif not args.wait:
-            return 0
         return await _wait_and_print(producer, job_id, args.timeout)
 
 
@@ -173,12 +189,19 @@ async def _result_async(settings: Settings, args: argparse.Namespace) -> int:
     from producer import Producer
 
     async with Producer(settings=settings) as producer:
+        status = await producer.status(args.job_id)
+        if status["status"] == "unknown":
+            print(
+                f"sw result: no job {args.job_id}: never submitted, or expired "
+                f"(results are kept SW_RESULT_TTL_S={settings.result_ttl_s} s)",
+                file=sys.stderr,
+            )
+            return EXIT_UNKNOWN
         if args.wait:
             return await _wait_and_print(producer, args.job_id, args.timeout)
-        status = await producer.status(args.job_id)
         if status["status"] == "done":
             status["result"] = await producer.result(args.job_id, timeout=1)
-        print(_json(status))
+        data_json(status)
         if status["status"] in ("dead", "cancelled", "expired"):
             return EXIT_DEAD
         return 0 if status["status"] == "done" else EXIT_NOT_DONE
@@ -193,24 +216,24 @@ async def _wait_and_print(producer: Any, job_id: str, timeout_s: float) -> int:
     except SurfingError as exc:
         print(f"sw: job {job_id} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_DEAD
-    print(_json(result))
+    data_json(result)
     return 0
 
 
 def _register(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
 
-    async def run() -> tuple[str, str]:
+    async def run() -> tuple[str, str, tuple[str, ...] | None]:
 
         from sw_core.architectures import check_architecture
         from sw_core.chunks.pin import pin_location
-        from sw_core.pipeline.registry import ModelRegistry
+        from sw_core.pipeline.registry import ModelRegistry, tasks_of
         from sw_core.storage.location import check_location
         from sw_core.utils import human_bytes
 
         if args.pin and args.no_check:
             raise ConfigError("--pin reads the manifest: it cannot go with --no-check")
-        location, about = args.location, ""
+        location, about, tasks = args.location, "", None
         if not args.no_check:
             location = check_location(location, must_exist=True)
             manifest, raw = await _read_manifest(location, settings)
@@ -219,14 +242,18 @@ def _register(args: argparse.Namespace) -> int:
                 f" (chunk set {manifest.name!r}: {len(manifest.chunks)} chunks, "
                 f"{human_bytes(manifest.total_bytes)})"
             )
+            tasks = tasks_of(manifest)
             if args.pin:
                 location = pin_location(location, raw)
         async with queue_redis(settings) as redis:
             registry = ModelRegistry(redis, settings)
-            return await registry.register(args.name, location), about
+            return await registry.register(args.name, location, tasks=tasks), about, tasks
 
-    location, about = asyncio.run(run())
-    print(f"{args.name} -> {location}{about}")
+    location, about, tasks = asyncio.run(run())
+    if args.json:
+        data_json({"name": args.name, "location": location, "tasks": list(tasks or [])})
+    else:
+        data(f"{args.name} -> {location}{about}")
     return 0
 
 
@@ -250,11 +277,14 @@ def _models(args: argparse.Namespace) -> int:
             return await ModelRegistry(redis, settings).all()
 
     models = asyncio.run(run())
+    if args.json:
+        data_json(models)
+        return 0
     if not models:
-        print("no models registered: sw register NAME LOCATION", file=sys.stderr)
+        say("no models registered: sw register NAME LOCATION")
     width = max((len(name) for name in models), default=0)
     for name, location in models.items():
-        print(f"{name:<{width}}  {location}")
+        data(f"{name:<{width}}  {location}")
     return 0
 
 
@@ -274,12 +304,3 @@ def _token_ids(text: str) -> list[int]:
         return [int(part) for part in text.replace(" ", "").split(",") if part]
     except ValueError:
         raise ConfigError(f"--tokens {text!r} is not a comma-separated list of ints") from None
-
-
-def _json(value: Any) -> str:
-    def default(obj: Any) -> Any:
-        if isinstance(obj, (bytes, bytearray, memoryview)):
-            return base64.b64encode(bytes(obj)).decode()
-        raise TypeError(f"{type(obj).__name__} is not JSON serializable")
-
-    return json.dumps(value, default=default, ensure_ascii=False)

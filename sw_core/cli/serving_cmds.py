@@ -7,12 +7,13 @@ import asyncio
 import sys
 from typing import Any
 
+from sw_core.cli.output import data
 from sw_core.settings import add_cli_flags, settings_from_args
 
 #: Settings this command takes as flags too.
 REDIS_FLAGS = ["redis_url", "key_prefix"]
-#: Exit status when there is no such job.
-EXIT_UNKNOWN = 1
+#: Exit status when there is no such job (as for ``sw result``).
+EXIT_UNKNOWN = 4
 
 
 def register(subparsers: Any) -> None:
@@ -22,7 +23,7 @@ def register(subparsers: Any) -> None:
         description="A queued job never runs; a running generate job stops at its next step. "
         "Prints the job's status after the call: cancelled, cancelling (running: its worker "
         "stops it), or the status it had already ended with (done, dead, expired).",
-        epilog="Exit status: 0 cancelled, cancelling or already ended; 1 no such job (or it "
+        epilog="Exit status: 0 cancelled, cancelling or already ended; 4 no such job (or it "
         "expired from Redis); 2 Redis unreachable.",
     )
     cancel.add_argument("job_id", metavar="JOB_ID")
@@ -40,7 +41,7 @@ def _cancel(args: argparse.Namespace) -> int:
             return await producer.cancel(args.job_id)
 
     status = asyncio.run(run())
-    print(status)
+    data(status)
     return EXIT_UNKNOWN if status == "unknown" else 0
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sw_core.chunks.manifest import MANIFEST_FILE, Manifest
+from sw_core.cli.output import data_json
 from sw_core.exceptions import SurfingError
 from sw_core.progress import Progress, progress_bar
 from sw_core.settings import Settings, add_cli_flags, settings_from_args
@@ -32,7 +34,8 @@ STORAGE_FLAGS = [
 
 _OUTPUT = (
     "Output: one line per bad entry on stdout ('BAD <chunk> (<file>): <problem>'), then a "
-    "summary line on stdout ('OK ...' or 'FAILED ...'); a progress bar on stderr when it is "
+    "summary line on stdout ('OK ...' or 'FAILED ...'), or with --json one JSON report; a "
+    "progress bar on stderr when it is "
     "a terminal. S3 endpoint and keys come from SW_S3_ENDPOINT, SW_S3_ACCESS_KEY, "
     "SW_S3_SECRET_KEY (or the flags above)."
 )
@@ -57,6 +60,7 @@ def register(subparsers: Any) -> None:
         epilog=_OUTPUT + _VERIFY_EXIT,
     )
     verify.add_argument("location", metavar="DIR|s3://BUCKET/PREFIX", help="the chunk set")
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
     add_cli_flags(verify, STORAGE_FLAGS)
     verify.set_defaults(handler=_verify)
 
@@ -73,18 +77,26 @@ def register(subparsers: Any) -> None:
     publish.add_argument(
         "--to", required=True, metavar="s3://BUCKET/PREFIX", help="destination (or a folder)"
     )
+    publish.add_argument("--json", action="store_true", help="print the report as JSON")
+    publish.add_argument(
+        "--create-bucket", action="store_true", help="create the S3 bucket first unless it exists"
+    )
     add_cli_flags(publish, STORAGE_FLAGS)
     publish.set_defaults(handler=_publish)
 
 
 # ---------------------------------------------------------------------- handlers
 def _verify(args: argparse.Namespace) -> int:
-    return asyncio.run(_verify_async(args.location, settings_from_args(args)))
+    return asyncio.run(_verify_async(args.location, settings_from_args(args), args.json))
 
 
 def _publish(args: argparse.Namespace) -> int:
     try:
-        return asyncio.run(_publish_async(args.folder, args.to, settings_from_args(args)))
+        return asyncio.run(
+            _publish_async(
+                args.folder, args.to, settings_from_args(args), args.create_bucket, args.json
+            )
+        )
     except SurfingError as exc:
         print(
             f"FAILED publish {args.folder} -> {args.to}: {type(exc).__name__}: {exc}",
@@ -93,7 +105,7 @@ def _publish(args: argparse.Namespace) -> int:
         return 1
 
 
-async def _verify_async(location: str, settings: Settings) -> int:
+async def _verify_async(location: str, settings: Settings, as_json: bool = False) -> int:
     from sw_core.chunks.chunk_set import ChunkSet
     from sw_core.chunks.verify import verify_chunk_set
 
@@ -102,15 +114,29 @@ async def _verify_async(location: str, settings: Settings) -> int:
         total_bytes = _payload_bytes(manifest)
         with progress_bar(f"verify {manifest.name}", total_bytes, unit_bytes=True) as bar:
             report = await verify_chunk_set(chunk_set.backend, manifest, progress=_forward(bar))
-    return _print_report(report, action="verified")
+    return _print_report(report, action="verified", as_json=as_json)
 
 
-async def _publish_async(folder: Path, destination: str, settings: Settings) -> int:
+async def _publish_async(
+    folder: Path,
+    destination: str,
+    settings: Settings,
+    create_bucket: bool = False,
+    as_json: bool = False,
+) -> int:
     from sw_core.chunks.verify import publish_chunk_set
     from sw_core.storage import backend_from_location
 
     manifest = Manifest.load(folder)
     backend = backend_from_location(destination, settings)
+    ensure = getattr(backend, "ensure_bucket", None)
+    if create_bucket and ensure is not None:
+        try:
+            if await ensure():
+                print(f"created bucket {backend.bucket_name}", file=sys.stderr)
+        except BaseException:
+            await backend.close()
+            raise
     manifest_bytes = (folder / MANIFEST_FILE).stat().st_size
     # One bar over both phases: upload (data + manifest), then verify (data).
     total_bytes = 2 * _payload_bytes(manifest) + manifest_bytes
@@ -119,7 +145,7 @@ async def _publish_async(folder: Path, destination: str, settings: Settings) -> 
             report = await publish_chunk_set(folder, backend, progress=_forward(bar))
     finally:
         await backend.close()
-    return _print_report(report, action=f"published from {folder} and verified")
+    return _print_report(report, action=f"published from {folder} and verified", as_json=as_json)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -138,7 +164,13 @@ def _forward(bar: Progress) -> ProgressFn:
     return report
 
 
-def _print_report(report: VerifyReport, *, action: str) -> int:
+def _print_report(report: VerifyReport, *, action: str, as_json: bool = False) -> int:
+    if as_json:
+        data_json({"location": report.location, "model": report.model, "ok": report.ok,
+                   "entries_checked": report.entries_checked,
+                   "bytes_checked": report.bytes_checked,
+                   "bad": [dataclasses.asdict(bad) for bad in report.bad]})  # fmt: skip
+        return 0 if report.ok else 1
     for bad in report.bad:
         print(f"BAD {bad}")
     if report.ok:

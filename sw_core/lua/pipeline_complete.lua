@@ -3,13 +3,22 @@
 -- is skipped whole: its result is not written twice and nothing is counted twice.
 -- KEYS[1] jobs stream, KEYS[2] stats hash, then per job: job hash, done list
 -- ARGV[1] group, ARGV[2] ttl_s, ARGV[3] now_ms, ARGV[4] worker,
---   then 3 values per job: entry_id, msgpack result, count_request ('1' when
---   total_requests was not counted for this job yet)
--- Counter names are those of sw_core/stats.py.
+--   then 4 values per job: entry_id, msgpack result, count_request ('1' when
+--   total_requests was not counted for this job yet), model
+-- Counter names are those of sw_core/stats.py; per-model counts go to <stats key>:models
+-- (field completed:<model>).
+-- Recent counts for the windowed alert: 10-second buckets <stats key>:w:<unix s // 10>,
+-- kept a day (WINDOW_BUCKET_S and WINDOW_TTL_S of sw_core/ops/stats.py).
+local function window_add(stats_key, field, n)
+  local t = redis.call('TIME')
+  local bucket = stats_key .. ':w:' .. math.floor(tonumber(t[1]) / 10)
+  redis.call('HINCRBY', bucket, field, n)
+  redis.call('EXPIRE', bucket, 86460)
+end
 local out = {}
 local completed, requests = 0, 0
 for i = 1, (#KEYS - 2) / 2 do
-  local b = 4 + (i - 1) * 3
+  local b = 4 + (i - 1) * 4
   local entry = ARGV[b + 1]
   if redis.call('XACK', KEYS[1], ARGV[1], entry) == 1 then
     redis.call('XDEL', KEYS[1], entry)
@@ -22,6 +31,7 @@ for i = 1, (#KEYS - 2) / 2 do
     redis.call('RPUSH', done, '1')
     redis.call('EXPIRE', done, ARGV[2])
     completed = completed + 1
+    redis.call('HINCRBY', KEYS[2] .. ':models', 'completed:' .. ARGV[b + 4], 1)
     if ARGV[b + 3] == '1' then requests = requests + 1 end
     out[i] = 1
   else
@@ -29,5 +39,8 @@ for i = 1, (#KEYS - 2) / 2 do
   end
 end
 if completed > 0 then redis.call('HINCRBY', KEYS[2], 'completed', completed) end
-if requests > 0 then redis.call('HINCRBY', KEYS[2], 'total_requests', requests) end
+if requests > 0 then
+  redis.call('HINCRBY', KEYS[2], 'total_requests', requests)
+  window_add(KEYS[2], 'total_requests', requests)
+end
 return out

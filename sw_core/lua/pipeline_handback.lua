@@ -11,7 +11,12 @@ local fields = {}
 for i = 4, #ARGV do
   fields[#fields + 1] = ARGV[i]
 end
-if redis.call('HGET', KEYS[2], 'status') == 'running' then
-  redis.call('HSET', KEYS[2], 'status', 'queued', 'updated_ms', ARGV[3])
+local entry = redis.call('XADD', KEYS[1], '*', unpack(fields))
+if redis.call('HGET', KEYS[2], 'entry_id') == ARGV[2] then
+  -- the job's own entry: the new one takes its place
+  redis.call('HSET', KEYS[2], 'entry_id', entry)
+  if redis.call('HGET', KEYS[2], 'status') == 'running' then
+    redis.call('HSET', KEYS[2], 'status', 'queued', 'updated_ms', ARGV[3])
+  end
 end
-return redis.call('XADD', KEYS[1], '*', unpack(fields))
+return entry

@@ -65,7 +65,7 @@ def _title(stats: Mapping[str, Any], source: str, interval_s: float | None) -> T
 def _alert_line(stats: Mapping[str, Any]) -> Text:
     if stats.get("alert"):
         text = f"ALERT: {stats.get('alert_reason')}"
-        return Text(text, style="bold white on red", no_wrap=True, overflow="ellipsis")
+        return Text(text, style="bold white on red", overflow="fold")  # wraps, never cut
     threshold = stats.get("alert_error_rate", 0.0)
     return Text(f"ok: error rate under the {threshold:.0%} alert threshold", style="green")
 
@@ -105,7 +105,9 @@ def _queue_panel(stats: Mapping[str, Any]) -> Panel:
 
 
 def _jobs_panel(stats: Mapping[str, Any]) -> Panel:
-    rate = float(stats.get("error_rate", 0.0))
+    rate = float(stats.get("recent_error_rate", 0.0))
+    window_s = int(stats.get("alert_window_s", 300))
+    label = f"errors {window_s // 60}m" if window_s % 60 == 0 else f"errors {window_s}s"
     rows = [
         ("requests", _n(stats.get("total_requests", 0)), ""),
         ("completed", _n(stats.get("completed", 0)), "green"),
@@ -113,7 +115,7 @@ def _jobs_panel(stats: Mapping[str, Any]) -> Panel:
         ("retried", _n(stats.get("retried", 0)), ""),
         ("dead-lettered", _n(stats.get("dead_lettered", 0)), ""),
         ("errors", _n(stats.get("errors", 0)), "red" if stats.get("errors") else ""),
-        ("error rate", f"{rate:.1%}", "bold red" if stats.get("alert") else ""),
+        (label, f"{rate:.1%}", "bold red" if stats.get("alert") else ""),
         ("threshold", f"{float(stats.get('alert_error_rate', 0.0)):.1%}", "dim"),
     ]
     return _pairs_panel("Jobs", rows)
@@ -127,9 +129,9 @@ def _cache_panel(stats: Mapping[str, Any]) -> Panel:
         ("evictions", _n(stats.get("cache_evictions", 0)), ""),
         ("size", f"{_mib(used)}/{_mib(budget)}", ""),
         ("chunks", _n(stats.get("cache_chunks", 0)), ""),
-        ("storage read", _mib(stats.get("storage_bytes_read", 0)), ""),
+        ("read", _mib(stats.get("storage_bytes_read", 0)), ""),
         ("failovers", _n(stats.get("storage_failovers", 0)), ""),
-        ("integrity fails", _n(stats.get("integrity_failures", 0)),
+        ("integrity", _n(stats.get("integrity_failures", 0)),
          "red" if stats.get("integrity_failures") else ""),
     ]  # fmt: skip
     return _pairs_panel("Cache & storage", rows)
@@ -176,7 +178,7 @@ def _errors_panel(stats: Mapping[str, Any]) -> Panel:
 
 def _workers_panel(stats: Mapping[str, Any], rows: int) -> Panel:
     table = Table(box=None, padding=(0, 1), expand=True, show_edge=False)
-    table.add_column("worker", no_wrap=True, overflow="ellipsis", max_width=30)
+    table.add_column("worker", no_wrap=True, overflow="fold")  # ids are never cut
     table.add_column("kind", no_wrap=True)
     table.add_column("doing", no_wrap=True, overflow="ellipsis", ratio=1)
     table.add_column("done", justify="right", no_wrap=True)

@@ -75,6 +75,7 @@ def check_health(
     *,
     require_kinds: Sequence[str] = DEFAULT_REQUIRED_KINDS,
     check_storage: bool = True,
+    host: str | None = None,
 ) -> HealthReport:
     """Run every check (blocking, each network call bounded by :data:`CHECK_TIMEOUT_S`).
 
@@ -82,6 +83,8 @@ def check_health(
         settings: what to check (Redis URL, S3, backup folder, heartbeat TTL).
         require_kinds: worker kinds that must have at least one live worker.
         check_storage: also check S3 and the folders.
+        host: only workers on this host count (a container's health check: its own
+            worker, not any worker of the cluster).
     """
     import redis
 
@@ -106,7 +109,7 @@ def check_health(
         models = _registered_models(client, settings)
         if check_storage:
             report.checks.extend(_storage_checks(settings, models, timeout_s))
-        report.checks.extend(_worker_checks(settings, require_kinds))
+        report.checks.extend(_worker_checks(settings, require_kinds, host))
         return report
     finally:
         client.close()
@@ -117,10 +120,15 @@ async def check_health_async(
     *,
     require_kinds: Sequence[str] = DEFAULT_REQUIRED_KINDS,
     check_storage: bool = True,
+    host: str | None = None,
 ) -> HealthReport:
     """:func:`check_health` in a thread, for asyncio callers (readiness endpoints)."""
     return await asyncio.to_thread(
-        check_health, settings, require_kinds=require_kinds, check_storage=check_storage
+        check_health,
+        settings,
+        require_kinds=require_kinds,
+        check_storage=check_storage,
+        host=host,
     )
 
 
@@ -289,21 +297,27 @@ def _folder_check(name: str, folder: Path) -> Check:
 
 
 # ---------------------------------------------------------------------------- workers
-def _worker_checks(settings: Settings, require_kinds: Sequence[str]) -> list[Check]:
+def _worker_checks(
+    settings: Settings, require_kinds: Sequence[str], host: str | None = None
+) -> list[Check]:
     with StreamingMonitor(settings=settings) as monitor:
         stats = monitor.get_stats_sync()
     checks: list[Check] = []
     ttl = settings.heartbeat_ttl_s
     for kind in require_kinds:
         live = [w for w in stats["workers"] if w["kind"] == kind]
+        where, name = "", f"{kind} workers"
+        if host is not None:
+            live = [w for w in live if w.get("host") == host]
+            where, name = f" on host {host}", f"{kind} worker on {host}"
         if live:
             newest = min(w["age_s"] for w in live)
             checks.append(
-                Check(f"{kind} workers", "ok", f"{len(live)} heartbeating, last {newest:.1f}s ago")
+                Check(name, "ok", f"{len(live)} heartbeating{where}, last {newest:.1f}s ago")
             )
         else:
             checks.append(
-                Check(f"{kind} workers", "fail", f"none heartbeating within {ttl:g}s "
+                Check(name, "fail", f"none heartbeating{where} within {ttl:g}s "
                       "(SW_HEARTBEAT_TTL_S); start one or check its logs")
             )  # fmt: skip
     if stats["alert"]:

@@ -6,10 +6,9 @@ heartbeats, the chunk cache's accounting and the latency histograms, in two pipe
 trips, and returns them as one plain dict (see :meth:`StreamingMonitor.get_stats`).
 
 Example:
-    >>> monitor = StreamingMonitor("redis://127.0.0.1:6379/0")  # doctest: +SKIP
-    >>> stats = monitor.get_stats_sync()  # doctest: +SKIP
-    >>> if stats["total_requests"] and stats["errors"] / stats["total_requests"] > 0.1:
-    ...     alert("error rate above 10%")  # doctest: +SKIP
+    >>> stats = StreamingMonitor("redis://127.0.0.1:6379/0").get_stats_sync()  # doctest: +SKIP
+    >>> if stats["alert"]:  # errors / requests of the last SW_ALERT_WINDOW_S seconds
+    ...     page(stats["alert_reason"])  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -17,11 +16,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from functools import cache
-from importlib import resources
 from typing import Any
 
 from sw_core.keys import Keys
+from sw_core.lua_scripts import lua_source
 from sw_core.ops import stats as counter_names
 from sw_core.ops.cache_stats import CacheStatsReader
 from sw_core.ops.metrics import Histogram
@@ -56,11 +54,6 @@ CACHE_META_FIELDS: dict[str, str] = {
 QUEUE_COUNT_CAP = 1_000_000
 #: Worker hash fields shown as what a worker is doing, first present wins.
 CURRENT_FIELDS: tuple[str, ...] = ("current_jobs", "current_job", "job_id", "current", "doing")
-
-
-@cache
-def _queue_length_lua() -> str:
-    return resources.files("sw_core").joinpath("lua", "metrics_queue_length.lua").read_text()
 
 
 class StreamingMonitor:
@@ -143,8 +136,10 @@ class StreamingMonitor:
         Returns:
             A dict with at least: ``total_requests``, ``completed``, ``failed``,
             ``retried``, ``dead_lettered``, ``errors`` (ints), ``errors_by_type``
-            (type -> count), ``error_rate`` (``errors / total_requests``, 0.0 without
-            requests), ``queue_length`` (entries no worker has read), ``pending`` (read,
+            (type -> count), ``error_rate`` (``errors / total_requests`` since the start,
+            0.0 without requests), ``recent_requests``, ``recent_errors`` and
+            ``recent_error_rate`` (over the last ``alert_window_s`` seconds: what the alert
+            judges), ``jobs_by_model`` (model -> status -> count), ``queue_length`` (entries no worker has read), ``pending`` (read,
             not yet acked), ``scheduled_retries``, ``dead_letters``, ``cache_hits``,
             ``cache_misses``, ``cache_evictions``, ``cache_hit_rate``, ``cache_bytes``,
             ``cache_chunks``, ``cache_budget_bytes``, ``storage_bytes_read``,
@@ -196,7 +191,16 @@ class StreamingMonitor:
             "dlq": ("XLEN", k.dlq),
             "workers": ("ZRANGEBYSCORE", k.workers, live_since_ms, "+inf", "WITHSCORES"),
             "latency_tasks": ("SMEMBERS", k.latency_tasks),
+            "window": self._window_command(now),
+            "by_model": ("HGETALL", k.stats_models),
         }
+
+    def _window_command(self, now: float) -> tuple[Any, ...]:
+        """Sum of the buckets of the last ``alert_window_s`` seconds (the current one too)."""
+        step, last = counter_names.WINDOW_BUCKET_S, int(now) // counter_names.WINDOW_BUCKET_S
+        first = last - max(1, -(-self.settings.alert_window_s // step)) + 1
+        buckets = [self.keys.stats_window(b) for b in range(first, last + 1)]
+        return ("EVAL", lua_source("metrics_window"), len(buckets), *buckets)
 
     def _second_round(self, first: Mapping[str, Any]) -> dict[str, tuple[Any, ...]]:
         k = self.keys
@@ -205,7 +209,7 @@ class StreamingMonitor:
         if group is not None and _lag(group) is None and int(first.get("xlen") or 0) > 0:
             last = _text(group.get("last-delivered-id", "0-0"))
             commands["undelivered"] = (
-                "EVAL", _queue_length_lua(), 1, k.jobs, last, QUEUE_COUNT_CAP,
+                "EVAL", lua_source("metrics_queue_length"), 1, k.jobs, last, QUEUE_COUNT_CAP,
             )  # fmt: skip
         for member, _score in _pairs(first.get("workers")):
             commands[f"worker:{_text(member)}"] = ("HGETALL", k.worker(_text(member)))
@@ -233,6 +237,16 @@ class StreamingMonitor:
         }
         requests = out[counter_names.TOTAL_REQUESTS]
         out["error_rate"] = out[counter_names.ERRORS] / requests if requests else 0.0
+        window = _ok(first.get("window"), [0, 0]) or [0, 0]
+        out["recent_requests"], out["recent_errors"] = _int(window[0]), _int(window[1])
+        recent = out["recent_requests"]
+        out["recent_error_rate"] = out["recent_errors"] / recent if recent else 0.0
+        out["alert_window_s"] = self.settings.alert_window_s
+        by_model: dict[str, dict[str, int]] = {}
+        for field, value in _ok(first.get("by_model"), {}).items():
+            status, _, model = _text(field).partition(":")
+            by_model.setdefault(model, {})[status] = _int(value)
+        out["jobs_by_model"] = dict(sorted(by_model.items()))
         lookups = out[counter_names.CACHE_HITS] + out[counter_names.CACHE_MISSES]
         out["cache_hit_rate"] = out[counter_names.CACHE_HITS] / lookups if lookups else 0.0
         out["cache_bytes"] = meta.get("bytes", 0)
@@ -283,9 +297,8 @@ class StreamingMonitor:
         workers: list[dict[str, Any]] = []
         for member, score in _pairs(first.get("workers")):
             worker_id = _text(member)
-            fields = {
-                _text(a): _text(b) for a, b in _ok(second.get(f"worker:{worker_id}"), {}).items()
-            }
+            raw = _ok(second.get(f"worker:{worker_id}"), {}).items()
+            fields = {_text(a): _num(_text(b)) for a, b in raw}  # numbers stay numbers
             if not fields:
                 continue  # its hash expired: the worker stopped beating
             beat_ms = _int(fields.get("beat_ms", score))
@@ -311,14 +324,14 @@ class StreamingMonitor:
 
     def _alert(self, out: Mapping[str, Any]) -> dict[str, Any]:
         threshold = self.settings.alert_error_rate
-        rate = out["error_rate"]
-        alert = bool(out[counter_names.TOTAL_REQUESTS]) and rate > threshold
+        rate = out["recent_error_rate"]
+        alert = bool(out["recent_requests"]) and rate > threshold
         reason = None
         if alert:
             reason = (
-                f"error rate {rate:.1%} ({out[counter_names.ERRORS]} errors / "
-                f"{out[counter_names.TOTAL_REQUESTS]} requests) is over the "
-                f"{threshold:.1%} threshold (SW_ALERT_ERROR_RATE)"
+                f"error rate {rate:.1%} over {self.settings.alert_window_s} s ("
+                f"{out['recent_errors']} errors / {out['recent_requests']} requests) > "
+                f"{threshold:.1%} (SW_ALERT_ERROR_RATE)"
             )
         return {"alert": alert, "alert_reason": reason, "alert_error_rate": threshold}
 
@@ -360,11 +373,8 @@ def _ok(value: Any, default: Any) -> Any:
 
 
 def _find_group(groups: Any, name: str) -> dict[str, Any] | None:
-    for group in _ok(groups, []):
-        info = {_text(k): v for k, v in group.items()}
-        if _text(info.get("name", "")) == name:
-            return info
-    return None
+    infos = ({_text(k): v for k, v in group.items()} for group in _ok(groups, []))
+    return next((info for info in infos if _text(info.get("name", "")) == name), None)
 
 
 def _lag(group: Mapping[str, Any]) -> int | None:
@@ -383,6 +393,10 @@ def _pairs(value: Any) -> list[tuple[Any, float]]:
 
 def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, (bytes, bytearray)) else str(value)
+
+
+def _num(text: str) -> int | str:
+    return int(text) if text.isdigit() and len(text) < 19 else text
 
 
 def _int(value: Any) -> int:

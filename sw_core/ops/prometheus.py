@@ -9,15 +9,17 @@ cluster-wide ``/metrics``; scrape one of them (or ``sw metrics``), not the sum o
 Names (counters end in ``_total``):
 
 - ``sw_requests_total``; ``sw_jobs_total{status="completed|failed|retried|dead_lettered"}``;
-  ``sw_errors_total{type=...}``
+  ``sw_model_jobs_total{model,status}``; ``sw_errors_total{type=...}``
 - ``sw_cache_hits_total``, ``sw_cache_misses_total``, ``sw_cache_evictions_total``,
   ``sw_cache_corruptions_total``
 - ``sw_storage_bytes_read_total``, ``sw_storage_retries_total``,
   ``sw_storage_failovers_total``, ``sw_integrity_failures_total``
 - gauges ``sw_queue_length``, ``sw_pending_jobs``, ``sw_scheduled_retries``,
   ``sw_dead_letters``, ``sw_workers{kind}``, ``sw_cache_bytes``, ``sw_cache_budget_bytes``,
-  ``sw_cache_chunks``, ``sw_error_rate``, ``sw_alert``, ``sw_up`` (0 when Redis did not answer)
+  ``sw_cache_chunks``, ``sw_error_rate`` (over the last ``SW_ALERT_WINDOW_S``), ``sw_alert``,
+  ``sw_up`` (0 when Redis did not answer)
 - histogram ``sw_job_latency_seconds{task=...}`` (``_bucket``, ``_sum``, ``_count``)
+- the standard ``process_*``, ``python_gc_*`` and ``python_info`` of the serving process
 """
 
 from __future__ import annotations
@@ -29,7 +31,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+    start_http_server,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -73,7 +82,11 @@ GAUGES: dict[str, tuple[str, str]] = {
     "sw_cache_bytes": ("cache_bytes", "Bytes held by the chunk cache."),
     "sw_cache_budget_bytes": ("cache_budget_bytes", "Byte budget of the chunk cache."),
     "sw_cache_chunks": ("cache_chunks", "Chunks held by the chunk cache."),
-    "sw_error_rate": ("error_rate", "errors / total_requests."),
+    "sw_error_rate": (
+        "recent_error_rate",
+        "errors / requests over the last SW_ALERT_WINDOW_S seconds (for lifetime or other "
+        "windows, use rate() of sw_errors_total and sw_requests_total).",
+    ),
 }
 
 
@@ -113,9 +126,18 @@ def build_metrics(stats: dict[str, Any], histograms: dict[str, Histogram]) -> It
     yield errors
     for metric, (key, doc) in GAUGES.items():
         yield GaugeMetricFamily(metric, doc, value=stats.get(key, 0) or 0)
-    alert = GaugeMetricFamily("sw_alert", "1 when the error rate is over SW_ALERT_ERROR_RATE.")
+    alert = GaugeMetricFamily(
+        "sw_alert", "1 when sw_error_rate (recent window) is over SW_ALERT_ERROR_RATE."
+    )
     alert.add_metric([], 1 if stats.get("alert") else 0)
     yield alert
+    by_model = CounterMetricFamily(
+        "sw_model_jobs", "Job attempts by model and outcome.", labels=["model", "status"]
+    )
+    for model, counts in sorted(stats.get("jobs_by_model", {}).items()):
+        for status, count in sorted(counts.items()):
+            by_model.add_metric([model, status], count)
+    yield by_model
     workers = GaugeMetricFamily("sw_workers", "Workers heartbeating, by kind.", labels=["kind"])
     for kind, count in sorted(stats.get("workers_by_kind", {}).items()):
         workers.add_metric([kind], count)
@@ -137,6 +159,11 @@ def metrics_registry(settings: Settings, monitor: StreamingMonitor | None = None
     """A fresh ``CollectorRegistry`` holding a :class:`ClusterCollector`."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ClusterCollector(monitor or StreamingMonitor(settings=settings)))
+    # the standard process_* (memory, CPU, open files), python_gc_* and python_info metrics
+    # of the process that serves /metrics: each worker with SW_METRICS_PORT, or sw metrics
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
     return registry
 
 

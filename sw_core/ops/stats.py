@@ -9,6 +9,7 @@ processes add up exactly. Counter names are the constants below.
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -38,6 +39,11 @@ STORAGE_BYTES_READ = "storage_bytes_read"
 STORAGE_RETRIES = "storage_retries"
 STORAGE_FAILOVERS = "storage_failovers"
 INTEGRITY_FAILURES = "integrity_failures"
+
+#: Width of one bucket of the recent counts (``Keys.stats_window``), in seconds.
+WINDOW_BUCKET_S = 10
+#: How long a bucket is kept: the longest ``alert_window_s`` plus one bucket.
+WINDOW_TTL_S = 86_400 + 60
 
 
 def error_counter(error_type: str) -> str:
@@ -95,6 +101,10 @@ class Counters:
             async with redis.pipeline(transaction=True) as pipe:
                 for name, amount in deltas.items():
                     pipe.hincrby(stats_key, name, amount)
+                if deltas.get(ERRORS):  # recent errors feed the windowed alert too
+                    bucket = f"{stats_key}:w:{int(time.time()) // WINDOW_BUCKET_S}"
+                    pipe.hincrby(bucket, ERRORS, deltas[ERRORS])
+                    pipe.expire(bucket, WINDOW_TTL_S)
                 await pipe.execute()
         except BaseException:
             self.restore_pending(deltas)

@@ -28,8 +28,9 @@ from sw_core.lua_scripts import lua_source
 from sw_core.pipeline.jobs import now_ms, unpack_limited
 from sw_core.settings import Settings
 
-#: Letters written for entries that could not be decoded: replaying them fails again.
-UNREPLAYABLE_REASONS = frozenset({"malformed"})
+#: Letters of entries that could not be decoded (replaying them fails again) or that carried
+#: the job id of another job (replaying one would let it overwrite that job).
+UNREPLAYABLE_REASONS = frozenset({"malformed", "duplicate_job_id"})
 #: Fields of a replayed entry that are reset or dropped (the rest is kept as written).
 _RESET_FIELDS = {"attempt": b"1", "counted": b"1"}
 _DROPPED_FIELDS = ("first_failure_ms",)

@@ -25,6 +25,8 @@ TASKS: tuple[str, ...] = ("embed", "generate", "forward")
 MAX_INPUTS = 256
 #: Most fields in one stream entry and most entries in a params map.
 MAX_FIELDS = 32
+#: Most messages in one chat input of a generate job.
+MAX_CHAT_MESSAGES = 64
 
 _MAX_TOKEN_ID = (1 << 31) - 1
 
@@ -55,10 +57,14 @@ PARAM_SCHEMAS: dict[str, dict[str, ParamSpec]] = {
         "do_sample": ParamSpec(bool),
         "temperature": ParamSpec(float, low=0, high=100, low_exclusive=True),
         "top_p": ParamSpec(float, low=0, high=1, low_exclusive=True),
+        "top_k": ParamSpec(int, low=0, high=1 << 20),
         "seed": ParamSpec(int, low=0, high=(1 << 63) - 1),
         "chat": ParamSpec(bool),
     },
-    "forward": {"output": ParamSpec(str, choices=("hidden", "logits"))},
+    "forward": {
+        "output": ParamSpec(str, choices=("hidden", "logits")),
+        "positions": ParamSpec(str, choices=("all", "last")),
+    },
 }
 
 
@@ -108,7 +114,7 @@ def check_inputs(task: str, inputs: Any, settings: Settings) -> list[Any]:
     if task == "embed":
         for i, text in enumerate(inputs):
             if not isinstance(text, str) or not text:
-                raise JobError(f"input {i} of a {task} job must be a non-empty string")
+                raise JobError(f"input {i} of an embed job must be a non-empty string")
         return list(inputs)
     for i, seq in enumerate(inputs):
         if not isinstance(seq, list) or not seq:
@@ -126,23 +132,32 @@ def check_inputs(task: str, inputs: Any, settings: Settings) -> list[Any]:
 
 
 def _check_generate_input(i: int, item: Any) -> Any:
-    """A prompt (non-empty text) or a chat: a non-empty list of ``{role, content}`` texts."""
+    """A prompt (non-empty text) or a chat: a list of ``{role, content}`` texts."""
     if isinstance(item, str) and item:
         return item
-    if isinstance(item, list) and item and len(item) <= MAX_INPUTS:
-        for message in item:
-            if (
-                not isinstance(message, dict)
-                or set(message) != {"role", "content"}
-                or not all(isinstance(v, str) for v in message.values())
-            ):
-                break
-        else:
-            return [dict(message) for message in item]
+    if isinstance(item, list):
+        _check_chat(i, item)
+        return [dict(message) for message in item]
     raise JobError(
-        f"input {i} of a generate job must be a non-empty string or a chat: a list of "
-        "{role, content} messages"
+        f"input {i} of a generate job must be a non-empty string or a chat (a list of "
+        "{role, content} maps)"
     )
+
+
+def _check_chat(i: int, messages: list[Any]) -> None:
+    """A generate input given as chat messages (the tokenizer's chat template formats it)."""
+    if not messages or len(messages) > MAX_CHAT_MESSAGES:
+        raise JobError(f"input {i}: a chat holds 1 to {MAX_CHAT_MESSAGES} messages")
+    for message in messages:
+        if (
+            not isinstance(message, dict)
+            or set(message) != {"role", "content"}
+            or not all(isinstance(v, str) for v in message.values())
+        ):
+            raise JobError(
+                f"input {i}: each chat message is a map of 'role' and 'content' (text), "
+                f"got {short(message)}"
+            )
 
 
 def check_params(

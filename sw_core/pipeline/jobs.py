@@ -11,6 +11,11 @@ A job travels as one entry of the Redis stream ``sw:jobs``. Producers write thes
   and a running generate job stops there (status ``expired``). A hand-added entry may give
   ``deadline_s`` instead: seconds after the entry was added.
 
+``attempt``, ``counted``, ``first_failure_ms`` and ``submitted_ms`` are internal: an entry
+in the text form (below) may not set them, and ``attempt`` is at most ``retry_attempts``.
+``counted`` is believed only for a job a producer registered (see
+:meth:`sw_core.pipeline.store.JobStore.start`). A field given twice is refused.
+
 An entry added by hand is accepted too (``XADD sw:jobs '*' model minilm task embed text
 "hello"``): ``text`` is one input, ``inputs`` a JSON list, any other field a parameter given
 as text and coerced by the task's parameter schema. Its job id is the stream entry id.
@@ -64,6 +69,8 @@ META_FIELDS = frozenset(
         "first_failure_ms", "deadline_ms", "deadline_s",
     }
 )  # fmt: skip
+#: Fields only producers and workers write: refused in an entry added by hand.
+INTERNAL_FIELDS = frozenset({"attempt", "submitted_ms", "counted", "first_failure_ms"})
 _INPUT_FIELDS = frozenset({"text", "inputs"})
 _JOB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 
@@ -201,12 +208,21 @@ def _depth(value: Any) -> int:
     return deepest
 
 
+class _Fields(dict[str, bytes]):
+    duplicates: tuple[str, ...] = ()
+
+
 def decode_fields(fields: Mapping[Any, Any]) -> dict[str, bytes]:
-    """Stream entry fields with text names and bytes values (as redis-py returns them)."""
-    out: dict[str, bytes] = {}
+    """Stream entry fields with text names and bytes values (as redis-py returns them).
+
+    The names of repeated fields (:class:`~sw_core.pipeline.stream_fields.EntryFields`) are
+    kept, so :func:`decode_entry` can refuse them.
+    """
+    out = _Fields()
     for key, value in fields.items():
         name = key.decode("utf-8", "replace") if isinstance(key, (bytes, bytearray)) else str(key)
         out[name] = value if isinstance(value, bytes) else str(value).encode()
+    out.duplicates = tuple(getattr(fields, "duplicates", ()))
     return out
 
 
@@ -236,6 +252,10 @@ def decode_entry(entry_id: str | bytes, fields: Mapping[Any, Any], settings: Set
     if len(fields) > MAX_FIELDS:
         raise JobError(f"entry has {len(fields)} fields; at most {MAX_FIELDS} are allowed")
     raw = decode_fields(fields)
+    duplicates: tuple[str, ...] = getattr(raw, "duplicates", ())
+    if duplicates:
+        names = ", ".join(name[:40] for name in duplicates[:5])
+        raise JobError(f"field(s) {names} given more than once; give each field once")
     job_id = entry
     if "job_id" in raw:
         job_id = _text(raw, "job_id")
@@ -266,6 +286,14 @@ def decode_entry(entry_id: str | bytes, fields: Mapping[Any, Any], settings: Set
     submitted = _int_field(raw, "submitted_ms", _entry_ms(entry), low=0)
     first_failure = _int_field(raw, "first_failure_ms", 0, low=0) or None
     deadline = _deadline(raw, _entry_ms(entry))
+    internal = sorted(INTERNAL_FIELDS & set(raw))
+    if internal and "payload" not in raw:
+        raise JobError(
+            f"field(s) {', '.join(internal)} are set by producers and workers only, "
+            "not in an entry added by hand"
+        )
+    if attempt > settings.retry_attempts:
+        raise JobError(f"field attempt={attempt} is over retry_attempts={settings.retry_attempts}")
     return Job(
         job_id=job_id,
         model=model,

@@ -3,9 +3,15 @@
 Two sources: the Redis hash ``Keys.models`` (``sw register NAME LOCATION``) and the setting
 ``models`` (``SW_MODELS="minilm=s3://bucket/minilm,smol=/srv/chunks/smol"``). A name
 registered in Redis wins over the same name in the settings.
+
+Registering from a manifest also records the tasks the model can run (``Keys.model_tasks``,
+see :func:`tasks_of`), so producers refuse a ``generate`` job for an encoder at submit time.
 """
 
 from __future__ import annotations
+
+import re
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -14,6 +20,16 @@ from sw_core.keys import Keys
 from sw_core.pipeline.job_checks import MODEL_NAME_RE
 from sw_core.settings import Settings
 from sw_core.storage.location import check_location
+
+#: Model classes with a language-model head: they can generate.
+_GENERATES_RE = re.compile(r".*(ForCausalLM|LMHeadModel|ForConditionalGeneration|ForSeq2SeqLM)")
+
+
+def tasks_of(manifest: Any) -> tuple[str, ...]:
+    """The tasks a chunk set's model can run, from its manifest's ``model_class``."""
+    if _GENERATES_RE.fullmatch(str(getattr(manifest, "model_class", ""))):
+        return ("embed", "generate", "forward")
+    return ("embed", "forward")
 
 
 def parse_models_setting(text: str) -> dict[str, str]:
@@ -59,13 +75,52 @@ class ModelRegistry:
             "or add it to SW_MODELS"
         )
 
-    async def register(self, name: str, location: str, *, must_exist: bool = False) -> str:
-        """Register (or move) model ``name``; returns the normalized location."""
+    async def register(
+        self,
+        name: str,
+        location: str,
+        *,
+        must_exist: bool = False,
+        tasks: tuple[str, ...] | None = None,
+    ) -> str:
+        """Register (or move) model ``name``; returns the normalized location.
+
+        ``tasks`` (see :func:`tasks_of`) lets producers refuse a task the model cannot run;
+        without it, whatever was recorded for the name before is dropped.
+        """
         if not MODEL_NAME_RE.fullmatch(name):
             raise ConfigError(f"model name {name!r} may hold letters, digits and '_.:/@+-' only")
         location = check_location(location, must_exist=must_exist)
-        await self.redis.hset(self.keys.models, name, location)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.models, name, location)
+            if tasks:
+                pipe.hset(self.keys.model_tasks, name, ",".join(tasks))
+            else:
+                pipe.hdel(self.keys.model_tasks, name)
+            await pipe.execute()
         return location
+
+    async def tasks(self, name: str) -> tuple[str, ...] | None:
+        """The tasks recorded for ``name`` at registration; None when nothing was recorded."""
+        raw = await self.redis.hget(self.keys.model_tasks, name)
+        if not raw:
+            return None
+        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        return tuple(t for t in text.split(",") if t)
+
+    async def check(self, name: str, task: str) -> None:
+        """Refuse a model nobody registered, or a task it cannot run.
+
+        Raises:
+            ModelError: the model is not registered, or its manifest says it cannot ``task``.
+        """
+        await self.resolve(name)
+        tasks = await self.tasks(name)
+        if tasks is not None and task not in tasks:
+            raise ModelError(
+                f"model {name!r} cannot run {task!r} jobs (it has no language-model head); "
+                f"its tasks: {', '.join(tasks)}"
+            )
 
     async def all(self) -> dict[str, str]:
         """Every model name -> location (settings first, Redis on top)."""

@@ -19,6 +19,7 @@ from redis.exceptions import ResponseError
 from sw_core.keys import Keys
 from sw_core.lua_scripts import lua_source
 from sw_core.pipeline.jobs import Job, encode_job, job_id_of, now_ms
+from sw_core.pipeline.stream_fields import keep_duplicate_fields
 from sw_core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,10 @@ MAX_ERROR_CHARS = 2000
 MAX_DEAD_FIELD_BYTES = 64 << 10
 #: The dead-letter stream is trimmed to about this many entries (oldest dropped first).
 DLQ_MAX_ENTRIES = 100_000
+#: :meth:`JobStore.start` for an entry no longer pending for this consumer.
+START_LOST = 0
+#: :meth:`JobStore.start` for an entry whose job id belongs to a job waiting for another entry.
+START_DUPLICATE = -(1 << 62)
 
 
 def _s(value: bytes | str) -> str:
@@ -47,6 +52,7 @@ class JobStore:
         self.redis = redis
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
+        keep_duplicate_fields(redis)  # an entry's repeated field must be seen, not overwritten
         self._start = redis.register_script(lua_source("pipeline_start"))
         self._complete = redis.register_script(lua_source("pipeline_complete"))
         self._fail = redis.register_script(lua_source("pipeline_fail"))
@@ -108,7 +114,16 @@ class JobStore:
 
     # ------------------------------------------------------------------ transitions
     async def start(self, jobs: list[Job], consumer: str) -> list[int]:
-        """Mark ``jobs`` running; per job its delivery count, 0 if lost, -count if poison."""
+        """Mark ``jobs`` running, each only if its entry is the one its job id waits for.
+
+        Returns per job its delivery count when started, :data:`START_LOST` (0) when the entry
+        is no longer ours, minus the delivery count when it is poison, :data:`START_DUPLICATE`
+        when its job id already belongs to a job that waits for another entry (the job's own
+        retries, replays and hand-backs name their entry in the job hash; any other entry
+        with that id must not touch the job). A job started without a job hash (hand-added,
+        or not written by a producer) gets ``counted = False``: whatever its fields claim,
+        nobody counted its request.
+        """
         keys = [self.keys.jobs] + [self.keys.job(j.job_id) for j in jobs]
         args: list[Any] = [
             self.group,
@@ -119,7 +134,20 @@ class JobStore:
         ]
         for job in jobs:
             args += [job.entry_id, job.attempt, job.model, job.task, job.submitted_ms]
-        return [int(x) for x in await self._start(keys=keys, args=args)]
+        reply = [int(x) for x in await self._start(keys=keys, args=args)]
+        out: list[int] = []
+        for job, state, deliveries in zip(jobs, reply[0::2], reply[1::2], strict=True):
+            if state == -2:
+                out.append(START_DUPLICATE)
+            elif state == -1:
+                out.append(-deliveries)
+            elif state == 0:
+                out.append(START_LOST)
+            else:
+                if state == 2:
+                    job.counted = False
+                out.append(deliveries)
+        return out
 
     async def complete(self, done: list[tuple[Job, bytes]], worker: str) -> list[bool]:
         """Store each ``(job, msgpack result)`` and ack it; False for jobs finished elsewhere."""
@@ -129,7 +157,7 @@ class JobStore:
         args: list[Any] = [self.group, self.settings.result_ttl_s, now_ms(), worker]
         for job, packed in done:
             keys += [self.keys.job(job.job_id), self.keys.job_done(job.job_id)]
-            args += [job.entry_id, packed, "0" if job.counted else "1"]
+            args += [job.entry_id, packed, "0" if job.counted else "1", job.model]
         return [bool(x) for x in await self._complete(keys=keys, args=args)]
 
     async def retry(
@@ -152,7 +180,7 @@ class JobStore:
         fields = _flatten(encode_job(again))
         return await self._run_fail(
             job.entry_id, job.job_id, "retry", now, worker, error_type, message,
-            job.attempt, not job.counted, int(delay_s * 1000), fields,
+            job.attempt, not job.counted, int(delay_s * 1000), fields, job.model,
         )  # fmt: skip
 
     async def dead_letter(
@@ -168,15 +196,20 @@ class JobStore:
         message: str,
         reason: str,
         worker: str,
-        counted: bool,
+        counted: bool | None,
         submitted_ms: int | None = None,
         first_failure_ms: int | None = None,
+        touch_job: bool = True,
     ) -> bool:
         """Ack the entry and write a dead letter to ``sw:dlq``; False if finished elsewhere.
 
+        ``counted`` None: the request was counted only if a producer registered this entry
+        (the job hash names it). With ``touch_job=False`` the job hash and done list are left as they are (an entry
+        that does not own its job id must not end that job).
+
         The dead letter holds: ``job_id``, ``entry_id``, ``model``, ``task``, ``attempts``,
         ``error_type``, ``error``, ``reason`` (``permanent``, ``retries_exhausted``,
-        ``malformed`` or ``poison``), ``worker``, ``submitted_ms``, ``first_failure_ms``,
+        ``malformed``, ``poison`` or ``duplicate_job_id``), ``worker``, ``submitted_ms``, ``first_failure_ms``,
         ``last_failure_ms`` and ``fields`` (msgpack map of the entry's fields, each cut at
         64 KiB; ``truncated`` is 1 when one was cut) to replay it.
         """
@@ -204,12 +237,20 @@ class JobStore:
             "truncated": "1" if truncated else "0",
         }
         return await self._run_fail(
-            entry_id, job_id, "dead", now, worker, error_type, message, attempt,
-            not counted, DLQ_MAX_ENTRIES, _flatten(letter),
+            entry_id, job_id, "dead" if touch_job else "stray", now, worker, error_type, message,
+            attempt, "auto" if counted is None else not counted, DLQ_MAX_ENTRIES,
+            _flatten(letter), model,
         )  # fmt: skip
 
     async def dead_letter_job(
-        self, job: Job, error_type: str, message: str, reason: str, worker: str
+        self,
+        job: Job,
+        error_type: str,
+        message: str,
+        reason: str,
+        worker: str,
+        *,
+        touch_job: bool = True,
     ) -> bool:
         """:meth:`dead_letter` for a decoded job (its fields re-encoded for replay)."""
         # a replay starts over: first attempt, counted once, no failure yet
@@ -228,6 +269,7 @@ class JobStore:
             counted=job.counted,
             submitted_ms=job.submitted_ms,
             first_failure_ms=job.first_failure_ms,
+            touch_job=touch_job,
         )
 
     async def dead_letter_raw(
@@ -249,7 +291,7 @@ class JobStore:
             message=message,
             reason="malformed",
             worker=worker,
-            counted=fields.get("counted") == b"1",
+            counted=None,  # its fields cannot be trusted: ask the job hash
         )
 
     async def _run_fail(
@@ -262,9 +304,10 @@ class JobStore:
         error_type: str,
         message: str,
         attempt: int,
-        count_request: bool,
+        count_request: bool | str,
         delay_or_cap: int,
         fields: list[Any],
+        model: str,
     ) -> bool:
         keys = [
             self.keys.jobs,
@@ -285,9 +328,10 @@ class JobStore:
             error_type,
             message[:MAX_ERROR_CHARS],
             attempt,
-            "1" if count_request else "0",
+            count_request if isinstance(count_request, str) else ("1" if count_request else "0"),
             delay_or_cap,
             job_id,
+            model,
             *fields,
         ]
         return bool(await self._fail(keys=keys, args=args))
@@ -299,7 +343,8 @@ class JobStore:
             ``(moved, seconds until the next retry is due, or None when none waits)``.
         """
         moved, next_due, redis_now = await self._move(
-            keys=[self.keys.retries, self.keys.jobs], args=[limit, self.keys.retry_job("")]
+            keys=[self.keys.retries, self.keys.jobs],
+            args=[limit, self.keys.retry_job(""), self.keys.job("")],
         )
         if int(next_due) < 0:
             return int(moved), None

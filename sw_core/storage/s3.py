@@ -66,6 +66,8 @@ _CREDENTIAL_CODES = frozenset(
 )
 #: Size of each read from an HTTP response into the destination buffer.
 _READ_BLOCK_BYTES = 1 << 20
+#: Parts of one multipart upload sent at once (the minio SDK's default, made explicit).
+_UPLOAD_PARTS = 3
 
 
 def _reveal(value: str | None) -> str | None:
@@ -131,7 +133,8 @@ class S3Backend(RetryingBackend):
         self.concurrency = int(concurrency)
         self._http = http = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=min(self.timeout_s, 10.0), read=self.timeout_s),
-            maxsize=self.concurrency + 2,
+            # each of the `concurrency` threads may upload _UPLOAD_PARTS parts at once
+            maxsize=self.concurrency * _UPLOAD_PARTS + 2,
             retries=False,
         )
         try:
@@ -340,12 +343,25 @@ class S3Backend(RetryingBackend):
         ]
 
     # ---------------------------------------------------------------- writes
+    async def ensure_bucket(self) -> bool:
+        """Create the bucket unless it exists; True when it was created."""
+
+        def create() -> bool:
+            if self.client.bucket_exists(self.bucket_name):
+                return False
+            self.client.make_bucket(self.bucket_name, location=self.region or None)
+            return True
+
+        return await self._guarded("create bucket", self.bucket_name, create)
+
     async def _save_once(self, key: str, data: Payload) -> None:
         name = self.object_name(key)
         await self._guarded("save", key, self._put, name, data)
 
     def _put(self, name: str, data: Payload) -> None:
-        self.client.put_object(self.bucket_name, name, io.BytesIO(data), len(data))
+        self.client.put_object(
+            self.bucket_name, name, io.BytesIO(data), len(data), num_parallel_uploads=_UPLOAD_PARTS
+        )
 
     async def _delete_once(self, key: str) -> None:
         name = self.object_name(key)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import time
 import urllib.request
 
 import redis
@@ -27,6 +28,9 @@ def seed(redis_url: str, requests: int, errors: int) -> None:
         mapping={"total_requests": requests, "completed": requests - errors, "errors": errors,
                  "errors:StorageError": errors},
     )  # fmt: skip
+    # ... and as recent counts, which the alert judges (issue 11)
+    client.hset(KEYS.stats_window(int(time.time()) // 10),
+                mapping={"total_requests": requests, "errors": errors})  # fmt: skip
     client.close()
 
 
@@ -89,6 +93,6 @@ def test_metrics_command_serves_until_interrupted(redis_url: str) -> None:
         assert samples[("sw_errors_total", (("type", "StorageError"),))] == 1
     finally:
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=20)
+        _out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
-    assert f"127.0.0.1:{port}/metrics" in out
+    assert f"127.0.0.1:{port}/metrics" in err  # a message: stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import threading
@@ -107,7 +108,8 @@ async def dead_letters(settings: Settings, texts: list[str]) -> list[str]:
     redis_client = aioredis.Redis.from_url(settings.redis_url)
     store = JobStore(redis_client, settings)
     await store.ensure_group()
-    async with Producer(settings=settings) as producer:
+    known = dataclasses.replace(settings, models="m=/srv/m")  # the producer checks the model
+    async with Producer(settings=known) as producer:
         ids = [await producer.submit(model="m", task="embed", inputs=[t]) for t in texts]
     entries = await store.read("tester", ">", len(texts), None)
     for entry_id, fields in entries:

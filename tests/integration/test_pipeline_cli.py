@@ -103,7 +103,10 @@ def test_register_reads_the_manifest_on_s3(
     assert "typo" not in capsys.readouterr().out
 
 
-def test_submit_wait_prints_the_result(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_submit_wait_prints_the_result(
+    redis_url: str, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    monkeypatch.setenv("SW_MODELS", "m1=/srv/m1")  # sw submit checks the model
     settings = fast_settings(redis_url)
     flags = ["--redis-url", redis_url]
     with worker_thread(settings):
@@ -111,9 +114,10 @@ def test_submit_wait_prints_the_result(redis_url: str, capsys: pytest.CaptureFix
             ["submit", "m1", "--task", "generate", "--text", "hello", "--text", "world",
              "--param", "max_new_tokens=3", "--param", "do_sample=false", "--wait", *flags]
         )  # fmt: skip
-        out = capsys.readouterr().out.splitlines()
+        out, err = capsys.readouterr()
         assert code == 0, out
-        job_id, result = out[0], json.loads(out[1])
+        result = json.loads(out)  # stdout holds the result only: `sw submit --wait | jq`
+        job_id = err.split("job ")[1].split()[0]
         assert result["inputs"] == ["hello", "world"]
         assert result["params"] == {"max_new_tokens": 3, "do_sample": False}
         assert main(["result", job_id, *flags]) == 0
@@ -121,16 +125,17 @@ def test_submit_wait_prints_the_result(redis_url: str, capsys: pytest.CaptureFix
         assert status["status"] == "done" and status["result"]["job_id"] == job_id
         assert main(["submit", "m1", "--task", "forward", "--tokens", "1,2,3", "--wait",
                      *flags]) == 0  # fmt: skip
-        assert json.loads(capsys.readouterr().out.splitlines()[1])["inputs"] == [[1, 2, 3]]
+        assert json.loads(capsys.readouterr().out)["inputs"] == [[1, 2, 3]]
 
 
 def test_failed_and_unfinished_jobs_have_their_own_exit_codes(
-    redis_url: str, capsys: pytest.CaptureFixture[str]
+    redis_url: str, capsys: pytest.CaptureFixture[str], monkeypatch
 ) -> None:
+    monkeypatch.setenv("SW_MODELS", "m1=/srv/m1")  # sw submit checks the model
     settings = fast_settings(redis_url)
     flags = ["--redis-url", redis_url]
     with worker_thread(settings):
-        assert main(["submit", "unknown-model", "--text", "x", "--wait", *flags]) == 1
+        assert main(["submit", "unknown-model", "--text", "x", "--wait", *flags]) == 2
         assert "ModelError" in capsys.readouterr().err
     assert main(["submit", "m1", "--text", "nobody runs me", *flags]) == 0
     job_id = capsys.readouterr().out.strip()

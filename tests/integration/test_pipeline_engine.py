@@ -85,7 +85,9 @@ async def test_unknown_model_is_dead_lettered_by_the_engine_handler(
     proc = start_worker(worker_env(settings), tmp_path / "inference.log")
     try:
         async with Producer(settings=settings) as producer:
-            job_id = await producer.submit("no-such-model", "embed", ["hello"])
+            # the producer refuses it at submit; a hand-added entry gets its dead letter
+            entry = {"model": "no-such-model", "task": "embed", "text": "hello"}
+            job_id = (await producer.redis.xadd(producer.keys.jobs, entry)).decode()
             with pytest.raises(ModelError, match="not registered"):
                 await producer.result(job_id, timeout=60)
             good = await producer.submit("minilm", "embed", ["hello world"])

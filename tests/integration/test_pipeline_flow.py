@@ -102,7 +102,8 @@ async def test_result_raises_the_stored_error_class(redis_url: str, redis_client
     settings = fast_settings(redis_url)
     async with consumers(settings, [BrokenHandler(settings)]), Producer(settings=settings) as p:
         broken = await p.submit("m1", "embed", ["x"])
-        unknown = await p.submit("nosuchmodel", "embed", ["x"])
+        entry = {"model": "nosuchmodel", "task": "embed", "text": "x"}  # submit refuses it
+        unknown = (await redis_client.xadd(KEYS.jobs, entry)).decode()
         with pytest.raises(SurfingError, match="ValueError: handler bug"):
             await p.result(broken, timeout=10)
         with pytest.raises(ModelError, match="sw register nosuchmodel"):

@@ -35,8 +35,12 @@ def first_round(**overrides: object) -> dict[str, object]:
         "dlq": 2,
         "workers": [b"w1", str(now_ms - 500).encode(), b"w2", str(now_ms - 900).encode()],
         "latency_tasks": {b"embed"},
+        "window": [20, 6],  # the recent counts the alert judges
     }  # fmt: skip
     replies.update(overrides)
+    if "stats" in overrides and "window" not in overrides:  # recent counts = these counters
+        counts = {k: int(v) for k, v in overrides["stats"].items()}  # type: ignore[attr-defined]
+        replies["window"] = [counts.get(b"total_requests", 0), counts.get(b"errors", 0)]
     return replies
 
 
