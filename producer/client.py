@@ -51,13 +51,26 @@ class Producer:
     """Async client for the job pipeline.
 
     Args:
-        redis_url: Redis to use (default: ``settings.redis_url``).
+        redis_url: Redis to use (default: ``settings.redis_url``, or the master that
+            ``settings.redis_sentinels`` name).
         settings: limits and key prefix (default: :meth:`Settings.from_env`).
+        client: an asyncio Redis client to use instead (``decode_responses=False``); the
+            producer leaves it open.
     """
 
-    def __init__(self, redis_url: str | None = None, settings: Settings | None = None) -> None:
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        settings: Settings | None = None,
+        *,
+        client: Redis | None = None,
+    ) -> None:
         self.settings = settings or Settings.from_env()
-        self.redis: Redis = Redis.from_url(redis_url) if redis_url else queue_redis(self.settings)
+        #: Whether :meth:`close` closes the client (not one handed in as ``client``).
+        self._owns_client = client is None
+        if client is None:
+            client = Redis.from_url(redis_url) if redis_url else queue_redis(self.settings)
+        self.redis: Redis = client
         self.keys = Keys(self.settings.key_prefix)
         self._submit = self.redis.register_script(lua_source("job_submit"))
         self._cancel = self.redis.register_script(lua_source("job_cancel"))
@@ -76,8 +89,9 @@ class Producer:
         await self.close()
 
     async def close(self) -> None:
-        """Close the Redis connections."""
-        await self.redis.aclose()
+        """Close the Redis connections (a ``client`` handed in stays open)."""
+        if self._owns_client:
+            await self.redis.aclose()
 
     async def submit(
         self,

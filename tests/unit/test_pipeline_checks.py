@@ -21,10 +21,8 @@ UNUSED_URL = "redis://127.0.0.1:1/0"
 async def test_producer_rejects_bad_jobs_before_enqueueing(
     fake_server: fakeredis.FakeServer, fake_redis
 ) -> None:
-    settings = fast_settings(UNUSED_URL, max_payload_bytes=1024)
-    async with Producer(settings=settings) as p:
-        await p.redis.aclose()  # the Producer takes no client: swap in a fakeredis one
-        p.redis = fakeredis.FakeAsyncRedis(server=fake_server)
+    settings = fast_settings(UNUSED_URL, max_payload_bytes=1024, models="m1=/srv/m1")
+    async with Producer(settings=settings, client=fake_redis) as p:
         with pytest.raises(JobError, match="unknown task"):
             await p.submit("m1", "summarize", ["x"])
         with pytest.raises(JobError, match="max_payload_bytes"):
@@ -40,10 +38,8 @@ async def test_a_valid_job_reaches_the_fake_stream(
 ) -> None:
     """The same producer on the same fake server does enqueue a good job: the refusals
     above are the producer's checks, not a fake that stores nothing."""
-    settings = fast_settings(UNUSED_URL, max_payload_bytes=1024)
-    async with Producer(settings=settings) as p:
-        await p.redis.aclose()
-        p.redis = fakeredis.FakeAsyncRedis(server=fake_server)
+    settings = fast_settings(UNUSED_URL, max_payload_bytes=1024, models="m1=/srv/m1")
+    async with Producer(settings=settings, client=fake_redis) as p:
         job_id = await p.submit("m1", "embed", ["x"])
     assert await fake_redis.xlen(KEYS.jobs) == 1
     assert (await read_stats(fake_redis))[TOTAL_REQUESTS] == 1
