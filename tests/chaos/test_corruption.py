@@ -11,18 +11,15 @@ what was injected.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import io
 import pickle
 import re
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import redis
-from arq.worker import Worker
 
 from sw_core.cache import ChunkCache
 from sw_core.chunks.manifest import MANIFEST_FILE, Manifest
@@ -37,31 +34,16 @@ from tests.chaos import forgery as forge
 from tests.chaos.harness import PublishedModel, publish_model
 from tests.chaos.report import Figures
 from tests.support.observe import KEYS
+from tests.support.pipeline import loader_worker
 from tests.support.processes import REPO
 from tests.support.servers import S3Server
 from tests.support.settings import CHAOS, fast_settings
 from tests.support.storage import tensor_chunk
 from tests.support.waiting import wait_until
 from workers.chunk_source import RemoteChunkSource
-from workers.loader import ChunkLoader
 from workers.node import worker_options
 
 pytestmark = [pytest.mark.chaos]
-
-
-@contextlib.asynccontextmanager
-async def loader_worker(settings: Settings) -> AsyncIterator[ChunkLoader]:
-    """A real arq loader Worker running in this process."""
-    worker = Worker(**worker_options(settings, inference=False), handle_signals=False)
-    task = asyncio.create_task(worker.async_run())
-    try:
-        await wait_until(lambda: "loader" in worker.ctx, 15, "the loader worker to start")
-        yield worker.ctx["loader"]
-    finally:
-        await worker.close()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def s3_object(s3: S3Server, model: PublishedModel, file: str) -> bytes:
@@ -138,7 +120,7 @@ async def test_corruption_and_tampering_are_refused_or_repaired(
     forged_manifest = await forge_chunk_set(s3, forged, hostile)
 
     outcomes: dict[str, str] = {}
-    async with loader_worker(settings) as loader:
+    async with loader_worker(settings, start_timeout_s=15) as loader:
         source = RemoteChunkSource("honest", settings, timeout_s=20)
         try:
             # c0: the S3 copy fails its hash, the backup's copy is used and S3 repaired
@@ -178,7 +160,7 @@ async def test_corruption_and_tampering_are_refused_or_repaired(
         finally:
             await source.close()
 
-    async with loader_worker(forged_settings) as forged_loader:
+    async with loader_worker(forged_settings, start_timeout_s=15) as forged_loader:
         source = RemoteChunkSource("forged", forged_settings, timeout_s=20)
         try:
             for index, what in (
@@ -290,7 +272,7 @@ async def test_a_job_on_a_forged_chunk_set_dead_letters_with_security_error(
     await ModelRegistry(redis_client, settings).register("forged-llama", str(folder))
     handler = InferenceHandler(settings)
     consumer = JobConsumer(redis_client, settings, handler, name="w-forged")
-    async with loader_worker(settings):
+    async with loader_worker(settings, start_timeout_s=15):
         await consumer.start()
         try:
             async with Producer(settings=settings) as producer:

@@ -20,11 +20,11 @@ from sw_core.exceptions import ChunkNotFoundError, ModelError, SecurityError, We
 from sw_core.pipeline.registry import ModelRegistry
 from sw_core.settings import Settings
 from tests.support.observe import KEYS
+from tests.support.pipeline import loader_worker
 from tests.support.processes import start_worker
 from tests.support.settings import fast_settings
 from tests.support.waiting import wait_until
 from workers.chunk_source import RemoteChunkSource
-from workers.loader import ChunkLoader
 from workers.node import worker_options
 
 
@@ -62,31 +62,6 @@ async def chunk_set(tmp_path: Path, redis_url: str, redis_client) -> tuple[Setti
     settings = fast_settings(redis_url, models="", cache_size_mb=16, timeout_seconds=5)
     await ModelRegistry(redis_client, settings).register("tiny", str(folder))
     return settings, manifest
-
-
-@contextlib.asynccontextmanager
-async def loader_worker(settings: Settings) -> AsyncIterator[ChunkLoader]:
-    """A real arq Worker (loader-only options) running in this process."""
-    worker = Worker(**worker_options(settings, inference=False), handle_signals=False)
-    task = asyncio.create_task(worker.async_run())
-    try:
-        await wait_until(lambda: _has_loader(worker), 10, "the loader to start")
-        yield worker.ctx["loader"]
-    finally:
-        # let finishing jobs record their end: close() cancels unfinished ones
-        await wait_until(lambda: _idle(worker), 10, "the loader's jobs to finish")
-        await worker.close()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-async def _idle(worker: Worker) -> bool:
-    return all(t.done() for t in worker.tasks.values())
-
-
-async def _has_loader(worker: Worker) -> bool:
-    return "loader" in worker.ctx
 
 
 @contextlib.asynccontextmanager
@@ -269,7 +244,7 @@ async def test_a_node_serves_loads_and_beats_while_a_batch_runs(chunk_set, redis
     worker = Worker(**worker_options(settings, inference=True), handle_signals=False)
     task = asyncio.create_task(worker.async_run())
     try:
-        await wait_until(lambda: _has_loader(worker), 10, "the node to start")
+        await wait_until(lambda: "loader" in worker.ctx, 10, "the node to start")
         async with Producer(settings=settings) as p, sources(settings, 1) as (source,):
             job_id = await p.submit("m1", "embed", ["sleep=2.0"])
             await wait_until(lambda: _running(p, job_id), 5, "the slow job to start")
@@ -285,7 +260,9 @@ async def test_a_node_serves_loads_and_beats_while_a_batch_runs(chunk_set, redis
             assert (await p.status(job_id))["status"] == "running"
             assert (await p.result(job_id, timeout=10))["job_id"] == job_id
     finally:
-        await wait_until(lambda: _idle(worker), 10, "the node's loads to finish")
+        await wait_until(
+            lambda: all(t.done() for t in worker.tasks.values()), 10, "the node's loads to finish"
+        )
         await worker.close()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -11,7 +11,7 @@
 - :mod:`~tests.support.engine` -- chunk sets in the Redis cache, reference generation.
 - :mod:`~tests.support.storage` -- small chunk sets written without the chunker.
 - :mod:`~tests.support.fakes` -- chunk entries and manifests of given sizes, a fake store.
-- :mod:`~tests.support.pipeline` -- in-process consumers, job builder.
+- :mod:`~tests.support.pipeline` -- in-process consumers and loader worker, job builder.
 - :mod:`~tests.support.observe` -- what tests read back from Redis (counters, pending, calls).
 - :mod:`~tests.support.cli` -- the ``sw`` command, as a process or in this one.
 

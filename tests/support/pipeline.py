@@ -1,16 +1,21 @@
-"""In-process job consumers for the pipeline tests, and a job builder."""
+"""In-process pipeline pieces for tests: job consumers, a loader worker, a job builder."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
 import redis.asyncio as aioredis
+from arq.worker import Worker
 
 from sw_core.pipeline.jobs import Job
 from sw_core.settings import Settings
+from tests.support.waiting import wait_until
 from workers.consumer import JobConsumer
+from workers.loader import ChunkLoader
+from workers.node import worker_options
 
 
 @contextlib.asynccontextmanager
@@ -56,3 +61,29 @@ async def crash(consumer: JobConsumer) -> None:
 
 def job(job_id: str = "j", model: str = "m1", task: str = "embed", **kw: Any) -> Job:
     return Job(job_id=job_id, model=model, task=task, inputs=kw.pop("inputs", ["x"]), **kw)
+
+
+@contextlib.asynccontextmanager
+async def loader_worker(
+    settings: Settings, start_timeout_s: float = 10, idle_timeout_s: float = 10
+) -> AsyncIterator[ChunkLoader]:
+    """A real arq Worker (loader-only options) running in this process; yields its loader.
+
+    At the end it waits for the jobs in flight to finish before closing: arq's ``close()``
+    cancels unfinished jobs, and a cancelled job makes ``close()`` raise ``CancelledError``.
+    """
+    worker = Worker(**worker_options(settings, inference=False), handle_signals=False)
+    task = asyncio.create_task(worker.async_run())
+    try:
+        await wait_until(lambda: "loader" in worker.ctx, start_timeout_s, "the loader to start")
+        yield worker.ctx["loader"]
+    finally:
+        await wait_until(
+            lambda: all(t.done() for t in worker.tasks.values()),
+            idle_timeout_s,
+            "the loader's jobs to finish",
+        )
+        await worker.close()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
