@@ -150,17 +150,9 @@ def plan_residency(
             else:
                 merged.add(name)
             leftover -= cost
-    for chunk in blocks:
-        if chunk.size_bytes > leftover:
-            break
-        keep.add(chunk.name)
-        leftover -= chunk.size_bytes
-    if all(c.name in keep for c in blocks):
-        for chunk in experts:  # fetched on demand; whatever room is left keeps some
-            if chunk.size_bytes > leftover:
-                break
-            keep.add(chunk.name)
-            leftover -= chunk.size_bytes
+    leftover = _keep_in_order(blocks, keep, leftover)
+    if all(c.name in keep for c in blocks):  # experts are fetched on demand: kept last
+        _keep_in_order(experts, keep, leftover)
     return ResidencyPlan(
         mode="streaming",
         budget_bytes=budget_bytes,
@@ -169,6 +161,16 @@ def plan_residency(
         min_bytes=min_bytes,
         window_bytes=window,
     )
+
+
+def _keep_in_order(chunks: list[ChunkInfo], keep: set[str], leftover: int) -> int:
+    """Add chunks to ``keep`` in order while they fit in ``leftover``; returns what is left."""
+    for chunk in chunks:
+        if chunk.size_bytes > leftover:
+            break
+        keep.add(chunk.name)
+        leftover -= chunk.size_bytes
+    return leftover
 
 
 def _whole_bytes(name: str, group: list[ChunkInfo], lookups: frozenset[str]) -> int:

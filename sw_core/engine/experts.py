@@ -16,7 +16,7 @@ and ``batched_mm`` sum each token's top-k slots; both are reproduced bit for bit
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -25,7 +25,7 @@ from sw_core.chunks.manifest import ChunkInfo
 from sw_core.engine.sharded import ChunkAccess
 
 
-class ExpertAccess(ChunkAccess):
+class ExpertAccess(ChunkAccess, Protocol):
     """What :class:`StreamedExperts` needs: acquire/release plus schedule insertion."""
 
     def schedule_next(self, chunks: list[ChunkInfo]) -> None: ...
@@ -68,10 +68,9 @@ class StreamedExperts(nn.Module):
         self.access.schedule_next([self.chunks[e] for e in routed])
         eager = _implementation(self._inner) == "eager"
         tokens, top_k = top_k_index.shape
-        if eager:
-            out = torch.zeros_like(hidden_states)
-        else:  # (N, K, H): one slot per routing choice, summed at the end as transformers does
-            slots = hidden_states.new_zeros(tokens, top_k, hidden_states.shape[-1])
+        out = torch.zeros_like(hidden_states)
+        # (N, K, H): one slot per routing choice, summed at the end as grouped_mm does
+        slots = hidden_states.new_zeros(0 if eager else tokens, top_k, hidden_states.shape[-1])
         for e in routed:
             pos, tok = torch.where((top_k_index == e).T)  # by top-k slot, then token
             weights = top_k_weights[tok, pos, None]

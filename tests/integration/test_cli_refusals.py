@@ -10,7 +10,7 @@ import pytest
 import torch
 import transformers
 
-from sw_core.architectures import ARCHITECTURES
+from sw_core.architectures import ARCHITECTURES, supported_list
 from sw_core.chunks.chunker import chunk_model
 from sw_core.cli import main
 from sw_core.exceptions import ModelError
@@ -34,7 +34,7 @@ def test_chunk_refuses_an_unsupported_folder(
     assert main(["chunk", str(tmp_path / "neox"), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "architecture 'gpt_neox' is not supported" in err
-    assert "supported: bert, distilbert, gemma2" in err and "qwen3, roberta, t5" in err
+    assert f"(supported: {supported_list()})" in err and "qwen2_moe, qwen3" in err
     assert not list(out.glob("*.safetensors")) and not (out / "manifest.json").exists()
 
 
