@@ -23,6 +23,17 @@ from sw_core.lua_scripts import lua_source
 from sw_core.ops import stats as counter_names
 from sw_core.ops.cache_stats import CacheStatsReader
 from sw_core.ops.metrics import Histogram
+from sw_core.ops.replies import (
+    as_int,
+    as_num,
+    as_pairs,
+    as_text,
+    execute_async,
+    execute_sync,
+    find_group,
+    group_lag,
+    ok_or,
+)
 from sw_core.queue_redis import queue_redis, queue_redis_sync
 from sw_core.settings import Settings
 
@@ -165,18 +176,18 @@ class StreamingMonitor:
         """:meth:`get_stats` and the full latency histograms by task (asyncio)."""
         redis = self._async_client()
         now = time.time()
-        first = await _execute_async(redis, self._first_round(now))
+        first = await execute_async(redis, self._first_round(now))
         first.update(await asyncio.to_thread(self._cache_stats.read))
-        second = await _execute_async(redis, self._second_round(first))
+        second = await execute_async(redis, self._second_round(first))
         return self._build(first, second, now)
 
     def snapshot_sync(self) -> tuple[dict[str, Any], dict[str, Histogram]]:
         """:meth:`snapshot` with a synchronous client."""
         redis = self._sync_client()
         now = time.time()
-        first = _execute_sync(redis, self._first_round(now))
+        first = execute_sync(redis, self._first_round(now))
         first.update(self._cache_stats.read())
-        second = _execute_sync(redis, self._second_round(first))
+        second = execute_sync(redis, self._second_round(first))
         return self._build(first, second, now)
 
     # ------------------------------------------------------------------ the two rounds
@@ -205,23 +216,23 @@ class StreamingMonitor:
     def _second_round(self, first: Mapping[str, Any]) -> dict[str, tuple[Any, ...]]:
         k = self.keys
         commands: dict[str, tuple[Any, ...]] = {}
-        group = _find_group(first.get("groups"), k.jobs_group)
-        if group is not None and _lag(group) is None and int(first.get("xlen") or 0) > 0:
-            last = _text(group.get("last-delivered-id", "0-0"))
+        group = find_group(first.get("groups"), k.jobs_group)
+        if group is not None and group_lag(group) is None and int(first.get("xlen") or 0) > 0:
+            last = as_text(group.get("last-delivered-id", "0-0"))
             commands["undelivered"] = (
                 "EVAL", lua_source("metrics_queue_length"), 1, k.jobs, last, QUEUE_COUNT_CAP,
             )  # fmt: skip
-        for member, _score in _pairs(first.get("workers")):
-            commands[f"worker:{_text(member)}"] = ("HGETALL", k.worker(_text(member)))
-        for task in sorted(_text(t) for t in _ok(first.get("latency_tasks"), set())):
+        for member, _score in as_pairs(first.get("workers")):
+            commands[f"worker:{as_text(member)}"] = ("HGETALL", k.worker(as_text(member)))
+        for task in sorted(as_text(t) for t in ok_or(first.get("latency_tasks"), set())):
             commands[f"latency:{task}"] = ("HGETALL", k.latency(task))
         return commands
 
     def _build(
         self, first: Mapping[str, Any], second: Mapping[str, Any], now: float
     ) -> tuple[dict[str, Any], dict[str, Histogram]]:
-        raw_stats = {_text(a): _int(b) for a, b in _ok(first.get("stats"), {}).items()}
-        meta = {_text(a): _int(b) for a, b in _ok(first.get("cache_meta"), {}).items()}
+        raw_stats = {as_text(a): as_int(b) for a, b in ok_or(first.get("stats"), {}).items()}
+        meta = {as_text(a): as_int(b) for a, b in ok_or(first.get("cache_meta"), {}).items()}
         out: dict[str, Any] = {"timestamp": now}
         for name in COUNTERS:
             out[name] = raw_stats.get(name, 0)
@@ -237,25 +248,25 @@ class StreamingMonitor:
         }
         requests = out[counter_names.TOTAL_REQUESTS]
         out["error_rate"] = out[counter_names.ERRORS] / requests if requests else 0.0
-        window = _ok(first.get("window"), [0, 0]) or [0, 0]
-        out["recent_requests"], out["recent_errors"] = _int(window[0]), _int(window[1])
+        window = ok_or(first.get("window"), [0, 0]) or [0, 0]
+        out["recent_requests"], out["recent_errors"] = as_int(window[0]), as_int(window[1])
         recent = out["recent_requests"]
         out["recent_error_rate"] = out["recent_errors"] / recent if recent else 0.0
         out["alert_window_s"] = self.settings.alert_window_s
         by_model: dict[str, dict[str, int]] = {}
-        for field, value in _ok(first.get("by_model"), {}).items():
-            status, _, model = _text(field).partition(":")
-            by_model.setdefault(model, {})[status] = _int(value)
+        for field, value in ok_or(first.get("by_model"), {}).items():
+            status, _, model = as_text(field).partition(":")
+            by_model.setdefault(model, {})[status] = as_int(value)
         out["jobs_by_model"] = dict(sorted(by_model.items()))
         lookups = out[counter_names.CACHE_HITS] + out[counter_names.CACHE_MISSES]
         out["cache_hit_rate"] = out[counter_names.CACHE_HITS] / lookups if lookups else 0.0
         out["cache_bytes"] = meta.get("bytes", 0)
-        out["cache_chunks"] = _int(_ok(first.get("cache_chunks"), 0))
+        out["cache_chunks"] = as_int(ok_or(first.get("cache_chunks"), 0))
         out["cache_budget_bytes"] = self.settings.cache_size_bytes
 
         out.update(self._queue(first, second))
-        out["scheduled_retries"] = _int(_ok(first.get("retries"), 0))
-        out["dead_letters"] = _int(_ok(first.get("dlq"), 0))
+        out["scheduled_retries"] = as_int(ok_or(first.get("retries"), 0))
+        out["dead_letters"] = as_int(ok_or(first.get("dlq"), 0))
 
         workers = self._workers(first, second, now)
         out["workers"] = workers
@@ -266,7 +277,7 @@ class StreamingMonitor:
         out["workers_by_kind"] = by_kind
 
         histograms = {
-            name[len("latency:") :]: Histogram.from_hash(_ok(value, {}))
+            name[len("latency:") :]: Histogram.from_hash(ok_or(value, {}))
             for name, value in second.items()
             if name.startswith("latency:")
         }
@@ -277,31 +288,31 @@ class StreamingMonitor:
         return out, histograms
 
     def _queue(self, first: Mapping[str, Any], second: Mapping[str, Any]) -> dict[str, int]:
-        xlen = _int(_ok(first.get("xlen"), 0))
-        group = _find_group(first.get("groups"), self.keys.jobs_group)
+        xlen = as_int(ok_or(first.get("xlen"), 0))
+        group = find_group(first.get("groups"), self.keys.jobs_group)
         if group is None:
             # No worker has created the group yet: every entry waits.
             return {"queue_length": xlen, "pending": 0, "consumers": 0}
-        lag = _lag(group)
+        lag = group_lag(group)
         if lag is None:
-            lag = _int(_ok(second.get("undelivered"), 0)) if xlen else 0
+            lag = as_int(ok_or(second.get("undelivered"), 0)) if xlen else 0
         return {
             "queue_length": lag,
-            "pending": _int(group.get("pending", 0)),
-            "consumers": _int(group.get("consumers", 0)),
+            "pending": as_int(group.get("pending", 0)),
+            "consumers": as_int(group.get("consumers", 0)),
         }
 
     def _workers(
         self, first: Mapping[str, Any], second: Mapping[str, Any], now: float
     ) -> list[dict[str, Any]]:
         workers: list[dict[str, Any]] = []
-        for member, score in _pairs(first.get("workers")):
-            worker_id = _text(member)
-            raw = _ok(second.get(f"worker:{worker_id}"), {}).items()
-            fields = {_text(a): _num(_text(b)) for a, b in raw}  # numbers stay numbers
+        for member, score in as_pairs(first.get("workers")):
+            worker_id = as_text(member)
+            raw = ok_or(second.get(f"worker:{worker_id}"), {}).items()
+            fields = {as_text(a): as_num(as_text(b)) for a, b in raw}  # numbers stay numbers
             if not fields:
                 continue  # its hash expired: the worker stopped beating
-            beat_ms = _int(fields.get("beat_ms", score))
+            beat_ms = as_int(fields.get("beat_ms", score))
             current = next((fields[f] for f in CURRENT_FIELDS if fields.get(f)), "")
             workers.append(
                 {
@@ -337,70 +348,3 @@ class StreamingMonitor:
 
 
 # ---------------------------------------------------------------------------- helpers
-async def _execute_async(redis: Any, commands: Mapping[str, tuple[Any, ...]]) -> dict[str, Any]:
-    if not commands:
-        return {}
-    async with redis.pipeline(transaction=False) as pipe:
-        for args in commands.values():
-            pipe.execute_command(*args)
-        replies = await pipe.execute(raise_on_error=False)
-    _raise_connection_errors(replies)
-    return dict(zip(commands, replies, strict=True))
-
-
-def _execute_sync(redis: Any, commands: Mapping[str, tuple[Any, ...]]) -> dict[str, Any]:
-    if not commands:
-        return {}
-    with redis.pipeline(transaction=False) as pipe:
-        for args in commands.values():
-            pipe.execute_command(*args)
-        replies = pipe.execute(raise_on_error=False)
-    _raise_connection_errors(replies)
-    return dict(zip(commands, replies, strict=True))
-
-
-def _raise_connection_errors(replies: list[Any]) -> None:
-    import redis.exceptions
-
-    for reply in replies:
-        if isinstance(reply, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
-            raise reply
-
-
-def _ok(value: Any, default: Any) -> Any:
-    """A pipeline reply, or ``default`` when the command failed (e.g. no such stream)."""
-    return default if value is None or isinstance(value, Exception) else value
-
-
-def _find_group(groups: Any, name: str) -> dict[str, Any] | None:
-    infos = ({_text(k): v for k, v in group.items()} for group in _ok(groups, []))
-    return next((info for info in infos if _text(info.get("name", "")) == name), None)
-
-
-def _lag(group: Mapping[str, Any]) -> int | None:
-    """XINFO GROUPS ``lag`` (Redis >= 7; None when Redis cannot tell)."""
-    value = group.get("lag")
-    return None if value is None else _int(value)
-
-
-def _pairs(value: Any) -> list[tuple[Any, float]]:
-    """ZRANGE ... WITHSCORES reply as (member, score) pairs, whatever the client parsed."""
-    value = _ok(value, [])
-    if value and not isinstance(value[0], (list, tuple)):
-        value = list(zip(value[::2], value[1::2], strict=True))
-    return [(member, float(score)) for member, score in value]
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, (bytes, bytearray)) else str(value)
-
-
-def _num(text: str) -> int | str:
-    return int(text) if text.isdigit() and len(text) < 19 else text
-
-
-def _int(value: Any) -> int:
-    try:
-        return int(float(_text(value)))
-    except (TypeError, ValueError):
-        return 0
