@@ -34,6 +34,13 @@ _RESULT_EXIT = (
 
 
 def register(subparsers: Any) -> None:
+    _register_submit(subparsers)
+    _register_result(subparsers)
+    _register_register(subparsers)
+    _register_models(subparsers)
+
+
+def _register_submit(subparsers: Any) -> None:
     submit = subparsers.add_parser(
         "submit",
         help="submit a job to the pipeline",
@@ -83,6 +90,8 @@ def register(subparsers: Any) -> None:
     add_cli_flags(submit, REDIS_FLAGS)
     submit.set_defaults(handler=_submit)
 
+
+def _register_result(subparsers: Any) -> None:
     result = subparsers.add_parser(
         "result",
         help="show a job's status and result",
@@ -95,6 +104,8 @@ def register(subparsers: Any) -> None:
     add_cli_flags(result, REDIS_FLAGS)
     result.set_defaults(handler=_result)
 
+
+def _register_register(subparsers: Any) -> None:
     reg = subparsers.add_parser(
         "register",
         help="register a model: NAME -> s3://BUCKET/PREFIX or a folder",
@@ -123,8 +134,6 @@ def register(subparsers: Any) -> None:
     )
     add_cli_flags(reg, REDIS_FLAGS + STORAGE_FLAGS)
     reg.set_defaults(handler=_register)
-
-    _register_models(subparsers)
 
 
 def _register_models(subparsers: Any) -> None:
