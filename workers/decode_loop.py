@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sw_core.engine.continuous import DecodeSession, Sequence
-from sw_core.exceptions import ModelError
+from sw_core.exceptions import ModelError, is_transient
 from sw_core.pipeline.jobs import Job
 from sw_core.pipeline.lifecycle import JobEnds, past_deadline
 from sw_core.settings import Settings
@@ -92,9 +92,11 @@ class DecodeLoop:
                     continue
                 await self._publish(report.step, report.tokens)
                 await self.owner.after_step(self.model)
-            except Exception:  # a bug here must not lose jobs: fail them (retried)
+            except Exception as exc:  # Redis away, or a bug: the jobs must not be lost
                 log.exception("decode loop of %s failed", self.model)
-                await self._fail_all(ModelError("the decode loop failed; see the worker log"))
+                failure = exc if is_transient(exc) else ModelError(f"the decode loop failed: {exc}")
+                await self._fail_all(failure)
+                await asyncio.sleep(0.5)
 
     # ---------------------------------------------------------------- between steps
     async def _stop_ended(self) -> None:
