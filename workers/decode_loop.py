@@ -184,8 +184,13 @@ class DecodeLoop:
                 for s in state.seqs
             ]
             await self.owner.outcomes.finish([state.job], [result])
-            await self.owner.streams.write([(state.job.job_id, {"type": "final",
-                                                                "status": "done"})])  # fmt: skip
+            final = {
+                "type": "final", "status": "done",
+                "finish_reason": ",".join(str(s.finish_reason) for s in state.seqs),
+                "prompt_tokens": sum(len(s.request.ids) for s in state.seqs),
+                "completion_tokens": sum(len(s.tokens) for s in state.seqs),
+            }  # fmt: skip
+            await self.owner.streams.write([(state.job.job_id, final)])
             self.owner.release(state.job)
 
     async def _fail_all(self, exc: BaseException) -> None:
