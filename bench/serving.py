@@ -18,7 +18,7 @@ latency p50/p99, and weight bytes materialized per generated token (the engine's
 must produce the same tokens (asserted).
 
 Usage: ``.venv/bin/python bench/serving.py [--requests 24] [--rate 0.5] [--seed 0]``
-(about 4-6 minutes on 2 cores; ``--quick``: 8 requests).
+(12 requests at 0.2/s took about 15 minutes on the shared 2-core machine; ``--quick``: 8).
 """
 
 from __future__ import annotations
