@@ -18,7 +18,7 @@ latency p50/p99, and weight bytes materialized per generated token (the engine's
 must produce the same tokens (asserted).
 
 Usage: ``.venv/bin/python bench/serving.py [--requests 24] [--rate 0.5] [--seed 0]``
-(about 4-6 minutes on 2 cores; ``--quick``: 8 requests).
+(12 requests at 0.2/s took about 15 minutes on the shared 2-core machine; ``--quick``: 8).
 """
 
 from __future__ import annotations
@@ -79,12 +79,12 @@ class Outcome:
     tokens: list[int] = field(default_factory=list)
 
 
-def plan(n: int, rate: float, seed: int) -> list[Request]:
-    """Poisson arrivals (exponential gaps), 8-64 new tokens each, seeded."""
+def plan(n: int, rate: float, seed: int, low: int = 8, high: int = 64) -> list[Request]:
+    """Poisson arrivals (exponential gaps), ``low``-``high`` new tokens each, seeded."""
     rng = random.Random(seed)
     at, out = 0.0, []
     for i in range(n):
-        out.append(Request(at, PROMPTS[i % len(PROMPTS)], rng.randint(8, 64)))
+        out.append(Request(at, PROMPTS[i % len(PROMPTS)], rng.randint(low, high)))
         at += rng.expovariate(rate)
     return out
 
@@ -177,7 +177,8 @@ def prepare(root: Path, settings: Settings) -> int:
 
 
 def report(rows: list[dict[str, Any]], args: argparse.Namespace, budget_mb: int) -> None:
-    print(f"\n{args.requests} requests, Poisson {args.rate}/s (seed {args.seed}), 8-64 new "
+    print(f"\n{args.requests} requests, Poisson {args.rate}/s (seed {args.seed}), "
+          f"{args.min_new}-{args.max_new} new "
           f"tokens, budget {budget_mb} MiB (25 %), max_active_sequences "
           f"{args.max_active}, max_kv_cache_mb {args.kv_mb}")  # fmt: skip
     print("| mode | tokens/s | TTFT p50 s | TTFT p99 s | e2e p50 s | e2e p99 s | MiB/token |")
@@ -202,18 +203,20 @@ async def main_async(args: argparse.Namespace) -> None:
         settings = Settings.from_env(
             {}, redis_url=server.url, models=f"smollm2={root / 'smollm2'}", cache_size_mb=2048,
             max_active_sequences=args.max_active, max_kv_cache_mb=args.kv_mb,
-            max_batch_size=16, batch_wait_ms=10, poll_block_ms=100,
+            max_batch_size=16, batch_wait_ms=10, poll_block_ms=100, batch_timeout_s=0,
         )  # fmt: skip
         weights = prepare(root / "smollm2", settings)
         budget_mb = round(weights / 4 / 2**20)
         settings = settings.replace(memory_budget_mb=budget_mb)
         loader = start_loader(settings, root / "loader.log")
-        requests = plan(args.requests, args.rate, args.seed)
+        requests = plan(args.requests, args.rate, args.seed, args.min_new, args.max_new)
         rows = []
         try:
             for mode in ("static", "continuous"):
+                started = time.perf_counter()
                 rows.append(await run_mode(settings, requests, mode))
-                print(f"{mode}: done ({rows[-1]['tokens']} tokens)", flush=True)
+                print(f"{mode}: {rows[-1]['tokens']} tokens, {time.perf_counter() - started:.0f} s "
+                      "with the engine load and a warm-up job", flush=True)  # fmt: skip
         finally:
             loader.terminate()
             loader.wait(20)
@@ -228,6 +231,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-active", type=int, default=16, help="SW_MAX_ACTIVE_SEQUENCES")
     parser.add_argument("--kv-mb", type=int, default=256, help="SW_MAX_KV_CACHE_MB")
+    parser.add_argument("--min-new", type=int, default=8, help="fewest new tokens asked for")
+    parser.add_argument("--max-new", type=int, default=64, help="most new tokens asked for")
     parser.add_argument("--quick", action="store_true", help="8 requests")
     args = parser.parse_args()
     if args.quick:

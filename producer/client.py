@@ -197,7 +197,9 @@ class Producer:
         ``{"type": "token", "index", "text", "step"}`` text deltas, ``{"type": "restart"}``
         when a worker took the job over after a crash (start over), ``{"type": "end", "index",
         "finish_reason", "prompt_tokens", "completion_tokens"}`` per input and a last
-        ``{"type": "final", "status"}``."""
+        ``{"type": "final", "status"}`` -- for a job that ended ``done`` with its
+        ``finish_reason`` (one per input, comma-separated) and token counts (summed over
+        its inputs)."""
         from producer.streaming import stream_events
 
         return stream_events(self.redis, self.keys, job_id, timeout_s=timeout)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sw_core.engine.continuous import DecodeSession, Sequence
-from sw_core.exceptions import ModelError
+from sw_core.exceptions import ModelError, is_transient
 from sw_core.pipeline.jobs import Job
 from sw_core.pipeline.lifecycle import JobEnds, past_deadline
 from sw_core.settings import Settings
@@ -92,9 +92,11 @@ class DecodeLoop:
                     continue
                 await self._publish(report.step, report.tokens)
                 await self.owner.after_step(self.model)
-            except Exception:  # a bug here must not lose jobs: fail them (retried)
+            except Exception as exc:  # Redis away, or a bug: the jobs must not be lost
                 log.exception("decode loop of %s failed", self.model)
-                await self._fail_all(ModelError("the decode loop failed; see the worker log"))
+                failure = exc if is_transient(exc) else ModelError(f"the decode loop failed: {exc}")
+                await self._fail_all(failure)
+                await asyncio.sleep(0.5)
 
     # ---------------------------------------------------------------- between steps
     async def _stop_ended(self) -> None:
@@ -182,8 +184,13 @@ class DecodeLoop:
                 for s in state.seqs
             ]
             await self.owner.outcomes.finish([state.job], [result])
-            await self.owner.streams.write([(state.job.job_id, {"type": "final",
-                                                                "status": "done"})])  # fmt: skip
+            final = {
+                "type": "final", "status": "done",
+                "finish_reason": ",".join(str(s.finish_reason) for s in state.seqs),
+                "prompt_tokens": sum(len(s.request.ids) for s in state.seqs),
+                "completion_tokens": sum(len(s.tokens) for s in state.seqs),
+            }  # fmt: skip
+            await self.owner.streams.write([(state.job.job_id, final)])
             self.owner.release(state.job)
 
     async def _fail_all(self, exc: BaseException) -> None:

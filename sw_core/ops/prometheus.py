@@ -60,10 +60,13 @@ JOB_STATUSES: dict[str, str] = {
     "failed": names.FAILED,
     "retried": names.RETRIED,
     "dead_lettered": names.DEAD_LETTERED,
+    "cancelled": names.CANCELLED,
+    "expired": names.EXPIRED,
 }
 #: Plain counters: metric name (without ``_total``) -> (counter of ``sw:stats``, help).
 PLAIN_COUNTERS: dict[str, tuple[str, str]] = {
     "sw_requests": (names.TOTAL_REQUESTS, "Jobs submitted."),
+    "sw_queue_full": (names.QUEUE_FULL, "Submits refused: SW_MAX_QUEUED_JOBS jobs queued."),
     "sw_cache_hits": (names.CACHE_HITS, "Chunk cache lookups that found the chunk."),
     "sw_cache_misses": (names.CACHE_MISSES, "Chunk cache lookups that did not."),
     "sw_cache_evictions": (names.CACHE_EVICTIONS, "Chunks evicted from the cache."),

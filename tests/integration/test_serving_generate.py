@@ -53,4 +53,8 @@ async def test_a_job_joins_while_another_generates(
         assert text_after_last_restart(events) == result["text"], name
         steps = [e["step"] for e in events if e["type"] == "token"]
         assert steps == sorted(steps) and len(steps) >= 2, name
-        assert events[-1] == {"type": "final", "status": "done"}
+        final = events[-1]
+        assert final["type"] == "final" and final["status"] == "done", final
+        assert final["finish_reason"] == result["finish_reason"]
+        assert final["completion_tokens"] == len(result["token_ids"])
+        assert final["prompt_tokens"] == result["prompt_tokens"]
