@@ -8,6 +8,7 @@ import socket
 import time
 
 import redis
+import yaml
 
 from sw_core.cli import main
 from sw_core.ops.health import check_health
@@ -44,8 +45,12 @@ def test_another_hosts_worker_does_not_make_this_container_healthy(redis_url: st
 
 def test_compose_health_checks_and_pinned_images() -> None:
     text = (REPO / "docker-compose.yml").read_text()
-    checks = re.findall(r'test: \["CMD", "sw", "health"[^\]]*\]', text)
-    assert len(checks) == 2 and all('"--this-host"' in c for c in checks), checks
+    services = yaml.safe_load(text)["services"]
+    workers = {n: s for n, s in services.items() if s.get("command", [None])[0] == "arq"}
+    assert len(workers) == 2, sorted(services)
+    for name, service in workers.items():  # each worker container judges its own worker
+        check = service["healthcheck"]["test"]
+        assert check[:3] == ["CMD", "sw", "health"] and "--this-host" in check, (name, check)
     images = re.findall(r"image: (\S+)", text)
     minio = [i for i in images if "minio/" in i]
     assert len(minio) == 2 and all(re.search(r":RELEASE\.\d{4}-", i) for i in minio), minio
