@@ -13,6 +13,7 @@ depend on what else is in its batch.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -39,65 +40,20 @@ def run_generate(
     decode: Any = None,
 ) -> list[dict[str, Any]]:
     """Generate for every request; ``decode(ids) -> str`` turns tokens into text."""
-    from transformers import DynamicCache, EncoderDecoderCache
-
-    model = ctx.model
-    config = model.config
     batch = len(requests)
     device = ctx.device
     generators = [_generator(r, device) for r in requests]
     limits = torch.tensor([r.max_new_tokens for r in requests], device=device)
-    steps = int(limits.max())
     produced = torch.zeros(batch, dtype=torch.long, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     reasons = ["length"] * batch
     tokens: list[list[int]] = [[] for _ in requests]
     eos_tensor = torch.tensor(sorted(eos) or [-1], device=device)
-
     if ctx.family == "seq2seq":
-        ids, mask = pad([r.ids for r in requests], ctx.pad_id, left=False, device=device)
-        ctx.begin_pass(("encoder",), ids)
-        encoder_hidden = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state  # type: ignore[operator]
-        cache: Any = EncoderDecoderCache(DynamicCache(config=config), DynamicCache(config=config))
-        start = int(getattr(config, "decoder_start_token_id", None) or 0)
-        step_ids = torch.full((batch, 1), start, dtype=torch.long, device=device)
-
-        def step(current: torch.Tensor) -> torch.Tensor:
-            ctx.begin_pass(("decoder", "lm_head"), current)
-            out = model(
-                encoder_outputs=(encoder_hidden,),
-                attention_mask=mask,
-                decoder_input_ids=current,
-                cache=cache,
-                use_cache=True,
-            )
-            return out.logits[:, -1, :]
-
+        step, current = _seq2seq_stepper(ctx, requests)
     else:
-        step_ids, mask = pad([r.ids for r in requests], ctx.pad_id, left=True, device=device)
-        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
-        cache = DynamicCache(config=config)
-        state = {"mask": mask, "positions": positions, "first": True}
-
-        def step(current: torch.Tensor) -> torch.Tensor:
-            if not state["first"]:
-                ones = torch.ones((batch, 1), dtype=state["mask"].dtype, device=device)
-                state["mask"] = torch.cat([state["mask"], ones], dim=-1)
-                state["positions"] = state["positions"][:, -1:] + 1
-            state["first"] = False
-            ctx.begin_pass(None, current)
-            out = model(
-                input_ids=current,
-                attention_mask=state["mask"],
-                position_ids=state["positions"],
-                cache=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            return out.logits[:, -1, :]
-
-    current = step_ids
-    for _ in range(steps):
+        step, current = _decoder_stepper(ctx, requests)
+    for _ in range(int(limits.max())):
         logits = step(current).float()
         chosen = _choose(logits, requests, generators)
         chosen = torch.where(finished, torch.full_like(chosen, ctx.pad_id), chosen)
@@ -112,19 +68,77 @@ def run_generate(
         if bool(finished.all()):
             break
         current = chosen.unsqueeze(-1)
-    results = []
-    for i, req in enumerate(requests):
-        new = tokens[i]
-        text_ids = new[:-1] if reasons[i] == "eos" else new
-        results.append(
-            {
-                "text": decode(text_ids) if decode is not None else None,
-                "token_ids": new,
-                "finish_reason": reasons[i],
-                "prompt_tokens": len(req.ids),
-            }
+    return [
+        {
+            "text": decode(new[:-1] if why == "eos" else new) if decode is not None else None,
+            "token_ids": new,
+            "finish_reason": why,
+            "prompt_tokens": len(req.ids),
+        }
+        for req, new, why in zip(requests, tokens, reasons, strict=True)
+    ]
+
+
+Stepper = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _seq2seq_stepper(
+    ctx: PassContext, requests: list[GenerateRequest]
+) -> tuple[Stepper, torch.Tensor]:
+    """Encode once; each step runs the decoder on the last tokens (last-position logits)."""
+    from transformers import DynamicCache, EncoderDecoderCache
+
+    model, config, device = ctx.model, ctx.model.config, ctx.device
+    ids, mask = pad([r.ids for r in requests], ctx.pad_id, left=False, device=device)
+    ctx.begin_pass(("encoder",), ids)
+    encoder_hidden = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state  # type: ignore[operator]
+    cache: Any = EncoderDecoderCache(DynamicCache(config=config), DynamicCache(config=config))
+    start = int(getattr(config, "decoder_start_token_id", None) or 0)
+
+    def step(current: torch.Tensor) -> torch.Tensor:
+        ctx.begin_pass(("decoder", "lm_head"), current)
+        out = model(
+            encoder_outputs=(encoder_hidden,),
+            attention_mask=mask,
+            decoder_input_ids=current,
+            cache=cache,
+            use_cache=True,
         )
-    return results
+        return out.logits[:, -1, :]
+
+    return step, torch.full((len(requests), 1), start, dtype=torch.long, device=device)
+
+
+def _decoder_stepper(
+    ctx: PassContext, requests: list[GenerateRequest]
+) -> tuple[Stepper, torch.Tensor]:
+    """Left-padded prompts first, then one token per step (positions counted per row)."""
+    from transformers import DynamicCache
+
+    model, device, batch = ctx.model, ctx.device, len(requests)
+    step_ids, mask = pad([r.ids for r in requests], ctx.pad_id, left=True, device=device)
+    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    cache = DynamicCache(config=model.config)
+    state = {"mask": mask, "positions": positions, "first": True}
+
+    def step(current: torch.Tensor) -> torch.Tensor:
+        if not state["first"]:
+            ones = torch.ones((batch, 1), dtype=state["mask"].dtype, device=device)
+            state["mask"] = torch.cat([state["mask"], ones], dim=-1)
+            state["positions"] = state["positions"][:, -1:] + 1
+        state["first"] = False
+        ctx.begin_pass(None, current)
+        out = model(
+            input_ids=current,
+            attention_mask=state["mask"],
+            position_ids=state["positions"],
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1, :]
+
+    return step, step_ids
 
 
 def _generator(req: GenerateRequest, device: torch.device) -> torch.Generator | None:
