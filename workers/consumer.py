@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 
-from sw_core.exceptions import BatchTimeoutError, JobError, ModelError, SurfingError
+from sw_core.exceptions import JobError, ModelError
 from sw_core.pipeline.jobs import Job, decode_entry, decode_fields
 from sw_core.pipeline.lifecycle import JobEnds
 from sw_core.pipeline.registry import ModelRegistry
@@ -37,7 +37,7 @@ from sw_core.pipeline.store import JobStore
 from sw_core.retry import RetryPolicy
 from sw_core.settings import Settings
 from workers.admission import start_batch
-from workers.handlers import BatchHandler
+from workers.handlers import BatchHandler, run_batch_bounded
 from workers.heartbeat import default_worker_name
 from workers.outcomes import JobOutcomes
 from workers.retry_mover import RetryMover
@@ -345,7 +345,10 @@ class JobConsumer:
                 handed = {job.entry_id for job in runnable}
             elif runnable:
                 started_s = asyncio.get_running_loop().time()
-                results = await self._invoke(model, task, runnable)
+                results = await run_batch_bounded(
+                    self.handler, model, task, runnable,
+                    batch_timeout_s=self.settings.batch_timeout_s, worker=self.name,
+                )  # fmt: skip
                 duration_s = asyncio.get_running_loop().time() - started_s
                 await self.outcomes.finish(runnable, results, duration_s=duration_s)
         finally:
@@ -367,32 +370,6 @@ class JobConsumer:
         self._inflight.pop(job.entry_id, None)
         self._held.discard(job.entry_id)
         self._room.set()
-
-    async def _invoke(self, model: str, task: str, jobs: list[Job]) -> list[Any]:
-        limit_s = self.settings.batch_timeout_s
-        scope = asyncio.timeout(limit_s if limit_s > 0 else None)
-        try:
-            async with scope:
-                results = await self.handler.run_batch(model, task, list(jobs))
-        except Exception as exc:
-            failure: Exception = exc
-            if scope.expired():
-                log.warning(
-                    "worker %s: a batch of %d %s/%s jobs ran past batch_timeout_s=%g; cancelled",
-                    self.name, len(jobs), model, task, limit_s,
-                )  # fmt: skip
-                failure = BatchTimeoutError(
-                    f"the batch of {len(jobs)} {model}/{task} jobs ran longer than "
-                    f"SW_BATCH_TIMEOUT_S={limit_s:g} s and was cancelled"
-                )
-            elif not isinstance(exc, SurfingError):
-                log.exception("handler failed on a batch of %d %s/%s jobs", len(jobs), model, task)
-            return [failure] * len(jobs)
-        if not isinstance(results, list) or len(results) != len(jobs):
-            count = len(results) if isinstance(results, list) else type(results).__name__
-            bug = JobError(f"the handler returned {count} results for {len(jobs)} jobs")
-            return [bug] * len(jobs)
-        return results
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:

@@ -12,13 +12,17 @@ taking the :class:`~sw_core.settings.Settings` and returning one.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import inspect
+import logging
 from typing import Any, Protocol, runtime_checkable
 
-from sw_core.exceptions import ConfigError
+from sw_core.exceptions import BatchTimeoutError, ConfigError, JobError, SurfingError
 from sw_core.pipeline.jobs import Job
 from sw_core.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 @runtime_checkable
@@ -79,3 +83,40 @@ async def close_handler(handler: Any) -> None:
     result = close()
     if inspect.isawaitable(result):
         await result
+
+
+async def run_batch_bounded(
+    handler: BatchHandler,
+    model: str,
+    task: str,
+    jobs: list[Job],
+    *,
+    batch_timeout_s: float,
+    worker: str,
+) -> list[Any]:
+    """One result (or exception) per job: the handler's, cut off after ``batch_timeout_s``
+    (0 = no limit) with :class:`BatchTimeoutError`; a handler that fails or returns the
+    wrong number of results fails every job of the batch."""
+    scope = asyncio.timeout(batch_timeout_s if batch_timeout_s > 0 else None)
+    try:
+        async with scope:
+            results = await handler.run_batch(model, task, list(jobs))
+    except Exception as exc:
+        failure: Exception = exc
+        if scope.expired():
+            log.warning(
+                "worker %s: a batch of %d %s/%s jobs ran past batch_timeout_s=%g; cancelled",
+                worker, len(jobs), model, task, batch_timeout_s,
+            )  # fmt: skip
+            failure = BatchTimeoutError(
+                f"the batch of {len(jobs)} {model}/{task} jobs ran longer than "
+                f"SW_BATCH_TIMEOUT_S={batch_timeout_s:g} s and was cancelled"
+            )
+        elif not isinstance(exc, SurfingError):
+            log.exception("handler failed on a batch of %d %s/%s jobs", len(jobs), model, task)
+        return [failure] * len(jobs)
+    if not isinstance(results, list) or len(results) != len(jobs):
+        count = len(results) if isinstance(results, list) else type(results).__name__
+        bug = JobError(f"the handler returned {count} results for {len(jobs)} jobs")
+        return [bug] * len(jobs)
+    return results
