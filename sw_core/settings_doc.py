@@ -146,7 +146,9 @@ def table_in(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Rewrite the table in the given Markdown files (default ``docs/operations.md``)."""
-    paths = [Path(p) for p in (argv if argv is not None else sys.argv[1:])] or [Path("docs/operations.md")]
+    paths = [Path(p) for p in (argv if argv is not None else sys.argv[1:])] or [
+        Path("docs/operations.md")
+    ]
     for path in paths:
         path.write_text(rewrite(path.read_text()))
         print(f"settings table updated in {path}")

@@ -29,8 +29,8 @@ from safetensors.torch import save_file
 from sw_core.chunks.manifest import ChunkInfo, FileInfo, Manifest
 from sw_core.chunks.plan import ChunkPlan, block_stacks, numel, plan_chunks, tied_parameters
 from sw_core.exceptions import ModelError
+from sw_core.hashing import file_digests
 from sw_core.progress import Progress
-from sw_core.utils import calculate_chunk_hash
 
 log = logging.getLogger(__name__)
 
@@ -341,12 +341,14 @@ def _write_chunks(
         target = out / plan.file
         _atomic_save(tensors, target)
         del tensors
+        sha256, blake3_hex = file_digests(target)
         chunks.append(
             ChunkInfo(
                 name=plan.name,
                 file=plan.file,
                 size_bytes=target.stat().st_size,
-                sha256=calculate_chunk_hash(target),
+                sha256=sha256,
+                blake3=blake3_hex,
                 tensors=list(plan.tensors),
                 role=plan.role,  # type: ignore[arg-type]
                 stack=plan.stack,
@@ -377,6 +379,13 @@ def _atomic_save(tensors: dict[str, torch.Tensor], target: Path) -> None:
         raise
 
 
+def _file_info(out: Path, rel: str) -> FileInfo:
+    sha256, blake3_hex = file_digests(out / rel)
+    return FileInfo(
+        file=rel, size_bytes=(out / rel).stat().st_size, sha256=sha256, blake3=blake3_hex
+    )
+
+
 def _finish(
     out: Path,
     name: str,
@@ -389,13 +398,7 @@ def _finish(
     dtype: str,
 ) -> Manifest:
     chunk_files = {c.file for c in chunks}
-    files = [
-        FileInfo(
-            file=rel, size_bytes=(out / rel).stat().st_size, sha256=calculate_chunk_hash(out / rel)
-        )
-        for rel in _side_files(out)
-        if rel not in chunk_files
-    ]
+    files = [_file_info(out, rel) for rel in _side_files(out) if rel not in chunk_files]
     manifest = Manifest(
         name=name,
         architecture=str(config.model_type),

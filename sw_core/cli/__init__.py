@@ -14,6 +14,7 @@ from sw_core.exceptions import SurfingError
 COMMAND_MODULES: tuple[str, ...] = (
     "chunk_cmds",
     "store_cmds",
+    "rehash_cmds",
     "ops_cmds",
     "demo_cmds",
     "pipeline_cmds",

@@ -26,7 +26,8 @@ class ChunkSource(Protocol):
     """What the engine needs from wherever chunks live."""
 
     async def fetch(self, chunk: ChunkInfo) -> bytearray | memoryview:
-        """The chunk's bytes in a writable buffer, already checked against ``chunk.sha256``."""
+        """The chunk's bytes in a writable buffer, already checked against the chunk's digest
+        (``chunk.blake3`` when the manifest has it, else ``chunk.sha256``)."""
         ...
 
     async def fetch_file(self, name: str) -> bytes:
@@ -55,7 +56,7 @@ class StoreChunkSource:
 
     async def fetch(self, chunk: ChunkInfo) -> bytearray:
         return await self.store.load_verified(
-            chunk.file, chunk.sha256, max_size_bytes=chunk.size_bytes
+            chunk.file, chunk.sha256, max_size_bytes=chunk.size_bytes, blake3=chunk.blake3
         )
 
     async def fetch_file(self, name: str) -> bytes:
@@ -66,7 +67,7 @@ class CachedChunkSource:
     """The shared Redis chunk cache first, the storage backend on a miss.
 
     ``cache`` is the synchronous :class:`~sw_core.cache.ChunkCache`; it is called in
-    worker threads. ``ChunkCache.get`` checks the bytes against the chunk's sha256 itself
+    worker threads. ``ChunkCache.get`` checks the bytes against the chunk's digest itself
     (a corrupt entry is dropped and reads as a miss), so a hit is verified; a miss is
     loaded with ``load_verified`` from the store and then put in the cache. A failing
     cache (Redis down, out of memory) makes fetches slower, never wrong: the store serves.
@@ -92,7 +93,7 @@ class CachedChunkSource:
 
     async def fetch(self, chunk: ChunkInfo) -> bytearray | memoryview:
         try:
-            data = await asyncio.to_thread(self.cache.get, chunk.sha256)
+            data = await asyncio.to_thread(self.cache.get, chunk.sha256, blake3=chunk.blake3)
         except CacheError:
             self.cache_errors += 1
             data = None
@@ -101,7 +102,7 @@ class CachedChunkSource:
             return data
         self.cache_misses += 1
         loaded = await self.store.load_verified(
-            chunk.file, chunk.sha256, max_size_bytes=chunk.size_bytes
+            chunk.file, chunk.sha256, max_size_bytes=chunk.size_bytes, blake3=chunk.blake3
         )
         try:
             await asyncio.to_thread(self.cache.put, chunk.sha256, loaded, verify=False)

@@ -20,6 +20,11 @@ import numpy as np
 from safetensors.numpy import save as save_numpy
 
 from sw_core.chunks.manifest import ChunkInfo, Manifest
+from sw_core.hashing import hex_digest
+
+#: Whether :func:`write_chunk_set` records a BLAKE3 digest per chunk (the BLAKE3 variants of
+#: the scenarios set it; the default keeps the sha256-only chunk sets of older versions).
+RECORD_BLAKE3 = False
 
 
 def tensor_chunk(seed: int, rows: int = 64, cols: int = 256) -> bytes:
@@ -49,6 +54,7 @@ def write_chunk_set(
                 file=f"{chunk_name}.safetensors",
                 size_bytes=len(data),
                 sha256=hashlib.sha256(data).hexdigest(),
+                blake3=hex_digest("blake3", data) if RECORD_BLAKE3 else None,
                 tensors=["weight", "bias"],
                 role="block",
                 stack="layers",
@@ -68,7 +74,12 @@ def replace_chunk(folder: Path, manifest: Manifest, index: int, data: bytes) -> 
     old = manifest.chunks[index]
     (folder / old.file).write_bytes(data)
     forged = ChunkInfo(
-        **{**old.__dict__, "size_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        **{
+            **old.__dict__,
+            "size_bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "blake3": hex_digest("blake3", data) if old.blake3 else None,
+        }
     )
     chunks = list(manifest.chunks)
     chunks[index] = forged
