@@ -74,14 +74,19 @@ class RemoteChunkSource:
     def describe(self) -> str:
         return f"chunk loaders of model {self.model!r} via {redact_url(self.settings.redis_url)}"
 
-    async def fetch(self, chunk: ChunkInfo) -> bytearray | memoryview:
-        """The chunk's verified bytes (writable; from the cache).
+    #: :meth:`fetch` reads a cache hit into the engine's reused buffer (``out``).
+    accepts_out = True
+
+    async def fetch(
+        self, chunk: ChunkInfo, *, out: memoryview | None = None
+    ) -> bytearray | memoryview:
+        """The chunk's verified bytes (writable; from the cache, into ``out`` when given).
 
         Raises:
             WeightServerError: no loader announced the chunk within ``timeout_s``.
             SurfingError: the loader's own error (ChunkNotFoundError, SecurityError ...).
         """
-        data = await self.cache.aget(chunk.sha256, blake3=chunk.blake3)
+        data = await self.cache.aget(chunk.sha256, out=out, blake3=chunk.blake3)
         if data is not None:
             return data
         flight = self._flights.get(chunk.sha256)

@@ -29,6 +29,7 @@ import torch
 
 from sw_core.chunks.manifest import ChunkInfo, Manifest
 from sw_core.engine.budget import ResidencyPlan, plan_residency
+from sw_core.engine.buffers import BufferPool
 from sw_core.engine.generation import eos_ids, run_generate
 from sw_core.engine.inputs import (
     TASKS,
@@ -124,6 +125,7 @@ class StreamingEngine:
             settings.prefetch_count,
             lookup_only=self.skeleton.lookup_only,
         )
+        self.buffers = BufferPool(settings.memory_budget_bytes)
         self.residency = Residency(
             model_name=manifest.name,
             budget_bytes=settings.memory_budget_bytes,
@@ -159,7 +161,10 @@ class StreamingEngine:
         self._loaded = True
 
     async def _load_chunk(self, chunk: ChunkInfo) -> Tensors:
-        data = await self.source.fetch(chunk)
+        if chunk.name not in self.plan.keep and getattr(self.source, "accepts_out", False):
+            data = await self.source.fetch(chunk, out=self.buffers.take(chunk.size_bytes))
+        else:
+            data = await self.source.fetch(chunk)
         if len(data) != chunk.size_bytes:
             raise SecurityError(
                 f"chunk {chunk.name!r} is {len(data)} bytes, the manifest says {chunk.size_bytes}"
@@ -341,6 +346,7 @@ class StreamingEngine:
     def _clear_locked(self) -> None:
         self.runtime.drop_merged()
         self.residency.clear()
+        self.buffers.clear()
 
     def cache_info(self) -> dict[str, Any]:
         """Hits, misses, hit rate, materialized memory, resident chunks and timings."""
@@ -365,6 +371,8 @@ class StreamingEngine:
             "loaded_mb": mib(stats.loaded_bytes),
             "load_s": stats.load_s,
             "wait_s": stats.wait_s,
+            "buffers_reused": self.buffers.stats.reused,
+            "buffers_mapped": self.buffers.stats.mapped,
         }
         cache = getattr(self.source, "cache", None)
         if cache is not None and hasattr(cache, "info"):

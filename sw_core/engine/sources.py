@@ -27,7 +27,11 @@ class ChunkSource(Protocol):
 
     async def fetch(self, chunk: ChunkInfo) -> bytearray | memoryview:
         """The chunk's bytes in a writable buffer, already checked against the chunk's digest
-        (``chunk.blake3`` when the manifest has it, else ``chunk.sha256``)."""
+        (``chunk.blake3`` when the manifest has it, else ``chunk.sha256``).
+
+        A source may also take ``out=`` (a writable buffer of exactly ``chunk.size_bytes``
+        to read into, which it may ignore) and say so with ``accepts_out = True``; the
+        engine then lends it reused buffers (:mod:`sw_core.engine.buffers`)."""
         ...
 
     async def fetch_file(self, name: str) -> bytes:
@@ -47,6 +51,8 @@ class StoreChunkSource:
         manifest_sha256: the location's manifest pin, if any (:mod:`sw_core.chunks.pin`).
     """
 
+    accepts_out = True
+
     def __init__(self, store: Any, *, manifest_sha256: str | None = None) -> None:
         self.store = store
         self.manifest_sha256 = manifest_sha256
@@ -54,7 +60,14 @@ class StoreChunkSource:
     def describe(self) -> str:
         return str(self.store.describe())
 
-    async def fetch(self, chunk: ChunkInfo) -> bytearray:
+    async def fetch(
+        self, chunk: ChunkInfo, *, out: memoryview | None = None
+    ) -> bytearray | memoryview:
+        load_into = getattr(self.store, "load_into", None)
+        if out is not None and load_into is not None:
+            data = await load_into(chunk.file, out)
+            await self.store.check_integrity(chunk.file, data, chunk.sha256, blake3=chunk.blake3)
+            return data
         return await self.store.load_verified(
             chunk.file, chunk.sha256, max_size_bytes=chunk.size_bytes, blake3=chunk.blake3
         )
@@ -78,6 +91,8 @@ class CachedChunkSource:
         manifest_sha256: the location's manifest pin, if any (:mod:`sw_core.chunks.pin`).
     """
 
+    accepts_out = True
+
     def __init__(self, cache: Any, store: Any, *, manifest_sha256: str | None = None) -> None:
         self.cache = cache
         self.store = store
@@ -91,9 +106,13 @@ class CachedChunkSource:
     def describe(self) -> str:
         return f"chunk cache + {self.store.describe()}"
 
-    async def fetch(self, chunk: ChunkInfo) -> bytearray | memoryview:
+    async def fetch(
+        self, chunk: ChunkInfo, *, out: memoryview | None = None
+    ) -> bytearray | memoryview:
         try:
-            data = await asyncio.to_thread(self.cache.get, chunk.sha256, blake3=chunk.blake3)
+            data = await asyncio.to_thread(
+                self.cache.get, chunk.sha256, out=out, blake3=chunk.blake3
+            )
         except CacheError:
             self.cache_errors += 1
             data = None
