@@ -90,6 +90,7 @@ class Settings:
 
     # Engine.
     device: str = "auto"
+    compute_dtype: str = "auto"
     memory_budget_mb: int = 2048
     prefetch_count: int = 2
     max_batch_size: int = 16
@@ -199,6 +200,11 @@ class Settings:
         if not 0 <= self.retry_jitter <= 1:
             raise ConfigError(
                 f"{ENV_PREFIX}RETRY_JITTER must be within [0, 1], got {self.retry_jitter}"
+            )
+        if self.compute_dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ConfigError(
+                f"{ENV_PREFIX}COMPUTE_DTYPE must be auto, float32, bfloat16 or float16, "
+                f"got {self.compute_dtype!r}"
             )
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.key_prefix):
             raise ConfigError(

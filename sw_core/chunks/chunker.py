@@ -28,6 +28,13 @@ from safetensors.torch import save_file
 
 from sw_core.chunks.manifest import ChunkInfo, FileInfo, Manifest
 from sw_core.chunks.plan import ChunkPlan, block_stacks, numel, plan_chunks, tied_parameters
+from sw_core.chunks.tensor_sources import (
+    STORED_DTYPES,
+    SafetensorsSource,
+    StateDictSource,
+    TensorSource,
+    stored,
+)
 from sw_core.exceptions import ModelError
 from sw_core.hashing import file_digests
 from sw_core.progress import Progress
@@ -58,39 +65,6 @@ SIDE_FILES = (
 )
 
 
-# --------------------------------------------------------------------------- tensor sources
-class _TensorSource:
-    """Reads one tensor (or a row range of one) at a time."""
-
-    def get(self, key: str) -> torch.Tensor:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def get_rows(self, key: str, start: int, end: int) -> torch.Tensor:
-        return self.get(key)[start:end]
-
-
-class _StateDictSource(_TensorSource):
-    def __init__(self, state: dict[str, torch.Tensor]) -> None:
-        self._state = state
-
-    def get(self, key: str) -> torch.Tensor:
-        return self._state[key]
-
-
-class _SafetensorsSource(_TensorSource):
-    """Tensors read lazily from safetensors files, under the model's key names."""
-
-    def __init__(self, handles: dict[str, Any], file_key_of: dict[str, str]) -> None:
-        self._handles = handles  # model key -> safe_open handle
-        self._file_key_of = file_key_of  # model key -> key in the file
-
-    def get(self, key: str) -> torch.Tensor:
-        return self._handles[key].get_tensor(self._file_key_of[key])
-
-    def get_rows(self, key: str, start: int, end: int) -> torch.Tensor:
-        return self._handles[key].get_slice(self._file_key_of[key])[start:end]
-
-
 # --------------------------------------------------------------------------- entry point
 def chunk_model(
     source: torch.nn.Module | str | os.PathLike[str],
@@ -100,6 +74,7 @@ def chunk_model(
     tokenizer: Any = None,
     max_chunk_mb: float = DEFAULT_MAX_CHUNK_MB,
     progress: Progress | None = None,
+    dtype: str | None = None,
 ) -> Manifest:
     """Chunk ``source`` into ``out_dir`` and return its manifest.
 
@@ -112,6 +87,8 @@ def chunk_model(
         max_chunk_mb: 2-D embedding/head tensors larger than this are split into row shards
             (0 turns sharding off).
         progress: advanced once per chunk written.
+        dtype: store floating-point weights in this dtype (``bfloat16``, ``float16``,
+            ``float32``); default: as the source holds them.
 
     Returns:
         The manifest, also written to ``out_dir/manifest.json``.
@@ -122,6 +99,9 @@ def chunk_model(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     max_chunk_bytes = int(max_chunk_mb * (1 << 20))
+    if dtype not in (None, *STORED_DTYPES):
+        raise ModelError(f"cannot store weights as {dtype!r}: use one of {sorted(STORED_DTYPES)}")
+    target = STORED_DTYPES[dtype] if dtype is not None else None
     if isinstance(source, torch.nn.Module):
         return _chunk_module(
             source,
@@ -131,12 +111,13 @@ def chunk_model(
             max_chunk_bytes,
             progress,
             str(type(source).__name__),
+            target=target,
         )
     path = Path(source)
     if path.is_file() and path.suffix == ".gguf":
-        return _chunk_gguf(path, out, name or path.stem, max_chunk_bytes, progress)
+        return _chunk_gguf(path, out, name or path.stem, max_chunk_bytes, progress, target)
     if path.is_dir():
-        return _chunk_folder(path, out, name or path.name, max_chunk_bytes, progress)
+        return _chunk_folder(path, out, name or path.name, max_chunk_bytes, progress, target)
     raise ModelError(
         f"cannot chunk {source}: expected a model folder, a .gguf file or a model object"
     )
@@ -161,6 +142,7 @@ def _chunk_module(
     progress: Progress | None,
     source_label: str,
     gguf_file: str | None = None,
+    target: torch.dtype | None = None,
 ) -> Manifest:
     config = getattr(model, "config", None)
     if config is None:
@@ -168,7 +150,9 @@ def _chunk_module(
     stacks = block_stacks(model)
     tied = tied_parameters(model)
     state = {k: v for k, v in model.state_dict().items() if k not in tied}
-    shapes = {k: (list(v.shape), v.dtype) for k, v in state.items()}
+    source, shapes = stored(
+        StateDictSource(state), {k: (list(v.shape), v.dtype) for k, v in state.items()}, target
+    )
     plans = plan_chunks(list(state), shapes, stacks, max_chunk_bytes)
     config.architectures = [type(model).__name__]
     config.save_pretrained(out)
@@ -177,7 +161,7 @@ def _chunk_module(
         generation_config.save_pretrained(out)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
-    chunks = _write_chunks(plans, _StateDictSource(state), shapes, out, progress)
+    chunks = _write_chunks(plans, source, shapes, out, progress)
     return _finish(
         out,
         name,
@@ -192,7 +176,12 @@ def _chunk_module(
 
 
 def _chunk_gguf(
-    path: Path, out: Path, name: str, max_chunk_bytes: int, progress: Progress | None
+    path: Path,
+    out: Path,
+    name: str,
+    max_chunk_bytes: int,
+    progress: Progress | None,
+    target: torch.dtype | None,
 ) -> Manifest:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -205,12 +194,25 @@ def _chunk_gguf(
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load GGUF file {path}: {exc}") from exc
     return _chunk_module(
-        model, out, name, tokenizer, max_chunk_bytes, progress, path.name, gguf_file=path.name
+        model,
+        out,
+        name,
+        tokenizer,
+        max_chunk_bytes,
+        progress,
+        path.name,
+        gguf_file=path.name,
+        target=target,
     )
 
 
 def _chunk_folder(
-    folder: Path, out: Path, name: str, max_chunk_bytes: int, progress: Progress | None
+    folder: Path,
+    out: Path,
+    name: str,
+    max_chunk_bytes: int,
+    progress: Progress | None,
+    target: torch.dtype | None,
 ) -> Manifest:
     from safetensors import safe_open
 
@@ -254,10 +256,9 @@ def _chunk_folder(
                 raise ModelError(
                     f"{folder}: weight {key} has shape {shapes[key][0]}, the config implies {expected}"
                 )
+        source, shapes = stored(SafetensorsSource(handle_of, file_key_of), shapes, target)
         plans = plan_chunks(model_keys, shapes, stacks, max_chunk_bytes)
-        chunks = _write_chunks(
-            plans, _SafetensorsSource(handle_of, file_key_of), shapes, out, progress
-        )
+        chunks = _write_chunks(plans, source, shapes, out, progress)
     for side in SIDE_FILES:
         if (folder / side).is_file():
             (out / side).parent.mkdir(parents=True, exist_ok=True)
@@ -329,7 +330,7 @@ def _st_dtype(name: str) -> torch.dtype:
 
 def _write_chunks(
     plans: list[ChunkPlan],
-    source: _TensorSource,
+    source: TensorSource,
     shapes: dict[str, tuple[list[int], torch.dtype]],
     out: Path,
     progress: Progress | None,
@@ -362,7 +363,7 @@ def _write_chunks(
     return chunks
 
 
-def _plan_tensors(plan: ChunkPlan, source: _TensorSource) -> Iterator[tuple[str, torch.Tensor]]:
+def _plan_tensors(plan: ChunkPlan, source: TensorSource) -> Iterator[tuple[str, torch.Tensor]]:
     for key in plan.tensors:
         tensor = source.get_rows(key, *plan.rows) if plan.rows else source.get(key)
         yield key, tensor.detach().to("cpu").contiguous()

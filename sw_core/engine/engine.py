@@ -30,6 +30,8 @@ import torch
 from sw_core.chunks.manifest import ChunkInfo, Manifest
 from sw_core.engine.budget import ResidencyPlan, plan_residency
 from sw_core.engine.buffers import BufferPool
+from sw_core.engine.dtypes import compute_dtype, expansion
+from sw_core.engine.fetching import ChunkLoader
 from sw_core.engine.generation import eos_ids, run_generate
 from sw_core.engine.inputs import (
     TASKS,
@@ -52,7 +54,7 @@ from sw_core.engine.setup import (
 from sw_core.engine.skeleton import Family, Skeleton, load_config
 from sw_core.engine.sources import ChunkSource
 from sw_core.engine.tasks import run_embed, run_forward
-from sw_core.exceptions import ModelError, SecurityError
+from sw_core.exceptions import ModelError
 from sw_core.settings import Settings
 from sw_core.utils import mib
 
@@ -119,11 +121,14 @@ class StreamingEngine:
         settings = self.settings
         self.manifest = manifest
         self.skeleton = Skeleton(manifest, config, self.device)
+        dtype = compute_dtype(settings.compute_dtype, self.device, manifest)
+        expand = expansion(manifest, dtype)
         self.plan = plan_residency(
             manifest,
             settings.memory_budget_bytes,
             settings.prefetch_count,
             lookup_only=self.skeleton.lookup_only,
+            expand=expand,
         )
         self.buffers = BufferPool(settings.memory_budget_bytes)
         self.residency = Residency(
@@ -131,7 +136,10 @@ class StreamingEngine:
             budget_bytes=settings.memory_budget_bytes,
             keep=self.plan.keep,
             prefetch_count=settings.prefetch_count,
-            loader=self._load_chunk,
+            loader=ChunkLoader(
+                self.source, self.skeleton, self.device, self.buffers, self.plan.keep, dtype
+            ),
+            expand=expand,
             bind=self.skeleton.bind,
             unbind=self.skeleton.unbind,
             timeout_s=settings.timeout_seconds,
@@ -159,20 +167,6 @@ class StreamingEngine:
             self.limits, tokenizer, has_lm_head=has_head, seq2seq=self.family == "seq2seq"
         )
         self._loaded = True
-
-    async def _load_chunk(self, chunk: ChunkInfo) -> Tensors:
-        if chunk.name not in self.plan.keep and getattr(self.source, "accepts_out", False):
-            data = await self.source.fetch(chunk, out=self.buffers.take(chunk.size_bytes))
-        else:
-            data = await self.source.fetch(chunk)
-        if len(data) != chunk.size_bytes:
-            raise SecurityError(
-                f"chunk {chunk.name!r} is {len(data)} bytes, the manifest says {chunk.size_bytes}"
-            )
-        if self.device.type == "cpu":
-            # zero-copy, tens of microseconds: cheaper than a hop to a worker thread and back
-            return self.skeleton.deserialize(chunk, data)
-        return await asyncio.to_thread(self.skeleton.deserialize, chunk, data)
 
     # ---------------------------------------------------------------- properties
     @property

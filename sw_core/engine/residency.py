@@ -91,6 +91,8 @@ class Residency:
         loader: coroutine factory returning a chunk's tensors (fetch + deserialize).
         bind / unbind: put a chunk's tensors into the model / take them out.
         timeout_s: longest wait for one chunk.
+        expand: a chunk holds its stored bytes times this once materialized (widened to the
+            compute dtype); what is reserved for it.
     """
 
     def __init__(
@@ -104,8 +106,10 @@ class Residency:
         bind: BindFn,
         unbind: UnbindFn,
         timeout_s: float,
+        expand: float = 1.0,
     ) -> None:
         self.model_name = model_name
+        self.expand = expand
         self.budget_bytes = budget_bytes
         self.keep = frozenset(keep)
         self.prefetch_count = max(0, prefetch_count)
@@ -277,7 +281,7 @@ class Residency:
 
     # ---------------------------------------------------------------- internals
     def _start(self, chunk: ChunkInfo, *, must: bool) -> _Slot | None:
-        size = chunk.size_bytes
+        size = int(chunk.size_bytes * self.expand)
         if not self._try_reserve(size):
             if not must:
                 return None

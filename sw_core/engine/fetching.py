@@ -1,0 +1,62 @@
+"""Turning a chunk into tensors: fetch (into a reused buffer for streamed chunks), check the
+size, deserialize zero-copy, widen to the compute dtype."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import torch
+
+from sw_core.chunks.manifest import ChunkInfo
+from sw_core.engine.buffers import BufferPool
+from sw_core.engine.dtypes import Tensors, to_compute
+from sw_core.exceptions import SecurityError
+
+
+class ChunkLoader:
+    """The residency's loader: ``await loader(chunk)`` gives the chunk's tensors.
+
+    Args:
+        source: the :class:`~sw_core.engine.sources.ChunkSource`.
+        skeleton: deserializes and checks a chunk's tensors.
+        device: where the tensors go.
+        buffers: the pool streamed chunks are read into (kept chunks get their own memory).
+        keep: names of the chunks the plan keeps resident.
+        dtype: the compute dtype (None: as stored).
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        skeleton: Any,
+        device: torch.device,
+        buffers: BufferPool,
+        keep: frozenset[str],
+        dtype: torch.dtype | None,
+    ) -> None:
+        self.source = source
+        self.skeleton = skeleton
+        self.device = device
+        self.buffers = buffers
+        self.keep = keep
+        self.dtype = dtype
+        self._reads_into = bool(getattr(source, "accepts_out", False))
+
+    async def __call__(self, chunk: ChunkInfo) -> Tensors:
+        streamed = chunk.name not in self.keep
+        if streamed and self._reads_into:
+            data = await self.source.fetch(chunk, out=self.buffers.take(chunk.size_bytes))
+        else:
+            data = await self.source.fetch(chunk)
+        if len(data) != chunk.size_bytes:
+            raise SecurityError(
+                f"chunk {chunk.name!r} is {len(data)} bytes, the manifest says {chunk.size_bytes}"
+            )
+        take = self.buffers.take if streamed else None
+        if self.device.type == "cpu":
+            # zero-copy, tens of microseconds: cheaper than a hop to a worker thread and back;
+            # widening a streamed chunk (a few ms) runs here too, off the compute thread
+            return to_compute(self.skeleton.deserialize(chunk, data), self.dtype, take)
+        tensors = await asyncio.to_thread(self.skeleton.deserialize, chunk, data)
+        return to_compute(tensors, self.dtype, None)
