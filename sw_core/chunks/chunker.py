@@ -150,10 +150,10 @@ def _chunk_module(
     stacks = block_stacks(model)
     tied = tied_parameters(model)
     state = {k: v for k, v in model.state_dict().items() if k not in tied}
-    source, shapes = stored(
-        StateDictSource(state), {k: (list(v.shape), v.dtype) for k, v in state.items()}, target
-    )
+    shapes = {k: (list(v.shape), v.dtype) for k, v in state.items()}
+    # row shards as wide as in the source's dtype, so that widened back they fit max_chunk_mb
     plans = plan_chunks(list(state), shapes, stacks, max_chunk_bytes)
+    source, shapes = stored(StateDictSource(state), shapes, target)
     config.architectures = [type(model).__name__]
     config.save_pretrained(out)
     generation_config = getattr(model, "generation_config", None)
@@ -256,8 +256,8 @@ def _chunk_folder(
                 raise ModelError(
                     f"{folder}: weight {key} has shape {shapes[key][0]}, the config implies {expected}"
                 )
-        source, shapes = stored(SafetensorsSource(handle_of, file_key_of), shapes, target)
         plans = plan_chunks(model_keys, shapes, stacks, max_chunk_bytes)
+        source, shapes = stored(SafetensorsSource(handle_of, file_key_of), shapes, target)
         chunks = _write_chunks(plans, source, shapes, out, progress)
     for side in SIDE_FILES:
         if (folder / side).is_file():

@@ -124,9 +124,10 @@ class BufferPool:
             self._buffers = [b for b in self._buffers if not b.free()]
 
     def _best_free(self, size: int) -> _Buffer | None:
-        """A free buffer of ``size``'s size class (a bigger one would waste capacity)."""
-        capacity = size_class(size)
-        return next((b for b in self._buffers if b.capacity == capacity and b.free()), None)
+        """The smallest free buffer that holds ``size`` (a bigger one serves when its class
+        has none free: unmapping and mapping afresh would cost the faults the pool saves)."""
+        fitting = [b for b in self._buffers if b.capacity >= size and b.free()]
+        return min(fitting, key=lambda b: b.capacity, default=None)
 
     def _map_within_capacity(self, size: int) -> _Buffer | None:
         capacity = size_class(size)

@@ -31,7 +31,7 @@ from sw_core.chunks.manifest import ChunkInfo, Manifest
 from sw_core.engine.budget import ResidencyPlan, plan_residency
 from sw_core.engine.buffers import BufferPool
 from sw_core.engine.dtypes import compute_dtype, expansion
-from sw_core.engine.fetching import ChunkLoader
+from sw_core.engine.fetching import ChunkLoader, pool_bytes
 from sw_core.engine.generation import eos_ids, run_generate
 from sw_core.engine.inputs import (
     TASKS,
@@ -130,7 +130,7 @@ class StreamingEngine:
             lookup_only=self.skeleton.lookup_only,
             expand=expand,
         )
-        self.buffers = BufferPool(settings.memory_budget_bytes)
+        self.buffers = BufferPool(pool_bytes(manifest, self.plan, expand, settings.prefetch_count))
         self.residency = Residency(
             model_name=manifest.name,
             budget_bytes=settings.memory_budget_bytes,

@@ -8,10 +8,26 @@ from typing import Any
 
 import torch
 
-from sw_core.chunks.manifest import ChunkInfo
-from sw_core.engine.buffers import BufferPool
+from sw_core.chunks.manifest import ChunkInfo, Manifest
+from sw_core.engine.budget import ResidencyPlan
+from sw_core.engine.buffers import GRANULE_BYTES, BufferPool
 from sw_core.engine.dtypes import Tensors, to_compute
 from sw_core.exceptions import SecurityError
+
+
+def pool_bytes(manifest: Manifest, plan: ResidencyPlan, expand: float, prefetch_count: int) -> int:
+    """What the buffer pool may hold: the plan's window for streamed chunks (the only ones
+    read into pooled buffers), one more streamed chunk whose buffer is still referenced for
+    a moment after its release, the narrow copy of one chunk being widened, and the rounding
+    of each buffer to its size class. Kept chunks, which fill the rest of the budget, have
+    memory of their own, so chunk memory stays within about the budget plus that slack."""
+    streamed = [c.size_bytes for c in manifest.chunks if c.name not in plan.keep]
+    if not streamed:
+        return 0
+    largest = max(streamed)
+    narrow_copy = largest if expand > 1 else 0
+    rounding = GRANULE_BYTES * (prefetch_count + 3)
+    return plan.window_bytes + int(largest * expand) + narrow_copy + rounding
 
 
 class ChunkLoader:

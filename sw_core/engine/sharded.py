@@ -114,6 +114,7 @@ class ShardedEmbedding(_Sharded):
                 )
             finally:
                 self.access.release(shard)
+                del weight  # the shard's buffer can be reused as soon as it is released
         if out is None:
             out = torch.empty(0, self.cols, dtype=self.dtype, device=ids.device)
         return out.view(*ids.shape, self.cols)
@@ -144,4 +145,5 @@ class ShardedLinear(_Sharded):
                 out[..., a:b] = functional.linear(hidden, weight)
             finally:
                 self.access.release(shard)
+                del weight  # the shard's buffer can be reused as soon as it is released
         return out

@@ -42,6 +42,9 @@ def test_chunks_store_floating_weights_in_the_narrow_dtype(
     _, narrow = chunk_small("llama", tmp_path / "narrow", dtype=name)
     assert narrow.dtype == name and wide.dtype == "float32"
     assert narrow.total_param_bytes * 2 == wide.total_param_bytes
+    # row shards hold the same rows: widened back, they fit max_chunk_mb like the float32 ones
+    assert [c.rows for c in narrow.chunks] == [c.rows for c in wide.chunks]
+    assert any(c.rows for c in narrow.chunks)
     for chunk in narrow.chunks:
         tensors = load_tensors((tmp_path / "narrow" / chunk.file).read_bytes())
         assert {t.dtype for t in tensors.values() if t.dtype.is_floating_point} == {dtype}
