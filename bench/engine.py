@@ -10,7 +10,7 @@ a. **resident** -- all-MiniLM-L6-v2, a batch of 8 x 32 tokens: ``engine.run_asyn
    on a worker thread, as the engine computes on its own thread (information only).
 b. **cold** -- the same batch with every chunk coming from the Redis chunk cache
    (``clear_cache()`` before each run: a worker that holds nothing), and in the same rounds
-   *fetch alone*: every chunk fetched, sha256-verified and deserialized through the same
+   *fetch alone*: every chunk fetched, verified (BLAKE3) and deserialized through the same
    source, one after the other (the definition the goal uses) and all at once (the fastest
    the fetches go with no compute). Compute alone is the resident forward of a. Overlap
    efficiency = cold wall / max(fetch, compute). Goal: <= 1.2. Process and Redis CPU time

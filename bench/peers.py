@@ -12,13 +12,16 @@ SmolLM2-135M-Instruct from the bundled GGUF, written once as a transformers fold
   embeddings/head, chunks from the chunk-set folder (BLAKE3-verified reads).
 - ``engine-redis``: the same, chunks from the Redis chunk cache.
 
-Each system runs in its own process (``--system NAME``), so peak RSS (``ru_maxrss``, the
-process's high-water mark, loading included) is its own; a system that cannot run prints
-its error in the table instead of a figure. Each is timed as one request and as 16
+Each system runs in its own process (``--system NAME``). Peak RSS is the process's
+high-water mark while it generates (``VmHWM`` after the kernel's peak was reset through
+``/proc/self/clear_refs`` once the model was loaded and warmed up), so one-time work --
+AirLLM splitting its shards (done in a process of its own beforehand), filling the Redis
+cache (done by the parent, as loader workers would) -- is not counted; the load-time peak is
+printed too. A system that cannot run prints its error in the table instead of a figure. Each is timed as one request and as 16
 concurrent requests (one batch); seconds per generated token, peak RSS and bytes read per
-generated token (the engine: chunk bytes it fetched; the peers: ``rchar`` from
-``/proc/self/io``, bytes read through system calls -- reads through ``mmap`` do not count, so
-theirs is a lower bound).
+generation step (the engine: chunk bytes it fetched; the peers: ``rchar`` from
+``/proc/self/io``, or, as both read their weights through ``mmap``, which ``rchar`` misses,
+the size of the offload folder / layer shards, all of which they read at every step).
 
 AirLLM needs minutes per request on 2 cores, so it generates fewer tokens (``--peer-tokens``,
 default 4; per-token figures stay comparable: every step streams the whole model).
@@ -61,8 +64,29 @@ def rchar() -> int:
     return 0
 
 
+def folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+
+
 def peak_rss_mb() -> float:
+    """The process's peak RSS since start (or since :func:`reset_peak_rss`), in MB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_rss() -> float:
+    """Reset the kernel's peak-RSS mark (Linux >= 4.0); returns the peak before, in MB."""
+    before = peak_rss_mb()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    return before
 
 
 def chat_ids(tokenizer: Any, n: int) -> tuple[Any, Any]:
@@ -82,6 +106,7 @@ def prepare(root: Path) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from sw_core.chunks.chunker import chunk_model
+    from sw_core.chunks.manifest import Manifest
     from sw_core.engine.budget import plan_residency
     from sw_core.local.bundled import smollm2_gguf_path
 
@@ -92,9 +117,24 @@ def prepare(root: Path) -> dict[str, Any]:
         model = AutoModelForCausalLM.from_pretrained(
             gguf.parent, gguf_file=gguf.name, dtype=torch.float32
         )
-        model.save_pretrained(hf_dir)
+        # save_pretrained refuses a model loaded from GGUF: write the folder by hand (the
+        # tied output head is the embedding matrix, stored once under its own name)
+        from safetensors.torch import save_file
+
+        hf_dir.mkdir(parents=True, exist_ok=True)
+        state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+        save_file(state, str(hf_dir / "model.safetensors"), metadata={"format": "pt"})
+        config = model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.architectures = [type(model).__name__]
+        config.save_pretrained(hf_dir)
+        model.generation_config.save_pretrained(hf_dir)
         tokenizer.save_pretrained(hf_dir)
-    manifest = chunk_model(hf_dir, chunk_dir, name="smollm2")
+    if (chunk_dir / "manifest.json").exists():
+        manifest = Manifest.load(chunk_dir)
+    else:
+        manifest = chunk_model(hf_dir, chunk_dir, name="smollm2")
     budget_mb = 1
     while True:  # the smallest budget whose plan keeps one block besides the small chunks
         try:
@@ -116,10 +156,8 @@ def prepare(root: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- one system
 def run_engine(info: dict[str, Any], system: str, n: int, tokens: int) -> dict[str, Any]:
     from sw_core.cache import ChunkCache
-    from sw_core.chunks.manifest import Manifest
     from sw_core.engine import CachedChunkSource, StreamingEngine
     from sw_core.keys import Keys
-    from sw_core.local.redis_server import RedisServer
     from sw_core.storage import FilesystemBackend
 
     async def go(where: Any) -> dict[str, Any]:
@@ -127,6 +165,7 @@ def run_engine(info: dict[str, Any], system: str, n: int, tokens: int) -> dict[s
         try:
             request = {"messages": [{"role": "user", "content": PROMPT}], "max_new_tokens": tokens}
             await engine.run_async("generate", [dict(request, max_new_tokens=2)])  # warm-up
+            load_peak = reset_peak_rss()
             engine.residency.reset_stats()
             started = time.perf_counter()
             results = await engine.run_async("generate", [request] * n)
@@ -136,6 +175,7 @@ def run_engine(info: dict[str, Any], system: str, n: int, tokens: int) -> dict[s
                 "tokens": [r["token_ids"] for r in results],
                 "read_bytes": engine.residency.stats.loaded_bytes,
                 "plan": engine.plan.describe(),
+                "load_peak_rss_mb": load_peak,
             }
         finally:
             await engine.aclose()
@@ -145,17 +185,13 @@ def run_engine(info: dict[str, Any], system: str, n: int, tokens: int) -> dict[s
         return asyncio.run(go(str(folder)))
     import redis
 
-    manifest = Manifest.load(folder)
-    with RedisServer() as server:
-        client = redis.Redis.from_url(server.url)
-        cache = ChunkCache(client, keys=Keys("peers"), cache_size_bytes=2048 << 20)
-        try:
-            for chunk in manifest.chunks:
-                cache.put(chunk.sha256, (folder / chunk.file).read_bytes(), blake3=chunk.blake3)
-            return asyncio.run(go(CachedChunkSource(cache, FilesystemBackend(folder))))
-        finally:
-            cache.close()
-            client.close()
+    client = redis.Redis.from_url(info["redis_url"])
+    cache = ChunkCache(client, keys=Keys("peers"), cache_size_bytes=2048 << 20)
+    try:
+        return asyncio.run(go(CachedChunkSource(cache, FilesystemBackend(folder))))
+    finally:
+        cache.close()
+        client.close()
 
 
 def run_accelerate(info: dict[str, Any], n: int, tokens: int, offload: Path) -> dict[str, Any]:
@@ -174,6 +210,7 @@ def run_accelerate(info: dict[str, Any], n: int, tokens: int, offload: Path) -> 
     ids, mask = chat_ids(tokenizer, n)
     with torch.inference_mode():
         model.generate(input_ids=ids[:1], attention_mask=mask[:1], max_new_tokens=1)
+        load_peak = reset_peak_rss()
         before, started = rchar(), time.perf_counter()
         out = model.generate(
             input_ids=ids, attention_mask=mask, max_new_tokens=tokens, do_sample=False
@@ -183,8 +220,11 @@ def run_accelerate(info: dict[str, Any], n: int, tokens: int, offload: Path) -> 
     return {
         "wall_s": wall_s,
         "tokens": new,
-        "read_bytes": rchar() - before,
+        # offloaded weights are read through numpy memmaps (rchar misses them), all of them
+        # at every step: the offload folder's size per step
+        "read_bytes": max(rchar() - before, folder_bytes(offload) * max(len(t) for t in new)),
         "plan": f"device_map places {sorted(placed)}",
+        "load_peak_rss_mb": load_peak,
     }
 
 
@@ -198,7 +238,10 @@ def run_airllm(info: dict[str, Any], n: int, tokens: int, shards: Path) -> dict[
         info["hf_dir"], device="cpu", dtype=torch.float32, layer_shards_saving_path=str(shards)
     )  # builds the layer shards (once, not timed)
     ids, mask = chat_ids(tokenizer, n)
+    if n == 0:  # the preparation run: the shards are built above
+        return {"wall_s": 0.0, "tokens": [], "read_bytes": 0, "plan": "shards built"}
     with torch.inference_mode():
+        load_peak = reset_peak_rss()
         before, started = rchar(), time.perf_counter()
         out = model.generate(
             input_ids=ids, attention_mask=mask, max_new_tokens=tokens, do_sample=False
@@ -206,7 +249,16 @@ def run_airllm(info: dict[str, Any], n: int, tokens: int, shards: Path) -> dict[
         wall_s = time.perf_counter() - started
     sequences = out.sequences if hasattr(out, "sequences") else out
     new = sequences[:, ids.shape[1] :].tolist()
-    return {"wall_s": wall_s, "tokens": new, "read_bytes": rchar() - before, "plan": "AirLLM"}
+    steps = max(len(t) for t in new)
+    return {
+        "wall_s": wall_s,
+        "tokens": new,
+        # safetensors reads the layer shards through mmap (rchar misses it), every shard at
+        # every step: the shards' size per step
+        "read_bytes": max(rchar() - before, folder_bytes(shards) * steps),
+        "plan": "AirLLM, every layer from its shards at every step",
+        "load_peak_rss_mb": load_peak,
+    }
 
 
 def child(args: argparse.Namespace) -> int:
@@ -220,7 +272,7 @@ def child(args: argparse.Namespace) -> int:
             result = run_airllm(info, args.n, args.tokens, Path(args.work) / "airllm-shards")
     except Exception as exc:
         result = {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-1500:]}
-    result["peak_rss_mb"] = peak_rss_mb()
+    result["peak_rss_mb"] = peak_rss_mb()  # since the reset: the generation's peak
     print("RESULT " + json.dumps(result))
     return 0
 
@@ -275,20 +327,45 @@ def main() -> int:
         started = time.perf_counter()
         info = prepare(Path(args.work))
         info_path = Path(args.work) / "info.json"
-        info_path.write_text(json.dumps(info))
         print(
             f"SmolLM2 {info['weights_mb']:.0f} MiB float32, prompt {PROMPT!r}, greedy, CPU "
             f"({os.cpu_count()} cores, shared); engine budget {info['budget_mb']} MiB (one block "
             f"resident); prepared in {time.perf_counter() - started:.0f} s"
         )
+        from sw_core.local.redis_server import RedisServer
+
         results: dict[tuple[str, int], dict[str, Any]] = {}
-        for system in args.systems.split(","):
-            tokens = args.peer_tokens if system == "airllm" else args.tokens
-            for n in (1, args.concurrent):
-                results[(system, n)] = spawn(args, info_path, system, n, tokens)
-                report(system, n, results[(system, n)])
+        with RedisServer() as server:
+            info["redis_url"] = server.url
+            fill_cache(server.url, Path(info["chunk_dir"]))
+            info_path.write_text(json.dumps(info))
+            for system in args.systems.split(","):
+                tokens = args.peer_tokens if system == "airllm" else args.tokens
+                if system == "airllm":
+                    prepared = spawn(args, info_path, system, 0, tokens)
+                    if "error" in prepared:
+                        print(f"  airllm (building its layer shards) ERROR {prepared['error']}")
+                for n in (1, args.concurrent):
+                    results[(system, n)] = spawn(args, info_path, system, n, tokens)
+                    report(system, n, results[(system, n)])
         summarize(results, args.concurrent)
     return 0
+
+
+def fill_cache(url: str, folder: Path) -> None:
+    """Every chunk into the Redis chunk cache, as the loader workers would."""
+    import redis
+
+    from sw_core.cache import ChunkCache
+    from sw_core.chunks.manifest import Manifest
+    from sw_core.keys import Keys
+
+    manifest = Manifest.load(folder)
+    client = redis.Redis.from_url(url)
+    with ChunkCache(client, keys=Keys("peers"), cache_size_bytes=2048 << 20) as cache:
+        for chunk in manifest.chunks:
+            cache.put(chunk.sha256, (folder / chunk.file).read_bytes(), blake3=chunk.blake3)
+    client.close()
 
 
 def report(system: str, n: int, result: dict[str, Any]) -> None:
@@ -301,6 +378,7 @@ def report(system: str, n: int, result: dict[str, Any]) -> None:
     print(
         f"  {label:30s} {result['wall_s']:8.2f} s  {result['wall_s'] / steps:7.3f} s/step  "
         f"{generated / result['wall_s']:7.2f} tokens/s  peak RSS {result['peak_rss_mb']:6.0f} MB"
+        f" (load {result.get('load_peak_rss_mb', 0):5.0f})"
         f"  read {result['read_bytes'] / steps / 1e6:7.0f} MB/step  ({result['plan']})"
     )
 
