@@ -91,8 +91,7 @@ class Residency:
         loader: coroutine factory returning a chunk's tensors (fetch + deserialize).
         bind / unbind: put a chunk's tensors into the model / take them out.
         timeout_s: longest wait for one chunk.
-        expand: a chunk holds its stored bytes times this once materialized (widened to the
-            compute dtype); what is reserved for it.
+        expand: a chunk materialized (widened) holds its stored bytes times this.
     """
 
     def __init__(
