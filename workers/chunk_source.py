@@ -74,9 +74,6 @@ class RemoteChunkSource:
     def describe(self) -> str:
         return f"chunk loaders of model {self.model!r} via {redact_url(self.settings.redis_url)}"
 
-    #: :meth:`fetch` reads a cache hit into the engine's reused buffer (``out``).
-    accepts_out = True
-
     async def fetch(
         self, chunk: ChunkInfo, *, out: memoryview | None = None
     ) -> bytearray | memoryview:

@@ -4,6 +4,7 @@ size, deserialize zero-copy, widen to the compute dtype."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 from typing import Any
 
 import torch
@@ -28,6 +29,14 @@ def pool_bytes(manifest: Manifest, plan: ResidencyPlan, expand: float, prefetch_
     narrow_copy = largest if expand > 1 else 0
     rounding = GRANULE_BYTES * (prefetch_count + 3)
     return plan.window_bytes + int(largest * expand) + narrow_copy + rounding
+
+
+def _takes_out(source: Any) -> bool:
+    """Whether ``source.fetch`` takes ``out=`` (a subclass may override it without)."""
+    try:
+        return "out" in inspect.signature(source.fetch).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 class ChunkLoader:
@@ -57,7 +66,7 @@ class ChunkLoader:
         self.buffers = buffers
         self.keep = keep
         self.dtype = dtype
-        self._reads_into = bool(getattr(source, "accepts_out", False))
+        self._reads_into = _takes_out(source)
 
     async def __call__(self, chunk: ChunkInfo) -> Tensors:
         streamed = chunk.name not in self.keep

@@ -29,9 +29,9 @@ class ChunkSource(Protocol):
         """The chunk's bytes in a writable buffer, already checked against the chunk's digest
         (``chunk.blake3`` when the manifest has it, else ``chunk.sha256``).
 
-        A source may also take ``out=`` (a writable buffer of exactly ``chunk.size_bytes``
-        to read into, which it may ignore) and say so with ``accepts_out = True``; the
-        engine then lends it reused buffers (:mod:`sw_core.engine.buffers`)."""
+        A source whose ``fetch`` also takes ``out=`` (a writable buffer of exactly
+        ``chunk.size_bytes`` to read into, which it may ignore) is lent reused buffers by
+        the engine (:mod:`sw_core.engine.buffers`)."""
         ...
 
     async def fetch_file(self, name: str) -> bytes:
@@ -50,8 +50,6 @@ class StoreChunkSource:
         store: a :class:`~sw_core.storage.StorageBackend`; ``load_verified`` checks the hash.
         manifest_sha256: the location's manifest pin, if any (:mod:`sw_core.chunks.pin`).
     """
-
-    accepts_out = True
 
     def __init__(self, store: Any, *, manifest_sha256: str | None = None) -> None:
         self.store = store
@@ -90,8 +88,6 @@ class CachedChunkSource:
         store: the storage backend behind it.
         manifest_sha256: the location's manifest pin, if any (:mod:`sw_core.chunks.pin`).
     """
-
-    accepts_out = True
 
     def __init__(self, cache: Any, store: Any, *, manifest_sha256: str | None = None) -> None:
         self.cache = cache
