@@ -10,7 +10,7 @@ a. **resident** -- all-MiniLM-L6-v2, a batch of 8 x 32 tokens: ``engine.run_asyn
    on a worker thread, as the engine computes on its own thread (information only).
 b. **cold** -- the same batch with every chunk coming from the Redis chunk cache
    (``clear_cache()`` before each run: a worker that holds nothing), and in the same rounds
-   *fetch alone*: every chunk fetched, sha256-verified and deserialized through the same
+   *fetch alone*: every chunk fetched, verified (BLAKE3) and deserialized through the same
    source, one after the other (the definition the goal uses) and all at once (the fastest
    the fetches go with no compute). Compute alone is the resident forward of a. Overlap
    efficiency = cold wall / max(fetch, compute). Goal: <= 1.2. Process and Redis CPU time
@@ -30,7 +30,11 @@ own greedy ``generate``.
 The in-memory baseline runs in the same process as the engine, so it shares the engine's
 process-wide settings (torch threads; glibc's malloc thresholds, ``sw_core.engine.memory``).
 
-Usage: ``.venv/bin/python bench/engine.py [--quick] [--only a|b|c] [--reps 15]``. The full
+d, e. **one streamed request** (``bench/streamed.py``): SmolLM2 streamed at a 25 % budget from
+   the Redis cache vs transformers in memory (goal <= 2.5x), and bfloat16 vs float32 chunks
+   (goal <= 0.7x wall per token).
+
+Usage: ``.venv/bin/python bench/engine.py [--quick] [--only a|b|c|d] [--reps 15]``. The full
 run takes about 3.5-4 minutes on 2 cores (c: about 3); ``--quick`` runs 7 rounds of a/b and
 8 new tokens per request in c (about 2 minutes).
 """
@@ -384,6 +388,10 @@ async def main_async(args: argparse.Namespace) -> None:
                 await bench_minilm(Path(tmp), cache, args.reps, args.only)
             if args.only in (None, "c"):
                 await bench_smollm2(Path(tmp), cache, args.rounds_c, args.new_tokens)
+            if args.only in (None, "d"):
+                from streamed import bench_streamed  # bench/streamed.py, beside this script
+
+                await bench_streamed(Path(tmp), cache, args.rounds_d, 16)
         finally:
             cache.close()
             client.close()
@@ -392,9 +400,10 @@ async def main_async(args: argparse.Namespace) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds, shorter generation")
-    parser.add_argument("--only", choices=["a", "b", "c"], help="run one part only")
+    parser.add_argument("--only", choices=["a", "b", "c", "d"], help="run one part only (d: d+e)")
     parser.add_argument("--reps", type=int, help="rounds of a and b (default 15, quick 7)")
     parser.add_argument("--rounds-c", type=int, default=1, help="rounds of c (3 batched runs each)")
+    parser.add_argument("--rounds-d", type=int, default=3, help="rounds of d and e")
     parser.add_argument("--new-tokens", type=int, help="max_new_tokens in c (default 16, quick 8)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()

@@ -97,6 +97,7 @@ class Settings:
 
     # Engine.
     device: str = "auto"
+    compute_dtype: str = "auto"
     memory_budget_mb: int = 2048
     prefetch_count: int = 2
     max_batch_size: int = 16
@@ -260,6 +261,11 @@ class Settings:
         if self.log_format not in ("text", "json"):
             raise ConfigError(
                 f"{ENV_PREFIX}LOG_FORMAT must be 'text' or 'json', got {self.log_format!r}"
+            )
+        if self.compute_dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ConfigError(
+                f"{ENV_PREFIX}COMPUTE_DTYPE must be auto, float32, bfloat16 or float16, "
+                f"got {self.compute_dtype!r}"
             )
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.key_prefix):
             raise ConfigError(

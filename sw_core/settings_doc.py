@@ -51,6 +51,9 @@ MEANINGS: dict[str, str] = {
     "retry_max_delay_s": "Longest delay between retries.",
     "retry_jitter": "Random spread of each delay (0.1 = +-10 %).",
     "device": "Torch device of the engine: `auto`, `cpu`, `cuda`, `cuda:1` ...",
+    "compute_dtype": "Dtype the engine computes in: `auto` (float32 on CPU, the stored dtype on "
+    "a GPU), `float32`, `bfloat16`, `float16`. Chunks stored narrower (`sw chunk --dtype`) are "
+    "widened as they arrive.",
     "memory_budget_mb": "Memory the engine may keep weights resident in.",
     "prefetch_count": "Chunks fetched ahead of the layer being computed.",
     "max_batch_size": "Most jobs of one model and task run as one batch.",

@@ -75,14 +75,16 @@ class RemoteChunkSource:
     def describe(self) -> str:
         return f"chunk loaders of model {self.model!r} via {redact_url(self.settings.redis_url)}"
 
-    async def fetch(self, chunk: ChunkInfo) -> bytearray | memoryview:
-        """The chunk's verified bytes (writable; from the cache).
+    async def fetch(
+        self, chunk: ChunkInfo, *, out: memoryview | None = None
+    ) -> bytearray | memoryview:
+        """The chunk's verified bytes (writable; from the cache, into ``out`` when given).
 
         Raises:
             WeightServerError: no loader announced the chunk within ``timeout_s``.
             SurfingError: the loader's own error (ChunkNotFoundError, SecurityError ...).
         """
-        data = await self.cache.aget(chunk.sha256)
+        data = await self.cache.aget(chunk.sha256, out=out, blake3=chunk.blake3)
         if data is not None:
             return data
         flight = self._flights.get(chunk.sha256)
@@ -124,7 +126,7 @@ class RemoteChunkSource:
                 # Landed meanwhile (between the caller's counted miss and now, or by a
                 # loader whose announcement came before the subscription)?
                 if await self.cache.acontains(chunk.sha256):
-                    data = await self.cache.aget(chunk.sha256, count=False)
+                    data = await self.cache.aget(chunk.sha256, count=False, blake3=chunk.blake3)
                     if data is not None:
                         return data
                 try:
@@ -161,7 +163,7 @@ class RemoteChunkSource:
         if not outcome.get("ok"):
             cls = error_class(str(outcome.get("error_type")))
             raise cls(f"loading {where} failed: {outcome.get('error')}")
-        data = await self.cache.aget(chunk.sha256, count=False)
+        data = await self.cache.aget(chunk.sha256, count=False, blake3=chunk.blake3)
         if data is None:
             raise WeightServerError(
                 f"{where} was loaded but is gone from the cache already: "

@@ -179,7 +179,7 @@ class ChunkLoader:
             else:
                 store = self.store_for(model, location)
                 data = await store.load_verified(
-                    chunk.file, sha256, max_size_bytes=chunk.size_bytes
+                    chunk.file, sha256, max_size_bytes=chunk.size_bytes, blake3=chunk.blake3
                 )
                 self.storage_loads += 1
                 await self.cache.aput(sha256, data, verify=False)  # verified just above

@@ -37,15 +37,21 @@ class AsyncCacheAPI:
         *,
         out: bytearray | memoryview | None = None,
         count: bool = True,
+        blake3: str | None = None,
     ) -> memoryview | None:
         """:meth:`get` on a worker thread."""
-        return await asyncio.to_thread(self.get, chunk_id, out=out, count=count)
+        return await asyncio.to_thread(self.get, chunk_id, out=out, count=count, blake3=blake3)
 
     async def aput(
-        self, chunk_id: str, data: bytes | bytearray | memoryview, *, verify: bool = True
+        self,
+        chunk_id: str,
+        data: bytes | bytearray | memoryview,
+        *,
+        verify: bool = True,
+        blake3: str | None = None,
     ) -> bool:
         """:meth:`put` on a worker thread."""
-        return await asyncio.to_thread(self.put, chunk_id, data, verify=verify)
+        return await asyncio.to_thread(self.put, chunk_id, data, verify=verify, blake3=blake3)
 
     async def acontains(self, chunk_id: str) -> bool:
         """:meth:`contains` on a worker thread."""

@@ -1,8 +1,11 @@
 """The shared chunk cache: a content-addressed, byte-budgeted LRU in Redis.
 
 A chunk's cache id *is* its sha256 hex digest (from the manifest), so identical chunks of
-different models share one entry, and every :meth:`ChunkCache.get` checks the bytes against
-the id: a corrupted entry is dropped and reported as a miss, so the caller reloads it.
+different models share one entry, and every :meth:`ChunkCache.get` checks the bytes: against
+the BLAKE3 digest the caller's manifest records for the chunk when given (faster), else
+against the id. A corrupted entry is dropped and reported as a miss, so the caller reloads
+it. Each reader checks against its own manifest, so an entry written by another model's
+loader is never trusted on that loader's word.
 
 The cache is split into ``shards`` (:mod:`sw_core.cache.shards`; one by default), each with
 its own LRU and an equal share of the budget, all of whose keys share a hash tag: on Redis
@@ -39,6 +42,7 @@ from sw_core.cache.ordered_hash import OrderedHash
 from sw_core.cache.redis_bulk import BulkReader
 from sw_core.cache.shards import CacheShards, open_cache_redis
 from sw_core.exceptions import ConfigError, SecurityError
+from sw_core.hashing import Algorithm, Expected
 from sw_core.keys import Keys
 from sw_core.lua_scripts import lua_source
 from sw_core.ops import stats
@@ -123,8 +127,12 @@ class ChunkCache(AsyncCacheAPI):
         *,
         out: bytearray | memoryview | None = None,
         count: bool = True,
+        blake3: str | None = None,
     ) -> memoryview | None:
-        """The chunk's bytes, verified against ``chunk_id``, or None on a miss.
+        """The chunk's bytes, verified, or None on a miss.
+
+        The bytes are checked against ``blake3`` when given (the chunk's BLAKE3 digest from
+        the caller's manifest), else against ``chunk_id`` (their sha256).
 
         A hit marks the chunk most recently used. The result is writable (tensors can be
         made over it without a copy); it is ``out[:size]`` when ``out`` is given, else a new
@@ -136,16 +144,23 @@ class ChunkCache(AsyncCacheAPI):
         Raises:
             CacheError: Redis failed (transient: connection, timeout).
         """
-        return self._read(chunk_id, out=out, verify=True, count=count)
+        expected = Expected.of(chunk_id, blake3)
+        return self._read(chunk_id, out=out, verify=expected, count=count)
 
     def put(
-        self, chunk_id: str, data: bytes | bytearray | memoryview, *, verify: bool = True
+        self,
+        chunk_id: str,
+        data: bytes | bytearray | memoryview,
+        *,
+        verify: bool = True,
+        blake3: str | None = None,
     ) -> bool:
         """Store a chunk under its sha256 ``chunk_id``; False when it was already cached.
 
         Least recently used chunks are evicted to keep the stored bytes within the budget.
-        With ``verify`` the bytes are hashed (overlapped with the upload) and a mismatch
-        raises :class:`SecurityError`; pass False only for bytes already verified.
+        With ``verify`` the bytes are hashed (overlapped with the upload; against ``blake3``
+        when given, else against the id) and a mismatch raises :class:`SecurityError`; pass
+        False only for bytes already verified.
 
         Raises:
             ChunkTooLargeError: the chunk alone exceeds the budget (nothing is uploaded).
@@ -171,7 +186,8 @@ class ChunkCache(AsyncCacheAPI):
         token = uuid.uuid4().hex
         staged = [keys.cache_staging(token, n) for n in range(max(1, -(-size // step)))]
         try:
-            self._upload(client, chunk_id, view, staged, verify=verify)
+            expected = Expected.of(chunk_id, blake3) if verify else None
+            self._upload(client, chunk_id, view, staged, verify=expected)
             stored, evicted = self._commit(
                 keys=[*self._entry_keys(chunk_id, keys), *staged],
                 args=[
@@ -272,7 +288,7 @@ class ChunkCache(AsyncCacheAPI):
         chunk_id: str,
         *,
         out: bytearray | memoryview | None,
-        verify: bool,
+        verify: Expected | None,
         count: bool = True,
     ) -> memoryview | None:
         self._check_id(chunk_id)
@@ -292,7 +308,7 @@ class ChunkCache(AsyncCacheAPI):
         if parts < 1 or part_bytes < 1 or not 0 <= size <= parts * part_bytes:
             return self._drop_miss(chunk_id, "corrupt", counted=count)
         target = target_view(out, size)
-        digest = ChunkDigest(size, self._hasher) if verify else None
+        digest = ChunkDigest(size, self._hasher, verify.algorithm) if verify else None
         feed = digest.feed if digest is not None else None
         offset = 0
         try:
@@ -317,7 +333,7 @@ class ChunkCache(AsyncCacheAPI):
         finally:
             if digest is not None:
                 digest.abandon()
-        if hexdigest is not None and hexdigest != chunk_id:
+        if verify is not None and not verify.matches(hexdigest or ""):
             return self._drop_miss(chunk_id, "corrupt", counted=count)
         if count:
             self._count(stats.CACHE_HITS)
@@ -330,11 +346,11 @@ class ChunkCache(AsyncCacheAPI):
         view: memoryview,
         staged: list[str],
         *,
-        verify: bool,
+        verify: Expected | None,
     ) -> None:
         """SET the parts under their staging names, hashing them alongside with ``verify``."""
         step = self.part_size_bytes
-        digest = ChunkDigest(view.nbytes, self._hasher) if verify else None
+        digest = ChunkDigest(view.nbytes, self._hasher, verify.algorithm) if verify else None
         try:
             for n, key in enumerate(staged):
                 piece = view[n * step : (n + 1) * step]
@@ -345,11 +361,12 @@ class ChunkCache(AsyncCacheAPI):
         finally:
             if digest is not None:
                 digest.abandon()
-        if hexdigest is not None and hexdigest != chunk_id:
+        if verify is not None and not verify.matches(hexdigest or ""):
             self._count(stats.INTEGRITY_FAILURES)
+            what = "its id" if verify.algorithm == "sha256" else "its manifest's blake3"
             raise SecurityError(
-                f"refusing to cache chunk {chunk_id[:12]}: its bytes hash to {hexdigest[:12]}, "
-                f"not to its id"
+                f"refusing to cache chunk {chunk_id[:12]}: its bytes hash ({verify.algorithm}) to "
+                f"{(hexdigest or '')[:12]}, not to {what} {verify.hexdigest[:12]}"
             )
 
     def _drop_miss(self, chunk_id: str, why: str, *, counted: bool) -> None:
@@ -383,11 +400,11 @@ class ChunkCache(AsyncCacheAPI):
         except redis.RedisError:
             pass  # unreachable Redis: the staging TTL removes them
 
-    def _hasher(self) -> OrderedHash:
+    def _hasher(self, algorithm: Algorithm) -> OrderedHash:
         with self._pool_lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self._hash_threads, "sw-cache-hash")
-            return OrderedHash(self._pool)
+            return OrderedHash(self._pool, algorithm)
 
     def _count(self, name: str, amount: int = 1) -> None:
         if self.counters is not None:

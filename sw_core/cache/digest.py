@@ -1,5 +1,8 @@
 """The hash a cache read or write computes over a chunk while its parts move.
 
+The algorithm is the one the caller expects (:class:`~sw_core.hashing.Expected`): BLAKE3
+when the chunk's manifest records it, else sha256 (the chunk id itself).
+
 Small chunks are hashed on the calling thread (a helper costs more than it saves); big ones
 on a helper thread that hashes each piece as soon as it is fed, overlapping the hash with
 the socket I/O (:class:`~sw_core.cache.ordered_hash.OrderedHash`).
@@ -7,28 +10,35 @@ the socket I/O (:class:`~sw_core.cache.ordered_hash.OrderedHash`).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 
 import numpy as np
 
 from sw_core.cache.ordered_hash import OrderedHash
+from sw_core.hashing import Algorithm, new_hasher
 
 #: Chunks up to this size are hashed on the reading thread.
 INLINE_HASH_BYTES = 1 << 20
 
 
 class ChunkDigest:
-    """sha256 of one chunk fed piece by piece, in order.
+    """Digest of one chunk fed piece by piece, in order.
 
     Args:
         size_bytes: the chunk's size (chooses inline or helper hashing).
-        start_helper: makes an :class:`OrderedHash` on the caller's thread pool.
+        start_helper: makes an :class:`OrderedHash` of an algorithm on the caller's pool.
+        algorithm: ``sha256`` or ``blake3``.
     """
 
-    def __init__(self, size_bytes: int, start_helper: Callable[[], OrderedHash]) -> None:
-        self._helper = start_helper() if size_bytes > INLINE_HASH_BYTES else None
-        self._inline = hashlib.sha256() if self._helper is None else None
+    def __init__(
+        self,
+        size_bytes: int,
+        start_helper: Callable[[Algorithm], OrderedHash],
+        algorithm: Algorithm = "sha256",
+    ) -> None:
+        self.algorithm = algorithm
+        self._helper = start_helper(algorithm) if size_bytes > INLINE_HASH_BYTES else None
+        self._inline = new_hasher(algorithm) if self._helper is None else None
 
     def feed(self, piece: memoryview) -> None:
         """Hash the next piece (it must stay unchanged until :meth:`hexdigest` returns)."""

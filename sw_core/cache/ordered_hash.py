@@ -1,19 +1,20 @@
-"""sha256 of a byte stream fed in pieces, computed on a helper thread.
+"""The digest (sha256 or BLAKE3) of a byte stream fed in pieces, computed on a helper thread.
 
-hashlib and socket reads both release the GIL on big buffers, so a reader that feeds piece
+hashlib, blake3 and socket reads all release the GIL on big buffers, so a reader that feeds piece
 ``n`` here and goes on receiving piece ``n + 1`` overlaps hashing with I/O on two cores.
 The pieces are hashed in the order they were fed, by one task of a shared thread pool.
 """
 
 from __future__ import annotations
 
-import hashlib
 import queue
 from concurrent.futures import Executor
 
+from sw_core.hashing import Algorithm, new_hasher
+
 
 class OrderedHash:
-    """sha256 of the buffers given to :meth:`feed`, in order, hashed by one pool task.
+    """Digest of the buffers given to :meth:`feed`, in order, hashed by one pool task.
 
     The buffers must stay unchanged until :meth:`hexdigest` returns.
 
@@ -27,13 +28,14 @@ class OrderedHash:
         'ba7816bf8f01'
     """
 
-    def __init__(self, pool: Executor) -> None:
+    def __init__(self, pool: Executor, algorithm: Algorithm = "sha256") -> None:
+        self.algorithm = algorithm
         self._pieces: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
         self._abandoned = False
         self._future = pool.submit(self._run)
 
     def _run(self) -> str:
-        digest = hashlib.sha256()
+        digest = new_hasher(self.algorithm)
         while (piece := self._pieces.get()) is not None:
             if not self._abandoned:
                 digest.update(piece)

@@ -13,7 +13,7 @@ import torch
 from sw_core.chunks.manifest import Manifest
 from sw_core.chunks.safetensors_io import load_tensors
 from sw_core.exceptions import ModelError, SecurityError
-from sw_core.utils import calculate_chunk_hash
+from sw_core.hashing import Expected, hex_digest
 
 
 def model_class(manifest: Manifest) -> type[torch.nn.Module]:
@@ -29,16 +29,18 @@ def model_class(manifest: Manifest) -> type[torch.nn.Module]:
 def read_state_dict(
     folder: str | Path, manifest: Manifest | None = None
 ) -> dict[str, torch.Tensor]:
-    """Every chunk's tensors, row shards joined, each chunk checked against its sha256."""
+    """Every chunk's tensors, row shards joined, each chunk checked against its digest (BLAKE3
+    when the manifest has it, else sha256)."""
     folder = Path(folder)
     manifest = manifest or Manifest.load(folder)
     state: dict[str, torch.Tensor] = {}
     shards: dict[str, list[tuple[int, torch.Tensor]]] = {}
     for chunk in manifest.chunks:
         data = bytearray((folder / chunk.file).read_bytes())
-        if calculate_chunk_hash(data) != chunk.sha256:
+        expected = Expected.for_entry(chunk)
+        if not expected.matches(hex_digest(expected.algorithm, data)):
             raise SecurityError(
-                f"chunk {chunk.name!r} of {manifest.name!r} does not match its sha256"
+                f"chunk {chunk.name!r} of {manifest.name!r} does not match its {expected.algorithm}"
             )
         tensors = load_tensors(data)
         if set(tensors) != set(chunk.tensors):

@@ -30,9 +30,16 @@ from safetensors.torch import save_file
 from sw_core.architectures import check_architecture
 from sw_core.chunks.manifest import ChunkInfo, FileInfo, Manifest
 from sw_core.chunks.plan import ChunkPlan, block_stacks, numel, plan_chunks, tied_parameters
+from sw_core.chunks.tensor_sources import (
+    STORED_DTYPES,
+    SafetensorsSource,
+    StateDictSource,
+    TensorSource,
+    stored,
+)
 from sw_core.exceptions import ModelError
+from sw_core.hashing import file_digests
 from sw_core.progress import Progress
-from sw_core.utils import calculate_chunk_hash
 
 log = logging.getLogger(__name__)
 
@@ -60,39 +67,6 @@ SIDE_FILES = (
 )
 
 
-# --------------------------------------------------------------------------- tensor sources
-class _TensorSource:
-    """Reads one tensor (or a row range of one) at a time."""
-
-    def get(self, key: str) -> torch.Tensor:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def get_rows(self, key: str, start: int, end: int) -> torch.Tensor:
-        return self.get(key)[start:end]
-
-
-class _StateDictSource(_TensorSource):
-    def __init__(self, state: dict[str, torch.Tensor]) -> None:
-        self._state = state
-
-    def get(self, key: str) -> torch.Tensor:
-        return self._state[key]
-
-
-class _SafetensorsSource(_TensorSource):
-    """Tensors read lazily from safetensors files, under the model's key names."""
-
-    def __init__(self, handles: dict[str, Any], file_key_of: dict[str, str]) -> None:
-        self._handles = handles  # model key -> safe_open handle
-        self._file_key_of = file_key_of  # model key -> key in the file
-
-    def get(self, key: str) -> torch.Tensor:
-        return self._handles[key].get_tensor(self._file_key_of[key])
-
-    def get_rows(self, key: str, start: int, end: int) -> torch.Tensor:
-        return self._handles[key].get_slice(self._file_key_of[key])[start:end]
-
-
 # --------------------------------------------------------------------------- entry point
 def chunk_model(
     source: torch.nn.Module | str | os.PathLike[str],
@@ -102,6 +76,7 @@ def chunk_model(
     tokenizer: Any = None,
     max_chunk_mb: float = DEFAULT_MAX_CHUNK_MB,
     progress: Progress | None = None,
+    dtype: str | None = None,
 ) -> Manifest:
     """Chunk ``source`` into ``out_dir`` and return its manifest.
 
@@ -114,6 +89,8 @@ def chunk_model(
         max_chunk_mb: 2-D embedding/head tensors larger than this are split into row shards
             (0 turns sharding off).
         progress: advanced once per chunk written.
+        dtype: store floating-point weights in this dtype (``bfloat16``, ``float16``,
+            ``float32``); default: as the source holds them.
 
     Returns:
         The manifest, also written to ``out_dir/manifest.json``.
@@ -126,6 +103,9 @@ def chunk_model(
     if path is not None and not (path.is_dir() or (path.is_file() and path.suffix == ".gguf")):
         what = "does not exist" if not path.exists() else "is neither a model folder nor a .gguf"
         raise ModelError(f"cannot chunk {source}: it {what}")  # before any folder is made
+    if dtype not in (None, *STORED_DTYPES):
+        raise ModelError(f"cannot store weights as {dtype!r}: use one of {sorted(STORED_DTYPES)}")
+    target = STORED_DTYPES[dtype] if dtype is not None else None
     out.mkdir(parents=True, exist_ok=True)
     max_chunk_bytes = int(max_chunk_mb * (1 << 20))
     if path is None:
@@ -137,10 +117,11 @@ def chunk_model(
             max_chunk_bytes,
             progress,
             str(type(source).__name__),
+            target=target,
         )
     if path.is_file():
-        return _chunk_gguf(path, out, name or path.stem, max_chunk_bytes, progress)
-    return _chunk_folder(path, out, name or path.name, max_chunk_bytes, progress)
+        return _chunk_gguf(path, out, name or path.stem, max_chunk_bytes, progress, target)
+    return _chunk_folder(path, out, name or path.name, max_chunk_bytes, progress, target)
 
 
 def _default_name(model: torch.nn.Module) -> str:
@@ -162,6 +143,7 @@ def _chunk_module(
     progress: Progress | None,
     source_label: str,
     gguf_file: str | None = None,
+    target: torch.dtype | None = None,
 ) -> Manifest:
     config = getattr(model, "config", None)
     if config is None:
@@ -171,7 +153,9 @@ def _chunk_module(
     tied = tied_parameters(model)
     state = {k: v for k, v in model.state_dict().items() if k not in tied}
     shapes = {k: (list(v.shape), v.dtype) for k, v in state.items()}
+    # row shards as wide as in the source's dtype, so that widened back they fit max_chunk_mb
     plans = plan_chunks(list(state), shapes, stacks, max_chunk_bytes)
+    source, shapes = stored(StateDictSource(state), shapes, target)
     config.architectures = [type(model).__name__]
     config.save_pretrained(out)
     generation_config = getattr(model, "generation_config", None)
@@ -179,7 +163,7 @@ def _chunk_module(
         generation_config.save_pretrained(out)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
-    chunks = _write_chunks(plans, _StateDictSource(state), shapes, out, progress)
+    chunks = _write_chunks(plans, source, shapes, out, progress)
     return _finish(
         out,
         name,
@@ -194,7 +178,12 @@ def _chunk_module(
 
 
 def _chunk_gguf(
-    path: Path, out: Path, name: str, max_chunk_bytes: int, progress: Progress | None
+    path: Path,
+    out: Path,
+    name: str,
+    max_chunk_bytes: int,
+    progress: Progress | None,
+    target: torch.dtype | None,
 ) -> Manifest:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -207,12 +196,25 @@ def _chunk_gguf(
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load GGUF file {path}: {exc}") from exc
     return _chunk_module(
-        model, out, name, tokenizer, max_chunk_bytes, progress, path.name, gguf_file=path.name
+        model,
+        out,
+        name,
+        tokenizer,
+        max_chunk_bytes,
+        progress,
+        path.name,
+        gguf_file=path.name,
+        target=target,
     )
 
 
 def _chunk_folder(
-    folder: Path, out: Path, name: str, max_chunk_bytes: int, progress: Progress | None
+    folder: Path,
+    out: Path,
+    name: str,
+    max_chunk_bytes: int,
+    progress: Progress | None,
+    target: torch.dtype | None,
 ) -> Manifest:
     from safetensors import safe_open
 
@@ -257,9 +259,8 @@ def _chunk_folder(
                     f"{folder}: weight {key} has shape {shapes[key][0]}, the config implies {expected}"
                 )
         plans = plan_chunks(model_keys, shapes, stacks, max_chunk_bytes)
-        chunks = _write_chunks(
-            plans, _SafetensorsSource(handle_of, file_key_of), shapes, out, progress
-        )
+        source, shapes = stored(SafetensorsSource(handle_of, file_key_of), shapes, target)
+        chunks = _write_chunks(plans, source, shapes, out, progress)
     for side in SIDE_FILES + _sentence_module_files(folder):
         if (folder / side).is_file():
             (out / side).parent.mkdir(parents=True, exist_ok=True)
@@ -347,7 +348,7 @@ def _st_dtype(name: str) -> torch.dtype:
 
 def _write_chunks(
     plans: list[ChunkPlan],
-    source: _TensorSource,
+    source: TensorSource,
     shapes: dict[str, tuple[list[int], torch.dtype]],
     out: Path,
     progress: Progress | None,
@@ -359,12 +360,14 @@ def _write_chunks(
         target = out / plan.file
         _atomic_save(tensors, target)
         del tensors
+        sha256, blake3_hex = file_digests(target)
         chunks.append(
             ChunkInfo(
                 name=plan.name,
                 file=plan.file,
                 size_bytes=target.stat().st_size,
-                sha256=calculate_chunk_hash(target),
+                sha256=sha256,
+                blake3=blake3_hex,
                 tensors=list(plan.tensors),
                 role=plan.role,  # type: ignore[arg-type]
                 stack=plan.stack,
@@ -378,7 +381,7 @@ def _write_chunks(
     return chunks
 
 
-def _plan_tensors(plan: ChunkPlan, source: _TensorSource) -> Iterator[tuple[str, torch.Tensor]]:
+def _plan_tensors(plan: ChunkPlan, source: TensorSource) -> Iterator[tuple[str, torch.Tensor]]:
     for key in plan.tensors:
         tensor = source.get_rows(key, *plan.rows) if plan.rows else source.get(key)
         yield key, tensor.detach().to("cpu").contiguous()
@@ -395,6 +398,13 @@ def _atomic_save(tensors: dict[str, torch.Tensor], target: Path) -> None:
         raise
 
 
+def _file_info(out: Path, rel: str) -> FileInfo:
+    sha256, blake3_hex = file_digests(out / rel)
+    return FileInfo(
+        file=rel, size_bytes=(out / rel).stat().st_size, sha256=sha256, blake3=blake3_hex
+    )
+
+
 def _finish(
     out: Path,
     name: str,
@@ -407,13 +417,7 @@ def _finish(
     dtype: str,
 ) -> Manifest:
     chunk_files = {c.file for c in chunks}
-    files = [
-        FileInfo(
-            file=rel, size_bytes=(out / rel).stat().st_size, sha256=calculate_chunk_hash(out / rel)
-        )
-        for rel in _side_files(out)
-        if rel not in chunk_files
-    ]
+    files = [_file_info(out, rel) for rel in _side_files(out) if rel not in chunk_files]
     manifest = Manifest(
         name=name,
         architecture=str(config.model_type),

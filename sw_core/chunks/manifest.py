@@ -1,4 +1,6 @@
-"""The chunk-set manifest: what a chunked model is made of, with a sha256 per chunk.
+"""The chunk-set manifest: what a chunked model is made of, with a sha256 per chunk (its id)
+and, when written by this version or upgraded with ``sw rehash``, a BLAKE3 digest that
+readers check instead (:mod:`sw_core.hashing`).
 
 A chunk set is a folder (or an S3 prefix) holding ``manifest.json``, one safetensors file
 per chunk, and the model's config and tokenizer files. Tensor names inside chunks are the
@@ -47,6 +49,8 @@ class ChunkInfo:
     #: For an ``expert`` chunk: experts ``[rows[0], rows[1])`` of every fused expert tensor
     #: it lists (dim 0 is the expert index); ``stack``/``index`` name its block.
     rows: list[int] | None = None
+    #: BLAKE3-256 hex digest of the file; readers verify it instead of the sha256 when set.
+    blake3: str | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,8 @@ class FileInfo:
     file: str
     size_bytes: int
     sha256: str
+    #: BLAKE3-256 hex digest of the file; readers verify it instead of the sha256 when set.
+    blake3: str | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,11 @@ class Manifest:
 
     def by_role(self, role: Role) -> Iterator[ChunkInfo]:
         return (c for c in self.chunks if c.role == role)
+
+    @property
+    def has_blake3(self) -> bool:
+        """Whether every chunk and file records a BLAKE3 digest."""
+        return all(c.blake3 for c in self.chunks) and all(f.blake3 for f in self.files)
 
     @property
     def total_bytes(self) -> int:

@@ -19,6 +19,7 @@ from sw_core.chunks.chunk_set import read_manifest
 from sw_core.chunks.manifest import MANIFEST_FILE, Manifest
 from sw_core.chunks.safetensors_io import parse_header
 from sw_core.exceptions import ChunkNotFoundError, ModelError, SecurityError, StorageError
+from sw_core.hashing import Expected, hex_digest_async
 from sw_core.ops.stats import INTEGRITY_FAILURES
 from sw_core.retry import RetryPolicy
 from sw_core.storage.base import StorageBackend, check_key, sha256_hex
@@ -28,7 +29,9 @@ from sw_core.storage.filesystem import FilesystemBackend
 ProgressFn = Callable[[str, int, int], None]
 
 #: What is wrong with one entry of a chunk set.
-Problem = Literal["missing", "size", "sha256", "format", "unsafe", "unreadable", "manifest"]
+Problem = Literal[
+    "missing", "size", "sha256", "blake3", "format", "unsafe", "unreadable", "manifest"
+]
 
 
 @dataclass(frozen=True)
@@ -67,11 +70,16 @@ class _Entry:
     size_bytes: int
     sha256: str
     is_chunk: bool
+    blake3: str | None = None
 
 
 def _entries(manifest: Manifest) -> list[_Entry]:
-    chunks = [_Entry(c.name, c.file, c.size_bytes, c.sha256, True) for c in manifest.chunks]
-    files = [_Entry(f.file, f.file, f.size_bytes, f.sha256, False) for f in manifest.files]
+    chunks = [
+        _Entry(c.name, c.file, c.size_bytes, c.sha256, True, c.blake3) for c in manifest.chunks
+    ]
+    files = [
+        _Entry(f.file, f.file, f.size_bytes, f.sha256, False, f.blake3) for f in manifest.files
+    ]
     return chunks + files
 
 
@@ -111,6 +119,9 @@ async def _check(backend: StorageBackend, entry: _Entry) -> tuple[BadEntry | Non
         backend.counters.incr(INTEGRITY_FAILURES)
         detail = f"sha256 mismatch: {actual[:16]}..., the manifest says {entry.sha256[:16]}..."
         return bad("sha256", detail), len(data)
+    if entry.blake3 and await hex_digest_async("blake3", data) != entry.blake3.lower():
+        backend.counters.incr(INTEGRITY_FAILURES)
+        return bad("blake3", "blake3 mismatch (the sha256 matches)"), len(data)
     if entry.is_chunk:
         try:
             parse_header(data)
@@ -209,10 +220,12 @@ async def publish_chunk_set(
                 raise ModelError(f"local chunk set {folder} lacks {entry.file}") from None
             except SecurityError as exc:
                 raise SecurityError(f"local chunk set {folder} is damaged: {exc}") from None
-            if len(data) != entry.size_bytes or await sha256_hex(data) != entry.sha256.lower():
+            expected = Expected.of(entry.sha256, entry.blake3)
+            actual = await hex_digest_async(expected.algorithm, data)
+            if len(data) != entry.size_bytes or not expected.matches(actual):
                 raise SecurityError(
                     f"local chunk set {folder} is damaged: {entry.file} does not match its "
-                    f"manifest entry (size or sha256); re-create it with `sw chunk`"
+                    f"manifest entry (size or digest); re-create it with `sw chunk`"
                 )
             await backend.save(entry.file, data)
         advance(entry.size_bytes)

@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "chunk_cmds",
     "store_cmds",
     "serve_cmds",
+    "rehash_cmds",
     "ops_cmds",
     "demo_cmds",
     "pipeline_cmds",

@@ -32,6 +32,12 @@ def register(subparsers: Any) -> None:
         help="split embedding/head matrices larger than this into row shards (0: never)",
     )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument(
+        "--dtype",
+        choices=["bfloat16", "float16", "float32"],
+        help="store floating-point weights in this dtype (default: as the source holds them); "
+        "the engine computes in SW_COMPUTE_DTYPE (float32 on CPU)",
+    )
     parser.set_defaults(handler=_chunk)
 
 
@@ -40,7 +46,12 @@ def _chunk(args: argparse.Namespace) -> int:
 
     with progress_bar(f"chunking {Path(args.source).name}", total=None) as progress:
         manifest = chunk_model(
-            args.source, args.out, name=args.name, max_chunk_mb=args.max_chunk_mb, progress=progress
+            args.source,
+            args.out,
+            name=args.name,
+            max_chunk_mb=args.max_chunk_mb,
+            progress=progress,
+            dtype=args.dtype,
         )
     largest = max(manifest.chunks, key=lambda c: c.size_bytes)
     if args.json:

@@ -31,6 +31,7 @@ in memory while it is materialized.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -92,14 +93,18 @@ def plan_residency(
     prefetch_count: int,
     *,
     lookup_only: Iterable[str] = (),
+    expand: float = 1.0,
 ) -> ResidencyPlan:
     """Decide what stays resident for ``manifest`` under ``budget_bytes`` (see module doc).
 
     ``lookup_only`` names sharded tensors used only by embedding lookups: kept as shards
-    rather than concatenated.
+    rather than concatenated. ``expand``: a chunk holds its stored bytes times this once
+    materialized (chunks stored narrower than the compute dtype).
     """
     if budget_bytes <= 0:
         raise ModelError(f"memory budget must be > 0 bytes, got {budget_bytes}")
+    if expand != 1.0:
+        manifest = _widened(manifest, expand)
     shards = sharded_tensors(manifest)
     lookups = frozenset(lookup_only) & frozenset(shards)
     blocks = [c for c in manifest.chunks if c.role == "block"]
@@ -171,6 +176,19 @@ def _keep_in_order(chunks: list[ChunkInfo], keep: set[str], leftover: int) -> in
         keep.add(chunk.name)
         leftover -= chunk.size_bytes
     return leftover
+
+
+def _widened(manifest: Manifest, expand: float) -> Manifest:
+    """``manifest`` with each chunk's sizes as materialized (for planning only)."""
+    chunks = [
+        dataclasses.replace(
+            c,
+            size_bytes=int(c.size_bytes * expand),
+            param_bytes=int(c.param_bytes * expand),
+        )
+        for c in manifest.chunks
+    ]
+    return dataclasses.replace(manifest, chunks=chunks)
 
 
 def _whole_bytes(name: str, group: list[ChunkInfo], lookups: frozenset[str]) -> int:

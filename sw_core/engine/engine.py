@@ -29,6 +29,9 @@ import torch
 
 from sw_core.chunks.manifest import ChunkInfo, Manifest
 from sw_core.engine.budget import ResidencyPlan, plan_residency
+from sw_core.engine.buffers import BufferPool
+from sw_core.engine.dtypes import compute_dtype, expansion
+from sw_core.engine.fetching import ChunkLoader, pool_bytes
 from sw_core.engine.generation import eos_ids, run_generate
 from sw_core.engine.inputs import (
     TASKS,
@@ -53,7 +56,7 @@ from sw_core.engine.setup import (
 from sw_core.engine.skeleton import Family, Skeleton, load_config
 from sw_core.engine.sources import ChunkSource
 from sw_core.engine.tasks import run_embed, run_forward
-from sw_core.exceptions import ModelError, SecurityError
+from sw_core.exceptions import ModelError
 from sw_core.settings import Settings
 from sw_core.utils import mib
 
@@ -123,18 +126,25 @@ class StreamingEngine:
         settings = self.settings
         self.manifest = manifest
         self.skeleton = Skeleton(manifest, config, self.device)
+        dtype = compute_dtype(settings.compute_dtype, self.device, manifest)
+        expand = expansion(manifest, dtype)
         self.plan = plan_residency(
             manifest,
             settings.memory_budget_bytes,
             settings.prefetch_count,
             lookup_only=self.skeleton.lookup_only,
+            expand=expand,
         )
+        self.buffers = BufferPool(pool_bytes(manifest, self.plan, expand, settings.prefetch_count))
         self.residency = Residency(
             model_name=manifest.name,
             budget_bytes=settings.memory_budget_bytes,
             keep=self.plan.keep,
             prefetch_count=settings.prefetch_count,
-            loader=self._load_chunk,
+            loader=ChunkLoader(
+                self.source, self.skeleton, self.device, self.buffers, self.plan.keep, dtype
+            ),
+            expand=expand,
             bind=self.skeleton.bind,
             unbind=self.skeleton.unbind,
             timeout_s=settings.timeout_seconds,
@@ -163,17 +173,6 @@ class StreamingEngine:
             embed_max_tokens=self.sentence.max_seq_length,
         )
         self._loaded = True
-
-    async def _load_chunk(self, chunk: ChunkInfo) -> Tensors:
-        data = await self.source.fetch(chunk)
-        if len(data) != chunk.size_bytes:
-            raise SecurityError(
-                f"chunk {chunk.name!r} is {len(data)} bytes, the manifest says {chunk.size_bytes}"
-            )
-        if self.device.type == "cpu":
-            # zero-copy, tens of microseconds: cheaper than a hop to a worker thread and back
-            return self.skeleton.deserialize(chunk, data)
-        return await asyncio.to_thread(self.skeleton.deserialize, chunk, data)
 
     # ---------------------------------------------------------------- properties
     @property
@@ -347,6 +346,7 @@ class StreamingEngine:
     def _clear_locked(self) -> None:
         self.runtime.drop_merged()
         self.residency.clear()
+        self.buffers.clear()
 
     def cache_info(self) -> dict[str, Any]:
         """Hits, misses, hit rate, materialized memory, resident chunks and timings."""
@@ -372,6 +372,8 @@ class StreamingEngine:
             "loaded_mb": mib(stats.loaded_bytes),
             "load_s": stats.load_s,
             "wait_s": stats.wait_s,
+            "buffers_reused": self.buffers.stats.reused,
+            "buffers_mapped": self.buffers.stats.mapped,
         }
         cache = getattr(self.source, "cache", None)
         if cache is not None and hasattr(cache, "info"):

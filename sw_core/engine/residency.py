@@ -91,6 +91,7 @@ class Residency:
         loader: coroutine factory returning a chunk's tensors (fetch + deserialize).
         bind / unbind: put a chunk's tensors into the model / take them out.
         timeout_s: longest wait for one chunk.
+        expand: a chunk materialized (widened) holds its stored bytes times this.
     """
 
     def __init__(
@@ -104,8 +105,10 @@ class Residency:
         bind: BindFn,
         unbind: UnbindFn,
         timeout_s: float,
+        expand: float = 1.0,
     ) -> None:
         self.model_name = model_name
+        self.expand = expand
         self.budget_bytes = budget_bytes
         self.keep = frozenset(keep)
         self.prefetch_count = max(0, prefetch_count)
@@ -285,7 +288,7 @@ class Residency:
 
     # ---------------------------------------------------------------- internals
     def _start(self, chunk: ChunkInfo, *, must: bool) -> _Slot | None:
-        size = chunk.size_bytes
+        size = int(chunk.size_bytes * self.expand)
         if not self._try_reserve(size):
             if not must:
                 return None

@@ -12,8 +12,8 @@ from sw_core.chunks.manifest import MANIFEST_FILE, Manifest
 from sw_core.engine.generation import eos_ids
 from sw_core.engine.sources import CachedChunkSource, ChunkSource, StoreChunkSource
 from sw_core.exceptions import ConfigError, ModelError, SecurityError, StorageError
+from sw_core.hashing import Expected, hex_digest
 from sw_core.settings import Settings
-from sw_core.utils import calculate_chunk_hash
 
 
 def resolve_device(name: str) -> torch.device:
@@ -54,15 +54,16 @@ def make_source(where: Any, settings: Settings, cache: Any = None) -> ChunkSourc
 
 async def read_chunk_set(source: ChunkSource) -> tuple[Manifest, dict[str, bytes]]:
     """The manifest and every file it lists (config, tokenizer...), each checked against
-    its sha256."""
+    its digest (BLAKE3 when the manifest has it, else sha256)."""
     manifest = Manifest.from_json(await _file(source, MANIFEST_FILE))
     files: dict[str, bytes] = {}
     for info in manifest.files:
         data = await _file(source, info.file)
-        if calculate_chunk_hash(data) != info.sha256.lower():
+        expected = Expected.for_entry(info)
+        if not expected.matches(hex_digest(expected.algorithm, data)):
             raise SecurityError(
                 f"model {manifest.name!r}: file {info.file!r} from {source.describe()} "
-                "does not match its sha256 in the manifest"
+                f"does not match its {expected.algorithm} in the manifest"
             )
         files[info.file] = data
     if "config.json" not in files:

@@ -117,6 +117,7 @@ class ShardedEmbedding(_Sharded):
                 )
             finally:
                 self.access.release(shard)
+                del weight  # the shard's buffer can be reused as soon as it is released
         if out is None:
             out = torch.empty(0, self.cols, dtype=self.dtype, device=ids.device)
         if self.scale is not None:
@@ -149,4 +150,5 @@ class ShardedLinear(_Sharded):
                 out[..., a:b] = functional.linear(hidden, weight)
             finally:
                 self.access.release(shard)
+                del weight  # the shard's buffer can be reused as soon as it is released
         return out

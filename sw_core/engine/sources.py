@@ -26,7 +26,12 @@ class ChunkSource(Protocol):
     """What the engine needs from wherever chunks live."""
 
     async def fetch(self, chunk: ChunkInfo) -> bytearray | memoryview:
-        """The chunk's bytes in a writable buffer, already checked against ``chunk.sha256``."""
+        """The chunk's bytes in a writable buffer, already checked against the chunk's digest
+        (``chunk.blake3`` when the manifest has it, else ``chunk.sha256``).
+
+        A source whose ``fetch`` also takes ``out=`` (a writable buffer of exactly
+        ``chunk.size_bytes`` to read into, which it may ignore) is lent reused buffers by
+        the engine (:mod:`sw_core.engine.buffers`)."""
         ...
 
     async def fetch_file(self, name: str) -> bytes:
@@ -53,9 +58,16 @@ class StoreChunkSource:
     def describe(self) -> str:
         return str(self.store.describe())
 
-    async def fetch(self, chunk: ChunkInfo) -> bytearray:
+    async def fetch(
+        self, chunk: ChunkInfo, *, out: memoryview | None = None
+    ) -> bytearray | memoryview:
+        load_into = getattr(self.store, "load_into", None)
+        if out is not None and load_into is not None:
+            data = await load_into(chunk.file, out)
+            await self.store.check_integrity(chunk.file, data, chunk.sha256, blake3=chunk.blake3)
+            return data
         return await self.store.load_verified(
-            chunk.file, chunk.sha256, max_size_bytes=chunk.size_bytes
+            chunk.file, chunk.sha256, max_size_bytes=chunk.size_bytes, blake3=chunk.blake3
         )
 
     async def fetch_file(self, name: str) -> bytes:
@@ -66,7 +78,7 @@ class CachedChunkSource:
     """The shared Redis chunk cache first, the storage backend on a miss.
 
     ``cache`` is the synchronous :class:`~sw_core.cache.ChunkCache`; it is called in
-    worker threads. ``ChunkCache.get`` checks the bytes against the chunk's sha256 itself
+    worker threads. ``ChunkCache.get`` checks the bytes against the chunk's digest itself
     (a corrupt entry is dropped and reads as a miss), so a hit is verified; a miss is
     loaded with ``load_verified`` from the store and then put in the cache. A failing
     cache (Redis down, out of memory) makes fetches slower, never wrong: the store serves.
@@ -90,9 +102,13 @@ class CachedChunkSource:
     def describe(self) -> str:
         return f"chunk cache + {self.store.describe()}"
 
-    async def fetch(self, chunk: ChunkInfo) -> bytearray | memoryview:
+    async def fetch(
+        self, chunk: ChunkInfo, *, out: memoryview | None = None
+    ) -> bytearray | memoryview:
         try:
-            data = await asyncio.to_thread(self.cache.get, chunk.sha256)
+            data = await asyncio.to_thread(
+                self.cache.get, chunk.sha256, out=out, blake3=chunk.blake3
+            )
         except CacheError:
             self.cache_errors += 1
             data = None
@@ -101,7 +117,7 @@ class CachedChunkSource:
             return data
         self.cache_misses += 1
         loaded = await self.store.load_verified(
-            chunk.file, chunk.sha256, max_size_bytes=chunk.size_bytes
+            chunk.file, chunk.sha256, max_size_bytes=chunk.size_bytes, blake3=chunk.blake3
         )
         try:
             await asyncio.to_thread(self.cache.put, chunk.sha256, loaded, verify=False)

@@ -2,7 +2,8 @@
 
 Every backend speaks the same async API: :meth:`StorageBackend.load` (a writable
 ``bytearray``, so tensors can be built over it without a copy), ``save``, ``exists``,
-``list``, ``delete`` and :meth:`StorageBackend.load_verified` (sha256-checked).
+``list``, ``delete`` and :meth:`StorageBackend.load_verified` (checked against the
+manifest's BLAKE3 digest when it has one, else its sha256).
 
 :class:`RetryingBackend` gives a concrete backend its error policy: each single attempt
 runs under ``asyncio.wait_for(timeout_s)``; transient failures (connection refused or
@@ -23,7 +24,6 @@ Errors a backend raises:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import ClassVar, TypeVar
@@ -35,6 +35,7 @@ from sw_core.exceptions import (
     SurfingError,
     is_transient,
 )
+from sw_core.hashing import Expected, hex_digest_async
 from sw_core.ops.stats import INTEGRITY_FAILURES, STORAGE_BYTES_READ, STORAGE_RETRIES, Counters
 from sw_core.retry import RetryPolicy, retry_async
 
@@ -44,9 +45,6 @@ T = TypeVar("T")
 Payload = bytes | bytearray | memoryview
 #: Injectable sleep (tests record the backoff delays instead of waiting).
 SleepFn = Callable[[float], Awaitable[None]]
-
-#: Hash payloads larger than this in a worker thread (hashlib releases the GIL).
-_THREAD_HASH_BYTES = 1 << 20
 
 
 def check_key(key: str) -> str:
@@ -80,9 +78,7 @@ def check_prefix(prefix: str) -> str:
 
 async def sha256_hex(data: Payload) -> str:
     """sha256 hex digest of ``data``; large payloads are hashed off the event loop."""
-    if len(data) < _THREAD_HASH_BYTES:
-        return hashlib.sha256(data).hexdigest()
-    return await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
+    return await hex_digest_async("sha256", data)
 
 
 class StorageBackend(ABC):
@@ -151,25 +147,37 @@ class StorageBackend(ABC):
         """Remove ``key``; deleting a missing key is not an error."""
 
     async def load_verified(
-        self, key: str, sha256: str, *, max_size_bytes: int | None = None
+        self,
+        key: str,
+        sha256: str,
+        *,
+        max_size_bytes: int | None = None,
+        blake3: str | None = None,
     ) -> bytearray:
-        """:meth:`load`, then check the sha256; a mismatch counts ``integrity_failures``.
+        """:meth:`load`, then check the digest; a mismatch counts ``integrity_failures``.
+
+        The bytes are checked against ``blake3`` when given (the manifest records one),
+        else against ``sha256``.
 
         Raises:
-            SecurityError: the stored bytes do not hash to ``sha256``.
+            SecurityError: the stored bytes do not hash to the expected digest.
         """
         data = await self.load(key, max_size_bytes=max_size_bytes)
-        await self.check_integrity(key, data, sha256)
+        await self.check_integrity(key, data, sha256, blake3=blake3)
         return data
 
-    async def check_integrity(self, key: str, data: Payload, sha256: str) -> None:
-        """Raise SecurityError (and count it) unless ``data`` hashes to ``sha256``."""
-        actual = await sha256_hex(data)
-        if actual != sha256.lower():
+    async def check_integrity(
+        self, key: str, data: Payload, sha256: str, *, blake3: str | None = None
+    ) -> None:
+        """Raise SecurityError (and count it) unless ``data`` hashes to ``blake3`` (when
+        given) or else to ``sha256``."""
+        expected = Expected.of(sha256, blake3)
+        actual = await hex_digest_async(expected.algorithm, data)
+        if not expected.matches(actual):
             self.counters.incr(INTEGRITY_FAILURES)
             raise SecurityError(
-                f"{key!r} in {self.describe()} is corrupt: sha256 {actual[:16]}... "
-                f"instead of {sha256[:16]}... ({len(data)} bytes)"
+                f"{key!r} in {self.describe()} is corrupt: {expected.algorithm} "
+                f"{actual[:16]}... instead of {expected.hexdigest[:16]}... ({len(data)} bytes)"
             )
 
     async def close(self) -> None:  # noqa: B027 - optional hook, no-op by default

@@ -19,13 +19,13 @@ from sw_core.exceptions import (
     StorageError,
     is_transient,
 )
+from sw_core.hashing import Expected, hex_digest_async
 from sw_core.ops.stats import INTEGRITY_FAILURES, STORAGE_FAILOVERS, Counters
 from sw_core.storage.base import (
     Payload,
     StorageBackend,
     check_key,
     check_prefix,
-    sha256_hex,
 )
 
 log = logging.getLogger(__name__)
@@ -86,11 +86,18 @@ class FailoverBackend(StorageBackend):
         return await self._load(key, None, max_size_bytes)
 
     async def load_verified(
-        self, key: str, sha256: str, *, max_size_bytes: int | None = None
+        self,
+        key: str,
+        sha256: str,
+        *,
+        max_size_bytes: int | None = None,
+        blake3: str | None = None,
     ) -> bytearray:
-        return await self._load(key, sha256.lower(), max_size_bytes)
+        return await self._load(key, Expected.of(sha256, blake3), max_size_bytes)
 
-    async def _load(self, key: str, sha256: str | None, max_size_bytes: int | None) -> bytearray:
+    async def _load(
+        self, key: str, expected: Expected | None, max_size_bytes: int | None
+    ) -> bytearray:
         check_key(key)
         missing: list[StorageBackend] = []
         corrupt: list[tuple[StorageBackend, Exception]] = []
@@ -121,12 +128,13 @@ class FailoverBackend(StorageBackend):
                         self.backends[position + 1].describe(),
                     )
                 continue
-            if sha256 is not None:
-                actual = await sha256_hex(data)
-                if actual != sha256:
+            if expected is not None:
+                actual = await hex_digest_async(expected.algorithm, data)
+                if not expected.matches(actual):
                     self.counters.incr(INTEGRITY_FAILURES)
                     exc = SecurityError(
-                        f"sha256 {actual[:16]}... instead of {sha256[:16]}... ({len(data)} bytes)"
+                        f"{expected.algorithm} {actual[:16]}... instead of "
+                        f"{expected.hexdigest[:16]}... ({len(data)} bytes)"
                     )
                     corrupt.append((backend, exc))
                     log.warning("corrupt copy of %r in %s: %s", key, backend.describe(), exc)

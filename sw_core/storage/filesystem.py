@@ -7,6 +7,7 @@ import errno
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from sw_core.exceptions import (
     ChunkNotFoundError,
@@ -14,7 +15,7 @@ from sw_core.exceptions import (
     SecurityError,
     StorageError,
 )
-from sw_core.ops.stats import Counters
+from sw_core.ops.stats import STORAGE_BYTES_READ, Counters
 from sw_core.retry import RetryPolicy
 from sw_core.storage.base import (
     Payload,
@@ -90,7 +91,24 @@ class FilesystemBackend(RetryingBackend):
                 raise
             raise self._error(exc, "load", key) from exc
 
-    def _read(self, path: Path, key: str, max_size_bytes: int | None) -> bytearray:
+    async def load_into(self, key: str, out: memoryview) -> memoryview:
+        """Read the object into ``out`` (a writable buffer of at least its size, which is also
+        the size limit); returns the filled ``out[:size]``. No retries: a failure raises
+        and the caller falls back to :meth:`load`."""
+        check_key(key)
+        path = self.path_of(key)
+        try:
+            view = await asyncio.to_thread(self._read, path, key, out.nbytes, out)
+        except OSError as exc:
+            if isinstance(exc, StorageError):
+                raise
+            raise self._error(exc, "load", key) from exc
+        self.counters.incr(STORAGE_BYTES_READ, view.nbytes)
+        return view
+
+    def _read(
+        self, path: Path, key: str, max_size_bytes: int | None, out: memoryview | None = None
+    ) -> Any:
         with open(path, "rb", buffering=0) as handle:
             size = os.fstat(handle.fileno()).st_size
             if max_size_bytes is not None and size > max_size_bytes:
@@ -98,7 +116,7 @@ class FilesystemBackend(RetryingBackend):
                     f"{key!r} in {self.root} is {size} bytes, over the limit of "
                     f"{max_size_bytes} bytes"
                 )
-            data = bytearray(size)
+            data: Any = bytearray(size) if out is None else out[:size]
             view = memoryview(data)
             got = 0
             while got < size:

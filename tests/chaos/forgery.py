@@ -16,6 +16,7 @@ import struct
 from pathlib import Path
 
 from sw_core.chunks.manifest import ChunkInfo, Manifest
+from sw_core.hashing import hex_digest
 
 
 def replace_chunk(folder: Path, manifest: Manifest, index: int, data: bytes) -> Manifest:
@@ -23,7 +24,12 @@ def replace_chunk(folder: Path, manifest: Manifest, index: int, data: bytes) -> 
     old = manifest.chunks[index]
     (folder / old.file).write_bytes(data)
     forged = ChunkInfo(
-        **{**old.__dict__, "size_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        **{
+            **old.__dict__,
+            "size_bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "blake3": hex_digest("blake3", data) if old.blake3 else None,
+        }
     )
     chunks = list(manifest.chunks)
     chunks[index] = forged

@@ -23,6 +23,7 @@ from sw_core.exceptions import (
     WeightServerError,
     is_transient,
 )
+from sw_core.hashing import hex_digest
 from sw_core.storage import FilesystemBackend
 from sw_core.utils import calculate_chunk_hash, mib
 from tests.support.engine import chunk_cache, id_rows
@@ -112,6 +113,7 @@ async def test_a_chunk_holding_other_tensors_is_refused_before_binding(tmp_path:
     def forge(data: dict[str, Any]) -> None:
         entry = next(c for c in data["chunks"] if c["name"] == h0.name)
         entry["sha256"] = calculate_chunk_hash(tmp_path / h0.file)
+        entry["blake3"] = hex_digest("blake3", (tmp_path / h0.file).read_bytes())
         entry["size_bytes"] = h1.size_bytes
 
     _rewrite_manifest(tmp_path, forge)

@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 
 from sw_core.chunks.manifest import ChunkInfo, FileInfo, Manifest
 from sw_core.chunks.safetensors_io import parse_header
+from sw_core.hashing import hex_digest
 from sw_core.utils import calculate_chunk_hash
 
 
@@ -92,6 +93,11 @@ def tensor_chunk(seed: int, rows: int = 64, cols: int = 256) -> bytes:
     )
 
 
+#: Whether :func:`write_chunk_set` records a BLAKE3 digest per chunk (the BLAKE3 variants of
+#: the chaos scenarios set it; the default keeps the sha256-only chunk sets of older versions).
+RECORD_BLAKE3 = False
+
+
 def write_chunk_set(
     folder: Path, *, name: str = "tiny", n_chunks: int = 4, rows: int = 64, seed: int = 0
 ) -> Manifest:
@@ -108,6 +114,7 @@ def write_chunk_set(
                 file=f"{chunk_name}.safetensors",
                 size_bytes=len(data),
                 sha256=hashlib.sha256(data).hexdigest(),
+                blake3=hex_digest("blake3", data) if RECORD_BLAKE3 else None,
                 tensors=["weight", "bias"],
                 role="block",
                 stack="layers",

@@ -1,0 +1,87 @@
+"""Turning a chunk into tensors: fetch (into a reused buffer for streamed chunks), check the
+size, deserialize zero-copy, widen to the compute dtype."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from typing import Any
+
+import torch
+
+from sw_core.chunks.manifest import ChunkInfo, Manifest
+from sw_core.engine.budget import ResidencyPlan
+from sw_core.engine.buffers import GRANULE_BYTES, BufferPool
+from sw_core.engine.dtypes import Tensors, to_compute
+from sw_core.exceptions import SecurityError
+
+
+def pool_bytes(manifest: Manifest, plan: ResidencyPlan, expand: float, prefetch_count: int) -> int:
+    """What the buffer pool may hold: the plan's window for streamed chunks (the only ones
+    read into pooled buffers), one more streamed chunk whose buffer is still referenced for
+    a moment after its release, the narrow copy of one chunk being widened, and the rounding
+    of each buffer to its size class. Kept chunks, which fill the rest of the budget, have
+    memory of their own, so chunk memory stays within about the budget plus that slack."""
+    streamed = [c.size_bytes for c in manifest.chunks if c.name not in plan.keep]
+    if not streamed:
+        return 0
+    largest = max(streamed)
+    narrow_copy = largest if expand > 1 else 0
+    rounding = GRANULE_BYTES * (prefetch_count + 3)
+    return plan.window_bytes + int(largest * expand) + narrow_copy + rounding
+
+
+def _takes_out(source: Any) -> bool:
+    """Whether ``source.fetch`` takes ``out=`` (a subclass may override it without)."""
+    try:
+        return "out" in inspect.signature(source.fetch).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+class ChunkLoader:
+    """The residency's loader: ``await loader(chunk)`` gives the chunk's tensors.
+
+    Args:
+        source: the :class:`~sw_core.engine.sources.ChunkSource`.
+        skeleton: deserializes and checks a chunk's tensors.
+        device: where the tensors go.
+        buffers: the pool streamed chunks are read into (kept chunks get their own memory).
+        keep: names of the chunks the plan keeps resident.
+        dtype: the compute dtype (None: as stored).
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        skeleton: Any,
+        device: torch.device,
+        buffers: BufferPool,
+        keep: frozenset[str],
+        dtype: torch.dtype | None,
+    ) -> None:
+        self.source = source
+        self.skeleton = skeleton
+        self.device = device
+        self.buffers = buffers
+        self.keep = keep
+        self.dtype = dtype
+        self._reads_into = _takes_out(source)
+
+    async def __call__(self, chunk: ChunkInfo) -> Tensors:
+        streamed = chunk.name not in self.keep
+        if streamed and self._reads_into:
+            data = await self.source.fetch(chunk, out=self.buffers.take(chunk.size_bytes))
+        else:
+            data = await self.source.fetch(chunk)
+        if len(data) != chunk.size_bytes:
+            raise SecurityError(
+                f"chunk {chunk.name!r} is {len(data)} bytes, the manifest says {chunk.size_bytes}"
+            )
+        take = self.buffers.take if streamed else None
+        if self.device.type == "cpu":
+            # zero-copy, tens of microseconds: cheaper than a hop to a worker thread and back;
+            # widening a streamed chunk (a few ms) runs here too, off the compute thread
+            return to_compute(self.skeleton.deserialize(chunk, data), self.dtype, take)
+        tensors = await asyncio.to_thread(self.skeleton.deserialize, chunk, data)
+        return to_compute(tensors, self.dtype, None)

@@ -1,0 +1,96 @@
+"""The digests a chunk is checked against: sha256 (its id) and, when the manifest has it, BLAKE3.
+
+Every chunk and small file of a chunk set has a sha256 in its manifest: the chunk's cache id
+and what older chunk sets are checked against. Chunk sets written (or upgraded with ``sw
+rehash``) by this version also record a BLAKE3-256 digest; a reader then checks the bytes
+against the BLAKE3 digest alone. Both are 256-bit cryptographic hashes: a chunk whose bytes
+were changed cannot match either, and BLAKE3 hashes 3-5x faster than sha256 on these CPUs.
+
+Example:
+    >>> Expected.of("ba78" * 16, None).algorithm
+    'sha256'
+    >>> hex_digest("blake3", b"abc")[:12]
+    '6437b3ac3846'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import blake3
+
+Algorithm = Literal["sha256", "blake3"]
+ALGORITHMS: tuple[Algorithm, ...] = ("sha256", "blake3")
+
+#: Payloads larger than this are hashed in a worker thread (both hashes release the GIL).
+THREAD_HASH_BYTES = 1 << 20
+
+
+class Hasher(Protocol):
+    """What :func:`new_hasher` returns (``hashlib`` and ``blake3`` objects both fit)."""
+
+    def update(self, data: Any, /) -> Any: ...
+
+    def hexdigest(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Expected:
+    """The digest a chunk's bytes must have: ``algorithm`` and its lower-case hex value."""
+
+    algorithm: Algorithm
+    hexdigest: str
+
+    @classmethod
+    def of(cls, sha256: str, blake3_hex: str | None) -> Expected:
+        """BLAKE3 when the manifest records it, else sha256."""
+        if blake3_hex:
+            return cls("blake3", blake3_hex.lower())
+        return cls("sha256", sha256.lower())
+
+    @classmethod
+    def for_entry(cls, entry: Any) -> Expected:
+        """From a manifest entry (``ChunkInfo``/``FileInfo``: ``sha256``, optional ``blake3``)."""
+        return cls.of(entry.sha256, getattr(entry, "blake3", None))
+
+    def matches(self, actual_hex: str) -> bool:
+        return actual_hex == self.hexdigest
+
+    def __str__(self) -> str:
+        return f"{self.algorithm} {self.hexdigest[:16]}..."
+
+
+def new_hasher(algorithm: Algorithm) -> Hasher:
+    """An incremental hasher (``update`` pieces, then ``hexdigest``)."""
+    if algorithm == "blake3":
+        return blake3.blake3()
+    if algorithm == "sha256":
+        return hashlib.sha256()
+    raise ValueError(f"unknown digest algorithm {algorithm!r} (expected one of {ALGORITHMS})")
+
+
+def hex_digest(algorithm: Algorithm, data: bytes | bytearray | memoryview) -> str:
+    """The hex digest of ``data`` under ``algorithm``."""
+    hasher = new_hasher(algorithm)
+    hasher.update(data)
+    return hasher.hexdigest()
+
+
+async def hex_digest_async(algorithm: Algorithm, data: bytes | bytearray | memoryview) -> str:
+    """:func:`hex_digest`; large payloads are hashed off the event loop."""
+    if len(data) < THREAD_HASH_BYTES:
+        return hex_digest(algorithm, data)
+    return await asyncio.to_thread(hex_digest, algorithm, data)
+
+
+def file_digests(path: Any, block_bytes: int = 8 << 20) -> tuple[str, str]:
+    """``(sha256, blake3)`` hex digests of a file, read once."""
+    sha, b3 = hashlib.sha256(), blake3.blake3()
+    with open(path, "rb") as handle:
+        while block := handle.read(block_bytes):
+            sha.update(block)
+            b3.update(block)
+    return sha.hexdigest(), b3.hexdigest()

@@ -1,0 +1,88 @@
+"""``sw chunk --dtype bfloat16|float16``: weights stored narrower, computed in the compute
+dtype (``SW_COMPUTE_DTYPE``, float32 on CPU by default), counted widened in the budget."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from sw_core.chunks.manifest import Manifest
+from sw_core.chunks.safetensors_io import load_tensors
+from sw_core.engine import StreamingEngine
+from sw_core.exceptions import ConfigError, ModelError
+from sw_core.settings import Settings
+from tests.support.engine import cached_source, chunk_cache, id_rows, padded, reference_generate
+from tests.support.models import chunk_small
+
+
+def rounded(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """The float32 model with every weight rounded to ``dtype`` (what the chunks hold)."""
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for param in twin.parameters():
+            param.copy_(param.to(dtype).to(torch.float32))
+    return twin
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_chunks_store_floating_weights_in_the_narrow_dtype(
+    tmp_path: Path, dtype: torch.dtype
+) -> None:
+    name = str(dtype).removeprefix("torch.")
+    _, wide = chunk_small("llama", tmp_path / "wide")
+    _, narrow = chunk_small("llama", tmp_path / "narrow", dtype=name)
+    assert narrow.dtype == name and wide.dtype == "float32"
+    assert narrow.total_param_bytes * 2 == wide.total_param_bytes
+    # row shards hold the same rows: widened back, they fit max_chunk_mb like the float32 ones
+    assert [c.rows for c in narrow.chunks] == [c.rows for c in wide.chunks]
+    assert any(c.rows for c in narrow.chunks)
+    for chunk in narrow.chunks:
+        tensors = load_tensors((tmp_path / "narrow" / chunk.file).read_bytes())
+        assert {t.dtype for t in tensors.values() if t.dtype.is_floating_point} == {dtype}
+    assert Manifest.load(tmp_path / "narrow").has_blake3
+
+
+def test_an_unknown_stored_dtype_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="int4"):
+        chunk_small("llama", tmp_path, dtype="int4")
+    with pytest.raises(ConfigError, match="COMPUTE_DTYPE"):
+        Settings(compute_dtype="float64").validate()
+
+
+@pytest.mark.parametrize("budget_mb", [2048, 2])
+async def test_bfloat16_chunks_compute_in_float32_like_the_rounded_model(
+    tmp_path: Path, redis_url: str, budget_mb: int
+) -> None:
+    model, manifest = chunk_small("llama", tmp_path, dtype="bfloat16")
+    reference = rounded(model, torch.bfloat16)
+    cache = chunk_cache(redis_url)
+    engine = await StreamingEngine.open(
+        cached_source(tmp_path, manifest, cache), memory_budget_mb=budget_mb
+    )
+    try:
+        assert engine.plan.mode == ("resident" if budget_mb > 100 else "streaming")
+        rows = id_rows([7, 5])
+        logits = await engine.run_async(
+            "forward", [{"input_ids": r, "output": "logits", "positions": "last"} for r in rows]
+        )
+        ids, mask = padded(rows, engine.pad_id, left=False)
+        with torch.no_grad():
+            full = reference(input_ids=ids, attention_mask=mask).logits
+        for n, (row, out) in enumerate(zip(rows, logits, strict=True)):
+            torch.testing.assert_close(torch.tensor(out), full[n, len(row) - 1], atol=1e-5, rtol=0)
+        tokens = await engine.run_async(
+            "generate", [{"input_ids": r, "max_new_tokens": 5} for r in rows]
+        )
+        assert [t["token_ids"] for t in tokens] == reference_generate(
+            reference, rows, 5, engine.pad_id
+        )
+        # every weight the model computes with is float32; the budget counts it widened
+        assert {p.dtype for p in engine.model.parameters() if not p.is_meta} <= {torch.float32}
+        assert engine.residency.expand == 2.0
+        assert engine.peak_materialized_bytes <= budget_mb << 20
+    finally:
+        engine.close()
+        cache.close()
