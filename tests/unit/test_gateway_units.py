@@ -46,7 +46,8 @@ def test_a_generate_job_may_carry_a_chat_and_the_chat_flag() -> None:
     ],
 )
 def test_a_malformed_chat_is_refused(bad: list) -> None:
-    with pytest.raises(JobError, match="list of \\{role, content\\} messages"):
+    pattern = "input 0: (a chat holds 1 to 64 messages|each chat message is a map of 'role')"
+    with pytest.raises(JobError, match=pattern):
         validate_request("m", "generate", [bad], {}, Settings())
 
 
