@@ -49,6 +49,14 @@ class Secret(str):
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z0-9+.-]+://)(?P<user>[^:@/]*):(?P<pw>[^@/]*)@", re.I)
 
 
+#: Settings that take one of a few words.
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "generate_batching": ("continuous", "static"),
+    "log_format": ("text", "json"),
+    "compute_dtype": ("auto", "float32", "bfloat16", "float16"),
+}
+
+
 def redact_url(url: str) -> str:
     """``redis://user:pw@host`` -> ``redis://user:***@host``."""
     return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", url)
@@ -248,24 +256,16 @@ class Settings:
             raise ConfigError(
                 f"{ENV_PREFIX}RETRY_JITTER must be within [0, 1], got {self.retry_jitter}"
             )
-        if self.generate_batching not in ("continuous", "static"):
-            raise ConfigError(
-                f"{ENV_PREFIX}GENERATE_BATCHING must be continuous or static, "
-                f"got {self.generate_batching!r}"
-            )
+        for name, allowed in _CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(
+                    f"{ENV_PREFIX}{name.upper()} must be one of {', '.join(allowed)}, "
+                    f"got {getattr(self, name)!r}"
+                )
         if self.alert_window_s > 86_400:
             raise ConfigError(
                 f"{ENV_PREFIX}ALERT_WINDOW_S must be at most 86400 (one day of recent counts "
                 f"is kept), got {self.alert_window_s}"
-            )
-        if self.log_format not in ("text", "json"):
-            raise ConfigError(
-                f"{ENV_PREFIX}LOG_FORMAT must be 'text' or 'json', got {self.log_format!r}"
-            )
-        if self.compute_dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise ConfigError(
-                f"{ENV_PREFIX}COMPUTE_DTYPE must be auto, float32, bfloat16 or float16, "
-                f"got {self.compute_dtype!r}"
             )
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.key_prefix):
             raise ConfigError(
@@ -366,38 +366,3 @@ def _unknown_message(name: str, known: list[str]) -> str:
     close = difflib.get_close_matches(name, known, n=1)
     hint = f"; did you mean {close[0]}?" if close else ""
     return f"unknown setting {name!r}{hint}"
-
-
-def add_cli_flags(parser: Any, names: list[str] | None = None) -> None:
-    """Add ``--redis-url``-style flags for settings (all of them unless ``names``)."""
-    hints = typing.get_type_hints(Settings)
-    for name in sorted(names or Settings.field_names()):
-        target, _ = _unwrap_optional(hints[name])
-        flag = "--" + name.replace("_", "-")
-        env = ENV_PREFIX + name.upper()
-        if target is bool:
-            parser.add_argument(
-                flag,
-                dest=f"setting_{name}",
-                default=None,
-                choices=["true", "false"],
-                help=f"(env {env})",
-            )
-        else:
-            parser.add_argument(
-                flag,
-                dest=f"setting_{name}",
-                default=None,
-                metavar=name.upper(),
-                help=f"(env {env})",
-            )
-
-
-def settings_from_args(args: Any) -> Settings:
-    """Settings from the environment with the CLI flags given in ``args`` on top."""
-    overrides = {
-        key[len("setting_") :]: value
-        for key, value in vars(args).items()
-        if key.startswith("setting_") and value is not None
-    }
-    return Settings.from_env(**overrides)

@@ -76,7 +76,8 @@ def _redis_failure(args: argparse.Namespace, exc: Exception) -> str | None:
     errors = sys.modules.get("redis.exceptions")
     if errors is None or not isinstance(exc, (errors.ConnectionError, errors.TimeoutError)):
         return None
-    from sw_core.settings import redact_url, settings_from_args
+    from sw_core.cli.flags import settings_from_args
+    from sw_core.settings import redact_url
 
     try:
         url = redact_url(settings_from_args(args).redis_url)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from sw_core.settings import add_cli_flags, settings_from_args
+from sw_core.cli.flags import add_cli_flags, settings_from_args
 
 
 def register(subparsers: Any) -> None:

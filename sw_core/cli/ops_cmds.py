@@ -14,10 +14,11 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from sw_core.cli.flags import add_cli_flags, settings_from_args
 from sw_core.exceptions import JobError
 from sw_core.ops.dashboard import render_dashboard, render_unreachable
 from sw_core.queue_redis import queue_redis_sync
-from sw_core.settings import add_cli_flags, redact_url, settings_from_args
+from sw_core.settings import redact_url
 
 #: Settings every ops command takes as flags.
 OPS_FLAGS = ["redis_url", "cache_redis_url", "key_prefix", "alert_error_rate", "heartbeat_ttl_s"]

@@ -7,11 +7,12 @@ import asyncio
 import sys
 from typing import Any
 
+from sw_core.cli.flags import add_cli_flags, settings_from_args
 from sw_core.cli.output import data, data_json, say
 from sw_core.exceptions import ConfigError, JobTimeoutError, SurfingError
 from sw_core.pipeline.jobs import TASKS, coerce_params
 from sw_core.queue_redis import queue_redis
-from sw_core.settings import Settings, add_cli_flags, settings_from_args
+from sw_core.settings import Settings
 
 #: Settings these commands take as flags too.
 REDIS_FLAGS = ["redis_url", "key_prefix"]

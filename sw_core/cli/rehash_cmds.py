@@ -7,10 +7,11 @@ import asyncio
 import sys
 from typing import Any
 
+from sw_core.cli.flags import add_cli_flags, settings_from_args
 from sw_core.cli.pipeline_cmds import REDIS_FLAGS
 from sw_core.cli.store_cmds import STORAGE_FLAGS
 from sw_core.exceptions import SecurityError
-from sw_core.settings import Settings, add_cli_flags, settings_from_args
+from sw_core.settings import Settings
 
 
 def register(subparsers: Any) -> None:

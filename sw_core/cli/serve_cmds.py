@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sw_core.settings import add_cli_flags, settings_from_args
+from sw_core.cli.flags import add_cli_flags, settings_from_args
 
 #: Settings ``sw serve`` takes as flags (the rest come from SW_* variables).
 SERVE_FLAGS = [

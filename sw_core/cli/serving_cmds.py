@@ -7,8 +7,8 @@ import asyncio
 import sys
 from typing import Any
 
+from sw_core.cli.flags import add_cli_flags, settings_from_args
 from sw_core.cli.output import data
-from sw_core.settings import add_cli_flags, settings_from_args
 
 #: Settings this command takes as flags too.
 REDIS_FLAGS = ["redis_url", "key_prefix"]

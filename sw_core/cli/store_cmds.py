@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sw_core.chunks.manifest import MANIFEST_FILE, Manifest
+from sw_core.cli.flags import add_cli_flags, settings_from_args
 from sw_core.cli.output import data_json
 from sw_core.exceptions import SurfingError
 from sw_core.progress import Progress, progress_bar
-from sw_core.settings import Settings, add_cli_flags, settings_from_args
+from sw_core.settings import Settings
 from sw_core.utils import human_bytes
 
 if TYPE_CHECKING:  # imported by the handlers: torch and minio cost a second at start-up
