@@ -43,6 +43,7 @@ from sw_core.engine.inputs import (
 from sw_core.engine.loop import LoopThread
 from sw_core.engine.memory import limit_heap_retention
 from sw_core.engine.pooling import SentencePipeline, read_pipeline
+from sw_core.engine.report import cache_report
 from sw_core.engine.residency import Residency, Tensors
 from sw_core.engine.runtime import Runtime
 from sw_core.engine.setup import (
@@ -58,7 +59,6 @@ from sw_core.engine.sources import ChunkSource
 from sw_core.engine.tasks import run_embed, run_forward
 from sw_core.exceptions import ModelError
 from sw_core.settings import Settings
-from sw_core.utils import mib
 
 Submit = Callable[[Coroutine[Any, Any, Tensors]], "concurrent.futures.Future[Tensors]"]
 
@@ -351,37 +351,7 @@ class StreamingEngine:
     def cache_info(self) -> dict[str, Any]:
         """Hits, misses, hit rate, materialized memory, resident chunks and timings."""
         self._check_loaded()
-        stats = self.residency.stats
-        uses = stats.hits + stats.misses
-        info: dict[str, Any] = {
-            "model": self.name,
-            "mode": self.plan.mode,
-            "embed_pooling": self.sentence.describe(),
-            "device": str(self.device),
-            "hits": stats.hits,
-            "misses": stats.misses,
-            "hit_rate": stats.hits / uses if uses else 0.0,
-            "prefetched": stats.prefetched,
-            "prefetch_wasted": stats.wasted,
-            "memory_mb": mib(self.residency.materialized_bytes),
-            "peak_memory_mb": mib(self.residency.peak_bytes),
-            "budget_mb": mib(self.residency.budget_bytes),
-            "resident_chunks": self.residency.resident_chunks(),
-            "merged_tensors": sorted(self.runtime.merged),
-            "loads": stats.loads,
-            "loaded_mb": mib(stats.loaded_bytes),
-            "load_s": stats.load_s,
-            "wait_s": stats.wait_s,
-            "buffers_reused": self.buffers.stats.reused,
-            "buffers_mapped": self.buffers.stats.mapped,
-        }
-        cache = getattr(self.source, "cache", None)
-        if cache is not None and hasattr(cache, "info"):
-            try:
-                info["chunk_cache"] = cache.info()
-            except Exception as exc:  # the shared cache is optional for this report
-                info["chunk_cache"] = {"error": str(exc)}
-        return info
+        return cache_report(self)
 
     def close(self) -> None:
         """Release memory and stop the engine's threads (waits for a running batch: from an
