@@ -1,0 +1,122 @@
+"""Writing a chunk set: each planned chunk saved atomically as safetensors, then the manifest
+with every chunk's and side file's size and digests."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from sw_core.chunks.manifest import ChunkInfo, FileInfo, Manifest
+from sw_core.chunks.plan import ChunkPlan
+from sw_core.chunks.tensor_sources import TensorSource
+from sw_core.hashing import file_digests
+from sw_core.progress import Progress
+
+
+def write_chunks(
+    plans: list[ChunkPlan],
+    source: TensorSource,
+    shapes: dict[str, tuple[list[int], torch.dtype]],
+    out: Path,
+    progress: Progress | None,
+) -> list[ChunkInfo]:
+    chunks: list[ChunkInfo] = []
+    for plan in plans:
+        tensors = dict(_plan_tensors(plan, source))
+        param_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
+        target = out / plan.file
+        _atomic_save(tensors, target)
+        del tensors
+        sha256, blake3_hex = file_digests(target)
+        chunks.append(
+            ChunkInfo(
+                name=plan.name,
+                file=plan.file,
+                size_bytes=target.stat().st_size,
+                sha256=sha256,
+                blake3=blake3_hex,
+                tensors=list(plan.tensors),
+                role=plan.role,  # type: ignore[arg-type]
+                stack=plan.stack,
+                index=plan.index,
+                param_bytes=param_bytes,
+                rows=plan.rows,
+            )
+        )
+        if progress is not None:
+            progress.advance(1)
+    return chunks
+
+
+def _plan_tensors(plan: ChunkPlan, source: TensorSource) -> Iterator[tuple[str, torch.Tensor]]:
+    for key in plan.tensors:
+        tensor = source.get_rows(key, *plan.rows) if plan.rows else source.get(key)
+        yield key, tensor.detach().to("cpu").contiguous()
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], target: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _file_info(out: Path, rel: str) -> FileInfo:
+    sha256, blake3_hex = file_digests(out / rel)
+    return FileInfo(
+        file=rel, size_bytes=(out / rel).stat().st_size, sha256=sha256, blake3=blake3_hex
+    )
+
+
+def finish_manifest(
+    out: Path,
+    name: str,
+    config: Any,
+    model_class: str,
+    chunks: list[ChunkInfo],
+    tied: dict[str, str],
+    source_label: str,
+    gguf_file: str | None,
+    dtype: str,
+) -> Manifest:
+    chunk_files = {c.file for c in chunks}
+    files = [_file_info(out, rel) for rel in _side_files(out) if rel not in chunk_files]
+    manifest = Manifest(
+        name=name,
+        architecture=str(config.model_type),
+        model_class=model_class,
+        dtype=dtype,
+        chunks=chunks,
+        files=files,
+        tied=tied,
+        source=source_label,
+        gguf_file=gguf_file,
+    )
+    tmp = out / ".manifest.json.tmp"
+    tmp.write_text(manifest.to_json())
+    os.replace(tmp, out / "manifest.json")
+    return manifest
+
+
+def _side_files(out: Path) -> list[str]:
+    names = []
+    for path in sorted(out.rglob("*")):
+        rel = path.relative_to(out).as_posix()
+        if (
+            path.is_file()
+            and not (rel.endswith(".safetensors") and "/" not in rel)  # chunks are top-level
+            and rel != "manifest.json"
+            and not path.name.startswith(".")
+        ):
+            names.append(rel)
+    return names
