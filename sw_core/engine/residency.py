@@ -20,21 +20,16 @@ import concurrent.futures
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from sw_core.chunks.manifest import ChunkInfo
+from sw_core.engine.slots import Cancelled, ResidencyStats, Slot, Tensors, named_error
 from sw_core.exceptions import (
     ModelError,
-    SurfingError,
     WeightServerError,
-    is_transient,
 )
 from sw_core.utils import mib
 
-Tensors = dict[str, torch.Tensor]
 Loader = Callable[[ChunkInfo], Coroutine[Any, Any, Tensors]]
 Submit = Callable[[Coroutine[Any, Any, Tensors]], "concurrent.futures.Future[Tensors]"]
 BindFn = Callable[[ChunkInfo, Tensors], None]
@@ -42,42 +37,6 @@ UnbindFn = Callable[[ChunkInfo], None]
 
 #: How often a waiting acquire checks for cancellation.
 _POLL_S = 0.25
-
-
-class Cancelled(SurfingError):
-    """The run was cancelled while it waited for a chunk."""
-
-
-@dataclass
-class _Slot:
-    chunk: ChunkInfo
-    reserved_bytes: int
-    future: concurrent.futures.Future[Tensors] | None = None
-    tensors: Tensors | None = None
-    users: int = 0
-    used: bool = False
-    bound: bool = False
-    prefetched: bool = False
-
-
-@dataclass
-class ResidencyStats:
-    """Counts since the last :meth:`Residency.reset_stats`."""
-
-    #: Acquires served from memory without a fetch for this use.
-    hits: int = 0
-    #: Acquires that needed a fetch (``prefetched`` of them were started ahead).
-    misses: int = 0
-    prefetched: int = 0
-    #: Chunks fetched and the bytes they held.
-    loads: int = 0
-    loaded_bytes: int = 0
-    #: Seconds spent inside loads (fetch + deserialize), summed over loads.
-    load_s: float = 0.0
-    #: Seconds the compute thread spent blocked waiting for chunks.
-    wait_s: float = 0.0
-    #: Prefetched chunks dropped unused.
-    wasted: int = 0
 
 
 class Residency:
@@ -117,7 +76,7 @@ class Residency:
         self._bind = bind
         self._unbind = unbind
         self._lock = threading.RLock()
-        self._slots: dict[str, _Slot] = {}
+        self._slots: dict[str, Slot] = {}
         self._extra: dict[str, int] = {}  # other reservations (merged tensors)
         self._materialized = 0
         self._peak = 0
@@ -287,7 +246,7 @@ class Residency:
             self._pump()
 
     # ---------------------------------------------------------------- internals
-    def _start(self, chunk: ChunkInfo, *, must: bool) -> _Slot | None:
+    def _start(self, chunk: ChunkInfo, *, must: bool) -> Slot | None:
         size = int(chunk.size_bytes * self.expand)
         if not self._try_reserve(size):
             if not must:
@@ -298,7 +257,7 @@ class Residency:
         if self._submit is None:
             self._materialized -= size
             raise ModelError(f"model {self.model_name!r}: no run is active to load chunks")
-        slot = _Slot(chunk=chunk, reserved_bytes=size, prefetched=not must)
+        slot = Slot(chunk=chunk, reserved_bytes=size, prefetched=not must)
         self._slots[chunk.name] = slot
         started = time.perf_counter()
         future = self._submit(self._loader(chunk))
@@ -318,7 +277,7 @@ class Residency:
         future.add_done_callback(done)
         return slot
 
-    def _wait(self, slot: _Slot) -> Tensors:
+    def _wait(self, slot: Slot) -> Tensors:
         if slot.tensors is not None:
             return slot.tensors
         future = slot.future
@@ -347,7 +306,7 @@ class Residency:
                         f"model {self.model_name!r}: loading chunk {chunk.name!r} was cancelled"
                     ) from None
                 except Exception as exc:
-                    raise _named(exc, self.model_name, chunk) from exc
+                    raise named_error(exc, self.model_name, chunk) from exc
         finally:
             with self._lock:
                 self.stats.wait_s += time.perf_counter() - started
@@ -413,16 +372,3 @@ class Residency:
             f"{mib(self.budget_bytes):.1f} MiB memory budget is free "
             f"(in use: {', '.join(in_use) or 'nothing'}); raise SW_MEMORY_BUDGET_MB"
         )
-
-
-def _named(exc: BaseException, model: str, chunk: ChunkInfo) -> SurfingError:
-    """``exc`` as a Surfing error of the same kind whose message names model and chunk."""
-    text = f"model {model!r}: chunk {chunk.name!r} ({chunk.file}) cannot be loaded: {exc}"
-    if isinstance(exc, SurfingError):
-        try:
-            return type(exc)(text)
-        except TypeError:
-            return SurfingError(text)
-    if is_transient(exc):
-        return WeightServerError(text)
-    return ModelError(f"{text} ({type(exc).__name__})")
