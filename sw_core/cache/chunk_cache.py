@@ -1,11 +1,9 @@
 """The shared chunk cache: a content-addressed, byte-budgeted LRU in Redis.
 
 A chunk's cache id *is* its sha256 hex digest (from the manifest), so identical chunks of
-different models share one entry, and every :meth:`ChunkCache.get` checks the bytes: against
-the BLAKE3 digest the caller's manifest records for the chunk when given (faster), else
-against the id. A corrupted entry is dropped and reported as a miss, so the caller reloads
-it. Each reader checks against its own manifest, so an entry written by another model's
-loader is never trusted on that loader's word.
+different models share one entry, and every :meth:`ChunkCache.get` checks the bytes against
+the BLAKE3 digest the reader's own manifest records (faster), else against the id: a corrupt
+entry, or one another model's loader wrote wrongly, is dropped and read as a miss.
 
 The cache is split into ``shards`` (:mod:`sw_core.cache.shards`; one by default), each with
 its own LRU and an equal share of the budget, all of whose keys share a hash tag: on Redis
@@ -27,7 +25,6 @@ sync client reads big values faster); ``aget``/``aput``/... wrap it for asyncio 
 
 from __future__ import annotations
 
-import re
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -36,10 +33,10 @@ from types import TracebackType
 import redis
 
 from sw_core.cache.async_api import AsyncCacheAPI, CacheInfo
-from sw_core.cache.digest import ChunkDigest, target_view
+from sw_core.cache.digest import ChunkDigest, check_chunk_id, target_view
 from sw_core.cache.errors import cache_error, too_large_error
 from sw_core.cache.ordered_hash import OrderedHash
-from sw_core.cache.redis_bulk import BulkReader
+from sw_core.cache.redis_bulk import BulkReader, delete_quietly
 from sw_core.cache.shards import CacheShards, open_cache_redis
 from sw_core.exceptions import ConfigError, SecurityError
 from sw_core.hashing import Algorithm, Expected
@@ -49,8 +46,6 @@ from sw_core.ops import stats
 from sw_core.ops.stats import Counters
 from sw_core.settings import Settings
 from sw_core.utils import mib
-
-_CHUNK_ID = re.compile(r"[0-9a-f]{64}")
 
 
 class ChunkCache(AsyncCacheAPI):
@@ -167,7 +162,7 @@ class ChunkCache(AsyncCacheAPI):
             CacheError: Redis refused or failed (out of memory, connection); nothing is
                 stored and the staged parts are removed.
         """
-        self._check_id(chunk_id)
+        check_chunk_id(chunk_id)
         view = memoryview(data).cast("B")
         size, n_shards = view.nbytes, self._clients.count
         if size > self.shard_budget_bytes:
@@ -175,7 +170,7 @@ class ChunkCache(AsyncCacheAPI):
         shard, keys, client = self._clients.where(chunk_id)
         try:
             found = self._lookup(
-                keys=self._entry_keys(chunk_id, keys), args=[chunk_id, 0], client=client
+                keys=self._clients.entry_keys(chunk_id, keys), args=[chunk_id, 0], client=client
             )
             if found is not None:
                 return False
@@ -189,7 +184,7 @@ class ChunkCache(AsyncCacheAPI):
             expected = Expected.of(chunk_id, blake3) if verify else None
             self._upload(client, chunk_id, view, staged, verify=expected)
             stored, evicted = self._commit(
-                keys=[*self._entry_keys(chunk_id, keys), *staged],
+                keys=[*self._clients.entry_keys(chunk_id, keys), *staged],
                 args=[
                     chunk_id,
                     size,
@@ -201,7 +196,7 @@ class ChunkCache(AsyncCacheAPI):
                 client=client,
             )
         except BaseException as exc:
-            self._delete_staged(client, staged)
+            delete_quietly(client, staged)  # or the staging TTL removes them
             if isinstance(exc, redis.ResponseError) and "SWCACHE_TOO_LARGE" in str(exc):
                 raise too_large_error(chunk_id, size, self.budget_bytes, n_shards) from exc
             if isinstance(exc, redis.RedisError):
@@ -215,7 +210,7 @@ class ChunkCache(AsyncCacheAPI):
 
     def contains(self, chunk_id: str) -> bool:
         """Whether the chunk is cached (no LRU bump, not counted)."""
-        self._check_id(chunk_id)
+        check_chunk_id(chunk_id)
         shard, keys, client = self._clients.where(chunk_id)
         try:
             return bool(client.exists(keys.cache_info(chunk_id)))
@@ -225,7 +220,7 @@ class ChunkCache(AsyncCacheAPI):
 
     def delete(self, chunk_id: str) -> bool:
         """Remove a chunk; False when it was not cached."""
-        self._check_id(chunk_id)
+        check_chunk_id(chunk_id)
         return self._drop_entry(chunk_id, "delete")
 
     def info(self) -> CacheInfo:
@@ -291,11 +286,13 @@ class ChunkCache(AsyncCacheAPI):
         verify: Expected | None,
         count: bool = True,
     ) -> memoryview | None:
-        self._check_id(chunk_id)
+        check_chunk_id(chunk_id)
         shard, keys, client = self._clients.where(chunk_id)
         try:
             found = self._lookup(
-                keys=self._entry_keys(chunk_id, keys), args=[chunk_id, int(count)], client=client
+                keys=self._clients.entry_keys(chunk_id, keys),
+                args=[chunk_id, int(count)],
+                client=client,
             )
         except redis.RedisError as exc:
             self._clients.failed(shard)
@@ -382,7 +379,7 @@ class ChunkCache(AsyncCacheAPI):
         shard, keys, client = self._clients.where(chunk_id)
         try:
             removed = self._drop(
-                keys=self._entry_keys(chunk_id, keys),
+                keys=self._clients.entry_keys(chunk_id, keys),
                 args=[chunk_id, keys.cache_part_prefix, why, int(counted)],
                 client=client,
             )
@@ -390,15 +387,6 @@ class ChunkCache(AsyncCacheAPI):
             self._clients.failed(shard)
             raise cache_error(exc, f"removing chunk {chunk_id[:12]}") from exc
         return bool(removed)
-
-    def _entry_keys(self, chunk_id: str, keys: Keys | None = None) -> list[str]:
-        return self._clients.entry_keys(chunk_id, keys)
-
-    def _delete_staged(self, client: redis.Redis, staged: list[str]) -> None:
-        try:
-            client.delete(*staged)
-        except redis.RedisError:
-            pass  # unreachable Redis: the staging TTL removes them
 
     def _hasher(self, algorithm: Algorithm) -> OrderedHash:
         with self._pool_lock:
@@ -409,8 +397,3 @@ class ChunkCache(AsyncCacheAPI):
     def _count(self, name: str, amount: int = 1) -> None:
         if self.counters is not None:
             self.counters.incr(name, amount)
-
-    @staticmethod
-    def _check_id(chunk_id: str) -> None:
-        if not isinstance(chunk_id, str) or not _CHUNK_ID.fullmatch(chunk_id):
-            raise ValueError(f"a chunk id is a lower-case sha256 hex digest, got {chunk_id!r}")

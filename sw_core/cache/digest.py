@@ -10,6 +10,7 @@ the socket I/O (:class:`~sw_core.cache.ordered_hash.OrderedHash`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import numpy as np
@@ -80,3 +81,12 @@ def target_view(out: bytearray | memoryview | None, size: int) -> memoryview:
     if view.readonly or view.nbytes < size:
         raise ValueError(f"out must be a writable buffer of at least {size} bytes")
     return view[:size]
+
+
+_CHUNK_ID = re.compile(r"[0-9a-f]{64}")
+
+
+def check_chunk_id(chunk_id: str) -> None:
+    """Raise ``ValueError`` unless ``chunk_id`` is a lower-case sha256 hex digest."""
+    if not isinstance(chunk_id, str) or not _CHUNK_ID.fullmatch(chunk_id):
+        raise ValueError(f"a chunk id is a lower-case sha256 hex digest, got {chunk_id!r}")

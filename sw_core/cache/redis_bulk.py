@@ -165,3 +165,11 @@ class BulkReader:
             if feed is not None:
                 feed(out[: len(value)])
         return len(value)
+
+
+def delete_quietly(client: redis.Redis, keys: list[str]) -> None:
+    """DEL ``keys``, ignoring Redis errors (for keys that also expire on their own)."""
+    try:
+        client.delete(*keys)
+    except redis.RedisError:
+        pass

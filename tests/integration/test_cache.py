@@ -208,7 +208,7 @@ def test_commit_script_refuses_too_large_and_drops_staging(client: redis.Redis) 
         client.set(key, data[n * MIB : (n + 1) * MIB], px=60_000)
     with pytest.raises(redis.ResponseError, match="SWCACHE_TOO_LARGE"):
         cache._commit(
-            keys=[*cache._entry_keys(chunk_id), *staged],
+            keys=[*cache._clients.entry_keys(chunk_id), *staged],
             args=[chunk_id, len(data), 2 * MIB, MIB, "sw:cache:info:", "sw:cache:part:"],
         )
     assert client.dbsize() == 0
