@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "serve_cmds",
     "rehash_cmds",
     "ops_cmds",
+    "dlq_cmds",
     "demo_cmds",
     "pipeline_cmds",
     "serving_cmds",

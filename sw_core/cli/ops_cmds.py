@@ -1,4 +1,5 @@
-"""Operator commands: ``sw stats``, ``sw monitor``, ``sw health``, ``sw dlq ...``, ``sw metrics``."""
+"""Operator commands: ``sw stats``, ``sw monitor``, ``sw health``, ``sw metrics`` (``sw dlq``:
+:mod:`sw_core.cli.dlq_cmds`)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from sw_core.cli.flags import add_cli_flags, settings_from_args
-from sw_core.exceptions import JobError
 from sw_core.ops.dashboard import render_dashboard, render_unreachable
-from sw_core.queue_redis import queue_redis_sync
 from sw_core.settings import redact_url
 
 #: Settings every ops command takes as flags.
@@ -44,7 +43,6 @@ def register(subparsers: Any) -> None:
     _register_stats(subparsers)
     _register_monitor(subparsers)
     _register_health(subparsers)
-    _register_dlq(subparsers)
     _register_metrics(subparsers)
 
 
@@ -115,46 +113,6 @@ def _register_health(subparsers: Any) -> None:
     )
     add_cli_flags(parser, HEALTH_FLAGS)
     parser.set_defaults(handler=_health)
-
-
-def _register_dlq(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "dlq",
-        help="list, show, replay or purge dead letters",
-        description=(
-            "Dead letters are jobs that failed permanently or ran out of retries (stream "
-            "sw:dlq). Replay puts a job back on sw:jobs with attempts reset (its job hash "
-            "counts replays); purge deletes them after confirmation."
-        ),
-    )
-    actions = parser.add_subparsers(dest="dlq_action", metavar="ACTION", required=True)
-    listing = actions.add_parser("list", help="the oldest dead letters, one line each")
-    listing.add_argument("--count", type=int, default=50, help="most letters shown (50)")
-    listing.add_argument("--newest", action="store_true", help="newest first")
-    listing.add_argument("--json", action="store_true", help="print JSON")
-    show = actions.add_parser("show", help="every field of one dead letter")
-    show.add_argument("id", help="dead-letter entry id (from `sw dlq list`)")
-    show.add_argument("--json", action="store_true", help="print JSON")
-    replay = actions.add_parser(
-        "replay",
-        help="put dead letters back on the jobs stream",
-        description="Exit status: 0 all replayed; 1 a letter was missing or not replayable.",
-    )
-    replay.add_argument("ids", nargs="*", metavar="ID", help="dead-letter entry ids")
-    replay.add_argument("--all", action="store_true", help="every replayable dead letter")
-    purge = actions.add_parser(
-        "purge",
-        help="delete every dead letter (asks first)",
-        description=(
-            "Deletes the dead letters listed at the time of the question (newer ones stay). "
-            "Asks for 'yes' on stdin unless --yes; without a terminal or input it refuses "
-            "(exit 1)."
-        ),
-    )
-    purge.add_argument("--yes", action="store_true", help="do not ask")
-    for sub in (listing, show, replay, purge):
-        add_cli_flags(sub, ["redis_url", "key_prefix", "result_ttl_s"])
-    parser.set_defaults(handler=_dlq)
 
 
 def _register_metrics(subparsers: Any) -> None:
@@ -265,114 +223,6 @@ def _health(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def _dlq(args: argparse.Namespace) -> int:
-
-    from sw_core.pipeline.dlq import DeadLetterQueue
-
-    settings = settings_from_args(args)
-    client = queue_redis_sync(settings)
-    try:
-        dlq = DeadLetterQueue(client, settings)
-        action = {
-            "list": _dlq_list,
-            "show": _dlq_show,
-            "replay": _dlq_replay,
-            "purge": _dlq_purge,
-        }[args.dlq_action]
-        return action(dlq, args)
-    finally:
-        client.close()
-
-
-def _dlq_list(dlq: Any, args: argparse.Namespace) -> int:
-    letters = dlq.list(max(1, args.count), newest_first=args.newest)
-    total = dlq.count()
-    if args.json:
-        print(json.dumps([letter.as_dict() for letter in letters], indent=2, default=str))
-        return 0
-    # One block per letter, ids whole on their own columns (pasteable into `sw dlq show`),
-    # the error wrapped below: fits 80 columns, also when piped.
-    console = Console()
-    console.print(Text(f"Dead letters: {len(letters)} of {total}", style="bold"))
-    now_ms = time.time() * 1000
-    for letter in letters:
-        age = "" if not letter.last_failure_ms else _age((now_ms - letter.last_failure_ms) / 1000)
-        head = Text(no_wrap=False, overflow="fold")
-        head.append(letter.id, style="bold")
-        head.append(f"  {letter.reason}  {letter.model}/{letter.task}  ")
-        head.append(f"attempts {letter.attempts}  replays {letter.replays}  {age} ago", style="dim")
-        console.print(head)
-        console.print(Text(f"  job {letter.job_id}", overflow="fold"))
-        error = Text(f"  {letter.error_type}: {letter.error[:300]}", style="red", overflow="fold")
-        console.print(error)
-    return 0
-
-
-def _dlq_show(dlq: Any, args: argparse.Namespace) -> int:
-    try:
-        letter = dlq.show(args.id)
-    except JobError as exc:
-        print(f"sw dlq show: {exc}", file=sys.stderr)
-        return 1
-    data = letter.as_dict()
-    if args.json:
-        print(json.dumps(data, indent=2, default=str))
-        return 0
-    table = Table(title=f"Dead letter {letter.id}", show_header=False)
-    table.add_column("field", no_wrap=True, style="bold")
-    table.add_column("value", overflow="fold")
-    for name, value in data.items():
-        text = json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value)
-        table.add_row(name, text)
-    Console().print(table)
-    return 0
-
-
-def _dlq_replay(dlq: Any, args: argparse.Namespace) -> int:
-    if args.all == bool(args.ids):
-        print("sw dlq replay: give dead-letter ids or --all (not both)", file=sys.stderr)
-        return 2
-    status = 0
-    if args.all:
-        done, skipped = dlq.replay_all()
-        for letter_id, new_id in done:
-            print(f"replayed {letter_id} -> jobs entry {new_id}")
-        for letter in skipped:
-            print(f"skipped {letter.id}: {letter.why_not_replayable()}", file=sys.stderr)
-        print(f"{len(done)} replayed, {len(skipped)} left in the dead-letter stream")
-        return 0
-    for letter_id in args.ids:
-        try:
-            new_id, replays = dlq.replay(letter_id)
-        except JobError as exc:
-            print(f"sw dlq replay: {exc}", file=sys.stderr)
-            status = 1
-            continue
-        print(f"replayed {letter_id} -> jobs entry {new_id} (replay #{replays})")
-    return status
-
-
-def _dlq_purge(dlq: Any, args: argparse.Namespace) -> int:
-    last = dlq.last_id()
-    if last is None:
-        print("no dead letters")
-        return 0
-    count = dlq.count()
-    if not args.yes:
-        print(f"Delete {count} dead letters (up to {last})? Type 'yes': ", end="",
-              file=sys.stderr, flush=True)  # fmt: skip
-        answer = sys.stdin.readline() if sys.stdin is not None else ""
-        if not answer:
-            print("\nsw dlq purge: no answer on stdin; refusing (pass --yes)", file=sys.stderr)
-            return 1
-        if answer.strip().lower() not in ("y", "yes"):
-            print("sw dlq purge: not confirmed; nothing deleted", file=sys.stderr)
-            return 1
-    deleted = dlq.purge(last)
-    print(f"purged {deleted} dead letters")
-    return 0
-
-
 def _metrics(args: argparse.Namespace) -> int:
     from sw_core.ops.prometheus import start_metrics_server
 
@@ -389,13 +239,3 @@ def _metrics(args: argparse.Namespace) -> int:
     finally:
         server.stop()
     return 0
-
-
-def _age(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 172800:
-        return f"{seconds / 3600:.0f}h"
-    return f"{seconds / 86400:.0f}d"
