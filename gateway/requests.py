@@ -9,11 +9,11 @@ rather than silently ignored.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.errors import bad_request
+from sw_core.utils import is_finite_number, is_int
 
 #: Roles a chat message may have.
 ROLES = ("system", "user", "assistant", "developer", "tool")
@@ -133,37 +133,25 @@ def _generate_params(body: dict[str, Any]) -> dict[str, Any]:
         raise bad_request("'stop' sequences are not supported; generation stops at end of text")
     limit = body.get("max_completion_tokens", body.get("max_tokens"))
     if limit is not None:
-        if not _is_int(limit) or limit < 1:
+        if not is_int(limit) or limit < 1:
             raise bad_request("'max_tokens' must be a whole number >= 1")
         params["max_new_tokens"] = limit
     temperature = body.get("temperature")
     if temperature is not None:
-        if not _is_number(temperature) or not 0 <= temperature <= 2:
+        if not is_finite_number(temperature) or not 0 <= temperature <= 2:
             raise bad_request("'temperature' must be a number from 0 to 2")
         if temperature > 0:
             params["do_sample"] = True
             params["temperature"] = float(temperature)
     top_p = body.get("top_p")
     if top_p is not None:
-        if not _is_number(top_p) or not 0 < top_p <= 1:
+        if not is_finite_number(top_p) or not 0 < top_p <= 1:
             raise bad_request("'top_p' must be a number in (0, 1]")
         if top_p < 1:
             params["top_p"] = float(top_p)
     seed = body.get("seed")
     if seed is not None:
-        if not _is_int(seed) or seed < 0:
+        if not is_int(seed) or seed < 0:
             raise bad_request("'seed' must be a whole number >= 0")
         params["seed"] = seed
     return params
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(float(value))
-    )

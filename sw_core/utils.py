@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from pathlib import Path
 
@@ -40,3 +41,17 @@ def human_bytes(n_bytes: int) -> str:
     if n_bytes < 1 << 30:
         return f"{mib(n_bytes):.1f} MiB"
     return f"{n_bytes / (1 << 30):.2f} GiB"
+
+
+def is_int(value: object) -> bool:
+    """An ``int`` that is not a ``bool`` (JSON and msgpack payloads may hold either)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_finite_number(value: object) -> bool:
+    """An ``int`` or ``float``, not a ``bool``, neither infinite nor NaN."""
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+    )

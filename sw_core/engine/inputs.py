@@ -21,7 +21,6 @@ for ``max_input_tokens`` -- raises :class:`~sw_core.exceptions.ModelError` namin
 
 from __future__ import annotations
 
-import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 import torch
 
 from sw_core.exceptions import ModelError
+from sw_core.utils import is_finite_number, is_int
 
 TASKS = ("embed", "forward", "generate")
 #: Request fields that describe the job rather than the input; accepted and ignored.
@@ -180,7 +180,7 @@ class RequestParser:
         if positions is not None:
             default = max(1, min(default, positions - len(ids)))
         max_new = req.get("max_new_tokens", default)
-        if not _is_int(max_new) or not 1 <= max_new <= limit:
+        if not is_int(max_new) or not 1 <= max_new <= limit:
             raise ModelError(
                 f"'max_new_tokens' must be an integer from 1 to {limit} "
                 f"(SW_MAX_NEW_TOKENS_LIMIT), got {max_new!r}"
@@ -192,16 +192,16 @@ class RequestParser:
                 "or lower max_new_tokens"
             )
         temperature = req.get("temperature", 0.0)
-        if not _is_number(temperature) or temperature < 0:
+        if not is_finite_number(temperature) or temperature < 0:
             raise ModelError(f"'temperature' must be a number >= 0, got {temperature!r}")
         top_k = req.get("top_k", 0)
-        if not _is_int(top_k) or top_k < 0:
+        if not is_int(top_k) or top_k < 0:
             raise ModelError(f"'top_k' must be an integer >= 0, got {top_k!r}")
         top_p = req.get("top_p", 1.0)
-        if not _is_number(top_p) or not 0 < top_p <= 1:
+        if not is_finite_number(top_p) or not 0 < top_p <= 1:
             raise ModelError(f"'top_p' must be a number in (0, 1], got {top_p!r}")
         seed = req.get("seed")
-        if seed is not None and not _is_int(seed):
+        if seed is not None and not is_int(seed):
             raise ModelError(f"'seed' must be an integer, got {seed!r}")
         return GenerateRequest(
             ids, int(max_new), float(temperature), int(top_k), float(top_p), seed
@@ -247,7 +247,7 @@ class RequestParser:
             value = value.tolist()
         if not isinstance(value, (list, tuple)) or not value:
             raise ModelError(f"'{field}' must be a non-empty list of token ids")
-        if not all(_is_int(v) for v in value):
+        if not all(is_int(v) for v in value):
             raise ModelError(f"'{field}' must hold integers only")
         vocab = self.limits.vocab_size
         bad = [v for v in value if not 0 <= v < vocab]
@@ -300,18 +300,6 @@ def _messages(value: Any) -> list[dict[str, str]]:
     if not any(m["content"].strip() for m in out):
         raise ModelError("'messages' hold no text")
     return out
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(float(value))
-    )
 
 
 def _bool(req: dict[str, Any], key: str, default: bool) -> bool:
