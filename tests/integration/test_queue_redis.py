@@ -46,7 +46,11 @@ def test_sentinel_settings_reach_every_kind_of_client() -> None:
 
 async def test_a_submit_that_waits_for_a_missing_replica_is_refused(redis_url: str) -> None:
     settings = Settings.from_env(
-        {}, redis_url=redis_url, submit_wait_replicas=1, submit_wait_timeout_ms=200
+        {},
+        redis_url=redis_url,
+        submit_wait_replicas=1,
+        submit_wait_timeout_ms=200,
+        models="m=/srv/m",  # submits check the model
     )
     async with Producer(settings=settings) as producer:
         started = time.monotonic()
@@ -63,7 +67,7 @@ async def test_a_submit_that_waits_for_a_missing_replica_is_refused(redis_url: s
 
 
 async def test_without_waiting_a_submit_is_one_transaction(redis_url: str) -> None:
-    settings = Settings.from_env({}, redis_url=redis_url)
+    settings = Settings.from_env({}, redis_url=redis_url, models="m=/srv/m")
     async with Producer(settings=settings) as producer:
         job_id = await producer.submit("m", "embed", ["x"])
         assert (await producer.status(job_id))["status"] == "queued"

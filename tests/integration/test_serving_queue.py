@@ -28,7 +28,7 @@ async def _job_hashes(redis: aioredis.Redis) -> list[bytes]:
 async def test_full_queue_refuses_with_nothing_written(
     redis_url: str, redis_client: aioredis.Redis
 ) -> None:
-    settings = fast_settings(redis_url, max_queued_jobs=3)
+    settings = fast_settings(redis_url, max_queued_jobs=3, models="m1=/srv/m1")
     async with Producer(settings=settings) as producer:
         ids = [await producer.submit("m1", "embed", [f"t{i}"]) for i in range(3)]
         with pytest.raises(QueueFullError) as refused:
@@ -42,7 +42,7 @@ async def test_full_queue_refuses_with_nothing_written(
 
 
 async def test_hand_added_entries_past_the_cap_are_processed(redis_url: str) -> None:
-    settings = fast_settings(redis_url, max_queued_jobs=2)
+    settings = fast_settings(redis_url, max_queued_jobs=2, models="m1=/srv/m1")
     redis = aioredis.Redis.from_url(redis_url)
     try:
         async with Producer(settings=settings) as producer:
@@ -72,6 +72,7 @@ def test_sw_submit_exits_with_its_own_status_when_full(
     argv = ["submit", "m1", "--text", "x", "--redis-url", redis_url]
     env = pytest.MonkeyPatch()
     env.setenv("SW_MAX_QUEUED_JOBS", "1")
+    env.setenv("SW_MODELS", "m1=/srv/m1")  # sw submit checks the model
     try:
         assert main(argv) == 0
         assert main(argv) == EXIT_QUEUE_FULL
