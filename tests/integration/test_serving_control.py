@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -120,7 +121,7 @@ def test_sw_submit_stream_prints_tokens_before_the_job_ends(
     import redis as sync_redis
 
     settings = serving_settings(redis_url, tiny_chat)
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=str(REPO), SW_MODELS=settings.models)
     argv = [sys.executable, "-c", "import sys; from sw_core.cli import main; sys.exit(main())",
             "submit", "tiny", "--task", "generate",
             "--text", "Tell me", "--param", "max_new_tokens=400", "--stream",
@@ -128,8 +129,10 @@ def test_sw_submit_stream_prints_tokens_before_the_job_ends(
     client = sync_redis.Redis.from_url(redis_url)
     with workers(settings, tmp_path):
         proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        assert proc.stdout is not None
-        job_id = proc.stdout.readline().decode().strip()
+        assert proc.stdout is not None and proc.stderr is not None
+        # stdout holds data only (the text, then the result); the job id goes to stderr
+        queued = proc.stderr.readline().decode()
+        job_id = re.search(r"job (\S+) queued", queued).group(1)  # type: ignore[union-attr]
         first = proc.stdout.read1(4096)  # the first text, as soon as it is printed
         status_then = client.hget(KEYS.job(job_id), "status")
         rest, err = proc.communicate(timeout=180)
