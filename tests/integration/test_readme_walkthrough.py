@@ -26,7 +26,8 @@ README = REPO / "README.md"
 def walkthrough_parts() -> tuple[list[str], str]:
     """The bash blocks and the Python snippet of the README's "Using it" section."""
     text = README.read_text()
-    section = text[text.index("\n## Using it\n") : text.index("\n## The library\n")]
+    start = text.index("\n## Using it\n")
+    section = text[start : text.index("\n## ", start + 1)]
     bash = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
     python = re.findall(r"```python\n(.*?)```", section, flags=re.S)
     assert len(bash) == 2 and len(python) == 1, "the walkthrough's blocks changed"
