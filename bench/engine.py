@@ -60,6 +60,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import redis
 import torch
+from prompts import PROMPTS  # bench/prompts.py, beside this script
 
 from sw_core.cache import ChunkCache
 from sw_core.chunks.chunker import chunk_model
@@ -78,25 +79,6 @@ RESIDENT = "engine, resident"
 COLD = "engine, cold (every chunk from Redis)"
 FETCH_SEQ = "fetch alone, one chunk at a time"
 FETCH_ALL = "fetch alone, all chunks at once"
-
-PROMPTS = [
-    "What is the capital of France?",
-    "Write a haiku about the sea.",
-    "Explain what a hash function is.",
-    "Name three primary colors.",
-    "How many legs does a spider have?",
-    "Give me a synonym for happy.",
-    "What is 12 times 12?",
-    "Translate 'good morning' into Spanish.",
-    "What does a compiler do?",
-    "Why is the sky blue?",
-    "Suggest a name for a pet cat.",
-    "What is the boiling point of water?",
-    "List two uses of copper.",
-    "Who wrote Romeo and Juliet?",
-    "What is a prime number?",
-    "Describe a rainbow in one sentence.",
-]
 
 
 # --------------------------------------------------------------------------- timing

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from prompts import PROMPTS as ALL_PROMPTS  # bench/prompts.py, beside this script
 from redis.asyncio import Redis
 
 from producer import Producer
@@ -48,20 +49,7 @@ from workers.consumer import JobConsumer
 from workers.inference import InferenceHandler
 
 REPO = Path(__file__).resolve().parents[1]
-PROMPTS = [
-    "What is the capital of France?",
-    "Write a haiku about the sea.",
-    "Explain what a hash function is.",
-    "Name three primary colors.",
-    "How many legs does a spider have?",
-    "Give me a synonym for happy.",
-    "What is 12 times 12?",
-    "Translate 'good morning' into Spanish.",
-    "What does a compiler do?",
-    "Why is the sky blue?",
-    "Suggest a name for a pet cat.",
-    "What is the boiling point of water?",
-]
+PROMPTS = ALL_PROMPTS[:12]
 
 
 @dataclass
