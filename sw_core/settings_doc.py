@@ -53,7 +53,8 @@ MEANINGS: dict[str, str] = {
     "device": "Torch device of the engine: `auto`, `cpu`, `cuda`, `cuda:1` ...",
     "compute_dtype": "Dtype the engine computes in: `auto` (float32 on CPU, the stored dtype on "
     "a GPU), `float32`, `bfloat16`, `float16`. Chunks stored narrower (`sw chunk --dtype`) are "
-    "widened as they arrive.",
+    "widened as they arrive; `bfloat16` on a bfloat16 chunk set widens nothing (faster on "
+    "AVX-512 CPUs, results of the model in bfloat16; docs/engine.md).",
     "memory_budget_mb": "Memory the engine may keep weights resident in.",
     "prefetch_count": "Chunks fetched ahead of the layer being computed.",
     "max_batch_size": "Most jobs of one model and task run as one batch.",

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from sw_core.chunks.manifest import ChunkInfo
-from sw_core.engine.budget import ResidencyPlan
+from sw_core.engine.budget import ResidencyPlan, merged_bytes
 from sw_core.engine.experts import StreamedExperts
 from sw_core.engine.residency import Residency
 from sw_core.engine.sharded import ShardedEmbedding, ShardedLinear, _Sharded
@@ -47,6 +47,8 @@ class Unit:
     merged: list[str] = field(default_factory=list)
     #: A sharded module streams these itself (no hooks).
     sharded: _Sharded | None = None
+    #: The skeleton's ``generation`` when every weight of the unit was last seen bound.
+    checked_at: int = -1
 
 
 class Runtime:
@@ -159,7 +161,7 @@ class Runtime:
                 for chunk in unit.chunks:
                     self.residency.acquire(chunk)
                     acquired.append(chunk)
-                missing = self.skeleton.meta_tensors(module, recurse=unit.is_block)
+                missing = self._unbound(unit)
             except BaseException:
                 for chunk in acquired:
                     self.residency.release(chunk)
@@ -176,6 +178,17 @@ class Runtime:
 
         return hook
 
+    def _unbound(self, unit: Unit) -> list[str]:
+        """The unit's weights still on ``meta``; not walked again while no tensor of the
+        skeleton was set since they were all seen bound (a resident model's every call)."""
+        generation = self.skeleton.generation
+        if unit.checked_at == generation:
+            return []
+        missing = self.skeleton.meta_tensors(unit.module, recurse=unit.is_block)
+        if not missing:
+            unit.checked_at = generation
+        return missing
+
     def _post(self, unit: Unit) -> Any:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             for chunk in unit.chunks:
@@ -190,7 +203,9 @@ class Runtime:
             if tensor in self.merged:
                 return self.merged[tensor]
             spec = self.skeleton.tensors[tensor]
-            n_bytes = spec.shape[0] * spec.shape[1] * spec.dtype.itemsize
+            # as the plan counts it: the shards' bytes as materialized (stored x expand), not
+            # the skeleton's dtype, which is float32 whatever the compute dtype
+            n_bytes = int(merged_bytes(spec.chunks) * self.residency.expand)
             key = f"merged:{tensor}"
             self.residency.reserve(key, n_bytes, what=f"tensor {tensor!r} concatenated")
             try:

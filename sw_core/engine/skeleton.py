@@ -92,6 +92,9 @@ class Skeleton:
         self.manifest = manifest
         self.config = config
         self.device = device
+        #: Counts :meth:`set_tensor` calls (binds, unbinds, merges): unchanged means no
+        #: weight moved since a caller last looked.
+        self.generation = 0
         cls, self.family = model_class(manifest, config)
         if hasattr(config, "_attn_implementation") and config._attn_implementation is None:
             # sdpa where the class has it (Gemma 2 has only eager attention)
@@ -238,6 +241,7 @@ class Skeleton:
 
     def set_tensor(self, canonical: str, tensor: torch.Tensor) -> None:
         """Put ``tensor`` in every place that holds ``canonical`` (tied aliases included)."""
+        self.generation += 1
         for owner in self.tensors[canonical].owners:
             module, attr, is_param = self._places[owner]
             if is_param:

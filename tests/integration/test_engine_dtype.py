@@ -86,3 +86,45 @@ async def test_bfloat16_chunks_compute_in_float32_like_the_rounded_model(
     finally:
         engine.close()
         cache.close()
+
+
+@pytest.mark.parametrize("budget_mb", [2048, 2, 1])
+async def test_bfloat16_chunks_computed_in_bfloat16_match_the_bfloat16_model(
+    tmp_path: Path, redis_url: str, budget_mb: int
+) -> None:
+    """``SW_COMPUTE_DTYPE=bfloat16`` on a bfloat16 chunk set: nothing is widened, the budget
+    counts stored bytes, and the tied embedding/head concatenated from its shards is counted
+    at its bfloat16 size (at 2 MiB the plan keeps it whole only at that size)."""
+    model, manifest = chunk_small("llama", tmp_path, dtype="bfloat16")
+    reference = copy.deepcopy(model).to(torch.bfloat16)
+    cache = chunk_cache(redis_url)
+    engine = await StreamingEngine.open(
+        cached_source(tmp_path, manifest, cache),
+        memory_budget_mb=budget_mb,
+        compute_dtype="bfloat16",
+    )
+    try:
+        assert engine.plan.mode == ("streaming" if budget_mb == 1 else "resident")
+        assert engine.residency.expand == 1.0
+        rows = id_rows([7, 5])
+        logits = await engine.run_async(
+            "forward", [{"input_ids": r, "output": "logits", "positions": "last"} for r in rows]
+        )
+        ids, mask = padded(rows, engine.pad_id, left=False)
+        with torch.no_grad():
+            full = reference(input_ids=ids, attention_mask=mask).logits.float()
+        for n, (row, out) in enumerate(zip(rows, logits, strict=True)):
+            torch.testing.assert_close(torch.tensor(out), full[n, len(row) - 1], atol=2e-2, rtol=0)
+        tokens = await engine.run_async(
+            "generate", [{"input_ids": r, "max_new_tokens": 5} for r in rows]
+        )
+        assert [t["token_ids"] for t in tokens] == reference_generate(
+            reference, rows, 5, engine.pad_id
+        )
+        assert {p.dtype for p in engine.model.parameters() if not p.is_meta} <= {torch.bfloat16}
+        if engine.plan.merged:
+            assert engine.runtime.merged, "the tied embedding/head was concatenated"
+        assert engine.peak_materialized_bytes <= budget_mb << 20
+    finally:
+        engine.close()
+        cache.close()
