@@ -6,14 +6,14 @@ repetitions (the order rotates each round; medians):
 
 a. **resident** -- all-MiniLM-L6-v2, a batch of 8 x 32 tokens: ``engine.run_async("forward")``
    with every chunk resident (budget 2048 MiB, warmed up) vs the transformers model in
-   memory called directly. Goal: ratio <= 1.05. Also shown: the same in-memory forward run
+   memory called directly. Goal: ratio <= 1.03 (issue 16; 1.05 before). Also shown: the same in-memory forward run
    on a worker thread, as the engine computes on its own thread (information only).
 b. **cold** -- the same batch with every chunk coming from the Redis chunk cache
    (``clear_cache()`` before each run: a worker that holds nothing), and in the same rounds
    *fetch alone*: every chunk fetched, verified (BLAKE3) and deserialized through the same
    source, one after the other (the definition the goal uses) and all at once (the fastest
    the fetches go with no compute). Compute alone is the resident forward of a. Overlap
-   efficiency = cold wall / max(fetch, compute). Goal: <= 1.2. Process and Redis CPU time
+   efficiency = cold wall / max(fetch, compute). Goal: <= 1.1 (issue 16; 1.2 before). Process and Redis CPU time
    per case are printed too: on a machine with few cores, fetching (hashing, socket copies,
    Redis itself) and compute share the cores, so ``(fetch CPU + compute CPU) / cores`` is a
    floor for the cold wall whatever the overlap.
@@ -21,7 +21,8 @@ c. **batching** -- SmolLM2-135M-Instruct under ``memory_budget_mb`` = 25 % of it
    (blocks stream through the budget at every decode step), chunks in the Redis cache: 16
    greedy chat requests in one batch vs the same 16 one after the other. The one-by-one
    pass is long, so each round is: batched, 8 requests one by one, batched, the other 8,
-   batched (every batched run sits next to one-by-one work). Goal: throughput >= 8x.
+   batched (every batched run sits next to one-by-one work). Goal: throughput >= 14x (issue
+   16; 8x before).
 
 Correctness is asserted on every side: (a, b) engine outputs equal the in-memory model's
 (max |diff| <= 1e-5), (c) the batched tokens equal the one-by-one tokens and transformers'
@@ -226,7 +227,7 @@ async def bench_minilm(root: Path, cache: ChunkCache, reps: int, only: str | Non
     compute_s = timings.median_s(RESIDENT)
     ratio_a = compute_s / timings.median_s(MEMORY)
     if only in (None, "a"):
-        print(f"(a) resident / in memory = {ratio_a:.3f}  ({verdict(ratio_a, 1.05, at_most=True)})")
+        print(f"(a) resident / in memory = {ratio_a:.3f}  ({verdict(ratio_a, 1.03, at_most=True)})")
         threaded = compute_s / timings.median_s(MEMORY_THREAD)
         print(
             f"(a) resident / in memory on a worker thread = {threaded:.3f}  (information: the "
@@ -238,7 +239,7 @@ async def bench_minilm(root: Path, cache: ChunkCache, reps: int, only: str | Non
         for label, fetch in (("one at a time", FETCH_SEQ), ("all at once", FETCH_ALL)):
             fetch_s = timings.median_s(fetch)
             overlap = wall_s / max(fetch_s, compute_s)
-            note = verdict(overlap, 1.2, at_most=True) if fetch == FETCH_SEQ else "information"
+            note = verdict(overlap, 1.1, at_most=True) if fetch == FETCH_SEQ else "information"
             print(
                 f"(b) overlap efficiency = cold wall / max(fetch {label} {fetch_s * 1e3:.1f}, "
                 f"compute {compute_s * 1e3:.1f}) = {overlap:.2f}  ({note})"
@@ -338,7 +339,7 @@ async def bench_smollm2(root: Path, cache: ChunkCache, rounds: int, new_tokens: 
         )
     ratio = timings.median_s("16 one by one") / timings.median_s("16 batched")
     print(
-        f"(c) batched / one by one throughput = {ratio:.1f}x  ({verdict(ratio, 8, at_most=False)})"
+        f"(c) batched / one by one throughput = {ratio:.1f}x  ({verdict(ratio, 14, at_most=False)})"
     )
 
 
