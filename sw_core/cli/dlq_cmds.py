@@ -46,6 +46,11 @@ def _register_dlq(subparsers: Any) -> None:
     )
     replay.add_argument("ids", nargs="*", metavar="ID", help="dead-letter entry ids")
     replay.add_argument("--all", action="store_true", help="every replayable dead letter")
+    replay.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"replayed": [...], "skipped": [...], "failed": [...]} as JSON',
+    )
     purge = actions.add_parser(
         "purge",
         help="delete every dead letter (asks first)",
@@ -128,24 +133,37 @@ def _dlq_replay(dlq: Any, args: argparse.Namespace) -> int:
     if args.all == bool(args.ids):
         print("sw dlq replay: give dead-letter ids or --all (not both)", file=sys.stderr)
         return 2
-    status = 0
+    report: dict[str, list[dict[str, Any]]] = {"replayed": [], "skipped": [], "failed": []}
     if args.all:
         done, skipped = dlq.replay_all()
-        for letter_id, new_id in done:
-            print(f"replayed {letter_id} -> jobs entry {new_id}")
-        for letter in skipped:
-            print(f"skipped {letter.id}: {letter.why_not_replayable()}", file=sys.stderr)
-        print(f"{len(done)} replayed, {len(skipped)} left in the dead-letter stream")
-        return 0
-    for letter_id in args.ids:
-        try:
-            new_id, replays = dlq.replay(letter_id)
-        except JobError as exc:
-            print(f"sw dlq replay: {exc}", file=sys.stderr)
-            status = 1
-            continue
-        print(f"replayed {letter_id} -> jobs entry {new_id} (replay #{replays})")
-    return status
+        report["replayed"] = [{"id": letter, "job_entry": entry} for letter, entry in done]
+        report["skipped"] = [{"id": x.id, "reason": x.why_not_replayable()} for x in skipped]
+    else:
+        for letter_id in args.ids:
+            try:
+                new_id, replays = dlq.replay(letter_id)
+            except JobError as exc:
+                report["failed"].append({"id": letter_id, "error": str(exc)})
+                continue
+            report["replayed"].append({"id": letter_id, "job_entry": new_id, "replays": replays})
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        _print_replays(report, summary=args.all)
+    return 1 if report["failed"] else 0
+
+
+def _print_replays(report: dict[str, list[dict[str, Any]]], *, summary: bool) -> None:
+    for row in report["replayed"]:
+        count = f" (replay #{row['replays']})" if "replays" in row else ""
+        print(f"replayed {row['id']} -> jobs entry {row['job_entry']}{count}")
+    for row in report["skipped"]:
+        print(f"skipped {row['id']}: {row['reason']}", file=sys.stderr)
+    for row in report["failed"]:
+        print(f"sw dlq replay: {row['error']}", file=sys.stderr)
+    if summary:
+        n_done, n_left = len(report["replayed"]), len(report["skipped"])
+        print(f"{n_done} replayed, {n_left} left in the dead-letter stream")
 
 
 def _dlq_purge(dlq: Any, args: argparse.Namespace) -> int:

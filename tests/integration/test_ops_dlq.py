@@ -191,6 +191,34 @@ async def test_malformed_letters_are_not_replayed(redis_url: str, monkeypatch, c
     assert [x.reason for x in letters] == ["malformed"]
     rc, _, err = run_sw_here(["dlq", "replay", letters[0].id], settings, monkeypatch, capsys)
     assert rc == 1 and "cannot be replayed" in err
+    rc, out, _ = run_sw_here(
+        ["dlq", "replay", letters[0].id, "--json"], settings, monkeypatch, capsys
+    )
+    report = json.loads(out)
+    assert rc == 1 and report["replayed"] == [] and report["skipped"] == []
+    assert [row["id"] for row in report["failed"]] == [letters[0].id]
+    assert "cannot be replayed" in report["failed"][0]["error"]
+    rc, out, _ = run_sw_here(["dlq", "replay", "--all", "--json"], settings, monkeypatch, capsys)
+    report = json.loads(out)
+    assert rc == 0 and report["replayed"] == [] and report["failed"] == []
+    assert [row["id"] for row in report["skipped"]] == [letters[0].id]
+    assert "malformed" in report["skipped"][0]["reason"]
+
+
+async def test_replay_json_names_each_new_jobs_entry(redis_url: str, monkeypatch, capsys) -> None:
+    settings = fast_settings(redis_url, OPS)
+    await dead_letters(settings, ["a", "b"])
+    letters = dlq_of(settings).list()
+    ids = [x.id for x in letters]
+    rc, out, err = run_sw_here(["dlq", "replay", *ids, "--json"], settings, monkeypatch, capsys)
+    assert rc == 0, err
+    report = json.loads(out)
+    assert [row["id"] for row in report["replayed"]] == ids
+    assert all(row["replays"] == 1 for row in report["replayed"])
+    client = redis.Redis.from_url(redis_url)
+    entries = [e.decode() for e, _ in client.xrange(KEYS.jobs)]
+    client.close()
+    assert sorted(row["job_entry"] for row in report["replayed"]) == sorted(entries)
 
 
 async def test_purge_needs_confirmation(redis_url: str, monkeypatch, capsys) -> None:
