@@ -27,6 +27,25 @@ def rounded(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     return twin
 
 
+async def assert_runs_like(
+    engine: StreamingEngine, reference: torch.nn.Module, *, atol: float
+) -> None:
+    """Last-position logits within ``atol`` of ``reference``'s, greedy tokens equal."""
+    rows = id_rows([7, 5])
+    logits = await engine.run_async(
+        "forward", [{"input_ids": r, "output": "logits", "positions": "last"} for r in rows]
+    )
+    ids, mask = padded(rows, engine.pad_id, left=False)
+    with torch.no_grad():
+        full = reference(input_ids=ids, attention_mask=mask).logits.float()
+    for n, (row, out) in enumerate(zip(rows, logits, strict=True)):
+        torch.testing.assert_close(torch.tensor(out), full[n, len(row) - 1], atol=atol, rtol=0)
+    tokens = await engine.run_async(
+        "generate", [{"input_ids": r, "max_new_tokens": 5} for r in rows]
+    )
+    assert [t["token_ids"] for t in tokens] == reference_generate(reference, rows, 5, engine.pad_id)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_chunks_store_floating_weights_in_the_narrow_dtype(
     tmp_path: Path, dtype: torch.dtype
@@ -64,21 +83,7 @@ async def test_bfloat16_chunks_compute_in_float32_like_the_rounded_model(
     )
     try:
         assert engine.plan.mode == ("resident" if budget_mb > 100 else "streaming")
-        rows = id_rows([7, 5])
-        logits = await engine.run_async(
-            "forward", [{"input_ids": r, "output": "logits", "positions": "last"} for r in rows]
-        )
-        ids, mask = padded(rows, engine.pad_id, left=False)
-        with torch.no_grad():
-            full = reference(input_ids=ids, attention_mask=mask).logits
-        for n, (row, out) in enumerate(zip(rows, logits, strict=True)):
-            torch.testing.assert_close(torch.tensor(out), full[n, len(row) - 1], atol=1e-5, rtol=0)
-        tokens = await engine.run_async(
-            "generate", [{"input_ids": r, "max_new_tokens": 5} for r in rows]
-        )
-        assert [t["token_ids"] for t in tokens] == reference_generate(
-            reference, rows, 5, engine.pad_id
-        )
+        await assert_runs_like(engine, reference, atol=1e-5)
         # every weight the model computes with is float32; the budget counts it widened
         assert {p.dtype for p in engine.model.parameters() if not p.is_meta} <= {torch.float32}
         assert engine.residency.expand == 2.0
@@ -106,21 +111,7 @@ async def test_bfloat16_chunks_computed_in_bfloat16_match_the_bfloat16_model(
     try:
         assert engine.plan.mode == ("streaming" if budget_mb == 1 else "resident")
         assert engine.residency.expand == 1.0
-        rows = id_rows([7, 5])
-        logits = await engine.run_async(
-            "forward", [{"input_ids": r, "output": "logits", "positions": "last"} for r in rows]
-        )
-        ids, mask = padded(rows, engine.pad_id, left=False)
-        with torch.no_grad():
-            full = reference(input_ids=ids, attention_mask=mask).logits.float()
-        for n, (row, out) in enumerate(zip(rows, logits, strict=True)):
-            torch.testing.assert_close(torch.tensor(out), full[n, len(row) - 1], atol=2e-2, rtol=0)
-        tokens = await engine.run_async(
-            "generate", [{"input_ids": r, "max_new_tokens": 5} for r in rows]
-        )
-        assert [t["token_ids"] for t in tokens] == reference_generate(
-            reference, rows, 5, engine.pad_id
-        )
+        await assert_runs_like(engine, reference, atol=2e-2)
         assert {p.dtype for p in engine.model.parameters() if not p.is_meta} <= {torch.bfloat16}
         if engine.plan.merged:
             assert engine.runtime.merged, "the tied embedding/head was concatenated"
