@@ -26,7 +26,12 @@ the size of the offload folder / layer shards, all of which they read at every s
 AirLLM needs minutes per request on 2 cores, so it generates fewer tokens (``--peer-tokens``,
 default 4; per-token figures stay comparable: every step streams the whole model).
 
-Usage: ``.venv/bin/python bench/peers.py [--tokens 32] [--peer-tokens 4] [--systems a,b]``.
+``--dtype bfloat16`` runs every system on the same weights rounded to bfloat16, computed in
+bfloat16 (the engine from a ``sw chunk --dtype bfloat16`` chunk set with
+``SW_COMPUTE_DTYPE=bfloat16``, accelerate and AirLLM with ``dtype=torch.bfloat16``).
+
+Usage: ``.venv/bin/python bench/peers.py [--tokens 32] [--peer-tokens 4] [--systems a,b]
+[--dtype float32|bfloat16]``.
 """
 
 from __future__ import annotations
@@ -100,8 +105,9 @@ def chat_ids(tokenizer: Any, n: int) -> tuple[Any, Any]:
     return ids, torch.ones_like(ids)
 
 
-def prepare(root: Path) -> dict[str, Any]:
-    """The transformers folder and the chunk set (written once, reused by every system)."""
+def prepare(root: Path, dtype: str = "float32") -> dict[str, Any]:
+    """The transformers folder and the chunk set in ``dtype`` (written once, reused by every
+    system)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -110,7 +116,7 @@ def prepare(root: Path) -> dict[str, Any]:
     from sw_core.engine.budget import plan_residency
     from sw_core.local.bundled import smollm2_gguf_path
 
-    hf_dir, chunk_dir = root / "smollm2-hf", root / "smollm2-chunks"
+    hf_dir, chunk_dir = root / f"smollm2-hf-{dtype}", root / f"smollm2-chunks-{dtype}"
     if not (hf_dir / "config.json").exists():
         gguf = smollm2_gguf_path()
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -122,19 +128,25 @@ def prepare(root: Path) -> dict[str, Any]:
         from safetensors.torch import save_file
 
         hf_dir.mkdir(parents=True, exist_ok=True)
-        state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+        state = {
+            k: v.to(getattr(torch, dtype)).contiguous()
+            for k, v in model.state_dict().items()
+            if k != "lm_head.weight"
+        }
         save_file(state, str(hf_dir / "model.safetensors"), metadata={"format": "pt"})
         config = model.config
         if hasattr(config, "quantization_config"):
             del config.quantization_config
         config.architectures = [type(model).__name__]
+        config.dtype = dtype
         config.save_pretrained(hf_dir)
         model.generation_config.save_pretrained(hf_dir)
         tokenizer.save_pretrained(hf_dir)
     if (chunk_dir / "manifest.json").exists():
         manifest = Manifest.load(chunk_dir)
     else:
-        manifest = chunk_model(hf_dir, chunk_dir, name="smollm2")
+        narrow = None if dtype == "float32" else dtype
+        manifest = chunk_model(hf_dir, chunk_dir, name="smollm2", dtype=narrow)
     budget_mb = 1
     while True:  # the smallest budget whose plan keeps one block besides the small chunks
         try:
@@ -150,6 +162,7 @@ def prepare(root: Path) -> dict[str, Any]:
         "chunk_dir": str(chunk_dir),
         "budget_mb": budget_mb,
         "weights_mb": manifest.total_bytes / 2**20,
+        "dtype": dtype,
     }
 
 
@@ -161,7 +174,10 @@ def run_engine(info: dict[str, Any], system: str, n: int, tokens: int) -> dict[s
     from sw_core.storage import FilesystemBackend
 
     async def go(where: Any) -> dict[str, Any]:
-        engine = await StreamingEngine.open(where, memory_budget_mb=info["budget_mb"])
+        compute = "auto" if info["dtype"] == "float32" else info["dtype"]  # no widening
+        engine = await StreamingEngine.open(
+            where, memory_budget_mb=info["budget_mb"], compute_dtype=compute
+        )
         try:
             request = {"messages": [{"role": "user", "content": PROMPT}], "max_new_tokens": tokens}
             await engine.run_async("generate", [dict(request, max_new_tokens=2)])  # warm-up
@@ -201,7 +217,7 @@ def run_accelerate(info: dict[str, Any], n: int, tokens: int, offload: Path) -> 
     tokenizer = AutoTokenizer.from_pretrained(info["hf_dir"])
     model = AutoModelForCausalLM.from_pretrained(
         info["hf_dir"],
-        dtype=torch.float32,
+        dtype=getattr(torch, info["dtype"]),
         device_map="auto",
         max_memory={"cpu": f"{info['budget_mb']}MiB"},
         offload_folder=str(offload),
@@ -235,7 +251,10 @@ def run_airllm(info: dict[str, Any], n: int, tokens: int, shards: Path) -> dict[
 
     tokenizer = AutoTokenizer.from_pretrained(info["hf_dir"])
     model = AutoModel.from_pretrained(
-        info["hf_dir"], device="cpu", dtype=torch.float32, layer_shards_saving_path=str(shards)
+        info["hf_dir"],
+        device="cpu",
+        dtype=getattr(torch, info["dtype"]),
+        layer_shards_saving_path=str(shards),
     )  # builds the layer shards (once, not timed)
     ids, mask = chat_ids(tokenizer, n)
     if n == 0:  # the preparation run: the shards are built above
@@ -267,9 +286,13 @@ def child(args: argparse.Namespace) -> int:
         if args.system.startswith("engine"):
             result = run_engine(info, args.system, args.n, args.tokens)
         elif args.system == "accelerate":
-            result = run_accelerate(info, args.n, args.tokens, Path(args.work) / "offload")
+            result = run_accelerate(
+                info, args.n, args.tokens, Path(args.work) / f"offload-{info['dtype']}"
+            )
         else:
-            result = run_airllm(info, args.n, args.tokens, Path(args.work) / "airllm-shards")
+            result = run_airllm(
+                info, args.n, args.tokens, Path(args.work) / f"airllm-shards-{info['dtype']}"
+            )
     except Exception as exc:
         result = {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-1500:]}
     result["peak_rss_mb"] = peak_rss_mb()  # since the reset: the generation's peak
@@ -315,6 +338,13 @@ def main() -> int:
     parser.add_argument("--concurrent", type=int, default=CONCURRENT)
     parser.add_argument("--timeout-s", type=int, default=600, help="limit per system and mode")
     parser.add_argument("--work", help="folder for the model copies (default: a temporary one)")
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="weights (and math) of every system: bfloat16 runs the engine on a bfloat16 chunk "
+        "set with SW_COMPUTE_DTYPE=bfloat16",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--system", help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, default=1, help=argparse.SUPPRESS)
@@ -325,10 +355,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="sw-bench-peers-") as tmp:
         args.work = args.work or tmp
         started = time.perf_counter()
-        info = prepare(Path(args.work))
+        info = prepare(Path(args.work), args.dtype)
         info_path = Path(args.work) / "info.json"
         print(
-            f"SmolLM2 {info['weights_mb']:.0f} MiB float32, prompt {PROMPT!r}, greedy, CPU "
+            f"SmolLM2 {info['weights_mb']:.0f} MiB {args.dtype}, prompt {PROMPT!r}, greedy, CPU "
             f"({os.cpu_count()} cores, shared); engine budget {info['budget_mb']} MiB (one block "
             f"resident); prepared in {time.perf_counter() - started:.0f} s"
         )

@@ -70,6 +70,10 @@ class Runtime:
                 self._handles.append(
                     unit.module.register_forward_hook(self._post(unit), always_call=True)
                 )
+        head = skeleton.structure.head
+        if head is not None:
+            module = skeleton.model.get_submodule(head)
+            self._handles.append(module.register_forward_pre_hook(_contiguous_input))
 
     # ---------------------------------------------------------------- construction
     def _replace_streamed_matrices(self) -> None:
@@ -286,6 +290,17 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
         return torch.empty(shape, dtype=dtype)
     # numpy asks for huge pages on big buffers (as sw_core.cache.allocate_buffer does)
     return torch.frombuffer(memoryview(np.empty(n_bytes, dtype=np.uint8)), dtype=dtype).view(shape)
+
+
+def _contiguous_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """The head's input made contiguous. transformers hands the head the last positions
+    sliced out of the hidden states (``logits_to_keep``): for a batch of several prompts a
+    non-contiguous (B, 1, D) view, which sends torch's CPU matmul down a broadcasting path.
+    Measured for one 14563 x 576 head shard and 16 rows: 52 ms instead of 3 in float32,
+    415 ms and 257 MB of scratch instead of 9.5 ms in bfloat16."""
+    if args and isinstance(args[0], torch.Tensor) and not args[0].is_contiguous():
+        return (args[0].contiguous(), *args[1:])
+    return None
 
 
 def _plain_lookup(module: nn.Embedding) -> bool:
