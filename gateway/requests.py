@@ -3,8 +3,10 @@
 Each parser takes the decoded JSON body and returns what the job needs, or raises a 400
 :class:`~gateway.errors.ApiError` naming the field. Fields that change nothing here
 (``user``, ``stream_options``, ``logprobs: false`` ...) are accepted; fields asking for
-something the engine cannot do (``n`` > 1, ``stop`` sequences, ``dimensions``) are refused
-rather than silently ignored.
+something the engine cannot do (``n`` > 1, a non-zero ``frequency_penalty`` or
+``presence_penalty``, ``dimensions``) are refused rather than silently ignored. ``stop``
+(a string or up to 4 strings) and the non-standard ``repetition_penalty`` (transformers'
+multiplicative penalty, > 0, 1 = off) go to the job.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.errors import bad_request
-from sw_core.utils import is_finite_number, is_int
+from sw_core.utils import is_finite_number, is_int, stop_sequences
 
 #: Roles a chat message may have.
 ROLES = ("system", "user", "assistant", "developer", "tool")
@@ -129,8 +131,15 @@ def _generate_params(body: dict[str, Any]) -> dict[str, Any]:
     n = body.get("n")
     if n not in (None, 1):
         raise bad_request("'n' must be 1: one answer per request")
-    if body.get("stop"):
-        raise bad_request("'stop' sequences are not supported; generation stops at end of text")
+    params.update(_penalties(body))
+    stop = body.get("stop")
+    if stop is not None:
+        try:
+            stops = stop_sequences(stop)
+        except ValueError as exc:
+            raise bad_request(f"'stop' {exc}") from None
+        if stops:
+            params["stop"] = stops
     limit = body.get("max_completion_tokens", body.get("max_tokens"))
     if limit is not None:
         if not is_int(limit) or limit < 1:
@@ -155,3 +164,21 @@ def _generate_params(body: dict[str, Any]) -> dict[str, Any]:
             raise bad_request("'seed' must be a whole number >= 0")
         params["seed"] = seed
     return params
+
+
+def _penalties(body: dict[str, Any]) -> dict[str, Any]:
+    """``repetition_penalty`` for the job; OpenAI's additive penalties only when they are 0
+    (the engine has none of them: a non-zero one is refused, not ignored)."""
+    for name in ("frequency_penalty", "presence_penalty"):
+        value = body.get(name)
+        if value is not None and (not is_finite_number(value) or value != 0):
+            raise bad_request(
+                f"'{name}' is not supported (only 0); 'repetition_penalty' (> 0, 1 = off, "
+                "transformers' multiplicative penalty) is"
+            )
+    penalty = body.get("repetition_penalty")
+    if penalty is None:
+        return {}
+    if not is_finite_number(penalty) or penalty <= 0:
+        raise bad_request("'repetition_penalty' must be a number > 0 (1 = off)")
+    return {"repetition_penalty": float(penalty)} if penalty != 1 else {}

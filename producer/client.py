@@ -196,7 +196,8 @@ class Producer:
         """The events of a generate job as it runs (see :func:`producer.streaming.stream_events`):
         ``{"type": "token", "index", "text", "step"}`` text deltas, ``{"type": "restart"}``
         when a worker took the job over after a crash (start over), ``{"type": "end", "index",
-        "finish_reason", "prompt_tokens", "completion_tokens"}`` per input and a last
+        "finish_reason", "prompt_tokens", "completion_tokens"}`` per input (``eos``, ``stop``
+        -- a ``stop`` sequence, of which no delta shows any part -- or ``length``) and a last
         ``{"type": "final", "status"}`` -- for a job that ended ``done`` with its
         ``finish_reason`` (one per input, comma-separated) and token counts (summed over
         its inputs)."""

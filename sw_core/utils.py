@@ -55,3 +55,37 @@ def is_finite_number(value: object) -> bool:
         and not isinstance(value, bool)
         and math.isfinite(float(value))
     )
+
+
+#: Most ``stop`` sequences in one generate request (OpenAI's limit).
+MAX_STOP_SEQUENCES = 4
+#: Most characters in one ``stop`` sequence.
+MAX_STOP_CHARS = 256
+
+
+def stop_sequences(value: object) -> list[str]:
+    """A ``stop`` value (one string, or a list of up to :data:`MAX_STOP_SEQUENCES` non-empty
+    strings of at most :data:`MAX_STOP_CHARS` characters) as a list.
+
+    Raises:
+        ValueError: the value breaks the rule; the message reads after the field's name
+            (``f"'stop' {exc}"``).
+    """
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise ValueError(
+            f"must be a string or a list of up to {MAX_STOP_SEQUENCES} strings, "
+            f"got {type(value).__name__}"
+        )
+    if len(items) > MAX_STOP_SEQUENCES:
+        raise ValueError(f"holds {len(items)} strings; at most {MAX_STOP_SEQUENCES} are allowed")
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(f"must hold strings only, got {type(item).__name__}")
+        if not item:
+            raise ValueError("holds an empty string; each stop sequence needs a character")
+        if len(item) > MAX_STOP_CHARS:
+            raise ValueError(
+                f"holds a string of {len(item)} characters; at most {MAX_STOP_CHARS} are allowed"
+            )
+    return list(items)

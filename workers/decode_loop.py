@@ -9,7 +9,11 @@ reading the stream. Each model's :class:`DecodeLoop` runs steps of its
 - lets waiting jobs join, up to ``max_active_sequences`` sequences and the KV-cache budget
   (their prompts run in the next step, in the same sweep over the weights);
 - streams each new token to the job's token stream, and writes a job's result the moment
-  its last sequence finishes (then frees its place at once).
+  its last sequence finishes (then frees its place at once). Text that could be the
+  beginning of one of a sequence's ``stop`` sequences is held back until the next tokens
+  tell (see :class:`~workers.token_stream.TextDeltas`), so the deltas never carry any part
+  of a stop sequence and add up to the result's text; such a sequence ends with finish
+  reason ``stop``.
 
 A step that fails (a chunk that cannot be loaded) fails its jobs like a failed batch:
 retried with backoff or dead-lettered.
@@ -59,12 +63,6 @@ class DecodeLoop:
         self.waiting: list[Job] = []
         self.running: dict[str, _Running] = {}
         self.task: asyncio.Task[None] | None = None
-        tokenizer = session.engine.tokenizer
-        self.decode: Callable[[list[int]], str] = (
-            (lambda ids: str(tokenizer.decode(ids, skip_special_tokens=True)))
-            if tokenizer is not None
-            else (lambda ids: "")
-        )
 
     @property
     def sequences(self) -> int:
@@ -141,7 +139,8 @@ class DecodeLoop:
                 break
             self.waiting.pop(0)
             joining += seqs
-            self.running[job.job_id] = _Running(job, seqs, [TextDeltas(self.decode) for _ in seqs])
+            deltas = [TextDeltas(self.session.decode, s.request.stop) for s in seqs]
+            self.running[job.job_id] = _Running(job, seqs, deltas)
             events.append((job.job_id, {
                 "type": "start", "attempt": job.attempt, "deliveries": job.deliveries,
                 "inputs": len(seqs),
@@ -159,7 +158,7 @@ class DecodeLoop:
                 continue
             seq = state.seqs[index]
             ended = seq.finish_reason is not None
-            delta = state.deltas[index].next(seq.text_ids, final=ended)
+            delta = state.deltas[index].next(seq.text_ids, final=ended, end=seq.stop_at)
             if delta:
                 events.append((job_id, {"type": "token", "index": index, "text": delta,
                                         "step": step}))  # fmt: skip
@@ -176,7 +175,7 @@ class DecodeLoop:
             del self.running[state.job.job_id]
             result = [
                 {
-                    "text": self.decode(s.text_ids),
+                    "text": self.session.text(s),
                     "token_ids": s.tokens,
                     "finish_reason": s.finish_reason,
                     "prompt_tokens": len(s.request.ids),

@@ -64,7 +64,7 @@ def job_requests(
         options = {k: params[k] for k in ("output", "positions") if k in params}
         return [{"input_ids": list(ids), **options} for ids in job.inputs]
     if task == "generate":
-        keys = ("max_new_tokens", "top_p", "top_k", "seed", "chat")
+        keys = ("max_new_tokens", "top_p", "top_k", "seed", "chat", "stop", "repetition_penalty")
         options = {k: params[k] for k in keys if k in params}
         sampling = params.get("do_sample", "temperature" in params)
         options["temperature"] = float(params.get("temperature", 1.0)) if sampling else 0.0

@@ -10,10 +10,12 @@ from the job's status). Event fields are documented in :mod:`producer.streaming`
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
 
+from sw_core.engine.stopping import pending_stop
 from sw_core.keys import Keys
 from sw_core.settings import Settings
 
@@ -53,17 +55,26 @@ class TokenStreams:
 
 class TextDeltas:
     """Turns one sequence's growing token list into text deltas whose concatenation is the
-    final text (a delta is held back while the text ends in an incomplete character)."""
+    final text. A delta is held back while the text ends in an incomplete character, and
+    while its tail could be the beginning of one of ``stops`` (so no part of a stop sequence
+    is ever sent; the tail goes out once the next tokens rule the stop sequence out, or at
+    the end)."""
 
-    def __init__(self, decode: Any) -> None:
+    def __init__(self, decode: Callable[[list[int]], str], stops: Sequence[str] = ()) -> None:
         self.decode = decode
+        self.stops = tuple(stops)
         self.sent = ""
 
-    def next(self, token_ids: list[int], *, final: bool = False) -> str:
-        """The text not sent yet; with ``final``, everything that is left."""
-        text = str(self.decode(token_ids))
-        if not final and (text.endswith("\ufffd") or not text.startswith(self.sent)):
-            return ""
+    def next(self, token_ids: list[int], *, final: bool = False, end: int | None = None) -> str:
+        """The text not sent yet; with ``final``, everything that is left. ``end``: where the
+        final text ends (a sequence stopped by a stop sequence: where that begins)."""
+        text = str(self.decode(token_ids))[:end]
+        if not final:
+            if text.endswith("\ufffd") or not text.startswith(self.sent):
+                return ""
+            text = text[: len(text) - pending_stop(text, self.stops)]
+            if len(text) < len(self.sent):
+                return ""
         # (at the end, a tokenizer that rewrote earlier text cannot be undone: rare)
         delta = text[len(self.sent) :]
         self.sent += delta

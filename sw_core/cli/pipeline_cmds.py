@@ -10,7 +10,7 @@ from typing import Any
 from sw_core.cli.flags import add_cli_flags, settings_from_args
 from sw_core.cli.output import data, data_json, say
 from sw_core.exceptions import ConfigError, JobTimeoutError, SurfingError
-from sw_core.pipeline.jobs import TASKS, coerce_params
+from sw_core.pipeline.job_checks import TASKS, check_params, coerce_params
 from sw_core.queue_redis import queue_redis
 from sw_core.settings import Settings
 
@@ -71,7 +71,14 @@ def _register_submit(subparsers: Any) -> None:
         action="append",
         default=[],
         metavar="K=V",
-        help="task parameter, e.g. max_new_tokens=20 (repeatable)",
+        help="task parameter, e.g. max_new_tokens=20 or repetition_penalty=1.3 (repeatable)",
+    )
+    submit.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="generate: a stop sequence, the text ends before it (repeatable, up to 4)",
     )
     submit.add_argument("--wait", action="store_true", help="wait for the result and print it")
     submit.add_argument(
@@ -161,6 +168,12 @@ def _submit(args: argparse.Namespace) -> int:
             raise ConfigError(f"a {args.task} job takes --text (repeatable)")
         inputs = list(args.text)
     params = coerce_params(args.task, _param_pairs(args.param), settings)
+    if args.stop:
+        if args.task != "generate":
+            raise ConfigError(f"--stop is for generate jobs, not {args.task}")
+        if "stop" in params:
+            raise ConfigError("give stop sequences with --stop or --param stop=TEXT, not both")
+        params = check_params(args.task, {**params, "stop": list(args.stop)}, settings)
     return asyncio.run(_submit_async(settings, args, inputs, params))
 
 

@@ -6,9 +6,10 @@ the running sequences feed their last token and the sequences joining now feed t
 prompt in the same call. Inputs are left-padded to the longest new prompt; a running row's
 padding sits between its cache and its token and is masked out, positions are counted per
 row, so each row computes what it would compute alone. Rows that finish leave the batch at
-once (the cache keeps only the others, compacted to the left); greedy rows choose the
-argmax and sampling rows draw from their own seeded generator, so output never depends on
-batch mates.
+once (the cache keeps only the others, compacted to the left): at EOS, at a stop sequence
+in their text (see :mod:`sw_core.engine.stopping`) or at ``max_new_tokens``. Each row's
+repetition penalty applies to its own logits first; then greedy rows choose the argmax and
+sampling rows draw from their own seeded generator, so output never depends on batch mates.
 
 Encoder-decoder models (T5) are not supported here: they run as static batches.
 """
@@ -17,14 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from sw_core.engine.generation import _choose, _generator, eos_ids
+from sw_core.engine.generation import _choose, _generator, eos_ids, penalize
 from sw_core.engine.inputs import GenerateRequest
+from sw_core.engine.stopping import stop_in
 from sw_core.exceptions import ModelError
 
 
@@ -41,6 +43,9 @@ class Sequence:
     finish_reason: str | None = None
     #: Step of this session in which the sequence joined.
     joined_step: int = 0
+    #: Finish reason ``stop``: where the stop sequence begins in the text of ``text_ids``
+    #: (the text ends there; the tokens keep the one that completed the stop sequence).
+    stop_at: int | None = None
 
     @property
     def text_ids(self) -> list[int]:
@@ -76,6 +81,13 @@ class DecodeSession:
         config = engine.skeleton.config
         self.eos = eos_ids(engine.generation_config, config)
         self.token_bytes = _kv_bytes_per_token(config, engine.skeleton.model)
+        tokenizer = engine.tokenizer
+        #: The text of a sequence's tokens, as its result has it ("" without a tokenizer).
+        self.decode: Callable[[list[int]], str] = (
+            (lambda ids: str(tokenizer.decode(ids, skip_special_tokens=True)))
+            if tokenizer is not None
+            else (lambda ids: "")
+        )
         self.rows: list[Sequence] = []
         self.steps = 0
         self._cache: Any = None
@@ -183,9 +195,10 @@ class DecodeSession:
             use_cache=True,
             logits_to_keep=1,
         )
-        chosen = _choose(
-            out.logits[:, -1, :].float(), [s.request for s in rows], [s.generator for s in rows]
-        ).tolist()
+        requests = [s.request for s in rows]
+        logits = out.logits[:, -1, :].float()
+        penalize(logits, requests, [r.ids for r in requests], [s.tokens for s in rows])
+        chosen = _choose(logits, requests, [s.generator for s in rows]).tolist()
         self.rows, self._cache, self._mask = rows, cache, full_mask
         tokens: dict[Any, int] = {}
         finished: list[Sequence] = []
@@ -193,16 +206,29 @@ class DecodeSession:
             seq.position = seq.position + 1 if i < old else len(seq.request.ids)
             seq.tokens.append(int(token))
             tokens[seq.key] = int(token)
-            if int(token) in self.eos:
-                seq.finish_reason = "eos"
-            elif len(seq.tokens) >= seq.request.max_new_tokens:
-                seq.finish_reason = "length"
+            self._finish(seq)
             if seq.finish_reason is not None:
                 finished.append(seq)
         keep = [i for i, s in enumerate(rows) if s.finish_reason is None]
         if len(keep) != len(rows) or (joining and width > 1):
             self._select(keep)
         return StepReport(self.steps, tokens, finished)
+
+    def _finish(self, seq: Sequence) -> None:
+        """Set why ``seq`` ends after its new token, if it does: EOS, a stop sequence in its
+        text, or ``max_new_tokens``."""
+        if seq.tokens[-1] in self.eos:
+            seq.finish_reason = "eos"
+            return
+        seq.stop_at = stop_in(self.decode, seq.tokens, seq.request.stop)
+        if seq.stop_at is not None:
+            seq.finish_reason = "stop"
+        elif len(seq.tokens) >= seq.request.max_new_tokens:
+            seq.finish_reason = "length"
+
+    def text(self, seq: Sequence) -> str:
+        """The result text of a sequence: its tokens' text, cut before a stop sequence."""
+        return self.decode(seq.text_ids)[: seq.stop_at]
 
     # ---------------------------------------------------------------- cache surgery
     def _grow(self, joining: int, device: torch.device) -> tuple[Any, torch.Tensor]:

@@ -126,8 +126,11 @@ class StreamingModel:
         top_p: float = 1.0,
         seed: int | None = None,
         chat: bool = True,
+        stop: str | list[str] | None = None,
+        repetition_penalty: float = 1.0,
     ) -> str | list[str]:
-        """Generated text per prompt (chat template applied when the tokenizer has one)."""
+        """Generated text per prompt (chat template applied when the tokenizer has one); a
+        text ends before the first of the ``stop`` sequences it reaches."""
         single = isinstance(prompts, str)
         batch = [prompts] if single else prompts
         if not isinstance(batch, list):
@@ -137,7 +140,10 @@ class StreamingModel:
             "top_k": top_k,
             "top_p": top_p,
             "chat": chat,
+            "repetition_penalty": repetition_penalty,
         }
+        if stop is not None:
+            options["stop"] = stop
         if max_new_tokens is not None:
             options["max_new_tokens"] = max_new_tokens
         if seed is not None:

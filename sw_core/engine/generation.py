@@ -4,10 +4,14 @@ Decoder-only prompts are left-padded (positions counted from each row's first re
 as transformers' ``generate`` does); T5 runs its encoder once and then decodes from the
 decoder start token. Every step is one pass over the blocks for the whole batch, so each
 block is materialized once per step however many requests share it. Each row stops on its
-own: at an end-of-sequence token (finish reason ``eos``) or at its ``max_new_tokens``
-(``length``); finished rows are fed padding until every row is done. Rows choose greedily
-(temperature 0) or sample with their own seeded generator, so a request's output does not
-depend on what else is in its batch.
+own: at an end-of-sequence token (finish reason ``eos``), once its text contains one of
+its ``stop`` sequences (``stop``, see :mod:`sw_core.engine.stopping`) or at its
+``max_new_tokens`` (``length``); finished rows are fed padding until every row is done. A
+row's repetition penalty applies to its logits first (as transformers orders its
+processors), then rows choose greedily (temperature 0) or sample with their own seeded
+generator, so a request's output does not depend on what else is in its batch. The penalty
+sees the row's own prompt without padding (for T5: the decoder start token, as transformers
+penalizes the decoder's ids) and its generated tokens.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 import torch
 
 from sw_core.engine.inputs import GenerateRequest, pad
+from sw_core.engine.stopping import stop_in
 from sw_core.engine.tasks import PassContext
 
 
@@ -37,9 +42,10 @@ def run_generate(
     requests: list[GenerateRequest],
     *,
     eos: set[int],
-    decode: Any = None,
+    decode: Callable[[list[int]], str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Generate for every request; ``decode(ids) -> str`` turns tokens into text."""
+    """Generate for every request; ``decode(ids) -> str`` turns tokens into text (required
+    for requests with ``stop`` sequences; the parser refuses those without a tokenizer)."""
     batch = len(requests)
     device = ctx.device
     generators = [_generator(r, device) for r in requests]
@@ -47,14 +53,18 @@ def run_generate(
     produced = torch.zeros(batch, dtype=torch.long, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     reasons = ["length"] * batch
+    cuts: list[int | None] = [None] * batch
     tokens: list[list[int]] = [[] for _ in requests]
     eos_tensor = torch.tensor(sorted(eos) or [-1], device=device)
     if ctx.family == "seq2seq":
         step, current = _seq2seq_stepper(ctx, requests)
+        prefixes = [[int(current[0, 0])] for _ in requests]  # the decoder start token
     else:
         step, current = _decoder_stepper(ctx, requests)
+        prefixes = [r.ids for r in requests]
     for _ in range(int(limits.max())):
         logits = step(current).float()
+        penalize(logits, requests, prefixes, tokens)
         chosen = _choose(logits, requests, generators)
         chosen = torch.where(finished, torch.full_like(chosen, ctx.pad_id), chosen)
         for i, (token, done) in enumerate(zip(chosen.tolist(), finished.tolist(), strict=True)):
@@ -64,19 +74,50 @@ def run_generate(
         hit_eos = torch.isin(chosen, eos_tensor) & ~finished
         for i in torch.nonzero(hit_eos).flatten().tolist():
             reasons[i] = "eos"
-        finished |= hit_eos | (produced >= limits)
+        finished |= hit_eos
+        for i in torch.nonzero(~finished).flatten().tolist():
+            if requests[i].stop and decode is not None:
+                cuts[i] = stop_in(decode, tokens[i], requests[i].stop)
+                if cuts[i] is not None:
+                    reasons[i] = "stop"
+                    finished[i] = True
+        finished |= produced >= limits
         if bool(finished.all()):
             break
         current = chosen.unsqueeze(-1)
     return [
         {
-            "text": decode(new[:-1] if why == "eos" else new) if decode is not None else None,
+            "text": decode(new[:-1] if why == "eos" else new)[:cut] if decode is not None else None,
             "token_ids": new,
             "finish_reason": why,
             "prompt_tokens": len(req.ids),
         }
-        for req, new, why in zip(requests, tokens, reasons, strict=True)
+        for req, new, why, cut in zip(requests, tokens, reasons, cuts, strict=True)
     ]
+
+
+def penalize(
+    logits: torch.Tensor,
+    requests: list[GenerateRequest],
+    prompts: list[list[int]],
+    generated: list[list[int]],
+) -> torch.Tensor:
+    """transformers' ``RepetitionPenaltyLogitsProcessor``, in place, row by row: the logit of
+    every token id in row i's ``prompts[i]`` and ``generated[i]`` is divided by the row's
+    penalty when positive, multiplied by it otherwise."""
+    width = logits.shape[-1]
+    for i, req in enumerate(requests):
+        penalty = req.repetition_penalty
+        if penalty == 1.0:
+            continue
+        seen = {*prompts[i], *generated[i]}
+        # ids beyond a head narrower than the vocabulary cannot be chosen: skipped, as
+        # transformers skips them
+        kept = sorted(t for t in seen if t < width)
+        ids = torch.tensor(kept, dtype=torch.long, device=logits.device)
+        score = logits[i, ids]
+        logits[i, ids] = torch.where(score < 0, score * penalty, score / penalty)
+    return logits
 
 
 Stepper = Callable[[torch.Tensor], torch.Tensor]

@@ -13,7 +13,11 @@ Every task takes a list of request dicts (msgpack-friendly). Fields:
 - ``generate``: ``text``, ``messages`` (chat: list of {role, content}) or ``input_ids``;
   ``max_new_tokens``; ``temperature`` (0 = greedy, the default); ``top_k``; ``top_p``;
   ``seed`` (int, for reproducible sampling); ``chat`` (bool, default true: use the
-  tokenizer's chat template when it has one).
+  tokenizer's chat template when it has one); ``repetition_penalty`` (a finite number > 0,
+  default 1.0 = off: transformers' ``RepetitionPenaltyLogitsProcessor`` over the prompt and
+  the generated tokens); ``stop`` (a string or a list of up to 4 non-empty strings of at
+  most 256 characters: the row ends, finish reason ``stop``, once its text contains one; the
+  text is cut before it; needs a tokenizer).
 
 Anything wrong -- wrong types, empty text, unknown fields, too many tokens for the model or
 for ``max_input_tokens`` -- raises :class:`~sw_core.exceptions.ModelError` naming the field.
@@ -29,7 +33,7 @@ from typing import Any
 import torch
 
 from sw_core.exceptions import ModelError
-from sw_core.utils import is_finite_number, is_int
+from sw_core.utils import is_finite_number, is_int, stop_sequences
 
 TASKS = ("embed", "forward", "generate")
 #: Request fields that describe the job rather than the input; accepted and ignored.
@@ -39,7 +43,7 @@ _FIELDS: dict[str, frozenset[str]] = {
     "forward": frozenset({"text", "input_ids", "output", "positions", "decoder_input_ids"}),
     "generate": frozenset(
         {"text", "messages", "input_ids", "max_new_tokens", "temperature", "top_k", "top_p"}
-        | {"seed", "chat"}
+        | {"seed", "chat", "stop", "repetition_penalty"}
     ),
 }
 #: Files that make a tokenizer; a chunk set with none of them has no tokenizer.
@@ -92,6 +96,10 @@ class GenerateRequest:
     top_k: int = 0
     top_p: float = 1.0
     seed: int | None = None
+    #: Stop sequences: the row ends once its decoded text contains one (cut before it).
+    stop: tuple[str, ...] = ()
+    #: transformers' repetition penalty (1.0: off).
+    repetition_penalty: float = 1.0
 
 
 def load_tokenizer(files: dict[str, bytes]) -> Any:
@@ -191,23 +199,33 @@ class RequestParser:
                 f"{positions} positions model {self.limits.model!r} supports; shorten the prompt "
                 "or lower max_new_tokens"
             )
-        temperature = req.get("temperature", 0.0)
-        if not is_finite_number(temperature) or temperature < 0:
-            raise ModelError(f"'temperature' must be a number >= 0, got {temperature!r}")
-        top_k = req.get("top_k", 0)
-        if not is_int(top_k) or top_k < 0:
-            raise ModelError(f"'top_k' must be an integer >= 0, got {top_k!r}")
-        top_p = req.get("top_p", 1.0)
-        if not is_finite_number(top_p) or not 0 < top_p <= 1:
-            raise ModelError(f"'top_p' must be a number in (0, 1], got {top_p!r}")
-        seed = req.get("seed")
-        if seed is not None and not is_int(seed):
-            raise ModelError(f"'seed' must be an integer, got {seed!r}")
+        temperature, top_k, top_p, seed = _sampling(req)
         return GenerateRequest(
-            ids, int(max_new), float(temperature), int(top_k), float(top_p), seed
+            ids,
+            int(max_new),
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            stop=self._stop(req),
+            repetition_penalty=_penalty(req),
         )
 
     # ---------------------------------------------------------------- pieces
+    def _stop(self, req: dict[str, Any]) -> tuple[str, ...]:
+        if req.get("stop") is None:
+            return ()
+        try:
+            stops = stop_sequences(req["stop"])
+        except ValueError as exc:
+            raise ModelError(f"'stop' {exc}") from None
+        if stops and self.tokenizer is None:
+            raise ModelError(
+                f"model {self.limits.model!r} ships no tokenizer, so its output has no text to "
+                "search for 'stop' sequences; leave 'stop' out"
+            )
+        return tuple(stops)
+
     def _fields(self, task: str, req: Any) -> dict[str, Any]:
         if not isinstance(req, dict):
             raise ModelError(f"a {task} request must be a dict, got {type(req).__name__}")
@@ -300,6 +318,30 @@ def _messages(value: Any) -> list[dict[str, str]]:
     if not any(m["content"].strip() for m in out):
         raise ModelError("'messages' hold no text")
     return out
+
+
+def _sampling(req: dict[str, Any]) -> tuple[float, int, float, int | None]:
+    """``(temperature, top_k, top_p, seed)`` of a generate request."""
+    temperature = req.get("temperature", 0.0)
+    if not is_finite_number(temperature) or temperature < 0:
+        raise ModelError(f"'temperature' must be a number >= 0, got {temperature!r}")
+    top_k = req.get("top_k", 0)
+    if not is_int(top_k) or top_k < 0:
+        raise ModelError(f"'top_k' must be an integer >= 0, got {top_k!r}")
+    top_p = req.get("top_p", 1.0)
+    if not is_finite_number(top_p) or not 0 < top_p <= 1:
+        raise ModelError(f"'top_p' must be a number in (0, 1], got {top_p!r}")
+    seed = req.get("seed")
+    if seed is not None and not is_int(seed):
+        raise ModelError(f"'seed' must be an integer, got {seed!r}")
+    return float(temperature), int(top_k), float(top_p), seed
+
+
+def _penalty(req: dict[str, Any]) -> float:
+    penalty = req.get("repetition_penalty", 1.0)
+    if not is_finite_number(penalty) or penalty <= 0:
+        raise ModelError(f"'repetition_penalty' must be a number > 0 (1.0: off), got {penalty!r}")
+    return float(penalty)
 
 
 def _bool(req: dict[str, Any], key: str, default: bool) -> bool:

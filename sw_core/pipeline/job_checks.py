@@ -15,6 +15,7 @@ from typing import Any
 
 from sw_core.exceptions import JobError
 from sw_core.settings import Settings
+from sw_core.utils import stop_sequences
 
 #: The one rule for model names (job fields, the registry, SW_MODELS).
 MODEL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,127}")
@@ -33,7 +34,8 @@ _MAX_TOKEN_ID = (1 << 31) - 1
 
 @dataclass(frozen=True)
 class ParamSpec:
-    """Type and range of one task parameter."""
+    """Type and range of one task parameter (``list``: stop sequences, one string or a list of
+    strings, see :func:`sw_core.utils.stop_sequences`)."""
 
     kind: type
     low: float | None = None
@@ -60,6 +62,8 @@ PARAM_SCHEMAS: dict[str, dict[str, ParamSpec]] = {
         "top_k": ParamSpec(int, low=0, high=1 << 20),
         "seed": ParamSpec(int, low=0, high=(1 << 63) - 1),
         "chat": ParamSpec(bool),
+        "stop": ParamSpec(list),
+        "repetition_penalty": ParamSpec(float, low=0, low_exclusive=True),
     },
     "forward": {
         "output": ParamSpec(str, choices=("hidden", "logits")),
@@ -183,6 +187,8 @@ def check_params(
 def _coerce_text(name: str, raw: Any, spec: ParamSpec) -> Any:
     """A param given as text (hand-added entry, CLI ``--param k=v``) -> its type."""
     text = raw.decode("utf-8", "replace") if isinstance(raw, (bytes, bytearray)) else str(raw)
+    if spec.kind is list:  # one stop sequence, as given: spaces and newlines count
+        return [text]
     text = text.strip()
     try:
         if spec.kind is bool:
@@ -203,6 +209,11 @@ def _coerce_text(name: str, raw: Any, spec: ParamSpec) -> Any:
 
 def _check_value(name: str, value: Any, spec: ParamSpec, settings: Settings) -> Any:
     kind = spec.kind
+    if kind is list:
+        try:
+            return stop_sequences(value)
+        except ValueError as exc:
+            raise JobError(f"param {name} {exc}") from None
     if kind is float and type(value) is int:
         value = float(value)
     if type(value) is not kind:

@@ -14,6 +14,7 @@ import os
 import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -152,6 +153,63 @@ async def test_completions_use_the_raw_prompt(cluster: Cluster) -> None:
     assert whole.usage.prompt_tokens == direct["prompt_tokens"]
 
 
+async def _chat_stream(client: openai.AsyncOpenAI, **kwargs: Any) -> tuple[list[str], list[str]]:
+    """The content deltas and finish reasons of a streamed chat completion."""
+    stream = await client.chat.completions.create(model="tinychat", stream=True, **kwargs)
+    deltas, finishes = [], []
+    async for chunk in stream:
+        for c in chunk.choices:
+            if c.delta.content:
+                deltas.append(c.delta.content)
+            if c.finish_reason:
+                finishes.append(c.finish_reason)
+    return deltas, finishes
+
+
+async def test_stop_sequences_cut_the_answer_streamed_or_not(cluster: Cluster) -> None:
+    client = client_of(cluster)
+    whole = await client.chat.completions.create(model="tinychat", messages=CHAT, max_tokens=12)
+    content = whole.choices[0].message.content
+    assert whole.choices[0].finish_reason == "length" and content
+    # a stop sequence across two tokens: the end of one word, the space, the next word's start
+    words = content.split(" ")
+    at = len(" ".join(words[: len(words) // 2]))
+    stop = content[at - 2 : at + 3]
+    cut = content.find(stop)
+    assert cut > 0 and " " in stop, (content, stop)
+    stops = ["\u2603never\u2603", stop]
+    stopped = await client.chat.completions.create(
+        model="tinychat", messages=CHAT, max_tokens=12, stop=stops
+    )
+    assert stopped.choices[0].message.content == content[:cut]
+    assert stopped.choices[0].finish_reason == "stop"
+    assert stopped.usage.completion_tokens < whole.usage.completion_tokens
+    deltas, finishes = await _chat_stream(client, messages=CHAT, max_tokens=12, stop=stops)
+    assert "".join(deltas) == content[:cut] and len(deltas) > 1
+    # the text before the last token ended with the stop's beginning: it was held back, or
+    # the deltas would add up to more than the cut text
+    assert not any(stop in d for d in deltas)
+    assert finishes == ["stop"]
+    one, _ = await _chat_stream(client, messages=CHAT, max_tokens=12, stop=stop)  # one string
+    assert "".join(one) == content[:cut]
+
+
+async def test_repetition_penalty_reaches_the_engine(cluster: Cluster) -> None:
+    client = client_of(cluster)
+    # below 1 it favours tokens already seen: the tiny model's answer then repeats itself
+    penalized = await client.chat.completions.create(
+        model="tinychat", messages=CHAT, max_tokens=12, extra_body={"repetition_penalty": 0.5},
+        frequency_penalty=0, presence_penalty=0.0,
+    )  # fmt: skip
+    async with Producer(settings=cluster.settings) as producer:
+        jobs = [
+            await producer.submit("tinychat", "generate", [CHAT], max_new_tokens=12, **extra)
+            for extra in ({"repetition_penalty": 0.5}, {})
+        ]
+        (direct,), (plain,) = [await producer.result(job, 120) for job in jobs]
+    assert penalized.choices[0].message.content == direct["text"] != plain["text"]
+
+
 def test_a_stream_is_server_sent_events_ending_with_done(cluster: Cluster) -> None:
     body = {"model": "tinychat", "messages": CHAT, "max_tokens": 4, "stream": True}
     url = cluster.gateways[0].url + "/v1/chat/completions"
@@ -178,6 +236,18 @@ async def test_invalid_requests_are_400_and_queue_nothing(cluster: Cluster) -> N
         await client.chat.completions.create(model="tinychat", messages=CHAT, n=2)
     with pytest.raises(openai.BadRequestError, match="max_new_tokens"):  # over the job limit
         await client.chat.completions.create(model="tinychat", messages=CHAT, max_tokens=10**6)
+    with pytest.raises(openai.BadRequestError, match="'stop' holds 5 strings; at most 4"):
+        await client.chat.completions.create(
+            model="tinychat", messages=CHAT, stop=["a", "b", "c", "d", "e"]
+        )
+    with pytest.raises(openai.BadRequestError, match="'stop' must hold strings only"):
+        await client.chat.completions.create(model="tinychat", messages=CHAT, stop=["a", 1])
+    with pytest.raises(openai.BadRequestError, match="'stop' must be a string or a list"):
+        await client.completions.create(model="tinychat", prompt="x", stop=5)
+    with pytest.raises(openai.BadRequestError, match="'frequency_penalty' is not supported"):
+        await client.chat.completions.create(model="tinychat", messages=CHAT, frequency_penalty=0.5)
+    with pytest.raises(openai.BadRequestError, match="'presence_penalty' is not supported"):
+        await client.completions.create(model="tinychat", prompt="x", presence_penalty=-1)
     raw = httpx.post(cluster.gateways[0].url + "/v1/embeddings", content=b"{not json")
     assert raw.status_code == 400
     assert set(raw.json()["error"]) == {"message", "type", "param", "code"}

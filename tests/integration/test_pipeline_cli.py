@@ -128,6 +128,27 @@ def test_submit_wait_prints_the_result(
         assert json.loads(capsys.readouterr().out)["inputs"] == [[1, 2, 3]]
 
 
+def test_submit_takes_stop_sequences_and_a_repetition_penalty(
+    redis_url: str, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    monkeypatch.setenv("SW_MODELS", "m1=/srv/m1")  # sw submit checks the model
+    settings = fast_settings(redis_url)
+    flags = ["--redis-url", redis_url]
+    with worker_thread(settings):  # the echo handler answers with the job's params
+        code = main(
+            ["submit", "m1", "--task", "generate", "--text", "hello", "--stop", "\n\n",
+             "--stop", " END", "--param", "repetition_penalty=1.3", "--wait", *flags]
+        )  # fmt: skip
+        out, _ = capsys.readouterr()
+        assert code == 0, out
+        assert json.loads(out)["params"] == {"stop": ["\n\n", " END"], "repetition_penalty": 1.3}
+        assert main(["submit", "m1", "--task", "generate", "--text", "hi", "--param",
+                     "stop= END", "--wait", *flags]) == 0  # fmt: skip
+        assert json.loads(capsys.readouterr().out)["params"] == {"stop": [" END"]}
+    assert main(["submit", "m1", "--text", "hi", "--stop", "x", *flags]) == 2
+    assert "--stop is for generate jobs, not embed" in capsys.readouterr().err
+
+
 def test_failed_and_unfinished_jobs_have_their_own_exit_codes(
     redis_url: str, capsys: pytest.CaptureFixture[str], monkeypatch
 ) -> None:
@@ -151,6 +172,11 @@ def test_failed_and_unfinished_jobs_have_their_own_exit_codes(
         (["--param", "max_new_tokens=lots"], "not a valid int"),
         (["--param", "nonsense"], "is not KEY=VALUE"),
         (["--param", "beam=2"], "unknown param"),
+        (["--stop", "a", "--stop", "b", "--stop", "c", "--stop", "d", "--stop", "e"], "holds 5"),
+        (["--stop", ""], "param stop holds an empty string"),
+        (["--stop", "a", "--param", "stop=b"], "not both"),
+        (["--param", "repetition_penalty=0"], "out of range: must be > 0"),
+        (["--param", "repetition_penalty=high"], "not a valid float"),
     ],
 )
 def test_submit_refuses_bad_params(

@@ -48,7 +48,12 @@ def padded(rows: list[list[int]], pad_id: int, *, left: bool) -> tuple[torch.Ten
 
 
 def reference_generate(
-    model: torch.nn.Module, rows: list[list[int]], max_new_tokens: int, pad_id: int
+    model: torch.nn.Module,
+    rows: list[list[int]],
+    max_new_tokens: int,
+    pad_id: int,
+    *,
+    repetition_penalty: float = 1.0,
 ) -> list[list[int]]:
     """transformers' greedy ``generate`` for the batch, new tokens only, cut after EOS."""
     config = model.config
@@ -56,7 +61,11 @@ def reference_generate(
     ids, mask = padded(rows, pad_id, left=not encoder_decoder)
     with torch.inference_mode():
         out = model.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            repetition_penalty=repetition_penalty,
         )
     start = 1 if encoder_decoder else ids.shape[1]
     eos = model.generation_config.eos_token_id

@@ -62,6 +62,20 @@ def _parser(tokenizer: Any = None, *, head: bool = True, seq2seq: bool = False) 
         ("generate", {"text": "hi", "top_p": 0}, "'top_p' must be"),
         ("generate", {"text": "hi", "top_k": -3}, "'top_k' must be"),
         ("generate", {"text": "hi", "seed": "7"}, "'seed' must be an integer"),
+        ("generate", {"text": "hi", "stop": 5}, "'stop' must be a string or a list of up to 4"),
+        ("generate", {"text": "hi", "stop": {"a": 1}}, "'stop' must be a string or a list"),
+        ("generate", {"text": "hi", "stop": ["a", 3]}, "'stop' must hold strings only, got int"),
+        ("generate", {"text": "hi", "stop": [None]}, "'stop' must hold strings only"),
+        ("generate", {"text": "hi", "stop": ""}, "'stop' holds an empty string"),
+        ("generate", {"text": "hi", "stop": ["a", ""]}, "'stop' holds an empty string"),
+        ("generate", {"text": "hi", "stop": list("abcde")}, "'stop' holds 5 strings; at most 4"),
+        ("generate", {"text": "hi", "stop": ["x" * 257]}, "257 characters; at most 256"),
+        ("generate", {"text": "hi", "repetition_penalty": 0}, "'repetition_penalty' must be"),
+        ("generate", {"text": "hi", "repetition_penalty": -1.2}, "'repetition_penalty' must"),
+        ("generate", {"text": "hi", "repetition_penalty": float("nan")}, "'repetition_penalty'"),
+        ("generate", {"text": "hi", "repetition_penalty": float("inf")}, "'repetition_penalty'"),
+        ("generate", {"text": "hi", "repetition_penalty": "1.2"}, "'repetition_penalty'"),
+        ("generate", {"text": "hi", "repetition_penalty": True}, "'repetition_penalty'"),
         ("generate", {"messages": []}, "'messages' must be a non-empty list"),
         ("generate", {"messages": [{"role": "user"}]}, "string 'role' and 'content'"),
         ("generate", {"messages": [{"role": "user", "content": " "}]}, "hold no text"),
@@ -77,6 +91,25 @@ def test_text_without_a_tokenizer_asks_for_input_ids() -> None:
     with pytest.raises(ModelError, match="ships no tokenizer; pass 'input_ids'"):
         parser.embed({"text": "hello"})
     assert parser.embed({"input_ids": [3, 4]}).ids == [3, 4]
+
+
+def test_stop_sequences_need_a_tokenizer() -> None:
+    parser = RequestParser(LIMITS, None, has_lm_head=True, seq2seq=False)
+    with pytest.raises(ModelError, match=r"ships no tokenizer, so .* 'stop' sequences"):
+        parser.generate({"input_ids": [3, 4], "stop": "\n"})
+    assert parser.generate({"input_ids": [3, 4], "stop": None}).stop == ()
+    assert parser.generate({"input_ids": [3, 4], "stop": []}).stop == ()
+
+
+def test_stop_and_repetition_penalty_parse() -> None:
+    parser = _parser()
+    plain = parser.generate({"text": "hi"})
+    assert plain.stop == () and plain.repetition_penalty == 1.0
+    one = parser.generate({"text": "hi", "stop": "\n\n", "repetition_penalty": 2})
+    assert one.stop == ("\n\n",) and one.repetition_penalty == 2.0
+    longest = ["a", "bb", " c", "x" * 256]
+    assert parser.generate({"text": "hi", "stop": longest}).stop == tuple(longest)
+    assert parser.generate({"text": "hi", "repetition_penalty": 0.5}).repetition_penalty == 0.5
 
 
 def test_models_without_a_head_refuse_logits_and_generation() -> None:

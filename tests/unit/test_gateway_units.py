@@ -75,7 +75,14 @@ def test_chat_request_becomes_one_generate_input() -> None:
         ({"model": "m", "messages": "hi"}, "'messages'"),
         ({"model": "m", "messages": [{"role": "robot", "content": "x"}]}, "'role'"),
         ({"model": "m", "messages": CHAT, "n": 3}, "'n'"),
-        ({"model": "m", "messages": CHAT, "stop": ["\n"]}, "'stop'"),
+        ({"model": "m", "messages": CHAT, "stop": ["a", "b", "c", "d", "e"]}, "'stop' holds 5"),
+        ({"model": "m", "messages": CHAT, "stop": [1]}, "'stop' must hold strings only"),
+        ({"model": "m", "messages": CHAT, "stop": 7}, "'stop' must be a string or a list"),
+        ({"model": "m", "messages": CHAT, "stop": [""]}, "'stop' holds an empty string"),
+        ({"model": "m", "messages": CHAT, "frequency_penalty": 0.5}, "'frequency_penalty'"),
+        ({"model": "m", "messages": CHAT, "presence_penalty": -1}, "'presence_penalty'"),
+        ({"model": "m", "messages": CHAT, "presence_penalty": "0"}, "'presence_penalty'"),
+        ({"model": "m", "messages": CHAT, "repetition_penalty": 0}, "'repetition_penalty'"),
         ({"model": "m", "messages": CHAT, "max_tokens": 0}, "'max_tokens'"),
         ({"model": "m", "messages": CHAT, "temperature": 5}, "'temperature'"),
         ({"model": "m", "messages": CHAT, "stream": "yes"}, "'stream'"),
@@ -85,6 +92,19 @@ def test_bad_chat_requests_are_400(body: dict, field: str) -> None:
     with pytest.raises(ApiError) as caught:
         parse_chat(body)
     assert caught.value.status == 400 and field in caught.value.message
+
+
+def test_stop_and_penalties_reach_the_job_params() -> None:
+    body = {"model": "m", "messages": CHAT, "stop": "\n\n", "repetition_penalty": 1.3}
+    call = parse_chat({**body, "frequency_penalty": 0, "presence_penalty": 0.0})
+    assert call.params == {"stop": ["\n\n"], "repetition_penalty": 1.3}
+    listed = parse_completion({"model": "m", "prompt": "x", "stop": ["a", "b"]})
+    assert listed.params == {"stop": ["a", "b"], "chat": False}
+    off = parse_chat({"model": "m", "messages": CHAT, "stop": None, "repetition_penalty": 1})
+    assert off.params == {}
+    _, _, inputs, params = validate_request("m", "generate", [CHAT], call.params, Settings())
+    [request] = job_requests("generate", Job("j", "m", "generate", inputs, params))
+    assert request["stop"] == ["\n\n"] and request["repetition_penalty"] == 1.3
 
 
 def test_completion_skips_the_chat_template_and_embeddings_take_strings() -> None:
