@@ -9,21 +9,9 @@ import pytest
 import torch
 
 from sw_core.engine import StreamingEngine
-from sw_core.engine.continuous import DecodeSession, Sequence
-from tests.support.engine import id_rows, reference_generate
+from sw_core.engine.continuous import DecodeSession
+from tests.support.engine import drive_session, id_rows, reference_generate
 from tests.support.models import chunk_small
-
-
-async def _drive(session: DecodeSession, plan: dict[int, list[Sequence]]) -> dict[str, Sequence]:
-    """Step until every sequence ended; ``plan[step]`` joins before that step (1-based)."""
-    done: dict[str, Sequence] = {}
-    step = 0
-    while session.active or any(k > step for k in plan):
-        step += 1
-        report = await session.step_async(plan.get(step, []))
-        for seq in report.finished:
-            done[seq.key] = seq
-    return done
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
@@ -40,7 +28,7 @@ async def test_joining_rows_equal_transformers_generate(kind: str, tmp_path: Pat
             for i, (r, n) in enumerate(zip(rows, new, strict=True))
         ]
         # r0 alone, r1 joins at step 3, r2 and r3 at step 5 while r0 and r1 still run
-        done = await _drive(session, {1: [seqs[0]], 3: [seqs[1]], 5: [seqs[2], seqs[3]]})
+        done = await drive_session(session, {1: [seqs[0]], 3: [seqs[1]], 5: [seqs[2], seqs[3]]})
     finally:
         await engine.aclose()
     pad = model.generation_config.pad_token_id or 0
@@ -56,14 +44,14 @@ async def test_seeded_sampling_is_the_same_alone_or_in_company(tmp_path: Path) -
     try:
         req = {"input_ids": id_rows([7])[0], "max_new_tokens": 12, "temperature": 0.9,
                "top_k": 50, "seed": 1234}  # fmt: skip
-        alone = await _drive(session := DecodeSession(engine, 64 << 20),
+        alone = await drive_session(session := DecodeSession(engine, 64 << 20),
                              {1: [session.parse("s", req)]})  # fmt: skip
         other = DecodeSession(engine, 64 << 20)
         mates = [
             other.parse(f"m{i}", {"input_ids": r, "max_new_tokens": 20, "temperature": 1.0})
             for i, r in enumerate(id_rows([4, 10], seed=5))
         ]
-        company = await _drive(other, {1: mates, 2: [other.parse("s", req)]})
+        company = await drive_session(other, {1: mates, 2: [other.parse("s", req)]})
     finally:
         await engine.aclose()
     assert company["s"].tokens == alone["s"].tokens

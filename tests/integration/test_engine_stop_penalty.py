@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from sw_core.engine import StreamingEngine, StreamingLlamaModel
-from sw_core.engine.continuous import DecodeSession, Sequence
-from tests.support.engine import id_rows, reference_generate
+from sw_core.engine.continuous import DecodeSession
+from tests.support.engine import drive_session, id_rows, reference_generate
 from tests.support.models import chunk_small
 from tests.support.serving import TinyChat
 from workers.token_stream import TextDeltas
@@ -22,18 +22,6 @@ PROMPT = "The old lighthouse keeper opened the door and"
 NEW_TOKENS = 24
 #: In no generated text: a stop sequence that never matches beside one that does.
 NEVER = "\u2603never\u2603"
-
-
-async def _drive(session: DecodeSession, plan: dict[int, list[Sequence]]) -> dict[str, Sequence]:
-    """Step until every sequence ended; ``plan[step]`` joins before that step (1-based)."""
-    done: dict[str, Sequence] = {}
-    step = 0
-    while session.active or any(k > step for k in plan):
-        step += 1
-        report = await session.step_async(plan.get(step, []))
-        for seq in report.finished:
-            done[seq.key] = seq
-    return done
 
 
 # ---------------------------------------------------------------------------- penalty
@@ -76,7 +64,7 @@ async def test_repetition_penalty_equals_transformers_when_rows_join(tmp_path: P
             session.parse(f"r{i}", {"input_ids": r, "max_new_tokens": n, "repetition_penalty": p})
             for i, (r, n, p) in enumerate(zip(rows, new, penalties, strict=True))
         ]
-        done = await _drive(session, {1: [seqs[0]], 3: [seqs[1]], 5: [seqs[2], seqs[3]]})
+        done = await drive_session(session, {1: [seqs[0]], 3: [seqs[1]], 5: [seqs[2], seqs[3]]})
     finally:
         await engine.aclose()
     pad = model.generation_config.pad_token_id or 0

@@ -9,6 +9,7 @@ import torch
 
 from sw_core.cache import ChunkCache
 from sw_core.chunks.manifest import Manifest
+from sw_core.engine.continuous import DecodeSession, Sequence
 from sw_core.engine.sources import CachedChunkSource
 from sw_core.keys import Keys
 from sw_core.storage import FilesystemBackend
@@ -75,3 +76,18 @@ def reference_generate(
         cut = next((i + 1 for i, t in enumerate(row) if t in eos_ids), len(row))
         result.append(row[:cut])
     return result
+
+
+async def drive_session(
+    session: DecodeSession, plan: dict[int, list[Sequence]]
+) -> dict[str, Sequence]:
+    """Step a :class:`~sw_core.engine.continuous.DecodeSession` until every sequence ended;
+    ``plan[step]`` (sequences) joins before that step (1-based). Finished sequences by key."""
+    done: dict[str, Sequence] = {}
+    step = 0
+    while session.active or any(k > step for k in plan):
+        step += 1
+        report = await session.step_async(plan.get(step, []))
+        for seq in report.finished:
+            done[seq.key] = seq
+    return done
