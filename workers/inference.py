@@ -28,6 +28,7 @@ from sw_core.pipeline.jobs import Job
 from sw_core.pipeline.registry import ModelRegistry
 from sw_core.queue_redis import queue_redis
 from sw_core.settings import Settings
+from sw_core.utils import is_finite_number
 from workers.chunk_source import RemoteChunkSource
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,8 @@ log = logging.getLogger(__name__)
 
 def generation_defaults(generation_config: Any, max_new_tokens_limit: int) -> dict[str, Any]:
     """Generate params from the model's ``generation_config.json`` (what a job leaves out):
-    its sampling settings when it samples by default, and its ``max_new_tokens``."""
+    its sampling settings when it samples by default, its ``repetition_penalty`` (which
+    transformers' ``generate`` applies, greedy or not), and its ``max_new_tokens``."""
     if generation_config is None:
         return {}
     out: dict[str, Any] = {}
@@ -45,6 +47,9 @@ def generation_defaults(generation_config: Any, max_new_tokens_limit: int) -> di
             value = getattr(generation_config, name, None)
             if value is not None:
                 out[name] = value
+    penalty = getattr(generation_config, "repetition_penalty", None)
+    if is_finite_number(penalty) and penalty > 0 and penalty != 1.0:
+        out["repetition_penalty"] = float(penalty)
     max_new = getattr(generation_config, "max_new_tokens", None)
     if isinstance(max_new, int) and max_new > 0:
         out["max_new_tokens"] = min(max_new, max_new_tokens_limit)

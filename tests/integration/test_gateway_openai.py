@@ -114,17 +114,7 @@ async def test_chat_without_and_with_stream(cluster: Cluster) -> None:
         assert whole.usage.completion_tokens == 12
     assert whole.usage.total_tokens == whole.usage.prompt_tokens + whole.usage.completion_tokens
 
-    stream = await client.chat.completions.create(
-        model="tinychat", messages=CHAT, max_tokens=12, stream=True
-    )
-    deltas, finishes, usage = [], [], None
-    async for chunk in stream:
-        for c in chunk.choices:
-            if c.delta.content:
-                deltas.append(c.delta.content)
-            if c.finish_reason:
-                finishes.append(c.finish_reason)
-        usage = chunk.usage or usage
+    deltas, finishes, usage = await _chat_stream(client, messages=CHAT, max_tokens=12)
     assert "".join(deltas) == choice.message.content
     assert 1 < len(deltas) <= whole.usage.completion_tokens  # token by token, not in one piece
     assert finishes == [choice.finish_reason]
@@ -153,17 +143,20 @@ async def test_completions_use_the_raw_prompt(cluster: Cluster) -> None:
     assert whole.usage.prompt_tokens == direct["prompt_tokens"]
 
 
-async def _chat_stream(client: openai.AsyncOpenAI, **kwargs: Any) -> tuple[list[str], list[str]]:
-    """The content deltas and finish reasons of a streamed chat completion."""
+async def _chat_stream(
+    client: openai.AsyncOpenAI, **kwargs: Any
+) -> tuple[list[str], list[str], Any]:
+    """The content deltas, finish reasons and usage of a streamed chat completion."""
     stream = await client.chat.completions.create(model="tinychat", stream=True, **kwargs)
-    deltas, finishes = [], []
+    deltas, finishes, usage = [], [], None
     async for chunk in stream:
         for c in chunk.choices:
             if c.delta.content:
                 deltas.append(c.delta.content)
             if c.finish_reason:
                 finishes.append(c.finish_reason)
-    return deltas, finishes
+        usage = chunk.usage or usage
+    return deltas, finishes, usage
 
 
 async def test_stop_sequences_cut_the_answer_streamed_or_not(cluster: Cluster) -> None:
@@ -184,13 +177,13 @@ async def test_stop_sequences_cut_the_answer_streamed_or_not(cluster: Cluster) -
     assert stopped.choices[0].message.content == content[:cut]
     assert stopped.choices[0].finish_reason == "stop"
     assert stopped.usage.completion_tokens < whole.usage.completion_tokens
-    deltas, finishes = await _chat_stream(client, messages=CHAT, max_tokens=12, stop=stops)
+    deltas, finishes, _ = await _chat_stream(client, messages=CHAT, max_tokens=12, stop=stops)
     assert "".join(deltas) == content[:cut] and len(deltas) > 1
     # the text before the last token ended with the stop's beginning: it was held back, or
     # the deltas would add up to more than the cut text
     assert not any(stop in d for d in deltas)
     assert finishes == ["stop"]
-    one, _ = await _chat_stream(client, messages=CHAT, max_tokens=12, stop=stop)  # one string
+    one, _, _ = await _chat_stream(client, messages=CHAT, max_tokens=12, stop=stop)  # one string
     assert "".join(one) == content[:cut]
 
 

@@ -46,5 +46,11 @@ def test_defaults_come_from_the_generation_config_and_the_job_wins() -> None:
     [request] = job_requests("generate", job, defaults)
     assert request["temperature"] == 0.2 and request["top_p"] == 0.9  # the job's own wins
     assert generation_defaults(GenerationConfig(), 512) == {}  # greedy config: greedy default
+    # transformers' generate applies the config's repetition penalty whether it samples or not
+    penalized = generation_defaults(GenerationConfig(repetition_penalty=1.2), 512)
+    assert penalized == {"repetition_penalty": 1.2}
+    job = Job("j", "m", "generate", ["hi"], {"repetition_penalty": 1.0})
+    [request] = job_requests("generate", job, penalized)
+    assert request["repetition_penalty"] == 1.0  # the job can switch it off
     [request] = job_requests("generate", Job("j", "m", "generate", ["hi"], {}), {})
     assert request["temperature"] == 0.0
