@@ -152,3 +152,15 @@ def test_folder_chunking_streams_tensor_by_tensor(tmp_path: Path) -> None:
     assert grew < model_bytes * 0.5, (
         f"RSS grew {grew >> 20} MiB for a {model_bytes >> 20} MiB model"
     )
+
+
+def test_narrow_chunks_say_how_they_will_be_computed(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "minilm-bf16"
+    args = ["chunk", str(minilm_path()), "--out", str(out), "--name", "m", "--dtype", "bfloat16"]
+    assert sw_main(args) == 0
+    captured = capsys.readouterr()
+    assert Manifest.load(out).dtype == "bfloat16"
+    assert "SW_COMPUTE_DTYPE=bfloat16" in captured.err and "widened" in captured.err
+    assert captured.out.startswith("m: BertModel")  # stdout keeps the summary only
+    assert sw_main(["chunk", str(minilm_path()), "--out", str(tmp_path / "f32")]) == 0
+    assert "SW_COMPUTE_DTYPE" not in capsys.readouterr().err
