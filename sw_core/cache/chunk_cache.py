@@ -305,7 +305,7 @@ class ChunkCache(AsyncCacheAPI):
         if parts < 1 or part_bytes < 1 or not 0 <= size <= parts * part_bytes:
             return self._drop_miss(chunk_id, "corrupt", counted=count)
         target = target_view(out, size)
-        digest = ChunkDigest(size, self._hasher, verify.algorithm) if verify else None
+        digest = ChunkDigest(size, self._hasher, verify.algorithm, read=True) if verify else None
         feed = digest.feed if digest is not None else None
         offset = 0
         try:

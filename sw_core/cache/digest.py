@@ -3,9 +3,20 @@
 The algorithm is the one the caller expects (:class:`~sw_core.hashing.Expected`): BLAKE3
 when the chunk's manifest records it, else sha256 (the chunk id itself).
 
-Small chunks are hashed on the calling thread (a helper costs more than it saves); big ones
-on a helper thread that hashes each piece as soon as it is fed, overlapping the hash with
-the socket I/O (:class:`~sw_core.cache.ordered_hash.OrderedHash`).
+A read checked with BLAKE3 hashes on the reading thread, each piece right after it arrived
+(64 KiB at a time, :meth:`~sw_core.cache.redis_bulk.BulkReader.get_into`'s ``feed_bytes``,
+while the piece is still in the core's cache). Other big chunks -- writes, and reads checked
+with sha256, three times slower to hash -- are hashed on a helper thread that takes each
+piece as soon as it is fed, overlapping the hash with the socket
+(:class:`~sw_core.cache.ordered_hash.OrderedHash`); small ones inline (a helper costs more
+than it saves).
+
+Why BLAKE3 reads hash inline: on the 2-core machine of ``bench/cache_read.py`` a verified
+read has Redis sending, this process receiving and the hash competing for the cores; a
+helper makes that three threads on two cores, and hashing 64 KiB pieces on the receiving
+thread was faster in every paired run (48 MiB: 22.5-24.9 ms against 24.2-28.1 ms with the
+helper; verified / raw 0.74-0.84 against 0.69-0.80). sha256 alone takes longer than the
+transfer, so it keeps its helper.
 """
 
 from __future__ import annotations
@@ -18,7 +29,7 @@ import numpy as np
 from sw_core.cache.ordered_hash import OrderedHash
 from sw_core.hashing import Algorithm, new_hasher
 
-#: Chunks up to this size are hashed on the reading thread.
+#: Chunks up to this size are hashed on the writing thread.
 INLINE_HASH_BYTES = 1 << 20
 
 
@@ -29,6 +40,7 @@ class ChunkDigest:
         size_bytes: the chunk's size (chooses inline or helper hashing).
         start_helper: makes an :class:`OrderedHash` of an algorithm on the caller's pool.
         algorithm: ``sha256`` or ``blake3``.
+        read: the bytes are being read (BLAKE3 is then hashed inline whatever the size).
     """
 
     def __init__(
@@ -36,9 +48,12 @@ class ChunkDigest:
         size_bytes: int,
         start_helper: Callable[[Algorithm], OrderedHash],
         algorithm: Algorithm = "sha256",
+        *,
+        read: bool = False,
     ) -> None:
         self.algorithm = algorithm
-        self._helper = start_helper(algorithm) if size_bytes > INLINE_HASH_BYTES else None
+        inline = size_bytes <= INLINE_HASH_BYTES or (read and algorithm == "blake3")
+        self._helper = None if inline else start_helper(algorithm)
         self._inline = new_hasher(algorithm) if self._helper is None else None
 
     def feed(self, piece: memoryview) -> None:

@@ -62,7 +62,7 @@ class BulkReader:
         out: memoryview,
         *,
         feed: Callable[[memoryview], None] | None = None,
-        feed_bytes: int = 1 << 20,
+        feed_bytes: int = 64 << 10,
     ) -> int | None:
         """Read the string at ``key`` into ``out``; its length, or None when the key is missing.
 
