@@ -68,7 +68,7 @@ from sw_core.chunks.chunker import chunk_model
 from sw_core.chunks.manifest import Manifest
 from sw_core.engine import CachedChunkSource, StreamingEngine
 from sw_core.keys import Keys
-from sw_core.local.bundled import minilm_path, smollm2_gguf_path
+from sw_core.local.bundled import load_smollm2, minilm_path
 from sw_core.local.redis_server import RedisServer
 from sw_core.storage import FilesystemBackend
 
@@ -257,13 +257,7 @@ async def bench_minilm(root: Path, cache: ChunkCache, reps: int, only: str | Non
 
 # --------------------------------------------------------------------------- c
 async def bench_smollm2(root: Path, cache: ChunkCache, rounds: int, new_tokens: int) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    gguf = smollm2_gguf_path()
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-    ).eval()
+    model, tokenizer = load_smollm2()
     folder = root / "smollm2"
     manifest = chunk_model(model, folder, name="smollm2", tokenizer=tokenizer)
     put_chunks(cache, folder, manifest)

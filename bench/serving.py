@@ -35,14 +35,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from prompts import PROMPTS as ALL_PROMPTS  # bench/prompts.py, beside this script
 from redis.asyncio import Redis
 
 from producer import Producer
 from sw_core.cache import ChunkCache
 from sw_core.chunks.chunker import chunk_model
-from sw_core.local.bundled import smollm2_gguf_path
+from sw_core.local.bundled import load_smollm2
 from sw_core.local.redis_server import RedisServer
 from sw_core.settings import Settings
 from workers.consumer import JobConsumer
@@ -147,13 +146,7 @@ def start_loader(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
 
 def prepare(root: Path, settings: Settings) -> int:
     """Chunk SmolLM2 into ``root`` and fill the chunk cache; returns the weight bytes."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    gguf = smollm2_gguf_path()
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-    ).eval()
+    model, tokenizer = load_smollm2()
     manifest = chunk_model(model, root, name="smollm2", tokenizer=tokenizer)
     cache = ChunkCache.from_settings(settings)
     try:

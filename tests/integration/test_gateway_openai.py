@@ -12,8 +12,7 @@ import asyncio
 import json
 import os
 import signal
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -24,25 +23,15 @@ import redis
 
 from producer import Producer
 from sw_core.keys import Keys
-from sw_core.local.redis_server import RedisServer
-from tests.support.gateway import Cluster, running_cluster, tinychat_chunked  # noqa: F401
+from tests.support.gateway import Cluster, cluster_fixture, tinychat_chunked  # noqa: F401
 from tests.support.models import ChunkedModel
 
 TEXTS = ["A man plays a guitar.", "Someone is playing an instrument.", "The stock market fell."]
 CHAT = [{"role": "user", "content": "What is the capital of France?"}]
 
 
-@pytest.fixture(scope="module")
-def cluster(
-    redis_server: RedisServer,
-    minilm_chunked: ChunkedModel,
-    tinychat_chunked: Path,  # noqa: F811
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Cluster]:
-    """One inference worker and one keyless gateway for the whole module."""
-    models = f"minilm={minilm_chunked.folder},tinychat={tinychat_chunked}"
-    with running_cluster(redis_server.url, models, tmp_path_factory.mktemp("gateway")) as c:
-        yield c
+#: One inference worker and one keyless gateway for the whole module.
+cluster = cluster_fixture("tinychat", "gateway")
 
 
 OPEN_CLIENTS: list[openai.AsyncOpenAI] = []

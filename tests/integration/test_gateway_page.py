@@ -21,9 +21,7 @@ import httpx
 import pytest
 
 from producer import Producer
-from sw_core.local.redis_server import RedisServer
-from tests.support.gateway import Cluster, running_cluster, tinychat_chunked  # noqa: F401
-from tests.support.models import ChunkedModel
+from tests.support.gateway import Cluster, cluster_fixture, tinychat_chunked  # noqa: F401
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -51,16 +49,8 @@ def browser() -> Iterator[Any]:
         driver.quit()
 
 
-@pytest.fixture(scope="module")
-def cluster(
-    redis_server: RedisServer,
-    minilm_chunked: ChunkedModel,
-    tinychat_chunked: Path,  # noqa: F811
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Cluster]:
-    models = f"minilm={minilm_chunked.folder},tinychat={tinychat_chunked}"
-    with running_cluster(redis_server.url, models, tmp_path_factory.mktemp("page")) as c:
-        yield c
+#: One inference worker and one keyless gateway for the whole module.
+cluster = cluster_fixture("tinychat", "page")
 
 
 def wait_until(check: Callable[[], Any], what: str, timeout_s: float = 30) -> Any:

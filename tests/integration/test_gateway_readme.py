@@ -10,14 +10,8 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
-
-from sw_core.local.redis_server import RedisServer
-from tests.support.gateway import Cluster, running_cluster, tinychat_chunked  # noqa: F401
-from tests.support.models import ChunkedModel
+from tests.support.gateway import Cluster, cluster_fixture, tinychat_chunked  # noqa: F401
 from tests.support.processes import REPO
 
 README = REPO / "README.md"
@@ -32,16 +26,8 @@ def fenced(language: str, must_contain: str) -> str:
     return found[0]
 
 
-@pytest.fixture(scope="module")
-def cluster(
-    redis_server: RedisServer,
-    minilm_chunked: ChunkedModel,
-    tinychat_chunked: Path,  # noqa: F811
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Cluster]:
-    models = f"minilm={minilm_chunked.folder},smollm2={tinychat_chunked}"
-    with running_cluster(redis_server.url, models, tmp_path_factory.mktemp("readme")) as c:
-        yield c
+#: One inference worker and one keyless gateway for the whole module.
+cluster = cluster_fixture("smollm2", "readme")
 
 
 def test_the_curl_example_streams_server_sent_events(cluster: Cluster) -> None:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -185,3 +186,22 @@ def running_cluster(
         # uvicorn ends on SIGTERM by re-raising it once it has shut down cleanly
         assert set(gateways) <= {0, -signal.SIGTERM}, (gateways, cluster.logs())
         assert exits == [0] * len(exits), (exits, cluster.logs())
+
+
+def cluster_fixture(chat_model: str, folder: str) -> Any:
+    """A module-scoped ``cluster`` fixture: one inference worker and one keyless gateway
+    serving MiniLM as ``minilm`` and the tiny chat model as ``chat_model`` (the requesting
+    module must see the ``minilm_chunked`` and ``tinychat_chunked`` fixtures)."""
+
+    @pytest.fixture(scope="module")
+    def cluster(
+        redis_server: Any,
+        minilm_chunked: Any,
+        tinychat_chunked: Path,
+        tmp_path_factory: pytest.TempPathFactory,
+    ) -> Iterator[Cluster]:
+        models = f"minilm={minilm_chunked.folder},{chat_model}={tinychat_chunked}"
+        with running_cluster(redis_server.url, models, tmp_path_factory.mktemp(folder)) as c:
+            yield c
+
+    return cluster

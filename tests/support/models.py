@@ -124,15 +124,9 @@ class ChunkedModel:
 def chunked_smollm2(folder: Path) -> ChunkedModel:
     """SmolLM2-135M-Instruct (LLaMA, fp32) in memory and chunked (16 MiB row shards) into
     ``folder``. Loading it from its GGUF file dequantizes it (about 20 s)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from sw_core.local.bundled import load_smollm2
 
-    from sw_core.local.bundled import smollm2_gguf_path
-
-    gguf = smollm2_gguf_path()
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-    ).eval()
+    model, tokenizer = load_smollm2()
     manifest = chunk_model(model, folder, name="smollm2", tokenizer=tokenizer)
     return ChunkedModel("smollm2", folder, manifest, model, tokenizer)
 
