@@ -2,7 +2,7 @@
 
 The consumer hands started ``generate`` jobs to :class:`DecodeLoops` and goes back to
 reading the stream. Each model's :class:`DecodeLoop` runs steps of its
-:class:`~sw_core.engine.continuous.DecodeSession` back to back; between two steps it
+:class:`~sw_core.engine.tasks.continuous.DecodeSession` back to back; between two steps it
 
 - ends jobs whose cancel was requested or whose deadline passed (status ``cancelled`` /
   ``expired``, see :class:`~sw_core.pipeline.lifecycle.JobEnds`);
@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sw_core.engine.continuous import DecodeSession, Sequence
+from sw_core.engine.tasks.continuous import DecodeSession, Sequence
 from sw_core.exceptions import ModelError, is_transient
 from sw_core.pipeline.jobs import Job
 from sw_core.pipeline.lifecycle import JobEnds, past_deadline

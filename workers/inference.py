@@ -20,7 +20,7 @@ from typing import Any
 
 from sw_core.cache import ChunkCache
 from sw_core.engine import StreamingEngine
-from sw_core.engine.continuous import DecodeSession
+from sw_core.engine.tasks.continuous import DecodeSession
 from sw_core.exceptions import ModelError
 from sw_core.keys import Keys
 from sw_core.ops.stats import Counters

@@ -15,7 +15,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from sw_core.engine.stopping import pending_stop
+from sw_core.engine.tasks.stopping import pending_stop
 from sw_core.keys import Keys
 from sw_core.settings import Settings
 

@@ -2,7 +2,7 @@
 
 Threads and loops (the design in one place):
 
-- Fetches are coroutines (:class:`~sw_core.engine.sources.ChunkSource`). With the async
+- Fetches are coroutines (:class:`~sw_core.engine.io.sources.ChunkSource`). With the async
   API (:meth:`StreamingEngine.run_async`) they run on the *caller's* event loop, where the
   source's clients live; the sync API (:meth:`StreamingEngine.run`, for a worker thread)
   runs them on a private loop thread.
@@ -20,32 +20,23 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import threading
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 
 from sw_core.chunks.manifest import ChunkInfo, Manifest
-from sw_core.engine.budget import ResidencyPlan, plan_residency
-from sw_core.engine.buffers import BufferPool
-from sw_core.engine.dtypes import compute_dtype, expansion
-from sw_core.engine.fetching import ChunkLoader, pool_bytes
-from sw_core.engine.generation import eos_ids, run_generate
-from sw_core.engine.inputs import (
-    TASKS,
-    GenerateRequest,
-    Limits,
-    RequestParser,
-    load_tokenizer,
-)
-from sw_core.engine.loop import LoopThread
-from sw_core.engine.memory import limit_heap_retention
-from sw_core.engine.pooling import SentencePipeline, read_pipeline
+from sw_core.engine.compute import ComputeThread
+from sw_core.engine.io.fetching import ChunkMaterializer, pool_bytes
+from sw_core.engine.io.sources import ChunkSource
+from sw_core.engine.memory.budget import ResidencyPlan, plan_residency
+from sw_core.engine.memory.buffers import BufferPool
+from sw_core.engine.memory.heap import limit_heap_retention
+from sw_core.engine.memory.residency import Residency
+from sw_core.engine.model.dtypes import compute_dtype, expansion
+from sw_core.engine.model.runtime import Runtime
+from sw_core.engine.model.skeleton import Family, Skeleton, load_config
 from sw_core.engine.report import cache_report
-from sw_core.engine.residency import Residency, Tensors
-from sw_core.engine.runtime import Runtime
 from sw_core.engine.setup import (
     load_generation_config,
     make_source,
@@ -54,13 +45,20 @@ from sw_core.engine.setup import (
     resolve_device,
     usable_positions,
 )
-from sw_core.engine.skeleton import Family, Skeleton, load_config
-from sw_core.engine.sources import ChunkSource
-from sw_core.engine.tasks import run_embed, run_forward
+from sw_core.engine.tasks.generation import eos_ids, run_generate
+from sw_core.engine.tasks.passes import run_embed, run_forward
+from sw_core.engine.tasks.pooling import SentencePipeline, read_pipeline
+from sw_core.engine.tasks.requests import (
+    TASKS,
+    GenerateRequest,
+    Limits,
+    RequestParser,
+    load_tokenizer,
+)
 from sw_core.exceptions import ModelError
 from sw_core.settings import Settings
 
-Submit = Callable[[Coroutine[Any, Any, Tensors]], "concurrent.futures.Future[Tensors]"]
+T = TypeVar("T")
 
 
 class StreamingEngine:
@@ -80,9 +78,7 @@ class StreamingEngine:
         self.settings = settings if settings is not None else Settings.from_env()
         self.device = resolve_device(self.settings.device)
         limit_heap_retention()
-        self._loop_thread = LoopThread()
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sw-compute")
-        self._lock = threading.Lock()
+        self._compute = ComputeThread(lambda: self.residency, self._clear_locked)
         self._loaded = False
         self.manifest: Manifest
         self.plan: ResidencyPlan
@@ -141,7 +137,7 @@ class StreamingEngine:
             budget_bytes=settings.memory_budget_bytes,
             keep=self.plan.keep,
             prefetch_count=settings.prefetch_count,
-            loader=ChunkLoader(
+            loader=ChunkMaterializer(
                 self.source, self.skeleton, self.device, self.buffers, self.plan.keep, dtype
             ),
             expand=expand,
@@ -213,27 +209,30 @@ class StreamingEngine:
         errors of the batch itself (a chunk that cannot be loaded) are raised, after the
         engine's memory is cleared.
         """
-        loop = asyncio.get_running_loop()
-
-        def submit(coro: Coroutine[Any, Any, Tensors]) -> concurrent.futures.Future[Tensors]:
-            return asyncio.run_coroutine_threadsafe(coro, loop)
-
-        future = self._pool.submit(self._run, task, requests, submit, tensors)
-        try:
-            return await asyncio.wrap_future(future)
-        except asyncio.CancelledError:
-            if not future.cancel():
-                self.residency.cancel()
-            raise
+        results = await self.run_on_compute(lambda: self._run(task, requests))
+        return results if tensors else _plain(results)
 
     def run(self, task: str, requests: list[Any], *, tensors: bool = False) -> list[Any]:
         """Synchronous :meth:`run_async` (call it from a worker thread, not an event loop);
         fetches run on the engine's private loop thread."""
-        job = self._pool.submit(self._run, task, requests, self._loop_thread.submit, tensors)
-        return job.result()
-
-    def _run(self, task: str, requests: list[Any], submit: Submit, tensors: bool) -> list[Any]:
         self._check_loaded()
+        results = self._compute.run_sync(lambda: self._run(task, requests))
+        return results if tensors else _plain(results)
+
+    async def run_on_compute(
+        self, fn: Callable[[], T], *, on_error: Callable[[], None] | None = None
+    ) -> T:
+        """Run ``fn`` (which calls the model) on the engine's compute thread.
+
+        ``fn`` runs holding the engine's lock, in ``torch.inference_mode``, with the chunk
+        residency begun on the current event loop (where the fetches run) and settled after.
+        When ``fn`` raises, the engine's memory is cleared and ``on_error`` called before the
+        error propagates. Cancelling the await cancels ``fn`` (or the fetch it waits for).
+        """
+        self._check_loaded()
+        return await self._compute.run(fn, on_error=on_error)
+
+    def _run(self, task: str, requests: list[Any]) -> list[Any]:
         if task not in TASKS:
             raise ModelError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
         if not isinstance(requests, list):
@@ -247,24 +246,14 @@ class StreamingEngine:
             except ModelError as exc:
                 results[i] = exc
         size = self.settings.max_batch_size
-        with self._lock:
-            self.residency.begin(submit)
-            try:
-                with torch.inference_mode():
-                    for start in range(0, len(valid), size):
-                        part = valid[start : start + size]
-                        outputs = self._compute(task, [p for _, p in part])
-                        for (i, _), out in zip(part, outputs, strict=True):
-                            results[i] = out
-            except BaseException:
-                self._clear_locked()
-                raise
-            self.residency.settle()
-        if not tensors:
-            results = [r.tolist() if isinstance(r, torch.Tensor) else r for r in results]
+        for start in range(0, len(valid), size):
+            part = valid[start : start + size]
+            outputs = self._compute_batch(task, [p for _, p in part])
+            for (i, _), out in zip(part, outputs, strict=True):
+                results[i] = out
         return results
 
-    def _compute(self, task: str, batch: list[Any]) -> list[Any]:
+    def _compute_batch(self, task: str, batch: list[Any]) -> list[Any]:
         if task == "embed":
             return run_embed(self, batch)
         if task == "forward":
@@ -294,14 +283,9 @@ class StreamingEngine:
         self._check_loaded()
         names = chunk_names if chunk_names is not None else self.runtime.chunk_names()
         chunks = [self.manifest.chunk(n) for n in names]
-        loop = asyncio.get_running_loop()
-
-        def submit(coro: Coroutine[Any, Any, Tensors]) -> concurrent.futures.Future[Tensors]:
-            return asyncio.run_coroutine_threadsafe(coro, loop)
-
         kept = [c for c in chunks if self._kept(c)]
         streamed = [c for c in chunks if not self._kept(c)]
-        await asyncio.wrap_future(self._pool.submit(self._warm, kept, submit))
+        await self.run_on_compute(lambda: self._warm(kept))
         for chunk in streamed:
             await self.source.fetch(chunk)
         return {"resident": [c.name for c in kept], "fetched": [c.name for c in streamed]}
@@ -311,21 +295,13 @@ class StreamingEngine:
             return True
         return chunk.name in self.plan.keep
 
-    def _warm(self, chunks: list[ChunkInfo], submit: Submit) -> None:
-        with self._lock:
-            self.residency.begin(submit)
-            try:
-                with torch.inference_mode():
-                    for chunk in chunks:
-                        if chunk.rows is not None and chunk.tensors[0] in self.plan.merged:
-                            self.runtime.ensure_merged(chunk.tensors[0])
-                        else:
-                            self.residency.acquire(chunk)
-                            self.residency.release(chunk)
-            except BaseException:
-                self._clear_locked()
-                raise
-            self.residency.settle()
+    def _warm(self, chunks: list[ChunkInfo]) -> None:
+        for chunk in chunks:
+            if chunk.rows is not None and chunk.tensors[0] in self.plan.merged:
+                self.runtime.ensure_merged(chunk.tensors[0])
+            else:
+                self.residency.acquire(chunk)
+                self.residency.release(chunk)
 
     def clear_cache(self) -> None:
         """Release every materialized chunk and merged tensor (the model stays loadable).
@@ -333,17 +309,11 @@ class StreamingEngine:
         While a batch is running, the clear is queued to run right after it instead (so an
         event loop that calls this never blocks on a run that needs the loop's fetches).
         """
-        if not self._loaded:
-            return
-        if self._lock.acquire(blocking=False):
-            try:
-                self._clear_locked()
-            finally:
-                self._lock.release()
-        else:
-            self._pool.submit(self.clear_cache)
+        if self._loaded:
+            self._compute.clear_soon()
 
     def _clear_locked(self) -> None:
+        """Release every materialized chunk (the caller holds the compute lock)."""
         self.runtime.drop_merged()
         self.residency.clear()
         self.buffers.clear()
@@ -356,11 +326,7 @@ class StreamingEngine:
     def close(self) -> None:
         """Release memory and stop the engine's threads (waits for a running batch: from an
         event loop, use :meth:`aclose`)."""
-        self._pool.shutdown(wait=True)
-        if self._loaded:
-            with self._lock:
-                self._clear_locked()
-        self._loop_thread.close()
+        self._compute.close(clear=self._loaded)
 
     async def aclose(self) -> None:
         """:meth:`close` without blocking the event loop (a running batch may need it)."""
@@ -369,3 +335,8 @@ class StreamingEngine:
     def _check_loaded(self) -> None:
         if not self._loaded:
             raise ModelError("the engine is not loaded yet: await engine.load() first")
+
+
+def _plain(results: list[Any]) -> list[Any]:
+    """Tensors as nested lists (msgpack-friendly); other results as they are."""
+    return [r.tolist() if isinstance(r, torch.Tensor) else r for r in results]

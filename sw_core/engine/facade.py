@@ -30,7 +30,7 @@ class StreamingModel:
 
     Args:
         where: a chunk-set folder, an ``s3://BUCKET/PREFIX`` location, a storage backend
-            or a :class:`~sw_core.engine.sources.ChunkSource`.
+            or a :class:`~sw_core.engine.io.sources.ChunkSource`.
         cache: an optional :class:`~sw_core.cache.ChunkCache` in front of the storage.
         settings: base settings (``Settings.from_env()`` when omitted).
         **overrides: setting overrides, e.g. ``memory_budget_mb=64``, ``prefetch_count=2``,

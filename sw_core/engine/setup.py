@@ -9,8 +9,8 @@ from typing import Any
 import torch
 
 from sw_core.chunks.manifest import MANIFEST_FILE, Manifest
-from sw_core.engine.generation import eos_ids
-from sw_core.engine.sources import CachedChunkSource, ChunkSource, StoreChunkSource
+from sw_core.engine.io.sources import CachedChunkSource, ChunkSource, StoreChunkSource
+from sw_core.engine.tasks.generation import eos_ids
 from sw_core.exceptions import ConfigError, ModelError, SecurityError, StorageError
 from sw_core.hashing import Expected, hex_digest
 from sw_core.settings import Settings

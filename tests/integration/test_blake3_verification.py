@@ -21,7 +21,7 @@ from sw_core.chunks.rehash import add_blake3
 from sw_core.chunks.verify import verify_chunk_set
 from sw_core.cli import main as sw_main
 from sw_core.engine import StreamingEngine
-from sw_core.engine.sources import CachedChunkSource, StoreChunkSource
+from sw_core.engine.io.sources import CachedChunkSource, StoreChunkSource
 from sw_core.exceptions import SecurityError
 from sw_core.hashing import Expected, hex_digest
 from sw_core.keys import Keys

@@ -24,7 +24,7 @@ import redis
 from sw_core.cache import ChunkCache
 from sw_core.cache.shards import shard_of
 from sw_core.chunks.manifest import ChunkInfo
-from sw_core.engine.sources import CachedChunkSource
+from sw_core.engine.io.sources import CachedChunkSource
 from sw_core.exceptions import CacheError, ChunkTooLargeError
 from sw_core.keys import Keys, keys_of_cache_shard
 from sw_core.local.redis_server import RedisServer

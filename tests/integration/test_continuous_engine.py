@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sw_core.engine import StreamingEngine
-from sw_core.engine.continuous import DecodeSession
+from sw_core.engine.tasks.continuous import DecodeSession
 from tests.support.engine import drive_session, id_rows, reference_generate
 from tests.support.models import chunk_small
 

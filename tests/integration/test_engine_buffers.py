@@ -11,8 +11,8 @@ import torch
 
 from sw_core.cache import ChunkCache
 from sw_core.engine import StreamingEngine
-from sw_core.engine import buffers as buffers_module
-from sw_core.engine.buffers import BufferPool
+from sw_core.engine.memory import buffers as buffers_module
+from sw_core.engine.memory.buffers import BufferPool
 from tests.support.engine import cached_source, chunk_cache, id_rows, reference_generate
 from tests.support.models import chunk_small
 

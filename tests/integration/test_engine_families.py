@@ -70,7 +70,7 @@ async def test_decoder_family_matches_transformers(kind: str, mode: str, tmp_pat
 
 def test_structure_is_read_from_the_model() -> None:
     """Block list, embeddings, head, rotary modules and tied weights come from the model."""
-    from sw_core.engine.structure import describe
+    from sw_core.engine.model.structure import describe
 
     qwen3 = describe(decoder_model("qwen3"))
     assert qwen3.stacks == ("model.layers",)

@@ -18,7 +18,7 @@ import torch
 from sw_core.chunks.chunker import chunk_model
 from sw_core.chunks.manifest import ChunkInfo
 from sw_core.engine import StoreChunkSource, StreamingEngine
-from sw_core.engine.budget import plan_residency
+from sw_core.engine.memory.budget import plan_residency
 from sw_core.storage import FilesystemBackend
 from tests.support.engine import id_rows, padded, reference_generate
 from tests.support.family_zoo import EXPERTS, MOE, VOCAB, moe_model

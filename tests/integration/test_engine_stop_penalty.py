@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from sw_core.engine import StreamingEngine, StreamingLlamaModel
-from sw_core.engine.continuous import DecodeSession
+from sw_core.engine.tasks.continuous import DecodeSession
 from tests.support.engine import drive_session, id_rows, reference_generate
 from tests.support.models import chunk_small
 from tests.support.serving import TinyChat

@@ -9,8 +9,8 @@ import torch
 
 from sw_core.cache import ChunkCache
 from sw_core.chunks.manifest import Manifest
-from sw_core.engine.continuous import DecodeSession, Sequence
-from sw_core.engine.sources import CachedChunkSource
+from sw_core.engine.io.sources import CachedChunkSource
+from sw_core.engine.tasks.continuous import DecodeSession, Sequence
 from sw_core.keys import Keys
 from sw_core.storage import FilesystemBackend
 from tests.support.models import VOCAB
@@ -81,7 +81,7 @@ def reference_generate(
 async def drive_session(
     session: DecodeSession, plan: dict[int, list[Sequence]]
 ) -> dict[str, Sequence]:
-    """Step a :class:`~sw_core.engine.continuous.DecodeSession` until every sequence ended;
+    """Step a :class:`~sw_core.engine.tasks.continuous.DecodeSession` until every sequence ended;
     ``plan[step]`` (sequences) joins before that step (1-based). Finished sequences by key."""
     done: dict[str, Sequence] = {}
     step = 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sw_core.chunks.manifest import ChunkInfo, Manifest
-from sw_core.engine.budget import plan_residency, sharded_tensors
+from sw_core.engine.memory.budget import plan_residency, sharded_tensors
 from sw_core.exceptions import ModelError
 from tests.support.fakes import MIB, planned_chunk, planned_manifest
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sw_core.engine import resolve_device
-from sw_core.engine.memory import limit_heap_retention
+from sw_core.engine.memory.heap import limit_heap_retention
 from sw_core.exceptions import ConfigError
 
 

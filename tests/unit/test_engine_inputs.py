@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import torch
 
-from sw_core.engine.inputs import Limits, RequestParser, pad
+from sw_core.engine.tasks.requests import Limits, RequestParser, pad
 from sw_core.exceptions import ModelError
 
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from sw_core.engine import StreamingEngine
-from sw_core.engine.budget import plan_residency
-from sw_core.engine.loop import LoopThread
-from sw_core.engine.residency import Residency
-from sw_core.engine.sharded import ShardedEmbedding
+from sw_core.engine.io.loop import LoopThread
+from sw_core.engine.memory.budget import plan_residency
+from sw_core.engine.memory.residency import Residency
+from sw_core.engine.model.sharded import ShardedEmbedding
 from tests.support.engine import id_rows, padded
 from tests.support.fakes import FakeStore, block_chunk, planned_manifest
 from tests.support.models import chunk_small

@@ -1,4 +1,4 @@
-"""``sw_core.engine.pooling.pool`` against sentence-transformers' own ``Pooling`` module, for
+"""``sw_core.engine.tasks.pooling.pool`` against sentence-transformers' own ``Pooling`` module, for
 every mode, with right and left padding and a row that is all padding but one token."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sw_core.engine.pooling import POOLING_MODES, SentencePipeline, pool, read_pipeline
+from sw_core.engine.tasks.pooling import POOLING_MODES, SentencePipeline, pool, read_pipeline
 from sw_core.exceptions import ModelError
 
 

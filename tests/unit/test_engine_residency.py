@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from sw_core.engine.loop import LoopThread
-from sw_core.engine.residency import Residency
+from sw_core.engine.io.loop import LoopThread
+from sw_core.engine.memory.residency import Residency
 from sw_core.exceptions import (
     ChunkNotFoundError,
     ModelError,

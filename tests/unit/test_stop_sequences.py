@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from sw_core.engine.stopping import first_stop, pending_stop
+from sw_core.engine.tasks.stopping import first_stop, pending_stop
 from sw_core.exceptions import JobError
 from sw_core.pipeline.jobs import Job, decode_entry, validate_request
 from sw_core.settings import Settings

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from sw_core.engine.inputs import EmbedRequest, ForwardRequest, pad
-from sw_core.engine.pooling import SentencePipeline
-from sw_core.engine.skeleton import Family
+from sw_core.engine.model.skeleton import Family
+from sw_core.engine.tasks.pooling import SentencePipeline
+from sw_core.engine.tasks.requests import EmbedRequest, ForwardRequest, pad
 
 
 class PassContext(Protocol):

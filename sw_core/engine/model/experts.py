@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from sw_core.chunks.manifest import ChunkInfo
-from sw_core.engine.sharded import ChunkAccess
+from sw_core.engine.model.sharded import ChunkAccess
 
 
 class ExpertAccess(ChunkAccess, Protocol):

@@ -7,7 +7,7 @@ prompt in the same call. Inputs are left-padded to the longest new prompt; a run
 padding sits between its cache and its token and is masked out, positions are counted per
 row, so each row computes what it would compute alone. Rows that finish leave the batch at
 once (the cache keeps only the others, compacted to the left): at EOS, at a stop sequence
-in their text (see :mod:`sw_core.engine.stopping`) or at ``max_new_tokens``. Each row's
+in their text (see :mod:`sw_core.engine.tasks.stopping`) or at ``max_new_tokens``. Each row's
 repetition penalty applies to its own logits first; then greedy rows choose the argmax and
 sampling rows draw from their own seeded generator, so output never depends on batch mates.
 
@@ -16,17 +16,15 @@ Encoder-decoder models (T5) are not supported here: they run as static batches.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from sw_core.engine.generation import _choose, _generator, eos_ids, penalize
-from sw_core.engine.inputs import GenerateRequest
-from sw_core.engine.stopping import stop_in
+from sw_core.engine.tasks.generation import _choose, _generator, eos_ids, penalize
+from sw_core.engine.tasks.requests import GenerateRequest
+from sw_core.engine.tasks.stopping import stop_in
 from sw_core.exceptions import ModelError
 
 
@@ -136,33 +134,9 @@ class DecodeSession:
 
     # ---------------------------------------------------------------- stepping
     async def step_async(self, joining: list[Sequence]) -> StepReport:
-        """:meth:`step` on the engine's compute thread; fetches run on this event loop."""
-        loop = asyncio.get_running_loop()
-        engine = self.engine
-
-        def submit(coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
-            return asyncio.run_coroutine_threadsafe(coro, loop)
-
-        def run() -> StepReport:
-            with engine._lock:
-                engine.residency.begin(submit)
-                try:
-                    with torch.inference_mode():
-                        report = self.step(joining)
-                except BaseException:
-                    engine._clear_locked()
-                    self.reset()
-                    raise
-                engine.residency.settle()
-            return report
-
-        future = engine._pool.submit(run)
-        try:
-            return await asyncio.wrap_future(future)
-        except asyncio.CancelledError:
-            if not future.cancel():
-                engine.residency.cancel()
-            raise
+        """:meth:`step` on the engine's compute thread; fetches run on this event loop.
+        A failed step forgets every sequence (:meth:`reset`)."""
+        return await self.engine.run_on_compute(lambda: self.step(joining), on_error=self.reset)
 
     def step(self, joining: list[Sequence]) -> StepReport:
         """One model call: running rows decode a token, ``joining`` rows run their prompt."""

@@ -22,7 +22,7 @@ from torch import nn
 from sw_core.architectures import ARCHITECTURES, Family, check_architecture
 from sw_core.chunks.manifest import ChunkInfo, Manifest
 from sw_core.chunks.safetensors_io import load_tensors
-from sw_core.engine.structure import describe
+from sw_core.engine.model.structure import describe
 from sw_core.exceptions import ModelError, SecurityError
 
 #: model_type -> family; the architectures this engine runs and tests.

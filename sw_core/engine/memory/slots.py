@@ -1,4 +1,4 @@
-"""The parts of :class:`~sw_core.engine.residency.Residency` that hold no logic: a chunk's
+"""The parts of :class:`~sw_core.engine.memory.residency.Residency` that hold no logic: a chunk's
 slot, the counters, the cancellation error, and load errors named after their chunk."""
 
 from __future__ import annotations

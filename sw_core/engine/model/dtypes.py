@@ -4,7 +4,7 @@
 computes in float32 by default (``SW_COMPUTE_DTYPE=auto``): bfloat16 matrix products are
 slower than float32 ones on most CPUs, and float32 keeps results equal to the float32 model
 fed the same (rounded) weights. Each fetched chunk is widened once, into a reused buffer
-(:mod:`sw_core.engine.buffers`) for streamed chunks; the narrow fetched bytes are then free.
+(:mod:`sw_core.engine.memory.buffers`) for streamed chunks; the narrow fetched bytes are then free.
 
 A widened chunk holds ``compute itemsize / stored itemsize`` times its stored bytes, and the
 memory budget counts that (:func:`expansion`), so a budget keeps as many weights resident
@@ -55,7 +55,7 @@ def to_compute(
 ) -> Tensors:
     """``tensors`` with their floating-point ones in ``dtype`` (the others as they are).
 
-    With ``take`` (a :class:`~sw_core.engine.buffers.BufferPool`'s), the converted tensors
+    With ``take`` (a :class:`~sw_core.engine.memory.buffers.BufferPool`'s), the converted tensors
     share one buffer from it; otherwise torch allocates them.
     """
     if dtype is None:

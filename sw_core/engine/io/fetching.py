@@ -10,9 +10,9 @@ from typing import Any
 import torch
 
 from sw_core.chunks.manifest import ChunkInfo, Manifest
-from sw_core.engine.budget import ResidencyPlan
-from sw_core.engine.buffers import GRANULE_BYTES, BufferPool
-from sw_core.engine.dtypes import Tensors, to_compute
+from sw_core.engine.memory.budget import ResidencyPlan
+from sw_core.engine.memory.buffers import GRANULE_BYTES, BufferPool
+from sw_core.engine.model.dtypes import Tensors, to_compute
 from sw_core.exceptions import SecurityError
 
 
@@ -39,11 +39,11 @@ def _takes_out(source: Any) -> bool:
         return False
 
 
-class ChunkLoader:
+class ChunkMaterializer:
     """The residency's loader: ``await loader(chunk)`` gives the chunk's tensors.
 
     Args:
-        source: the :class:`~sw_core.engine.sources.ChunkSource`.
+        source: the :class:`~sw_core.engine.io.sources.ChunkSource`.
         skeleton: deserializes and checks a chunk's tensors.
         device: where the tensors go.
         buffers: the pool streamed chunks are read into (kept chunks get their own memory).

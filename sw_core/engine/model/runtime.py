@@ -4,10 +4,10 @@ The model keeps transformers' own ``forward`` -- masks, rotary embeddings, T5's 
 bias, KV caches all come from transformers, so results match the in-memory model. What
 changes is where weights come from: every *unit* (a block, or a small module outside the
 blocks such as a norm or the pooler) gets a forward pre-hook that acquires its chunks from
-the :class:`~sw_core.engine.residency.Residency` and checks that nothing it will use is
+the :class:`~sw_core.engine.memory.residency.Residency` and checks that nothing it will use is
 still on ``meta``, and a forward hook (``always_call``, so errors release too) that
 releases them. Row-sharded matrices are either concatenated once and kept (when the plan
-says so) or served by :mod:`~sw_core.engine.sharded` modules that stream shard by shard.
+says so) or served by :mod:`~sw_core.engine.model.sharded` modules that stream shard by shard.
 
 Units are listed in module registration order, corrected where the model's structure says
 otherwise (a final norm registered before its blocks, as in OPT); :meth:`Runtime.schedule` turns them into the chunk order the prefetcher
@@ -26,11 +26,11 @@ import torch
 from torch import nn
 
 from sw_core.chunks.manifest import ChunkInfo
-from sw_core.engine.budget import ResidencyPlan, merged_bytes
-from sw_core.engine.experts import StreamedExperts
-from sw_core.engine.residency import Residency
-from sw_core.engine.sharded import ShardedEmbedding, ShardedLinear, _Sharded
-from sw_core.engine.skeleton import Skeleton
+from sw_core.engine.memory.budget import ResidencyPlan, merged_bytes
+from sw_core.engine.memory.residency import Residency
+from sw_core.engine.model.experts import StreamedExperts
+from sw_core.engine.model.sharded import ShardedEmbedding, ShardedLinear, _Sharded
+from sw_core.engine.model.skeleton import Skeleton
 from sw_core.exceptions import ModelError
 
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from sw_core.chunks.manifest import ChunkInfo
-from sw_core.engine.slots import Cancelled, ResidencyStats, Slot, Tensors, named_error
+from sw_core.engine.memory.slots import Cancelled, ResidencyStats, Slot, Tensors, named_error
 from sw_core.exceptions import (
     ModelError,
     WeightServerError,

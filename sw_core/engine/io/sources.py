@@ -31,7 +31,7 @@ class ChunkSource(Protocol):
 
         A source whose ``fetch`` also takes ``out=`` (a writable buffer of exactly
         ``chunk.size_bytes`` to read into, which it may ignore) is lent reused buffers by
-        the engine (:mod:`sw_core.engine.buffers`)."""
+        the engine (:mod:`sw_core.engine.memory.buffers`)."""
         ...
 
     async def fetch_file(self, name: str) -> bytes:

@@ -5,7 +5,7 @@ as transformers' ``generate`` does); T5 runs its encoder once and then decodes f
 decoder start token. Every step is one pass over the blocks for the whole batch, so each
 block is materialized once per step however many requests share it. Each row stops on its
 own: at an end-of-sequence token (finish reason ``eos``), once its text contains one of
-its ``stop`` sequences (``stop``, see :mod:`sw_core.engine.stopping`) or at its
+its ``stop`` sequences (``stop``, see :mod:`sw_core.engine.tasks.stopping`) or at its
 ``max_new_tokens`` (``length``); finished rows are fed padding until every row is done. A
 row's repetition penalty applies to its logits first (as transformers orders its
 processors), then rows choose greedily (temperature 0) or sample with their own seeded
@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-from sw_core.engine.inputs import GenerateRequest, pad
-from sw_core.engine.stopping import stop_in
-from sw_core.engine.tasks import PassContext
+from sw_core.engine.tasks.passes import PassContext
+from sw_core.engine.tasks.requests import GenerateRequest, pad
+from sw_core.engine.tasks.stopping import stop_in
 
 
 def eos_ids(generation_config: Any, config: Any) -> set[int]:

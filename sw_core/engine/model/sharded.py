@@ -24,7 +24,7 @@ from sw_core.chunks.manifest import ChunkInfo
 
 
 class ChunkAccess(Protocol):
-    """What the sharded modules need: :class:`~sw_core.engine.residency.Residency`."""
+    """What the sharded modules need: :class:`~sw_core.engine.memory.residency.Residency`."""
 
     def acquire(self, chunk: ChunkInfo) -> dict[str, torch.Tensor]: ...
 
