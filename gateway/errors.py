@@ -99,9 +99,11 @@ def error_from_exception(exc: BaseException) -> ApiError:
         return bad_request(str(exc), code=name)
     if _is_redis_down(exc):
         return ApiError(
-            503, f"The job queue (Redis) cannot be reached: {exc}", "service_unavailable",
+            503,
+            f"The job queue (Redis) cannot be reached: {exc}",
+            "service_unavailable",
             "queue_unavailable",
-        )  # fmt: skip
+        )
     if isinstance(exc, SurfingError):
         return ApiError(500, f"{name}: {exc}", "server_error", name)
     return ApiError(500, f"internal error ({name})", "server_error", "internal_error")

@@ -144,8 +144,15 @@ class Producer:
             flat += [name, value]
         cap = self.settings.max_queued_jobs
         keys = [self.keys.jobs, self.keys.job(job.job_id), self.keys.stats]
-        args = [cap, self.settings.result_ttl_s, submitted_ms, model, task,
-                "" if deadline_ms is None else deadline_ms, *flat]  # fmt: skip
+        args = [
+            cap,
+            self.settings.result_ttl_s,
+            submitted_ms,
+            model,
+            task,
+            "" if deadline_ms is None else deadline_ms,
+            *flat,
+        ]
         if self.settings.submit_wait_replicas > 0:
             entry = await self._submit_replicated(keys, args)
         else:

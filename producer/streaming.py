@@ -1,6 +1,6 @@
 """Reading a generate job's token stream (``sw:job:<id>:tokens``) as it is written.
 
-The worker appends events as the job runs (see :mod:`workers.token_stream`): ``start`` at
+The worker appends events as the job runs (see :mod:`workers.jobs.token_stream`): ``start`` at
 each attempt, ``token`` text deltas, ``end`` per input and ``final`` when the job ended. A
 second ``start`` means a worker took the job over after a crash and generates it again from
 the beginning: the reader gets ``{"type": "restart"}`` and should drop what it showed.
@@ -22,9 +22,17 @@ FINAL_STATUSES = frozenset({"done", "dead", "cancelled", "expired"})
 #: Longest single block of one ``XREAD``; the job's status is checked after each.
 _READ_SLICE_MS = 1000
 _INT_FIELDS = frozenset(
-    {"index", "step", "joined_step", "attempt", "deliveries", "inputs", "prompt_tokens",
-     "completion_tokens"}
-)  # fmt: skip
+    {
+        "index",
+        "step",
+        "joined_step",
+        "attempt",
+        "deliveries",
+        "inputs",
+        "prompt_tokens",
+        "completion_tokens",
+    }
+)
 
 
 def parse_event(fields: dict[bytes, bytes]) -> dict[str, Any]:

@@ -129,7 +129,7 @@ class Settings:
     #: restarted worker take back its own pending entries first.
     worker_name: str = ""
     #: Import path ("module:attr") of the batch handler factory the inference worker runs.
-    handler: str = "workers.inference:build_handler"
+    handler: str = "workers.jobs.inference:build_handler"
 
     # Serving.
     #: Producers refuse a job (QueueFullError) when this many jobs are queued or pending

@@ -32,18 +32,18 @@ from types import TracebackType
 
 import redis
 
+from sw_core import counters as stats
 from sw_core.cache.async_api import AsyncCacheAPI, CacheInfo
 from sw_core.cache.digest import ChunkDigest, check_chunk_id, target_view
 from sw_core.cache.errors import cache_error, too_large_error
 from sw_core.cache.ordered_hash import OrderedHash
 from sw_core.cache.redis_bulk import BulkReader, delete_quietly
 from sw_core.cache.shards import CacheShards, open_cache_redis
+from sw_core.counters import Counters
 from sw_core.exceptions import ConfigError, SecurityError
 from sw_core.hashing import Algorithm, Expected
 from sw_core.keys import Keys
 from sw_core.lua_scripts import lua_source
-from sw_core.ops import stats
-from sw_core.ops.stats import Counters
 from sw_core.settings import Settings
 from sw_core.utils import mib
 

@@ -59,10 +59,17 @@ def _chunk(args: argparse.Namespace) -> int:
     if args.json:
         from sw_core.cli.output import data_json
 
-        data_json({"name": manifest.name, "model_class": manifest.model_class,
-                   "chunks": len(manifest.chunks), "blocks": len(manifest.blocks()),
-                   "total_bytes": manifest.total_bytes, "largest": largest.name,
-                   "out": str(args.out)})  # fmt: skip
+        data_json(
+            {
+                "name": manifest.name,
+                "model_class": manifest.model_class,
+                "chunks": len(manifest.chunks),
+                "blocks": len(manifest.blocks()),
+                "total_bytes": manifest.total_bytes,
+                "largest": largest.name,
+                "out": str(args.out),
+            }
+        )
         return 0
     print(
         f"{manifest.name}: {manifest.model_class}, {len(manifest.chunks)} chunks "

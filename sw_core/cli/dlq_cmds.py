@@ -173,8 +173,12 @@ def _dlq_purge(dlq: Any, args: argparse.Namespace) -> int:
         return 0
     count = dlq.count()
     if not args.yes:
-        print(f"Delete {count} dead letters (up to {last})? Type 'yes': ", end="",
-              file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"Delete {count} dead letters (up to {last})? Type 'yes': ",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
         answer = sys.stdin.readline() if sys.stdin is not None else ""
         if not answer:
             print("\nsw dlq purge: no answer on stdin; refusing (pass --yes)", file=sys.stderr)

@@ -214,8 +214,9 @@ def _health(args: argparse.Namespace) -> int:
         table.add_column("status", no_wrap=True)
         table.add_column("detail")
         for check in report.checks:
-            table.add_row(check.name, Text(check.status, style=_STATUS_STYLE[check.status]),
-                          check.detail)  # fmt: skip
+            table.add_row(
+                check.name, Text(check.status, style=_STATUS_STYLE[check.status]), check.detail
+            )
         console = Console()
         console.print(table)
         verdict = "healthy" if report.ok else f"UNHEALTHY: {len(report.failed)} check(s) failed"
@@ -229,8 +230,11 @@ def _metrics(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     port = args.port if args.port is not None else (settings.metrics_port or DEFAULT_METRICS_PORT)
     server = start_metrics_server(port, settings, host=args.host)
-    print(f"serving {server.url} (cluster-wide, from {redact_url(settings.redis_url)}); Ctrl-C stops",
-          file=sys.stderr, flush=True)  # fmt: skip
+    print(
+        f"serving {server.url} (cluster-wide, from {redact_url(settings.redis_url)}); Ctrl-C stops",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         while True:
             time.sleep(3600)

@@ -249,9 +249,8 @@ def _register(args: argparse.Namespace) -> int:
     async def run() -> tuple[str, str, tuple[str, ...] | None]:
 
         from sw_core.architectures import check_architecture
-        from sw_core.chunks.pin import pin_location
         from sw_core.pipeline.registry import ModelRegistry, tasks_of
-        from sw_core.storage.location import check_location
+        from sw_core.storage.location import check_location, pin_location
         from sw_core.utils import human_bytes
 
         if args.pin and args.no_check:

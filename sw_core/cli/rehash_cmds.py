@@ -47,8 +47,8 @@ def _rehash(args: argparse.Namespace) -> int:
 
 async def _rehash_async(location: str, settings: Settings, name: str | None) -> str:
     from sw_core.chunks.chunk_set import ChunkSet
-    from sw_core.chunks.pin import pin_location, split_pin
     from sw_core.chunks.rehash import add_blake3
+    from sw_core.storage.location import pin_location, split_pin
 
     async with await ChunkSet.open(location, settings, with_backup=False) as chunk_set:
         manifest, raw = await add_blake3(chunk_set.backend, chunk_set.manifest)

@@ -167,10 +167,16 @@ def _forward(bar: Progress) -> ProgressFn:
 
 def _print_report(report: VerifyReport, *, action: str, as_json: bool = False) -> int:
     if as_json:
-        data_json({"location": report.location, "model": report.model, "ok": report.ok,
-                   "entries_checked": report.entries_checked,
-                   "bytes_checked": report.bytes_checked,
-                   "bad": [dataclasses.asdict(bad) for bad in report.bad]})  # fmt: skip
+        data_json(
+            {
+                "location": report.location,
+                "model": report.model,
+                "ok": report.ok,
+                "entries_checked": report.entries_checked,
+                "bytes_checked": report.bytes_checked,
+                "bad": [dataclasses.asdict(bad) for bad in report.bad],
+            }
+        )
         return 0 if report.ok else 1
     for bad in report.bad:
         print(f"BAD {bad}")

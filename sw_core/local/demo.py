@@ -229,9 +229,12 @@ async def _submit_and_collect(
     results: dict[str, Any] = {}
     deadline = time.monotonic() + options.timeout_s
     with Progress(
-        TextColumn("    {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("    {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
         console=console,
-    ) as bar:  # fmt: skip
+    ) as bar:
         task = bar.add_task("jobs done", total=len(jobs))
 
         async def wait_one(job_id: str) -> None:

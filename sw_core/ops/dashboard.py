@@ -131,16 +131,24 @@ def _cache_panel(stats: Mapping[str, Any]) -> Panel:
         ("chunks", _n(stats.get("cache_chunks", 0)), ""),
         ("read", _mib(stats.get("storage_bytes_read", 0)), ""),
         ("failovers", _n(stats.get("storage_failovers", 0)), ""),
-        ("integrity", _n(stats.get("integrity_failures", 0)),
-         "red" if stats.get("integrity_failures") else ""),
-    ]  # fmt: skip
+        (
+            "integrity",
+            _n(stats.get("integrity_failures", 0)),
+            "red" if stats.get("integrity_failures") else "",
+        ),
+    ]
     return _pairs_panel("Cache & storage", rows)
 
 
 def _latency_panel(stats: Mapping[str, Any]) -> Panel:
     table = Table(box=None, padding=(0, 1), expand=True, show_edge=False)
-    for name, justify in (("task", "left"), ("n", "right"), ("p50", "right"),
-                          ("p95", "right"), ("p99", "right")):  # fmt: skip
+    for name, justify in (
+        ("task", "left"),
+        ("n", "right"),
+        ("p50", "right"),
+        ("p95", "right"),
+        ("p99", "right"),
+    ):
         table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     latency = stats.get("latency", {})
     for task in sorted(latency)[:MAX_TABLE_ROWS]:

@@ -224,9 +224,12 @@ def _storage_checks(settings: Settings, models: dict[str, str], timeout_s: float
             folders[f"model {name}"] = Path(location)
     if buckets and not settings.s3_endpoint:
         checks.append(
-            Check("s3", "fail", f"models live in S3 ({', '.join(sorted(buckets))}) but "
-                  "SW_S3_ENDPOINT is not set")
-        )  # fmt: skip
+            Check(
+                "s3",
+                "fail",
+                f"models live in S3 ({', '.join(sorted(buckets))}) but SW_S3_ENDPOINT is not set",
+            )
+        )
     elif not buckets:
         checks.append(Check("s3", "skip", "SW_S3_ENDPOINT not set"))
     else:
@@ -281,9 +284,12 @@ def _s3_checks(settings: Settings, buckets: list[str], timeout_s: float) -> list
             checks.append(Check(name, "ok", f"exists at {endpoint}"))
         else:
             checks.append(
-                Check(name, "fail", f"missing at {endpoint}: create it or fix "
-                      "SW_S3_BUCKET / the model's location")
-            )  # fmt: skip
+                Check(
+                    name,
+                    "fail",
+                    f"missing at {endpoint}: create it or fix SW_S3_BUCKET / the model's location",
+                )
+            )
     http.clear()
     return checks
 
@@ -317,16 +323,24 @@ def _worker_checks(
             )
         else:
             checks.append(
-                Check(name, "fail", f"none heartbeating{where} within {ttl:g}s "
-                      "(SW_HEARTBEAT_TTL_S); start one or check its logs")
-            )  # fmt: skip
+                Check(
+                    name,
+                    "fail",
+                    f"none heartbeating{where} within {ttl:g}s "
+                    "(SW_HEARTBEAT_TTL_S); start one or check its logs",
+                )
+            )
     if stats["alert"]:
         checks.append(Check("error rate", "warn", str(stats["alert_reason"])))
     elif stats["total_requests"]:
         checks.append(
-            Check("error rate", "ok", f"{stats['error_rate']:.1%} of {stats['total_requests']} "
-                  f"requests (threshold {settings.alert_error_rate:.0%})")
-        )  # fmt: skip
+            Check(
+                "error rate",
+                "ok",
+                f"{stats['error_rate']:.1%} of {stats['total_requests']} "
+                f"requests (threshold {settings.alert_error_rate:.0%})",
+            )
+        )
     return checks
 
 

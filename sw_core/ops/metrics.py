@@ -36,8 +36,22 @@ log = logging.getLogger(__name__)
 #: Upper edges, in seconds, of the latency buckets; one more bucket (+Inf) follows the last.
 #: They span a cached embedding (a few ms) to a long generation (minutes).
 LATENCY_BUCKETS_S: tuple[float, ...] = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
-)  # fmt: skip
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+)
 #: Name of the bucket above the last edge.
 INF_BUCKET = "bucket:+Inf"
 #: Percentiles the monitor and ``sw stats`` report.

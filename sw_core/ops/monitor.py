@@ -18,9 +18,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from sw_core import counters as counter_names
 from sw_core.keys import Keys
 from sw_core.lua_scripts import lua_source
-from sw_core.ops import stats as counter_names
 from sw_core.ops.cache_stats import CacheStatsReader
 from sw_core.ops.metrics import Histogram
 from sw_core.ops.replies import (
@@ -223,8 +223,13 @@ class StreamingMonitor:
         if group is not None and group_lag(group) is None and int(first.get("xlen") or 0) > 0:
             last = as_text(group.get("last-delivered-id", "0-0"))
             commands["undelivered"] = (
-                "EVAL", lua_source("metrics_queue_length"), 1, k.jobs, last, QUEUE_COUNT_CAP,
-            )  # fmt: skip
+                "EVAL",
+                lua_source("metrics_queue_length"),
+                1,
+                k.jobs,
+                last,
+                QUEUE_COUNT_CAP,
+            )
         for member, _score in as_pairs(first.get("workers")):
             commands[f"worker:{as_text(member)}"] = ("HGETALL", k.worker(as_text(member)))
         for task in sorted(as_text(t) for t in ok_or(first.get("latency_tasks"), set())):

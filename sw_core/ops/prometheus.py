@@ -47,7 +47,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from sw_core.ops import stats as names
+from sw_core import counters as names
 from sw_core.ops.metrics import Histogram
 from sw_core.ops.monitor import StreamingMonitor
 from sw_core.settings import Settings

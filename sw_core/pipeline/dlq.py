@@ -104,10 +104,11 @@ class DeadLetter:
             "last_failure_ms": self.last_failure_ms,
             "truncated": self.truncated,
             "replayable": self.replayable,
-            "fields": {k: v.decode("utf-8", "replace") for k, v in self.fields.items()
-                       if k != "payload"},
+            "fields": {
+                k: v.decode("utf-8", "replace") for k, v in self.fields.items() if k != "payload"
+            },
             "payload": self.payload(),
-        }  # fmt: skip
+        }
 
 
 class DeadLetterQueue:

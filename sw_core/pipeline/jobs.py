@@ -55,8 +55,14 @@ from sw_core.settings import Settings
 
 #: Job status values stored in the job hash.
 STATUSES: tuple[str, ...] = (
-    "queued", "running", "retrying", "done", "dead", "cancelled", "expired",
-)  # fmt: skip
+    "queued",
+    "running",
+    "retrying",
+    "done",
+    "dead",
+    "cancelled",
+    "expired",
+)
 #: Deepest nesting a payload may have ({"inputs": [[token, ...]]} is 3 deep).
 MAX_DEPTH = 4
 #: Room for the small fields of an entry beside its payload.
@@ -65,10 +71,18 @@ ENTRY_OVERHEAD_BYTES = 4096
 #: Fields with a meaning of their own; every other field of a hand-added entry is a param.
 META_FIELDS = frozenset(
     {
-        "job_id", "model", "task", "payload", "attempt", "submitted_ms", "counted",
-        "first_failure_ms", "deadline_ms", "deadline_s",
+        "job_id",
+        "model",
+        "task",
+        "payload",
+        "attempt",
+        "submitted_ms",
+        "counted",
+        "first_failure_ms",
+        "deadline_ms",
+        "deadline_s",
     }
-)  # fmt: skip
+)
 #: Fields only producers and workers write: refused in an entry added by hand.
 INTERNAL_FIELDS = frozenset({"attempt", "submitted_ms", "counted", "first_failure_ms"})
 _INPUT_FIELDS = frozenset({"text", "inputs"})

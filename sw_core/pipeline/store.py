@@ -179,9 +179,19 @@ class JobStore:
         )
         fields = _flatten(encode_job(again))
         return await self._run_fail(
-            job.entry_id, job.job_id, "retry", now, worker, error_type, message,
-            job.attempt, not job.counted, int(delay_s * 1000), fields, job.model,
-        )  # fmt: skip
+            job.entry_id,
+            job.job_id,
+            "retry",
+            now,
+            worker,
+            error_type,
+            message,
+            job.attempt,
+            not job.counted,
+            int(delay_s * 1000),
+            fields,
+            job.model,
+        )
 
     async def dead_letter(
         self,
@@ -237,10 +247,19 @@ class JobStore:
             "truncated": "1" if truncated else "0",
         }
         return await self._run_fail(
-            entry_id, job_id, "dead" if touch_job else "stray", now, worker, error_type, message,
-            attempt, "auto" if counted is None else not counted, DLQ_MAX_ENTRIES,
-            _flatten(letter), model,
-        )  # fmt: skip
+            entry_id,
+            job_id,
+            "dead" if touch_job else "stray",
+            now,
+            worker,
+            error_type,
+            message,
+            attempt,
+            "auto" if counted is None else not counted,
+            DLQ_MAX_ENTRIES,
+            _flatten(letter),
+            model,
+        )
 
     async def dead_letter_job(
         self,

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
+from sw_core.counters import INTEGRITY_FAILURES, STORAGE_FAILOVERS, Counters
 from sw_core.exceptions import (
     ChunkNotFoundError,
     ConfigError,
@@ -20,7 +21,6 @@ from sw_core.exceptions import (
     is_transient,
 )
 from sw_core.hashing import Expected, hex_digest_async
-from sw_core.ops.stats import INTEGRITY_FAILURES, STORAGE_FAILOVERS, Counters
 from sw_core.storage.base import (
     Payload,
     StorageBackend,

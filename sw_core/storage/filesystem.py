@@ -9,13 +9,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from sw_core.counters import STORAGE_BYTES_READ, Counters
 from sw_core.exceptions import (
     ChunkNotFoundError,
     PermanentStorageError,
     SecurityError,
     StorageError,
 )
-from sw_core.ops.stats import STORAGE_BYTES_READ, Counters
 from sw_core.retry import RetryPolicy
 from sw_core.storage.base import (
     Payload,

@@ -30,6 +30,7 @@ import urllib3
 from minio import Minio
 from minio.error import InvalidResponseError, S3Error, ServerError
 
+from sw_core.counters import Counters
 from sw_core.exceptions import (
     ChunkNotFoundError,
     ConfigError,
@@ -37,7 +38,6 @@ from sw_core.exceptions import (
     SecurityError,
     StorageError,
 )
-from sw_core.ops.stats import Counters
 from sw_core.retry import RetryPolicy
 from sw_core.settings import Secret, Settings
 from sw_core.storage.base import Payload, RetryingBackend, SleepFn

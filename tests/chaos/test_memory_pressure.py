@@ -240,7 +240,7 @@ async def test_an_oom_while_asking_a_loader_is_a_clear_transient_error(
 
     from sw_core.exceptions import SurfingError, is_transient
     from tests.support.storage import write_chunk_set
-    from workers.chunk_source import RemoteChunkSource
+    from workers.chunks.chunk_source import RemoteChunkSource
 
     manifest = write_chunk_set(tmp_path / "tiny", n_chunks=1)
     settings = fast_settings(small_redis.url, CHAOS, timeout_seconds=2)

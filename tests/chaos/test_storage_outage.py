@@ -22,8 +22,8 @@ import pytest
 
 from producer import Producer
 from sw_core.cache import ChunkCache
+from sw_core.counters import STORAGE_FAILOVERS
 from sw_core.local.redis_server import RedisServer
-from sw_core.ops.stats import STORAGE_FAILOVERS
 from sw_core.pipeline.registry import ModelRegistry
 from tests.chaos.harness import LoadGenerator, publish_model
 from tests.chaos.report import Figures

@@ -65,13 +65,18 @@ def tls_redis(tmp_path: Path) -> Iterator[TlsRedis]:
     server = RedisServer(
         workdir=tmp_path / "redis",
         extra_args=[
-            "--tls-port", str(tls_port),
-            "--tls-cert-file", str(files["cert"]),
-            "--tls-key-file", str(files["key"]),
-            "--tls-ca-cert-file", str(files["ca"]),
-            "--tls-auth-clients", "no",
+            "--tls-port",
+            str(tls_port),
+            "--tls-cert-file",
+            str(files["cert"]),
+            "--tls-key-file",
+            str(files["key"]),
+            "--tls-ca-cert-file",
+            str(files["ca"]),
+            "--tls-auth-clients",
+            "no",
         ],
-    )  # fmt: skip
+    )
     server.workdir.mkdir(parents=True)
     try:
         server.start(timeout_s=10)

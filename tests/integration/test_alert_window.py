@@ -29,8 +29,9 @@ def test_old_incident_does_not_alert_and_a_recent_one_does(redis_url: str) -> No
     now_bucket = int(time.time()) // 10
     # an incident an hour ago: every request failed; the last five minutes were clean
     client.hset(KEYS.stats, mapping={"total_requests": 1100, "errors": 1000, "completed": 100})
-    client.hset(KEYS.stats_window(now_bucket - 360), mapping={"total_requests": 1000,
-                                                              "errors": 1000})  # fmt: skip
+    client.hset(
+        KEYS.stats_window(now_bucket - 360), mapping={"total_requests": 1000, "errors": 1000}
+    )
     client.hset(KEYS.stats_window(now_bucket - 1), mapping={"total_requests": 100})
     stats = _monitor_stats(settings)
     assert stats["error_rate"] > 0.9  # lifetime, kept

@@ -16,18 +16,18 @@ import redis
 from sw_core.cache import ChunkCache
 from sw_core.chunks.chunk_set import ChunkSet
 from sw_core.chunks.manifest import MANIFEST_FILE, Manifest
-from sw_core.chunks.pin import pin_location
 from sw_core.chunks.rehash import add_blake3
 from sw_core.chunks.verify import verify_chunk_set
 from sw_core.cli import main as sw_main
+from sw_core.counters import INTEGRITY_FAILURES, Counters
 from sw_core.engine import StreamingEngine
 from sw_core.engine.io.sources import CachedChunkSource, StoreChunkSource
 from sw_core.exceptions import SecurityError
 from sw_core.hashing import Expected, hex_digest
 from sw_core.keys import Keys
-from sw_core.ops.stats import INTEGRITY_FAILURES, Counters
 from sw_core.settings import Settings
 from sw_core.storage import FailoverBackend, FilesystemBackend
+from sw_core.storage.location import pin_location
 from tests.support.models import chunk_small
 from tests.support.storage import make_chunk_set
 

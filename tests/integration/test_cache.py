@@ -9,11 +9,11 @@ from collections import OrderedDict
 import pytest
 import redis
 
+from sw_core import counters as stats
 from sw_core.cache import CacheInfo, ChunkCache
+from sw_core.counters import Counters
 from sw_core.exceptions import CacheError, ChunkTooLargeError, SecurityError, is_transient
 from sw_core.keys import Keys
-from sw_core.ops import stats
-from sw_core.ops.stats import Counters
 from sw_core.settings import Settings
 
 MIB = 1 << 20

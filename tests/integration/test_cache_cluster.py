@@ -36,11 +36,15 @@ KIB = 1 << 10
 MIB = 1 << 20
 SHARDS = 16
 CLUSTER_ARGS = [
-    "--cluster-enabled", "yes",
-    "--cluster-config-file", "nodes.conf",
-    "--cluster-node-timeout", "1000",
-    "--cluster-require-full-coverage", "no",
-]  # fmt: skip
+    "--cluster-enabled",
+    "yes",
+    "--cluster-config-file",
+    "nodes.conf",
+    "--cluster-node-timeout",
+    "1000",
+    "--cluster-require-full-coverage",
+    "no",
+]
 
 
 def _cluster_port() -> int:
@@ -79,10 +83,18 @@ class LocalCluster:
             node.start()
         addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
         created = subprocess.run(
-            [redis_cli_binary(), "--cluster", "create", *addresses,
-             "--cluster-replicas", "0", "--cluster-yes"],
-            capture_output=True, timeout=60,
-        )  # fmt: skip
+            [
+                redis_cli_binary(),
+                "--cluster",
+                "create",
+                *addresses,
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            capture_output=True,
+            timeout=60,
+        )
         if created.returncode != 0:
             raise RuntimeError(created.stdout.decode() + created.stderr.decode())
         deadline = time.monotonic() + 30
@@ -129,9 +141,14 @@ def chunks(count: int, size_bytes: int, seed: int) -> dict[str, bytes]:
 
 def cluster_cache(cluster: LocalCluster, cache_mb: int) -> ChunkCache:
     settings = Settings.from_env(
-        {}, cache_redis_url=cluster.url, cache_cluster=True, cache_shards=SHARDS,
-        cache_size_mb=cache_mb, cache_part_mb=1, timeout_seconds=5,
-    )  # fmt: skip
+        {},
+        cache_redis_url=cluster.url,
+        cache_cluster=True,
+        cache_shards=SHARDS,
+        cache_size_mb=cache_mb,
+        cache_part_mb=1,
+        timeout_seconds=5,
+    )
     return ChunkCache.from_settings(settings)
 
 
@@ -201,10 +218,13 @@ def test_a_killed_master_turns_its_shards_reads_into_storage_loads(
         victim = cluster.nodes[2]
         victim_slots = _owned_slots(victim)
         dead = {
-            c for c in data
-            if redis.crc.key_slot(keys_of_cache_shard(Keys("sw"), shard_of(c, SHARDS)).cache_lru.encode())
+            c
+            for c in data
+            if redis.crc.key_slot(
+                keys_of_cache_shard(Keys("sw"), shard_of(c, SHARDS)).cache_lru.encode()
+            )
             in victim_slots
-        }  # fmt: skip
+        }
         assert 0 < len(dead) < len(data)
         victim.stop(kill=True)
 

@@ -13,10 +13,10 @@ import threading
 
 import redis
 
+from sw_core import counters as stats
 from sw_core.cache import ChunkCache
+from sw_core.counters import Counters
 from sw_core.keys import Keys
-from sw_core.ops import stats
-from sw_core.ops.stats import Counters
 
 MIB = 1 << 20
 BUDGET_BYTES = 20 * MIB

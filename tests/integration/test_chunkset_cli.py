@@ -166,7 +166,7 @@ def test_secrets_never_reach_the_output(s3_server, s3_bucket, capsys) -> None:
 
 
 def test_verify_checks_a_manifest_pin(tmp_path: Path, capsys) -> None:
-    from sw_core.chunks.pin import pin_location
+    from sw_core.storage.location import pin_location
 
     make_chunk_set(tmp_path)
     pinned = pin_location(str(tmp_path), (tmp_path / "manifest.json").read_bytes())

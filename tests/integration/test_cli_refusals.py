@@ -19,9 +19,12 @@ from tests.support.storage import make_chunk_set
 
 def _unsupported_model() -> torch.nn.Module:
     config = transformers.GPTNeoXConfig(
-        vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        vocab_size=64,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
         intermediate_size=32,
-    )  # fmt: skip
+    )
     torch.manual_seed(0)
     return transformers.GPTNeoXForCausalLM(config).eval()
 

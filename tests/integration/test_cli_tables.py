@@ -27,9 +27,18 @@ async def _dead_letters(settings) -> list[str]:
     for entry_id, fields in await store.read("vm-worker-1234", ">", 10, None):
         job = decode_entry(entry_id, fields, settings)
         await store.dead_letter_job(job, "ModelError", ERROR, "permanent", "vm-worker-1234")
-    await client.hset("sw:worker:vm-worker-1234", mapping={
-        "kind": "inference", "host": "vm", "pid": "1234", "beat_ms": int(time.time() * 1000),
-        "started_ms": int(time.time() * 1000), "current_model": "minilm", "jobs_done": "7"})  # fmt: skip
+    await client.hset(
+        "sw:worker:vm-worker-1234",
+        mapping={
+            "kind": "inference",
+            "host": "vm",
+            "pid": "1234",
+            "beat_ms": int(time.time() * 1000),
+            "started_ms": int(time.time() * 1000),
+            "current_model": "minilm",
+            "jobs_done": "7",
+        },
+    )
     await client.zadd("sw:workers", {"vm-worker-1234": int(time.time() * 1000)})
     letters = [entry_id.decode() for entry_id, _ in await client.xrange("sw:dlq")]
     await client.aclose()

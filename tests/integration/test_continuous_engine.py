@@ -42,10 +42,16 @@ async def test_seeded_sampling_is_the_same_alone_or_in_company(tmp_path: Path) -
     chunk_small("llama", tmp_path)
     engine = await StreamingEngine.open(tmp_path, memory_budget_mb=64)
     try:
-        req = {"input_ids": id_rows([7])[0], "max_new_tokens": 12, "temperature": 0.9,
-               "top_k": 50, "seed": 1234}  # fmt: skip
-        alone = await drive_session(session := DecodeSession(engine, 64 << 20),
-                             {1: [session.parse("s", req)]})  # fmt: skip
+        req = {
+            "input_ids": id_rows([7])[0],
+            "max_new_tokens": 12,
+            "temperature": 0.9,
+            "top_k": 50,
+            "seed": 1234,
+        }
+        alone = await drive_session(
+            session := DecodeSession(engine, 64 << 20), {1: [session.parse("s", req)]}
+        )
         other = DecodeSession(engine, 64 << 20)
         mates = [
             other.parse(f"m{i}", {"input_ids": r, "max_new_tokens": 20, "temperature": 1.0})

@@ -264,7 +264,7 @@ async def test_bad_requests_fail_alone_in_a_batch(tmp_path: Path) -> None:
 
 
 async def test_a_pinned_location_refuses_a_changed_manifest(tmp_path: Path) -> None:
-    from sw_core.chunks.pin import pin_location
+    from sw_core.storage.location import pin_location
 
     chunk_small("gpt2", tmp_path)
     manifest_path = tmp_path / "manifest.json"

@@ -28,10 +28,16 @@ PROMPTS = ["What is the capital of France?", "Tell me a story about a dragon and
 
 def _model(kind: str) -> torch.nn.Module:
     shape = dict(
-        vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, intermediate_size=128, max_position_embeddings=256,
-        bos_token_id=1, eos_token_id=2,
-    )  # fmt: skip
+        vocab_size=VOCAB,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     # transformers' GGUF loader reads no head_dim for Qwen3 (so 128, as real Qwen3 models
     # have) and no sliding window for Phi-3; Gemma's head_dim and window it reads.
     configs: dict[str, tuple[type[torch.nn.Module], transformers.PretrainedConfig]] = {

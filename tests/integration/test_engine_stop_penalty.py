@@ -15,7 +15,7 @@ from sw_core.engine.tasks.continuous import DecodeSession
 from tests.support.engine import drive_session, id_rows, reference_generate
 from tests.support.models import chunk_small
 from tests.support.serving import TinyChat
-from workers.token_stream import TextDeltas
+from workers.jobs.token_stream import TextDeltas
 
 PENALTY = 1.3
 PROMPT = "The old lighthouse keeper opened the door and"
@@ -154,7 +154,7 @@ async def test_continuous_rows_stop_and_their_deltas_never_show_the_stop(
     while joining or session.active:
         report = await session.step_async(joining)
         joining = []
-        for key in report.tokens:  # as workers.decode_loop publishes a step
+        for key in report.tokens:  # as workers.jobs.decode_loop publishes a step
             seq = seqs[key]
             ended = seq.finish_reason is not None
             sent[key].append(deltas[key].next(seq.text_ids, final=ended, end=seq.stop_at))

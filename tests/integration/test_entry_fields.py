@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from producer import Producer
-from sw_core.ops.stats import COMPLETED, DEAD_LETTERED, TOTAL_REQUESTS
+from sw_core.counters import COMPLETED, DEAD_LETTERED, TOTAL_REQUESTS
 from sw_core.pipeline.jobs import Job, encode_job
 from tests.support.handlers import EchoHandler
 from tests.support.observe import KEYS, dead_letters, pending_count, read_stats

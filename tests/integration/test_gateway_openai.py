@@ -180,9 +180,13 @@ async def test_repetition_penalty_reaches_the_engine(cluster: Cluster) -> None:
     client = client_of(cluster)
     # below 1 it favours tokens already seen: the tiny model's answer then repeats itself
     penalized = await client.chat.completions.create(
-        model="tinychat", messages=CHAT, max_tokens=12, extra_body={"repetition_penalty": 0.5},
-        frequency_penalty=0, presence_penalty=0.0,
-    )  # fmt: skip
+        model="tinychat",
+        messages=CHAT,
+        max_tokens=12,
+        extra_body={"repetition_penalty": 0.5},
+        frequency_penalty=0,
+        presence_penalty=0.0,
+    )
     async with Producer(settings=cluster.settings) as producer:
         jobs = [
             await producer.submit("tinychat", "generate", [CHAT], max_new_tokens=12, **extra)

@@ -39,8 +39,13 @@ def browser() -> Iterator[Any]:
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--window-size=1280,1500"):  # fmt: skip
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1500",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
     try:
@@ -96,8 +101,12 @@ async def test_the_page_shows_the_cluster_and_streams_a_chat(
     assert text("conn") == "live"
 
     # live counters: a job submitted elsewhere shows up on the page by itself
-    before = int(wait_until(lambda: text("total-requests").isdigit() and text("total-requests"),
-                            "the request counter"))  # fmt: skip
+    before = int(
+        wait_until(
+            lambda: text("total-requests").isdigit() and text("total-requests"),
+            "the request counter",
+        )
+    )
     async with Producer(settings=cluster.settings) as producer:
         await producer.result(await producer.submit("minilm", "embed", ["counted"]), 120)
     wait_until(lambda: int(text("total-requests")) == before + 1, "the counter to move")

@@ -19,8 +19,16 @@ from tests.support.settings import OPS, fast_settings
 
 def _beat(client: redis.Redis, worker_id: str, host: str) -> None:
     now_ms = int(time.time() * 1000)
-    client.hset(KEYS.worker(worker_id), mapping={
-        "kind": "inference", "host": host, "pid": "1", "beat_ms": now_ms, "started_ms": now_ms})  # fmt: skip
+    client.hset(
+        KEYS.worker(worker_id),
+        mapping={
+            "kind": "inference",
+            "host": host,
+            "pid": "1",
+            "beat_ms": now_ms,
+            "started_ms": now_ms,
+        },
+    )
     client.expire(KEYS.worker(worker_id), 30)
     client.zadd(KEYS.workers, {worker_id: now_ms})
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from producer import Producer
-from sw_core.ops.stats import COMPLETED, DEAD_LETTERED, TOTAL_REQUESTS
+from sw_core.counters import COMPLETED, DEAD_LETTERED, TOTAL_REQUESTS
 from tests.support.handlers import EchoHandler, FlakyHandler
 from tests.support.observe import KEYS, dead_letters, pending_count, read_stats
 from tests.support.pipeline import consumers

@@ -25,12 +25,18 @@ def seed(redis_url: str, requests: int, errors: int) -> None:
     client = redis.Redis.from_url(redis_url)
     client.hset(
         KEYS.stats,
-        mapping={"total_requests": requests, "completed": requests - errors, "errors": errors,
-                 "errors:StorageError": errors},
-    )  # fmt: skip
+        mapping={
+            "total_requests": requests,
+            "completed": requests - errors,
+            "errors": errors,
+            "errors:StorageError": errors,
+        },
+    )
     # ... and as recent counts, which the alert judges (issue 11)
-    client.hset(KEYS.stats_window(int(time.time()) // 10),
-                mapping={"total_requests": requests, "errors": errors})  # fmt: skip
+    client.hset(
+        KEYS.stats_window(int(time.time()) // 10),
+        mapping={"total_requests": requests, "errors": errors},
+    )
     client.close()
 
 

@@ -69,8 +69,9 @@ async def test_dead_letter_replayed_after_the_outage_completes(
                 moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
                 moto.start()
                 try:
-                    s3 = Minio(f"127.0.0.1:{port}", "testing", "testing", secure=False,
-                               region="us-east-1")  # fmt: skip
+                    s3 = Minio(
+                        f"127.0.0.1:{port}", "testing", "testing", secure=False, region="us-east-1"
+                    )
                     s3.make_bucket("sw-replay")
                     for path in (tmp_path / "smodel").iterdir():
                         data = path.read_bytes()
@@ -138,7 +139,7 @@ async def test_list_show_and_replay_keep_the_job(redis_url: str) -> None:
     new_id, replays = dlq.replay(letters[0].id)
     assert replays == 1
     client = redis.Redis.from_url(redis_url)
-    (entry_id, fields), = client.xrange(KEYS.jobs, new_id, new_id)  # fmt: skip
+    ((entry_id, fields),) = client.xrange(KEYS.jobs, new_id, new_id)
     job = decode_entry(entry_id, fields, settings)
     assert (job.job_id, job.attempt, job.inputs, job.counted) == (ids[0], 1, ["first text"], True)
     assert client.hget(KEYS.job(ids[0]), "status") == b"queued"
@@ -179,7 +180,7 @@ async def test_malformed_letters_are_not_replayed(redis_url: str, monkeypatch, c
     redis_client = aioredis.Redis.from_url(redis_url)
     store = JobStore(redis_client, settings)
     await redis_client.xadd(KEYS.jobs, {"model": "m", "task": "embed"})
-    (entry_id, fields), = await store.read("tester", ">", 1, None)  # fmt: skip
+    ((entry_id, fields),) = await store.read("tester", ">", 1, None)
     await store.dead_letter_raw(
         entry_id, {k.decode(): v for k, v in fields.items()}, "JobError", "no inputs", "tester"
     )

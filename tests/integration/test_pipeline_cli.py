@@ -90,8 +90,16 @@ def test_register_reads_the_manifest_on_s3(
     redis_url: str, tmp_path: Path, s3_server, s3_bucket: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     manifest = make_chunk_set(tmp_path / "tiny")
-    s3 = ["--s3-endpoint", s3_server.endpoint, "--s3-access-key", s3_server.access_key,
-          "--s3-secret-key", s3_server.secret_key, "--redis-url", redis_url]  # fmt: skip
+    s3 = [
+        "--s3-endpoint",
+        s3_server.endpoint,
+        "--s3-access-key",
+        s3_server.access_key,
+        "--s3-secret-key",
+        s3_server.secret_key,
+        "--redis-url",
+        redis_url,
+    ]
     assert main(["publish", str(tmp_path / "tiny"), "--to", f"s3://{s3_bucket}/tiny", *s3[:6]]) == 0
     capsys.readouterr()
     assert main(["register", "tiny", f"s3://{s3_bucket}/tiny", *s3]) == 0
@@ -111,9 +119,23 @@ def test_submit_wait_prints_the_result(
     flags = ["--redis-url", redis_url]
     with worker_thread(settings):
         code = main(
-            ["submit", "m1", "--task", "generate", "--text", "hello", "--text", "world",
-             "--param", "max_new_tokens=3", "--param", "do_sample=false", "--wait", *flags]
-        )  # fmt: skip
+            [
+                "submit",
+                "m1",
+                "--task",
+                "generate",
+                "--text",
+                "hello",
+                "--text",
+                "world",
+                "--param",
+                "max_new_tokens=3",
+                "--param",
+                "do_sample=false",
+                "--wait",
+                *flags,
+            ]
+        )
         out, err = capsys.readouterr()
         assert code == 0, out
         result = json.loads(out)  # stdout holds the result only: `sw submit --wait | jq`
@@ -123,8 +145,9 @@ def test_submit_wait_prints_the_result(
         assert main(["result", job_id, *flags]) == 0
         status = json.loads(capsys.readouterr().out)
         assert status["status"] == "done" and status["result"]["job_id"] == job_id
-        assert main(["submit", "m1", "--task", "forward", "--tokens", "1,2,3", "--wait",
-                     *flags]) == 0  # fmt: skip
+        assert (
+            main(["submit", "m1", "--task", "forward", "--tokens", "1,2,3", "--wait", *flags]) == 0
+        )
         assert json.loads(capsys.readouterr().out)["inputs"] == [[1, 2, 3]]
 
 
@@ -136,14 +159,43 @@ def test_submit_takes_stop_sequences_and_a_repetition_penalty(
     flags = ["--redis-url", redis_url]
     with worker_thread(settings):  # the echo handler answers with the job's params
         code = main(
-            ["submit", "m1", "--task", "generate", "--text", "hello", "--stop", "\n\n",
-             "--stop", " END", "--param", "repetition_penalty=1.3", "--wait", *flags]
-        )  # fmt: skip
+            [
+                "submit",
+                "m1",
+                "--task",
+                "generate",
+                "--text",
+                "hello",
+                "--stop",
+                "\n\n",
+                "--stop",
+                " END",
+                "--param",
+                "repetition_penalty=1.3",
+                "--wait",
+                *flags,
+            ]
+        )
         out, _ = capsys.readouterr()
         assert code == 0, out
         assert json.loads(out)["params"] == {"stop": ["\n\n", " END"], "repetition_penalty": 1.3}
-        assert main(["submit", "m1", "--task", "generate", "--text", "hi", "--param",
-                     "stop= END", "--wait", *flags]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "submit",
+                    "m1",
+                    "--task",
+                    "generate",
+                    "--text",
+                    "hi",
+                    "--param",
+                    "stop= END",
+                    "--wait",
+                    *flags,
+                ]
+            )
+            == 0
+        )
         assert json.loads(capsys.readouterr().out)["params"] == {"stop": [" END"]}
     assert main(["submit", "m1", "--text", "hi", "--stop", "x", *flags]) == 2
     assert "--stop is for generate jobs, not embed" in capsys.readouterr().err

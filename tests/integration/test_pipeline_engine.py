@@ -34,7 +34,7 @@ async def test_200_embed_jobs_two_producers_two_workers_one_loader(
     redis_url: str, minilm_chunked: ChunkedModel, tmp_path: Path
 ) -> None:
     settings = fast_settings(redis_url, models=f"minilm={minilm_chunked.folder}", max_batch_size=16)
-    env = worker_env(settings, SW_HANDLER="workers.inference:build_handler")
+    env = worker_env(settings, SW_HANDLER="workers.jobs.inference:build_handler")
     procs = [
         start_worker(env, tmp_path / "inference-1.log"),
         start_worker(env, tmp_path / "inference-2.log"),

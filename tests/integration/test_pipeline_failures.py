@@ -10,8 +10,7 @@ import msgpack
 import pytest
 
 from producer import Producer
-from sw_core.exceptions import BatchTimeoutError, JobError, JobTimeoutError, StorageError
-from sw_core.ops.stats import (
+from sw_core.counters import (
     COMPLETED,
     DEAD_LETTERED,
     ERRORS,
@@ -20,6 +19,7 @@ from sw_core.ops.stats import (
     TOTAL_REQUESTS,
     error_counter,
 )
+from sw_core.exceptions import BatchTimeoutError, JobError, JobTimeoutError, StorageError
 from sw_core.pipeline.jobs import Job, encode_job
 from tests.support.handlers import AlwaysTransientHandler, BrokenHandler, EchoHandler, FlakyHandler
 from tests.support.observe import KEYS, dead_letters, pending_count, read_stats, recorded_events

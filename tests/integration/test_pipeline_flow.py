@@ -8,8 +8,8 @@ from collections import Counter
 import pytest
 
 from producer import Producer
+from sw_core.counters import COMPLETED, ERRORS, TOTAL_REQUESTS
 from sw_core.exceptions import JobTimeoutError, ModelError, SurfingError
-from sw_core.ops.stats import COMPLETED, ERRORS, TOTAL_REQUESTS
 from tests.support.handlers import BrokenHandler, EchoHandler, RecordingEchoHandler
 from tests.support.observe import KEYS, pending_count, read_stats, recorded_events
 from tests.support.pipeline import consumers
@@ -24,8 +24,12 @@ async def test_submit_then_result_round_trip(redis_url: str, redis_client) -> No
         job_id = await p.submit("m1", "generate", ["hello"], max_new_tokens=5)
         result = await p.result(job_id, timeout=10)
         status = await p.status(job_id)
-    assert result == {"job_id": job_id, "inputs": ["hello"], "params": {"max_new_tokens": 5},
-                      "attempt": 1}  # fmt: skip
+    assert result == {
+        "job_id": job_id,
+        "inputs": ["hello"],
+        "params": {"max_new_tokens": 5},
+        "attempt": 1,
+    }
     assert status["status"] == "done" and status["attempts"] == 1 and status["worker"] == "w0"
     assert status["finished_ms"] >= status["started_ms"] >= status["submitted_ms"]
     assert 0 < await redis_client.ttl(KEYS.job(job_id)) <= settings.result_ttl_s

@@ -15,16 +15,16 @@ from arq.worker import Worker
 
 from sw_core.cache import ChunkCache
 from sw_core.chunks.manifest import MANIFEST_FILE, ChunkInfo, Manifest
-from sw_core.chunks.pin import pin_location
 from sw_core.exceptions import ChunkNotFoundError, ModelError, SecurityError, WeightServerError
 from sw_core.pipeline.registry import ModelRegistry
 from sw_core.settings import Settings
+from sw_core.storage.location import pin_location
 from tests.support.observe import KEYS
 from tests.support.pipeline import loader_worker
 from tests.support.processes import start_worker
 from tests.support.settings import fast_settings
 from tests.support.waiting import wait_until
-from workers.chunk_source import RemoteChunkSource
+from workers.chunks.chunk_source import RemoteChunkSource
 from workers.node import worker_options
 
 

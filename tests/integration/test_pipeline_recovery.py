@@ -7,7 +7,7 @@ import time
 from collections import Counter
 
 from producer import Producer
-from sw_core.ops.stats import COMPLETED, ERRORS, FAILED, TOTAL_REQUESTS
+from sw_core.counters import COMPLETED, ERRORS, FAILED, TOTAL_REQUESTS
 from tests.support.handlers import EchoHandler, RecordingEchoHandler, SlowHandler
 from tests.support.observe import KEYS, pending_count, read_stats, recorded_events
 from tests.support.pipeline import consumers, crash
@@ -100,8 +100,11 @@ async def test_shutdown_finishes_in_flight_and_hands_back_the_rest(
         async with consumers(settings, [RecordingEchoHandler(settings)], names=["stayer"]):
             rest = await asyncio.gather(*(p.result(j, timeout=5) for j in ids if j not in running))
     assert len(rest) == 2
-    runs = Counter(c["job_id"] for c in await recorded_events(redis_client, settings) if c["event"] in
-                   ("start", "run"))  # fmt: skip
+    runs = Counter(
+        c["job_id"]
+        for c in await recorded_events(redis_client, settings)
+        if c["event"] in ("start", "run")
+    )
     assert set(runs.values()) == {1} and len(runs) == 4  # nothing ran twice
     counts = await read_stats(redis_client)
     assert counts[COMPLETED] == 4 and FAILED not in counts and ERRORS not in counts

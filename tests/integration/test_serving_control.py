@@ -45,8 +45,12 @@ async def test_cancel_and_deadlines_queued_and_running(
         queued = await producer.submit("tiny", "generate", ["never run me"], max_new_tokens=5)
         assert await producer.cancel(queued) == "cancelled"
         late = await producer.submit("tiny", "generate", ["too late"], deadline_s=0.3)
-        hand = (await redis.xadd(KEYS.jobs, {"model": "tiny", "task": "generate",
-                                             "text": "by hand", "deadline_s": "0.3"})).decode()  # fmt: skip
+        hand = (
+            await redis.xadd(
+                KEYS.jobs,
+                {"model": "tiny", "task": "generate", "text": "by hand", "deadline_s": "0.3"},
+            )
+        ).decode()
         await asyncio.sleep(0.8)
         with workers(settings, tmp_path):
             await wait_until(lambda: _xlen_is(redis, 0), 120, "queued jobs ended unstarted")
@@ -103,8 +107,9 @@ async def test_kill_9_mid_generation_restarts_the_stream(
                     break
             procs[1].send_signal(signal.SIGKILL)
             procs[1].wait(10)
-            procs.append(start_worker(worker_env(settings, SW_WORKER_NAME="heir"),
-                                      tmp_path / "heir.log"))  # fmt: skip
+            procs.append(
+                start_worker(worker_env(settings, SW_WORKER_NAME="heir"), tmp_path / "heir.log")
+            )
             events = await events_of(producer, job_id, timeout_s=180)
             [result] = await producer.result(job_id, timeout=60)
             status = await producer.status(job_id)
@@ -122,10 +127,24 @@ def test_sw_submit_stream_prints_tokens_before_the_job_ends(
 
     settings = serving_settings(redis_url, tiny_chat)
     env = dict(os.environ, PYTHONPATH=str(REPO), SW_MODELS=settings.models)
-    argv = [sys.executable, "-c", "import sys; from sw_core.cli import main; sys.exit(main())",
-            "submit", "tiny", "--task", "generate",
-            "--text", "Tell me", "--param", "max_new_tokens=400", "--stream",
-            "--timeout", "120", "--redis-url", redis_url]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-c",
+        "import sys; from sw_core.cli import main; sys.exit(main())",
+        "submit",
+        "tiny",
+        "--task",
+        "generate",
+        "--text",
+        "Tell me",
+        "--param",
+        "max_new_tokens=400",
+        "--stream",
+        "--timeout",
+        "120",
+        "--redis-url",
+        redis_url,
+    ]
     client = sync_redis.Redis.from_url(redis_url)
     with workers(settings, tmp_path):
         proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

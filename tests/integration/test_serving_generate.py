@@ -28,12 +28,14 @@ async def test_a_job_joins_while_another_generates(
     prompts = {"long": ("Tell me a long story about the sea.", 200), "short": ("Hi!", 12)}
     with workers(settings, tmp_path):
         async with Producer(settings=settings) as producer:
-            long_id = await producer.submit("tiny", "generate", [prompts["long"][0]],
-                                            max_new_tokens=prompts["long"][1])  # fmt: skip
+            long_id = await producer.submit(
+                "tiny", "generate", [prompts["long"][0]], max_new_tokens=prompts["long"][1]
+            )
             seen = [e async for e in first_token(producer, long_id)]
             assert seen[-1]["type"] == "token", seen
-            short_id = await producer.submit("tiny", "generate", [prompts["short"][0]],
-                                             max_new_tokens=prompts["short"][1])  # fmt: skip
+            short_id = await producer.submit(
+                "tiny", "generate", [prompts["short"][0]], max_new_tokens=prompts["short"][1]
+            )
             long_events, short_events = await asyncio.gather(
                 events_of(producer, long_id), events_of(producer, short_id)
             )

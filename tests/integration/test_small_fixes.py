@@ -33,8 +33,14 @@ def test_bundled_prints_the_model_paths(capsys) -> None:
 
 def test_publish_creates_the_bucket(tmp_path: Path, s3_server, capsys) -> None:
     make_chunk_set(tmp_path / "tiny")
-    flags = ["--s3-endpoint", s3_server.endpoint, "--s3-access-key", s3_server.access_key,
-             "--s3-secret-key", s3_server.secret_key]  # fmt: skip
+    flags = [
+        "--s3-endpoint",
+        s3_server.endpoint,
+        "--s3-access-key",
+        s3_server.access_key,
+        "--s3-secret-key",
+        s3_server.secret_key,
+    ]
     bucket = f"fresh-{int(time.time() * 1000)}"
     target = f"s3://{bucket}/tiny"
     assert main(["publish", str(tmp_path / "tiny"), "--to", target, *flags]) == 1  # no bucket
@@ -47,8 +53,17 @@ def test_publish_creates_the_bucket(tmp_path: Path, s3_server, capsys) -> None:
 def test_stats_json_gives_worker_numbers_as_numbers(redis_url: str, monkeypatch, capsys) -> None:
     client = redis.Redis.from_url(redis_url)
     now_ms = int(time.time() * 1000)
-    client.hset(KEYS.worker("w-1"), mapping={"kind": "inference", "host": "h", "pid": 42,
-                "beat_ms": now_ms, "jobs_done": 7, "current_jobs": "123"})  # fmt: skip
+    client.hset(
+        KEYS.worker("w-1"),
+        mapping={
+            "kind": "inference",
+            "host": "h",
+            "pid": 42,
+            "beat_ms": now_ms,
+            "jobs_done": 7,
+            "current_jobs": "123",
+        },
+    )
     client.zadd(KEYS.workers, {"w-1": now_ms})
     client.close()
     rc, out, _ = run_sw_here(

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from sw_core.counters import INTEGRITY_FAILURES, STORAGE_BYTES_READ, STORAGE_RETRIES
 from sw_core.exceptions import ChunkNotFoundError, SecurityError
-from sw_core.ops.stats import INTEGRITY_FAILURES, STORAGE_BYTES_READ, STORAGE_RETRIES
 from sw_core.retry import RetryPolicy
 from sw_core.storage import FilesystemBackend, MemoryBackend, S3Backend, StorageBackend
 from sw_core.utils import calculate_chunk_hash

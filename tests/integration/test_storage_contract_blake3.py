@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from sw_core.counters import INTEGRITY_FAILURES
 from sw_core.exceptions import SecurityError
 from sw_core.hashing import hex_digest
-from sw_core.ops.stats import INTEGRITY_FAILURES
 from sw_core.storage import StorageBackend
 from sw_core.utils import calculate_chunk_hash
 from tests.integration.test_storage_contract import backend  # noqa: F401 - the fixture

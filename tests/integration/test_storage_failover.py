@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from sw_core.counters import INTEGRITY_FAILURES, STORAGE_FAILOVERS, STORAGE_RETRIES, Counters
 from sw_core.exceptions import ChunkNotFoundError
-from sw_core.ops.stats import INTEGRITY_FAILURES, STORAGE_FAILOVERS, STORAGE_RETRIES, Counters
 from sw_core.retry import RetryPolicy
 from sw_core.settings import Settings
 from sw_core.storage import FailoverBackend, FilesystemBackend, S3Backend, model_store

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import urllib3
 
+from sw_core.counters import STORAGE_BYTES_READ, STORAGE_RETRIES
 from sw_core.exceptions import StorageError, is_transient
-from sw_core.ops.stats import STORAGE_BYTES_READ, STORAGE_RETRIES
 from sw_core.retry import RetryPolicy
 from sw_core.storage import S3Backend
 

@@ -9,7 +9,7 @@ from sw_core.exceptions import JobError
 from sw_core.pipeline.job_checks import coerce_params
 from sw_core.pipeline.jobs import Job
 from sw_core.settings import Settings
-from workers.inference import job_requests
+from workers.jobs.inference import job_requests
 
 
 def test_embed_params_are_typed_and_passed_on() -> None:

@@ -32,16 +32,20 @@ def test_pool_matches_sentence_transformers(mode: str, left: bool) -> None:
 
 
 def test_legacy_and_current_pooling_configs_read_alike() -> None:
-    legacy = b'{"word_embedding_dimension": 8, "pooling_mode_cls_token": true,' \
-        b' "pooling_mode_max_tokens": true}'  # fmt: skip
+    legacy = (
+        b'{"word_embedding_dimension": 8, "pooling_mode_cls_token": true,'
+        b' "pooling_mode_max_tokens": true}'
+    )
     current = b'{"embedding_dimension": 8, "pooling_mode": ["cls", "max"]}'
     modules = b'[{"path": "", "type": "x.Transformer"}, {"path": "1_Pooling", "type": "x.Pooling"}]'
     for config in (legacy, current):
         files = {"modules.json": modules, "1_Pooling/config.json": config}
         pipeline = read_pipeline(files, tokenizer=None)
         assert (pipeline.modes, pipeline.normalize, pipeline.describe()) == (
-            ("cls", "max"), False, "cls+max"
-        )  # fmt: skip
+            ("cls", "max"),
+            False,
+            "cls+max",
+        )
     assert read_pipeline({}, tokenizer=None) == SentencePipeline()
     with pytest.raises(ModelError, match="no usable pooling mode"):
         read_pipeline(

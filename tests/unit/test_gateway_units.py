@@ -17,7 +17,7 @@ from gateway.server import check_bind, is_loopback
 from sw_core.exceptions import ConfigError, JobError, JobTimeoutError, ModelError, SurfingError
 from sw_core.pipeline.jobs import Job, decode_entry, encode_job, validate_request
 from sw_core.settings import Secret, Settings
-from workers.inference import job_requests
+from workers.jobs.inference import job_requests
 
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
 
@@ -200,10 +200,15 @@ async def test_a_restarted_stream_does_not_repeat_text() -> None:
         {"type": "restart"},
         {"type": "token", "index": 0, "text": "Hello"},
         {"type": "token", "index": 0, "text": " world"},
-        {"type": "end", "index": 0, "finish_reason": "eos", "prompt_tokens": 4,
-         "completion_tokens": 3},
+        {
+            "type": "end",
+            "index": 0,
+            "finish_reason": "eos",
+            "prompt_tokens": 4,
+            "completion_tokens": 3,
+        },
         {"type": "final", "status": "done"},
-    ]  # fmt: skip
+    ]
     got = await collect(FakeProducer(events))
     assert got == [Delta("Hel"), Delta("lo"), Delta(" world"), Finish("stop", 4, 3)]
     diverging = [*events[:3], {"type": "token", "index": 0, "text": "Bye"}]
@@ -212,8 +217,9 @@ async def test_a_restarted_stream_does_not_repeat_text() -> None:
 
 
 async def test_a_stream_without_token_events_ends_with_the_whole_result() -> None:
-    result = [{"text": "Paris.", "token_ids": [5, 6, 7], "finish_reason": "length",
-               "prompt_tokens": 9}]  # fmt: skip
+    result = [
+        {"text": "Paris.", "token_ids": [5, 6, 7], "finish_reason": "length", "prompt_tokens": 9}
+    ]
     got = await collect(FakeProducer([{"type": "final", "status": "done"}], result))
     assert got == [Delta("Paris."), Finish("length", 9, 3)]
 

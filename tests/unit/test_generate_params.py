@@ -7,7 +7,7 @@ import pytest
 from sw_core.exceptions import JobError
 from sw_core.pipeline.jobs import Job, validate_request
 from sw_core.settings import Settings
-from workers.inference import job_requests
+from workers.jobs.inference import job_requests
 
 
 def test_top_k_is_accepted_and_passed_to_the_engine() -> None:
@@ -37,7 +37,7 @@ def test_chat_messages_reach_the_engine_and_bad_ones_are_refused() -> None:
 def test_defaults_come_from_the_generation_config_and_the_job_wins() -> None:
     from transformers import GenerationConfig
 
-    from workers.inference import generation_defaults
+    from workers.jobs.inference import generation_defaults
 
     sampling = GenerationConfig(do_sample=True, temperature=0.6, top_p=0.9, max_new_tokens=900)
     defaults = generation_defaults(sampling, max_new_tokens_limit=512)

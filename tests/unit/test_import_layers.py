@@ -81,7 +81,7 @@ def test_imports_point_down_the_layers() -> None:
         ("producer", "from workers.node import worker_options"),
         ("workers", "from sw_core.cli import main"),
         ("producer", "from gateway.app import create_app"),
-        ("gateway", "import workers.inference"),
+        ("gateway", "import workers.jobs.inference"),
     ],
 )
 def test_an_upward_import_is_caught(tmp_path: Path, package: str, statement: str) -> None:

@@ -6,10 +6,11 @@ import hashlib
 
 import pytest
 
-from sw_core.chunks.pin import PIN_MARK, check_pin, pin_location, split_pin
+from sw_core.chunks.pin import check_pin
 from sw_core.exceptions import ConfigError, SecurityError
 from sw_core.pipeline.registry import check_location
 from sw_core.storage import parse_location
+from sw_core.storage.location import PIN_MARK, pin_location, split_pin
 
 MANIFEST = b'{"format_version": 1}'
 PIN = hashlib.sha256(MANIFEST).hexdigest()

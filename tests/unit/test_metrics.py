@@ -64,8 +64,13 @@ def test_slow_observations_land_in_the_inf_bucket() -> None:
 
 
 def test_from_hash_reads_what_redis_returns() -> None:
-    raw = {b"bucket:0.01": b"2", b"bucket:+Inf": b"1", b"count": b"3", b"sum_us": b"400020000",
-           b"max_us": b"400000000"}  # fmt: skip
+    raw = {
+        b"bucket:0.01": b"2",
+        b"bucket:+Inf": b"1",
+        b"count": b"3",
+        b"sum_us": b"400020000",
+        b"max_us": b"400000000",
+    }
     hist = Histogram.from_hash(raw)
     assert hist.count == 3
     assert hist.counts[BUCKET_FIELDS.index("bucket:0.01")] == 2

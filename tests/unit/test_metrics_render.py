@@ -24,19 +24,32 @@ SETTINGS = Settings.from_env({}, alert_error_rate=0.25, heartbeat_ttl_s=10)
 def first_round(**overrides: object) -> dict[str, object]:
     now_ms = time.time() * 1000
     replies: dict[str, object] = {
-        "stats": {b"total_requests": b"20", b"completed": b"14", b"errors": b"6",
-                  b"errors:StorageError": b"4", b"errors:JobError": b"2", b"cache_hits": b"3"},
+        "stats": {
+            b"total_requests": b"20",
+            b"completed": b"14",
+            b"errors": b"6",
+            b"errors:StorageError": b"4",
+            b"errors:JobError": b"2",
+            b"cache_hits": b"3",
+        },
         "cache_meta": {b"bytes": b"1048576", b"hits": b"9", b"misses": b"1"},
         "cache_chunks": 2,
         "xlen": 7,
-        "groups": [{"name": b"sw-workers", "consumers": 2, "pending": 3,
-                    "last-delivered-id": b"5-0", "lag": 4}],
+        "groups": [
+            {
+                "name": b"sw-workers",
+                "consumers": 2,
+                "pending": 3,
+                "last-delivered-id": b"5-0",
+                "lag": 4,
+            }
+        ],
         "retries": 1,
         "dlq": 2,
         "workers": [b"w1", str(now_ms - 500).encode(), b"w2", str(now_ms - 900).encode()],
         "latency_tasks": {b"embed"},
         "window": [20, 6],  # the recent counts the alert judges
-    }  # fmt: skip
+    }
     replies.update(overrides)
     if "stats" in overrides and "window" not in overrides:  # recent counts = these counters
         counts = {k: int(v) for k, v in overrides["stats"].items()}  # type: ignore[attr-defined]
@@ -47,12 +60,21 @@ def first_round(**overrides: object) -> dict[str, object]:
 def second_round() -> dict[str, object]:
     now_ms = int(time.time() * 1000)
     return {
-        "worker:w1": {b"kind": b"inference", b"beat_ms": str(now_ms - 500).encode(),
-                      b"current_jobs": b"job-1", b"current_model": b"minilm", b"jobs_done": b"7"},
+        "worker:w1": {
+            b"kind": b"inference",
+            b"beat_ms": str(now_ms - 500).encode(),
+            b"current_jobs": b"job-1",
+            b"current_model": b"minilm",
+            b"jobs_done": b"7",
+        },
         "worker:w2": {},  # expired hash: not live any more
-        "latency:embed": {b"bucket:0.05": b"3", b"count": b"3", b"sum_us": b"120000",
-                          b"max_us": b"45000"},
-    }  # fmt: skip
+        "latency:embed": {
+            b"bucket:0.05": b"3",
+            b"count": b"3",
+            b"sum_us": b"120000",
+            b"max_us": b"45000",
+        },
+    }
 
 
 def test_snapshot_numbers() -> None:
@@ -125,9 +147,18 @@ def test_dashboard_fits_100_by_30(workers: int) -> None:
 
 
 def test_metric_families_round_trip_through_the_text_format() -> None:
-    stats = {"total_requests": 20, "completed": 14, "failed": 6, "retried": 4, "dead_lettered": 2,
-             "errors_by_type": {"StorageError": 4}, "queue_length": 3, "pending": 1,
-             "workers_by_kind": {"inference": 2, "loader": 1}, "alert": True}  # fmt: skip
+    stats = {
+        "total_requests": 20,
+        "completed": 14,
+        "failed": 6,
+        "retried": 4,
+        "dead_lettered": 2,
+        "errors_by_type": {"StorageError": 4},
+        "queue_length": 3,
+        "pending": 1,
+        "workers_by_kind": {"inference": 2, "loader": 1},
+        "alert": True,
+    }
     hist = Histogram.from_observations([0.01, 0.2, 3.0])
     registry = CollectorRegistry(auto_describe=False)
 

@@ -7,12 +7,12 @@ import fakeredis
 import pytest
 
 from producer import Producer
+from sw_core.counters import TOTAL_REQUESTS
 from sw_core.exceptions import ConfigError, JobError
-from sw_core.ops.stats import TOTAL_REQUESTS
 from tests.support.handlers import EchoHandler
 from tests.support.observe import KEYS, read_stats
 from tests.support.settings import fast_settings
-from workers.handlers import load_handler
+from workers.jobs.handlers import load_handler
 
 #: Never connected to: the clients below are fakeredis ones.
 UNUSED_URL = "redis://127.0.0.1:1/0"

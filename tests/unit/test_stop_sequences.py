@@ -11,8 +11,8 @@ from sw_core.engine.tasks.stopping import first_stop, pending_stop
 from sw_core.exceptions import JobError
 from sw_core.pipeline.jobs import Job, decode_entry, validate_request
 from sw_core.settings import Settings
-from workers.inference import job_requests
-from workers.token_stream import TextDeltas
+from workers.jobs.inference import job_requests
+from workers.jobs.token_stream import TextDeltas
 
 
 def test_first_stop_is_the_earliest_occurrence_of_any() -> None:
@@ -113,8 +113,13 @@ def test_stop_and_repetition_penalty_are_job_params() -> None:
     listed = validate_request("m", "generate", ["hi"], {"stop": ["a", " b"]}, settings)[3]
     assert listed == {"stop": ["a", " b"]}
     # an entry added by hand: text fields, the stop sequence kept as given
-    fields = {"model": "m", "task": "generate", "text": "hi", "stop": " END ",
-              "repetition_penalty": "1.3"}  # fmt: skip
+    fields = {
+        "model": "m",
+        "task": "generate",
+        "text": "hi",
+        "stop": " END ",
+        "repetition_penalty": "1.3",
+    }
     job = decode_entry("1-0", {k: v.encode() for k, v in fields.items()}, settings)
     assert job.params == {"stop": [" END "], "repetition_penalty": 1.3}
 

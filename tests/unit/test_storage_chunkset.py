@@ -9,8 +9,8 @@ import pytest
 
 from sw_core.chunks.manifest import MANIFEST_FILE
 from sw_core.chunks.verify import load_manifest, publish_chunk_set, verify_chunk_set
+from sw_core.counters import INTEGRITY_FAILURES
 from sw_core.exceptions import ModelError, SecurityError
-from sw_core.ops.stats import INTEGRITY_FAILURES
 from sw_core.storage import FilesystemBackend, MemoryBackend
 from sw_core.utils import calculate_chunk_hash
 from tests.support.storage import flip_data_byte, make_chunk_set

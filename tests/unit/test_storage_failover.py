@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from sw_core.counters import INTEGRITY_FAILURES, STORAGE_FAILOVERS, Counters
 from sw_core.exceptions import ChunkNotFoundError, SecurityError, StorageError, is_transient
-from sw_core.ops.stats import INTEGRITY_FAILURES, STORAGE_FAILOVERS, Counters
 from sw_core.retry import RetryPolicy
 from sw_core.storage import FailoverBackend, MemoryBackend, PermanentStorageError
 from sw_core.utils import calculate_chunk_hash

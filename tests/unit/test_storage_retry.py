@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from sw_core.counters import INTEGRITY_FAILURES, STORAGE_BYTES_READ, STORAGE_RETRIES
 from sw_core.exceptions import (
     ChunkNotFoundError,
     ConfigError,
@@ -14,7 +15,6 @@ from sw_core.exceptions import (
     StorageError,
     is_transient,
 )
-from sw_core.ops.stats import INTEGRITY_FAILURES, STORAGE_BYTES_READ, STORAGE_RETRIES
 from sw_core.retry import RetryPolicy
 from sw_core.storage import FilesystemBackend, MemoryBackend, PermanentStorageError
 from sw_core.utils import calculate_chunk_hash

@@ -93,9 +93,14 @@ class Runtime:
                     )
                 if isinstance(module, nn.Embedding) and _plain_lookup(module):
                     new: nn.Module = ShardedEmbedding(
-                        self.residency, spec.name, spec.chunks, shape, spec.dtype,
-                        padding_idx=module.padding_idx, scale=module._buffers.get("embed_scale"),
-                    )  # fmt: skip
+                        self.residency,
+                        spec.name,
+                        spec.chunks,
+                        shape,
+                        spec.dtype,
+                        padding_idx=module.padding_idx,
+                        scale=module._buffers.get("embed_scale"),
+                    )
                 elif isinstance(module, nn.Linear) and module.bias is None:
                     new = ShardedLinear(self.residency, spec.name, spec.chunks, shape, spec.dtype)
                 else:

@@ -19,17 +19,17 @@ from collections import OrderedDict
 from typing import Any
 
 from sw_core.cache import ChunkCache
+from sw_core.counters import Counters
 from sw_core.engine import StreamingEngine
 from sw_core.engine.tasks.continuous import DecodeSession
 from sw_core.exceptions import ModelError
 from sw_core.keys import Keys
-from sw_core.ops.stats import Counters
 from sw_core.pipeline.jobs import Job
 from sw_core.pipeline.registry import ModelRegistry
 from sw_core.queue_redis import queue_redis
 from sw_core.settings import Settings
 from sw_core.utils import is_finite_number
-from workers.chunk_source import RemoteChunkSource
+from workers.chunks.chunk_source import RemoteChunkSource
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def job_requests(
 
 
 class InferenceHandler:
-    """A :class:`~workers.handlers.BatchHandler` backed by one engine per model."""
+    """A :class:`~workers.jobs.handlers.BatchHandler` backed by one engine per model."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -158,7 +158,7 @@ class InferenceHandler:
 
     async def decode_session(self, model: str) -> DecodeSession | None:
         """The continuous decode batch of ``model`` (None for encoder-decoder models, which
-        run as static batches); see :mod:`workers.decode_loop`."""
+        run as static batches); see :mod:`workers.jobs.decode_loop`."""
         if model not in self._sessions:
             engine = await self.engine(model)
             if engine.family == "seq2seq":
@@ -193,5 +193,5 @@ class InferenceHandler:
 
 
 def build_handler(settings: Settings) -> InferenceHandler:
-    """Factory named by the default ``SW_HANDLER`` (``workers.inference:build_handler``)."""
+    """Factory named by the default ``SW_HANDLER`` (``workers.jobs.inference:build_handler``)."""
     return InferenceHandler(settings)

@@ -2,7 +2,7 @@
 
 One :class:`JobConsumer` per worker process reads ``sw:jobs`` through the consumer group,
 gathers pending jobs of one ``(model, task)`` into a batch (up to ``max_batch_size``,
-waiting ``batch_wait_ms`` for more), runs it through the :class:`~workers.handlers.BatchHandler`
+waiting ``batch_wait_ms`` for more), runs it through the :class:`~workers.jobs.handlers.BatchHandler`
 and finalizes each job atomically with its ack (see :class:`~sw_core.pipeline.store.JobStore`):
 
 - a result -> job hash ``done`` + ack, in one Lua call;
@@ -36,11 +36,11 @@ from sw_core.pipeline.registry import ModelRegistry
 from sw_core.pipeline.store import JobStore
 from sw_core.retry import RetryPolicy
 from sw_core.settings import Settings
-from workers.admission import start_batch
-from workers.handlers import BatchHandler, run_batch_bounded
 from workers.heartbeat import default_worker_name
-from workers.outcomes import JobOutcomes
-from workers.retry_mover import RetryMover
+from workers.jobs.admission import start_batch
+from workers.jobs.handlers import BatchHandler, run_batch_bounded
+from workers.jobs.outcomes import JobOutcomes
+from workers.jobs.retry_mover import RetryMover
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class JobConsumer:
         #: Entries held at once (taken, running or waiting): enough for the next batch.
         self.capacity = 2 * settings.max_batch_size
         if settings.generate_batching == "continuous" and hasattr(handler, "decode_session"):
-            from workers.decode_loop import DecodeLoops  # imports torch: only when used
+            from workers.jobs.decode_loop import DecodeLoops  # imports torch: only when used
 
             self.loops = DecodeLoops.for_consumer(self)
             self.capacity += settings.max_active_sequences
@@ -137,8 +137,10 @@ class JobConsumer:
         if self.loops is not None and not leftovers:
             if not await self.loops.drain(grace_s):
                 leftovers = list(self._inflight.values())
-                log.warning("worker %s: generating jobs did not finish in time; handing "
-                            "them back", self.name)  # fmt: skip
+                log.warning(
+                    "worker %s: generating jobs did not finish in time; handing them back",
+                    self.name,
+                )
             await self.loops.cancel()
         if self._reader is not None:
             await asyncio.wait({self._reader}, timeout=self.settings.poll_block_ms / 1000 + 2)
@@ -337,18 +339,26 @@ class JobConsumer:
                     await self.outcomes.failed(job, exc)
                 return
             runnable = await start_batch(
-                batch, store=self.store, ends=self.ends, outcomes=self.outcomes,
-                settings=self.settings, name=self.name,
-            )  # fmt: skip
+                batch,
+                store=self.store,
+                ends=self.ends,
+                outcomes=self.outcomes,
+                settings=self.settings,
+                name=self.name,
+            )
             if runnable and task == "generate" and await self._loop_takes(model):
                 self.loops.add(model, runnable)
                 handed = {job.entry_id for job in runnable}
             elif runnable:
                 started_s = asyncio.get_running_loop().time()
                 results = await run_batch_bounded(
-                    self.handler, model, task, runnable,
-                    batch_timeout_s=self.settings.batch_timeout_s, worker=self.name,
-                )  # fmt: skip
+                    self.handler,
+                    model,
+                    task,
+                    runnable,
+                    batch_timeout_s=self.settings.batch_timeout_s,
+                    worker=self.name,
+                )
                 duration_s = asyncio.get_running_loop().time() - started_s
                 await self.outcomes.finish(runnable, results, duration_s=duration_s)
         finally:

@@ -11,7 +11,7 @@ from sw_core.pipeline.jobs import Job
 from sw_core.pipeline.lifecycle import JobEnds
 from sw_core.pipeline.store import START_DUPLICATE, START_LOST, JobStore
 from sw_core.settings import Settings
-from workers.outcomes import JobOutcomes
+from workers.jobs.outcomes import JobOutcomes
 
 log = logging.getLogger(__name__)
 

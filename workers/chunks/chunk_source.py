@@ -31,10 +31,14 @@ from sw_core.pipeline.registry import ModelRegistry
 from sw_core.queue_redis import queue_redis
 from sw_core.settings import Settings, redact_url
 from workers.arq_compat import IN_PROGRESS_KEY_PREFIX, JOB_KEY_PREFIX
-from workers.loader import LOAD_CHUNK, LOAD_LEASE_MS, arq_pool, job_deserializer, load_job_id
-
-#: How often a waiter checks that someone still holds the load lease (else it asks again).
-LEASE_CHECK_S = 1.0
+from workers.chunks.protocol import (
+    LEASE_CHECK_S,
+    LOAD_CHUNK,
+    LOAD_LEASE_MS,
+    arq_pool,
+    job_deserializer,
+    load_job_id,
+)
 
 
 class RemoteChunkSource:

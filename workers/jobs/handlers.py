@@ -34,11 +34,22 @@ class BatchHandler(Protocol):
         ...
 
 
+#: Handler modules that moved: old import path -> new one (the old one still works, logged).
+MOVED_MODULES = {"workers.inference": "workers.jobs.inference"}
+
+
 def import_object(path: str) -> Any:
     """The object named by ``"package.module:attr"`` (or ``"package.module.attr"``)."""
     module_name, sep, attr = path.partition(":")
     if not sep:
         module_name, _, attr = path.rpartition(".")
+    if module_name in MOVED_MODULES:
+        log.warning(
+            "handler module %r moved to %r: update SW_HANDLER",
+            module_name,
+            MOVED_MODULES[module_name],
+        )
+        module_name = MOVED_MODULES[module_name]
     if not module_name or not attr:
         raise ConfigError(f"handler {path!r} is not an import path like 'package.module:name'")
     try:
@@ -106,8 +117,12 @@ async def run_batch_bounded(
         if scope.expired():
             log.warning(
                 "worker %s: a batch of %d %s/%s jobs ran past batch_timeout_s=%g; cancelled",
-                worker, len(jobs), model, task, batch_timeout_s,
-            )  # fmt: skip
+                worker,
+                len(jobs),
+                model,
+                task,
+                batch_timeout_s,
+            )
             failure = BatchTimeoutError(
                 f"the batch of {len(jobs)} {model}/{task} jobs ran longer than "
                 f"SW_BATCH_TIMEOUT_S={batch_timeout_s:g} s and was cancelled"

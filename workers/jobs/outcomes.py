@@ -16,7 +16,7 @@ from sw_core.pipeline.jobs import Job
 from sw_core.pipeline.results import pack_result
 from sw_core.pipeline.store import JobStore
 from sw_core.retry import RetryPolicy, retry_async
-from workers.retry_mover import RetryMover
+from workers.jobs.retry_mover import RetryMover
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -73,8 +73,13 @@ class JobOutcomes:
             finished = [job for (job, _), ok in zip(done, flags or [], strict=False) if ok]
             for job, packed in done:
                 ok = job in finished
-                _job_line(job, "done" if ok else "finished elsewhere", batch, duration_s,
-                          f"result {len(packed)} bytes")  # fmt: skip
+                _job_line(
+                    job,
+                    "done" if ok else "finished elsewhere",
+                    batch,
+                    duration_s,
+                    f"result {len(packed)} bytes",
+                )
             await record_job_latencies(self.redis, finished, keys=self.store.keys)
 
     async def failed(
@@ -93,9 +98,14 @@ class JobOutcomes:
         transient = reason is None and is_transient(exc)
         if transient and job.attempt < self.policy.attempts:
             delay_s = self.policy.delay_s(job.attempt)
-            _job_line(job, "retry", batch, duration_s,
-                      f"attempt {job.attempt}/{self.policy.attempts} failed ({error_type}: "
-                      f"{message}); retry in {delay_s:.2f} s")  # fmt: skip
+            _job_line(
+                job,
+                "retry",
+                batch,
+                duration_s,
+                f"attempt {job.attempt}/{self.policy.attempts} failed ({error_type}: "
+                f"{message}); retry in {delay_s:.2f} s",
+            )
             await self.with_retries(
                 lambda: self.store.retry(job, error_type, message, delay_s, self.name),
                 "schedule a retry",
@@ -103,9 +113,14 @@ class JobOutcomes:
             self.retry_mover.wake()
             return
         reason = reason or ("retries_exhausted" if transient else "permanent")
-        _job_line(job, "dead", batch, duration_s,
-                  f"dead-lettered after attempt {job.attempt} ({reason}): {error_type}: "
-                  f"{message}", level=logging.WARNING)  # fmt: skip
+        _job_line(
+            job,
+            "dead",
+            batch,
+            duration_s,
+            f"dead-lettered after attempt {job.attempt} ({reason}): {error_type}: {message}",
+            level=logging.WARNING,
+        )
         await self.with_retries(
             lambda: self.store.dead_letter_job(job, error_type, message, reason, self.name),
             "write a dead letter",
@@ -151,7 +166,20 @@ def _job_line(
     log.log(
         level,
         "job %s %s model=%s task=%s inputs=%d batch=%d%s: %s",
-        job.job_id, outcome, job.model, job.task, len(job.inputs), batch, took, detail,
-        extra={"job_id": job.job_id, "outcome": outcome, "model": job.model, "task": job.task,
-               "batch": batch, "duration_s": duration_s},
-    )  # fmt: skip
+        job.job_id,
+        outcome,
+        job.model,
+        job.task,
+        len(job.inputs),
+        batch,
+        took,
+        detail,
+        extra={
+            "job_id": job.job_id,
+            "outcome": outcome,
+            "model": job.model,
+            "task": job.task,
+            "batch": batch,
+            "duration_s": duration_s,
+        },
+    )

@@ -15,65 +15,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from typing import Any
 
-import msgpack
-from arq.connections import ArqRedis, create_pool
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from sw_core.cache import ChunkCache
 from sw_core.chunks.chunk_set import open_store, read_set_file
 from sw_core.chunks.manifest import MANIFEST_FILE, Manifest
+from sw_core.counters import Counters
 from sw_core.exceptions import ModelError
 from sw_core.keys import Keys
 from sw_core.lua_scripts import lua_source
-from sw_core.ops.stats import Counters
 from sw_core.pipeline.registry import ModelRegistry
 from sw_core.settings import Settings
 from sw_core.storage import StorageBackend, parse_location
-from workers.arq_redis import arq_redis_settings
+from workers.chunks.protocol import LEASE_REFRESH_S, LOAD_LEASE_MS, job_serializer
 
 log = logging.getLogger(__name__)
 
-#: arq function name of chunk loads.
-LOAD_CHUNK = "load_chunk"
 #: How long a loader trusts a manifest it read before reading it again.
 MANIFEST_TTL_S = 30.0
-
-#: arq's default serializer is pickle: both sides use msgpack instead.
-job_serializer = functools.partial(msgpack.packb, use_bin_type=True)
-job_deserializer = functools.partial(msgpack.unpackb, raw=False)
-
-
-#: TTL of a chunk-load lease while a loader holds it (a dead loader frees the chunk by then).
-LOAD_LEASE_MS = 5_000
-#: How often a loading loader extends its lease.
-LEASE_REFRESH_S = 1.5
-
-
-def load_job_id(sha256: str, key_prefix: str, token: str) -> str:
-    """arq job id of one load attempt of one chunk in one deployment.
-
-    Single flight comes from the lease (``Keys.chunk_lock``), not from the job id: an id
-    per attempt means a loader killed mid-load (whose arq in-progress key lives on for the
-    job timeout) does not block the next attempt. arq keeps job ids in global ``arq:job:*``
-    keys, hence the deployment's prefix.
-    """
-    return f"{key_prefix}:load:{sha256}:{token}"
-
-
-async def arq_pool(settings: Settings) -> ArqRedis:
-    """An arq pool that enqueues onto the loaders' queue with the msgpack serializer."""
-    return await create_pool(
-        arq_redis_settings(settings),
-        job_serializer=job_serializer,
-        job_deserializer=job_deserializer,
-        default_queue_name=Keys(settings.key_prefix).arq_queue,
-    )
 
 
 class ChunkLoader:
@@ -185,8 +149,11 @@ class ChunkLoader:
                 await self.cache.aput(sha256, data, verify=False)  # verified just above
                 log.info(
                     "chunk %s/%s loaded from storage: %.1f MiB in %.3f s",
-                    model, chunk_name, len(data) / (1 << 20), time.monotonic() - started_s,
-                )  # fmt: skip
+                    model,
+                    chunk_name,
+                    len(data) / (1 << 20),
+                    time.monotonic() - started_s,
+                )
             outcome: dict[str, Any] = {"ok": True}
         except Exception as exc:
             self.loads_failed += 1

@@ -11,7 +11,7 @@ reading the stream. Each model's :class:`DecodeLoop` runs steps of its
 - streams each new token to the job's token stream, and writes a job's result the moment
   its last sequence finishes (then frees its place at once). Text that could be the
   beginning of one of a sequence's ``stop`` sequences is held back until the next tokens
-  tell (see :class:`~workers.token_stream.TextDeltas`), so the deltas never carry any part
+  tell (see :class:`~workers.jobs.token_stream.TextDeltas`), so the deltas never carry any part
   of a stop sequence and add up to the result's text; such a sequence ends with finish
   reason ``stop``.
 
@@ -33,9 +33,9 @@ from sw_core.exceptions import ModelError, is_transient
 from sw_core.pipeline.jobs import Job
 from sw_core.pipeline.lifecycle import JobEnds, past_deadline
 from sw_core.settings import Settings
-from workers.inference import job_requests
-from workers.outcomes import JobOutcomes
-from workers.token_stream import TextDeltas, TokenStreams
+from workers.jobs.inference import job_requests
+from workers.jobs.outcomes import JobOutcomes
+from workers.jobs.token_stream import TextDeltas, TokenStreams
 
 log = logging.getLogger(__name__)
 
@@ -141,10 +141,17 @@ class DecodeLoop:
             joining += seqs
             deltas = [TextDeltas(self.session.decode, s.request.stop) for s in seqs]
             self.running[job.job_id] = _Running(job, seqs, deltas)
-            events.append((job.job_id, {
-                "type": "start", "attempt": job.attempt, "deliveries": job.deliveries,
-                "inputs": len(seqs),
-            }))  # fmt: skip
+            events.append(
+                (
+                    job.job_id,
+                    {
+                        "type": "start",
+                        "attempt": job.attempt,
+                        "deliveries": job.deliveries,
+                        "inputs": len(seqs),
+                    },
+                )
+            )
         await self.owner.streams.write(events)
         return joining
 
@@ -160,14 +167,24 @@ class DecodeLoop:
             ended = seq.finish_reason is not None
             delta = state.deltas[index].next(seq.text_ids, final=ended, end=seq.stop_at)
             if delta:
-                events.append((job_id, {"type": "token", "index": index, "text": delta,
-                                        "step": step}))  # fmt: skip
+                events.append(
+                    (job_id, {"type": "token", "index": index, "text": delta, "step": step})
+                )
             if ended:
-                events.append((job_id, {
-                    "type": "end", "index": index, "finish_reason": seq.finish_reason,
-                    "prompt_tokens": len(seq.request.ids), "completion_tokens": len(seq.tokens),
-                    "joined_step": seq.joined_step, "step": step,
-                }))  # fmt: skip
+                events.append(
+                    (
+                        job_id,
+                        {
+                            "type": "end",
+                            "index": index,
+                            "finish_reason": seq.finish_reason,
+                            "prompt_tokens": len(seq.request.ids),
+                            "completion_tokens": len(seq.tokens),
+                            "joined_step": seq.joined_step,
+                            "step": step,
+                        },
+                    )
+                )
             if state.done and state not in finished:
                 finished.append(state)
         await self.owner.streams.write(events)
@@ -184,11 +201,12 @@ class DecodeLoop:
             ]
             await self.owner.outcomes.finish([state.job], [result])
             final = {
-                "type": "final", "status": "done",
+                "type": "final",
+                "status": "done",
                 "finish_reason": ",".join(str(s.finish_reason) for s in state.seqs),
                 "prompt_tokens": sum(len(s.request.ids) for s in state.seqs),
                 "completion_tokens": sum(len(s.tokens) for s in state.seqs),
-            }  # fmt: skip
+            }
             await self.owner.streams.write([(state.job.job_id, final)])
             self.owner.release(state.job)
 
@@ -229,11 +247,17 @@ class DecodeLoops:
 
     @classmethod
     def for_consumer(cls, consumer: Any) -> DecodeLoops:
-        """The loops of a :class:`~workers.consumer.JobConsumer` (its handler, outcomes,
+        """The loops of a :class:`~workers.jobs.consumer.JobConsumer` (its handler, outcomes,
         job ends and ``release``)."""
         streams = TokenStreams(consumer.redis, consumer.settings)
-        return cls(consumer.handler, consumer.settings, consumer.outcomes, consumer.ends,
-                   streams, consumer.release)  # fmt: skip
+        return cls(
+            consumer.handler,
+            consumer.settings,
+            consumer.outcomes,
+            consumer.ends,
+            streams,
+            consumer.release,
+        )
 
     async def accepts(self, model: str) -> bool:
         """Whether ``model``'s generate jobs go to a decode loop (decoder-only models)."""
