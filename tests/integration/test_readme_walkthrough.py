@@ -1,4 +1,4 @@
-"""The README's "Using it" walkthrough runs top to bottom as one script (issue 11).
+"""The README's "Using it" walkthrough runs top to bottom as one script.
 
 Its bash block, then its Python snippet (as ``embed.py``, while the workers run), then the
 block that stops the workers, as one ``bash`` script: real ``sw`` and ``arq`` processes, the

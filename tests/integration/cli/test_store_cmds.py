@@ -1,4 +1,4 @@
-"""Issue 11, the small ones: sw chunk of a missing path, sw bundled, sw publish
+"""Store commands: sw chunk of a missing path, sw bundled, sw publish
 --create-bucket, worker numbers in sw stats --json."""
 
 from __future__ import annotations

@@ -148,7 +148,7 @@ def _measure(folder: Path, mode: str, new_tokens: int) -> dict[str, Any]:
         capture_output=True,
         text=True,
         timeout=300,
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=Path(__file__).resolve().parents[3],
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""Issue 11 defect 6: a worker's log has a dated, levelled banner, one line per job and a
+"""A worker's log has a dated, levelled banner, one line per job and a
 final line; SW_LOG_FORMAT=json gives one JSON object a line."""
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ def seed(redis_url: str, requests: int, errors: int) -> None:
             "errors:StorageError": errors,
         },
     )
-    # ... and as recent counts, which the alert judges (issue 11)
+    # ... and as recent counts, which the alert judges
     client.hset(
         KEYS.stats_window(int(time.time()) // 10),
         mapping={"total_requests": requests, "errors": errors},

@@ -1,4 +1,4 @@
-"""Issue 11 defect 7: an unregistered model or a task the model cannot run is refused at
+"""An unregistered model or a task the model cannot run is refused at
 submit (Producer: ModelError; ``sw submit``: exit 2), nothing is queued; hand-added entries
 still get their dead letters."""
 

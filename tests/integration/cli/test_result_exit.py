@@ -1,4 +1,4 @@
-"""Issue 11 defect 5: ``sw result`` of an unknown id has its own exit status."""
+"""``sw result`` of an unknown id has its own exit status."""
 
 from __future__ import annotations
 

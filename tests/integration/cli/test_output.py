@@ -1,4 +1,4 @@
-"""Issue 11 defect 4: data on stdout, messages on stderr, a closed pipe ends quietly."""
+"""Data on stdout, messages on stderr, a closed pipe ends quietly."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 import redis
 
 from sw_core.cli import main
-from tests.integration.test_pipeline_cli import worker_thread
+from tests.integration.cli.test_pipeline_cmds import worker_thread
 from tests.support.observe import KEYS
 from tests.support.processes import REPO
 from tests.support.settings import fast_settings

@@ -1,4 +1,4 @@
-"""Issue 11 defect 8: ``sw dlq list`` and ``sw stats`` fit 80 columns when piped, ids whole."""
+"""``sw dlq list`` and ``sw stats`` fit 80 columns when piped, ids whole."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from sw_core.local.redis_server import RedisServer, free_port
 from tests.support.waiting import wait_until_sync
 
 MIB = 1 << 20
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 #: A writer that stages its parts, then hangs where the commit would run (and gets killed).
 WRITER = """

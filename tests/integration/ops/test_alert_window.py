@@ -1,4 +1,4 @@
-"""Issue 11 defect 9: the alert judges a recent window; lifetime counters stay for Prometheus;
+"""The alert judges a recent window; lifetime counters stay for Prometheus;
 job metrics carry a model label; /metrics has the standard process metrics."""
 
 from __future__ import annotations

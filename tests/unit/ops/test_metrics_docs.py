@@ -16,7 +16,7 @@ from sw_core.ops.metrics import Histogram
 from sw_core.ops.prometheus import build_metrics
 from sw_core.settings import Settings
 
-GUIDE = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
+GUIDE = Path(__file__).resolve().parents[3] / "docs" / "operations.md"
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Issue 11 defect 10: a container's health check judges its own worker's heartbeat, and
+"""A container's health check judges its own worker's heartbeat, and
 the MinIO images are pinned."""
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from sw_core.exceptions import SecurityError
 from sw_core.hashing import hex_digest
 from sw_core.storage import StorageBackend
 from sw_core.utils import calculate_chunk_hash
-from tests.integration.test_storage_contract import backend  # noqa: F401 - the fixture
+from tests.integration.storage.test_contract import backend  # noqa: F401 - the fixture
 
 ORIGINAL = b"original!!" * 100_000
 

@@ -1,4 +1,4 @@
-"""Issue 11: generation parameters the engine knows reach it through the pipeline (top_k)."""
+"""Generation parameters the engine knows reach it through the pipeline (top_k)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 11 defect 3: repeated fields and internal fields from outside are refused."""
+"""Repeated fields and internal fields from outside are refused."""
 
 from __future__ import annotations
 

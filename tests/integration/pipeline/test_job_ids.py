@@ -1,4 +1,4 @@
-"""Issue 11 defect 1: an entry carrying the id of another job must not touch that job."""
+"""An entry carrying the id of another job must not touch that job."""
 
 from __future__ import annotations
 

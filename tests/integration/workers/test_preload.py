@@ -1,4 +1,4 @@
-"""Issue 11: SW_PRELOAD_MODELS warms the named models when a worker starts."""
+"""SW_PRELOAD_MODELS warms the named models when a worker starts."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 11 defect 2: results are size-capped, float arrays stored as float32, forward can
+"""Results are size-capped, float arrays stored as float32, forward can
 ask for the last position only."""
 
 from __future__ import annotations
