@@ -31,10 +31,10 @@ from sw_core.engine.io.fetching import ChunkMaterializer, pool_bytes
 from sw_core.engine.io.sources import ChunkSource
 from sw_core.engine.memory.budget import ResidencyPlan, plan_residency
 from sw_core.engine.memory.buffers import BufferPool
-from sw_core.engine.memory.footprint import chunk_sizes
 from sw_core.engine.memory.heap import limit_heap_retention
 from sw_core.engine.memory.residency import Residency
 from sw_core.engine.model.dtypes import Packing, compute_dtype, expansion, packed_dtype
+from sw_core.engine.model.footprint import chunk_sizes
 from sw_core.engine.model.kernels import kernels_for
 from sw_core.engine.model.runtime import Runtime
 from sw_core.engine.model.skeleton import Family, Skeleton, load_config

@@ -102,7 +102,7 @@ def plan_residency(
     rather than concatenated. ``expand``: a chunk holds its stored bytes times this once
     materialized (chunks stored narrower than the compute dtype). ``sizes``: the bytes each
     chunk holds once materialized, when known per chunk (packed chunk sets,
-    :mod:`~sw_core.engine.memory.footprint`); it replaces ``expand``.
+    :mod:`~sw_core.engine.model.footprint`); it replaces ``expand``.
     """
     if budget_bytes <= 0:
         raise ModelError(f"memory budget must be > 0 bytes, got {budget_bytes}")

@@ -27,9 +27,9 @@ from torch import nn
 
 from sw_core.chunks.manifest import ChunkInfo
 from sw_core.engine.memory.budget import ResidencyPlan
-from sw_core.engine.memory.footprint import merged_bytes
 from sw_core.engine.memory.residency import Residency
 from sw_core.engine.model.experts import StreamedExperts
+from sw_core.engine.model.footprint import merged_bytes
 from sw_core.engine.model.packed import PackedWeight
 from sw_core.engine.model.packed_modules import PackedEmbedding, PackedLinear, PackedModule
 from sw_core.engine.model.sharded import ShardedEmbedding, ShardedLinear, _Sharded
