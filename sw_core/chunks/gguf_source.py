@@ -214,6 +214,7 @@ def predicted_format(kind: str, shape: list[int]) -> PackedFormat:
         scale_dtype=scale,
         zero_point=zero_point,
         source=f"gguf:{kind}",
+        table_dtype="bfloat16",
     )
 
 

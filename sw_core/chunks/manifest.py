@@ -20,10 +20,12 @@ from typing import Any, Literal
 from sw_core.exceptions import ModelError
 from sw_core.quant.formats import PackedFormat, stored_names
 
-#: Chunk sets with packed tensors are version 2 (a reader that predates packed weights
-#: refuses them); the others stay version 1, readable by every version.
+#: Chunk sets with packed tensors are version 3 (a reader that predates packed weights
+#: refuses them); the others stay version 1, readable by every version. Version 2 stored
+#: int4 offsets as a part of their own and no kernel table: re-chunk such a set.
 FORMAT_VERSION = 1
-PACKED_FORMAT_VERSION = 2
+PACKED_FORMAT_VERSION = 3
+RETIRED_PACKED_VERSION = 2
 MANIFEST_FILE = "manifest.json"
 #: Larger manifests are refused before parsing.
 MAX_MANIFEST_BYTES = 16 << 20
@@ -150,6 +152,11 @@ class Manifest:
         try:
             data: dict[str, Any] = json.loads(raw)
             version = data.get("format_version")
+            if version == RETIRED_PACKED_VERSION:
+                raise ModelError(
+                    f"manifest format_version {version}: packed weights in an earlier layout "
+                    "(offsets apart, no kernel table); chunk the model again with this version"
+                )
             if version not in (FORMAT_VERSION, PACKED_FORMAT_VERSION):
                 raise ModelError(
                     f"manifest format_version {version!r} is not supported (expected "

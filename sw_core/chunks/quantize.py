@@ -94,6 +94,7 @@ def _format(kind: str, shape: list[int], group_size: int, transposed: bool) -> P
             scale_dtype="float16",
             transposed=transposed,
             source="rtn",
+            table_dtype="bfloat16",
         )
     if k % 16 == 0:
         return PackedFormat(

@@ -13,9 +13,17 @@ streamed chunk is used where it lands (no conversion on arrival):
     fused mixture-of-experts tensors, absent otherwise):
 
     - ``<name>:q`` uint8 ``[*lead, planes, N, K/2]``
-    - ``<name>:scales`` float16/float32 ``[*lead, K/group_size, N]``
-    - ``<name>:offsets`` same shape, absent when ``zero_point`` is set
-      (then ``offset = -zero_point * scale``: symmetric types such as ``Q4_0``, ``Q8_0``).
+    - ``<name>:scales`` float16/float32 ``[*lead, K/group_size, N, 2]``: each group's
+      ``(scale, offset)``, or ``[*lead, K/group_size, N]`` (the scales alone) when
+      ``zero_point`` is set (``offset = -zero_point * scale``: symmetric types such as
+      ``Q4_0``, ``Q8_0``). Kept exact (as the source holds them): widened to float32 they
+      give the dequantized weight bit for bit.
+    - ``<name>:table`` bfloat16 ``[*lead, planes, K/group_size, N, 2]`` (when ``table_dtype``
+      is set): the kernel's scale-and-zero table for bfloat16 activations, per plane
+      ``(scale, offset + 8 * scale)`` and ``(16 * scale, 128 * scale)``. Derived from the
+      scales, stored so that a streamed chunk needs no work on arrival (building it cost
+      as much CPU as the matrix products themselves: measured on SmolLM2), at 4 bytes per
+      group and plane.
 
 ``int8`` -- ``W[n, k] = scale[n] * q[n, k]`` (``torch._weight_int8pack_mm``: one scale per
     output channel, ``sw chunk --quantize int8``). Parts: ``<name>:q`` int8 ``[*lead, N, K]``,
@@ -45,7 +53,7 @@ PART_SEP = ":"
 GROUP_SIZES = (32, 64, 128, 256)
 #: Bytes per element of the dtypes parts are stored in (names as torch spells them; this
 #: module stays free of torch so that reading a manifest does not import it).
-ITEMSIZE = {"uint8": 1, "int8": 1, "float16": 2, "float32": 4}
+ITEMSIZE = {"uint8": 1, "int8": 1, "float16": 2, "bfloat16": 2, "float32": 4}
 _SCALE_DTYPES = ("float16", "float32")
 
 
@@ -67,6 +75,8 @@ class PackedFormat:
     zero_point: int | None = None
     #: The model holds the transpose (``[K, N]``) of the packed matrix.
     transposed: bool = False
+    #: int4: the dtype of the stored kernel table (``bfloat16``), None when not stored.
+    table_dtype: str | None = None
     #: Where the values came from (``gguf:Q4_1``, ``rtn``...): for people, not for code.
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -99,12 +109,13 @@ class PackedFormat:
             return {"q": ([*lead, n, k], "int8"), "scales": ([*lead, n], scale)}
         assert self.group_size is not None
         groups = k // self.group_size
+        pair = [2] if self.zero_point is None else []
         specs = {
             "q": ([*lead, self.planes, n, k // 2], "uint8"),
-            "scales": ([*lead, groups, n], scale),
+            "scales": ([*lead, groups, n, *pair], scale),
         }
-        if self.zero_point is None:
-            specs["offsets"] = ([*lead, groups, n], scale)
+        if self.table_dtype is not None:
+            specs["table"] = ([*lead, self.planes, groups, n, 2], self.table_dtype)
         return specs
 
     def stored_bytes(self, rows: tuple[int, int] | None = None) -> int:
@@ -142,6 +153,8 @@ class PackedFormat:
                 problems.append(f"nibble layout of blocks of {self.block_n} rows")
             if n % 16:
                 problems.append(f"N = {n} (the int4 kernel needs a multiple of 16)")
+            if self.table_dtype not in (None, "bfloat16"):
+                problems.append(f"table dtype {self.table_dtype!r}")
         elif k % 16:
             problems.append(f"K = {k} (the int8 kernel needs a multiple of 16)")
         if problems:

@@ -58,11 +58,13 @@ class QuantizedWeight:
         block_n: int | None = None,
         transposed: bool = False,
         source: str = "",
+        table_dtype: str | None = "bfloat16",
     ) -> QuantizedWeight:
         """An int4-format weight. ``values`` ``[*lead, N, K]`` (``0 .. 16**planes - 1``),
         ``scales``/``offsets`` ``[*lead, K/group_size, N]``; without ``offsets`` a
         ``zero_point`` gives ``offset = -zero_point * scale``. ``block_n`` defaults to this
-        CPU's layout (64 on AVX-512)."""
+        CPU's layout (64 on AVX-512); ``table_dtype`` stores the kernel's table (None: built
+        on arrival)."""
         if (offsets is None) == (zero_point is None):
             raise ValueError("give either offsets or a zero_point")
         n, k = values.shape[-2:]
@@ -77,6 +79,7 @@ class QuantizedWeight:
             zero_point=zero_point,
             transposed=transposed,
             source=source,
+            table_dtype=table_dtype,
         )
         return cls(fmt, values, scales, offsets)
 
@@ -123,7 +126,7 @@ class QuantizedWeight:
         )
 
     def parts(self) -> dict[str, torch.Tensor]:
-        """The stored parts (``q``, ``scales``, ``offsets``), contiguous, in the format's layout."""
+        """The stored parts (``q``, ``scales``), contiguous, in the format's layout."""
         fmt = self.fmt
         parts = {"scales": self.scales.contiguous()}
         if fmt.kind == "int8":
@@ -145,9 +148,12 @@ class QuantizedWeight:
                     planes[i, p].view(-1)[start * k // 2 : (start + rows.shape[0]) * k // 2] = (
                         packed.view(-1)
                     )
-        out = {"q": planes.view(*lead, fmt.planes, n, k // 2), "scales": parts["scales"]}
-        if self.offsets is not None:
-            out["offsets"] = self.offsets.contiguous()
+        scales = parts["scales"]
+        if self.offsets is not None:  # (scale, offset) pairs
+            scales = torch.stack((self.scales, self.offsets), dim=-1).contiguous()
+        out = {"q": planes.view(*lead, fmt.planes, n, k // 2), "scales": scales}
+        if fmt.table_dtype is not None:
+            out["table"] = kernel_table(fmt, scales, getattr(torch, fmt.table_dtype))
         return out
 
     def dequantize(self) -> torch.Tensor:
@@ -206,5 +212,33 @@ def dequantize_parts(
     fmt: PackedFormat, parts: dict[str, torch.Tensor], out: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Stored parts of a packed tensor (or of some of its rows) -> the float32 weight."""
-    values = parts["q"] if fmt.kind == "int8" else plane_values(fmt, parts["q"])
-    return affine(fmt, values, parts["scales"], parts.get("offsets"), out)
+    if fmt.kind == "int8":
+        return affine(fmt, parts["q"], parts["scales"], None, out)
+    scales, offsets = split_scales(fmt, parts["scales"])
+    return affine(fmt, plane_values(fmt, parts["q"]), scales, offsets, out)
+
+
+def kernel_table(fmt: PackedFormat, stored: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The int4 kernel's ``[*lead, planes, K/group, N, 2]`` scale-and-zero table in ``dtype``
+    from a stored ``scales`` part: per plane ``(scale, offset + 8 * scale)`` and
+    ``(16 * scale, 128 * scale)``, computed in float32 and rounded once."""
+    scales, offsets = split_scales(fmt, stored.to(torch.float32))
+    if offsets is None:
+        offsets = scales * -float(fmt.zero_point or 0)
+    lead = scales.shape[:-2]
+    table = torch.empty(*lead, fmt.planes, *scales.shape[-2:], 2, dtype=dtype)
+    table[..., 0, :, :, 0] = scales
+    table[..., 0, :, :, 1] = offsets + 8 * scales
+    if fmt.planes == 2:
+        table[..., 1, :, :, 0] = 16 * scales
+        table[..., 1, :, :, 1] = 128 * scales
+    return table
+
+
+def split_scales(
+    fmt: PackedFormat, stored: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """An int4 ``scales`` part -> ``(scales, offsets)`` views (offsets None with a zero point)."""
+    if fmt.zero_point is not None:
+        return stored, None
+    return stored[..., 0], stored[..., 1]

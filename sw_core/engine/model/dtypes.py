@@ -98,7 +98,7 @@ def to_compute(
             if not isinstance(stored, StoredPacked):
                 continue
             if packing is not None and name in packing.kept:
-                tensors[name] = PackedWeight(stored, packing.dtype, packing.kernels, take)
+                tensors[name] = PackedWeight(stored, packing.dtype, packing.kernels)
             else:
                 tensors[name] = widen(stored, dtype or torch.float32, take)
     if dtype is None:

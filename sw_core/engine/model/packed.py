@@ -4,10 +4,10 @@ A chunk's packed tensor arrives as its stored parts (:mod:`sw_core.quant.formats
 engine then either
 
 - keeps it packed (:class:`PackedWeight`; compute dtype bfloat16, the fast path): the int4
-  planes are used where they landed in the chunk buffer, and the only memory added is the
-  kernel's ``[K/group, N, 2]`` scale-and-zero table per plane (``scale``, ``offset + 8 *
-  scale``; the second plane of 8-bit values ``16 * scale``, ``128 * scale``), built once on
-  arrival, or
+  planes and the kernel's ``[K/group, N, 2]`` scale-and-zero table per plane (``scale``,
+  ``offset + 8 * scale``; the second plane of 8-bit values ``16 * scale``, ``128 *
+  scale``) are used where they landed in the chunk buffer (a chunk set without stored
+  tables gets them built on arrival), or
 - widens it (compute dtype float32, or a module the packed kernels cannot stand in for):
   ``scale * value + offset`` in float32, exactly as ``gguf`` and transformers dequantize,
   then cast to the compute dtype (:func:`widen`).
@@ -26,7 +26,7 @@ import torch
 from sw_core.engine.model.kernels import CpuKernels
 from sw_core.quant import int4_layout
 from sw_core.quant.formats import PackedFormat
-from sw_core.quant.weights import dequantize_parts
+from sw_core.quant.weights import dequantize_parts, kernel_table, split_scales
 
 Take = Callable[[int], memoryview]
 
@@ -74,7 +74,6 @@ class PackedWeight:
         stored: the chunk's parts.
         dtype: the activations' dtype (bfloat16 on the fast path).
         kernels: the device's kernels.
-        take: allocates the scale tables (a buffer pool's, for streamed chunks).
     """
 
     def __init__(
@@ -82,7 +81,6 @@ class PackedWeight:
         stored: StoredPacked,
         dtype: torch.dtype,
         kernels: CpuKernels,
-        take: Take | None = None,
     ) -> None:
         fmt = self.fmt = stored.fmt
         self.name = stored.name
@@ -90,8 +88,8 @@ class PackedWeight:
         self.kernels = kernels
         self.shape = stored.shape
         q = stored.parts["q"]
-        self.scales = stored.parts["scales"]
-        self.offsets = stored.parts.get("offsets")
+        #: The stored scales part (int4: ``(scale, offset)`` pairs or scales alone).
+        self.stored_scales = stored.parts["scales"]
         self.lead = list(q.shape[: -3 if fmt.kind == "int4" else -2])
         self.count = math.prod(self.lead)
         self.out_features, self.in_features = fmt.matrix
@@ -100,39 +98,28 @@ class PackedWeight:
             assert fmt.block_n is not None and fmt.group_size is not None
             planes = q.reshape(self.count, fmt.planes, *q.shape[-2:])
             self.planes = [[kernels.prepare_int4(p, fmt.block_n) for p in m] for m in planes]
-            self.sz = self._scale_tables(take)
+            self.sz = self._scale_tables(stored)
         else:
             if q.data_ptr() % 16:  # the int8 kernel reads its weight 16-byte aligned
                 q = q.clone()
             self.q = q.reshape(self.count, *q.shape[-2:])
-            scales = self.scales.reshape(self.count, -1)
+            scales = self.stored_scales.reshape(self.count, -1)
             if kernels.int8_packed:
                 self.int8_scales = scales.to(dtype)
             else:  # widened on arrival (CUDA)
                 self.q = (self.q.to(torch.float32) * scales[..., None]).to(dtype)
                 self.int8_scales = scales.to(dtype)
-        self.extra_bytes = materialized_bytes(fmt, stored.rows, dtype, packed=True) - (
-            fmt.stored_bytes(stored.rows)
-        )
 
     # ---------------------------------------------------------------- arrival
-    def _scale_tables(self, take: Take | None) -> torch.Tensor:
-        """``[count, planes, K/group, N, 2]`` scale-and-zero tables in the activation dtype."""
+    def _scale_tables(self, stored: StoredPacked) -> torch.Tensor:
+        """``[count, planes, K/group, N, 2]`` scale-and-zero tables in the activation dtype:
+        the chunk's stored table where it holds one of that dtype (used in place), else
+        built from the stored scales."""
         fmt = self.fmt
-        scales = self.scales.to(torch.float32).reshape(self.count, *self.scales.shape[-2:])
-        if self.offsets is None:
-            offsets = scales * -float(fmt.zero_point or 0)
-        else:
-            offsets = self.offsets.to(torch.float32).reshape(scales.shape)
-        groups, n = scales.shape[-2:]
-        numel = self.count * fmt.planes * groups * n * 2
-        table = _empty(numel * self.dtype.itemsize, self.dtype, take)
-        table = table.view(self.count, fmt.planes, groups, n, 2)
-        table[:, 0, :, :, 0] = scales
-        table[:, 0, :, :, 1] = offsets + 8 * scales
-        if fmt.planes == 2:
-            table[:, 1, :, :, 0] = 16 * scales
-            table[:, 1, :, :, 1] = 128 * scales
+        table = stored.parts.get("table")
+        if table is None or table.dtype != self.dtype:
+            table = kernel_table(fmt, self.stored_scales, self.dtype)
+        table = table.reshape(self.count, fmt.planes, *table.shape[-3:])
         if self.kernels.device_type != "cpu":
             table = table.to(self.kernels_device())
         return table
@@ -169,7 +156,8 @@ class PackedWeight:
         fmt = self.fmt
         if fmt.kind == "int8":
             q = self.q[0].cpu()
-            rows = q[flat].to(torch.float32) * self.scales.reshape(-1)[flat, None].float()
+            scale = self.stored_scales.reshape(-1)[flat, None].float()
+            rows = q[flat].to(torch.float32) * scale
             return rows.to(self.dtype).to(ids.device).view(*ids.shape, -1)
         assert fmt.block_n is not None and fmt.group_size is not None
         q = _stored_planes(self)
@@ -177,11 +165,12 @@ class PackedWeight:
         for p in range(fmt.planes):
             nibbles = int4_layout.gather_rows(q[p], flat, fmt.block_n)
             values |= nibbles << (4 * p) if p else nibbles
-        scales = self.scales.reshape(-1, self.scales.shape[-1])[:, flat].t().float()
-        if self.offsets is None:
+        stored, stored_offsets = split_scales(fmt, self.stored_scales)
+        scales = stored[:, flat].t().float()
+        if stored_offsets is None:
             offsets = scales * -float(fmt.zero_point or 0)
         else:
-            offsets = self.offsets.reshape(-1, self.offsets.shape[-1])[:, flat].t().float()
+            offsets = stored_offsets[:, flat].t().float()
         rows = values.view(flat.numel(), -1, fmt.group_size).to(torch.float32)
         rows.mul_(scales[..., None]).add_(offsets[..., None])
         return rows.view(flat.numel(), -1).to(self.dtype).to(ids.device).view(*ids.shape, -1)
@@ -202,10 +191,8 @@ class PackedWeight:
         whole.__dict__.update(first.__dict__)
         whole.shape = (sum(s.out_features for s in shards), first.in_features)
         whole.out_features = whole.shape[0]
-        whole.scales = torch.cat([s.scales for s in shards], dim=-1)
-        whole.offsets = (
-            None if first.offsets is None else torch.cat([s.offsets for s in shards], dim=-1)  # type: ignore[misc]
-        )
+        n_dim = -2 if fmt.kind == "int4" and fmt.zero_point is None else -1
+        whole.stored_scales = torch.cat([s.stored_scales for s in shards], dim=n_dim)
         if fmt.kind == "int8":
             whole.q = torch.cat([s.q for s in shards], dim=1)
             whole.int8_scales = torch.cat([s.int8_scales for s in shards], dim=1)
@@ -214,7 +201,6 @@ class PackedWeight:
                 [torch.cat([s.planes[0][p] for s in shards]) for p in range(fmt.planes)]
             ]
             whole.sz = torch.cat([s.sz for s in shards], dim=3)
-        whole.extra_bytes = sum(s.extra_bytes for s in shards)
         return whole
 
     def __repr__(self) -> str:
@@ -248,4 +234,10 @@ def materialized_bytes(
     itemsize = (dtype or torch.bfloat16).itemsize
     if fmt.kind == "int8":
         return stored + math.prod(specs["scales"][0]) * itemsize
-    return stored + math.prod(specs["scales"][0]) * fmt.planes * 2 * itemsize
+    dtype_name = str(dtype or torch.bfloat16).removeprefix("torch.")
+    if fmt.table_dtype == dtype_name:
+        return stored  # the stored table is used in place
+    scales = math.prod(specs["scales"][0])
+    if fmt.zero_point is None:
+        scales //= 2  # (scale, offset) pairs
+    return stored + scales * fmt.planes * 2 * itemsize

@@ -34,7 +34,7 @@ def _header(path: Path) -> tuple[dict[str, dict[str, object]], int]:
 def test_manifest_describes_packed_parts_and_chunks_align_them(tmp_path: Path) -> None:
     _, manifest = chunk_small("llama", tmp_path, quantize="int4", group_size=64)
     raw = json.loads((tmp_path / MANIFEST_FILE).read_text())
-    assert raw["format_version"] == 2
+    assert raw["format_version"] == 3
     up = "model.layers.0.mlp.up_proj.weight"
     assert raw["packed"][up] == {
         "kind": "int4",
@@ -44,10 +44,11 @@ def test_manifest_describes_packed_parts_and_chunks_align_them(tmp_path: Path) -
         "block_n": manifest.formats[up].block_n,
         "scale_dtype": "float16",
         "source": "rtn",
+        "table_dtype": "bfloat16",
     }
     block = manifest.chunk("model.layers.0")
     header, start = _header(tmp_path / block.file)
-    assert f"{up}:q" in header and f"{up}:scales" in header and up not in header
+    assert {f"{up}:q", f"{up}:scales", f"{up}:table"} <= set(header) and up not in header
     assert start % ALIGN_BYTES == 0
     assert sorted(header) == sorted(manifest.stored_tensors(block))
     # tied embedding/head stays float; norms too
@@ -122,7 +123,10 @@ def test_manifest_versions_match_their_packed_tensors(tmp_path: Path) -> None:
     raw["format_version"] = 1
     with pytest.raises(ModelError, match="does not match its packed tensors"):
         Manifest.from_json(json.dumps(raw))
-    raw["format_version"] = 2
+    raw["format_version"] = 2  # the layout before (scale, offset) pairs and stored tables
+    with pytest.raises(ModelError, match="chunk the model again"):
+        Manifest.from_json(json.dumps(raw))
+    raw["format_version"] = 3
     name = next(iter(raw["packed"]))
     raw["packed"][name]["group_size"] = 48
     raw["packed"][name]["kind"] = "int4"

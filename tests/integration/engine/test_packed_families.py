@@ -51,7 +51,7 @@ async def _check(
     """Both compute dtypes against the dequantized model; returns the manifest and the
     tensors the bfloat16 engine kept packed."""
     manifest = chunk_model(model, folder, name="packed", max_chunk_mb=0.25, quantize=quantize)
-    assert manifest.packed and manifest.format_version == 2
+    assert manifest.packed and manifest.format_version == 3
     reference = assemble_model(folder)
     rows = id_rows(LENGTHS, vocab=vocab)
     budget = BUDGETS_MB[mode]

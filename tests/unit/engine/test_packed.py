@@ -4,6 +4,7 @@ CUDA ops, since no GPU is at hand: the CUDA kernels themselves are unchecked).""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -87,14 +88,29 @@ def test_widen_is_the_float32_dequantization() -> None:
 
 
 def test_materialized_bytes_count_scale_tables_or_the_widened_weight() -> None:
-    fmt = weights()["int4"].fmt  # 96 x 128, groups of 32: 4 x 96 scale pairs
+    fmt = weights()["int4"].fmt  # 96 x 128, groups of 32: 4 x 96 (scale, offset) pairs
     stored_bytes = fmt.stored_bytes()
-    assert stored_bytes == 96 * 64 + 2 * 4 * 96 * 2
-    assert (
-        materialized_bytes(fmt, None, torch.bfloat16, packed=True) == stored_bytes + 4 * 96 * 2 * 2
-    )
+    assert stored_bytes == 96 * 64 + 4 * 96 * 2 * 2 + 4 * 96 * 2 * 2  # nibbles, pairs, table
+    assert materialized_bytes(fmt, None, torch.bfloat16, packed=True) == stored_bytes
+    bare = dataclasses.replace(fmt, table_dtype=None)  # the table is built on arrival
+    assert materialized_bytes(bare, None, torch.bfloat16, packed=True) == stored_bytes
     assert materialized_bytes(fmt, None, torch.float32, packed=False) == 96 * 128 * 4
     assert materialized_bytes(fmt, (0, 64), torch.float32, packed=False) == 64 * 128 * 4
+
+
+@pytest.mark.parametrize("kind", ["int4", "int4x2", "zero-point"])
+def test_a_missing_table_is_built_on_arrival_like_the_stored_one(kind: str) -> None:
+    weight = weights()[kind]
+    parts = weight.parts()
+    with_table = PackedWeight(StoredPacked("w", weight.fmt, parts), torch.bfloat16, CpuKernels())
+    bare_fmt = dataclasses.replace(weight.fmt, table_dtype=None)
+    bare = PackedWeight(
+        StoredPacked("w", bare_fmt, {k: v for k, v in parts.items() if k != "table"}),
+        torch.bfloat16,
+        CpuKernels(),
+    )
+    assert torch.equal(with_table.sz, bare.sz)
+    assert with_table.sz.data_ptr() == parts["table"].data_ptr()  # used in place
 
 
 class FakeCudaOps:

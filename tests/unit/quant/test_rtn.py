@@ -55,7 +55,7 @@ def test_row_shards_slice_rows() -> None:
     assert shard.fmt.shape == [128, 64]
     assert torch.equal(shard.dequantize(), q.dequantize()[64:128])
     specs = q.fmt.part_specs((64, 128))
-    assert specs["q"][0] == [1, 64, 32] and specs["scales"][0] == [2, 64]
+    assert specs["q"][0] == [1, 64, 32] and specs["scales"][0] == [2, 64, 2]
     assert {k: list(v.shape) for k, v in shard.parts().items()} == {
         k: s for k, (s, _) in specs.items()
     }
@@ -64,7 +64,7 @@ def test_row_shards_slice_rows() -> None:
 def test_format_round_trips_and_checks() -> None:
     fmt = quantize_int4(torch.randn(32, 64), 32).fmt
     assert PackedFormat.from_dict(fmt.to_dict()) == fmt
-    assert stored_names("w", fmt) == ["w:q", "w:scales", "w:offsets"]
+    assert stored_names("w", fmt) == ["w:q", "w:scales", "w:table"]
     fmt.check("w")
     with pytest.raises(ModelError, match="multiple of 16"):
         PackedFormat("int4", [24, 64], group_size=32, block_n=64).check("w")
