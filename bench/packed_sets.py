@@ -1,0 +1,69 @@
+"""The SmolLM2 chunk sets the packed-weight benchmarks compare, built once in a work folder.
+
+- ``hf``: SmolLM2 dequantized by transformers from the bundled GGUF file, written as a
+  transformers folder (float32 safetensors; ``save_pretrained`` refuses a GGUF-loaded model,
+  so the state dict is written by hand, the tied head stored once);
+- ``float32``: that folder chunked as it is (the dequantized reference, 538 MB);
+- ``gguf``: the GGUF file chunked kept packed (``sw chunk model.gguf``: Q4_1 and Q8_0 kept
+  packed, about 97 MB);
+- ``int8`` / ``int4``: the float32 folder re-quantized (``sw chunk --quantize``).
+
+Every set is written under ``root`` once and reused by later runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sw_core.chunks.chunker import chunk_model
+from sw_core.chunks.manifest import Manifest
+
+SETS = ("float32", "gguf", "int8", "int4")
+
+
+def write_hf_folder(folder: Path, model: Any = None, tokenizer: Any = None) -> Path:
+    """SmolLM2 dequantized to float32, as a transformers folder (once)."""
+    if (folder / "config.json").exists():
+        return folder
+    import torch
+    from safetensors.torch import save_file
+
+    from sw_core.local.bundled import load_smollm2
+
+    if model is None:
+        model, tokenizer = load_smollm2()
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {
+        k: v.to(torch.float32).contiguous()
+        for k, v in model.state_dict().items()
+        if k != "lm_head.weight"
+    }
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.architectures = [type(model).__name__]
+    config.dtype = "float32"
+    config.save_pretrained(folder)
+    model.generation_config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def chunk_set(root: Path, which: str, *, max_chunk_mb: float = 16) -> tuple[Path, Manifest]:
+    """Chunk set ``which`` (see :data:`SETS`) under ``root``, written once."""
+    from sw_core.local.bundled import smollm2_gguf_path
+
+    folder = root / f"smollm2-{which}-{max_chunk_mb:g}mb"
+    if (folder / "manifest.json").exists():
+        return folder, Manifest.load(folder)
+    if which == "gguf":
+        manifest = chunk_model(
+            smollm2_gguf_path(), folder, name="smollm2", max_chunk_mb=max_chunk_mb
+        )
+        return folder, manifest
+    hf = write_hf_folder(root / "smollm2-hf-float32")
+    quantize = None if which == "float32" else which
+    manifest = chunk_model(hf, folder, name="smollm2", max_chunk_mb=max_chunk_mb, quantize=quantize)
+    return folder, manifest

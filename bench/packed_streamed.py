@@ -1,0 +1,220 @@
+"""Packed SmolLM2 streamed against transformers in memory, side by side in one process.
+
+SmolLM2-135M-Instruct from its GGUF file kept packed (``sw chunk model.gguf``: Q4_1 and Q8_0,
+about 97 MB), the engine at ``memory_budget_mb`` = 25 % of the packed chunk set (everything
+but the small chunks is fetched again at every decode step), computing with the packed
+kernels (bfloat16 activations, ``SW_COMPUTE_DTYPE=auto`` on this CPU), against transformers
+with the dequantized float32 weights in memory (the reference the goal names):
+
+- **one request**, 16 greedy tokens (the demo's third question, which runs all 16), chunks
+  from the Redis chunk cache (BLAKE3-verified reads into reused buffers) and from the chunk
+  folder: wall per generated token. Goal: <= 1.0x transformers.
+- **16 concurrent requests** (``bench/prompts.py``), one batch, up to 16 new tokens each,
+  from Redis: generated tokens per second. Goal: >= transformers' batched ``generate``.
+
+Rounds interleave the sides (order rotating); medians. Each side's tokens are checked equal
+to transformers' (greedy, same prompt ids), or the first divergence is printed. CPU seconds
+of this process and of the Redis server are printed per side: on 2 shared cores the fetch
+(Redis, socket copies, BLAKE3) and the compute share them.
+
+Usage: ``.venv/bin/python bench/packed_streamed.py [--rounds 5] [--work DIR] [--json PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import redis
+import torch
+from packed_sets import chunk_set
+from prompts import PROMPTS
+
+from sw_core.cache import ChunkCache
+from sw_core.engine import CachedChunkSource, StreamingEngine
+from sw_core.keys import Keys
+from sw_core.local.bundled import load_smollm2
+from sw_core.local.demo import QUESTIONS
+from sw_core.local.redis_server import RedisServer
+from sw_core.storage import FilesystemBackend
+
+NEW_TOKENS = 16
+MEMORY = "transformers in memory (float32)"
+REDIS = "engine, packed, 25 %, Redis"
+FOLDER = "engine, packed, 25 %, folder"
+
+
+def chat_ids(tokenizer: Any, prompt: str) -> list[int]:
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+    )
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def generate_in_memory(model: Any, rows: list[list[int]], pad_id: int) -> list[list[int]]:
+    """transformers' greedy batched generate (left padding), new tokens cut after EOS."""
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad_id)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row) :] = torch.tensor(row)
+        mask[i, width - len(row) :] = 1
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=False
+        )
+    eos = model.generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos])
+    result = []
+    for row in out[:, width:].tolist():
+        cut = next((i + 1 for i, t in enumerate(row) if t in eos_ids), len(row))
+        result.append(row[:cut])
+    return result
+
+
+def first_divergence(a: list[int], b: list[int]) -> str:
+    if a == b:
+        return "equal"
+    at = next(
+        (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+    )
+    return f"part at token {at}"
+
+
+def redis_cpu_s(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    root = Path(args.work)
+    folder, manifest = chunk_set(root, "gguf")
+    budget_mb = round(manifest.total_bytes / 4 / 2**20)
+    model, tokenizer = load_smollm2()
+    pad_id = int(model.generation_config.pad_token_id or 0)
+    single = [chat_ids(tokenizer, QUESTIONS[2])]
+    batch = [chat_ids(tokenizer, p) for p in PROMPTS]
+    with RedisServer() as server:
+        client = redis.Redis.from_url(server.url)
+        cache = ChunkCache(client, keys=Keys("bench"), cache_size_bytes=1024 << 20)
+        for chunk in manifest.chunks:
+            cache.put(chunk.sha256, (folder / chunk.file).read_bytes(), blake3=chunk.blake3)
+        engines = {
+            REDIS: await StreamingEngine.open(
+                CachedChunkSource(cache, FilesystemBackend(folder)), memory_budget_mb=budget_mb
+            ),
+            FOLDER: await StreamingEngine.open(str(folder), memory_budget_mb=budget_mb),
+        }
+        for engine in engines.values():
+            assert engine.plan.mode == "streaming" and engine.compute_dtype == torch.bfloat16
+        try:
+            figures = await _rounds(args.rounds, model, pad_id, engines, single, batch, client)
+        finally:
+            for engine in engines.values():
+                await engine.aclose()
+            cache.close()
+            client.close()
+    figures["budget_mb"] = budget_mb
+    figures["chunk_set_mb"] = manifest.total_bytes / 1e6
+    return figures
+
+
+async def _rounds(
+    rounds: int,
+    model: Any,
+    pad_id: int,
+    engines: dict[str, StreamingEngine],
+    single: list[list[int]],
+    batch: list[list[int]],
+    client: redis.Redis,
+) -> dict[str, Any]:
+    async def run(side: str, rows: list[list[int]]) -> list[list[int]]:
+        if side == MEMORY:
+            return generate_in_memory(model, rows, pad_id)
+        requests = [{"input_ids": r, "max_new_tokens": NEW_TOKENS} for r in rows]
+        return [g["token_ids"] for g in await engines[side].run_async("generate", requests)]
+
+    cases = {
+        "one request": (single, (MEMORY, REDIS, FOLDER)),
+        "16 requests": (batch, (MEMORY, REDIS)),
+    }
+    out: dict[str, Any] = {}
+    for case, (rows, sides) in cases.items():
+        tokens = {side: await run(side, rows) for side in sides}  # warm-up
+        wall: dict[str, list[float]] = {s: [] for s in sides}
+        cpu: dict[str, list[float]] = {s: [] for s in sides}
+        rcpu: dict[str, list[float]] = {s: [] for s in sides}
+        for r in range(rounds):
+            for side in sides[r % len(sides) :] + sides[: r % len(sides)]:
+                before = redis_cpu_s(client)
+                cpu0, t0 = time.process_time(), time.perf_counter()
+                got = await run(side, rows)
+                wall[side].append(time.perf_counter() - t0)
+                cpu[side].append(time.process_time() - cpu0)
+                rcpu[side].append(redis_cpu_s(client) - before)
+                assert got == tokens[side], f"{side} changed its tokens between rounds"
+        generated = {s: sum(map(len, tokens[s])) for s in sides}
+        print(f"\n{case} ({rounds} rounds, medians):")
+        result: dict[str, Any] = {}
+        for side in sides:
+            med = statistics.median(wall[side])
+            per_token = med / max(len(t) for t in tokens[side])
+            rate = generated[side] / med
+            same = [
+                first_divergence(a, b) for a, b in zip(tokens[side], tokens[MEMORY], strict=True)
+            ]
+            print(
+                f"  {side:34s} {med:6.2f} s  {per_token * 1e3:6.1f} ms/step  {rate:6.1f} tokens/s  "
+                f"cpu {statistics.median(cpu[side]):5.2f} s + redis "
+                f"{statistics.median(rcpu[side]):4.2f} s  tokens vs transformers: "
+                f"{'all equal' if all(x == 'equal' for x in same) else same}"
+            )
+            result[side] = {"wall_s": med, "step_s": per_token, "tokens_per_s": rate}
+        base = result[MEMORY]
+        for side in sides[1:]:
+            if case == "one request":
+                ratio = result[side]["step_s"] / base["step_s"]
+                print(
+                    f"  {side}: wall per token / transformers = {ratio:.2f}x (goal <= 1.0: {'met' if ratio <= 1.0 else 'NOT met'})"
+                )
+            else:
+                ratio = result[side]["tokens_per_s"] / base["tokens_per_s"]
+                print(
+                    f"  {side}: tokens/s / transformers batched = {ratio:.2f}x (goal >= 1.0: {'met' if ratio >= 1.0 else 'NOT met'})"
+                )
+            result[side]["ratio"] = ratio
+        out[case] = result
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--work", help="folder for the chunk sets (default: a temporary one)")
+    parser.add_argument("--json", help="write the figures to this file")
+    args = parser.parse_args()
+    print(f"load average at start: {os.getloadavg()}")
+    with tempfile.TemporaryDirectory(prefix="sw-bench-packed-") as tmp:
+        args.work = args.work or tmp
+        figures = asyncio.run(bench(args))
+    print(f"load average at the end: {os.getloadavg()}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
