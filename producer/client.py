@@ -207,13 +207,16 @@ class Producer:
         self, job_id: str, timeout_s: float | None = 60, *, timeout: Any = _UNSET
     ) -> AsyncIterator[dict[str, Any]]:
         """The events of a generate job as it runs (see :func:`producer.streaming.stream_events`):
-        ``{"type": "token", "index", "text", "step"}`` text deltas, ``{"type": "restart"}``
-        when a worker took the job over after a crash (start over), ``{"type": "end", "index",
-        "finish_reason", "prompt_tokens", "completion_tokens"}`` per input (``eos``, ``stop``
-        -- a ``stop`` sequence, of which no delta shows any part -- or ``length``) and a last
-        ``{"type": "final", "status"}`` -- for a job that ended ``done`` with its
-        ``finish_reason`` (one per input, comma-separated) and token counts (summed over
-        its inputs). ``timeout_s``: most seconds without an event (None: no limit)."""
+        ``{"type": "token", "index", "text", "step"}`` text deltas (with ``logprobs``: also
+        the entries of the tokens the text came from, which add up to the result's
+        ``logprobs``), ``{"type": "restart"}`` when a worker took the job over after a crash
+        (start over), ``{"type": "end", "index", "finish_reason", "prompt_tokens",
+        "completion_tokens"}`` per output (``eos``, ``stop`` -- a ``stop`` sequence, of which
+        no delta shows any part -- or ``length``; with ``n`` > 1 the outputs of input i are
+        ``i * n`` to ``i * n + n - 1``) and a last ``{"type": "final", "status"}`` -- for a
+        job that ended ``done`` with its ``finish_reason`` (one per output, comma-separated)
+        and token counts (summed; a prompt counted once however many completions it has).
+        ``timeout_s``: most seconds without an event (None: no limit)."""
         from producer.streaming import stream_events
 
         timeout_s = _renamed_timeout(timeout_s, timeout, "stream")

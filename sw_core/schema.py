@@ -24,12 +24,21 @@ Task = Literal["embed", "generate", "forward"]
 #: Tasks a worker can run.
 TASKS: tuple[Task, ...] = ("embed", "generate", "forward")
 
-#: Most inputs (texts or token sequences) in one job.
-MAX_INPUTS = 256
+#: Most inputs (texts, chats or token sequences) in one job, per task: OpenAI's 2,048
+#: embedding inputs; for generate, inputs times ``n`` (the outputs), for forward, sequences.
+MAX_TASK_INPUTS: dict[Task, int] = {"embed": 2048, "generate": 256, "forward": 256}
+#: Most inputs in one job of any task (the bound of a payload's arrays).
+MAX_INPUTS = max(MAX_TASK_INPUTS.values())
 #: Most fields in one stream entry and most entries in a params map.
 MAX_FIELDS = 32
 #: Most messages in one chat input of a generate job.
 MAX_CHAT_MESSAGES = 64
+#: Most token ids in one input, whatever the model (its own context length is smaller).
+MAX_TOKEN_IDS = 1 << 17
+#: Most alternatives per token a generate job may ask for (``top_logprobs``, as OpenAI).
+MAX_TOP_LOGPROBS = 20
+#: Most completions of one input (``n``).
+MAX_COMPLETIONS = 16
 
 
 class JobStatus(StrEnum):
@@ -147,6 +156,46 @@ class GenerateParams:
         low=0,
         low_exclusive=True,
         openai=("repetition_penalty",),
+    )
+    frequency_penalty: float = _param(
+        0.0,
+        float,
+        "OpenAI's additive penalty: a logit minus this times the token's count in the output",
+        low=-2,
+        high=2,
+        openai=("frequency_penalty",),
+    )
+    presence_penalty: float = _param(
+        0.0,
+        float,
+        "OpenAI's additive penalty: a logit minus this once the token is in the output",
+        low=-2,
+        high=2,
+        openai=("presence_penalty",),
+    )
+    logprobs: bool = _param(
+        False,
+        bool,
+        "return each generated token's log-probability (the model's log-softmax, before any "
+        "penalty or temperature)",
+        openai=("logprobs",),
+    )
+    top_logprobs: int = _param(
+        0,
+        int,
+        "with logprobs: the k likeliest tokens at each step, with their log-probabilities",
+        low=0,
+        high=MAX_TOP_LOGPROBS,
+        openai=("top_logprobs",),
+    )
+    n: int = _param(
+        1,
+        int,
+        "completions of each input (completion i>0 of a seeded input samples with a seed "
+        "derived from the seed and i); results hold inputs x n outputs, input-major",
+        low=1,
+        high=MAX_COMPLETIONS,
+        openai=("n",),
     )
 
     @property

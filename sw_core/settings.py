@@ -109,7 +109,8 @@ class Settings:
     memory_budget_mb: int = 2048
     prefetch_count: int = 2
     max_batch_size: int = 16
-    max_input_tokens: int = 512
+    #: Most prompt tokens; 0 = the model's own context length (see sw_core.context).
+    max_input_tokens: int = 0
     max_new_tokens_limit: int = 512
 
     # Pipeline.
@@ -243,6 +244,7 @@ class Settings:
             "batch_timeout_s",
             "max_queued_jobs",
             "max_kv_cache_mb",
+            "max_input_tokens",
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(

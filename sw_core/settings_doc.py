@@ -58,7 +58,7 @@ MEANINGS: dict[str, str] = {
     "memory_budget_mb": "Memory the engine may keep weights resident in.",
     "prefetch_count": "Chunks fetched ahead of the layer being computed.",
     "max_batch_size": "Most jobs of one model and task run as one batch.",
-    "max_input_tokens": "Longest input (tokens) a job may carry.",
+    "max_input_tokens": "Longest input (tokens) a job may carry; 0: the model's own context length (its positions and, to generate, what `SW_MAX_KV_CACHE_MB` holds for one sequence).",
     "max_new_tokens_limit": "Upper bound of a generate job's `max_new_tokens`.",
     "models": "Models known without `sw register`: `name=location,...` (`s3://bucket/prefix` or a folder).",
     "claim_idle_ms": "A job held this long by a silent worker is taken over by another (XAUTOCLAIM).",

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import torch
 
 from sw_core.chunks.manifest import ChunkInfo, Manifest
+from sw_core.context import context_limits, model_positions
 from sw_core.engine.compute import ComputeThread
 from sw_core.engine.io.fetching import ChunkMaterializer, pool_bytes
 from sw_core.engine.io.sources import ChunkSource
@@ -43,9 +45,9 @@ from sw_core.engine.setup import (
     pad_token_id,
     read_chunk_set,
     resolve_device,
-    usable_positions,
 )
 from sw_core.engine.tasks.generation import eos_ids, run_generate
+from sw_core.engine.tasks.logprobs import TokenText
 from sw_core.engine.tasks.passes import run_embed, run_forward
 from sw_core.engine.tasks.pooling import SentencePipeline, read_pipeline
 from sw_core.engine.tasks.requests import (
@@ -55,7 +57,7 @@ from sw_core.engine.tasks.requests import (
     load_tokenizer,
 )
 from sw_core.exceptions import JobError, ModelError
-from sw_core.schema import check_task
+from sw_core.schema import MAX_TOKEN_IDS, check_task
 from sw_core.settings import Settings
 
 T = TypeVar("T")
@@ -147,20 +149,24 @@ class StreamingEngine:
         )
         self.runtime = Runtime(self.skeleton, self.residency, self.plan)
         self.tokenizer = tokenizer
+        #: The text and bytes of a token id, for ``logprobs``.
+        self.token_text = TokenText(tokenizer)
         self.generation_config = gen_config
         self.pad_id = pad_token_id(tokenizer, gen_config, config)
-        positions = usable_positions(config)
-        max_input = settings.max_input_tokens
-        if positions is not None:
-            max_input = min(max_input, int(positions))
+        positions = model_positions(config)
+        has_head = self.family != "encoder" and self.skeleton.structure.head is not None
+        context = context_limits(config, settings, generates=has_head, itemsize=dtype.itemsize)
+        if self.family == "seq2seq":  # T5's positions are relative: only the KV cache bounds
+            context = replace(context, positions=None)
+        embed_bounds = [b for b in (positions, settings.max_input_tokens) if b]
         self.limits = Limits(
             model=manifest.name,
             vocab_size=int(config.vocab_size),
-            max_input_tokens=max_input,
+            max_input_tokens=min(embed_bounds, default=MAX_TOKEN_IDS),
             max_new_tokens=settings.max_new_tokens_limit,
-            max_positions=int(positions) if positions is not None else None,
+            max_positions=positions,
+            context=context if has_head else None,
         )
-        has_head = self.family != "encoder" and self.skeleton.structure.head is not None
         self.parser = RequestParser(
             self.limits,
             tokenizer,
@@ -204,7 +210,8 @@ class StreamingEngine:
 
         Returns one result per request, msgpack-friendly: ``embed`` -> list of floats,
         ``forward`` -> nested lists (or CPU tensors with ``tensors=True``), ``generate`` ->
-        ``{"text", "token_ids", "finish_reason", "prompt_tokens"}``. A request that fails
+        ``{"text", "token_ids", "finish_reason", "prompt_tokens"}`` (plus ``"logprobs"`` when
+        asked; a request with ``n`` > 1 gets a list of its n results). A request that fails
         validation gets its :class:`~sw_core.exceptions.ModelError` in its slot instead;
         errors of the batch itself (a chunk that cannot be loaded) are raised, after the
         engine's memory is cleared.
@@ -239,20 +246,30 @@ class StreamingEngine:
             raise ModelError(str(exc)) from None
         if not isinstance(requests, list):
             raise ModelError(f"requests must be a list, got {type(requests).__name__}")
-        parse = getattr(self.parser, task)
+        # generate: a request's n completions are n rows (run next to each other, so their
+        # shared prompt runs once when they land in one batch)
+        parse = self.parser.generate_all if task == "generate" else getattr(self.parser, task)
         results: list[Any] = [None] * len(requests)
+        counts = [1] * len(requests)
         valid: list[tuple[int, Any]] = []
         for i, req in enumerate(requests):
             try:
-                valid.append((i, parse(req)))
+                parsed = parse(req)
             except ModelError as exc:
                 results[i] = exc
+                continue
+            rows = parsed if isinstance(parsed, list) else [parsed]
+            counts[i] = len(rows)
+            valid.extend((i, row) for row in rows)
         size = self.settings.max_batch_size
+        outputs: dict[int, list[Any]] = {}
         for start in range(0, len(valid), size):
             part = valid[start : start + size]
-            outputs = self._compute_batch(task, [p for _, p in part])
-            for (i, _), out in zip(part, outputs, strict=True):
-                results[i] = out
+            computed = self._compute_batch(task, [p for _, p in part])
+            for (i, _), out in zip(part, computed, strict=True):
+                outputs.setdefault(i, []).append(out)
+        for i, outs in outputs.items():
+            results[i] = outs if counts[i] > 1 else outs[0]
         return results
 
     def _compute_batch(self, task: str, batch: list[Any]) -> list[Any]:
@@ -269,7 +286,13 @@ class StreamingEngine:
             return str(tok.decode(ids, skip_special_tokens=True))
 
         eos = eos_ids(self.generation_config, self.skeleton.config)
-        return run_generate(self, batch, eos=eos, decode=decode if tok is not None else None)
+        return run_generate(
+            self,
+            batch,
+            eos=eos,
+            decode=decode if tok is not None else None,
+            token_text=self.token_text,
+        )
 
     def begin_pass(self, prefixes: tuple[str, ...] | None, ids: torch.Tensor | None) -> None:
         """Tell the prefetcher which units the next model call runs (tasks call this)."""

@@ -136,7 +136,8 @@ class StreamingModel:
         if not isinstance(batch, list):
             raise ModelError(f"prompts must be a string or a list of strings, got {type(prompts)}")
         options: dict[str, Any] = {
-            "temperature": temperature,
+            # 0 (the default) is greedy: the schema takes a temperature > 0 or none
+            "temperature": temperature if temperature > 0 else None,
             "top_k": top_k,
             "top_p": top_p,
             "chat": chat,

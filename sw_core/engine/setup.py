@@ -101,19 +101,3 @@ def pad_token_id(tokenizer: Any, gen_config: Any, config: Any) -> int:
             return value
     eos = eos_ids(gen_config, config)
     return min(eos) if eos else 0
-
-
-def usable_positions(config: Any) -> int | None:
-    """Tokens the model's learned positions cover (None when they are unbounded): RoBERTa-style
-    models start counting at ``pad_token_id + 1``, so 514 positions read 512 tokens."""
-    from sw_core.architectures import ARCHITECTURES
-
-    positions = getattr(config, "max_position_embeddings", None) or getattr(
-        config, "n_positions", None
-    )
-    if positions is None:
-        return None
-    arch = ARCHITECTURES.get(str(getattr(config, "model_type", "")))
-    if arch is not None and arch.positions_after_pad:
-        positions -= int(getattr(config, "pad_token_id", None) or 0) + 1
-    return int(positions)

@@ -15,7 +15,8 @@ from typing import Any
 from sw_core.exceptions import JobError
 from sw_core.schema import (
     MAX_CHAT_MESSAGES,
-    MAX_INPUTS,
+    MAX_TASK_INPUTS,
+    MAX_TOKEN_IDS,
     Task,
     check_params,
     check_task,
@@ -39,7 +40,21 @@ def validate_request(
     """
     model = check_name(model, "model")
     task = check_task(task)
-    return model, task, check_inputs(task, inputs, settings), check_params(task, params, settings)
+    inputs = check_inputs(task, inputs, settings)
+    params = check_params(task, params, settings)
+    check_outputs(len(inputs), params)
+    return model, task, inputs, params
+
+
+def check_outputs(inputs: int, params: Mapping[str, Any]) -> None:
+    """A generate job's outputs (inputs x ``n``) stay within ``MAX_TASK_INPUTS["generate"]``."""
+    n = params.get("n", 1)
+    most = MAX_TASK_INPUTS["generate"]
+    if isinstance(n, int) and inputs * n > most:
+        raise JobError(
+            f"{inputs} inputs x n={n} completions make {inputs * n} outputs; at most "
+            f"{most} are allowed in one job"
+        )
 
 
 def coerce_params(task: str, text_params: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
@@ -62,8 +77,10 @@ def check_name(value: Any, what: str) -> str:
 def check_inputs(task: Task, inputs: Any, settings: Settings) -> list[Any]:
     if not isinstance(inputs, list) or not inputs:
         raise JobError(f"inputs of a {task} job must be a non-empty list, got {short(inputs)}")
-    if len(inputs) > MAX_INPUTS:
-        raise JobError(f"{len(inputs)} inputs in one job; at most {MAX_INPUTS} are allowed")
+    if len(inputs) > MAX_TASK_INPUTS[task]:
+        raise JobError(
+            f"{len(inputs)} inputs in one {task} job; at most {MAX_TASK_INPUTS[task]} are allowed"
+        )
     if task == "generate":
         return [_check_generate_input(i, item) for i, item in enumerate(inputs)]
     if task == "embed":
@@ -74,9 +91,11 @@ def check_inputs(task: Task, inputs: Any, settings: Settings) -> list[Any]:
     for i, seq in enumerate(inputs):
         if not isinstance(seq, list) or not seq:
             raise JobError(f"input {i} of a forward job must be a non-empty list of token ids")
-        if len(seq) > settings.max_input_tokens:
+        most = settings.max_input_tokens or MAX_TOKEN_IDS
+        if len(seq) > most:
             raise JobError(
-                f"input {i} has {len(seq)} tokens; max_input_tokens is {settings.max_input_tokens}"
+                f"input {i} has {len(seq)} tokens; at most {most} are allowed"
+                + (" (SW_MAX_INPUT_TOKENS)" if settings.max_input_tokens else "")
             )
         for token in seq:
             if type(token) is not int or not 0 <= token <= _MAX_TOKEN_ID:

@@ -118,7 +118,8 @@ class InferenceHandler:
             log.info("model %s preloaded in %.1f s", model, took_s)
 
     async def run_batch(self, model: str, task: Task, jobs: list[Job]) -> list[Any | BaseException]:
-        """One result per job: the list of the engine's outputs for the job's inputs."""
+        """One result per job: the list of the engine's outputs for the job's inputs (a
+        generate job's: each input's ``n`` completions, input-major)."""
         engine = await self.engine(model)
         defaults = self._defaults(engine) if task == "generate" else {}
         requests: list[dict[str, Any]] = []
@@ -134,8 +135,11 @@ class InferenceHandler:
         self._fit_budget(model)
         results: list[Any | BaseException] = []
         for start, end in spans:
-            errors = [o for o in outputs[start:end] if isinstance(o, BaseException)]
-            results.append(errors[0] if errors else outputs[start:end])
+            mine = outputs[start:end]
+            errors = [o for o in mine if isinstance(o, BaseException)]
+            if task == "generate":  # an input's n completions, input-major
+                mine = [out for o in mine for out in (o if isinstance(o, list) else [o])]
+            results.append(errors[0] if errors else mine)
         return results
 
     async def decode_session(self, model: str) -> DecodeSession | None:

@@ -16,7 +16,7 @@ from sw_core.pipeline.jobs import (
     pack_payload,
     validate_request,
 )
-from sw_core.schema import MAX_INPUTS
+from sw_core.schema import MAX_INPUTS, MAX_TASK_INPUTS
 from sw_core.settings import Settings
 
 SETTINGS = Settings.from_env({}, max_payload_bytes=4096, max_input_tokens=64)
@@ -123,10 +123,10 @@ MALFORMED: list[tuple[str, dict[bytes, bytes], str]] = [
         "too many inputs",
         {
             b"model": b"m",
-            b"task": b"embed",
-            b"inputs": json.dumps(["a"] * (MAX_INPUTS + 1)).encode(),
+            b"task": b"generate",
+            b"inputs": json.dumps(["a"] * (MAX_TASK_INPUTS["generate"] + 1)).encode(),
         },
-        "inputs in one job",
+        "inputs in one generate job",
     ),
     (
         "inputs deep json",
@@ -157,7 +157,7 @@ MALFORMED: list[tuple[str, dict[bytes, bytes], str]] = [
     (
         "forward too long",
         {b"model": b"m", b"task": b"forward", b"inputs": json.dumps([list(range(65))]).encode()},
-        "max_input_tokens",
+        "at most 64 are allowed (SW_MAX_INPUT_TOKENS)",
     ),
     (
         "unknown param",
@@ -250,7 +250,7 @@ PAYLOADS: list[tuple[str, bytes, str]] = [
     ("inputs empty", msgpack.packb({"inputs": []}), "non-empty list"),
     ("inputs bytes", msgpack.packb({"inputs": [b"raw"]}, use_bin_type=True), "non-empty string"),
     ("inputs nested", msgpack.packb({"inputs": [["a"]]}), "non-empty string"),
-    ("too many inputs", msgpack.packb({"inputs": ["a"] * (MAX_INPUTS + 1)}), "max_array_len"),
+    ("too many inputs", msgpack.packb({"inputs": [1] * (MAX_INPUTS + 1)}), "max_array_len"),
     ("params not map", msgpack.packb({"inputs": ["a"], "params": [1]}), "params must be a map"),
     (
         "param bool for int",
