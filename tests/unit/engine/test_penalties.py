@@ -40,7 +40,9 @@ def vllm_penalties(
     ("repetition", "frequency", "presence"),
     [(1.0, 0.7, 0.0), (1.0, 0.0, 1.5), (1.0, -0.5, -2.0), (1.3, 2.0, 0.4), (1.0, 0.0, 0.0)],
 )
-def test_penalties_equal_vllms_formula(repetition: float, frequency: float, presence: float) -> None:
+def test_penalties_equal_vllms_formula(
+    repetition: float, frequency: float, presence: float
+) -> None:
     rng = np.random.default_rng(7)
     rows = 3
     logits = rng.normal(0, 3, size=(rows, VOCAB)).astype(np.float32)
