@@ -11,8 +11,9 @@ a field here and using it in the engine.
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any, Literal, Protocol, TypeVar, cast
@@ -93,6 +94,43 @@ class ParamSpec:
     choices: tuple[str, ...] = ()
     #: OpenAI request fields that set this parameter, first one wins (the gateway maps them).
     openai: tuple[str, ...] = ()
+    #: A further check of a value of the right type (raises :class:`JobError`).
+    check: Callable[[str, Any], None] | None = None
+
+
+#: How constrained JSON is written: no free whitespace (a model could pad with it forever),
+#: items and keys separated as Python's ``json.dumps`` does.
+JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+
+
+def json_grammar(schema: str) -> str:
+    """The llguidance grammar of a JSON schema (a JSON text), in :data:`JSON_STYLE`."""
+    from llguidance import LLMatcher
+
+    return LLMatcher.grammar_from_json_schema(schema, overrides=JSON_STYLE)  # type: ignore[arg-type]
+
+
+def check_json_schema(name: str, value: str) -> None:
+    """A ``json_schema`` param: a JSON schema that llguidance can compile.
+
+    Raises:
+        JobError: not JSON, or a schema llguidance refuses (its reason).
+    """
+    try:
+        from llguidance import LLMatcher
+    except ImportError:  # pragma: no cover - a dependency of the package
+        raise JobError(f"'{name}' needs the llguidance package on this host") from None
+    try:
+        if not isinstance(json.loads(value), dict):
+            raise JobError(f"'{name}' must be a JSON object (a JSON schema)")
+    except ValueError as exc:
+        raise JobError(f"'{name}' is not valid JSON: {exc}") from None
+    try:
+        error = LLMatcher.validate_grammar(json_grammar(value))
+    except (ValueError, TypeError) as exc:
+        error = str(exc) or type(exc).__name__
+    if error:
+        raise JobError(f"'{name}' is not a usable JSON schema: {short(error, 200)}")
 
 
 def _param(default: Any, kind: type, doc: str, **spec: Any) -> Any:
@@ -187,6 +225,14 @@ class GenerateParams:
         low=0,
         high=MAX_TOP_LOGPROBS,
         openai=("top_logprobs",),
+    )
+    json_schema: str | None = _param(
+        None,
+        str,
+        "constrain the output to JSON valid under this JSON schema (a JSON text; "
+        '\'{"type": "object"}\' for any object); the engine masks every other token',
+        openai=("response_format",),
+        check=check_json_schema,
     )
     n: int = _param(
         1,
@@ -302,6 +348,8 @@ def check_value(name: str, value: Any, spec: ParamSpec, bounds: ParamBounds) -> 
         raise JobError(f"'{name}' must be {_rule(spec, bounds)}, got {short(value)}")
     if kind is str and spec.choices and value not in spec.choices:
         raise JobError(f"'{name}' must be {_rule(spec, bounds)}, got {short(value)}")
+    if spec.check is not None:
+        spec.check(name, value)
     if kind in (int, float):
         low, high = spec.low, _high(spec, bounds)
         too_low = low is not None and (value <= low if spec.low_exclusive else value < low)

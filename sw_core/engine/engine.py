@@ -47,6 +47,7 @@ from sw_core.engine.setup import (
     resolve_device,
 )
 from sw_core.engine.tasks.generation import eos_ids, run_generate
+from sw_core.engine.tasks.grammar import Grammars
 from sw_core.engine.tasks.logprobs import TokenText
 from sw_core.engine.tasks.passes import run_embed, run_forward
 from sw_core.engine.tasks.pooling import SentencePipeline, read_pipeline
@@ -159,6 +160,8 @@ class StreamingEngine:
         if self.family == "seq2seq":  # T5's positions are relative: only the KV cache bounds
             context = replace(context, positions=None)
         embed_bounds = [b for b in (positions, settings.max_input_tokens) if b]
+        #: Compiles ``json_schema`` params into llguidance matchers.
+        self.grammars = Grammars(tokenizer, int(config.vocab_size), eos_ids(gen_config, config))
         self.limits = Limits(
             model=manifest.name,
             vocab_size=int(config.vocab_size),
@@ -292,6 +295,7 @@ class StreamingEngine:
             eos=eos,
             decode=decode if tok is not None else None,
             token_text=self.token_text,
+            grammars=self.grammars,
         )
 
     def begin_pass(self, prefixes: tuple[str, ...] | None, ids: torch.Tensor | None) -> None:

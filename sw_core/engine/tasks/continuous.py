@@ -8,8 +8,10 @@ padding sits between its cache and its token and is masked out, positions are co
 row, so each row computes what it would compute alone. Rows that finish leave the batch at
 once (the cache keeps only the others, compacted to the left): at EOS, at a stop sequence
 in their text (see :mod:`sw_core.engine.tasks.stopping`) or at ``max_new_tokens``. Each row's
-repetition penalty applies to its own logits first; then greedy rows choose the argmax and
-sampling rows draw from their own seeded generator, so output never depends on batch mates.
+penalties apply to its own logits first, then its ``json_schema`` mask; then greedy rows
+choose the argmax and sampling rows draw from their own seeded generator, so output never
+depends on batch mates. A request's ``n`` completions join as ``n`` rows whose shared prompt
+runs once (:meth:`DecodeSession.parse_all`).
 
 Encoder-decoder models (T5) are not supported here: they run as static batches.
 """
@@ -24,6 +26,7 @@ import torch
 
 from sw_core.context import kv_bytes_per_token
 from sw_core.engine.tasks.generation import eos_ids, shared_prompts, take_cache_rows
+from sw_core.engine.tasks.grammar import advance, constrain
 from sw_core.engine.tasks.logprobs import StepLogprobs, TokenLogprob, TokenText
 from sw_core.engine.tasks.requests import GenerateRequest
 from sw_core.engine.tasks.sampling import choose, generator_for, penalize
@@ -49,6 +52,8 @@ class Sequence:
     stop_at: int | None = None
     #: With ``logprobs``: one entry per token of ``tokens``.
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    #: With ``json_schema``: the llguidance matcher of this sequence's output.
+    matcher: Any = None
 
     @property
     def text_ids(self) -> list[int]:
@@ -112,7 +117,12 @@ class DecodeSession:
         ``key_of(j)`` (``ModelError`` when it is bad or needs more KV cache than the budget)."""
         reqs: list[GenerateRequest] = self.engine.parser.generate_all(request)
         seqs = [
-            Sequence(key_of(j), req, generator_for(req, self.engine.device))
+            Sequence(
+                key_of(j),
+                req,
+                generator_for(req, self.engine.device),
+                matcher=self.engine.grammars.matcher(req),
+            )
             for j, req in enumerate(reqs)
         ]
         need = self._need_bytes(seqs, seqs, width=0)
@@ -208,7 +218,10 @@ class DecodeSession:
         requests = [s.request for s in rows]
         raw = StepLogprobs(logits, requests)  # the model's own distribution, unpenalized
         penalize(logits, requests, [r.ids for r in requests], [s.tokens for s in rows])
+        matchers = [s.matcher for s in rows]
+        constrain(logits, matchers)
         chosen = choose(logits, requests, [s.generator for s in rows]).tolist()
+        advance(matchers, chosen)
         for i, record in raw.take(chosen).items():
             rows[i].logprobs.append(record)
         self.rows, self._cache, self._mask = rows, cache, full_mask

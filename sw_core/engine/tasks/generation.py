@@ -7,9 +7,12 @@ block is materialized once per step however many requests share it. Each row sto
 own: at an end-of-sequence token (finish reason ``eos``), once its text contains one of
 its ``stop`` sequences (``stop``, see :mod:`sw_core.engine.tasks.stopping`) or at its
 ``max_new_tokens`` (``length``); finished rows are fed padding until every row is done. A
-row's repetition penalty applies to its logits first (as transformers orders its
-processors), then rows choose greedily (temperature 0) or sample with their own seeded
-generator, so a request's output does not depend on what else is in its batch. The penalty
+row's penalties apply to its logits first (as transformers orders its processors), then
+its ``json_schema`` mask (see :mod:`sw_core.engine.tasks.grammar`), then rows choose greedily
+(temperature 0) or sample with their own seeded generator, so a request's output does not
+depend on what else is in its batch. ``logprobs`` are taken before all of that (the model's
+own distribution, see :mod:`sw_core.engine.tasks.logprobs`). The ``n`` completions of a
+request are rows with the same prompt: identical prompts run once in the first step. The penalty
 sees the row's own prompt without padding (for T5: the decoder start token, as transformers
 penalizes the decoder's ids) and its generated tokens.
 """
@@ -21,6 +24,7 @@ from typing import Any
 
 import torch
 
+from sw_core.engine.tasks.grammar import Grammars, advance, constrain
 from sw_core.engine.tasks.logprobs import StepLogprobs, TokenLogprob, TokenText
 from sw_core.engine.tasks.passes import PassContext
 from sw_core.engine.tasks.requests import GenerateRequest, pad
@@ -47,13 +51,16 @@ def run_generate(
     eos: set[int],
     decode: Callable[[list[int]], str] | None = None,
     token_text: TokenText | None = None,
+    grammars: Grammars | None = None,
 ) -> list[dict[str, Any]]:
     """Generate for every request; ``decode(ids) -> str`` turns tokens into text (required
     for requests with ``stop`` sequences; the parser refuses those without a tokenizer);
-    ``token_text`` describes the tokens of requests that ask for ``logprobs``."""
+    ``token_text`` describes the tokens of requests that ask for ``logprobs``; ``grammars``
+    constrains those with a ``json_schema``."""
     batch = len(requests)
     device = ctx.device
     generators = [generator_for(r, device) for r in requests]
+    matchers = [grammars.matcher(r) if grammars else None for r in requests]
     limits = torch.tensor([r.max_new_tokens for r in requests], device=device)
     produced = torch.zeros(batch, dtype=torch.long, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -72,9 +79,11 @@ def run_generate(
         logits = step(current).float()
         raw = StepLogprobs(logits, requests)  # the model's own distribution, unpenalized
         penalize(logits, requests, prefixes, tokens)
+        constrain(logits, matchers)
         chosen = choose(logits, requests, generators)
         chosen = torch.where(finished, torch.full_like(chosen, ctx.pad_id), chosen)
         records = raw.take(chosen.tolist())
+        advance(matchers, chosen.tolist(), torch.nonzero(~finished).flatten().tolist())
         for i, (token, done) in enumerate(zip(chosen.tolist(), finished.tolist(), strict=True)):
             if not done:
                 tokens[i].append(token)

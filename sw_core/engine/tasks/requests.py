@@ -235,6 +235,11 @@ class RequestParser:
                 f"prompt of {len(ids)} tokens plus max_new_tokens={max_new} exceeds the "
                 f"{bound}; shorten the prompt or lower max_new_tokens"
             )
+        if params.json_schema is not None and not hasattr(self.tokenizer, "backend_tokenizer"):
+            raise ModelError(
+                f"model {self.limits.model!r} ships no fast (tokenizer.json) tokenizer, which "
+                "'json_schema' needs; leave it out"
+            )
         if params.stop and self.tokenizer is None:
             raise ModelError(
                 f"model {self.limits.model!r} ships no tokenizer, so its output has no text to "
