@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import torch
 
 from sw_core.chunks.manifest import ChunkInfo, Manifest
-from sw_core.context import context_limits, model_positions
+from sw_core.context import context_limits, kv_bytes_per_token, model_positions
 from sw_core.engine.compute import ComputeThread
 from sw_core.engine.io.fetching import ChunkMaterializer, pool_bytes
 from sw_core.engine.io.sources import ChunkSource
@@ -156,6 +156,7 @@ class StreamingEngine:
         self.pad_id = pad_token_id(tokenizer, gen_config, config)
         positions = model_positions(config)
         has_head = self.family != "encoder" and self.skeleton.structure.head is not None
+        self._kv_itemsize = dtype.itemsize
         context = context_limits(config, settings, generates=has_head, itemsize=dtype.itemsize)
         if self.family == "seq2seq":  # T5's positions are relative: only the KV cache bounds
             context = replace(context, positions=None)
@@ -264,16 +265,34 @@ class StreamingEngine:
             rows = parsed if isinstance(parsed, list) else [parsed]
             counts[i] = len(rows)
             valid.extend((i, row) for row in rows)
-        size = self.settings.max_batch_size
         outputs: dict[int, list[Any]] = {}
-        for start in range(0, len(valid), size):
-            part = valid[start : start + size]
+        for part in self._batches(task, valid):
             computed = self._compute_batch(task, [p for _, p in part])
             for (i, _), out in zip(part, computed, strict=True):
                 outputs.setdefault(i, []).append(out)
         for i, outs in outputs.items():
             results[i] = outs if counts[i] > 1 else outs[0]
         return results
+
+    def _batches(self, task: str, rows: list[tuple[int, Any]]) -> list[list[tuple[int, Any]]]:
+        """``rows`` in order, cut into batches of at most ``max_batch_size``; generate batches
+        also within the KV-cache budget (rows x the padded prompt plus the most new tokens;
+        one row alone always fits, the parser saw to that)."""
+        size = self.settings.max_batch_size
+        if task != "generate":
+            return [rows[i : i + size] for i in range(0, len(rows), size)]
+        per_token = kv_bytes_per_token(self.skeleton.config, self._kv_itemsize)
+        budget = self.settings.kv_cache_bytes
+        batches: list[list[tuple[int, Any]]] = []
+        current: list[tuple[int, Any]] = []
+        for row in rows:
+            grown = [*current, row]
+            width = max(len(r.ids) for _, r in grown) + max(r.max_new_tokens for _, r in grown)
+            if current and (len(grown) > size or len(grown) * width * per_token > budget):
+                batches.append(current)
+                grown = [row]
+            current = grown
+        return [*batches, current] if current else batches
 
     def _compute_batch(self, task: str, batch: list[Any]) -> list[Any]:
         if task == "embed":

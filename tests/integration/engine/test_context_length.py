@@ -51,3 +51,34 @@ async def test_the_kv_budget_bounds_the_context_and_the_refusal_names_it(tmp_pat
     pad = model.generation_config.pad_token_id or 0
     [want] = reference_generate(model, [long], 16, pad)
     assert static["token_ids"] == want and done["a"].tokens == want
+
+
+async def test_static_batches_stay_within_the_kv_budget(tmp_path: Path) -> None:
+    config = tiny_config("llama", max_position_embeddings=1 << 20)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    chunk_model(model, tmp_path, name="long")
+    tokens = (1 << 20) // kv_bytes_per_token(config)
+    engine = await StreamingEngine.open(tmp_path, memory_budget_mb=64, max_kv_cache_mb=1)
+    first_calls: list[int] = []
+    engine.model.register_forward_pre_hook(
+        lambda _m, _a, kw: (
+            first_calls.append(kw["input_ids"].shape[0]) if kw["input_ids"].shape[1] > 1 else None
+        ),
+        with_kwargs=True,
+    )
+    try:
+        # each fits alone, two do not: three batches of one; then six short ones in one
+        rows = id_rows([tokens // 2] * 3, vocab=config.vocab_size)
+        longs = await engine.run_async(
+            "generate", [{"input_ids": r, "max_new_tokens": 8} for r in rows]
+        )
+        shorts = await engine.run_async(
+            "generate", [{"input_ids": r[:20], "max_new_tokens": 8} for r in rows * 2]
+        )
+    finally:
+        await engine.aclose()
+    assert first_calls == [1, 1, 1, 3]  # the six short rows: three distinct prompts, run once
+    pad = model.generation_config.pad_token_id or 0
+    assert [r["token_ids"] for r in longs] == reference_generate(model, rows, 8, pad)
+    assert [r["token_ids"] for r in shorts[:3]] == [r["token_ids"] for r in shorts[3:]]
