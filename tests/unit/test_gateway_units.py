@@ -221,7 +221,7 @@ async def test_a_stream_without_token_events_ends_with_the_whole_result() -> Non
 async def test_a_quiet_stream_gets_keepalives_and_a_deadline(monkeypatch) -> None:
     import asyncio
 
-    from gateway import service
+    from gateway import streams as service
 
     monkeypatch.setattr(service, "KEEPALIVE_S", 0.02)
 
