@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 STATIC_TYPES = {
     "app.js": "text/javascript",
+    "chat.js": "text/javascript",
     "charts.js": "text/javascript",
     "style.css": "text/css",
 }

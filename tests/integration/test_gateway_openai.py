@@ -117,6 +117,34 @@ async def test_chat_without_and_with_stream(cluster: Cluster) -> None:
     assert direct["text"] == choice.message.content
 
 
+async def test_usage_comes_as_its_own_last_chunk_only_when_asked(cluster: Cluster) -> None:
+    client = client_of(cluster)
+    plain = [c async for c in await client.chat.completions.create(
+        model="tinychat", messages=CHAT, max_tokens=4, stream=True)]  # fmt: skip
+    assert all(c.usage is None for c in plain) and plain[-1].choices[0].finish_reason
+    asked = [c async for c in await client.chat.completions.create(
+        model="tinychat", messages=CHAT, max_tokens=4, stream=True,
+        stream_options={"include_usage": True})]  # fmt: skip
+    *chunks, last = asked
+    assert last.choices == [] and last.usage.completion_tokens == 4
+    assert last.usage.total_tokens == last.usage.prompt_tokens + 4
+    assert all(c.usage is None and c.choices for c in chunks)
+    assert chunks[-1].choices[0].finish_reason == "length"
+    text = await client.completions.create(
+        model="tinychat",
+        prompt="The sea",
+        max_tokens=3,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    *_, usage_chunk = [c async for c in text]
+    assert usage_chunk.choices == [] and usage_chunk.usage.completion_tokens == 3
+    with pytest.raises(openai.BadRequestError, match="stream_options"):
+        await client.chat.completions.create(
+            model="tinychat", messages=CHAT, stream_options={"include_usage": True}
+        )
+
+
 async def test_completions_use_the_raw_prompt(cluster: Cluster) -> None:
     client = client_of(cluster)
     whole = await client.completions.create(model="tinychat", prompt="The capital", max_tokens=8)

@@ -205,3 +205,37 @@ def cluster_fixture(chat_model: str, folder: str) -> Any:
             yield c
 
     return cluster
+
+
+async def raw_requests(port: int, lines: list[str], connections: int = 16) -> list[int]:
+    """Send ``lines`` (``"GET /path"``) as HTTP/1.1 requests over ``connections`` kept-alive
+    sockets and return their statuses -- a client far lighter than httpx, so the gateway's
+    cost is what a test of many requests measures."""
+    import asyncio
+
+    statuses: list[int] = [0] * len(lines)
+
+    async def connection(indices: range) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for i in indices:
+                method, path = lines[i].split(" ", 1)
+                request = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                request += "Content-Length: 0\r\n\r\n" if method == "POST" else "\r\n"
+                writer.write(request.encode())
+                head = await reader.readuntil(b"\r\n\r\n")
+                statuses[i] = int(head.split(b" ", 2)[1])
+                length = 0
+                for line in head.split(b"\r\n"):
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                await reader.readexactly(length)
+        finally:
+            writer.close()
+
+    step = -(-len(lines) // connections)
+    await asyncio.gather(
+        *(connection(range(s, min(len(lines), s + step))) for s in range(0, len(lines), step))
+    )
+    return statuses
