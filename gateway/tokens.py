@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +26,8 @@ from sw_core.utils import calculate_chunk_hash
 
 log = logging.getLogger(__name__)
 TOKENIZER_FILE = "tokenizer.json"
+#: Seconds before a chunk set that could not be read is read again.
+RETRY_S = 30.0
 CONFIG_FILE = "config.json"
 
 
@@ -61,11 +65,13 @@ def usable_positions(config: dict[str, Any]) -> int | None:
 
 
 class TokenCounter:
-    """Counts tokens per model; chunk sets are read on first use and kept."""
+    """Counts tokens per model; chunk sets are read on first use and kept (a chunk set that
+    could not be read is tried again after :data:`RETRY_S`)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._facts: dict[str, ModelFacts] = {}
+        self._failed: dict[str, float] = {}  # key -> when to try again (monotonic)
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def count(self, model: str, location: str, texts: list[str]) -> int:
@@ -89,18 +95,24 @@ class TokenCounter:
         """The model's tokenizer, position limit and chunks (read once; an unreadable chunk
         set gives empty facts and a warning: counts are informative, never a failure)."""
         key = f"{model}={location}"
-        if key in self._facts:
+        if self._fresh(key):
             return self._facts[key]
         async with self._locks.setdefault(key, asyncio.Lock()):
-            if key not in self._facts:
+            if not self._fresh(key):
                 try:
                     self._facts[key] = await self._load(model, location)
+                    self._failed.pop(key, None)
                 except SecurityError:
                     raise
                 except Exception as exc:
-                    log.warning("no token counts for %s: %s", model, exc)
+                    log.warning("no token counts for %s (again in %g s): %s", model, RETRY_S, exc)
                     self._facts[key] = ModelFacts()
+                    self._failed[key] = time.monotonic() + RETRY_S
         return self._facts[key]
+
+    def _fresh(self, key: str) -> bool:
+        """Read, and not a failed read due for another try."""
+        return key in self._facts and time.monotonic() < self._failed.get(key, math.inf)
 
     async def _load(self, model: str, location: str) -> ModelFacts:
         from tokenizers import Tokenizer

@@ -188,6 +188,40 @@ def running_cluster(
         assert exits == [0] * len(exits), (exits, cluster.logs())
 
 
+#: openai clients made by :func:`client_of`, closed by :func:`close_open_clients`.
+OPEN_CLIENTS: list[Any] = []
+
+
+def client_of(cluster: Cluster, index: int = 0, key: str = "unused") -> Any:
+    """An ``openai.AsyncOpenAI`` client of gateway ``index`` (close it with
+    :func:`close_open_clients`, from an autouse fixture)."""
+    import openai
+
+    client = openai.AsyncOpenAI(
+        base_url=cluster.gateways[index].url + "/v1", api_key=key, max_retries=0, timeout=120
+    )
+    OPEN_CLIENTS.append(client)
+    return client
+
+
+async def close_open_clients() -> None:
+    while OPEN_CLIENTS:
+        await OPEN_CLIENTS.pop().close()
+
+
+def queued(cluster: Cluster) -> int:
+    """Entries in the cluster's jobs stream (queued or running)."""
+    import redis
+
+    from sw_core.keys import Keys
+
+    client = redis.Redis.from_url(cluster.settings.redis_url)
+    try:
+        return client.xlen(Keys(cluster.settings.key_prefix).jobs)
+    finally:
+        client.close()
+
+
 def cluster_fixture(chat_model: str, folder: str) -> Any:
     """A module-scoped ``cluster`` fixture: one inference worker and one keyless gateway
     serving MiniLM as ``minilm`` and the tiny chat model as ``chat_model`` (the requesting

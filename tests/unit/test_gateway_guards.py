@@ -124,3 +124,27 @@ def test_the_page_loads_nothing_from_elsewhere() -> None:
     for name in ("index.html", "app.js", "chat.js", "charts.js", "style.css"):
         text = static.joinpath(name).read_text()
         assert not re.search(r"https?://|//cdn|@import", text), name
+
+
+async def test_a_chunk_set_that_could_not_be_read_is_read_again_later(monkeypatch) -> None:
+    import asyncio
+
+    from gateway import tokens
+    from sw_core.settings import Settings
+
+    monkeypatch.setattr(tokens, "RETRY_S", 0.1)
+    counter = tokens.TokenCounter(Settings())
+    loads: list[int] = []
+
+    async def load(model: str, location: str) -> tokens.ModelFacts:
+        loads.append(1)
+        if len(loads) == 1:
+            raise OSError("storage away")
+        return tokens.ModelFacts(max_positions=7)
+
+    monkeypatch.setattr(counter, "_load", load)
+    assert (await counter.facts("m", "/x")).max_positions is None  # empty, not a failure
+    assert (await counter.facts("m", "/x")).max_positions is None and len(loads) == 1
+    await asyncio.sleep(0.15)
+    assert (await counter.facts("m", "/x")).max_positions == 7
+    assert (await counter.facts("m", "/x")).max_positions == 7 and len(loads) == 2
