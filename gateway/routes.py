@@ -21,7 +21,7 @@ from gateway.errors import ApiError, bad_request, unknown_model
 from gateway.metrics import PROMETHEUS_TEXT
 from gateway.requests import GenerateCall, parse_chat, parse_completion, parse_embeddings
 from gateway.responses import model_card, model_list
-from gateway.service import Gateway
+from gateway.service import Gateway, OpenStream
 from gateway.status import MAX_MODELS
 from sw_core.exceptions import JobError
 from sw_core.pipeline.job_checks import check_unicode
@@ -177,8 +177,23 @@ async def generate(
     gateway, note = gateway_of(request), access_note(request.scope)
     if not call.stream:
         return await gateway.generate(call, chat=chat, note=note, gone=until_gone(request))
-    events = await gateway.start_stream(call, chat=chat, note=note)
-    return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+    stream = await gateway.start_stream(call, chat=chat, note=note)
+    return ClosingStream(stream)
+
+
+class ClosingStream(StreamingResponse):
+    """An SSE response that closes its :class:`OpenStream` whatever happens, also when the
+    client left before the first event was asked for (the events never started)."""
+
+    def __init__(self, stream: OpenStream) -> None:
+        super().__init__(stream, media_type="text/event-stream", headers=SSE_HEADERS)
+        self.stream = stream
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.stream.close()
 
 
 # ---------------------------------------------------------------------------- the page

@@ -192,9 +192,9 @@ class Gateway:
 
     async def start_stream(
         self, call: GenerateCall, *, chat: bool, note: dict | None = None
-    ) -> AsyncIterator[bytes]:
+    ) -> OpenStream:
         """Admit, check and submit now (so refusals are plain HTTP errors); then the SSE
-        events."""
+        events (an :class:`OpenStream`: iterate it, and close it in any case)."""
         note = {} if note is None else note
         note["model"] = call.model
         started = time.monotonic()
@@ -206,31 +206,55 @@ class Gateway:
             self.release()
             raise
         plan = StreamPlan(job_id, call.model, chat, call.include_usage, started)
-        return self._events(plan, note)
-
-    async def _events(self, plan: StreamPlan, note: dict) -> AsyncIterator[bytes]:
-        """:func:`~gateway.streams.sse_events` of the job; the slot is released at the end,
-        and a client that goes away (or a stream past its deadline) cancels the job."""
-        end = StreamEnd()
-        events = self.backend.stream(plan.job_id, self.settings.gateway_timeout_s)
-        timeout_s = self.settings.gateway_timeout_s
-        try:
-            async for data in sse_events(plan, events, timeout_s, end, self.counters.first_token):
-                yield data
-        finally:
-            self.release()
-            with contextlib.suppress(BaseException):
-                await events.aclose()  # type: ignore[attr-defined]
-            if end.status != 200:
-                self.counters.stream_error(end.status)
-            if end.finish is not None:
-                self._count_tokens(note, end.finish.prompt_tokens, end.finish.completion_tokens)
-            if not end.finished:
-                note.setdefault("gone", end.status == 200)
-                self.cancel_later(plan.job_id)
+        return OpenStream(self, plan, note)
 
     async def close(self) -> None:
         for task in list(self._cancels):
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(task, 5)
         await self.backend.close()
+
+
+class OpenStream:
+    """The SSE events of one admitted stream (:func:`~gateway.streams.sse_events` of its
+    job). :meth:`close` -- called when the events end, and by the response in any case, even
+    when the client left before the first event was asked for -- releases the request's
+    slot once and cancels the job unless it ended."""
+
+    def __init__(self, gateway: Gateway, plan: StreamPlan, note: dict) -> None:
+        self.gateway = gateway
+        self.plan = plan
+        self.note = note
+        self.end = StreamEnd()
+        self._events: Any = None
+        self._closed = False
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._run()
+
+    async def _run(self) -> AsyncIterator[bytes]:
+        gateway, timeout_s = self.gateway, self.gateway.settings.gateway_timeout_s
+        self._events = gateway.backend.stream(self.plan.job_id, timeout_s)
+        try:
+            first_token = gateway.counters.first_token
+            async for data in sse_events(self.plan, self._events, timeout_s, self.end, first_token):
+                yield data
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        gateway, end = self.gateway, self.end
+        gateway.release()
+        if self._events is not None:
+            with contextlib.suppress(BaseException):
+                await self._events.aclose()
+        if end.status != 200:
+            gateway.counters.stream_error(end.status)
+        if end.finish is not None:
+            gateway._count_tokens(self.note, end.finish.prompt_tokens, end.finish.completion_tokens)
+        if not end.finished:
+            self.note.setdefault("gone", end.status == 200)
+            gateway.cancel_later(self.plan.job_id)
