@@ -2,11 +2,11 @@
 
 Each parser takes the decoded JSON body and returns what the job needs, or raises a 400
 :class:`~gateway.errors.ApiError` naming the field. Fields that change nothing here
-(``user``, ``stream_options``, ``logprobs: false`` ...) are accepted; fields asking for
-something the engine cannot do (``n`` > 1, a non-zero ``frequency_penalty`` or
-``presence_penalty``, ``dimensions``) are refused rather than silently ignored. ``stop``
-(a string or up to 4 strings) and the non-standard ``repetition_penalty`` (transformers'
-multiplicative penalty, > 0, 1 = off) go to the job.
+(``user``, ``logprobs: false`` ...) are accepted; fields asking for something the engine
+cannot do are refused by name rather than silently ignored (the table of
+:mod:`gateway.unsupported`). ``stop`` (a string or up to 4 strings) and the non-standard
+``repetition_penalty`` (transformers' multiplicative penalty, > 0, 1 = off) go to the job;
+``stream_options.include_usage`` asks for a last chunk with the usage.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.errors import bad_request
+from gateway.unsupported import CHAT, COMPLETION, EMBEDDINGS, refuse_unsupported
+from sw_core.pipeline.job_checks import has_text
 from sw_core.utils import is_finite_number, is_int, stop_sequences
 
 #: Roles a chat message may have.
@@ -29,6 +31,8 @@ class GenerateCall:
     prompt: str | list[dict[str, str]]
     stream: bool
     params: dict[str, Any] = field(default_factory=dict)
+    #: ``stream_options.include_usage``: a last chunk with the usage and no choices.
+    include_usage: bool = False
 
 
 @dataclass
@@ -43,45 +47,68 @@ class EmbedCall:
 def parse_chat(body: Any) -> GenerateCall:
     """``POST /v1/chat/completions``."""
     body = _object(body)
+    refuse_unsupported(body, CHAT)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise bad_request("'messages' must be a non-empty list of {role, content} messages")
     chat = [_message(i, m) for i, m in enumerate(messages)]
-    return GenerateCall(_model(body), chat, _stream(body), _generate_params(body))
+    if not any(has_text(m["content"]) for m in chat):
+        raise bad_request("'messages' hold no text: every 'content' is empty", param="messages")
+    return _generate_call(body, chat)
+
+
+def _generate_call(body: dict[str, Any], prompt: Any, **extra: Any) -> GenerateCall:
+    stream = _stream(body)
+    params = {**_generate_params(body), **extra}
+    return GenerateCall(_model(body), prompt, stream, params, _include_usage(body, stream))
+
+
+def _include_usage(body: dict[str, Any], stream: bool) -> bool:
+    """``stream_options``: null, or ``{"include_usage": bool}`` with ``stream`` true."""
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not stream:
+        raise bad_request(
+            "'stream_options' is only allowed with 'stream': true", param="stream_options"
+        )
+    if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
+        raise bad_request(
+            "'stream_options' must be an object like {\"include_usage\": true}",
+            param="stream_options",
+        )
+    return bool(options.get("include_usage", False))
 
 
 def parse_completion(body: Any) -> GenerateCall:
     """``POST /v1/completions``: one text prompt, completed without the chat template."""
     body = _object(body)
+    refuse_unsupported(body, COMPLETION)
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1:
         prompt = prompt[0]
-    if not isinstance(prompt, str) or not prompt:
-        raise bad_request("'prompt' must be one non-empty string")
-    if body.get("echo"):
-        raise bad_request("'echo' is not supported")
-    params = _generate_params(body)
-    params["chat"] = False
-    return GenerateCall(_model(body), prompt, _stream(body), params)
+    if not isinstance(prompt, str) or not has_text(prompt):
+        raise bad_request("'prompt' must be one string with some text", param="prompt")
+    return _generate_call(body, prompt, chat=False)
 
 
 def parse_embeddings(body: Any) -> EmbedCall:
     """``POST /v1/embeddings``: ``input`` is a string or a list of strings."""
     body = _object(body)
+    refuse_unsupported(body, EMBEDDINGS)
     given = body.get("input")
     inputs = [given] if isinstance(given, str) else given
     if not isinstance(inputs, list) or not inputs:
         raise bad_request("'input' must be a non-empty string or list of strings")
     for i, text in enumerate(inputs):
-        if not isinstance(text, str) or not text:
+        if not isinstance(text, str) or not has_text(text):
             raise bad_request(
-                f"input {i} must be a non-empty string (token-id inputs are not supported)"
+                f"input {i} must be a string with some text (token-id inputs are not supported)",
+                param="input",
             )
     fmt = body.get("encoding_format") or "float"
     if fmt not in ("float", "base64"):
         raise bad_request("'encoding_format' must be 'float' or 'base64'")
-    if body.get("dimensions") is not None:
-        raise bad_request("'dimensions' is not supported: the model's own size is returned")
     return EmbedCall(_model(body), inputs, fmt == "base64")
 
 
@@ -127,11 +154,7 @@ def _message(i: int, message: Any) -> dict[str, str]:
 
 
 def _generate_params(body: dict[str, Any]) -> dict[str, Any]:
-    params: dict[str, Any] = {}
-    n = body.get("n")
-    if n not in (None, 1):
-        raise bad_request("'n' must be 1: one answer per request")
-    params.update(_penalties(body))
+    params: dict[str, Any] = _repetition_penalty(body)
     stop = body.get("stop")
     if stop is not None:
         try:
@@ -166,16 +189,9 @@ def _generate_params(body: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
-def _penalties(body: dict[str, Any]) -> dict[str, Any]:
-    """``repetition_penalty`` for the job; OpenAI's additive penalties only when they are 0
-    (the engine has none of them: a non-zero one is refused, not ignored)."""
-    for name in ("frequency_penalty", "presence_penalty"):
-        value = body.get(name)
-        if value is not None and (not is_finite_number(value) or value != 0):
-            raise bad_request(
-                f"'{name}' is not supported (only 0); 'repetition_penalty' (> 0, 1 = off, "
-                "transformers' multiplicative penalty) is"
-            )
+def _repetition_penalty(body: dict[str, Any]) -> dict[str, Any]:
+    """``repetition_penalty`` for the job (OpenAI's additive penalties are refused unless 0:
+    see :mod:`gateway.unsupported`)."""
     penalty = body.get("repetition_penalty")
     if penalty is None:
         return {}

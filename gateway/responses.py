@@ -72,7 +72,7 @@ def chunk(
     finish: Finish | None = None,
     first: bool = False,
 ) -> dict[str, Any]:
-    """One streamed chunk: a delta of text, or the end (finish reason and usage)."""
+    """One streamed chunk: a delta of text, or the end (its finish reason)."""
     choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": None}
     if chat:
         delta: dict[str, Any] = {"role": "assistant"} if first else {}
@@ -90,8 +90,20 @@ def chunk(
     }
     if finish is not None:
         choice["finish_reason"] = finish.finish_reason
-        out["usage"] = usage(finish.prompt_tokens, finish.completion_tokens)
     return out
+
+
+def usage_chunk(job_id: str, model: str, chat: bool, finish: Finish) -> dict[str, Any]:
+    """The last chunk of a stream that asked for ``stream_options.include_usage``: the usage
+    of the whole request and no choices (as OpenAI sends it)."""
+    return {
+        "id": f"{'chatcmpl' if chat else 'cmpl'}-{job_id}",
+        "object": "chat.completion.chunk" if chat else "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [],
+        "usage": usage(finish.prompt_tokens, finish.completion_tokens),
+    }
 
 
 def embeddings(

@@ -159,6 +159,10 @@ class Settings:
     api_keys: Secret | None = None
     gateway_timeout_s: float = 300.0
     gateway_max_streams: int = 512
+    gateway_allowed_origins: str = ""
+    gateway_read_timeout_s: float = 10.0
+    gateway_idle_timeout_s: float = 5.0
+    gateway_max_connections: int = 1024
     #: The alert judges errors / requests over this many recent seconds.
     alert_window_s: int = 300
     #: Worker log lines: "text" (date, level, logger, message) or "json" (one object a line).
@@ -212,6 +216,9 @@ class Settings:
         positive = (
             "gateway_timeout_s",
             "gateway_max_streams",
+            "gateway_read_timeout_s",
+            "gateway_idle_timeout_s",
+            "gateway_max_connections",
             "cache_size_mb",
             "cache_part_mb",
             "cache_shards",

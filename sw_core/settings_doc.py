@@ -76,6 +76,10 @@ MEANINGS: dict[str, str] = {
     "api_keys": "Comma-separated keys `sw serve` accepts as `Authorization: Bearer KEY` (secret: compared in constant time, never logged); unset = no keys, and the gateway listens on loopback only.",
     "gateway_timeout_s": "Deadline of one gateway request: a job not finished by then is cancelled and the client gets 504.",
     "gateway_max_streams": "Most requests the gateway holds open at once; one more gets 429 with `Retry-After`.",
+    "gateway_allowed_origins": "Browser origins (`https://app.example.com,...`; `*` = any) allowed to call the gateway from their pages (CORS); requests from any other origin are refused with 403.",
+    "gateway_read_timeout_s": "A connection must send a request's headers within this (after it opens, or after the previous answer), and its body within this again; else it is closed (headers) or answered 408 (body).",
+    "gateway_idle_timeout_s": "A kept-alive connection without a new request is closed after this.",
+    "gateway_max_connections": "Most connections the gateway keeps open at once (streams included); one more is closed at once.",
     "alert_error_rate": "`errors / requests` of the recent window (see below) above this raises the alert (`sw stats --check`, `sw monitor --check`, `sw_alert`).",
 }
 

@@ -9,10 +9,16 @@ from typing import Any
 
 from sw_core.cli.flags import add_cli_flags, settings_from_args
 from sw_core.cli.output import data, data_json, say
-from sw_core.exceptions import ConfigError, JobTimeoutError, SurfingError
+from sw_core.exceptions import (
+    ConfigError,
+    JobCancelledError,
+    JobExpiredError,
+    JobTimeoutError,
+    SurfingError,
+)
 from sw_core.pipeline.job_checks import coerce_params
 from sw_core.queue_redis import queue_redis
-from sw_core.schema import FINAL_STATUSES, TASKS, JobStatus, check_params, check_task
+from sw_core.schema import TASKS, JobStatus, check_params, check_task
 from sw_core.settings import Settings
 
 #: Settings these commands take as flags too.
@@ -21,17 +27,21 @@ REDIS_FLAGS = ["redis_url", "key_prefix"]
 STORAGE_FLAGS = ["s3_endpoint", "s3_access_key", "s3_secret_key", "s3_secure", "s3_region"]
 
 #: Exit status when a job was dead-lettered / did not finish in time / is not known at all /
-#: the queue was full.
+#: the queue was full / was cancelled / passed its deadline.
 EXIT_DEAD = 1
 EXIT_NOT_DONE = 3
 EXIT_UNKNOWN = 4
 EXIT_QUEUE_FULL = 5
+EXIT_CANCELLED = 6
+EXIT_EXPIRED = 7
+#: A job's final status -> the exit status of ``sw result``.
+_FINAL_EXIT = {"dead": EXIT_DEAD, "cancelled": EXIT_CANCELLED, "expired": EXIT_EXPIRED}
 
 _RESULT_EXIT = (
-    "Exit status: 0 done; 1 the job was dead-lettered, cancelled or expired (why on stderr); "
-    "3 not finished within --timeout (or, without --wait, not finished yet); 4 no such job "
-    "(never submitted, or expired after SW_RESULT_TTL_S): do not poll again; 2 bad input or "
-    "settings."
+    "Exit status: 0 done; 1 the job was dead-lettered (why on stderr); 6 it was cancelled; "
+    "7 it passed its deadline (expired); 3 not finished within --timeout (or, without "
+    "--wait, not finished yet); 4 no such job (never submitted, or expired after "
+    "SW_RESULT_TTL_S): do not poll again; 2 bad input or settings."
 )
 
 
@@ -227,8 +237,8 @@ async def _result_async(settings: Settings, args: argparse.Namespace) -> int:
         if status["status"] == JobStatus.DONE:
             status["result"] = await producer.result(args.job_id, timeout_s=1)
         data_json(status)
-        if status["status"] in FINAL_STATUSES - {JobStatus.DONE}:
-            return EXIT_DEAD
+        if status["status"] in _FINAL_EXIT:
+            return _FINAL_EXIT[status["status"]]
         return 0 if status["status"] == JobStatus.DONE else EXIT_NOT_DONE
 
 
@@ -238,6 +248,9 @@ async def _wait_and_print(producer: Any, job_id: str, timeout_s: float) -> int:
     except JobTimeoutError as exc:
         print(f"sw: {exc}", file=sys.stderr)
         return EXIT_NOT_DONE
+    except (JobCancelledError, JobExpiredError) as exc:
+        print(f"sw: {exc}", file=sys.stderr)
+        return EXIT_CANCELLED if isinstance(exc, JobCancelledError) else EXIT_EXPIRED
     except SurfingError as exc:
         print(f"sw: job {job_id} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_DEAD

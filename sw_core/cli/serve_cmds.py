@@ -14,6 +14,10 @@ SERVE_FLAGS = [
     "heartbeat_ttl_s",
     "gateway_timeout_s",
     "gateway_max_streams",
+    "gateway_allowed_origins",
+    "gateway_read_timeout_s",
+    "gateway_idle_timeout_s",
+    "gateway_max_connections",
     "max_payload_bytes",
 ]
 

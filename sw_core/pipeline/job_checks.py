@@ -40,6 +40,8 @@ def validate_request(
     """
     model = check_name(model, "model")
     task = check_task(task)
+    check_unicode(inputs, "inputs")
+    check_unicode(params, "params")
     inputs = check_inputs(task, inputs, settings)
     params = check_params(task, params, settings)
     check_outputs(len(inputs), params)
@@ -55,6 +57,38 @@ def check_outputs(inputs: int, params: Mapping[str, Any]) -> None:
             f"{inputs} inputs x n={n} completions make {inputs * n} outputs; at most "
             f"{most} are allowed in one job"
         )
+
+
+def check_unicode(value: Any, where: str) -> None:
+    """Refuse text that cannot be encoded as UTF-8 (a lone surrogate, such as ``"\\ud800"``
+    from JSON or an undecodable byte of a command line), anywhere in ``value``.
+
+    Raises:
+        JobError: naming where the text is and the position of the bad character.
+    """
+    stack: list[tuple[Any, str]] = [(value, where)]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise JobError(
+                    f"{path} is not valid Unicode text: character {exc.start} is "
+                    f"{item[exc.start]!r} (a lone surrogate or an undecodable byte)"
+                ) from None
+        elif isinstance(item, Mapping):
+            stack += [(k, f"{path} key") for k in item] + [
+                (v, f"{path}[{k!r}]") for k, v in item.items()
+            ]
+        elif isinstance(item, (list, tuple)):
+            stack += [(v, f"{path}[{i}]") for i, v in enumerate(item)]
+
+
+def has_text(text: str) -> bool:
+    """Whether ``text`` holds something other than whitespace (the engine refuses a prompt
+    or a chat without any)."""
+    return bool(text.strip())
 
 
 def coerce_params(task: str, text_params: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
@@ -85,8 +119,10 @@ def check_inputs(task: Task, inputs: Any, settings: Settings) -> list[Any]:
         return [_check_generate_input(i, item) for i, item in enumerate(inputs)]
     if task == "embed":
         for i, text in enumerate(inputs):
-            if not isinstance(text, str) or not text:
-                raise JobError(f"input {i} of an embed job must be a non-empty string")
+            if not isinstance(text, str) or not has_text(text):
+                raise JobError(
+                    f"input {i} of an embed job must be a non-empty string (not only whitespace)"
+                )
         return list(inputs)
     for i, seq in enumerate(inputs):
         if not isinstance(seq, list) or not seq:
@@ -107,14 +143,16 @@ def check_inputs(task: Task, inputs: Any, settings: Settings) -> list[Any]:
 
 def _check_generate_input(i: int, item: Any) -> Any:
     """A prompt (non-empty text) or a chat: a list of ``{role, content}`` texts."""
-    if isinstance(item, str) and item:
+    if isinstance(item, str) and has_text(item):
         return item
     if isinstance(item, list):
         _check_chat(i, item)
+        if not any(has_text(message["content"]) for message in item):
+            raise JobError(f"input {i}: the chat holds no text (every 'content' is empty)")
         return [dict(message) for message in item]
     raise JobError(
-        f"input {i} of a generate job must be a non-empty string or a chat (a list of "
-        "{role, content} maps)"
+        f"input {i} of a generate job must be a non-empty string (not only whitespace) or a "
+        "chat (a list of {role, content} maps)"
     )
 
 

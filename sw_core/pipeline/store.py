@@ -34,6 +34,8 @@ DLQ_MAX_ENTRIES = 100_000
 START_LOST = 0
 #: :meth:`JobStore.start` for an entry whose job id belongs to a job waiting for another entry.
 START_DUPLICATE = -(1 << 62)
+#: :meth:`JobStore.start` for a job cancelled after the worker's check: not started.
+START_CANCELLED = -(1 << 62) + 1
 
 
 def _s(value: bytes | str) -> str:
@@ -120,7 +122,8 @@ class JobStore:
         is no longer ours, minus the delivery count when it is poison, :data:`START_DUPLICATE`
         when its job id already belongs to a job that waits for another entry (the job's own
         retries, replays and hand-backs name their entry in the job hash; any other entry
-        with that id must not touch the job). A job started without a job hash (hand-added,
+        with that id must not touch the job), :data:`START_CANCELLED` when the job was
+        cancelled (it is not started: end it with the ack). A job started without a job hash (hand-added,
         or not written by a producer) gets ``counted = False``: whatever its fields claim,
         nobody counted its request.
         """
@@ -137,7 +140,9 @@ class JobStore:
         reply = [int(x) for x in await self._start(keys=keys, args=args)]
         out: list[int] = []
         for job, state, deliveries in zip(jobs, reply[0::2], reply[1::2], strict=True):
-            if state == -2:
+            if state == -3:
+                out.append(START_CANCELLED)
+            elif state == -2:
                 out.append(START_DUPLICATE)
             elif state == -1:
                 out.append(-deliveries)

@@ -9,7 +9,7 @@ import logging
 from sw_core.exceptions import JobError
 from sw_core.pipeline.jobs import Job
 from sw_core.pipeline.lifecycle import JobEnds
-from sw_core.pipeline.store import START_DUPLICATE, START_LOST, JobStore
+from sw_core.pipeline.store import START_CANCELLED, START_DUPLICATE, START_LOST, JobStore
 from sw_core.settings import Settings
 from workers.jobs.outcomes import JobOutcomes
 
@@ -42,7 +42,12 @@ async def start_batch(
         return []
     runnable: list[Job] = []
     for job, deliveries in zip(live, starts, strict=True):
-        if deliveries == START_LOST:
+        if deliveries == START_CANCELLED:
+            # cancelled between the check and the start: never run, ended with the ack
+            # (job_end counts it only when the cancel did not already)
+            await outcomes.with_retries(lambda job=job: ends.end(job, "cancelled"), "end job")
+            log.info("worker %s: job %s cancelled before it started", name, job.job_id)
+        elif deliveries == START_LOST:
             log.info("worker %s: %s is no longer ours; skipped", name, job.entry_id)
         elif deliveries == START_DUPLICATE:
             await outcomes.duplicate(job)

@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 from redis.asyncio import Redis
 
 from sw_core.exceptions import JobError, ModelError
+from sw_core.ops.resident import RESIDENT_FIELD, encode_resident
 from sw_core.pipeline.jobs import Job, decode_entry, decode_fields
 from sw_core.pipeline.lifecycle import JobEnds
 from sw_core.pipeline.registry import ModelRegistry
@@ -179,13 +180,17 @@ class JobConsumer:
     def report(self) -> dict[str, str | int]:
         """What this consumer is doing, for the heartbeat hash."""
         current = list(self._inflight.values())
-        return {
+        fields: dict[str, str | int] = {
             "current_model": current[0].model if current else "",
             "current_jobs": ",".join(j.job_id for j in current)[:512],
             "jobs_done": self.jobs_done,
             "jobs_failed": self.jobs_failed,
             "held": len(self._held),
         }
+        resident = getattr(self.handler, "resident_chunks", None)
+        if resident is not None:  # the engines' chunks in memory, for the gateway's chunk map
+            fields[RESIDENT_FIELD] = encode_resident(resident())
+        return fields
 
     # ------------------------------------------------------------------ intake
     async def _read_loop(self) -> None:

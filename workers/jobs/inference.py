@@ -166,6 +166,10 @@ class InferenceHandler:
         await self.counters.flush(self._redis, self._stats_key)
         self._fit_budget(model)
 
+    def resident_chunks(self) -> dict[str, list[str]]:
+        """Names of the chunks each open model holds in memory now."""
+        return {name: e.residency.resident_chunks() for name, e in self._engines.items()}
+
     def _fit_budget(self, active: str) -> None:
         """Release the least recently used other engines while the worker is over budget."""
         budget = self.settings.memory_budget_bytes

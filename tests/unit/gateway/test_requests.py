@@ -227,7 +227,7 @@ async def test_a_stream_without_token_events_ends_with_the_whole_result() -> Non
 async def test_a_quiet_stream_gets_keepalives_and_a_deadline(monkeypatch) -> None:
     import asyncio
 
-    from gateway import service
+    from gateway import streams as service
 
     monkeypatch.setattr(service, "KEEPALIVE_S", 0.02)
 
@@ -240,3 +240,42 @@ async def test_a_quiet_stream_gets_keepalives_and_a_deadline(monkeypatch) -> Non
     with pytest.raises(TimeoutError):
         async for _ in service._with_keepalive(slow(5), timeout_s=0.1):
             pass
+
+
+async def test_a_stream_left_at_once_frees_its_slot_once() -> None:
+    """A client gone before its stream's first event: the events may never start; the
+    response still closes the stream -- one slot released, the job cancelled."""
+    from gateway.routes import ClosingStream
+    from gateway.service import Gateway, OpenStream
+    from gateway.streams import StreamPlan
+
+    producer = FakeProducer([{"type": "token", "index": 0, "text": "x"}])
+    cancelled: list[str] = []
+
+    async def cancel(job_id: str) -> str:
+        cancelled.append(job_id)
+        return "cancelled"
+
+    producer.cancel = cancel  # type: ignore[method-assign]
+    gateway = Gateway(JobBackend(producer, Settings()), Settings())  # type: ignore[arg-type]
+    for started in (False, True):
+        gateway.counters.open_requests = 1
+        stream = OpenStream(gateway, StreamPlan("j", "m", True, False, 0.0), {})
+        if started:
+            await anext(aiter(stream))  # the first event went out, then the client left
+
+        async def receive() -> dict:
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            pass
+
+        await ClosingStream(stream)(
+            {"type": "http", "asgi": {"spec_version": "2.3"}}, receive, send
+        )
+        assert gateway.counters.open_requests == 0
+        await stream.close()  # twice is once
+        assert gateway.counters.open_requests == 0
+    for task in list(gateway._cancels):
+        await task
+    assert cancelled == ["j", "j"]
