@@ -32,18 +32,21 @@ FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}
 
 @dataclass(frozen=True)
 class Delta:
-    """More text of the answer."""
+    """More text of answer ``index`` (with ``logprobs``: the entries of its tokens)."""
 
     text: str
+    index: int = 0
+    logprobs: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
 class Finish:
-    """The answer ended: why, and the token counts."""
+    """Answer ``index`` ended: why, and the token counts."""
 
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    index: int = 0
 
 
 def _accepts(method: Any, name: str) -> bool:
@@ -118,51 +121,60 @@ class JobBackend:
         """The job's result (its error raised as its class; JobTimeoutError after timeout_s)."""
         return await self.producer.result(job_id, timeout=timeout_s)
 
-    async def stream(self, job_id: str, timeout_s: float) -> AsyncIterator[Delta | Finish]:
-        """The answer of a one-input generate job as deltas, then one :class:`Finish`.
+    async def stream(
+        self, job_id: str, timeout_s: float, answers: int = 1
+    ) -> AsyncIterator[Delta | Finish]:
+        """The ``answers`` answers (``n``) of a one-input generate job as deltas, each with
+        its index, and one :class:`Finish` per answer; the iteration ends after the last.
 
         Raises:
             SurfingError: the job failed (as its class), was cancelled or expired.
             JobTimeoutError: nothing came for ``timeout_s`` seconds.
         """
         if not self.streams_tokens:
-            # FALLBACK: no token streaming in this producer: the whole text as one delta.
-            output = (await self.result(job_id, timeout_s))[0]
-            if output.get("text"):
-                yield Delta(output["text"])
-            yield finish_of(output)
+            # FALLBACK: no token streaming in this producer: each whole text as one delta.
+            for i, output in enumerate(await self.result(job_id, timeout_s)):
+                if output.get("text"):
+                    yield Delta(output["text"], i, output.get("logprobs"))
+                yield finish_of(output, index=i)
             return
-        sent = ""  # text the client has; a restarted job's text is replayed up to here
-        replay: str | None = None
-        finish: Finish | None = None
+        # text each answer's client has; a restarted job's text is replayed up to there
+        sent = [""] * answers
+        replay: list[str] | None = None
+        finishes: dict[int, Finish] = {}
         events = self.producer.stream(job_id, timeout=timeout_s)  # type: ignore[attr-defined]
         async for event in events:
             kind = event.get("type")
+            index = event.get("index", 0)
             if kind == "restart":
-                replay = ""
-            elif kind == "token" and event.get("index", 0) == 0:
+                replay = [""] * answers
+            elif kind == "token" and isinstance(index, int) and 0 <= index < answers:
                 text = str(event.get("text", ""))
+                logprobs = event.get("logprobs")
                 if replay is not None:
-                    replay += text
-                    new = _beyond(sent, replay)
+                    replay[index] += text
+                    new = _beyond(sent[index], replay[index])
                     if new is None:
-                        continue
+                        continue  # (its logprobs were sent the first time)
                     text = new
-                sent += text
-                if text:
-                    yield Delta(text)
-            elif kind == "end" and event.get("index", 0) == 0:
-                finish = finish_of(event, event.get("completion_tokens"))
+                sent[index] += text
+                if text or logprobs:
+                    yield Delta(text, index, logprobs if isinstance(logprobs, list) else None)
+            elif kind == "end" and isinstance(index, int) and 0 <= index < answers:
+                finishes[index] = finish_of(event, event.get("completion_tokens"), index=index)
+                yield finishes[index]
             elif kind == "final":
-                if finish is None or event.get("status") != "done":
-                    # no end event (a worker without token streaming), or the job failed:
+                if len(finishes) < answers or event.get("status") != "done":
+                    # no end events (a worker without token streaming), or the job failed:
                     # the result says which (the job's error is raised as its class)
-                    output = (await self.result(job_id, timeout_s))[0]
-                    rest = _beyond(sent, str(output.get("text") or ""))
-                    if rest:
-                        yield Delta(rest)
-                    finish = finish_of(output)
-                yield finish
+                    outputs = await self.result(job_id, timeout_s)
+                    for i, output in enumerate(outputs[:answers]):
+                        if i in finishes:
+                            continue
+                        rest = _beyond(sent[i], str(output.get("text") or ""))
+                        if rest:
+                            yield Delta(rest, i)
+                        yield finish_of(output, index=i)
                 return
 
     async def cancel(self, job_id: str) -> bool:
@@ -174,7 +186,9 @@ class JobBackend:
         return True
 
 
-def finish_of(output: dict[str, Any], completion_tokens: int | None = None) -> Finish:
+def finish_of(
+    output: dict[str, Any], completion_tokens: int | None = None, *, index: int = 0
+) -> Finish:
     """The :class:`Finish` of one generate output or ``end`` event (reason, token counts)."""
     if completion_tokens is None:
         completion_tokens = len(output.get("token_ids") or [])
@@ -182,6 +196,16 @@ def finish_of(output: dict[str, Any], completion_tokens: int | None = None) -> F
         finish_reason=FINISH_REASONS.get(str(output.get("finish_reason")), "stop"),
         prompt_tokens=int(output.get("prompt_tokens") or 0),
         completion_tokens=int(completion_tokens),
+        index=index,
+    )
+
+
+def total_usage(finishes: list[Finish]) -> Finish:
+    """One request's usage over its answers: the prompt (it ran once) plus every answer."""
+    return Finish(
+        finishes[-1].finish_reason if finishes else "stop",
+        max((f.prompt_tokens for f in finishes), default=0),
+        sum(f.completion_tokens for f in finishes),
     )
 
 

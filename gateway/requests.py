@@ -5,18 +5,24 @@ Each parser takes the decoded JSON body and returns what the job needs, or raise
 (``user``, ``logprobs: false`` ...) are accepted; fields asking for something the engine
 cannot do are refused by name rather than silently ignored (the table of
 :mod:`gateway.unsupported`). ``stop`` (a string or up to 4 strings) and the non-standard
-``repetition_penalty`` (transformers' multiplicative penalty, > 0, 1 = off) go to the job;
+``repetition_penalty`` (transformers' multiplicative penalty, > 0, 1 = off) go to the job,
+and so does every field the job schema names as setting a param (``n``, ``logprobs``,
+``top_logprobs``, ``frequency_penalty``, ``presence_penalty``, ``response_format`` -> its
+``json_schema``), checked by the schema;
 ``stream_options.include_usage`` asks for a last chunk with the usage.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from gateway.errors import bad_request
 from gateway.unsupported import CHAT, COMPLETION, EMBEDDINGS, refuse_unsupported
+from sw_core.exceptions import JobError
 from sw_core.pipeline.job_checks import has_text
+from sw_core.schema import PARAM_SPECS, GenerateParams, check_value
 from sw_core.utils import is_finite_number, is_int, stop_sequences
 
 #: Roles a chat message may have.
@@ -54,12 +60,12 @@ def parse_chat(body: Any) -> GenerateCall:
     chat = [_message(i, m) for i, m in enumerate(messages)]
     if not any(has_text(m["content"]) for m in chat):
         raise bad_request("'messages' hold no text: every 'content' is empty", param="messages")
-    return _generate_call(body, chat)
+    return _generate_call(body, chat, CHAT)
 
 
-def _generate_call(body: dict[str, Any], prompt: Any, **extra: Any) -> GenerateCall:
+def _generate_call(body: dict[str, Any], prompt: Any, route: str, **extra: Any) -> GenerateCall:
     stream = _stream(body)
-    params = {**_generate_params(body), **extra}
+    params = {**_generate_params(body, route), **extra}
     return GenerateCall(_model(body), prompt, stream, params, _include_usage(body, stream))
 
 
@@ -89,7 +95,7 @@ def parse_completion(body: Any) -> GenerateCall:
         prompt = prompt[0]
     if not isinstance(prompt, str) or not has_text(prompt):
         raise bad_request("'prompt' must be one string with some text", param="prompt")
-    return _generate_call(body, prompt, chat=False)
+    return _generate_call(body, prompt, COMPLETION, chat=False)
 
 
 def parse_embeddings(body: Any) -> EmbedCall:
@@ -153,8 +159,89 @@ def _message(i: int, message: Any) -> dict[str, str]:
     return {"role": message["role"], "content": content}
 
 
-def _generate_params(body: dict[str, Any]) -> dict[str, Any]:
-    params: dict[str, Any] = _repetition_penalty(body)
+#: Generate params whose OpenAI fields need more than the schema's check (an OpenAI range
+#: or default that differs from the job's); handled one by one in :func:`_generate_params`.
+#: Every other param with an OpenAI field is mapped from the schema as it is.
+_BY_HAND = frozenset(
+    {"max_new_tokens", "temperature", "top_p", "seed", "stop", "repetition_penalty"}
+)
+
+
+_DEFAULTS = {f.name: f.default for f in fields(GenerateParams)}
+
+
+class _NoBounds:
+    """Bounds for the schema check of the params mapped here (none reads a setting)."""
+
+    max_new_tokens_limit = 1 << 30
+
+
+def _schema_params(body: dict[str, Any], route: str) -> dict[str, Any]:
+    """Every generate param that an OpenAI field sets (:attr:`ParamSpec.openai`), checked by
+    the schema; a field in OpenAI's shape is first turned into the param's (``logprobs`` of a
+    completion, ``response_format``)."""
+    params: dict[str, Any] = {}
+    for name, spec in PARAM_SPECS["generate"].items():
+        if name in _BY_HAND:
+            continue
+        field_name = next((f for f in spec.openai if body.get(f) is not None), None)
+        if field_name is None:
+            continue
+        value = _openai_value(name, body[field_name], route, params)
+        if value is None:
+            continue
+        try:
+            checked = check_value(name, value, spec, _NoBounds())
+        except JobError as exc:
+            raise bad_request(
+                f"{exc}".replace(f"'{name}'", f"'{field_name}'", 1), param=field_name
+            ) from None
+        if checked != _DEFAULTS[name]:  # a value that asks for nothing stays out of the job
+            params[name] = checked
+    if params.get("top_logprobs") and not params.get("logprobs"):
+        raise bad_request("'top_logprobs' needs 'logprobs': true", param="top_logprobs")
+    return params
+
+
+def _openai_value(name: str, value: Any, route: str, params: dict[str, Any]) -> Any:
+    """An OpenAI field's value as the job param ``name`` takes it (None: leave it out)."""
+    if name == "logprobs" and route == COMPLETION:
+        # completions: ``logprobs`` is how many alternatives (0-5), and asks for logprobs
+        if not is_int(value) or not 0 <= value <= 5:
+            raise bad_request("'logprobs' must be a whole number from 0 to 5", param="logprobs")
+        params["top_logprobs"] = value
+        return True
+    if name == "json_schema":
+        return _response_format(value)
+    return value
+
+
+def _response_format(value: Any) -> str | None:
+    """``response_format`` -> the job's ``json_schema`` (a JSON text; None for plain text)."""
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return '{"type": "object"}'
+    if kind == "json_schema":
+        spec = value.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if isinstance(schema, dict):
+            return json.dumps(schema)
+        raise bad_request(
+            "'response_format' of type json_schema needs 'json_schema': {\"name\": ..., "
+            '"schema": {...}}',
+            param="response_format",
+        )
+    raise bad_request(
+        '\'response_format\' must be {"type": "text"}, {"type": "json_object"} or '
+        '{"type": "json_schema", "json_schema": {...}}',
+        param="response_format",
+    )
+
+
+def _generate_params(body: dict[str, Any], route: str) -> dict[str, Any]:
+    params: dict[str, Any] = {**_repetition_penalty(body), **_schema_params(body, route)}
     stop = body.get("stop")
     if stop is not None:
         try:
@@ -190,8 +277,8 @@ def _generate_params(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def _repetition_penalty(body: dict[str, Any]) -> dict[str, Any]:
-    """``repetition_penalty`` for the job (OpenAI's additive penalties are refused unless 0:
-    see :mod:`gateway.unsupported`)."""
+    """``repetition_penalty`` for the job (transformers' multiplicative penalty; OpenAI's
+    additive ``frequency_penalty`` / ``presence_penalty`` are mapped from the schema)."""
     penalty = body.get("repetition_penalty")
     if penalty is None:
         return {}

@@ -20,7 +20,7 @@ from gateway.access import access_note
 from gateway.errors import ApiError, bad_request, unknown_model
 from gateway.metrics import PROMETHEUS_TEXT
 from gateway.requests import GenerateCall, parse_chat, parse_completion, parse_embeddings
-from gateway.responses import model_card, model_list
+from gateway.responses import model_list
 from gateway.service import Gateway, OpenStream
 from gateway.status import MAX_MODELS
 from sw_core.exceptions import JobError
@@ -143,14 +143,16 @@ async def metrics(request: Request) -> Response:
 # ---------------------------------------------------------------------------- OpenAI
 @openai_routes.get("/models")
 async def models(request: Request) -> dict[str, Any]:
-    return model_list(list(await gateway_of(request).backend.models()))
+    gateway = gateway_of(request)
+    return model_list(await gateway.model_cards(list(await gateway.backend.models())))
 
 
 @openai_routes.get("/models/{name:path}")
 async def model(request: Request, name: str) -> dict[str, Any]:
     if not await gateway_of(request).backend.has_model(name):
         raise unknown_model(name[:128])
-    return model_card(name)
+    [card] = await gateway_of(request).model_cards([name])
+    return card
 
 
 @openai_routes.post("/embeddings")

@@ -25,7 +25,7 @@ from gateway.errors import (
     too_busy,
     unknown_model,
 )
-from gateway.jobs import JobBackend, finish_of
+from gateway.jobs import JobBackend, finish_of, total_usage
 from gateway.metrics import GatewayCounters
 from gateway.prompt_limits import check_prompt_fits
 from gateway.requests import EmbedCall, GenerateCall
@@ -137,6 +137,18 @@ class Gateway:
         except Exception as exc:
             log.warning("could not cancel job %s: %s", job_id, exc)
 
+    async def model_cards(self, names: list[str]) -> list[dict[str, Any]]:
+        """``GET /v1/models`` entries, with each model's context length when it can be read."""
+        locations = await self.backend.models()
+        cards = []
+        for name in names:
+            context = None
+            if name in locations:
+                facts = await self.tokens.facts(name, locations[name])
+                context = facts.context.context_length if facts.context is not None else None
+            cards.append(responses.model_card(name, context))
+        return cards
+
     async def _check_prompt(self, call: GenerateCall) -> None:
         location = (await self.backend.models()).get(call.model)
         if location:
@@ -178,13 +190,13 @@ class Gateway:
         try:
             await self._check_prompt(call)
             job_id = await self._submit(call.model, "generate", [call.prompt], **call.params)
-            output = (await self._result_unless_gone(job_id, gone, note))[0]
+            outputs = await self._result_unless_gone(job_id, gone, note)
         finally:
             self.release()
-        text, finish = output.get("text") or "", finish_of(output)
-        self._count_tokens(note, finish.prompt_tokens, finish.completion_tokens)
+        total = total_usage([finish_of(o) for o in outputs])
+        self._count_tokens(note, total.prompt_tokens, total.completion_tokens)
         build = responses.chat_completion if chat else responses.text_completion
-        return build(job_id, call.model, text, finish)
+        return build(job_id, call.model, outputs, total)
 
     def _count_tokens(self, note: dict, prompt: int, completion: int) -> None:
         note["prompt_tokens"], note["completion_tokens"] = prompt, completion
@@ -205,7 +217,8 @@ class Gateway:
         except BaseException:
             self.release()
             raise
-        plan = StreamPlan(job_id, call.model, chat, call.include_usage, started)
+        answers = int(call.params.get("n") or 1)
+        plan = StreamPlan(job_id, call.model, chat, call.include_usage, started, answers)
         return OpenStream(self, plan, note)
 
     async def close(self) -> None:
@@ -234,7 +247,7 @@ class OpenStream:
 
     async def _run(self) -> AsyncIterator[bytes]:
         gateway, timeout_s = self.gateway, self.gateway.settings.gateway_timeout_s
-        self._events = gateway.backend.stream(self.plan.job_id, timeout_s)
+        self._events = gateway.backend.stream(self.plan.job_id, timeout_s, self.plan.answers)
         try:
             first_token = gateway.counters.first_token
             async for data in sse_events(self.plan, self._events, timeout_s, self.end, first_token):

@@ -17,7 +17,7 @@ from typing import Any
 
 from gateway import responses
 from gateway.errors import deadline, error_from_exception
-from gateway.jobs import Delta, Finish
+from gateway.jobs import Delta, Finish, total_usage
 from sw_core.exceptions import JobTimeoutError
 
 #: Seconds without an event after which a stream gets a keep-alive comment line.
@@ -34,6 +34,8 @@ class StreamPlan:
     include_usage: bool
     #: ``time.monotonic()`` when the request arrived (for the time to its first token).
     started: float
+    #: Answers of the request (``n``): chunks carry their choice's index.
+    answers: int = 1
 
 
 @dataclass
@@ -61,9 +63,12 @@ async def sse_events(
         )
 
     first = True
+    finishes: list[Finish] = []
+    offsets = [0] * plan.answers  # text sent per answer (a completion's text_offset)
     try:
         if plan.chat:
-            yield chunk(text="", first=True)
+            for index in range(plan.answers):
+                yield chunk(text="", first=True, index=index)
         async for event in _with_keepalive(events, timeout_s):
             if event is None:
                 yield responses.KEEPALIVE
@@ -71,10 +76,17 @@ async def sse_events(
                 if first:
                     first = False
                     on_first_token(time.monotonic() - plan.started)
-                yield chunk(text=event.text)
+                logprobs = (
+                    responses.chat_logprobs(event.logprobs)
+                    if plan.chat
+                    else responses.completion_logprobs(event.logprobs, offsets[event.index])
+                )
+                offsets[event.index] += sum(len(e["token"]) for e in event.logprobs or [])
+                yield chunk(text=event.text, index=event.index, logprobs=logprobs)
             else:
-                end.finish = event
-                yield chunk(finish=event)
+                finishes.append(event)
+                end.finish = total_usage(finishes)
+                yield chunk(finish=event, index=event.index)
         end.finished = True
         if plan.include_usage and end.finish is not None:
             yield responses.sse(

@@ -14,11 +14,11 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sw_core.architectures import ARCHITECTURES
 from sw_core.chunks.chunk_set import ChunkSet
+from sw_core.context import ContextLimits, context_limits
 from sw_core.exceptions import SecurityError
 from sw_core.pipeline.registry import tasks_of
 from sw_core.settings import Settings
@@ -47,21 +47,20 @@ class ModelFacts:
     tokenizer: Any = None
     #: Tokens the model's positions cover (prompt plus answer); None: unbounded or unknown.
     max_positions: int | None = None
+    #: The context length under this gateway's settings (the workers' should be the same).
+    context: ContextLimits | None = None
     chunks: list[ChunkRef] = field(default_factory=list)
     #: The tasks the model can run (from the manifest's model class); empty: unknown.
     tasks: tuple[str, ...] = ()
 
 
-def usable_positions(config: dict[str, Any]) -> int | None:
-    """Tokens a model's learned positions cover, from its ``config.json`` (as the engine
-    judges them: RoBERTa-style models start counting at ``pad_token_id + 1``)."""
-    positions = config.get("max_position_embeddings") or config.get("n_positions")
-    if not isinstance(positions, int) or positions <= 0:
-        return None
-    arch = ARCHITECTURES.get(str(config.get("model_type", "")))
-    if arch is not None and arch.positions_after_pad:
-        positions -= int(config.get("pad_token_id") or 0) + 1
-    return positions
+def model_context(config: dict[str, Any], tasks: tuple[str, ...], settings: Settings) -> Any:
+    """The :class:`~sw_core.context.ContextLimits` of a model from its ``config.json``, as
+    the engine judges them (T5's relative positions do not bound it)."""
+    limits = context_limits(config, settings, generates="generate" in tasks)
+    if config.get("is_encoder_decoder"):
+        limits = replace(limits, positions=None)
+    return limits
 
 
 class TokenCounter:
@@ -125,8 +124,9 @@ class TokenCounter:
                 tasks=tasks_of(manifest),
             )
             if CONFIG_FILE in files:
-                config = await _verified(chunk_set, files[CONFIG_FILE], model)
-                facts.max_positions = usable_positions(json.loads(config))
+                config = json.loads(await _verified(chunk_set, files[CONFIG_FILE], model))
+                facts.context = model_context(config, facts.tasks, self.settings)
+                facts.max_positions = facts.context.positions
             if TOKENIZER_FILE in files:
                 data = await _verified(chunk_set, files[TOKENIZER_FILE], model)
                 tokenizer = Tokenizer.from_str(data.decode("utf-8"))

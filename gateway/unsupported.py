@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import ApiError, bad_request
-from sw_core.utils import is_finite_number
 
 CHAT = "chat"
 COMPLETION = "completion"
@@ -31,24 +30,8 @@ def _not_one(value: Any) -> bool:
     return value is not None and not (type(value) is int and value == 1)
 
 
-def _non_zero(value: Any) -> bool:
-    return value is not None and not (is_finite_number(value) and value == 0)
-
-
 def _tool_choice(value: Any) -> bool:
     return value not in (None, "none", "auto")
-
-
-def _not_text(value: Any) -> bool:
-    return value is not None and value != {"type": "text"}
-
-
-def _logprobs(value: Any) -> bool:
-    return value is not None and value is not False
-
-
-def _top_logprobs(value: Any) -> bool:
-    return value is not None and not (type(value) is int and value == 0)
 
 
 @dataclass(frozen=True)
@@ -76,39 +59,8 @@ UNSUPPORTED: tuple[Unsupported, ...] = (
         _tool_choice,
         "'function_call' is not supported: no function calling",
     ),
-    Unsupported(
-        "response_format",
-        GENERATE,
-        _not_text,
-        '\'response_format\' is not supported: only {"type": "text"} (no JSON mode)',
-    ),
-    Unsupported(
-        "logprobs",
-        GENERATE,
-        _logprobs,
-        "'logprobs' is not supported: no log probabilities are returned",
-    ),
-    Unsupported(
-        "top_logprobs",
-        GENERATE,
-        _top_logprobs,
-        "'top_logprobs' is not supported: no log probabilities are returned",
-    ),
     Unsupported("logit_bias", GENERATE, _given, "'logit_bias' is not supported"),
-    Unsupported("n", GENERATE, _not_one, "'n' must be 1: one answer per request"),
     Unsupported("best_of", (COMPLETION,), _not_one, "'best_of' must be 1"),
-    Unsupported(
-        "frequency_penalty",
-        GENERATE,
-        _non_zero,
-        "'frequency_penalty' is not supported (only 0); 'repetition_penalty' (> 0, 1 = off, transformers' multiplicative penalty) is",
-    ),
-    Unsupported(
-        "presence_penalty",
-        GENERATE,
-        _non_zero,
-        "'presence_penalty' is not supported (only 0); 'repetition_penalty' (> 0, 1 = off, transformers' multiplicative penalty) is",
-    ),
     Unsupported("echo", (COMPLETION,), _given, "'echo' is not supported"),
     Unsupported("suffix", (COMPLETION,), _given, "'suffix' is not supported: no insertion"),
     Unsupported("audio", (CHAT,), _given, "'audio' is not supported: text answers only"),

@@ -4,6 +4,7 @@ pipeline's chat inputs that the gateway relies on."""
 from __future__ import annotations
 
 import base64
+import json
 
 import numpy as np
 import pytest
@@ -74,13 +75,32 @@ def test_chat_request_becomes_one_generate_input() -> None:
         ({"messages": CHAT}, "'model'"),
         ({"model": "m", "messages": "hi"}, "'messages'"),
         ({"model": "m", "messages": [{"role": "robot", "content": "x"}]}, "'role'"),
-        ({"model": "m", "messages": CHAT, "n": 3}, "'n'"),
+        ({"model": "m", "messages": CHAT, "n": 17}, "'n' must be an integer from 1 to 16"),
+        ({"model": "m", "messages": CHAT, "n": 0}, "'n'"),
+        ({"model": "m", "messages": CHAT, "top_logprobs": 3}, "'top_logprobs' needs"),
+        ({"model": "m", "messages": CHAT, "logprobs": 1}, "'logprobs' must be true or false"),
+        ({"model": "m", "messages": CHAT, "response_format": {"type": "xml"}}, "'response_format'"),
+        (
+            {"model": "m", "messages": CHAT, "response_format": {"type": "json_schema"}},
+            "'response_format' of type json_schema needs",
+        ),
+        (
+            {
+                "model": "m",
+                "messages": CHAT,
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {"type": "nonsense"}},
+                },
+            },
+            "'response_format' is not a usable JSON schema",
+        ),
         ({"model": "m", "messages": CHAT, "stop": ["a", "b", "c", "d", "e"]}, "'stop' holds 5"),
         ({"model": "m", "messages": CHAT, "stop": [1]}, "'stop' must hold strings only"),
         ({"model": "m", "messages": CHAT, "stop": 7}, "'stop' must be a string or a list"),
         ({"model": "m", "messages": CHAT, "stop": [""]}, "'stop' holds an empty string"),
-        ({"model": "m", "messages": CHAT, "frequency_penalty": 0.5}, "'frequency_penalty'"),
-        ({"model": "m", "messages": CHAT, "presence_penalty": -1}, "'presence_penalty'"),
+        ({"model": "m", "messages": CHAT, "frequency_penalty": 2.5}, "'frequency_penalty' must"),
+        ({"model": "m", "messages": CHAT, "presence_penalty": -3}, "'presence_penalty' must"),
         ({"model": "m", "messages": CHAT, "presence_penalty": "0"}, "'presence_penalty'"),
         ({"model": "m", "messages": CHAT, "repetition_penalty": 0}, "'repetition_penalty'"),
         ({"model": "m", "messages": CHAT, "max_tokens": 0}, "'max_tokens'"),
@@ -92,6 +112,45 @@ def test_bad_chat_requests_are_400(body: dict, field: str) -> None:
     with pytest.raises(ApiError) as caught:
         parse_chat(body)
     assert caught.value.status == 400 and field in caught.value.message
+
+
+def test_openai_fields_reach_the_job_params_as_the_schema_names_them() -> None:
+    body = {"model": "m", "messages": CHAT, "n": 2, "logprobs": True, "top_logprobs": 3}
+    call = parse_chat(
+        {**body, "frequency_penalty": 0.5, "presence_penalty": -1, "seed": 4, "temperature": 1}
+    )
+    assert call.params == {
+        "n": 2,
+        "logprobs": True,
+        "top_logprobs": 3,
+        "frequency_penalty": 0.5,
+        "presence_penalty": -1.0,
+        "seed": 4,
+        "do_sample": True,
+        "temperature": 1.0,
+    }
+    # a completion's logprobs is the number of alternatives
+    completion = parse_completion({"model": "m", "prompt": "Hi", "logprobs": 2})
+    assert completion.params == {"logprobs": True, "top_logprobs": 2, "chat": False}
+    assert parse_completion({"model": "m", "prompt": "Hi", "logprobs": 0}).params["logprobs"]
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    structured = parse_chat(
+        {
+            "model": "m",
+            "messages": CHAT,
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "s", "schema": schema},
+            },
+        }
+    )
+    assert json.loads(structured.params["json_schema"]) == schema
+    as_object = parse_chat(
+        {"model": "m", "messages": CHAT, "response_format": {"type": "json_object"}}
+    )
+    assert as_object.params == {"json_schema": '{"type": "object"}'}
+    plain = parse_chat({"model": "m", "messages": CHAT, "response_format": {"type": "text"}})
+    assert plain.params == {}
 
 
 def test_stop_and_penalties_reach_the_job_params() -> None:
