@@ -34,10 +34,18 @@ CHAT_TEMPLATE = (
 def build_tiny_chat(folder: Path) -> None:
     """Chunk a 2-layer random LLaMA with MiniLM's tokenizer (and a chat template) into
     ``folder``."""
+    from sw_core.chunks.chunker import chunk_model
+
+    model, tokenizer = tiny_chat_model()
+    chunk_model(model, folder, name="tinychat", tokenizer=tokenizer)
+
+
+def tiny_chat_model() -> tuple[Any, Any]:
+    """The tiny chat model in memory (the same weights every time: seed 0) and its
+    tokenizer: the reference of what the gateway serves as ``tinychat``."""
     import torch
     import transformers
 
-    from sw_core.chunks.chunker import chunk_model
     from sw_core.local.bundled import minilm_path
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_path())
@@ -55,8 +63,7 @@ def build_tiny_chat(folder: Path) -> None:
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(config).eval()
-    chunk_model(model, folder, name="tinychat", tokenizer=tokenizer)
+    return transformers.LlamaForCausalLM(config).eval(), tokenizer
 
 
 @pytest.fixture(scope="session")

@@ -137,8 +137,11 @@ class DecodeLoop:
                 for req in requests:
                     base = len(seqs)
                     seqs += self.session.parse_all(req, lambda j, b=base, i=job.job_id: (i, b + j))
-            except ModelError as exc:
+            except Exception as exc:  # a bad job (or a bug parsing it) fails that job only
                 self.waiting.pop(0)
+                if not isinstance(exc, ModelError):
+                    log.exception("job %s could not join the decode batch", job.job_id)
+                    exc = ModelError(f"the job could not join the decode batch: {exc}")
                 await self.owner.outcomes.failed(job, exc)
                 self.owner.release(job)
                 continue

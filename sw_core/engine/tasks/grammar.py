@@ -59,9 +59,16 @@ class Grammars:
                     "model has none"
                 )
             eos = self.eos or None
-            self._lltokenizer = llguidance.hf.from_tokenizer(
-                self.tokenizer, n_vocab=self.vocab_size, eos_token=eos
-            )
+            try:
+                self._lltokenizer = llguidance.hf.from_tokenizer(
+                    self.tokenizer, n_vocab=self.vocab_size, eos_token=eos
+                )
+            except (ValueError, TypeError) as exc:  # e.g. WordPiece: no byte decoding
+                self._lltokenizer = ModelError(
+                    f"'json_schema' cannot be used with this model's tokenizer: {exc}"
+                )
+        if isinstance(self._lltokenizer, ModelError):
+            raise self._lltokenizer
         return self._lltokenizer
 
 
