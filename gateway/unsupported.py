@@ -1,8 +1,8 @@
 """OpenAI request fields the gateway cannot serve yet, refused by name instead of ignored.
 
 One table, :data:`UNSUPPORTED`: a field, the routes it applies to, when a value asks for
-something (``tools: []``, ``logprobs: false``, ``n: 1`` and zero penalties ask for nothing
-and pass) and what to tell the client. A field the engine learns to serve is one entry
+something (``tools: []`` and ``best_of: 1`` ask for nothing and pass) and what to tell the
+client. A field the engine learns to serve is one entry
 removed here (and handled in :mod:`gateway.requests`). Every refusal is a 400 in OpenAI's
 shape with ``param`` set to the field and ``code`` ``unsupported_parameter``.
 """

@@ -17,7 +17,9 @@ Every task takes a list of request dicts (msgpack-friendly). Fields:
   default 1.0 = off: transformers' ``RepetitionPenaltyLogitsProcessor`` over the prompt and
   the generated tokens); ``stop`` (a string or a list of up to 4 non-empty strings of at
   most 256 characters: the row ends, finish reason ``stop``, once its text contains one; the
-  text is cut before it; needs a tokenizer).
+  text is cut before it; needs a tokenizer); ``frequency_penalty`` / ``presence_penalty``,
+  ``logprobs`` / ``top_logprobs``, ``n`` and ``json_schema`` (see :mod:`sw_core.schema` and
+  ``docs/engine.md``).
 
 Anything wrong -- wrong types, empty text, unknown fields, too many tokens for the model or
 for ``max_input_tokens`` -- raises :class:`~sw_core.exceptions.ModelError` naming the field.
