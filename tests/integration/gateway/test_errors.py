@@ -47,8 +47,8 @@ async def test_invalid_requests_are_400_and_queue_nothing(cluster: Cluster) -> N
         await client.chat.completions.create(model="tinychat", messages=[])
     assert caught.value.status_code == 400
     assert "messages" in caught.value.body["message"]
-    with pytest.raises(openai.BadRequestError, match="'n' must be 1"):
-        await client.chat.completions.create(model="tinychat", messages=CHAT, n=2)
+    with pytest.raises(openai.BadRequestError, match="'n' must be an integer from 1 to 16"):
+        await client.chat.completions.create(model="tinychat", messages=CHAT, n=17)
     with pytest.raises(openai.BadRequestError, match="max_new_tokens"):  # over the job limit
         await client.chat.completions.create(model="tinychat", messages=CHAT, max_tokens=10**6)
     with pytest.raises(openai.BadRequestError, match="'stop' holds 5 strings; at most 4"):
@@ -59,10 +59,10 @@ async def test_invalid_requests_are_400_and_queue_nothing(cluster: Cluster) -> N
         await client.chat.completions.create(model="tinychat", messages=CHAT, stop=["a", 1])
     with pytest.raises(openai.BadRequestError, match="'stop' must be a string or a list"):
         await client.completions.create(model="tinychat", prompt="x", stop=5)
-    with pytest.raises(openai.BadRequestError, match="'frequency_penalty' is not supported"):
-        await client.chat.completions.create(model="tinychat", messages=CHAT, frequency_penalty=0.5)
-    with pytest.raises(openai.BadRequestError, match="'presence_penalty' is not supported"):
-        await client.completions.create(model="tinychat", prompt="x", presence_penalty=-1)
+    with pytest.raises(openai.BadRequestError, match="'frequency_penalty' must be a number"):
+        await client.chat.completions.create(model="tinychat", messages=CHAT, frequency_penalty=2.5)
+    with pytest.raises(openai.BadRequestError, match="'presence_penalty' must be a number"):
+        await client.completions.create(model="tinychat", prompt="x", presence_penalty=-3)
     raw = httpx.post(cluster.gateways[0].url + "/v1/embeddings", content=b"{not json")
     assert raw.status_code == 400
     assert set(raw.json()["error"]) == {"message", "type", "param", "code"}
