@@ -32,7 +32,7 @@ _BASE = tuple(
     f"sw_core.{name}"
     for name in (
         "exceptions utils hashing keys settings settings_doc counters progress retry "
-        "lua_scripts queue_redis architectures schema schema_doc context"
+        "lua_scripts queue_redis architectures schema schema_doc context json_schema"
     ).split()
 )
 _WORKERS = ("workers.base", "workers.chunks", "workers.jobs", "workers")

@@ -2,7 +2,7 @@
 
 Each row that has a ``json_schema`` gets its own ``llguidance.LLMatcher`` (compiled from
 the schema against the model's tokenizer; JSON written without free whitespace, see
-:data:`sw_core.schema.JSON_STYLE`). At every step, after the penalties and before
+:data:`sw_core.json_schema.JSON_STYLE`). At every step, after the penalties and before
 the temperature and the greedy or sampled choice, the logits of every token the grammar
 does not allow next are set to ``-inf``; the chosen token then advances the matcher. Once
 the JSON is complete the grammar allows only the end-of-sequence token, so the row ends
@@ -18,7 +18,7 @@ import torch
 
 from sw_core.engine.tasks.requests import GenerateRequest
 from sw_core.exceptions import ModelError
-from sw_core.schema import json_grammar
+from sw_core.json_schema import json_grammar
 
 _BITS = torch.arange(8, dtype=torch.uint8)
 
