@@ -112,6 +112,12 @@ class Keys:
         """Hash of per-model job counters: ``completed:<model>``, ``failed:<model>``, ..."""
         return f"{self.stats}:models"
 
+    @property
+    def stats_sweeps(self) -> str:
+        """Hash of per-model sweep counters: ``sweeps:<model>``, ``reads:<model>``,
+        ``hits:<model>``, ``bytes:<model>``, ``hit_bytes:<model>``."""
+        return f"{self.stats}:sweeps"
+
     def stats_window(self, bucket: int) -> str:
         """Hash of ``total_requests`` and ``errors`` counted in one 10-second bucket
         (``unix seconds // 10``), kept a day: the windowed alert reads the recent ones."""
@@ -149,8 +155,14 @@ class Keys:
     @property
     def cache_meta(self) -> str:
         """Hash of the shard's accounting: ``bytes``, ``clock``, ``hits``, ``misses``,
-        ``evictions``, ``corruptions``."""
+        ``evictions``, ``corruptions``, ``refusals``, ``ticks``."""
         return f"{self.cache_shard_prefix}meta"
+
+    @property
+    def cache_freq(self) -> str:
+        """Hash of the shard's use counts: chunk id -> counted lookups (cached or not) in
+        the recent window; halved every aging window. Admission compares them."""
+        return f"{self.cache_shard_prefix}freq"
 
     def cache_part(self, chunk_id: str, part: int) -> str:
         """One part (at most ``cache_part_mb``) of a cached chunk's bytes."""

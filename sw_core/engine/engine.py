@@ -80,6 +80,8 @@ class StreamingEngine:
         limit_heap_retention()
         self._compute = ComputeThread(lambda: self.residency, self._clear_locked)
         self._loaded = False
+        #: Model calls that read chunks from the source (not all weights were in memory).
+        self.sweeps = 0
         self.manifest: Manifest
         self.plan: ResidencyPlan
         self.residency: Residency
@@ -270,8 +272,12 @@ class StreamingEngine:
         return run_generate(self, batch, eos=eos, decode=decode if tok is not None else None)
 
     def begin_pass(self, prefixes: tuple[str, ...] | None, ids: torch.Tensor | None) -> None:
-        """Tell the prefetcher which units the next model call runs (tasks call this)."""
-        self.residency.set_schedule(self.runtime.schedule(prefixes, ids))
+        """Tell the prefetcher which units the next model call runs (tasks call this); a
+        call that reads chunks from outside the engine's memory counts one :attr:`sweeps`."""
+        schedule = self.runtime.schedule(prefixes, ids)
+        if schedule:
+            self.sweeps += 1
+        self.residency.set_schedule(schedule)
 
     # ---------------------------------------------------------------- cache control
     async def warmup(self, chunk_names: list[str] | None = None) -> dict[str, list[str]]:

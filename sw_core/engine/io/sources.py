@@ -78,10 +78,13 @@ class CachedChunkSource:
     """The shared Redis chunk cache first, the storage backend on a miss.
 
     ``cache`` is the synchronous :class:`~sw_core.cache.ChunkCache`; it is called in
-    worker threads. ``ChunkCache.get`` checks the bytes against the chunk's digest itself
+    worker threads. ``ChunkCache.lookup`` checks the bytes against the chunk's digest itself
     (a corrupt entry is dropped and reads as a miss), so a hit is verified; a miss is
-    loaded with ``load_verified`` from the store and then put in the cache. A failing
-    cache (Redis down, out of memory) makes fetches slower, never wrong: the store serves.
+    loaded from the store (into the engine's buffer when it lends one) and checked there,
+    then put in the cache only when the cache admits it (:mod:`sw_core.cache.admission`): a
+    sweep larger than the cache then reads the rest of its chunks as if there were no
+    cache, without writing them to Redis only to evict them. A failing cache (Redis down,
+    out of memory) makes fetches slower, never wrong: the store serves.
 
     Args:
         cache: the chunk cache.
@@ -93,9 +96,12 @@ class CachedChunkSource:
         self.cache = cache
         self.store = store
         self.manifest_sha256 = manifest_sha256
+        self._direct = StoreChunkSource(store, manifest_sha256=manifest_sha256)
         #: Chunks this source served from the cache / loaded from the store.
         self.cache_hits = 0
         self.cache_misses = 0
+        #: Misses the cache did not admit (read from the store, not put in the cache).
+        self.past_cache = 0
         #: Cache calls that failed and were bypassed.
         self.cache_errors = 0
 
@@ -105,20 +111,22 @@ class CachedChunkSource:
     async def fetch(
         self, chunk: ChunkInfo, *, out: memoryview | None = None
     ) -> bytearray | memoryview:
+        admit = True
         try:
-            data = await asyncio.to_thread(
-                self.cache.get, chunk.sha256, out=out, blake3=chunk.blake3
+            found = await asyncio.to_thread(
+                self.cache.lookup, chunk.sha256, chunk.size_bytes, out=out, blake3=chunk.blake3
             )
+            if found.data is not None and len(found.data) == chunk.size_bytes:
+                self.cache_hits += 1
+                return found.data
+            admit = found.admit
         except CacheError:
             self.cache_errors += 1
-            data = None
-        if data is not None and len(data) == chunk.size_bytes:
-            self.cache_hits += 1
-            return data
         self.cache_misses += 1
-        loaded = await self.store.load_verified(
-            chunk.file, chunk.sha256, max_size_bytes=chunk.size_bytes, blake3=chunk.blake3
-        )
+        loaded = await self._direct.fetch(chunk, out=out)
+        if not admit:
+            self.past_cache += 1
+            return loaded
         try:
             await asyncio.to_thread(self.cache.put, chunk.sha256, loaded, verify=False)
         except CacheError:  # too large or Redis failing: serve from the store anyway
