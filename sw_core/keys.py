@@ -101,6 +101,12 @@ class Keys:
         """Hash: model name -> the tasks it can run (``embed,forward``), from its manifest."""
         return f"{self.prefix}:model-tasks"
 
+    @property
+    def model_synthetic(self) -> str:
+        """Hash: model name -> what its random weights imitate (``synthetic: random weights
+        of the llama-3-8b shape (seed 0)``), for chunk sets written by ``sw synth``."""
+        return f"{self.prefix}:model-synthetic"
+
     # ---------------------------------------------------------------- counters and workers
     @property
     def stats(self) -> str:

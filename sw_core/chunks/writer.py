@@ -88,6 +88,7 @@ def finish_manifest(
     source_label: str,
     gguf_file: str | None,
     dtype: str,
+    synthetic: dict[str, Any] | None = None,
 ) -> Manifest:
     chunk_files = {c.file for c in chunks}
     files = [_file_info(out, rel) for rel in _side_files(out) if rel not in chunk_files]
@@ -101,6 +102,7 @@ def finish_manifest(
         tied=tied,
         source=source_label,
         gguf_file=gguf_file,
+        synthetic=synthetic,
     )
     tmp = out / ".manifest.json.tmp"
     tmp.write_text(manifest.to_json())

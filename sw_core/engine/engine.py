@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -59,6 +60,7 @@ from sw_core.exceptions import ModelError
 from sw_core.settings import Settings
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class StreamingEngine:
@@ -112,6 +114,12 @@ class StreamingEngine:
     async def load(self) -> StreamingEngine:
         """Read the manifest and files, build the skeleton and the residency plan."""
         manifest, files = await read_chunk_set(self.source)
+        if manifest.synthetic:
+            log.warning(
+                "model %s is %s: it computes at the real model's cost and answers nonsense",
+                manifest.name,
+                manifest.describe_synthetic(),
+            )
         config = load_config(files["config.json"])
         tokenizer_files = {k: v for k, v in files.items() if k != "config.json"}
         tokenizer = await asyncio.to_thread(load_tokenizer, tokenizer_files)

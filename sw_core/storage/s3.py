@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -40,7 +41,7 @@ from sw_core.exceptions import (
 )
 from sw_core.retry import RetryPolicy
 from sw_core.settings import Secret, Settings
-from sw_core.storage.base import Payload, RetryingBackend, SleepFn
+from sw_core.storage.base import Payload, RetryingBackend, SleepFn, check_key
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -357,6 +358,19 @@ class S3Backend(RetryingBackend):
     async def _save_once(self, key: str, data: Payload) -> None:
         name = self.object_name(key)
         await self._guarded("save", key, self._put, name, data)
+
+    async def save_file(self, key: str, path: str | os.PathLike[str]) -> None:
+        """Upload the file at ``path`` under ``key`` (streamed from disk in parts, never
+        whole in memory), with the same retries as :meth:`save`."""
+        check_key(key)
+        name = self.object_name(key)
+
+        def put() -> None:
+            self.client.fput_object(
+                self.bucket_name, name, os.fspath(path), num_parallel_uploads=_UPLOAD_PARTS
+            )
+
+        await self._call("save", key, lambda: self._guarded("save", key, put))
 
     def _put(self, name: str, data: Payload) -> None:
         self.client.put_object(
