@@ -57,6 +57,9 @@ MEANINGS: dict[str, str] = {
     "AVX-512 CPUs, results of the model in bfloat16; docs/engine.md).",
     "memory_budget_mb": "Memory the engine may keep weights resident in.",
     "prefetch_count": "Chunks fetched ahead of the layer being computed.",
+    "direct_io": "Chunk reads from a folder past the page cache (`O_DIRECT`, straight into the "
+    "engine's buffer): `auto` when the chunk set is larger than half the machine's memory "
+    "(it cannot stay cached, and buffered reads would evict everything else), `on`, `off`.",
     "max_batch_size": "Most jobs of one model and task run as one batch.",
     "max_input_tokens": "Longest input (tokens) a job may carry.",
     "max_new_tokens_limit": "Upper bound of a generate job's `max_new_tokens`.",

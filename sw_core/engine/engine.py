@@ -84,6 +84,8 @@ class StreamingEngine:
         self._loaded = False
         #: Model calls that read chunks from the source (not all weights were in memory).
         self.sweeps = 0
+        #: Whether the source reads chunks past the page cache (``SW_DIRECT_IO``).
+        self.direct_io = False
         self.manifest: Manifest
         self.plan: ResidencyPlan
         self.residency: Residency
@@ -120,6 +122,9 @@ class StreamingEngine:
                 manifest.name,
                 manifest.describe_synthetic(),
             )
+        configure = getattr(self.source, "configure_reads", None)
+        if configure is not None:
+            self.direct_io = bool(configure(manifest.total_bytes, self.settings.direct_io))
         config = load_config(files["config.json"])
         tokenizer_files = {k: v for k, v in files.items() if k != "config.json"}
         tokenizer = await asyncio.to_thread(load_tokenizer, tokenizer_files)

@@ -23,6 +23,7 @@ from sw_core.storage.base import (
     SleepFn,
     check_key,
 )
+from sw_core.storage.direct import DirectUnsupported, drop_cached, is_aligned, read_direct
 
 #: Suffix of the temporary files behind atomic writes; ``list`` never shows them.
 PARTIAL_SUFFIX = ".sw-partial"
@@ -37,6 +38,10 @@ class FilesystemBackend(RetryingBackend):
     Keys that would leave ``root`` (``..``, absolute paths, symlinks pointing outside) are
     refused with SecurityError. Writes are atomic (temporary file, fsync, ``os.replace``);
     reads go straight into one preallocated ``bytearray``. Blocking I/O runs in threads.
+
+    With ``direct_io`` (set by the engine's sources for a chunk set larger than memory,
+    ``SW_DIRECT_IO``), :meth:`load_into` reads past the page cache into an aligned buffer
+    (:mod:`sw_core.storage.direct`), and buffered reads drop the file's pages afterwards.
 
     Example:
         >>> backend = FilesystemBackend("/var/lib/sw/backup/minilm")  # doctest: +SKIP
@@ -53,9 +58,15 @@ class FilesystemBackend(RetryingBackend):
         retry: RetryPolicy | None = None,
         timeout_s: float = 30.0,
         sleep: SleepFn = asyncio.sleep,
+        direct_io: bool = False,
     ) -> None:
         super().__init__(counters=counters, retry=retry, timeout_s=timeout_s, sleep=sleep)
         self.root = Path(root).expanduser().absolute()
+        #: Read chunks past the page cache (see the class doc).
+        self.direct_io = direct_io
+        #: Reads that went past the page cache / the file system refused it.
+        self.direct_reads = 0
+        self._direct_refused = False
 
     def describe(self) -> str:
         return str(self.root)
@@ -116,6 +127,14 @@ class FilesystemBackend(RetryingBackend):
                     f"{key!r} in {self.root} is {size} bytes, over the limit of "
                     f"{max_size_bytes} bytes"
                 )
+            if out is not None and self.direct_io and not self._direct_refused:
+                if is_aligned(out):
+                    try:
+                        read_direct(path, out, size)
+                        self.direct_reads += 1
+                        return out[:size]
+                    except DirectUnsupported:
+                        self._direct_refused = True
             data: Any = bytearray(size) if out is None else out[:size]
             view = memoryview(data)
             got = 0
@@ -126,6 +145,8 @@ class FilesystemBackend(RetryingBackend):
                 got += n
             if got != size or handle.read(1):
                 raise StorageError(f"{key!r} in {self.root} changed size while being read")
+            if self.direct_io:
+                drop_cached(handle.fileno())
         return data
 
     async def _save_once(self, key: str, data: Payload) -> None:

@@ -92,6 +92,7 @@ class RemoteChunkSource:
         self.counters = counters if counters is not None else Counters()
         self.sweep_counters = sweep_counters if sweep_counters is not None else Counters()
         self._past_cache: Any = None  # a StoreChunkSource once needed
+        self._reads: tuple[int, str] | None = None  # configure_reads' arguments
         #: Chunks this source had to ask a loader for / read from storage past the cache.
         self.remote_loads = 0
         self.direct_reads = 0
@@ -133,6 +134,16 @@ class RemoteChunkSource:
         finally:
             await store.close()
 
+    def configure_reads(self, set_bytes: int, mode: str) -> bool:
+        """Chunks this worker reads from a folder past the cache go past the page cache too
+        for a set larger than memory (``SW_DIRECT_IO``)."""
+        from sw_core.storage.direct import wants_direct
+
+        self._reads = (set_bytes, mode)
+        if self._past_cache is not None:
+            self._past_cache.configure_reads(set_bytes, mode)
+        return wants_direct(mode, set_bytes)
+
     def _count(self, chunk: ChunkInfo, *, hit: bool) -> None:
         add = self.sweep_counters.incr
         add(sweep_counter(SWEEP_READS, self.model))
@@ -155,6 +166,8 @@ class RemoteChunkSource:
                 location, self.settings, model=self.model, counters=self.counters
             )
             self._past_cache = StoreChunkSource(store, manifest_sha256=parsed.manifest_sha256)
+            if self._reads is not None:
+                self._past_cache.configure_reads(*self._reads)
         self.direct_reads += 1
         return await self._past_cache.fetch(chunk, out=out)
 

@@ -19,6 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 from sw_core.chunks.chunk_set import read_set_file
 from sw_core.chunks.manifest import ChunkInfo
 from sw_core.exceptions import CacheError
+from sw_core.storage.direct import wants_direct
 
 
 @runtime_checkable
@@ -43,6 +44,17 @@ class ChunkSource(Protocol):
         ...
 
 
+def set_direct_io(store: Any, set_bytes: int, mode: str) -> bool:
+    """Make the folders among ``store`` (a failover chain's members too) read chunks past
+    the page cache when :func:`~sw_core.storage.direct.wants_direct` says so; whether it
+    did."""
+    on = wants_direct(mode, set_bytes)
+    for backend in (store, *getattr(store, "backends", ())):
+        if hasattr(backend, "direct_io"):
+            backend.direct_io = on
+    return on
+
+
 class StoreChunkSource:
     """Chunks straight from a storage backend (folder, S3, failover chain).
 
@@ -57,6 +69,10 @@ class StoreChunkSource:
 
     def describe(self) -> str:
         return str(self.store.describe())
+
+    def configure_reads(self, set_bytes: int, mode: str) -> bool:
+        """Reads past the page cache for a chunk set larger than memory (``SW_DIRECT_IO``)."""
+        return set_direct_io(self.store, set_bytes, mode)
 
     async def fetch(
         self, chunk: ChunkInfo, *, out: memoryview | None = None
@@ -107,6 +123,10 @@ class CachedChunkSource:
 
     def describe(self) -> str:
         return f"chunk cache + {self.store.describe()}"
+
+    def configure_reads(self, set_bytes: int, mode: str) -> bool:
+        """Misses read past the page cache for a chunk set larger than memory."""
+        return self._direct.configure_reads(set_bytes, mode)
 
     async def fetch(
         self, chunk: ChunkInfo, *, out: memoryview | None = None
