@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -61,12 +62,16 @@ class DirectUnsupported(OSError):
     """The file system refuses ``O_DIRECT``."""
 
 
-def read_direct(path: Path, out: memoryview, size: int) -> None:
+def read_direct(
+    path: Path, out: memoryview, size: int, feed: Callable[[memoryview], None] | None = None
+) -> None:
     """Read the ``size`` bytes of ``path`` into ``out[:size]`` (``out`` aligned) with
-    ``O_DIRECT``.
+    ``O_DIRECT``; ``feed`` gets each piece as soon as it landed (a hash on another thread
+    while the next piece is read).
 
     Raises:
-        DirectUnsupported: the file system refuses direct I/O (read it buffered instead).
+        DirectUnsupported: the file system refuses direct I/O (read it buffered instead);
+            nothing was read or fed then.
         OSError: the file cannot be read; a short read (the file changed size) is ``EIO``.
     """
     try:
@@ -75,18 +80,22 @@ def read_direct(path: Path, out: memoryview, size: int) -> None:
         if exc.errno == errno.EINVAL:
             raise DirectUnsupported(exc.errno, f"O_DIRECT refused for {path}") from exc
         raise
+    done = 0
     try:
         bulk = size - size % ALIGN
-        done = 0
         while done < bulk:
             n = os.preadv(fd, [out[done : min(bulk, done + PIECE_BYTES)]], done)
             if n <= 0:
                 raise OSError(errno.EIO, f"{path} ended after {done} of {size} bytes")
+            if feed is not None:
+                feed(out[done : done + n])
             done += n
         if bulk < size:
             _read_tail(fd, path, out, bulk, size)
+            if feed is not None:
+                feed(out[bulk:size])
     except OSError as exc:
-        if exc.errno == errno.EINVAL:
+        if exc.errno == errno.EINVAL and done == 0:
             raise DirectUnsupported(exc.errno, f"O_DIRECT refused for {path}") from exc
         raise
     finally:

@@ -77,6 +77,9 @@ class StoreChunkSource:
     async def fetch(
         self, chunk: ChunkInfo, *, out: memoryview | None = None
     ) -> bytearray | memoryview:
+        verified_into = getattr(self.store, "load_verified_into", None)
+        if out is not None and verified_into is not None:  # hashed as it is read
+            return await verified_into(chunk.file, out, chunk.sha256, blake3=chunk.blake3)
         load_into = getattr(self.store, "load_into", None)
         if out is not None and load_into is not None:
             data = await load_into(chunk.file, out)

@@ -3,13 +3,17 @@ into the engine's aligned buffer, nothing left in the page cache; buffered reads
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
+import blake3
 import pytest
 
+from sw_core.counters import INTEGRITY_FAILURES
 from sw_core.engine import StoreChunkSource, StreamingEngine
 from sw_core.engine.memory.buffers import BufferPool
+from sw_core.exceptions import SecurityError
 from sw_core.settings import Settings
 from sw_core.storage import FilesystemBackend
 from sw_core.storage.direct import ALIGN, is_aligned, wants_direct
@@ -94,3 +98,19 @@ async def test_the_engine_reads_a_model_past_the_page_cache_with_the_same_result
         for chunk in manifest.chunks:  # the next run starts cold
             drop_pages(tmp_path / chunk.file)
     assert outputs["on"] == outputs["off"]
+
+
+@pytest.mark.parametrize("direct_io", [True, False])
+async def test_a_read_is_verified_as_it_lands(tmp_path: Path, direct_io: bool) -> None:
+    data = written(tmp_path, "chunk.bin", 70 * MIB + 5)
+    good = hashlib.sha256(data).hexdigest()
+    store = FilesystemBackend(tmp_path, direct_io=direct_io)
+    pool = BufferPool(256 * MIB)
+    got = await store.load_verified_into("chunk.bin", pool.take(len(data)), good)
+    assert bytes(got) == data and store.direct_reads == int(direct_io)
+    blake = blake3.blake3(data).hexdigest()
+    got = await store.load_verified_into("chunk.bin", pool.take(len(data)), "0" * 64, blake3=blake)
+    assert bytes(got) == data
+    with pytest.raises(SecurityError, match="corrupt: sha256"):
+        await store.load_verified_into("chunk.bin", pool.take(len(data)), "0" * 64)
+    assert store.counters.get(INTEGRITY_FAILURES) == 1
