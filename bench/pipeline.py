@@ -81,7 +81,7 @@ async def sw_round(url: str, n_jobs: int) -> dict[str, float]:
             waits: list[asyncio.Task[float]] = []
 
             async def observe(job_id: str, t0: float) -> float:
-                await producer.result(job_id, timeout=60)
+                await producer.result(job_id, timeout_s=60)
                 return time.perf_counter() - t0
 
             for i in range(n_jobs):

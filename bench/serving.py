@@ -89,10 +89,10 @@ async def one(producer: Producer, req: Request, t0: float, streaming: bool) -> O
         "smollm2", "generate", [req.prompt], max_new_tokens=req.max_new_tokens
     )
     if streaming:
-        async for event in producer.stream(job_id, timeout=600):
+        async for event in producer.stream(job_id, timeout_s=600):
             if event["type"] == "token" and not got.first_s:
                 got.first_s = time.perf_counter()
-    [result] = await producer.result(job_id, timeout=600)
+    [result] = await producer.result(job_id, timeout_s=600)
     got.end_s = time.perf_counter()
     got.first_s = got.first_s or got.end_s
     got.tokens = result["token_ids"]
@@ -108,7 +108,7 @@ async def run_mode(settings: Settings, requests: list[Request], mode: str) -> di
     try:
         async with Producer(settings=settings) as producer:
             warm = await producer.submit("smollm2", "generate", ["Hi"], max_new_tokens=2)
-            await producer.result(warm, timeout=600)
+            await producer.result(warm, timeout_s=600)
             engine = await handler.engine("smollm2")
             loaded_before = engine.residency.stats.loaded_bytes
             t0 = time.perf_counter()

@@ -14,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+import warnings
 from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 
@@ -36,10 +37,13 @@ from sw_core.pipeline.jobs import Job, encode_job, now_ms, validate_request
 from sw_core.pipeline.registry import ModelRegistry
 from sw_core.pipeline.results import unpack_result
 from sw_core.queue_redis import queue_redis
+from sw_core.schema import JobStatus
 from sw_core.settings import Settings
 
 #: Longest single block on the done list; the hash is re-read after each.
 _WAIT_SLICE_S = 1.0
+#: Marks a keyword argument that was not given.
+_UNSET: Any = object()
 _STREAM_ID_RE = re.compile(r"\d{1,20}-\d{1,20}")
 #: How long a (model, task) pair found runnable is trusted before the registry is asked again.
 _CHECK_TTL_S = 10.0
@@ -199,7 +203,9 @@ class Producer:
         reply = await self._cancel(keys=keys, args=[now_ms(), self.settings.result_ttl_s, job_id])
         return reply.decode() if isinstance(reply, bytes) else str(reply)
 
-    def stream(self, job_id: str, *, timeout: float | None = 60) -> AsyncIterator[dict[str, Any]]:
+    def stream(
+        self, job_id: str, timeout_s: float | None = 60, *, timeout: Any = _UNSET
+    ) -> AsyncIterator[dict[str, Any]]:
         """The events of a generate job as it runs (see :func:`producer.streaming.stream_events`):
         ``{"type": "token", "index", "text", "step"}`` text deltas, ``{"type": "restart"}``
         when a worker took the job over after a crash (start over), ``{"type": "end", "index",
@@ -207,10 +213,11 @@ class Producer:
         -- a ``stop`` sequence, of which no delta shows any part -- or ``length``) and a last
         ``{"type": "final", "status"}`` -- for a job that ended ``done`` with its
         ``finish_reason`` (one per input, comma-separated) and token counts (summed over
-        its inputs)."""
+        its inputs). ``timeout_s``: most seconds without an event (None: no limit)."""
         from producer.streaming import stream_events
 
-        return stream_events(self.redis, self.keys, job_id, timeout_s=timeout)
+        timeout_s = _renamed_timeout(timeout_s, timeout, "stream")
+        return stream_events(self.redis, self.keys, job_id, timeout_s=timeout_s)
 
     async def _check_model(self, model: str, task: str) -> None:
         loop = asyncio.get_running_loop()
@@ -248,41 +255,57 @@ class Producer:
             out[name] = value
         return out
 
-    async def result(self, job_id: str, timeout: float | None = 30) -> Any:
+    async def result(
+        self, job_id: str, timeout_s: float | None = 30, *, timeout: Any = _UNSET
+    ) -> Any:
         """Wait for the job's result.
 
         Raises:
             SurfingError: the job was dead-lettered -- raised as the class of its error
                 (``error_class(error_type)(message)``); errors that are not Surfing errors
                 come back as :class:`SurfingError` with the type name in the message.
-            JobTimeoutError: the job did not end within ``timeout`` seconds.
+            JobTimeoutError: the job did not end within ``timeout_s`` seconds.
             redis.exceptions.ConnectionError: Redis cannot be reached.
         """
+        timeout_s = _renamed_timeout(timeout_s, timeout, "result")
         loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
+        deadline = None if timeout_s is None else loop.time() + timeout_s
         done_key = self.keys.job_done(job_id)
         while True:
             fields = await self.redis.hmget(
                 self.keys.job(job_id), ["status", "result", "error_type", "error"]
             )
             status, result, error_type, error = fields
-            if status == b"done":
+            state = JobStatus(status.decode()) if status else None
+            if state is JobStatus.DONE:
                 return unpack_result(result) if result is not None else None
-            if status == b"dead":
+            if state is JobStatus.DEAD:
                 raise _job_error(error_type, error)
-            if status == b"cancelled":
+            if state is JobStatus.CANCELLED:
                 raise JobCancelledError(f"job {job_id} was cancelled")
-            if status == b"expired":
+            if state is JobStatus.EXPIRED:
                 raise JobExpiredError(f"job {job_id} passed its deadline before it ended")
             remaining = _WAIT_SLICE_S if deadline is None else deadline - loop.time()
             if remaining <= 0:
-                state = status.decode() if status else "unknown (never submitted, or expired)"
+                shown = state or "unknown (never submitted, or expired)"
                 raise JobTimeoutError(
-                    f"job {job_id} did not finish within {timeout:g} s (status: {state}); "
+                    f"job {job_id} did not finish within {timeout_s:g} s (status: {shown}); "
                     "are inference workers running (arq workers.Settings)?"
                 )
             wait_s = max(min(remaining, _WAIT_SLICE_S), 0.01)
             await self.redis.blmove(done_key, done_key, wait_s, "RIGHT", "LEFT")
+
+
+def _renamed_timeout(timeout_s: float | None, timeout: Any, method: str) -> float | None:
+    """``timeout_s``, or the deprecated ``timeout=`` keyword when it was given."""
+    if timeout is _UNSET:
+        return timeout_s
+    warnings.warn(
+        f"Producer.{method}(timeout=...) is deprecated; use timeout_s=",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return cast("float | None", timeout)
 
 
 def _job_error(error_type: bytes | None, error: bytes | None) -> SurfingError:

@@ -16,9 +16,8 @@ from redis.asyncio import Redis
 
 from sw_core.exceptions import JobTimeoutError
 from sw_core.keys import Keys
+from sw_core.schema import FINAL_STATUSES, StreamEvent
 
-#: Statuses a job ends with; a job in one of them gets no more events.
-FINAL_STATUSES = frozenset({"done", "dead", "cancelled", "expired"})
 #: Longest single block of one ``XREAD``; the job's status is checked after each.
 _READ_SLICE_MS = 1000
 _INT_FIELDS = frozenset(
@@ -74,13 +73,13 @@ async def stream_events(
         for entry_id, fields in entries:
             cursor = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
             event = parse_event(fields)
-            if event.get("type") == "start":
+            if event.get("type") == StreamEvent.START:
                 starts += 1
                 if starts > 1:
-                    yield {"type": "restart", "attempt": event.get("attempt")}
+                    yield {"type": StreamEvent.RESTART, "attempt": event.get("attempt")}
                 continue
             yield event
-            if event.get("type") == "final":
+            if event.get("type") == StreamEvent.FINAL:
                 return
         if entries:
             quiet_since = loop.time()
@@ -92,7 +91,7 @@ async def stream_events(
             reply = await redis.xread({key: cursor}, count=256)
             if reply and reply[0][1]:
                 continue
-            yield {"type": "final", "status": status}
+            yield {"type": StreamEvent.FINAL, "status": status}
             return
         if timeout_s is not None and loop.time() - quiet_since > timeout_s:
             raise JobTimeoutError(f"job {job_id}: no token for {timeout_s:g} s (status: {status})")

@@ -10,8 +10,9 @@ from typing import Any
 from sw_core.cli.flags import add_cli_flags, settings_from_args
 from sw_core.cli.output import data, data_json, say
 from sw_core.exceptions import ConfigError, JobTimeoutError, SurfingError
-from sw_core.pipeline.job_checks import TASKS, check_params, coerce_params
+from sw_core.pipeline.job_checks import coerce_params
 from sw_core.queue_redis import queue_redis
+from sw_core.schema import FINAL_STATUSES, TASKS, JobStatus, check_params, check_task
 from sw_core.settings import Settings
 
 #: Settings these commands take as flags too.
@@ -167,13 +168,14 @@ def _submit(args: argparse.Namespace) -> int:
         if args.tokens or not args.text:
             raise ConfigError(f"a {args.task} job takes --text (repeatable)")
         inputs = list(args.text)
-    params = coerce_params(args.task, _param_pairs(args.param), settings)
+    task = check_task(args.task)
+    params = coerce_params(task, _param_pairs(args.param), settings)
     if args.stop:
         if args.task != "generate":
             raise ConfigError(f"--stop is for generate jobs, not {args.task}")
         if "stop" in params:
             raise ConfigError("give stop sequences with --stop or --param stop=TEXT, not both")
-        params = check_params(args.task, {**params, "stop": list(args.stop)}, settings)
+        params = check_params(task, {**params, "stop": list(args.stop)}, settings)
     return asyncio.run(_submit_async(settings, args, inputs, params))
 
 
@@ -222,17 +224,17 @@ async def _result_async(settings: Settings, args: argparse.Namespace) -> int:
             return EXIT_UNKNOWN
         if args.wait:
             return await _wait_and_print(producer, args.job_id, args.timeout)
-        if status["status"] == "done":
-            status["result"] = await producer.result(args.job_id, timeout=1)
+        if status["status"] == JobStatus.DONE:
+            status["result"] = await producer.result(args.job_id, timeout_s=1)
         data_json(status)
-        if status["status"] in ("dead", "cancelled", "expired"):
+        if status["status"] in FINAL_STATUSES - {JobStatus.DONE}:
             return EXIT_DEAD
-        return 0 if status["status"] == "done" else EXIT_NOT_DONE
+        return 0 if status["status"] == JobStatus.DONE else EXIT_NOT_DONE
 
 
 async def _wait_and_print(producer: Any, job_id: str, timeout_s: float) -> int:
     try:
-        result = await producer.result(job_id, timeout=timeout_s)
+        result = await producer.result(job_id, timeout_s=timeout_s)
     except JobTimeoutError as exc:
         print(f"sw: {exc}", file=sys.stderr)
         return EXIT_NOT_DONE

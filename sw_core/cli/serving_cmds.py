@@ -49,20 +49,21 @@ async def print_stream(producer: Any, job_id: str, timeout_s: float) -> None:
     """Print a generate job's text deltas as they come (one line per input; a
     worker restart is announced and the text starts over)."""
     from sw_core.exceptions import JobTimeoutError
+    from sw_core.schema import StreamEvent
 
     out = sys.stdout
     line_open = False
     try:
-        async for event in producer.stream(job_id, timeout=timeout_s):
+        async for event in producer.stream(job_id, timeout_s=timeout_s):
             kind = event.get("type")
-            if kind == "token":
+            if kind == StreamEvent.TOKEN:
                 out.write(event.get("text", ""))
                 out.flush()
                 line_open = True
-            elif kind == "end" or (kind == "final" and line_open):
+            elif kind == StreamEvent.END or (kind == StreamEvent.FINAL and line_open):
                 out.write("\n")
                 line_open = False
-            elif kind == "restart":
+            elif kind == StreamEvent.RESTART:
                 out.write("\n[worker restarted: the job runs again from the beginning]\n")
                 line_open = False
     except JobTimeoutError as exc:

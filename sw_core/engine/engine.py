@@ -50,13 +50,13 @@ from sw_core.engine.tasks.generation import eos_ids, run_generate
 from sw_core.engine.tasks.passes import run_embed, run_forward
 from sw_core.engine.tasks.pooling import SentencePipeline, read_pipeline
 from sw_core.engine.tasks.requests import (
-    TASKS,
     GenerateRequest,
     Limits,
     RequestParser,
     load_tokenizer,
 )
-from sw_core.exceptions import ModelError
+from sw_core.exceptions import JobError, ModelError
+from sw_core.schema import check_task
 from sw_core.settings import Settings
 
 T = TypeVar("T")
@@ -248,8 +248,10 @@ class StreamingEngine:
         return await self._compute.run(fn, on_error=on_error)
 
     def _run(self, task: str, requests: list[Any]) -> list[Any]:
-        if task not in TASKS:
-            raise ModelError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+        try:
+            task = check_task(task)
+        except JobError as exc:
+            raise ModelError(str(exc)) from None
         if not isinstance(requests, list):
             raise ModelError(f"requests must be a list, got {type(requests).__name__}")
         parse = getattr(self.parser, task)

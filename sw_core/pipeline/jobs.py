@@ -39,30 +39,14 @@ import msgpack
 
 from sw_core.exceptions import JobError
 from sw_core.pipeline.job_checks import (
-    MAX_FIELDS,
-    MAX_INPUTS,
-    PARAM_SCHEMAS,
-    TASKS,
     check_inputs,
     check_name,
-    check_params,
-    check_task,
     coerce_params,
-    short,
     validate_request,
 )
+from sw_core.schema import MAX_FIELDS, MAX_INPUTS, check_params, check_task, short
 from sw_core.settings import Settings
 
-#: Job status values stored in the job hash.
-STATUSES: tuple[str, ...] = (
-    "queued",
-    "running",
-    "retrying",
-    "done",
-    "dead",
-    "cancelled",
-    "expired",
-)
 #: Deepest nesting a payload may have ({"inputs": [[token, ...]]} is 3 deep).
 MAX_DEPTH = 4
 #: Room for the small fields of an entry beside its payload.
@@ -89,11 +73,6 @@ _INPUT_FIELDS = frozenset({"text", "inputs"})
 _JOB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 
 __all__ = [
-    "MAX_FIELDS",
-    "MAX_INPUTS",
-    "PARAM_SCHEMAS",
-    "STATUSES",
-    "TASKS",
     "Job",
     "coerce_params",
     "decode_entry",

@@ -15,7 +15,8 @@ from typing import Any
 import msgpack
 from hypothesis import strategies as st
 
-from sw_core.pipeline.jobs import META_FIELDS, TASKS
+from sw_core.pipeline.jobs import META_FIELDS
+from sw_core.schema import TASKS
 
 #: Models the fuzzed worker knows (``SW_MODELS``); others dead-letter as ModelError.
 KNOWN_MODELS = ("m1", "m2")

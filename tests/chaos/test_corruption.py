@@ -278,7 +278,7 @@ async def test_a_job_on_a_forged_chunk_set_dead_letters_with_security_error(
             async with Producer(settings=settings) as producer:
                 job_id = await producer.submit("forged-llama", "forward", [[2, 3, 4, 5]])
                 with pytest.raises(SurfingError) as caught:
-                    await producer.result(job_id, timeout=60)
+                    await producer.result(job_id, timeout_s=60)
                 status = await producer.status(job_id)
         finally:
             await consumer.stop(grace_s=5)

@@ -21,7 +21,8 @@ from hypothesis import settings as hsettings
 from sw_core.counters import COMPLETED, DEAD_LETTERED
 from sw_core.exceptions import JobError
 from sw_core.local.redis_server import RedisServer
-from sw_core.pipeline.jobs import MAX_INPUTS, TASKS, Job, decode_entry
+from sw_core.pipeline.jobs import Job, decode_entry
+from sw_core.schema import MAX_INPUTS, TASKS
 from sw_core.settings import Settings
 from tests.chaos.hostile import entries, entry_size_bytes
 from tests.chaos.report import Figures

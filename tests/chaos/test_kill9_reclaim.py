@@ -74,7 +74,7 @@ async def test_kill_9_one_of_two_workers_mid_batch_loses_nothing(
             claim_idle_ms / 1000 + 5,
             "the survivor to reclaim the victim's entries",
         )
-        results = await asyncio.gather(*(p.result(j, timeout=60) for j in ids))
+        results = await asyncio.gather(*(p.result(j, timeout_s=60) for j in ids))
     assert took <= claim_idle_ms / 1000 + 2, took
     assert [r["job_id"] for r in results] == ids  # 0 lost
     events = await recorded_events(redis_client, settings)

@@ -105,7 +105,7 @@ async def test_sigterm_finishes_in_flight_and_hands_back_the_rest(
             code = await asyncio.to_thread(cluster[leaver].wait, grace_s + 15)
             drains.append(time.monotonic() - term_at)
             assert code == 0, cluster[leaver].log_text()[-3000:]
-            results = await asyncio.gather(*(producer.result(j, timeout=90) for j in ids))
+            results = await asyncio.gather(*(producer.result(j, timeout_s=90) for j in ids))
             assert [r["job_id"] for r in results] == ids
             finals = {j: await producer.status(j) for j in ids}
             for job_id in in_flight:  # finished by the leaver during its drain

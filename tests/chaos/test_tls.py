@@ -136,7 +136,7 @@ async def test_producer_and_workers_run_the_pipeline_over_tls(
             assert group["tls"].alive, group.logs()
             async with Producer(settings=settings) as producer:
                 job_ids = [await producer.submit("tiny", "embed", [f"t{i}"]) for i in range(3)]
-                results = [await producer.result(j, timeout=30) for j in job_ids]
+                results = [await producer.result(j, timeout_s=30) for j in job_ids]
             with ChunkCache.from_settings(settings) as cache:
                 cached = cache.info().chunks
         finally:

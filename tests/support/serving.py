@@ -108,12 +108,12 @@ def workers(settings: Settings, log_dir: Path, names: tuple[str, ...] = ("w1",))
 
 async def events_of(producer: Producer, job_id: str, timeout_s: float = 120) -> list[dict]:
     """Every event of a job's stream, up to its final one."""
-    return [event async for event in producer.stream(job_id, timeout=timeout_s)]
+    return [event async for event in producer.stream(job_id, timeout_s=timeout_s)]
 
 
 async def first_token(producer: Producer, job_id: str) -> AsyncIterator[dict]:
     """Yield events until (and including) the job's first token."""
-    async for event in producer.stream(job_id, timeout=120):
+    async for event in producer.stream(job_id, timeout_s=120):
         yield event
         if event["type"] in ("token", "final"):
             return

@@ -38,9 +38,11 @@ from sw_core.retry import RetryPolicy
 from sw_core.settings import Settings
 from workers.heartbeat import default_worker_name
 from workers.jobs.admission import start_batch
-from workers.jobs.handlers import BatchHandler, run_batch_bounded
+from workers.jobs.decode_loop import DecodeLoops
+from workers.jobs.handlers import BatchHandler, DecodingHandler, run_batch_bounded
 from workers.jobs.outcomes import JobOutcomes
 from workers.jobs.retry_mover import RetryMover
+from workers.jobs.token_stream import TokenStreams
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -81,13 +83,14 @@ class JobConsumer:
         )
         self.ends = JobEnds(redis, settings)
         #: Continuous batching of generate jobs (None: every batch runs to its end).
-        self.loops: Any = None
+        self.loops: DecodeLoops | None = None
         #: Entries held at once (taken, running or waiting): enough for the next batch.
         self.capacity = 2 * settings.max_batch_size
-        if settings.generate_batching == "continuous" and hasattr(handler, "decode_session"):
-            from workers.jobs.decode_loop import DecodeLoops  # imports torch: only when used
-
-            self.loops = DecodeLoops.for_consumer(self)
+        if settings.generate_batching == "continuous" and isinstance(handler, DecodingHandler):
+            streams = TokenStreams(redis, settings)
+            self.loops = DecodeLoops(
+                handler, settings, self.outcomes, self.ends, streams, self.release
+            )
             self.capacity += settings.max_active_sequences
         self._buffer: list[Job] = []
         self._inflight: dict[str, Job] = {}

@@ -26,16 +26,19 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sw_core.engine.tasks.continuous import DecodeSession, Sequence
 from sw_core.exceptions import ModelError, is_transient
 from sw_core.pipeline.jobs import Job
 from sw_core.pipeline.lifecycle import JobEnds, past_deadline
+from sw_core.schema import JobStatus, StreamEvent
 from sw_core.settings import Settings
-from workers.jobs.inference import job_requests
+from workers.jobs.handlers import DecodingHandler
 from workers.jobs.outcomes import JobOutcomes
 from workers.jobs.token_stream import TextDeltas, TokenStreams
+
+if TYPE_CHECKING:  # the engine imports torch; the consumer imports this module always
+    from sw_core.engine.tasks.continuous import DecodeSession, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -104,16 +107,18 @@ class DecodeLoop:
         flags = await self.owner.ends.cancel_requested(jobs)
         for job, cancel in zip(jobs, flags, strict=True):
             if cancel or past_deadline(job):
-                await self._end(job, "cancelled" if cancel else "expired")
+                await self._end(job, JobStatus.CANCELLED if cancel else JobStatus.EXPIRED)
 
-    async def _end(self, job: Job, status: str) -> None:
+    async def _end(self, job: Job, status: JobStatus) -> None:
         state = self.running.pop(job.job_id, None)
         if state is not None:
             self.session.drop({s.key for s in state.seqs})
         self.waiting = [j for j in self.waiting if j.job_id != job.job_id]
         if await self.owner.ends.end(job, status):
             log.info("job %s %s while generating", job.job_id, status)
-        await self.owner.streams.write([(job.job_id, {"type": "final", "status": status})])
+        await self.owner.streams.write(
+            [(job.job_id, {"type": StreamEvent.FINAL, "status": status})]
+        )
         self.owner.release(job)
 
     async def _admit(self) -> list[Sequence]:
@@ -124,10 +129,8 @@ class DecodeLoop:
         while self.waiting:
             job = self.waiting[0]
             try:
-                seqs = [
-                    self.session.parse((job.job_id, i), req)
-                    for i, req in enumerate(job_requests("generate", job))
-                ]
+                requests = await self.owner.handler.sequence_requests(self.model, job)
+                seqs = [self.session.parse((job.job_id, i), req) for i, req in enumerate(requests)]
             except ModelError as exc:
                 self.waiting.pop(0)
                 await self.owner.outcomes.failed(job, exc)
@@ -139,13 +142,13 @@ class DecodeLoop:
                 break
             self.waiting.pop(0)
             joining += seqs
-            deltas = [TextDeltas(self.session.decode, s.request.stop) for s in seqs]
+            deltas = [TextDeltas(self.session.decode, s.request.params.stop) for s in seqs]
             self.running[job.job_id] = _Running(job, seqs, deltas)
             events.append(
                 (
                     job.job_id,
                     {
-                        "type": "start",
+                        "type": StreamEvent.START,
                         "attempt": job.attempt,
                         "deliveries": job.deliveries,
                         "inputs": len(seqs),
@@ -168,14 +171,17 @@ class DecodeLoop:
             delta = state.deltas[index].next(seq.text_ids, final=ended, end=seq.stop_at)
             if delta:
                 events.append(
-                    (job_id, {"type": "token", "index": index, "text": delta, "step": step})
+                    (
+                        job_id,
+                        {"type": StreamEvent.TOKEN, "index": index, "text": delta, "step": step},
+                    )
                 )
             if ended:
                 events.append(
                     (
                         job_id,
                         {
-                            "type": "end",
+                            "type": StreamEvent.END,
                             "index": index,
                             "finish_reason": seq.finish_reason,
                             "prompt_tokens": len(seq.request.ids),
@@ -201,8 +207,8 @@ class DecodeLoop:
             ]
             await self.owner.outcomes.finish([state.job], [result])
             final = {
-                "type": "final",
-                "status": "done",
+                "type": StreamEvent.FINAL,
+                "status": JobStatus.DONE,
                 "finish_reason": ",".join(str(s.finish_reason) for s in state.seqs),
                 "prompt_tokens": sum(len(s.request.ids) for s in state.seqs),
                 "completion_tokens": sum(len(s.tokens) for s in state.seqs),
@@ -223,14 +229,13 @@ class DecodeLoops:
     """The decode loops of one worker, one per model (see the module docstring).
 
     Args:
-        handler: the worker's handler; it must have ``decode_session(model)`` (a session, or
-            None for a model that runs as static batches) and ``after_step(model)``.
+        handler: the worker's handler (:class:`~workers.jobs.handlers.DecodingHandler`).
         release: called once per job when the loop is done with it.
     """
 
     def __init__(
         self,
-        handler: Any,
+        handler: DecodingHandler,
         settings: Settings,
         outcomes: JobOutcomes,
         ends: JobEnds,
@@ -244,20 +249,6 @@ class DecodeLoops:
         self.streams = streams
         self.release = release
         self.loops: dict[str, DecodeLoop] = {}
-
-    @classmethod
-    def for_consumer(cls, consumer: Any) -> DecodeLoops:
-        """The loops of a :class:`~workers.jobs.consumer.JobConsumer` (its handler, outcomes,
-        job ends and ``release``)."""
-        streams = TokenStreams(consumer.redis, consumer.settings)
-        return cls(
-            consumer.handler,
-            consumer.settings,
-            consumer.outcomes,
-            consumer.ends,
-            streams,
-            consumer.release,
-        )
 
     async def accepts(self, model: str) -> bool:
         """Whether ``model``'s generate jobs go to a decode loop (decoder-only models)."""

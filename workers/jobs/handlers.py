@@ -16,11 +16,14 @@ import asyncio
 import importlib
 import inspect
 import logging
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from sw_core.exceptions import BatchTimeoutError, ConfigError, JobError, SurfingError
 from sw_core.pipeline.jobs import Job
 from sw_core.settings import Settings
+
+if TYPE_CHECKING:
+    from sw_core.engine.tasks.continuous import DecodeSession
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,24 @@ class BatchHandler(Protocol):
 
 #: Handler modules that moved: old import path -> new one (the old one still works, logged).
 MOVED_MODULES = {"workers.inference": "workers.jobs.inference"}
+
+
+@runtime_checkable
+class DecodingHandler(BatchHandler, Protocol):
+    """A handler that runs generate jobs by continuous batching (see
+    :mod:`workers.jobs.decode_loop`)."""
+
+    async def decode_session(self, model: str) -> DecodeSession | None:
+        """The model's continuous decode batch; None for a model that runs static batches."""
+        ...
+
+    async def sequence_requests(self, model: str, job: Job) -> list[dict[str, Any]]:
+        """The engine requests of a generate job, one per input, defaults applied."""
+        ...
+
+    async def after_step(self, model: str) -> None:
+        """Called after each decode step of ``model``."""
+        ...
 
 
 def import_object(path: str) -> Any:

@@ -22,11 +22,12 @@ from sw_core.cache import ChunkCache
 from sw_core.counters import SWEEPS, Counters, sweep_counter
 from sw_core.engine import StreamingEngine
 from sw_core.engine.tasks.continuous import DecodeSession
-from sw_core.exceptions import ModelError
+from sw_core.engine.tasks.requests import request_of
 from sw_core.keys import Keys
 from sw_core.pipeline.jobs import Job
 from sw_core.pipeline.registry import ModelRegistry
 from sw_core.queue_redis import queue_redis
+from sw_core.schema import Task
 from sw_core.settings import Settings
 from sw_core.utils import is_finite_number
 from workers.chunks.chunk_source import RemoteChunkSource
@@ -57,28 +58,12 @@ def generation_defaults(generation_config: Any, max_new_tokens_limit: int) -> di
 
 
 def job_requests(
-    task: str, job: Job, defaults: dict[str, Any] | None = None
+    task: Task, job: Job, defaults: dict[str, Any] | None = None
 ) -> list[dict[str, Any]]:
     """The engine requests of one job: one per input, with the job's params (``defaults``
     fill the params the job leaves out)."""
     params = {**(defaults or {}), **job.params}
-    if task == "embed":
-        options = {k: params[k] for k in ("normalize", "truncate", "details") if k in params}
-        return [{"text": text, **options} for text in job.inputs]
-    if task == "forward":
-        options = {k: params[k] for k in ("output", "positions") if k in params}
-        return [{"input_ids": list(ids), **options} for ids in job.inputs]
-    if task == "generate":
-        keys = ("max_new_tokens", "top_p", "top_k", "seed", "chat", "stop", "repetition_penalty")
-        options = {k: params[k] for k in keys if k in params}
-        sampling = params.get("do_sample", "temperature" in params)
-        options["temperature"] = float(params.get("temperature", 1.0)) if sampling else 0.0
-        # An input is a prompt (text) or a chat (a list of {role, content} messages).
-        return [
-            {"messages" if isinstance(item, list) else "text": item, **options}
-            for item in job.inputs
-        ]
-    raise ModelError(f"unknown task {task!r}")
+    return [request_of(task, item, params) for item in job.inputs]
 
 
 class InferenceHandler:
@@ -142,13 +127,10 @@ class InferenceHandler:
             took_s = asyncio.get_running_loop().time() - started_s
             log.info("model %s preloaded in %.1f s", model, took_s)
 
-    async def run_batch(self, model: str, task: str, jobs: list[Job]) -> list[Any | BaseException]:
+    async def run_batch(self, model: str, task: Task, jobs: list[Job]) -> list[Any | BaseException]:
         """One result per job: the list of the engine's outputs for the job's inputs."""
         engine = await self.engine(model)
-        defaults: dict[str, Any] = {}
-        if task == "generate":
-            limit = self.settings.max_new_tokens_limit
-            defaults = generation_defaults(getattr(engine, "generation_config", None), limit)
+        defaults = self._defaults(engine) if task == "generate" else {}
         requests: list[dict[str, Any]] = []
         spans: list[tuple[int, int]] = []
         for job in jobs:
@@ -175,6 +157,15 @@ class InferenceHandler:
                 return None
             self._sessions[model] = DecodeSession(engine, self.settings.kv_cache_bytes)
         return self._sessions[model]
+
+    async def sequence_requests(self, model: str, job: Job) -> list[dict[str, Any]]:
+        """The engine requests of a generate job joining ``model``'s decode batch (the
+        model's generation config fills the params the job leaves out)."""
+        return job_requests("generate", job, self._defaults(await self.engine(model)))
+
+    def _defaults(self, engine: StreamingEngine) -> dict[str, Any]:
+        limit = self.settings.max_new_tokens_limit
+        return generation_defaults(engine.generation_config, limit)
 
     async def after_step(self, model: str) -> None:
         """After each decode step: flush the counters, keep the worker within its budget."""

@@ -22,8 +22,9 @@ from typing import Any
 
 import torch
 
-from sw_core.engine.tasks.generation import _choose, _generator, eos_ids, penalize
+from sw_core.engine.tasks.generation import eos_ids
 from sw_core.engine.tasks.requests import GenerateRequest
+from sw_core.engine.tasks.sampling import choose, generator_for, penalize
 from sw_core.engine.tasks.stopping import stop_in
 from sw_core.exceptions import ModelError
 
@@ -95,7 +96,7 @@ class DecodeSession:
     def parse(self, key: Any, request: dict[str, Any]) -> Sequence:
         """Validate one generate request (``ModelError`` when it is bad or too long)."""
         req: GenerateRequest = self.engine.parser.generate(request)
-        seq = Sequence(key, req, _generator(req, self.engine.device))
+        seq = Sequence(key, req, generator_for(req, self.engine.device))
         if self._need_bytes([seq]) > self.kv_cache_bytes:
             raise ModelError(
                 f"a prompt of {len(req.ids)} tokens with max_new_tokens={req.max_new_tokens} "
@@ -172,7 +173,7 @@ class DecodeSession:
         requests = [s.request for s in rows]
         logits = out.logits[:, -1, :].float()
         penalize(logits, requests, [r.ids for r in requests], [s.tokens for s in rows])
-        chosen = _choose(logits, requests, [s.generator for s in rows]).tolist()
+        chosen = choose(logits, requests, [s.generator for s in rows]).tolist()
         self.rows, self._cache, self._mask = rows, cache, full_mask
         tokens: dict[Any, int] = {}
         finished: list[Sequence] = []
@@ -194,7 +195,7 @@ class DecodeSession:
         if seq.tokens[-1] in self.eos:
             seq.finish_reason = "eos"
             return
-        seq.stop_at = stop_in(self.decode, seq.tokens, seq.request.stop)
+        seq.stop_at = stop_in(self.decode, seq.tokens, seq.request.params.stop)
         if seq.stop_at is not None:
             seq.finish_reason = "stop"
         elif len(seq.tokens) >= seq.request.max_new_tokens:

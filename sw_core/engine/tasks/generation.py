@@ -16,7 +16,6 @@ penalizes the decoder's ids) and its generated tokens.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +23,10 @@ import torch
 
 from sw_core.engine.tasks.passes import PassContext
 from sw_core.engine.tasks.requests import GenerateRequest, pad
+from sw_core.engine.tasks.sampling import choose, generator_for, penalize
 from sw_core.engine.tasks.stopping import stop_in
+
+Stepper = Callable[[torch.Tensor], torch.Tensor]
 
 
 def eos_ids(generation_config: Any, config: Any) -> set[int]:
@@ -48,7 +50,7 @@ def run_generate(
     for requests with ``stop`` sequences; the parser refuses those without a tokenizer)."""
     batch = len(requests)
     device = ctx.device
-    generators = [_generator(r, device) for r in requests]
+    generators = [generator_for(r, device) for r in requests]
     limits = torch.tensor([r.max_new_tokens for r in requests], device=device)
     produced = torch.zeros(batch, dtype=torch.long, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -65,7 +67,7 @@ def run_generate(
     for _ in range(int(limits.max())):
         logits = step(current).float()
         penalize(logits, requests, prefixes, tokens)
-        chosen = _choose(logits, requests, generators)
+        chosen = choose(logits, requests, generators)
         chosen = torch.where(finished, torch.full_like(chosen, ctx.pad_id), chosen)
         for i, (token, done) in enumerate(zip(chosen.tolist(), finished.tolist(), strict=True)):
             if not done:
@@ -76,8 +78,8 @@ def run_generate(
             reasons[i] = "eos"
         finished |= hit_eos
         for i in torch.nonzero(~finished).flatten().tolist():
-            if requests[i].stop and decode is not None:
-                cuts[i] = stop_in(decode, tokens[i], requests[i].stop)
+            if requests[i].params.stop and decode is not None:
+                cuts[i] = stop_in(decode, tokens[i], requests[i].params.stop)
                 if cuts[i] is not None:
                     reasons[i] = "stop"
                     finished[i] = True
@@ -94,33 +96,6 @@ def run_generate(
         }
         for req, new, why, cut in zip(requests, tokens, reasons, cuts, strict=True)
     ]
-
-
-def penalize(
-    logits: torch.Tensor,
-    requests: list[GenerateRequest],
-    prompts: list[list[int]],
-    generated: list[list[int]],
-) -> torch.Tensor:
-    """transformers' ``RepetitionPenaltyLogitsProcessor``, in place, row by row: the logit of
-    every token id in row i's ``prompts[i]`` and ``generated[i]`` is divided by the row's
-    penalty when positive, multiplied by it otherwise."""
-    width = logits.shape[-1]
-    for i, req in enumerate(requests):
-        penalty = req.repetition_penalty
-        if penalty == 1.0:
-            continue
-        seen = {*prompts[i], *generated[i]}
-        # ids beyond a head narrower than the vocabulary cannot be chosen: skipped, as
-        # transformers skips them
-        kept = sorted(t for t in seen if t < width)
-        ids = torch.tensor(kept, dtype=torch.long, device=logits.device)
-        score = logits[i, ids]
-        logits[i, ids] = torch.where(score < 0, score * penalty, score / penalty)
-    return logits
-
-
-Stepper = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _seq2seq_stepper(
@@ -180,35 +155,3 @@ def _decoder_stepper(
         return out.logits[:, -1, :]
 
     return step, step_ids
-
-
-def _generator(req: GenerateRequest, device: torch.device) -> torch.Generator | None:
-    if req.temperature <= 0:
-        return None
-    seed = req.seed if req.seed is not None else secrets.randbits(63)
-    return torch.Generator(device=device).manual_seed(seed)
-
-
-def _choose(
-    logits: torch.Tensor, requests: list[GenerateRequest], generators: list[Any]
-) -> torch.Tensor:
-    """Next token per row: argmax, or a seeded sample with temperature/top-k/top-p."""
-    chosen = logits.argmax(dim=-1)
-    for i, req in enumerate(requests):
-        if req.temperature <= 0:
-            continue
-        scores = logits[i] / req.temperature
-        if req.top_k > 0:
-            k = min(req.top_k, scores.numel())
-            kth = torch.topk(scores, k).values[-1]
-            scores = scores.masked_fill(scores < kth, float("-inf"))
-        if req.top_p < 1.0:
-            ordered, order = torch.sort(scores, descending=True)
-            cumulative = torch.softmax(ordered, dim=-1).cumsum(dim=-1)
-            drop = cumulative - torch.softmax(ordered, dim=-1) >= req.top_p
-            scores = scores.masked_fill(
-                torch.zeros_like(drop).scatter(0, order, drop), float("-inf")
-            )
-        probs = torch.softmax(scores, dim=-1)
-        chosen[i] = torch.multinomial(probs, 1, generator=generators[i])[0]
-    return chosen

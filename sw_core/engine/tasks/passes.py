@@ -72,9 +72,9 @@ def run_embed(ctx: PassContext, requests: list[EmbedRequest]) -> list[Any]:
     normalized = functional.normalize(pooled, p=2, dim=1)
     results: list[Any] = []
     for i, req in enumerate(requests):
-        norm = pipeline.normalize if req.normalize is None else req.normalize
+        norm = pipeline.normalize if req.params.normalize is None else req.params.normalize
         vector = (normalized[i] if norm else pooled[i]).cpu()
-        if not req.details:
+        if not req.params.details:
             results.append(vector)
             continue
         results.append(

@@ -26,25 +26,31 @@ for ``max_input_tokens`` -- raises :class:`~sw_core.exceptions.ModelError` namin
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from sw_core.exceptions import ModelError
-from sw_core.utils import is_finite_number, is_int, stop_sequences
+from sw_core.exceptions import JobError, ModelError
+from sw_core.schema import (
+    PARAM_SPECS,
+    EmbedParams,
+    ForwardParams,
+    GenerateParams,
+    P,
+    Task,
+    typed_params,
+)
+from sw_core.utils import is_int
 
-TASKS = ("embed", "forward", "generate")
 #: Request fields that describe the job rather than the input; accepted and ignored.
 META_FIELDS = frozenset({"model", "task", "id", "job_id"})
-_FIELDS: dict[str, frozenset[str]] = {
-    "embed": frozenset({"text", "input_ids", "normalize", "truncate", "details"}),
-    "forward": frozenset({"text", "input_ids", "output", "positions", "decoder_input_ids"}),
-    "generate": frozenset(
-        {"text", "messages", "input_ids", "max_new_tokens", "temperature", "top_k", "top_p"}
-        | {"seed", "chat", "stop", "repetition_penalty"}
-    ),
+#: The fields that give a request's input (its parameters are the task's in the schema).
+INPUT_FIELDS: dict[Task, frozenset[str]] = {
+    "embed": frozenset({"text", "input_ids"}),
+    "forward": frozenset({"text", "input_ids", "decoder_input_ids"}),
+    "generate": frozenset({"text", "messages", "input_ids"}),
 }
 #: Files that make a tokenizer; a chunk set with none of them has no tokenizer.
 TOKENIZER_FILES = (
@@ -69,13 +75,16 @@ class Limits:
     #: Positions the model can attend to in total (learned position tables); None if unbounded.
     max_positions: int | None
 
+    @property
+    def max_new_tokens_limit(self) -> int:
+        """The upper bound the schema checks ``max_new_tokens`` against."""
+        return self.max_new_tokens
+
 
 @dataclass
 class EmbedRequest:
     ids: list[int]
-    #: None: as the model's modules say.
-    normalize: bool | None = None
-    details: bool = False
+    params: EmbedParams = field(default_factory=EmbedParams)
     #: The input was cut to ``max_seq_length``.
     truncated: bool = False
 
@@ -91,15 +100,21 @@ class ForwardRequest:
 @dataclass
 class GenerateRequest:
     ids: list[int]
+    #: ``params.max_new_tokens``, or the model's default when the request left it out.
     max_new_tokens: int
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int | None = None
-    #: Stop sequences: the row ends once its decoded text contains one (cut before it).
-    stop: tuple[str, ...] = ()
-    #: transformers' repetition penalty (1.0: off).
-    repetition_penalty: float = 1.0
+    params: GenerateParams = field(default_factory=GenerateParams)
+
+
+def request_of(task: Task, item: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """The engine request of one job input: a text, a chat (a list of messages) or a list of
+    token ids, with the job's params."""
+    if task == "generate" and isinstance(item, list):
+        key = "messages"
+    elif task == "forward" or (isinstance(item, list) and task != "generate"):
+        key = "input_ids"
+    else:
+        key = "text"
+    return {key: item, **params}
 
 
 def load_tokenizer(files: dict[str, bytes]) -> Any:
@@ -140,33 +155,26 @@ class RequestParser:
 
     # ---------------------------------------------------------------- tasks
     def embed(self, req: Any) -> EmbedRequest:
-        req = self._fields("embed", req)
-        normalize = _bool(req, "normalize", True) if "normalize" in req else None
-        details = _bool(req, "details", False)
-        cut = self.embed_max_tokens if _bool(req, "truncate", True) else None
+        req, params = self._split("embed", req, EmbedParams)
+        cut = self.embed_max_tokens if params.truncate else None
         if cut is None:
-            return EmbedRequest(self._ids(req, chat=False), normalize, details)
+            return EmbedRequest(self._ids(req, chat=False), params)
         cut = min(cut, self.limits.max_input_tokens)
         ids = self._ids(req, chat=False, max_length=cut)
         if len(ids) <= cut:
-            return EmbedRequest(ids, normalize, details)
+            return EmbedRequest(ids, params)
         if "text" in req:  # as sentence-transformers: the tokenizer cuts, special tokens stay
             ids = list(self.tokenizer(req["text"], truncation=True, max_length=cut)["input_ids"])
-        return EmbedRequest(ids[:cut], normalize, details, truncated=True)
+        return EmbedRequest(ids[:cut], params, truncated=True)
 
     def forward(self, req: Any) -> ForwardRequest:
-        req = self._fields("forward", req)
+        req, params = self._split("forward", req, ForwardParams)
         ids = self._ids(req, chat=False)
-        output = req.get("output", "logits" if self.has_lm_head else "hidden")
-        if output not in ("hidden", "logits"):
-            raise ModelError(f"'output' must be 'hidden' or 'logits', got {output!r}")
+        output = params.output or ("logits" if self.has_lm_head else "hidden")
         if output == "logits" and not self.has_lm_head:
             raise ModelError(
                 f"model {self.limits.model!r} has no LM head, so no logits; use output='hidden'"
             )
-        positions = req.get("positions", "all")
-        if positions not in ("all", "last"):
-            raise ModelError(f"'positions' must be 'all' or 'last', got {positions!r}")
         decoder_ids = None
         if "decoder_input_ids" in req:
             if not self.seq2seq:
@@ -175,67 +183,49 @@ class RequestParser:
                     "is not one"
                 )
             decoder_ids = self._id_list(req["decoder_input_ids"], "decoder_input_ids")
-        return ForwardRequest(ids, output, positions == "last", decoder_ids)
+        return ForwardRequest(ids, output, params.positions == "last", decoder_ids)
 
     def generate(self, req: Any) -> GenerateRequest:
-        req = self._fields("generate", req)
+        req, params = self._split("generate", req, GenerateParams)
         if not self.has_lm_head:
             raise ModelError(f"model {self.limits.model!r} has no LM head: it cannot generate")
-        ids = self._ids(req, chat=_bool(req, "chat", True))
-        limit = self.limits.max_new_tokens
+        ids = self._ids(req, chat=params.chat)
         positions = self.limits.max_positions if not self.seq2seq else None
-        default = min(DEFAULT_MAX_NEW_TOKENS, limit)
-        if positions is not None:
-            default = max(1, min(default, positions - len(ids)))
-        max_new = req.get("max_new_tokens", default)
-        if not is_int(max_new) or not 1 <= max_new <= limit:
-            raise ModelError(
-                f"'max_new_tokens' must be an integer from 1 to {limit} "
-                f"(SW_MAX_NEW_TOKENS_LIMIT), got {max_new!r}"
-            )
+        max_new = params.max_new_tokens
+        if max_new is None:
+            max_new = min(DEFAULT_MAX_NEW_TOKENS, self.limits.max_new_tokens)
+            if positions is not None:
+                max_new = max(1, min(max_new, positions - len(ids)))
         if positions is not None and len(ids) + max_new > positions:
             raise ModelError(
                 f"prompt of {len(ids)} tokens plus max_new_tokens={max_new} exceeds the "
                 f"{positions} positions model {self.limits.model!r} supports; shorten the prompt "
                 "or lower max_new_tokens"
             )
-        temperature, top_k, top_p, seed = _sampling(req)
-        return GenerateRequest(
-            ids,
-            int(max_new),
-            temperature,
-            top_k,
-            top_p,
-            seed,
-            stop=self._stop(req),
-            repetition_penalty=_penalty(req),
-        )
-
-    # ---------------------------------------------------------------- pieces
-    def _stop(self, req: dict[str, Any]) -> tuple[str, ...]:
-        if req.get("stop") is None:
-            return ()
-        try:
-            stops = stop_sequences(req["stop"])
-        except ValueError as exc:
-            raise ModelError(f"'stop' {exc}") from None
-        if stops and self.tokenizer is None:
+        if params.stop and self.tokenizer is None:
             raise ModelError(
                 f"model {self.limits.model!r} ships no tokenizer, so its output has no text to "
                 "search for 'stop' sequences; leave 'stop' out"
             )
-        return tuple(stops)
+        return GenerateRequest(ids, max_new, params)
 
-    def _fields(self, task: str, req: Any) -> dict[str, Any]:
+    # ---------------------------------------------------------------- pieces
+    def _split(self, task: Task, req: Any, cls: type[P]) -> tuple[dict[str, Any], P]:
+        """The request checked for unknown fields, and its params (None values: defaults)."""
         if not isinstance(req, dict):
             raise ModelError(f"a {task} request must be a dict, got {type(req).__name__}")
-        unknown = set(req) - _FIELDS[task] - META_FIELDS
+        specs = PARAM_SPECS[task]
+        known = INPUT_FIELDS[task] | specs.keys()
+        unknown = set(req) - known - META_FIELDS
         if unknown:
             raise ModelError(
-                f"unknown field(s) {sorted(unknown)} for task {task!r}; "
-                f"known: {sorted(_FIELDS[task])}"
+                f"unknown field(s) {sorted(unknown)} for task {task!r}; known: {sorted(known)}"
             )
-        return req
+        given = {k: v for k, v in req.items() if k in specs and v is not None}
+        try:
+            return req, typed_params(cls, given, self.limits)
+        except JobError as exc:
+            raise ModelError(str(exc)) from None
 
     def _ids(self, req: dict[str, Any], *, chat: bool, max_length: int | None = None) -> list[int]:
         """Token ids of the request; with ``max_length`` the input limit is not checked (the
@@ -318,37 +308,6 @@ def _messages(value: Any) -> list[dict[str, str]]:
     if not any(m["content"].strip() for m in out):
         raise ModelError("'messages' hold no text")
     return out
-
-
-def _sampling(req: dict[str, Any]) -> tuple[float, int, float, int | None]:
-    """``(temperature, top_k, top_p, seed)`` of a generate request."""
-    temperature = req.get("temperature", 0.0)
-    if not is_finite_number(temperature) or temperature < 0:
-        raise ModelError(f"'temperature' must be a number >= 0, got {temperature!r}")
-    top_k = req.get("top_k", 0)
-    if not is_int(top_k) or top_k < 0:
-        raise ModelError(f"'top_k' must be an integer >= 0, got {top_k!r}")
-    top_p = req.get("top_p", 1.0)
-    if not is_finite_number(top_p) or not 0 < top_p <= 1:
-        raise ModelError(f"'top_p' must be a number in (0, 1], got {top_p!r}")
-    seed = req.get("seed")
-    if seed is not None and not is_int(seed):
-        raise ModelError(f"'seed' must be an integer, got {seed!r}")
-    return float(temperature), int(top_k), float(top_p), seed
-
-
-def _penalty(req: dict[str, Any]) -> float:
-    penalty = req.get("repetition_penalty", 1.0)
-    if not is_finite_number(penalty) or penalty <= 0:
-        raise ModelError(f"'repetition_penalty' must be a number > 0 (1.0: off), got {penalty!r}")
-    return float(penalty)
-
-
-def _bool(req: dict[str, Any], key: str, default: bool) -> bool:
-    value = req.get(key, default)
-    if not isinstance(value, bool):
-        raise ModelError(f"'{key}' must be true or false, got {value!r}")
-    return value
 
 
 def pad(

@@ -61,7 +61,7 @@ async def test_workers_monitor_and_health_use_the_cache_server(
         await group.wait_registered(admin, KEYS, 60)
         async with Producer(settings=settings) as producer:
             job_ids = [await producer.submit("tiny", "embed", [f"x{i}"]) for i in range(2)]
-            results = [await producer.result(j, timeout=30) for j in job_ids]
+            results = [await producer.result(j, timeout_s=30) for j in job_ids]
     finally:
         group.close()
         await admin.aclose()

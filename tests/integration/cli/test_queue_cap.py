@@ -56,7 +56,7 @@ async def test_hand_added_entries_past_the_cap_are_processed(redis_url: str) -> 
             assert await redis.xlen(KEYS.jobs) == 5
             async with consumers(settings, [EchoHandler(settings)]):
                 results = await asyncio.gather(
-                    *(producer.result(j, timeout=20) for j in [*ids, *hand])
+                    *(producer.result(j, timeout_s=20) for j in [*ids, *hand])
                 )
             # the queue drained: a producer may submit again
             again = await producer.submit("m1", "embed", ["after"])

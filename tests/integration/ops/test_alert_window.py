@@ -50,7 +50,7 @@ async def test_pipeline_counts_recent_window_and_models(redis_url: str) -> None:
     settings = fast_settings(redis_url, alert_error_rate=0.4)
     async with consumers(settings, [EchoHandler(settings)]), Producer(settings=settings) as p:
         for job_id in [await p.submit("m1", "embed", ["a"]) for _ in range(3)]:
-            await p.result(job_id, timeout=10)
+            await p.result(job_id, timeout_s=10)
     async with consumers(settings, [BrokenHandler(settings)]), Producer(settings=settings) as p:
         job_id = await p.submit("m2", "embed", ["b"])
         await wait_until(lambda: _status(p, job_id, "dead"), 10, "the broken job dead")

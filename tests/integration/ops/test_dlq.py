@@ -56,7 +56,7 @@ async def test_dead_letter_replayed_after_the_outage_completes(
             async with Producer(settings=settings) as producer:
                 job_id = await producer.submit(model="smodel", task="embed", inputs=["hello"])
                 with pytest.raises(StorageError):
-                    await producer.result(job_id, timeout=60)
+                    await producer.result(job_id, timeout_s=60)
                 rc, out, err = run_sw_here(["dlq", "list", "--json"], settings, monkeypatch, capsys)
                 assert rc == 0, err
                 letters = json.loads(out)
@@ -83,7 +83,7 @@ async def test_dead_letter_replayed_after_the_outage_completes(
                     assert replayed.returncode == 0, replayed.stdout + replayed.stderr
                     assert "replay #1" in replayed.stdout
                     try:
-                        result = await producer.result(job_id, timeout=60)
+                        result = await producer.result(job_id, timeout_s=60)
                     except Exception as exc:
                         raise AssertionError(f"{exc}\n{worker_logs(tmp_path)}") from None
                     assert result == {

@@ -62,9 +62,9 @@ def test_every_documented_command_works_on_a_running_system(redis_url: str, tmp_
         async with Producer(settings=settings) as producer:
             good = await producer.submit(model="good", task="embed", inputs=["fine"])
             bad = await producer.submit(model="good", task="embed", inputs=["fail=SecurityError"])
-            await producer.result(good, timeout=60)
+            await producer.result(good, timeout_s=60)
             try:
-                await producer.result(bad, timeout=60)
+                await producer.result(bad, timeout_s=60)
             except SecurityError:
                 pass
             return good, bad

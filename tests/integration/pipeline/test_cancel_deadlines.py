@@ -65,10 +65,10 @@ async def test_cancel_and_deadlines_queued_and_running(
             expired_events = await events_of(producer, expiring)
         for job_id in (queued, running):
             with pytest.raises(JobCancelledError):
-                await producer.result(job_id, timeout=5)
+                await producer.result(job_id, timeout_s=5)
         for job_id in (late, hand, expiring):
             with pytest.raises(JobExpiredError):
-                await producer.result(job_id, timeout=5)
+                await producer.result(job_id, timeout_s=5)
         statuses = {j: (await producer.status(j)) for j in (queued, late, hand)}
     counters = await read_stats(redis)
     dlq = await redis.xlen(KEYS.dlq)
@@ -101,7 +101,7 @@ async def test_kill_9_mid_generation_restarts_the_stream(
         async with Producer(settings=settings) as producer:
             job_id = await producer.submit("tiny", "generate", [prompt], max_new_tokens=new)
             tokens = 0
-            async for event in producer.stream(job_id, timeout=120):
+            async for event in producer.stream(job_id, timeout_s=120):
                 tokens += event["type"] == "token"
                 if tokens >= 3:
                     break
@@ -111,7 +111,7 @@ async def test_kill_9_mid_generation_restarts_the_stream(
                 start_worker(worker_env(settings, SW_WORKER_NAME="heir"), tmp_path / "heir.log")
             )
             events = await events_of(producer, job_id, timeout_s=180)
-            [result] = await producer.result(job_id, timeout=60)
+            [result] = await producer.result(job_id, timeout_s=60)
             status = await producer.status(job_id)
     assert any(e["type"] == "restart" for e in events), events[:5]
     assert result["token_ids"] == reference_tokens(tiny_chat, prompt, new)

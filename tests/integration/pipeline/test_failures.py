@@ -56,7 +56,7 @@ async def test_fifty_malformed_entries_become_readable_dead_letters(
         for fields in malformed_entries():
             await redis_client.xadd(KEYS.jobs, fields)
         good = await p.submit("m1", "embed", ["still serving"])
-        assert (await p.result(good, timeout=20))["inputs"] == ["still serving"]
+        assert (await p.result(good, timeout_s=20))["inputs"] == ["still serving"]
         await wait_until(
             lambda: _xlen(redis_client, KEYS.dlq, 50), timeout_s=10, what="50 dead letters"
         )
@@ -83,7 +83,7 @@ async def test_fifty_malformed_entries_become_readable_dead_letters(
     # a broken producer-format job is findable by its id
     async with Producer(settings=settings) as p:
         with pytest.raises(JobError, match="not valid msgpack"):
-            await p.result("broken-3", timeout=1)
+            await p.result("broken-3", timeout_s=1)
 
 
 def count_by(rows: list[dict[str, str]], field: str) -> dict[str, int]:
@@ -103,7 +103,7 @@ async def test_transient_twice_then_success_on_attempt_three(redis_url: str, red
     )
     async with consumers(settings, [FlakyHandler(settings)]), Producer(settings=settings) as p:
         job_id = await p.submit("m1", "embed", ["fail=2 please"])
-        result = await p.result(job_id, timeout=15)
+        result = await p.result(job_id, timeout_s=15)
         status = await p.status(job_id)
     assert result["attempt"] == 3 and status["attempts"] == 3 and status["status"] == "done"
     assert "error" not in status
@@ -131,7 +131,7 @@ async def test_always_transient_is_dead_lettered_after_exactly_retry_attempts(
     async with consumers(settings, [handler]), Producer(settings=settings) as p:
         job_id = await p.submit("m1", "embed", ["doomed"])
         with pytest.raises(StorageError, match="simulated outage on attempt 3"):
-            await p.result(job_id, timeout=15)
+            await p.result(job_id, timeout_s=15)
         status = await p.status(job_id)
     assert status["status"] == "dead" and status["attempts"] == 3
     runs = [c["attempt"] for c in await recorded_events(redis_client, settings)]
@@ -190,11 +190,11 @@ async def test_a_batch_past_its_timeout_is_retried_then_dead_lettered(
     async with consumers(settings, [handler]), Producer(settings=settings) as p:
         stuck = await p.submit("m1", "embed", ["hang"])
         with pytest.raises(BatchTimeoutError, match=r"SW_BATCH_TIMEOUT_S=0\.3 s") as err:
-            await p.result(stuck, timeout=15)
+            await p.result(stuck, timeout_s=15)
         assert not isinstance(err.value, JobTimeoutError)  # failed, not "still running"
         # the worker goes on serving
         fine = await p.submit("m1", "embed", ["fine"])
-        assert await p.result(fine, timeout=10) == {"ok": fine}
+        assert await p.result(fine, timeout_s=10) == {"ok": fine}
     assert handler.cancelled == 2  # each attempt's batch was cancelled, none left running
     (letter,) = await dead_letters(redis_client)
     assert letter["job_id"] == stuck and letter["error_type"] == "BatchTimeoutError"
@@ -227,7 +227,7 @@ async def test_handler_misbehaviour_dead_letters_the_job(
     async with consumers(settings, [_OddHandler(mode)]), Producer(settings=settings) as p:
         job_id = await p.submit("m1", "embed", ["x"])
         with pytest.raises(JobError, match=reason):
-            await p.result(job_id, timeout=10)
+            await p.result(job_id, timeout_s=10)
 
 
 async def test_poison_entry_is_dead_lettered(redis_url: str, redis_client) -> None:
@@ -244,7 +244,7 @@ async def test_poison_entry_is_dead_lettered(redis_url: str, redis_client) -> No
         )
         async with consumers(settings, [FlakyHandler(settings)]):
             with pytest.raises(JobError, match="delivered 6 times, more than max_deliveries=3"):
-                await p.result(job_id, timeout=10)
+                await p.result(job_id, timeout_s=10)
     (letter,) = await dead_letters(redis_client)
     assert letter["reason"] == "poison" and letter["job_id"] == job_id
     assert await recorded_events(redis_client, settings) == []  # never run again
@@ -264,7 +264,7 @@ async def test_retry_scheduled_by_a_dead_worker_is_moved_by_another(
         # the worker that scheduled the retry is gone; the retry waits in the zset
         assert await redis_client.zcard(KEYS.retries) == 1
         async with consumers(settings, [EchoHandler(settings)], names=["other"]):
-            result = await p.result(job_id, timeout=10)
+            result = await p.result(job_id, timeout_s=10)
     assert result["attempt"] == 2 and (await p.status(job_id))["worker"] == "other"
     assert not await redis_client.exists(KEYS.retry_job(job_id))
 

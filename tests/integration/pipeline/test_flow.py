@@ -22,7 +22,7 @@ async def test_submit_then_result_round_trip(redis_url: str, redis_client) -> No
     settings = fast_settings(redis_url)
     async with consumers(settings, [EchoHandler(settings)]), Producer(settings=settings) as p:
         job_id = await p.submit("m1", "generate", ["hello"], max_new_tokens=5)
-        result = await p.result(job_id, timeout=10)
+        result = await p.result(job_id, timeout_s=10)
         status = await p.status(job_id)
     assert result == {
         "job_id": job_id,
@@ -46,7 +46,7 @@ async def test_hand_added_entry_is_run_and_counted_once(redis_url: str, redis_cl
             KEYS.jobs, {"model": "m1", "task": "embed", "text": "hello world", "normalize": "true"}
         )
         job_id = entry_id.decode()
-        result = await p.result(job_id, timeout=10)
+        result = await p.result(job_id, timeout_s=10)
     assert result["job_id"] == job_id
     assert result["inputs"] == ["hello world"] and result["params"] == {"normalize": True}
     counts = await read_stats(redis_client)
@@ -69,7 +69,7 @@ async def test_two_producers_two_workers_every_result_once(redis_url: str, redis
 
             sent_a, sent_b = await asyncio.gather(produce(p1, "a"), produce(p2, "b"))
             sent = sent_a + sent_b
-            results = await asyncio.gather(*(p1.result(j, timeout=30) for j, _ in sent))
+            results = await asyncio.gather(*(p1.result(j, timeout_s=30) for j, _ in sent))
         assert [r["inputs"] for r in results] == [[text] for _, text in sent]
         assert all(w.jobs_done > 0 for w in workers), [w.jobs_done for w in workers]
         assert sum(w.jobs_done for w in workers) == 2 * per_producer
@@ -89,7 +89,7 @@ async def test_jobs_are_batched_per_model_and_task(redis_url: str, redis_client)
             model, task = ("m1", "embed") if i % 3 else ("m2", "generate")
             ids.append(await p.submit(model, task, [f"t{i}"]))
         async with consumers(settings, [RecordingEchoHandler(settings)]):
-            await asyncio.gather(*(p.result(j, timeout=20) for j in ids))
+            await asyncio.gather(*(p.result(j, timeout_s=20) for j in ids))
     records = await recorded_events(redis_client, settings)
     assert len(records) == 24
     batches: Counter[tuple[str, str, int, float]] = Counter(
@@ -109,9 +109,9 @@ async def test_result_raises_the_stored_error_class(redis_url: str, redis_client
         entry = {"model": "nosuchmodel", "task": "embed", "text": "x"}  # submit refuses it
         unknown = (await redis_client.xadd(KEYS.jobs, entry)).decode()
         with pytest.raises(SurfingError, match="ValueError: handler bug"):
-            await p.result(broken, timeout=10)
+            await p.result(broken, timeout_s=10)
         with pytest.raises(ModelError, match="sw register nosuchmodel"):
-            await p.result(unknown, timeout=10)
+            await p.result(unknown, timeout_s=10)
         assert (await p.status(unknown))["status"] == "dead"
 
 
@@ -122,7 +122,7 @@ async def test_result_times_out_with_job_timeout_error(redis_url: str) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         with pytest.raises(JobTimeoutError, match="status: queued"):
-            await p.result(job_id, timeout=0.3)
+            await p.result(job_id, timeout_s=0.3)
         assert 0.25 < loop.time() - started < 2
         assert (await p.status(job_id))["status"] == "queued"
         assert (await p.status("no-such-job"))["status"] == "unknown"
@@ -132,7 +132,7 @@ async def test_many_waiters_on_one_job_all_wake(redis_url: str) -> None:
     settings = fast_settings(redis_url)
     async with Producer(settings=settings) as p:
         job_id = await p.submit("m1", "embed", ["shared"])
-        waiters = [asyncio.create_task(p.result(job_id, timeout=10)) for _ in range(5)]
+        waiters = [asyncio.create_task(p.result(job_id, timeout_s=10)) for _ in range(5)]
         await asyncio.sleep(0.2)  # all of them blocked on the done list
         async with consumers(settings, [EchoHandler(settings)]):
             results = await asyncio.gather(*waiters)

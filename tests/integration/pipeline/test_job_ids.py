@@ -15,13 +15,13 @@ async def test_hand_added_entry_cannot_overwrite_a_finished_job(redis_url, redis
     settings = fast_settings(redis_url)
     async with consumers(settings, [EchoHandler(settings)]), Producer(settings=settings) as p:
         job_id = await p.submit("m1", "embed", ["legit"])
-        assert (await p.result(job_id, timeout=10))["inputs"] == ["legit"]
+        assert (await p.result(job_id, timeout_s=10))["inputs"] == ["legit"]
         await redis_client.xadd(
             KEYS.jobs, {"job_id": job_id, "model": "m1", "task": "embed", "text": "evil"}
         )
         await wait_until(lambda: _dlq_len(redis_client), 10, "the duplicate's dead letter")
         await wait_until(lambda: _no_pending(redis_client), 5, "the duplicate acked")
-        assert (await p.result(job_id, timeout=1))["inputs"] == ["legit"]
+        assert (await p.result(job_id, timeout_s=1))["inputs"] == ["legit"]
         status = await p.status(job_id)
     assert status["status"] == "done"
     assert await redis_client.llen(KEYS.job_done(job_id)) == 1
@@ -58,7 +58,7 @@ async def test_own_retry_still_runs_and_a_forgery_during_the_retry_does_not(
         await redis_client.xadd(
             KEYS.jobs, {"job_id": job_id, "model": "m1", "task": "embed", "text": "evil"}
         )
-        result = await p.result(job_id, timeout=15)
+        result = await p.result(job_id, timeout_s=15)
     assert result["inputs"] == ["fail=1"] and result["attempt"] == 2
     [letter] = await dead_letters(redis_client)
     assert letter["reason"] == "duplicate_job_id"

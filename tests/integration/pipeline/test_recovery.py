@@ -28,7 +28,7 @@ async def test_long_job_on_a_live_worker_is_not_redelivered(redis_url: str, redi
         await wait_until(lambda: _status(p, job_id, "running"), 5, "the job to start")
         await asyncio.sleep(1.2)
         assert await _delivery_counts(redis_client) == [1]  # claim kept: no redelivery
-        assert (await p.result(job_id, timeout=10))["attempt"] == 1
+        assert (await p.result(job_id, timeout_s=10))["attempt"] == 1
     starts = [c for c in await recorded_events(redis_client, settings) if c["event"] == "start"]
     assert len(starts) == 1
     assert (await read_stats(redis_client))[COMPLETED] == 1
@@ -51,7 +51,7 @@ async def test_crashed_workers_entries_are_reclaimed_within_claim_idle(
                 took = await wait_until(
                     lambda: _pending_is(redis_client, "doomed", 0), 5, "the reclaim"
                 )
-                results = await asyncio.gather(*(p.result(j, timeout=10) for j in ids))
+                results = await asyncio.gather(*(p.result(j, timeout_s=10) for j in ids))
     assert took <= 0.8 + 2, took
     assert time.monotonic() - crashed_at < 10
     assert sorted(r["job_id"] for r in results) == sorted(ids)
@@ -74,7 +74,7 @@ async def test_restarted_worker_resumes_its_own_pending_entries_first(
         assert await pending_count(redis_client, "stable") == 3
         started = time.monotonic()
         async with consumers(settings, [EchoHandler(settings)], names=["stable"]):
-            results = await asyncio.gather(*(p.result(j, timeout=10) for j in ids))
+            results = await asyncio.gather(*(p.result(j, timeout_s=10) for j in ids))
         assert time.monotonic() - started < 3
     assert sorted(r["job_id"] for r in results) == sorted(ids)
     assert await _delivery_counts(redis_client) == []
@@ -98,7 +98,9 @@ async def test_shutdown_finishes_in_flight_and_hands_back_the_rest(
             status = await p.status(job_id)
             assert status["status"] == "done" and status["worker"] == "leaving"
         async with consumers(settings, [RecordingEchoHandler(settings)], names=["stayer"]):
-            rest = await asyncio.gather(*(p.result(j, timeout=5) for j in ids if j not in running))
+            rest = await asyncio.gather(
+                *(p.result(j, timeout_s=5) for j in ids if j not in running)
+            )
     assert len(rest) == 2
     runs = Counter(
         c["job_id"]
@@ -124,7 +126,7 @@ async def test_shutdown_past_grace_hands_back_the_unfinished_batch(
             assert await worker.stop(grace_s=0.2) == 1
         assert (await p.status(job_id))["status"] == "queued"
         async with consumers(settings, [EchoHandler(settings)], names=["next"]):
-            assert (await p.result(job_id, timeout=5))["job_id"] == job_id
+            assert (await p.result(job_id, timeout_s=5))["job_id"] == job_id
     assert FAILED not in await read_stats(redis_client)
     await slow.close()
 
@@ -158,4 +160,4 @@ async def test_pending_entries_deleted_by_hand_do_not_wedge_a_worker(
         await asyncio.sleep(1.0)  # the ghost's nil entry goes through XAUTOCLAIM
         async with Producer(settings=settings) as p:
             job_id = await p.submit("m1", "embed", ["after"])
-            assert (await p.result(job_id, timeout=5))["inputs"] == ["after"]
+            assert (await p.result(job_id, timeout_s=5))["inputs"] == ["after"]

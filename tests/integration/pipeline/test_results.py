@@ -56,9 +56,9 @@ async def test_oversized_result_is_dead_lettered_and_small_one_stored_packed(
     async with consumers(settings, [_BigFloats(settings)]), Producer(settings=settings) as p:
         small = await p.submit("m1", "embed", ["1000"])
         big = await p.submit("m1", "embed", ["50000"])
-        assert await p.result(small, timeout=10) == [[0.25] * 1000]
+        assert await p.result(small, timeout_s=10) == [[0.25] * 1000]
         with pytest.raises(ResultTooLargeError, match=r"200,0\d\d bytes, over SW_MAX_RESULT_BYTES"):
-            await p.result(big, timeout=10)
+            await p.result(big, timeout_s=10)
     stored = await redis_client.hget(KEYS.job(small), "result")
     assert len(stored) < 1000 * 4 + 32  # float32, not msgpack float64 (9 bytes each)
     [letter] = await dead_letters(redis_client)
@@ -77,9 +77,9 @@ async def test_forward_positions_last_through_a_real_worker(
         async with Producer(settings=settings) as p:
             last = await p.submit("minilm", "forward", ids, output="hidden", positions="last")
             full = await p.submit("minilm", "forward", ids, output="hidden")
-            vectors = await p.result(last, timeout=120)
+            vectors = await p.result(last, timeout_s=120)
             with pytest.raises(ResultTooLargeError, match=r"307,2\d\d bytes"):
-                await p.result(full, timeout=60)
+                await p.result(full, timeout_s=60)
     finally:
         assert proc.stop() == 0, (tmp_path / "inference.log").read_text()[-3000:]
     assert len(vectors) == 2 and all(len(v) == 384 for v in vectors)

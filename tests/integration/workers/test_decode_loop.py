@@ -40,8 +40,8 @@ async def test_a_job_joins_while_another_generates(
                 events_of(producer, long_id), events_of(producer, short_id)
             )
             results = {
-                "long": await producer.result(long_id, timeout=60),
-                "short": await producer.result(short_id, timeout=60),
+                "long": await producer.result(long_id, timeout_s=60),
+                "short": await producer.result(short_id, timeout_s=60),
             }
     long_end = next(e for e in long_events if e["type"] == "end")
     short_end = next(e for e in short_events if e["type"] == "end")

@@ -52,7 +52,7 @@ async def test_200_embed_jobs_two_producers_two_workers_one_loader(
             )
             job_ids = [None] * N_JOBS
             job_ids[0::2], job_ids[1::2] = ids_1, ids_2
-            results = await asyncio.gather(*(p1.result(j, timeout=240) for j in job_ids))
+            results = await asyncio.gather(*(p1.result(j, timeout_s=240) for j in job_ids))
     finally:
         codes = [p.stop() for p in procs]
     logs = "".join((tmp_path / f).read_text() for f in ("inference-1.log", "inference-2.log"))
@@ -89,9 +89,9 @@ async def test_unknown_model_is_dead_lettered_by_the_engine_handler(
             entry = {"model": "no-such-model", "task": "embed", "text": "hello"}
             job_id = (await producer.redis.xadd(producer.keys.jobs, entry)).decode()
             with pytest.raises(ModelError, match="not registered"):
-                await producer.result(job_id, timeout=60)
+                await producer.result(job_id, timeout_s=60)
             good = await producer.submit("minilm", "embed", ["hello world"])
-            vector = await producer.result(good, timeout=120)
+            vector = await producer.result(good, timeout_s=120)
         assert len(vector) == 1 and len(vector[0]) == 384
     finally:
         assert proc.stop() == 0, (tmp_path / "inference.log").read_text()[-3000:]

@@ -258,7 +258,7 @@ async def test_a_node_serves_loads_and_beats_while_a_batch_runs(chunk_set, redis
             assert int(info[b"beat_ms"]) > beat_before  # heartbeats kept flowing
             assert info[b"kind"] == b"inference" and info[b"current_jobs"] == job_id.encode()
             assert (await p.status(job_id))["status"] == "running"
-            assert (await p.result(job_id, timeout=10))["job_id"] == job_id
+            assert (await p.result(job_id, timeout_s=10))["job_id"] == job_id
     finally:
         await wait_until(
             lambda: all(t.done() for t in worker.tasks.values()), 10, "the node's loads to finish"

@@ -28,9 +28,9 @@ async def _run_jobs(redis_url: str, log_path: Path, **env: str) -> tuple[list[st
             entry = {"model": "ghost", "task": "embed", "text": "x"}
             ids.append((await p.redis.xadd(KEYS.jobs, entry)).decode())
             for job_id in ids[:3]:
-                await p.result(job_id, timeout=60)
+                await p.result(job_id, timeout_s=60)
             with pytest.raises(Exception, match="not registered"):
-                await p.result(ids[3], timeout=30)
+                await p.result(ids[3], timeout_s=30)
     finally:
         assert proc.stop() == 0, log_path.read_text()[-3000:]
     return ids, log_path.read_text()

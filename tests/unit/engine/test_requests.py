@@ -97,19 +97,21 @@ def test_stop_sequences_need_a_tokenizer() -> None:
     parser = RequestParser(LIMITS, None, has_lm_head=True, seq2seq=False)
     with pytest.raises(ModelError, match=r"ships no tokenizer, so .* 'stop' sequences"):
         parser.generate({"input_ids": [3, 4], "stop": "\n"})
-    assert parser.generate({"input_ids": [3, 4], "stop": None}).stop == ()
-    assert parser.generate({"input_ids": [3, 4], "stop": []}).stop == ()
+    assert parser.generate({"input_ids": [3, 4], "stop": None}).params.stop == ()
+    assert parser.generate({"input_ids": [3, 4], "stop": []}).params.stop == ()
 
 
 def test_stop_and_repetition_penalty_parse() -> None:
     parser = _parser()
     plain = parser.generate({"text": "hi"})
-    assert plain.stop == () and plain.repetition_penalty == 1.0
+    assert plain.params.stop == () and plain.params.repetition_penalty == 1.0
     one = parser.generate({"text": "hi", "stop": "\n\n", "repetition_penalty": 2})
-    assert one.stop == ("\n\n",) and one.repetition_penalty == 2.0
+    assert one.params.stop == ("\n\n",) and one.params.repetition_penalty == 2.0
     longest = ["a", "bb", " c", "x" * 256]
-    assert parser.generate({"text": "hi", "stop": longest}).stop == tuple(longest)
-    assert parser.generate({"text": "hi", "repetition_penalty": 0.5}).repetition_penalty == 0.5
+    assert parser.generate({"text": "hi", "stop": longest}).params.stop == tuple(longest)
+    assert (
+        parser.generate({"text": "hi", "repetition_penalty": 0.5}).params.repetition_penalty == 0.5
+    )
 
 
 def test_models_without_a_head_refuse_logits_and_generation() -> None:
@@ -130,7 +132,17 @@ def test_good_requests_parse() -> None:
     # chat template applied, no special tokens added twice: "<user> hi there <assistant>"
     assert gen.ids == [6, 2, 5, 11]
     # default max_new_tokens: what the 12 positions leave after the 4-token prompt
-    assert (gen.temperature, gen.seed, gen.top_p, gen.max_new_tokens) == (0.7, 3, 0.9, 8)
+    assert (
+        gen.params.sampling_temperature,
+        gen.params.seed,
+        gen.params.top_p,
+        gen.max_new_tokens,
+    ) == (
+        0.7,
+        3,
+        0.9,
+        8,
+    )
     plain = parser.generate({"text": "hi there", "chat": False})
     assert plain.ids == [1, 2, 5]
     t5 = _parser(seq2seq=True).forward({"input_ids": [1], "decoder_input_ids": [0, 4]})

@@ -127,15 +127,15 @@ def test_stop_and_repetition_penalty_are_job_params() -> None:
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({"stop": ["a"] * 5}, "param stop holds 5 strings; at most 4"),
-        ({"stop": [1]}, "param stop must hold strings only"),
-        ({"stop": [""]}, "param stop holds an empty string"),
-        ({"stop": {"a": 1}}, "param stop must be a string or a list"),
+        ({"stop": ["a"] * 5}, "'stop' holds 5 strings; at most 4"),
+        ({"stop": [1]}, "'stop' must hold strings only"),
+        ({"stop": [""]}, "'stop' holds an empty string"),
+        ({"stop": {"a": 1}}, "'stop' must be a string or a list"),
         ({"stop": "x" * 257}, "257 characters"),
-        ({"repetition_penalty": 0}, r"repetition_penalty=0.0 is out of range: must be > 0"),
-        ({"repetition_penalty": -2.0}, "out of range"),
-        ({"repetition_penalty": float("nan")}, "finite"),
-        ({"repetition_penalty": "1.3"}, "must be float"),
+        ({"repetition_penalty": 0}, "'repetition_penalty' must be a number > 0, got 0.0"),
+        ({"repetition_penalty": -2.0}, "'repetition_penalty' must be a number > 0, got -2.0"),
+        ({"repetition_penalty": float("nan")}, "must be a number > 0, got nan"),
+        ({"repetition_penalty": "1.3"}, "must be a number > 0, got '1.3'"),
     ],
 )
 def test_bad_stop_and_penalty_params_are_refused(params: dict, message: str) -> None:

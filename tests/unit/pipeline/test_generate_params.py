@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from sw_core.exceptions import JobError
 from sw_core.pipeline.jobs import Job, validate_request
+from sw_core.schema import PARAM_SPECS, GenerateParams, typed_params
 from sw_core.settings import Settings
 from workers.jobs.inference import job_requests
+
+
+def _engine_params(request: dict[str, Any], settings: Settings) -> GenerateParams:
+    """The generate params the engine reads from an engine request (its input left out)."""
+    given = {k: v for k, v in request.items() if k in PARAM_SPECS["generate"]}
+    return typed_params(GenerateParams, given, settings)
 
 
 def test_top_k_is_accepted_and_passed_to_the_engine() -> None:
@@ -16,7 +25,8 @@ def test_top_k_is_accepted_and_passed_to_the_engine() -> None:
         "m", "generate", ["hi"], {"top_k": 5, "do_sample": True}, settings
     )
     [request] = job_requests("generate", Job("j", "m", "generate", inputs, params))
-    assert request["top_k"] == 5 and request["temperature"] == 1.0
+    engine_params = _engine_params(request, settings)
+    assert engine_params.top_k == 5 and engine_params.sampling_temperature == 1.0
     with pytest.raises(JobError, match="top_k"):
         validate_request("m", "generate", ["hi"], {"top_k": -1}, settings)
 
@@ -53,4 +63,4 @@ def test_defaults_come_from_the_generation_config_and_the_job_wins() -> None:
     [request] = job_requests("generate", job, penalized)
     assert request["repetition_penalty"] == 1.0  # the job can switch it off
     [request] = job_requests("generate", Job("j", "m", "generate", ["hi"], {}), {})
-    assert request["temperature"] == 0.0
+    assert _engine_params(request, Settings()).sampling_temperature == 0.0  # greedy

@@ -9,7 +9,6 @@ import pytest
 
 from sw_core.exceptions import JobError
 from sw_core.pipeline.jobs import (
-    MAX_INPUTS,
     Job,
     decode_entry,
     encode_job,
@@ -17,6 +16,7 @@ from sw_core.pipeline.jobs import (
     pack_payload,
     validate_request,
 )
+from sw_core.schema import MAX_INPUTS
 from sw_core.settings import Settings
 
 SETTINGS = Settings.from_env({}, max_payload_bytes=4096, max_input_tokens=64)
@@ -167,37 +167,37 @@ MALFORMED: list[tuple[str, dict[bytes, bytes], str]] = [
     (
         "param wrong type",
         {b"model": b"m", b"task": b"generate", b"text": b"a", b"max_new_tokens": b"many"},
-        "not a valid int",
+        "'max_new_tokens'='many' is not an integer",
     ),
     (
         "param out of range",
         {b"model": b"m", b"task": b"generate", b"text": b"a", b"max_new_tokens": b"100000"},
-        "out of range",
+        "'max_new_tokens' must be an integer from 1 to",
     ),
     (
         "param zero tokens",
         {b"model": b"m", b"task": b"generate", b"text": b"a", b"max_new_tokens": b"0"},
-        "out of range",
+        "'max_new_tokens' must be an integer from 1 to",
     ),
     (
         "temperature zero",
         {b"model": b"m", b"task": b"generate", b"text": b"a", b"temperature": b"0"},
-        "out of range",
+        "'temperature' must be a number in (0, 100], got 0.0",
     ),
     (
         "temperature nan",
         {b"model": b"m", b"task": b"generate", b"text": b"a", b"temperature": b"nan"},
-        "finite",
+        "'temperature' must be a number in (0, 100], got nan",
     ),
     (
         "bad bool",
         {b"model": b"m", b"task": b"embed", b"text": b"a", b"normalize": b"maybe"},
-        "not a valid bool",
+        "'normalize'='maybe' is not true or false",
     ),
     (
         "bad choice",
         {b"model": b"m", b"task": b"forward", b"inputs": b"[[1]]", b"output": b"attentions"},
-        "one of hidden, logits",
+        "'output' must be one of 'hidden', 'logits'",
     ),
     (
         "param for other task",
@@ -255,7 +255,7 @@ PAYLOADS: list[tuple[str, bytes, str]] = [
     (
         "param bool for int",
         msgpack.packb({"inputs": ["a"], "params": {"normalize": 1}}),
-        "must be bool",
+        "'normalize' must be true or false, got 1",
     ),
     ("deeply nested", b"\x82\xa6inputs" + deep_list(2000) + b"\xa6params\x80", "nested"),
     ("nested 6", msgpack.packb({"inputs": [[[[[1]]]]]}), "nested deeper"),
