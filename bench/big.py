@@ -141,7 +141,10 @@ class Sampler:
         }
 
 
-def run_worker(folder: Path, requests: int, args: argparse.Namespace, direct_io: str) -> dict:
+def run_worker(folder: Path, requests: int, args: argparse.Namespace, mode: str) -> dict:
+    """One worker run; ``mode`` is a ``SW_DIRECT_IO`` value, or ``cache`` (through a Redis
+    chunk cache of ``--cache-mb``, misses read past the page cache)."""
+    direct_io = "on" if mode == "cache" else mode
     command = [
         sys.executable,
         str(REPO / "bench" / "big_worker.py"),
@@ -152,6 +155,7 @@ def run_worker(folder: Path, requests: int, args: argparse.Namespace, direct_io:
         f"--requests={requests}",
         f"--tokens={args.tokens}",
         f"--prompt-tokens={args.prompt_tokens}",
+        f"--cache-mb={args.cache_mb if mode == 'cache' else 0}",
     ]
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(REPO)}
     before = load_average()
@@ -202,12 +206,20 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=REPO / ".bench-big")
     parser.add_argument("--keep", action="store_true", help="keep the chunk sets")
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument(
+        "--cache-mb",
+        type=int,
+        default=0,
+        help="also run the fitting case through a Redis chunk cache this big (smaller than "
+        "the set: hits for what it holds, the rest read from the folder past it)",
+    )
     args = parser.parse_args()
 
     memory = meminfo_kib("MemTotal") * 1024
     cases = [("big", args.shape, args.layers, ["auto"])]
     if args.fits_shape:
-        cases.append(("fits", args.fits_shape, args.fits_layers, ["off", "on"]))
+        modes = ["off", "on"] + (["cache"] if args.cache_mb else [])
+        cases.append(("fits", args.fits_shape, args.fits_layers, modes))
     print(
         f"machine: {os.cpu_count()} cores, {memory / 2**30:.1f} GiB RAM, "
         f"{shutil.disk_usage(args.dir.parent).free / 1e9:.0f} GB free disk; "

@@ -32,6 +32,7 @@ def summarize(case: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
             "wall_over_floor": wall / floor if floor else None,
             "wall_over_floor_median": statistics.median(ratios) if ratios else None,
             "wait_s": statistics.median(s["wait_s"] for s in steps),
+            "cache_hits": statistics.median(s.get("cache_hits", 0) for s in steps),
             "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
             "rss_over_budget_mb": max(r["peak_rss_mb"] for r in runs) - args.budget_mb,
             "major_faults": max(r["major_faults"] for r in runs),
@@ -70,7 +71,8 @@ def print_case(case: dict[str, Any], args: argparse.Namespace) -> None:
             f"{row['rss_over_budget_mb']:>11.0f}  {row['major_faults']:>10}  "
             f"{row['cached_growth_mb']:>15.0f}  " + "/".join(f"{x:.1f}" for x in row["load"])
         )
-        print(f"         steps: {row['step_s_all']}  plan: {row['plan']}")
+        hits = f"  chunk-cache hits/step: {row['cache_hits']:g}" if mode == "cache" else ""
+        print(f"         steps: {row['step_s_all']}  plan: {row['plan']}{hits}")
     for key, value in s.items():
         if key.endswith("_batch_step_ratio"):
             print(

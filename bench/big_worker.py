@@ -2,7 +2,9 @@
 (so its peak RSS is its own).
 
 Opens a :class:`~sw_core.engine.StreamingEngine` on the folder (``StoreChunkSource``: the
-folder read directly, as a worker reads what the chunk cache does not hold), starts
+folder read directly, as a worker reads what the chunk cache does not hold; with
+``--cache-mb`` a ``CachedChunkSource`` through a private Redis chunk cache of that size,
+whose misses the cache does not admit are read from the folder past it), starts
 ``--requests`` generate requests in one continuous-batching session (the worker's decode
 loop: one model call per step, every request in it) and times every step. Prints one JSON
 object: the plan, and per step its wall time, the bytes it read from the folder, how long
@@ -33,6 +35,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from sw_core.storage import FilesystemBackend
 
     counters = Counters()
+    redis_server = cache = None
     settings = Settings(
         memory_budget_mb=args.budget_mb,
         prefetch_count=args.prefetch,
@@ -44,7 +47,23 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     started = time.perf_counter()
     store = FilesystemBackend(args.folder, counters=counters, timeout_s=600)
-    engine = StreamingEngine(StoreChunkSource(store), settings)
+    source: Any = StoreChunkSource(store)
+    if args.cache_mb:
+        import redis
+
+        from sw_core.cache import ChunkCache
+        from sw_core.engine import CachedChunkSource
+        from sw_core.keys import Keys
+        from sw_core.local.redis_server import RedisServer
+
+        redis_server = RedisServer().start()
+        cache = ChunkCache(
+            redis.Redis.from_url(redis_server.url),
+            keys=Keys("bench"),
+            cache_size_bytes=args.cache_mb << 20,
+        )
+        source = CachedChunkSource(cache, store)
+    engine = StreamingEngine(source, settings)
     await engine.load()
     load_s = time.perf_counter() - started
     generator = torch.Generator().manual_seed(args.seed)
@@ -58,7 +77,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     10, vocab, (args.prompt_tokens,), generator=generator
                 ).tolist(),
                 "max_new_tokens": args.tokens + 1,
-                "temperature": 0.0,
             },
         )
         for i in range(args.requests)
@@ -68,6 +86,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         while joining or session.active:
             rows = session.active + len(joining)
             read_before = counters.get(STORAGE_BYTES_READ)
+            hits_before = getattr(source, "cache_hits", 0)
             wait_before = engine.residency.stats.wait_s
             began = time.perf_counter()
             await session.step_async(joining)
@@ -79,11 +98,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     "wall_s": wall,
                     "bytes": counters.get(STORAGE_BYTES_READ) - read_before,
                     "wait_s": engine.residency.stats.wait_s - wait_before,
+                    "cache_hits": getattr(source, "cache_hits", 0) - hits_before,
                 }
             )
     finally:
         info = engine.cache_info()
         await engine.aclose()
+        if cache is not None:
+            cache.close()
+        if redis_server is not None:
+            redis_server.cleanup()
     return {
         "pid": os.getpid(),
         "load_s": load_s,
@@ -108,6 +132,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=6, help="decode steps after the prefill")
     parser.add_argument("--prompt-tokens", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache-mb", type=int, default=0, help="through a Redis chunk cache")
     args = parser.parse_args()
     print(json.dumps(asyncio.run(run(args))), flush=True)
 
