@@ -136,7 +136,8 @@ async def test_each_sweep_of_a_model_twice_the_cache_hits_about_c_over_n(
         assert hit_rate >= 0.8 * c_over_n, (hit_rate, c_over_n, jobs)
         # storage serves exactly what the cache does not, about (1 - C/N) of each sweep
         # (with plain LRU it was the whole model, every token)
-        assert job["storage_bytes_read"] == job["bytes"] - job["hit_bytes"], jobs
+        missed = job["bytes"] - job["hit_bytes"]  # (a loader re-reading a manifest: a little more)
+        assert missed <= job["storage_bytes_read"] <= missed + 0.02 * job["bytes"], jobs
         per_token = job["storage_bytes_read"] / job["tokens"]
         assert per_token <= (1 - 0.8 * c_over_n) * swept, (per_token, swept, jobs)
 
