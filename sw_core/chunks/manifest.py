@@ -13,12 +13,17 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
 from sw_core.exceptions import ModelError
+from sw_core.quant.formats import PackedFormat, stored_names
 
+#: Chunk sets with packed tensors are version 2 (a reader that predates packed weights
+#: refuses them); the others stay version 1, readable by every version.
 FORMAT_VERSION = 1
+PACKED_FORMAT_VERSION = 2
 MANIFEST_FILE = "manifest.json"
 #: Larger manifests are refused before parsing.
 MAX_MANIFEST_BYTES = 16 << 20
@@ -79,6 +84,10 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     source: str = ""
     gguf_file: str | None = None
+    #: Packed (quantized) tensors: canonical name -> its format
+    #: (:class:`~sw_core.quant.formats.PackedFormat` as a dict). A chunk holding one stores
+    #: its parts (``<name>:q``, ``<name>:scales``...) instead of the tensor.
+    packed: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Set for chunk sets of random weights (``sw synth``): the shape, seed and generator.
     #: Such a model computes at the real model's cost and answers nonsense.
     synthetic: dict[str, Any] | None = None
@@ -104,6 +113,16 @@ class Manifest:
 
     def by_role(self, role: Role) -> Iterator[ChunkInfo]:
         return (c for c in self.chunks if c.role == role)
+
+    @cached_property
+    def formats(self) -> dict[str, PackedFormat]:
+        """The packed tensors' formats (checked when the manifest is read)."""
+        return {name: PackedFormat.from_dict(dict(data)) for name, data in self.packed.items()}
+
+    def stored_tensors(self, chunk: ChunkInfo) -> list[str]:
+        """The names a chunk's safetensors file holds: its tensors, packed ones as parts."""
+        formats = self.formats
+        return [n for t in chunk.tensors for n in stored_names(t, formats.get(t))]
 
     @property
     def has_blake3(self) -> bool:
@@ -145,15 +164,23 @@ class Manifest:
         try:
             data: dict[str, Any] = json.loads(raw)
             version = data.get("format_version")
-            if version != FORMAT_VERSION:
+            if version not in (FORMAT_VERSION, PACKED_FORMAT_VERSION):
                 raise ModelError(
-                    f"manifest format_version {version!r} is not supported (expected {FORMAT_VERSION})"
+                    f"manifest format_version {version!r} is not supported (expected "
+                    f"{FORMAT_VERSION} or {PACKED_FORMAT_VERSION})"
+                )
+            if bool(data.get("packed")) != (version == PACKED_FORMAT_VERSION):
+                raise ModelError(
+                    f"manifest format_version {version} does not match its packed tensors"
                 )
             if not isinstance(data.get("synthetic") or {}, dict):
                 raise ModelError("malformed manifest: 'synthetic' is not an object")
             chunks = [ChunkInfo(**c) for c in data.pop("chunks")]
             files = [FileInfo(**f) for f in data.pop("files", [])]
-            return cls(chunks=chunks, files=files, **data)
+            manifest = cls(chunks=chunks, files=files, **data)
+            for name, fmt in manifest.formats.items():
+                fmt.check(name)
+            return manifest
         except ModelError:
             raise
         except (ValueError, TypeError, KeyError, AttributeError) as exc:

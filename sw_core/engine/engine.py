@@ -34,7 +34,9 @@ from sw_core.engine.memory.budget import ResidencyPlan, plan_residency
 from sw_core.engine.memory.buffers import BufferPool
 from sw_core.engine.memory.heap import limit_heap_retention
 from sw_core.engine.memory.residency import Residency
-from sw_core.engine.model.dtypes import compute_dtype, expansion
+from sw_core.engine.model.dtypes import Packing, compute_dtype, expansion, packed_dtype
+from sw_core.engine.model.footprint import chunk_sizes
+from sw_core.engine.model.kernels import kernels_for
 from sw_core.engine.model.runtime import Runtime
 from sw_core.engine.model.skeleton import Family, Skeleton, load_config
 from sw_core.engine.report import cache_report
@@ -136,26 +138,45 @@ class StreamingEngine:
     def _build(self, manifest: Manifest, config: Any, tokenizer: Any, gen_config: Any) -> None:
         settings = self.settings
         self.manifest = manifest
-        self.skeleton = Skeleton(manifest, config, self.device)
         dtype = compute_dtype(settings.compute_dtype, self.device, manifest)
+        #: The compute dtype (None: as stored).
+        self.compute_dtype = dtype
+        self.skeleton = Skeleton(manifest, config, self.device, packed_dtype(dtype))
         expand = expansion(manifest, dtype)
+        packing = sizes = None
+        if manifest.packed:
+            kept = self.skeleton.kept_packed
+            sizes = chunk_sizes(manifest, dtype, kept)
+            if kept:
+                assert dtype is not None
+                packing = Packing(kept, dtype, kernels_for(self.device))
         self.plan = plan_residency(
             manifest,
             settings.memory_budget_bytes,
             settings.prefetch_count,
             lookup_only=self.skeleton.lookup_only,
             expand=expand,
+            sizes=sizes,
         )
-        self.buffers = BufferPool(pool_bytes(manifest, self.plan, expand, settings.prefetch_count))
+        self.buffers = BufferPool(
+            pool_bytes(manifest, self.plan, expand, settings.prefetch_count, sizes)
+        )
         self.residency = Residency(
             model_name=manifest.name,
             budget_bytes=settings.memory_budget_bytes,
             keep=self.plan.keep,
             prefetch_count=settings.prefetch_count,
             loader=ChunkMaterializer(
-                self.source, self.skeleton, self.device, self.buffers, self.plan.keep, dtype
+                self.source,
+                self.skeleton,
+                self.device,
+                self.buffers,
+                self.plan.keep,
+                dtype,
+                packing,
             ),
             expand=expand,
+            sizes=sizes,
             bind=self.skeleton.bind,
             unbind=self.skeleton.unbind,
             timeout_s=settings.timeout_seconds,

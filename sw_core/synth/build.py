@@ -164,7 +164,16 @@ def _write(out: Path, job: _Job, after_chunk: Callable[[Path], None] | None = No
     label = f"synthetic:{job.synthetic['shape']}"
     cls = job.model_class.__name__
     return finish_manifest(
-        out, job.name, job.config, cls, written, {}, label, None, "bfloat16", job.synthetic
+        out,
+        job.name,
+        job.config,
+        cls,
+        written,
+        {},
+        label,
+        None,
+        "bfloat16",
+        synthetic=job.synthetic,
     )
 
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -97,16 +97,21 @@ def plan_residency(
     *,
     lookup_only: Iterable[str] = (),
     expand: float = 1.0,
+    sizes: Mapping[str, int] | None = None,
 ) -> ResidencyPlan:
     """Decide what stays resident for ``manifest`` under ``budget_bytes`` (see module doc).
 
     ``lookup_only`` names sharded tensors used only by embedding lookups: kept as shards
     rather than concatenated. ``expand``: a chunk holds its stored bytes times this once
-    materialized (chunks stored narrower than the compute dtype).
+    materialized (chunks stored narrower than the compute dtype). ``sizes``: the bytes each
+    chunk holds once materialized, when known per chunk (packed chunk sets,
+    :mod:`~sw_core.engine.model.footprint`); it replaces ``expand``.
     """
     if budget_bytes <= 0:
         raise ModelError(f"memory budget must be > 0 bytes, got {budget_bytes}")
-    if expand != 1.0:
+    if sizes is not None:
+        manifest = _materialized(manifest, sizes)
+    elif expand != 1.0:
         manifest = _widened(manifest, expand)
     shards = sharded_tensors(manifest)
     lookups = frozenset(lookup_only) & frozenset(shards)
@@ -194,6 +199,16 @@ def _widened(manifest: Manifest, expand: float) -> Manifest:
         )
         for c in manifest.chunks
     ]
+    return dataclasses.replace(manifest, chunks=chunks)
+
+
+def _materialized(manifest: Manifest, sizes: Mapping[str, int]) -> Manifest:
+    """``manifest`` with each chunk's sizes as materialized, from ``sizes`` (for planning)."""
+    chunks = []
+    for c in manifest.chunks:
+        size = sizes.get(c.name, c.size_bytes)
+        overhead = max(c.size_bytes - (c.param_bytes or c.size_bytes), 0)
+        chunks.append(dataclasses.replace(c, size_bytes=size, param_bytes=size - overhead))
     return dataclasses.replace(manifest, chunks=chunks)
 
 
