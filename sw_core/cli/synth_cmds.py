@@ -39,7 +39,18 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the values (default 0)")
     parser.add_argument("--name", help="model name in the manifest (default: the shape)")
     parser.add_argument(
-        "--dtype", default="bfloat16", choices=["bfloat16"], help="stored weights (bfloat16)"
+        "--dtype",
+        default="bfloat16",
+        choices=["bfloat16", "int4"],
+        help="stored weights: bfloat16, or int4 (the blocks' linear layers packed as sw chunk "
+        "--quantize int4 packs them, the output head int8, embeddings and norms bfloat16)",
+    )
+    parser.add_argument(
+        "--group-size",
+        type=int,
+        default=128,
+        choices=[32, 64, 128, 256],
+        help="int4: weights per scale and offset (128: 0.53 bytes per weight)",
     )
     parser.add_argument(
         "--max-chunk-mb",
@@ -68,7 +79,13 @@ def _synth(args: argparse.Namespace) -> int:
         raise ConfigError(f"unknown shape {args.shape!r}; choose one of {', '.join(SHAPES)}")
     if not args.shape or not args.out:
         raise ConfigError("give a SHAPE and --out DIR|s3://BUCKET/PREFIX (see sw synth --list)")
-    _, _, chunks = planned_chunks(args.shape, layers=args.layers, max_chunk_mb=args.max_chunk_mb)
+    _, _, chunks = planned_chunks(
+        args.shape,
+        layers=args.layers,
+        max_chunk_mb=args.max_chunk_mb,
+        dtype=args.dtype,
+        group_size=args.group_size,
+    )
     total = planned_bytes(chunks)
     with progress_bar(f"synth {args.shape}", total, unit_bytes=True) as bar:
         manifest = synth_chunk_set(
@@ -82,6 +99,7 @@ def _synth(args: argparse.Namespace) -> int:
             max_chunk_mb=args.max_chunk_mb,
             tokenizer=args.tokenizer,
             progress=bar,
+            group_size=args.group_size,
         )
     summary = {
         "name": manifest.name,

@@ -31,23 +31,34 @@ from sw_core.chunks.writer import finish_manifest
 from sw_core.engine.io.loop import LoopThread
 from sw_core.exceptions import ConfigError, PermanentStorageError
 from sw_core.progress import Progress
+from sw_core.quant.formats import PART_SEP, part_name
 from sw_core.settings import Settings
 from sw_core.storage.location import parse_location
 from sw_core.synth.shapes import shape_config
 from sw_core.synth.values import PlausibleBF16, is_norm
-from sw_core.synth.writer import Sinks, TensorSpec, header_bytes, write_chunk
+from sw_core.synth.writer import Sinks, TensorSpec, aligned_order, header_bytes, write_chunk
 
-#: Stored formats ``sw synth`` writes.
-DTYPES = ("bfloat16",)
+#: Stored formats ``sw synth`` writes: bfloat16 weights, or the linear layers of the blocks
+#: packed to int4 (the output head to int8; embeddings and norms in bfloat16), as
+#: ``sw chunk --quantize int4`` stores them.
+DTYPES = ("bfloat16", "int4")
+#: int4 values per scale and offset (``--group-size``): 128 gives 0.53 bytes per weight.
+DEFAULT_GROUP_SIZE = 128
 #: Free disk left over after writing a folder.
 DISK_MARGIN_BYTES = 1 << 30
 GENERATOR = "plausible-bf16-v1"
 
 
 def planned_chunks(
-    shape: str, *, layers: int | None = None, max_chunk_mb: float = DEFAULT_MAX_CHUNK_MB
+    shape: str,
+    *,
+    layers: int | None = None,
+    max_chunk_mb: float = DEFAULT_MAX_CHUNK_MB,
+    dtype: str = "bfloat16",
+    group_size: int = DEFAULT_GROUP_SIZE,
 ) -> tuple[Any, type[torch.nn.Module], list[tuple[ChunkPlan, list[TensorSpec]]]]:
-    """The shape's config, model class and chunks (each with its tensors as stored)."""
+    """The shape's config, model class and chunks (each with its tensors as stored: packed
+    weights as their parts); the packed formats are in ``config.sw_packed``."""
     import transformers
 
     config = shape_config(shape, layers=layers)
@@ -59,15 +70,27 @@ def planned_chunks(
     state = {k: v for k, v in skeleton.state_dict().items() if k not in tied}
     shapes = {k: (list(v.shape), torch.bfloat16) for k, v in state.items()}
     plans = plan_chunks(list(state), shapes, stacks, int(max_chunk_mb * (1 << 20)))
+    formats: dict[str, Any] = {}
+    if dtype == "int4":
+        from sw_core.chunks.quantize import plan_quantization
+
+        formats = plan_quantization(skeleton, list(state), stacks, tied, "int4", group_size)
+    config.sw_packed = formats
     out = []
     for plan in plans:
         specs = []
+        rows = tuple(plan.rows) if plan.rows is not None else None
         for key in plan.tensors:
+            fmt = formats.get(key)
+            if fmt is not None:
+                for part, (dims, part_dtype) in fmt.part_specs(rows).items():
+                    specs.append(TensorSpec(part_name(key, part), tuple(dims), part_dtype))
+                continue
             dims = tuple(shapes[key][0])
-            if plan.rows is not None:
-                dims = (plan.rows[1] - plan.rows[0], *dims[1:])
+            if rows is not None:
+                dims = (rows[1] - rows[0], *dims[1:])
             specs.append(TensorSpec(key, dims))
-        out.append((plan, specs))
+        out.append((plan, aligned_order(specs) if formats else specs))
     return config, model_class, out
 
 
@@ -102,8 +125,10 @@ def synth_chunk_set(
     max_chunk_mb: float = DEFAULT_MAX_CHUNK_MB,
     tokenizer: str | Path | None = None,
     progress: Progress | None = None,
+    group_size: int = DEFAULT_GROUP_SIZE,
 ) -> Manifest:
-    """Write a synthetic chunk set of ``shape`` to a folder or ``s3://bucket/prefix``.
+    """Write a synthetic chunk set of ``shape`` to a folder or ``s3://bucket/prefix``
+    (``dtype`` ``bfloat16``, or ``int4``: packed linear layers, ``group_size`` per scale).
 
     Raises:
         ConfigError: unknown shape or dtype, bad layer count, a destination that is not a
@@ -112,9 +137,13 @@ def synth_chunk_set(
     """
     if dtype not in DTYPES:
         raise ConfigError(f"sw synth writes {', '.join(DTYPES)} weights, not {dtype!r}")
-    config, model_class, chunks = planned_chunks(shape, layers=layers, max_chunk_mb=max_chunk_mb)
+    config, model_class, chunks = planned_chunks(
+        shape, layers=layers, max_chunk_mb=max_chunk_mb, dtype=dtype, group_size=group_size
+    )
     location = parse_location(destination)
     synthetic: dict[str, Any] = {"shape": shape, "seed": seed, "generator": GENERATOR}
+    if dtype != "bfloat16":
+        synthetic.update(dtype=dtype, group_size=group_size)
     if layers is not None:
         synthetic["layers"] = layers
     name = name or (shape if layers is None else f"{shape}-{layers}l")
@@ -132,7 +161,10 @@ def _write(out: Path, job: _Job, after_chunk: Callable[[Path], None] | None = No
     norms = {s.name for _, specs in job.chunks for s in specs if is_norm(s.name, s.shape)}
 
     def fill(tensor: str, first: int, raw: Any) -> None:
-        values.fill(tensor, first, raw, norm=tensor in norms)
+        if PART_SEP in tensor:
+            values.fill_part(tensor, first, raw)
+        else:
+            values.fill(tensor, first, raw, norm=tensor in norms)
 
     advance = job.progress.advance if job.progress is not None else None
     meta = {"format": "pt", "synthetic": GENERATOR}
@@ -158,6 +190,8 @@ def _write(out: Path, job: _Job, after_chunk: Callable[[Path], None] | None = No
             )
             if after_chunk is not None:
                 after_chunk(path)
+    packed = job.config.sw_packed
+    del job.config.sw_packed
     job.config.save_pretrained(out)
     if job.tokenizer is not None:
         _copy_tokenizer(Path(job.tokenizer), out, int(job.config.vocab_size))
@@ -173,6 +207,7 @@ def _write(out: Path, job: _Job, after_chunk: Callable[[Path], None] | None = No
         label,
         None,
         "bfloat16",
+        packed=packed or None,
         synthetic=job.synthetic,
     )
 

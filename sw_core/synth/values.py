@@ -69,6 +69,23 @@ class PlausibleBF16:
             np.bitwise_xor(src, key, out=out[done : done + n])
             done += n
 
+    def fill_part(self, name: str, start: int, out: np.ndarray) -> None:
+        """A part of a packed weight (``<tensor>:q``, ``:scales``, ``:offsets``): random
+        4- or 8-bit values; scales and offsets that give the weights about ``WEIGHT_STD``
+        (int4: ``scale * v + offset``, ``v`` in 0..15; int8: ``scale * q``)."""
+        part = name.rpartition(":")[2]
+        if part == "q":
+            raw = out.view(np.uint8)
+            even = raw[: len(raw) - len(raw) % 2].view(np.uint16)
+            self.fill(name, start // 2, even, norm=False)
+            if len(raw) % 2:
+                raw[-1] = 0x5A
+        elif out.dtype == np.float16:  # int4 scale, or offset = -7.5 * scale (mean 0)
+            scale = WEIGHT_STD / 4.6
+            out.fill(-7.5 * scale if part == "offsets" else scale)
+        else:  # int8 scales (float32): q of about 74 standard deviation
+            out.fill(WEIGHT_STD / 74)
+
     def _run(self, name: str, index: int) -> tuple[int, int]:
         """Pool offset and mantissa key of run ``index`` of tensor ``name``."""
         digest = hashlib.blake2b(f"{self.seed}:{name}:{index}".encode(), digest_size=8).digest()

@@ -29,7 +29,15 @@ from sw_core.hashing import new_hasher
 #: Bytes made, hashed and written per step.
 PIECE_BYTES = 16 << 20
 #: safetensors dtype names by numpy itemsize of the raw bits this writer fills.
-ST_DTYPES = {"bfloat16": ("BF16", 2), "uint8": ("U8", 1), "float32": ("F32", 4)}
+ST_DTYPES = {
+    "bfloat16": ("BF16", 2),
+    "float16": ("F16", 2),
+    "float32": ("F32", 4),
+    "uint8": ("U8", 1),
+    "int8": ("I8", 1),
+}
+#: The data section starts on a multiple of this (as ``save_aligned`` writes packed chunks).
+DATA_ALIGN = 64
 
 #: ``fill(name, first_element, out)`` writes the elements of tensor ``name`` from
 #: ``first_element`` on into ``out`` (a numpy array of the tensor's raw item type).
@@ -64,7 +72,7 @@ class WrittenChunk:
 
 
 def header_bytes(tensors: list[TensorSpec], metadata: dict[str, str] | None = None) -> bytes:
-    """The safetensors header (length prefix included), padded so the data starts 8-aligned."""
+    """The safetensors header (length prefix included), padded so the data starts 64-aligned."""
     entries: dict[str, object] = {}
     if metadata:
         entries["__metadata__"] = metadata
@@ -77,7 +85,7 @@ def header_bytes(tensors: list[TensorSpec], metadata: dict[str, str] | None = No
         }
         offset += spec.nbytes
     text = json.dumps(entries, separators=(",", ":")).encode()
-    text += b" " * (-(8 + len(text)) % 8)
+    text += b" " * (-(8 + len(text)) % DATA_ALIGN)
     return len(text).to_bytes(8, "little") + text
 
 
@@ -163,7 +171,19 @@ def write_chunk(
     return WrittenChunk(size, param_bytes, sha256.hexdigest(), blake3.hexdigest())
 
 
-_NUMPY = {"bfloat16": np.uint16, "uint8": np.uint8, "float32": np.float32}
+_NUMPY = {
+    "bfloat16": np.uint16,
+    "float16": np.float16,
+    "float32": np.float32,
+    "uint8": np.uint8,
+    "int8": np.int8,
+}
+
+
+def aligned_order(tensors: list[TensorSpec]) -> list[TensorSpec]:
+    """Tensors whose size is a multiple of 16 first, widest dtype first: each of those then
+    starts 16-byte aligned (what torch's packed kernels need; ``save_aligned``'s order)."""
+    return sorted(tensors, key=lambda t: (t.nbytes % 16 != 0, -t.itemsize, t.name))
 
 
 def _wait(futures: list[Future[object]]) -> None:

@@ -174,3 +174,25 @@ def test_register_and_the_gateway_say_the_weights_are_random(
         client.close()
     finally:
         gateway.stop()
+
+
+async def test_an_int4_set_packs_the_blocks_linear_layers_and_runs_streamed(
+    tmp_path: Path,
+) -> None:
+    manifest = synth_chunk_set(
+        "tiny-llama", str(tmp_path), dtype="int4", group_size=32, max_chunk_mb=0.25
+    )
+    assert manifest.format_version == 2 and manifest.synthetic["dtype"] == "int4"
+    kinds = {name: fmt.kind for name, fmt in manifest.formats.items()}
+    assert kinds["model.layers.0.mlp.up_proj.weight"] == "int4"
+    assert kinds["lm_head.weight"] == "int8"  # as sw chunk --quantize int4 packs a head
+    assert "model.embed_tokens.weight" not in kinds
+    block = manifest.blocks()[0]
+    names = set(load_file(tmp_path / block.file))
+    assert names == set(manifest.stored_tensors(block))
+    async with await ChunkSet.open(str(tmp_path), Settings()) as chunk_set:
+        assert (await verify_chunk_set(chunk_set.backend, chunk_set.manifest)).ok
+    resident = await engine_logits(tmp_path, budget_mb=64)
+    streamed = await engine_logits(tmp_path, budget_mb=1)  # blocks and shards streamed
+    assert torch.isfinite(resident).all()
+    torch.testing.assert_close(streamed, resident, rtol=0, atol=0)
