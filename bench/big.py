@@ -20,8 +20,10 @@ fits in RAM, run with buffered reads and direct reads for comparison). Everythin
 is deleted at the end unless ``--keep``. Prints a report and, with ``--json PATH``, the
 figures.
 
-Run: ``.venv/bin/python bench/big.py`` (defaults: the Llama-3-70B shape cut to 20 of its 80
-layers, 38 GB of bfloat16, 1.6x this machine's 24 GiB; and Llama-3-8B, 16 GB; about 45 min).
+Run: ``.venv/bin/python bench/big.py`` (defaults: the Llama-3-70B shape with its linear
+layers in packed int4, 39.5 GB = 1.56x this machine's 24 GiB, at a 4096 MiB budget; and
+Llama-3-8B in bfloat16, 16 GB; needs 40 GB of free disk; about an hour on a quiet machine).
+``--dtype bfloat16 --layers 20`` gives a 38.4 GB bfloat16 cut of the 70B shape instead.
 """
 
 from __future__ import annotations
@@ -56,17 +58,18 @@ def meminfo_kib(field: str) -> int:
     return 0
 
 
-def synth(shape: str, layers: int | None, folder: Path) -> dict[str, Any]:
+def synth(shape: str, layers: int | None, dtype: str, folder: Path) -> dict[str, Any]:
     """Write the chunk set (unless an earlier ``--keep`` left the same one there)."""
     from sw_core.chunks.manifest import Manifest
     from sw_core.synth import synth_chunk_set
 
     if (folder / "manifest.json").exists():
         manifest = Manifest.load(folder)
-        if manifest.synthetic and manifest.synthetic.get("shape") == shape:
+        mark = manifest.synthetic or {}
+        if mark.get("shape") == shape and mark.get("dtype", "bfloat16") == dtype:
             return {"bytes": manifest.total_bytes, "write_s": None, "reused": True}
     started = time.perf_counter()
-    manifest = synth_chunk_set(shape, str(folder), layers=layers)
+    manifest = synth_chunk_set(shape, str(folder), layers=layers, dtype=dtype)
     took = time.perf_counter() - started
     return {"bytes": manifest.total_bytes, "write_s": took, "reused": False}
 
@@ -194,10 +197,13 @@ def run_case(label: str, folder: Path, args: argparse.Namespace, modes: list[str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", default="llama-3-70b")
-    parser.add_argument("--layers", type=int, default=20)
+    parser.add_argument("--layers", type=int, default=None, help="blocks (default: all)")
+    parser.add_argument(
+        "--dtype", default="int4", choices=["int4", "bfloat16"], help="of the big case"
+    )
     parser.add_argument("--fits-shape", default="llama-3-8b", help="'' skips the fitting case")
     parser.add_argument("--fits-layers", type=int, default=None)
-    parser.add_argument("--budget-mb", type=int, default=6144)
+    parser.add_argument("--budget-mb", type=int, default=4096)
     parser.add_argument("--prefetch", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=4, help="decode steps timed per run")
     parser.add_argument("--prompt-tokens", type=int, default=16)
@@ -216,10 +222,10 @@ def main() -> None:
     args = parser.parse_args()
 
     memory = meminfo_kib("MemTotal") * 1024
-    cases = [("big", args.shape, args.layers, ["auto"])]
+    cases = [("big", args.shape, args.layers, args.dtype, ["auto"])]
     if args.fits_shape:
         modes = ["off", "on"] + (["cache"] if args.cache_mb else [])
-        cases.append(("fits", args.fits_shape, args.fits_layers, modes))
+        cases.append(("fits", args.fits_shape, args.fits_layers, "bfloat16", modes))
     print(
         f"machine: {os.cpu_count()} cores, {memory / 2**30:.1f} GiB RAM, "
         f"{shutil.disk_usage(args.dir.parent).free / 1e9:.0f} GB free disk; "
@@ -228,17 +234,19 @@ def main() -> None:
     )
     report: dict[str, Any] = {"memory_bytes": memory, "args": vars(args) | {"dir": str(args.dir)}}
     try:
-        for label, shape, layers, modes in cases:
-            folder = args.dir / f"{shape}-{layers or 'all'}"
-            written = synth(shape, layers, folder)
+        for label, shape, layers, dtype, modes in cases:
+            folder = args.dir / f"{shape}-{layers or 'all'}-{dtype}"
+            written = synth(shape, layers, dtype, folder)
             print(
-                f"{label}: {shape} ({layers or 'all'} layers), {written['bytes'] / 1e9:.1f} GB "
+                f"{label}: {shape} ({layers or 'all'} layers, {dtype}), "
+                f"{written['bytes'] / 1e9:.1f} GB "
                 f"= {written['bytes'] / memory:.2f}x RAM; written in "
                 f"{written['write_s'] or 0:.0f} s",
                 flush=True,
             )
             case = run_case(label, folder, args, modes)
-            case.update(shape=shape, layers=layers, set_bytes=written["bytes"], synth=written)
+            case.update(shape=shape, layers=layers, dtype=dtype, set_bytes=written["bytes"])
+            case["synth"] = written
             case["summary"] = summarize(case, args)
             print_case(case, args)
             report[label] = case
