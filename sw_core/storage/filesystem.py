@@ -12,7 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from sw_core.cache.ordered_hash import OrderedHash
 from sw_core.counters import INTEGRITY_FAILURES, STORAGE_BYTES_READ, Counters
 from sw_core.exceptions import (
     ChunkNotFoundError,
@@ -20,7 +19,7 @@ from sw_core.exceptions import (
     SecurityError,
     StorageError,
 )
-from sw_core.hashing import Expected
+from sw_core.hashing import Expected, OrderedHash
 from sw_core.retry import RetryPolicy
 from sw_core.storage.base import (
     Payload,

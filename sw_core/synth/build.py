@@ -15,9 +15,11 @@ folder one chunk at a time (uploaded, then deleted), manifest last.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import tempfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,6 @@ from sw_core.chunks.chunker import DEFAULT_MAX_CHUNK_MB, SIDE_FILES
 from sw_core.chunks.manifest import MANIFEST_FILE, ChunkInfo, Manifest
 from sw_core.chunks.plan import ChunkPlan, block_stacks, plan_chunks, tied_parameters
 from sw_core.chunks.writer import finish_manifest
-from sw_core.engine.io.loop import LoopThread
 from sw_core.exceptions import ConfigError, PermanentStorageError
 from sw_core.progress import Progress
 from sw_core.quant.formats import PART_SEP, part_name
@@ -218,25 +219,30 @@ def _to_s3(destination: str, settings: Settings, job: _Job) -> Manifest:
     from sw_core.storage import backend_from_location
 
     backend: Any = backend_from_location(destination, settings)
-    loop = LoopThread("sw-synth-upload")  # works whether or not the caller runs a loop
     try:
         with tempfile.TemporaryDirectory(prefix="sw-synth-") as tmp:
             folder = Path(tmp)
 
             def upload(path: Path) -> None:
-                loop.run(backend.save_file(path.name, path))
+                _run(backend.save_file(path.name, path))
                 path.unlink()
 
             manifest = _write(folder, job, after_chunk=upload)
             for path in sorted(folder.rglob("*")):
                 rel = path.relative_to(folder).as_posix()
                 if path.is_file() and rel != MANIFEST_FILE:
-                    loop.run(backend.save_file(rel, path))
-            loop.run(backend.save_file(MANIFEST_FILE, folder / MANIFEST_FILE))
+                    _run(backend.save_file(rel, path))
+            _run(backend.save_file(MANIFEST_FILE, folder / MANIFEST_FILE))
         return manifest
     finally:
-        loop.run(backend.close())
-        loop.close()
+        _run(backend.close())
+
+
+def _run(coro: Any) -> Any:
+    """Run ``coro`` to its end on a loop of its own in another thread: works whether or not
+    the caller runs an event loop."""
+    with ThreadPoolExecutor(1, thread_name_prefix="sw-synth-upload") as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 def _check_room(out: Path, total: int) -> None:
