@@ -123,10 +123,9 @@ class GenerateParams:
     temperature: float | None = _param(
         None,
         float,
-        "sampling temperature (greedy unless given or do_sample is true)",
+        "sampling temperature; 0 is greedy (greedy unless given or do_sample is true)",
         low=0,
         high=100,
-        low_exclusive=True,
         openai=("temperature",),
     )
     top_p: float = _param(
@@ -152,7 +151,7 @@ class GenerateParams:
     @property
     def sampling_temperature(self) -> float:
         """The temperature to sample at; 0.0 means greedy."""
-        if self.do_sample is False:
+        if self.do_sample is False or self.temperature == 0:
             return 0.0
         if self.do_sample or self.temperature is not None:
             return self.temperature if self.temperature is not None else 1.0
