@@ -165,14 +165,22 @@ async def readyz(request: Request) -> JSONResponse:
 
 @openai_routes.get("/models")
 async def models(request: Request) -> dict[str, Any]:
-    return model_list(list(await gateway_of(request).backend.models()))
+    backend = gateway_of(request).backend
+    return model_list(list(await backend.models()), await _synthetic(backend))
 
 
 @openai_routes.get("/models/{name:path}")
 async def model(request: Request, name: str) -> dict[str, Any]:
-    if not await gateway_of(request).backend.has_model(name):
+    backend = gateway_of(request).backend
+    if not await backend.has_model(name):
         raise unknown_model(name)
-    return model_card(name)
+    return model_card(name, (await _synthetic(backend)).get(name))
+
+
+async def _synthetic(backend: Any) -> dict[str, str]:
+    """Models of random weights, from a backend that knows them (others know none)."""
+    marks = getattr(backend, "synthetic_models", None)
+    return await marks() if marks is not None else {}
 
 
 @openai_routes.post("/embeddings")

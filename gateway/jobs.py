@@ -79,6 +79,10 @@ class JobBackend:
         """Every registered model name -> location."""
         return await self.registry.all()
 
+    async def synthetic_models(self) -> dict[str, str]:
+        """Registered models of random weights (``sw synth``) -> what they imitate."""
+        return await self.registry.synthetic()
+
     async def has_model(self, name: str) -> bool:
         try:
             await self.registry.resolve(name)

@@ -107,10 +107,22 @@ def embeddings(
     return {"object": "list", "data": data, "model": model, "usage": usage(prompt_tokens)}
 
 
-def model_list(names: list[str]) -> dict[str, Any]:
-    """``GET /v1/models``."""
-    return {"object": "list", "data": [model_card(name) for name in names]}
+def model_list(names: list[str], synthetic: dict[str, str] | None = None) -> dict[str, Any]:
+    """``GET /v1/models``; models of random weights (``sw synth``) carry ``synthetic``."""
+    marks = synthetic or {}
+    return {"object": "list", "data": [model_card(name, marks.get(name)) for name in names]}
 
 
-def model_card(name: str) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": 0, "owned_by": "surfing-weights"}
+def model_card(name: str, synthetic: str | None = None) -> dict[str, Any]:
+    """One model; ``synthetic`` (what its random weights imitate) marks a model that must
+    not be mistaken for a real one: in ``owned_by`` and in a ``synthetic`` field."""
+    card: dict[str, Any] = {
+        "id": name,
+        "object": "model",
+        "created": 0,
+        "owned_by": "surfing-weights",
+    }
+    if synthetic:
+        card["owned_by"] = "surfing-weights (synthetic: random weights)"
+        card["synthetic"] = synthetic
+    return card

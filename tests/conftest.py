@@ -20,7 +20,7 @@ from tests.support.servers import S3Server
 from tests.support.serving import tiny_chat  # noqa: F401 - module fixture
 
 if TYPE_CHECKING:
-    from tests.support.models import ChunkedModel
+    from tests.support.models import ChunkedModel, PackedModel
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -86,6 +86,14 @@ def smollm2_chunked(tmp_path_factory: pytest.TempPathFactory) -> ChunkedModel:
     from tests.support.models import chunked_smollm2
 
     return chunked_smollm2(tmp_path_factory.mktemp("smollm2"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_packed(tmp_path_factory: pytest.TempPathFactory) -> PackedModel:
+    """The bundled SmolLM2 GGUF file chunked with its quantized tensors kept packed."""
+    from tests.support.models import packed_smollm2
+
+    return packed_smollm2(tmp_path_factory.mktemp("smollm2-packed"))
 
 
 @pytest.fixture(scope="session")

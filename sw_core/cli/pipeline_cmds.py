@@ -248,7 +248,7 @@ async def _wait_and_print(producer: Any, job_id: str, timeout_s: float) -> int:
 def _register(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
 
-    async def run() -> tuple[str, str, tuple[str, ...] | None]:
+    async def run() -> tuple[str, str, tuple[str, ...] | None, str | None]:
 
         from sw_core.architectures import check_architecture
         from sw_core.pipeline.registry import ModelRegistry, tasks_of
@@ -257,7 +257,7 @@ def _register(args: argparse.Namespace) -> int:
 
         if args.pin and args.no_check:
             raise ConfigError("--pin reads the manifest: it cannot go with --no-check")
-        location, about, tasks = args.location, "", None
+        location, about, tasks, synthetic = args.location, "", None, None
         if not args.no_check:
             location = check_location(location, must_exist=True)
             manifest, raw = await _read_manifest(location, settings)
@@ -267,17 +267,35 @@ def _register(args: argparse.Namespace) -> int:
                 f"{human_bytes(manifest.total_bytes)})"
             )
             tasks = tasks_of(manifest)
+            synthetic = manifest.describe_synthetic()
+            if synthetic:
+                about = about[:-1] + "; SYNTHETIC, " + synthetic.removeprefix("synthetic: ") + ")"
             if args.pin:
                 location = pin_location(location, raw)
         async with queue_redis(settings) as redis:
             registry = ModelRegistry(redis, settings)
-            return await registry.register(args.name, location, tasks=tasks), about, tasks
+            location = await registry.register(
+                args.name, location, tasks=tasks, synthetic=synthetic
+            )
+            return location, about, tasks, synthetic
 
-    location, about, tasks = asyncio.run(run())
+    location, about, tasks, synthetic = asyncio.run(run())
     if args.json:
-        data_json({"name": args.name, "location": location, "tasks": list(tasks or [])})
+        data_json(
+            {
+                "name": args.name,
+                "location": location,
+                "tasks": list(tasks or []),
+                "synthetic": synthetic,
+            }
+        )
     else:
         data(f"{args.name} -> {location}{about}")
+    if synthetic:
+        say(
+            f"sw register: warning: {args.name} is {synthetic}: it computes at the real "
+            "model's cost and answers nonsense; the gateway's model list marks it"
+        )
     return 0
 
 

@@ -41,6 +41,7 @@ class CacheStatsReader:
             "misses": info.misses,
             "evictions": info.evictions,
             "corruptions": info.corruptions,
+            "refusals": info.refusals,
         }
         return {"cache_meta": meta, "cache_chunks": info.chunks}
 

@@ -82,11 +82,14 @@ class ModelRegistry:
         *,
         must_exist: bool = False,
         tasks: tuple[str, ...] | None = None,
+        synthetic: str | None = None,
     ) -> str:
         """Register (or move) model ``name``; returns the normalized location.
 
         ``tasks`` (see :func:`tasks_of`) lets producers refuse a task the model cannot run;
-        without it, whatever was recorded for the name before is dropped.
+        without it, whatever was recorded for the name before is dropped. ``synthetic``
+        (:meth:`Manifest.describe_synthetic`) marks a chunk set of random weights, so the
+        gateway's model list says so; without it the mark is dropped.
         """
         if not MODEL_NAME_RE.fullmatch(name):
             raise ConfigError(f"model name {name!r} may hold letters, digits and '_.:/@+-' only")
@@ -97,8 +100,22 @@ class ModelRegistry:
                 pipe.hset(self.keys.model_tasks, name, ",".join(tasks))
             else:
                 pipe.hdel(self.keys.model_tasks, name)
+            if synthetic:
+                pipe.hset(self.keys.model_synthetic, name, synthetic)
+            else:
+                pipe.hdel(self.keys.model_synthetic, name)
             await pipe.execute()
         return location
+
+    async def synthetic(self) -> dict[str, str]:
+        """Registered models whose weights are random (``sw synth``) -> what they imitate."""
+        raw = await self.redis.hgetall(self.keys.model_synthetic)
+        return {
+            (k.decode() if isinstance(k, bytes) else str(k)): (
+                v.decode() if isinstance(v, bytes) else str(v)
+            )
+            for k, v in raw.items()
+        }
 
     async def tasks(self, name: str) -> tuple[str, ...] | None:
         """The tasks recorded for ``name`` at registration; None when nothing was recorded."""

@@ -12,20 +12,29 @@ import torch
 from sw_core.chunks.manifest import ChunkInfo, Manifest
 from sw_core.engine.memory.budget import ResidencyPlan
 from sw_core.engine.memory.buffers import GRANULE_BYTES, BufferPool
-from sw_core.engine.model.dtypes import Tensors, to_compute
+from sw_core.engine.model.dtypes import Packing, Tensors, to_compute
 from sw_core.exceptions import SecurityError
 
 
-def pool_bytes(manifest: Manifest, plan: ResidencyPlan, expand: float, prefetch_count: int) -> int:
+def pool_bytes(
+    manifest: Manifest,
+    plan: ResidencyPlan,
+    expand: float,
+    prefetch_count: int,
+    sizes: dict[str, int] | None = None,
+) -> int:
     """What the buffer pool may hold: the plan's window for streamed chunks (the only ones
     read into pooled buffers), one more streamed chunk whose buffer is still referenced for
     a moment after its release, the narrow copy of one chunk being widened, and the rounding
     of each buffer to its size class. Kept chunks, which fill the rest of the budget, have
     memory of their own, so chunk memory stays within about the budget plus that slack."""
-    streamed = [c.size_bytes for c in manifest.chunks if c.name not in plan.keep]
+    streamed = [c for c in manifest.chunks if c.name not in plan.keep]
     if not streamed:
         return 0
-    largest = max(streamed)
+    largest = max(c.size_bytes for c in streamed)
+    if sizes is not None:  # packed: stored buffer and what is built from it (scales, widened)
+        ready = max(sizes.get(c.name, c.size_bytes) for c in streamed)
+        return plan.window_bytes + ready + largest + GRANULE_BYTES * (prefetch_count + 3)
     narrow_copy = largest if expand > 1 else 0
     rounding = GRANULE_BYTES * (prefetch_count + 3)
     return plan.window_bytes + int(largest * expand) + narrow_copy + rounding
@@ -49,6 +58,7 @@ class ChunkMaterializer:
         buffers: the pool streamed chunks are read into (kept chunks get their own memory).
         keep: names of the chunks the plan keeps resident.
         dtype: the compute dtype (None: as stored).
+        packing: which packed tensors stay packed (None: all are widened).
     """
 
     def __init__(
@@ -59,6 +69,7 @@ class ChunkMaterializer:
         buffers: BufferPool,
         keep: frozenset[str],
         dtype: torch.dtype | None,
+        packing: Packing | None = None,
     ) -> None:
         self.source = source
         self.skeleton = skeleton
@@ -66,6 +77,7 @@ class ChunkMaterializer:
         self.buffers = buffers
         self.keep = keep
         self.dtype = dtype
+        self.packing = packing
         self._reads_into = _takes_out(source)
 
     async def __call__(self, chunk: ChunkInfo) -> Tensors:
@@ -82,6 +94,7 @@ class ChunkMaterializer:
         if self.device.type == "cpu":
             # zero-copy, tens of microseconds: cheaper than a hop to a worker thread and back;
             # widening a streamed chunk (a few ms) runs here too, off the compute thread
-            return to_compute(self.skeleton.deserialize(chunk, data), self.dtype, take)
+            tensors = self.skeleton.deserialize(chunk, data)
+            return to_compute(tensors, self.dtype, take, self.packing)
         tensors = await asyncio.to_thread(self.skeleton.deserialize, chunk, data)
-        return to_compute(tensors, self.dtype, None)
+        return await asyncio.to_thread(to_compute, tensors, self.dtype, None, self.packing)

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from sw_core.chunks.manifest import ChunkInfo
+from sw_core.engine.model.packed import PackedWeight
 from sw_core.engine.model.sharded import ChunkAccess
 
 
@@ -78,14 +79,18 @@ class StreamedExperts(nn.Module):
             if eager:
                 out.index_add_(0, tok, result.to(out.dtype))
             else:
-                slots[tok, pos] = result
+                slots[tok, pos] = result.to(slots.dtype)
         return out if eager else slots.sum(dim=1).to(hidden_states.dtype)
 
     def _one_expert(self, e: int, rows: torch.Tensor) -> torch.Tensor:
-        """Expert ``e`` on ``rows`` (n, H), unweighted, through the inner module's forward."""
+        """Expert ``e`` on ``rows`` (n, H), unweighted, through the inner module's forward
+        (or, for packed weights, the same computation through the packed kernels)."""
         chunk = self.chunks[e]
         tensors = self.access.acquire(chunk)
         try:
+            weights = {p: tensors[c] for p, c in self.tensors.items()}
+            if any(isinstance(w, PackedWeight) for w in weights.values()):
+                return self._packed_expert(weights, rows)
             with self._lock:
                 inner = self._inner
                 saved = dict(inner._parameters), inner.num_experts
@@ -105,8 +110,22 @@ class StreamedExperts(nn.Module):
         finally:
             self.access.release(chunk)
 
+    def _packed_expert(self, weights: dict[str, Any], rows: torch.Tensor) -> torch.Tensor:
+        """transformers' expert MLP (``act(gate) * up``, then ``down``) on packed weights
+        (:func:`~sw_core.engine.model.packed_modules.packed_experts` checked the form)."""
+        gate, up = _expert_linear(rows, weights["gate_up_proj"]).chunk(2, dim=-1)
+        hidden = self._inner.act_fn(gate) * up
+        return _expert_linear(hidden, weights["down_proj"])
+
     def extra_repr(self) -> str:
         return f"experts={self.num_experts}, streamed"
+
+
+def _expert_linear(x: torch.Tensor, weight: Any) -> torch.Tensor:
+    """``x @ W[0].T`` for the one expert a chunk holds, packed or plain."""
+    if isinstance(weight, PackedWeight):
+        return weight.linear(x, 0)
+    return torch.nn.functional.linear(x, weight[0])
 
 
 def _implementation(inner: nn.Module) -> Any:
