@@ -8,6 +8,7 @@ Lua sources live in ``sw_core/lua/pipeline_*.lua``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from typing import Any
@@ -65,7 +66,13 @@ class JobStore:
         return self.keys.jobs_group
 
     async def ensure_group(self) -> None:
-        """Create the consumer group (and the stream) unless it exists."""
+        """Create the consumer group (and the stream) unless it exists. Looked up first: a
+        Redis out of memory refuses the create even of a group that exists."""
+        with contextlib.suppress(ResponseError):  # no stream yet
+            if any(
+                _s(g["name"]) == self.group for g in await self.redis.xinfo_groups(self.keys.jobs)
+            ):
+                return
         try:
             await self.redis.xgroup_create(self.keys.jobs, self.group, id="0", mkstream=True)
         except ResponseError as exc:
