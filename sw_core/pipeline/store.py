@@ -34,6 +34,8 @@ DLQ_MAX_ENTRIES = 100_000
 START_LOST = 0
 #: :meth:`JobStore.start` for an entry whose job id belongs to a job waiting for another entry.
 START_DUPLICATE = -(1 << 62)
+#: :meth:`JobStore.start` for a job Redis could not mark running: it is out of memory.
+START_NO_MEMORY = -(1 << 61)
 
 
 class JobStore(JobStream):
@@ -62,9 +64,10 @@ class JobStore(JobStream):
         is no longer ours, minus the delivery count when it is poison, :data:`START_DUPLICATE`
         when its job id already belongs to a job that waits for another entry (the job's own
         retries, replays and hand-backs name their entry in the job hash; any other entry
-        with that id must not touch the job). A job started without a job hash (hand-added,
-        or not written by a producer) gets ``counted = False``: whatever its fields claim,
-        nobody counted its request.
+        with that id must not touch the job), :data:`START_NO_MEMORY` when Redis, out of
+        memory, refused to mark the job running (nothing was written). A job started
+        without a job hash (hand-added, or not written by a producer) gets ``counted =
+        False``: whatever its fields claim, nobody counted its request.
         """
         keys = [self.keys.jobs] + [self.keys.job(j.job_id) for j in jobs]
         args: list[Any] = [
@@ -81,6 +84,8 @@ class JobStore(JobStream):
         for job, state, deliveries in zip(jobs, reply[0::2], reply[1::2], strict=True):
             if state == -2:
                 out.append(START_DUPLICATE)
+            elif state == -3:
+                out.append(START_NO_MEMORY)
             elif state == -1:
                 out.append(-deliveries)
             elif state == 0:
