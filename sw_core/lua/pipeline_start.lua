@@ -9,7 +9,9 @@
 --   for this consumer (acked, or claimed by another worker); -1 poison (delivered more than
 --   max_deliveries times: not started); -2 duplicate: the job id belongs to a job that
 --   waits for another entry (its own retries, replays and hand-backs set the job hash's
---   entry_id when they add the entry), so this entry must not touch it.
+--   entry_id when they add the entry), so this entry must not touch it; -3 not started:
+--   Redis is out of memory (maxmemory with noeviction refuses the job hash's HSET, the
+--   first write, so nothing was written; the entry is this job's to fail).
 local out = {}
 local max_deliveries = tonumber(ARGV[5])
 for i = 1, #KEYS - 1 do
@@ -27,11 +29,19 @@ for i = 1, #KEYS - 1 do
     elseif deliveries > max_deliveries then
       state = -1
     else
-      redis.call('HSET', h, 'status', 'running', 'worker', ARGV[2], 'attempts', ARGV[b + 2],
-        'model', ARGV[b + 3], 'task', ARGV[b + 4], 'submitted_ms', ARGV[b + 5],
-        'started_ms', ARGV[3], 'updated_ms', ARGV[3], 'entry_id', entry)
-      redis.call('EXPIRE', h, ARGV[4])
-      state = fresh and 2 or 1
+      local set = redis.pcall('HSET', h, 'status', 'running', 'worker', ARGV[2],
+        'attempts', ARGV[b + 2], 'model', ARGV[b + 3], 'task', ARGV[b + 4],
+        'submitted_ms', ARGV[b + 5], 'started_ms', ARGV[3], 'updated_ms', ARGV[3],
+        'entry_id', entry)
+      if type(set) == 'table' and set.err then
+        if string.sub(set.err, 1, 3) ~= 'OOM' then
+          return set
+        end
+        state = -3
+      else
+        redis.call('EXPIRE', h, ARGV[4])
+        state = fresh and 2 or 1
+      end
     end
   end
   out[#out + 1] = state

@@ -22,9 +22,10 @@ from typing import Any
 
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
-from redis.exceptions import OutOfMemoryError, RedisError
+from redis.exceptions import RedisError
 
 from sw_core.cache import ChunkCache
+from sw_core.cache.errors import out_of_memory, out_of_memory_error
 from sw_core.chunks.chunk_set import open_store, read_set_file
 from sw_core.chunks.manifest import ChunkInfo
 from sw_core.counters import (
@@ -285,9 +286,6 @@ def _load_request_error(exc: RedisError, chunk: ChunkInfo) -> CacheError | Weigh
     """A Redis failure while asking the loaders for ``chunk``, as a transient Surfing error
     with a readable message (redis-py's pipeline errors quote the binary arq job)."""
     where = f"asking a loader for chunk {chunk.name!r}"
-    if isinstance(exc, OutOfMemoryError) or "maxmemory" in str(exc):
-        return CacheError(
-            f"Redis is out of memory (maxmemory reached with a noeviction policy) while {where}; "
-            "set SW_CACHE_SIZE_MB well below Redis' maxmemory or raise maxmemory"
-        )
+    if out_of_memory(exc):
+        return out_of_memory_error(where)
     return WeightServerError(f"Redis failed while {where}: {type(exc).__name__}: {str(exc)[:200]}")
