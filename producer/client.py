@@ -234,7 +234,8 @@ class Producer:
         A hand-added entry no worker has started yet (its job id is its entry id) is
         ``queued``; an unknown (or expired) job gives ``{"status": "unknown"}``.
         """
-        raw = await self.redis.hgetall(self.keys.job(job_id))
+        # redis-py types the async client's hash replies as sync|async unions (redis-py #2399)
+        raw = await self.redis.hgetall(self.keys.job(job_id))  # type: ignore[misc]
         if not raw:
             if _STREAM_ID_RE.fullmatch(job_id) and await self.redis.xrange(
                 self.keys.jobs, job_id, job_id
@@ -272,7 +273,8 @@ class Producer:
         deadline = None if timeout_s is None else loop.time() + timeout_s
         done_key = self.keys.job_done(job_id)
         while True:
-            fields = await self.redis.hmget(
+            # redis-py types the async client's hash replies as sync|async unions (redis-py #2399)
+            fields = await self.redis.hmget(  # type: ignore[misc]
                 self.keys.job(job_id), ["status", "result", "error_type", "error"]
             )
             status, result, error_type, error = fields
@@ -293,7 +295,9 @@ class Producer:
                     "are inference workers running (arq workers.Settings)?"
                 )
             wait_s = max(min(remaining, _WAIT_SLICE_S), 0.01)
-            await self.redis.blmove(done_key, done_key, wait_s, "RIGHT", "LEFT")
+            # BLMOVE takes fractional seconds (int() would make a wait under 1 s block for
+            # ever); redis-py types the timeout as int
+            await self.redis.blmove(done_key, done_key, wait_s, "RIGHT", "LEFT")  # type: ignore[arg-type]
 
 
 def _renamed_timeout(timeout_s: float | None, timeout: Any, method: str) -> float | None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 from arq.constants import in_progress_key_prefix, job_key_prefix
@@ -39,7 +39,11 @@ JOB_KEY_PREFIX: str = job_key_prefix
 IN_PROGRESS_KEY_PREFIX: str = in_progress_key_prefix
 
 
-def _guard(step: Callable[[Worker], Awaitable[None]]) -> Callable[[Worker], Awaitable[None]]:
+#: ``Worker._poll_iteration``'s type.
+_Step = Callable[[Worker], Coroutine[Any, Any, None]]
+
+
+def _guard(step: _Step) -> _Step:
     @functools.wraps(step)
     async def guarded(self: Worker) -> None:
         try:
@@ -52,15 +56,16 @@ def _guard(step: Callable[[Worker], Awaitable[None]]) -> Callable[[Worker], Awai
             )
             await asyncio.sleep(REDIS_RETRY_S)
 
-    guarded.sw_guarded = True  # type: ignore[attr-defined]
+    guarded.sw_guarded = True  # type: ignore[attr-defined]  # a marker on a function object
     return guarded
 
 
 def tolerate_redis_outages() -> None:
     """Make arq workers in this process survive Redis errors in their job loop (idempotent)."""
-    step: Any = Worker._poll_iteration
+    step = Worker._poll_iteration
     if not getattr(step, "sw_guarded", False):
-        Worker._poll_iteration = _guard(step)  # type: ignore[method-assign]
+        # the patch itself (mypy sees a method replaced on its class)
+        Worker._poll_iteration = _guard(step)  # type: ignore[method-assign,assignment]
 
 
 def redis_outages_tolerated() -> bool:

@@ -93,7 +93,7 @@ async def start_node(ctx: dict[str, Any], *, settings: Settings, kind: str, cons
     if consumer is not None:
         await consumer.start()
     preload = [m.strip() for m in settings.preload_models.split(",") if m.strip()]
-    if preload and hasattr(handler, "preload"):
+    if preload and handler is not None and hasattr(handler, "preload"):
         # in the background: heartbeats, loads and jobs go on meanwhile (a job for a model
         # being preloaded waits for the same engine instead of opening another)
         node.preloading = asyncio.create_task(handler.preload(preload), name="preload")

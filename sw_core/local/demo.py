@@ -240,7 +240,7 @@ async def _submit_and_collect(
         async def wait_one(job_id: str) -> None:
             try:
                 results[job_id] = await producer.result(
-                    job_id, timeout=max(1.0, deadline - time.monotonic())
+                    job_id, timeout_s=max(1.0, deadline - time.monotonic())
                 )
             except SurfingError as exc:
                 results[job_id] = exc

@@ -65,7 +65,8 @@ class ModelRegistry:
         Raises:
             ModelError: the model is not registered anywhere.
         """
-        raw = await self.redis.hget(self.keys.models, name)
+        # redis-py types the async client's hash replies as sync|async unions (redis-py #2399)
+        raw = await self.redis.hget(self.keys.models, name)  # type: ignore[misc]
         if raw is not None:
             return raw.decode() if isinstance(raw, bytes) else str(raw)
         if name in self.configured:
@@ -119,7 +120,8 @@ class ModelRegistry:
 
     async def tasks(self, name: str) -> tuple[str, ...] | None:
         """The tasks recorded for ``name`` at registration; None when nothing was recorded."""
-        raw = await self.redis.hget(self.keys.model_tasks, name)
+        # redis-py types the async client's hash replies as sync|async unions (redis-py #2399)
+        raw = await self.redis.hget(self.keys.model_tasks, name)  # type: ignore[misc]
         if not raw:
             return None
         text = raw.decode() if isinstance(raw, bytes) else str(raw)
@@ -142,7 +144,9 @@ class ModelRegistry:
     async def all(self) -> dict[str, str]:
         """Every model name -> location (settings first, Redis on top)."""
         out = dict(self.configured)
-        for name, location in (await self.redis.hgetall(self.keys.models)).items():
+        # redis-py types the async client's hash replies as sync|async unions (redis-py #2399)
+        registered = await self.redis.hgetall(self.keys.models)  # type: ignore[misc]
+        for name, location in registered.items():
             key = name.decode() if isinstance(name, bytes) else str(name)
             out[key] = location.decode() if isinstance(location, bytes) else str(location)
         return dict(sorted(out.items()))
