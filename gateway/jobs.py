@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +46,7 @@ class Finish:
     completion_tokens: int
 
 
-def _accepts(method: Any, name: str) -> bool:
+def _accepts(method: Callable[..., object], name: str) -> bool:
     try:
         return name in inspect.signature(method).parameters
     except (TypeError, ValueError):

@@ -11,7 +11,6 @@ see :func:`tasks_of`), so producers refuse a ``generate`` job for an encoder at 
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from redis.asyncio import Redis
 
@@ -25,7 +24,7 @@ from sw_core.storage.location import check_location
 _GENERATES_RE = re.compile(r".*(ForCausalLM|LMHeadModel|ForConditionalGeneration|ForSeq2SeqLM)")
 
 
-def tasks_of(manifest: Any) -> tuple[str, ...]:
+def tasks_of(manifest: object) -> tuple[str, ...]:
     """The tasks a chunk set's model can run, from its manifest's ``model_class``."""
     if _GENERATES_RE.fullmatch(str(getattr(manifest, "model_class", ""))):
         return ("embed", "generate", "forward")

@@ -323,7 +323,7 @@ class S3Backend(RetryingBackend):
             response.release_conn()
 
     @staticmethod
-    def _fill(response: Any, target: memoryview, name: str) -> None:
+    def _fill(response: urllib3.BaseHTTPResponse, target: memoryview, name: str) -> None:
         got = 0
         while got < len(target):
             n = response.readinto(target[got : got + _READ_BLOCK_BYTES])

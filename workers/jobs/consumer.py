@@ -234,15 +234,9 @@ class JobConsumer:
                     log.exception("worker %s: decoding entry %s failed", self.name, entry_id)
                 log.warning("worker %s: entry %s dead-lettered: %s", self.name, entry_id, exc)
                 self.outcomes.jobs_failed += 1
+                why = (type(exc).__name__, str(exc), self.name)
                 await self.outcomes.with_retries(
-                    functools.partial(
-                        self.store.dead_letter_raw,
-                        entry_id,
-                        raw,
-                        type(exc).__name__,
-                        str(exc),
-                        self.name,
-                    ),
+                    functools.partial(self.store.dead_letter_raw, entry_id, raw, *why),
                     "dead-letter a malformed entry",
                 )
                 continue
