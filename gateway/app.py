@@ -103,6 +103,7 @@ def create_app(settings: Settings, producer: Producer | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.keys = KeyChecker(settings.api_keys)
     app.add_middleware(CountStatuses, counters=counters)
+    # Starlette types a handler as taking any Exception, not the class it is registered for
     app.add_exception_handler(ApiError, api_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
     app.add_exception_handler(redis.exceptions.RedisError, known_failure)

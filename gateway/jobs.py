@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +46,7 @@ class Finish:
     completion_tokens: int
 
 
-def _accepts(method: Any, name: str) -> bool:
+def _accepts(method: Callable[..., object], name: str) -> bool:
     try:
         return name in inspect.signature(method).parameters
     except (TypeError, ValueError):
@@ -120,9 +120,9 @@ class JobBackend:
 
     async def result(self, job_id: str, timeout_s: float) -> Any:
         """The job's result (its error raised as its class; JobTimeoutError after timeout_s)."""
-        return await self.producer.result(job_id, timeout=timeout_s)
+        return await self.producer.result(job_id, timeout_s=timeout_s)
 
-    async def stream(self, job_id: str, timeout_s: float) -> AsyncIterator[Delta | Finish]:
+    async def stream(self, job_id: str, timeout_s: float) -> AsyncGenerator[Delta | Finish, None]:
         """The answer of a one-input generate job as deltas, then one :class:`Finish`.
 
         Raises:
@@ -139,7 +139,7 @@ class JobBackend:
         sent = ""  # text the client has; a restarted job's text is replayed up to here
         replay: str | None = None
         finish: Finish | None = None
-        events = self.producer.stream(job_id, timeout=timeout_s)  # type: ignore[attr-defined]
+        events = self.producer.stream(job_id, timeout_s=timeout_s)
         async for event in events:
             kind = event.get("type")
             if kind == "restart":
@@ -173,7 +173,7 @@ class JobBackend:
         """Cancel a job nobody waits for any more; False when the producer cannot."""
         if not self.can_cancel:
             return False
-        status = await self.producer.cancel(job_id)  # type: ignore[attr-defined]
+        status = await self.producer.cancel(job_id)
         log.info("job %s cancelled: %s", job_id, status)
         return True
 

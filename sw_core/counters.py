@@ -11,7 +11,10 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 #: Jobs submitted (producers count them).
 TOTAL_REQUESTS = "total_requests"
@@ -107,7 +110,7 @@ class Counters:
         with self._lock:
             self._pending.update(deltas)
 
-    async def flush(self, redis: Any, stats_key: str) -> None:
+    async def flush(self, redis: aioredis.Redis, stats_key: str) -> None:
         """Add the pending deltas to the Redis hash ``stats_key`` in one transaction."""
         deltas = self.take_pending()
         if not deltas:

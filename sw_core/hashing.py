@@ -20,7 +20,8 @@ import hashlib
 import queue
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from os import PathLike
+from typing import Literal, Protocol
 
 import blake3
 
@@ -34,9 +35,18 @@ THREAD_HASH_BYTES = 1 << 20
 class Hasher(Protocol):
     """What :func:`new_hasher` returns (``hashlib`` and ``blake3`` objects both fit)."""
 
-    def update(self, data: Any, /) -> Any: ...
+    def update(self, data: bytes | bytearray | memoryview, /) -> object: ...
 
     def hexdigest(self) -> str: ...
+
+
+class DigestedEntry(Protocol):
+    """A manifest entry with its digests (``ChunkInfo``, ``FileInfo``)."""
+
+    @property
+    def sha256(self) -> str: ...
+    @property
+    def blake3(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -54,7 +64,7 @@ class Expected:
         return cls("sha256", sha256.lower())
 
     @classmethod
-    def for_entry(cls, entry: Any) -> Expected:
+    def for_entry(cls, entry: DigestedEntry) -> Expected:
         """From a manifest entry (``ChunkInfo``/``FileInfo``: ``sha256``, optional ``blake3``)."""
         return cls.of(entry.sha256, getattr(entry, "blake3", None))
 
@@ -88,7 +98,7 @@ async def hex_digest_async(algorithm: Algorithm, data: bytes | bytearray | memor
     return await asyncio.to_thread(hex_digest, algorithm, data)
 
 
-def file_digests(path: Any, block_bytes: int = 8 << 20) -> tuple[str, str]:
+def file_digests(path: str | PathLike[str], block_bytes: int = 8 << 20) -> tuple[str, str]:
     """``(sha256, blake3)`` hex digests of a file, read once."""
     sha, b3 = hashlib.sha256(), blake3.blake3()
     with open(path, "rb") as handle:

@@ -70,7 +70,7 @@ class ChunkCache(CacheAccounting, AsyncCacheAPI):
 
     def __init__(
         self,
-        redis: redis.Redis,
+        redis: redis.Redis | redis.RedisCluster,
         *,
         keys: Keys,
         cache_size_bytes: int,
@@ -102,11 +102,11 @@ class ChunkCache(CacheAccounting, AsyncCacheAPI):
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         self._owns_redis = False
-        self._lookup = redis.register_script(lua_source("cache_lookup"))
-        self._commit = redis.register_script(lua_source("cache_commit"))
-        self._drop = redis.register_script(lua_source("cache_drop"))
-        self._clear = redis.register_script(lua_source("cache_clear"))
-        self._info = redis.register_script(lua_source("cache_info"))
+        self._lookup = self._clients.register_script(lua_source("cache_lookup"))
+        self._commit = self._clients.register_script(lua_source("cache_commit"))
+        self._drop = self._clients.register_script(lua_source("cache_drop"))
+        self._clear = self._clients.register_script(lua_source("cache_clear"))
+        self._info = self._clients.register_script(lua_source("cache_info"))
 
     @classmethod
     def from_settings(cls, settings: Settings, *, counters: Counters | None = None) -> ChunkCache:

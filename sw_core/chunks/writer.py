@@ -61,7 +61,7 @@ def write_chunks(
                 sha256=sha256,
                 blake3=blake3_hex,
                 tensors=list(plan.tensors),
-                role=plan.role,  # type: ignore[arg-type]
+                role=plan.role,
                 stack=plan.stack,
                 index=plan.index,
                 param_bytes=param_bytes,

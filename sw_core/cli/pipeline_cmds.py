@@ -5,15 +5,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sw_core.cli.flags import add_cli_flags, settings_from_args
+from sw_core.cli.flags import Subparsers, add_cli_flags, settings_from_args
 from sw_core.cli.output import data, data_json, say
 from sw_core.exceptions import ConfigError, JobTimeoutError, SurfingError
 from sw_core.pipeline.job_checks import coerce_params
 from sw_core.queue_redis import queue_redis
 from sw_core.schema import FINAL_STATUSES, TASKS, JobStatus, check_params, check_task
 from sw_core.settings import Settings
+
+if TYPE_CHECKING:
+    from producer import Producer
 
 #: Settings these commands take as flags too.
 REDIS_FLAGS = ["redis_url", "key_prefix"]
@@ -35,14 +38,14 @@ _RESULT_EXIT = (
 )
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     _register_submit(subparsers)
     _register_result(subparsers)
     _register_register(subparsers)
     _register_models(subparsers)
 
 
-def _register_submit(subparsers: Any) -> None:
+def _register_submit(subparsers: Subparsers) -> None:
     submit = subparsers.add_parser(
         "submit",
         help="submit a job to the pipeline",
@@ -100,7 +103,7 @@ def _register_submit(subparsers: Any) -> None:
     submit.set_defaults(handler=_submit)
 
 
-def _register_result(subparsers: Any) -> None:
+def _register_result(subparsers: Subparsers) -> None:
     result = subparsers.add_parser(
         "result",
         help="show a job's status and result",
@@ -114,7 +117,7 @@ def _register_result(subparsers: Any) -> None:
     result.set_defaults(handler=_result)
 
 
-def _register_register(subparsers: Any) -> None:
+def _register_register(subparsers: Subparsers) -> None:
     reg = subparsers.add_parser(
         "register",
         help="register a model: NAME -> s3://BUCKET/PREFIX or a folder",
@@ -145,7 +148,7 @@ def _register_register(subparsers: Any) -> None:
     reg.set_defaults(handler=_register)
 
 
-def _register_models(subparsers: Any) -> None:
+def _register_models(subparsers: Subparsers) -> None:
     models = subparsers.add_parser(
         "models",
         help="list registered models",
@@ -232,7 +235,7 @@ async def _result_async(settings: Settings, args: argparse.Namespace) -> int:
         return 0 if status["status"] == JobStatus.DONE else EXIT_NOT_DONE
 
 
-async def _wait_and_print(producer: Any, job_id: str, timeout_s: float) -> int:
+async def _wait_and_print(producer: Producer, job_id: str, timeout_s: float) -> int:
     try:
         result = await producer.result(job_id, timeout_s=timeout_s)
     except JobTimeoutError as exc:

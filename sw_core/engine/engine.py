@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
@@ -41,6 +41,7 @@ from sw_core.engine.model.runtime import Runtime
 from sw_core.engine.model.skeleton import Family, Skeleton, load_config
 from sw_core.engine.report import cache_report
 from sw_core.engine.setup import (
+    Where,
     load_generation_config,
     make_source,
     pad_token_id,
@@ -60,6 +61,11 @@ from sw_core.engine.tasks.requests import (
 from sw_core.exceptions import JobError, ModelError
 from sw_core.schema import check_task
 from sw_core.settings import Settings
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from sw_core.cache import ChunkCache
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -102,10 +108,10 @@ class StreamingEngine:
     @classmethod
     async def open(
         cls,
-        where: Any,
+        where: Where,
         settings: Settings | None = None,
         *,
-        cache: Any = None,
+        cache: ChunkCache | None = None,
         **overrides: Any,
     ) -> StreamingEngine:
         """Load the model at ``where`` (folder, ``s3://``, backend or source)."""
@@ -216,7 +222,7 @@ class StreamingEngine:
         return self.skeleton.family
 
     @property
-    def model(self) -> torch.nn.Module:
+    def model(self) -> PreTrainedModel:
         return self.skeleton.model
 
     @property

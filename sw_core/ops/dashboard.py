@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from rich import box
-from rich.console import Group, RenderableType
+from rich.console import Group, JustifyMethod, RenderableType
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -153,14 +153,15 @@ def _per_sweep(stats: Mapping[str, Any]) -> str:
 
 def _latency_panel(stats: Mapping[str, Any]) -> Panel:
     table = Table(box=None, padding=(0, 1), expand=True, show_edge=False)
-    for name, justify in (
+    columns: list[tuple[str, JustifyMethod]] = [
         ("task", "left"),
         ("n", "right"),
         ("p50", "right"),
         ("p95", "right"),
         ("p99", "right"),
-    ):
-        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    ]
+    for name, justify in columns:
+        table.add_column(name, justify=justify, no_wrap=True)
     latency = stats.get("latency", {})
     for task in sorted(latency)[:MAX_TABLE_ROWS]:
         row = latency[task]

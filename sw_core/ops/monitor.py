@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sw_core import counters as counter_names
 from sw_core.keys import Keys
@@ -37,6 +37,10 @@ from sw_core.ops.replies import (
 from sw_core.ops.sweeps import sweep_stats
 from sw_core.queue_redis import queue_redis, queue_redis_sync
 from sw_core.settings import Settings
+
+if TYPE_CHECKING:
+    import redis
+    import redis.asyncio as aioredis
 
 #: Counters of ``sw:stats`` that are always reported (0 when absent).
 COUNTERS: tuple[str, ...] = (
@@ -94,13 +98,13 @@ class StreamingMonitor:
             else self.settings.replace(redis_url=redis_url, redis_sentinels="")
         )
         self.keys = Keys(self.settings.key_prefix)
-        self._async: Any = None
-        self._sync: Any = None
+        self._async: aioredis.Redis | None = None
+        self._sync: redis.Redis | None = None
         self._previous: tuple[float, int] | None = None
         self._cache_stats = CacheStatsReader(self.settings, self.redis_url)
 
     # ------------------------------------------------------------------ clients
-    def _async_client(self) -> Any:
+    def _async_client(self) -> aioredis.Redis:
         if self._async is None:
             self._async = queue_redis(
                 self._queue_settings,
@@ -109,7 +113,7 @@ class StreamingMonitor:
             )
         return self._async
 
-    def _sync_client(self) -> Any:
+    def _sync_client(self) -> redis.Redis:
         if self._sync is None:
             self._sync = queue_redis_sync(
                 self._queue_settings,

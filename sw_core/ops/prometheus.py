@@ -30,6 +30,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
     CollectorRegistry,
@@ -179,7 +180,9 @@ def _le(edge: float) -> str:
     return "+Inf" if math.isinf(edge) else repr(float(edge))
 
 
-def metrics_registry(settings: Settings, monitor: StreamingMonitor | None = None) -> Any:
+def metrics_registry(
+    settings: Settings, monitor: StreamingMonitor | None = None
+) -> CollectorRegistry:
     """A fresh ``CollectorRegistry`` holding a :class:`ClusterCollector`."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ClusterCollector(monitor or StreamingMonitor(settings=settings)))
@@ -203,7 +206,7 @@ class MetricsServer:
     port: int
     host: str
     monitor: StreamingMonitor
-    _server: Any
+    _server: WSGIServer
     _thread: threading.Thread
 
     @property

@@ -44,7 +44,7 @@ from sw_core.pipeline.job_checks import (
     coerce_params,
     validate_request,
 )
-from sw_core.schema import MAX_FIELDS, MAX_INPUTS, check_params, check_task, short
+from sw_core.schema import MAX_FIELDS, MAX_INPUTS, Task, check_params, check_task, short
 from sw_core.settings import Settings
 
 #: Deepest nesting a payload may have ({"inputs": [[token, ...]]} is 3 deep).
@@ -317,7 +317,7 @@ def _deadline(raw: Mapping[str, bytes], added_ms: int) -> int | None:
     return added_ms + int(seconds * 1000)
 
 
-def _hand_inputs(task: str, raw: Mapping[str, bytes], settings: Settings) -> list[Any]:
+def _hand_inputs(task: Task, raw: Mapping[str, bytes], settings: Settings) -> list[Any]:
     if "text" in raw and "inputs" in raw:
         raise JobError("give either 'text' (one input) or 'inputs' (a JSON list), not both")
     size = len(raw.get("text", b"")) + len(raw.get("inputs", b""))

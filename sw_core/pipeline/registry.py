@@ -11,7 +11,6 @@ see :func:`tasks_of`), so producers refuse a ``generate`` job for an encoder at 
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from redis.asyncio import Redis
 
@@ -25,7 +24,7 @@ from sw_core.storage.location import check_location
 _GENERATES_RE = re.compile(r".*(ForCausalLM|LMHeadModel|ForConditionalGeneration|ForSeq2SeqLM)")
 
 
-def tasks_of(manifest: Any) -> tuple[str, ...]:
+def tasks_of(manifest: object) -> tuple[str, ...]:
     """The tasks a chunk set's model can run, from its manifest's ``model_class``."""
     if _GENERATES_RE.fullmatch(str(getattr(manifest, "model_class", ""))):
         return ("embed", "generate", "forward")
@@ -65,7 +64,8 @@ class ModelRegistry:
         Raises:
             ModelError: the model is not registered anywhere.
         """
-        raw = await self.redis.hget(self.keys.models, name)
+        # redis-py types the async client's hash replies as sync|async unions (redis-py #2399)
+        raw = await self.redis.hget(self.keys.models, name)  # type: ignore[misc]
         if raw is not None:
             return raw.decode() if isinstance(raw, bytes) else str(raw)
         if name in self.configured:
@@ -119,7 +119,8 @@ class ModelRegistry:
 
     async def tasks(self, name: str) -> tuple[str, ...] | None:
         """The tasks recorded for ``name`` at registration; None when nothing was recorded."""
-        raw = await self.redis.hget(self.keys.model_tasks, name)
+        # redis-py types the async client's hash replies as sync|async unions (redis-py #2399)
+        raw = await self.redis.hget(self.keys.model_tasks, name)  # type: ignore[misc]
         if not raw:
             return None
         text = raw.decode() if isinstance(raw, bytes) else str(raw)
@@ -142,7 +143,9 @@ class ModelRegistry:
     async def all(self) -> dict[str, str]:
         """Every model name -> location (settings first, Redis on top)."""
         out = dict(self.configured)
-        for name, location in (await self.redis.hgetall(self.keys.models)).items():
+        # redis-py types the async client's hash replies as sync|async unions (redis-py #2399)
+        registered = await self.redis.hgetall(self.keys.models)  # type: ignore[misc]
+        for name, location in registered.items():
             key = name.decode() if isinstance(name, bytes) else str(name)
             out[key] = location.decode() if isinstance(location, bytes) else str(location)
         return dict(sorted(out.items()))

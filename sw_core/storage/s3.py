@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import urllib3
 from minio import Minio
 from minio.error import InvalidResponseError, S3Error, ServerError
+from minio.helpers import DictType
 
 from sw_core.counters import STORAGE_BYTES_READ, Counters
 from sw_core.exceptions import (
@@ -311,7 +312,7 @@ class S3Backend(RetryingBackend):
     def _read_range(
         self, name: str, view: memoryview, offset: int, length: int, etag: str | None
     ) -> None:
-        headers = {"If-Match": etag} if etag else None
+        headers: DictType | None = {"If-Match": etag} if etag else None
         response = self.client.get_object(
             self.bucket_name, name, offset=offset, length=length, request_headers=headers
         )
@@ -322,7 +323,7 @@ class S3Backend(RetryingBackend):
             response.release_conn()
 
     @staticmethod
-    def _fill(response: Any, target: memoryview, name: str) -> None:
+    def _fill(response: urllib3.BaseHTTPResponse, target: memoryview, name: str) -> None:
         got = 0
         while got < len(target):
             n = response.readinto(target[got : got + _READ_BLOCK_BYTES])

@@ -122,7 +122,7 @@ class RemoteChunkSource:
         if flight is None:
             flight = asyncio.ensure_future(self._load_remote(chunk))
             self._flights[chunk.sha256] = flight
-            flight.add_done_callback(lambda _f, sha=chunk.sha256: self._flights.pop(sha, None))
+            flight.add_done_callback(lambda _f: self._flights.pop(chunk.sha256, None))
         return await asyncio.shield(flight)
 
     async def fetch_file(self, name: str) -> bytes:

@@ -14,12 +14,16 @@ Example:
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from sw_core.chunks.chunk_set import read_set_file
 from sw_core.chunks.manifest import ChunkInfo
 from sw_core.exceptions import CacheError
 from sw_core.storage.direct import wants_direct
+
+if TYPE_CHECKING:
+    from sw_core.cache import ChunkCache
+    from sw_core.storage import StorageBackend
 
 
 @runtime_checkable
@@ -44,7 +48,7 @@ class ChunkSource(Protocol):
         ...
 
 
-def set_direct_io(store: Any, set_bytes: int, mode: str) -> bool:
+def set_direct_io(store: StorageBackend, set_bytes: int, mode: str) -> bool:
     """Make the folders among ``store`` (a failover chain's members too) read chunks past
     the page cache when :func:`~sw_core.storage.direct.wants_direct` says so; whether it
     did."""
@@ -63,7 +67,7 @@ class StoreChunkSource:
         manifest_sha256: the location's manifest pin, if any (:mod:`sw_core.chunks.pin`).
     """
 
-    def __init__(self, store: Any, *, manifest_sha256: str | None = None) -> None:
+    def __init__(self, store: StorageBackend, *, manifest_sha256: str | None = None) -> None:
         self.store = store
         self.manifest_sha256 = manifest_sha256
 
@@ -111,7 +115,9 @@ class CachedChunkSource:
         manifest_sha256: the location's manifest pin, if any (:mod:`sw_core.chunks.pin`).
     """
 
-    def __init__(self, cache: Any, store: Any, *, manifest_sha256: str | None = None) -> None:
+    def __init__(
+        self, cache: ChunkCache, store: StorageBackend, *, manifest_sha256: str | None = None
+    ) -> None:
         self.cache = cache
         self.store = store
         self.manifest_sha256 = manifest_sha256

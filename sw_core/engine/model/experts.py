@@ -43,6 +43,8 @@ class StreamedExperts(nn.Module):
         tensors: ``{parameter name: canonical tensor name}`` of the fused tensors.
     """
 
+    _inner: nn.Module  # set in __dict__: not a submodule
+
     def __init__(
         self,
         access: ExpertAccess,
@@ -99,7 +101,8 @@ class StreamedExperts(nn.Module):
                         inner._parameters[param] = nn.Parameter(
                             tensors[canonical], requires_grad=False
                         )
-                    inner.num_experts = 1
+                    # torch types Module.__setattr__ for tensors and modules only
+                    inner.num_experts = 1  # type: ignore[assignment]
                     ids = torch.zeros(rows.shape[0], 1, dtype=torch.long, device=rows.device)
                     ones = torch.ones(rows.shape[0], 1, dtype=rows.dtype, device=rows.device)
                     return inner(rows, ids, ones)

@@ -311,7 +311,7 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
     if n_bytes == 0:
         return torch.empty(shape, dtype=dtype)
     # numpy asks for huge pages on big buffers (as sw_core.cache.allocate_buffer does)
-    return torch.frombuffer(memoryview(np.empty(n_bytes, dtype=np.uint8)), dtype=dtype).view(shape)
+    return torch.frombuffer(np.empty(n_bytes, dtype=np.uint8).data, dtype=dtype).view(shape)
 
 
 def _contiguous_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:

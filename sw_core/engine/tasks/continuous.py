@@ -16,24 +16,45 @@ Encoder-decoder models (T5) are not supported here: they run as static batches.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import torch
 
+from sw_core.engine.model.skeleton import Skeleton
 from sw_core.engine.tasks.generation import eos_ids
-from sw_core.engine.tasks.requests import GenerateRequest
+from sw_core.engine.tasks.passes import PassContext
+from sw_core.engine.tasks.requests import GenerateRequest, RequestParser
 from sw_core.engine.tasks.sampling import choose, generator_for, penalize
 from sw_core.engine.tasks.stopping import stop_in
 from sw_core.exceptions import ModelError
+
+T = TypeVar("T")
+
+
+class DecodeEngine(PassContext, Protocol):
+    """What a :class:`DecodeSession` needs of its engine (a loaded
+    :class:`~sw_core.engine.StreamingEngine`, which this room may not import)."""
+
+    skeleton: Skeleton
+    parser: RequestParser
+    tokenizer: Any  # a transformers tokenizer, or None
+    generation_config: Any  # a transformers GenerationConfig, or None
+
+    @property
+    def name(self) -> str: ...
+
+    async def run_on_compute(
+        self, fn: Callable[[], T], *, on_error: Callable[[], None] | None = None
+    ) -> T: ...
 
 
 @dataclass
 class Sequence:
     """One generating input: its request, its tokens so far and why it stopped."""
 
-    key: Any
+    key: Hashable
     request: GenerateRequest
     generator: torch.Generator | None
     tokens: list[int] = field(default_factory=list)
@@ -57,7 +78,7 @@ class StepReport:
     """What one step did: its number, one new token per active sequence, who finished."""
 
     step: int
-    tokens: dict[Any, int]
+    tokens: dict[Hashable, int]
     finished: list[Sequence]
 
 
@@ -70,7 +91,7 @@ class DecodeSession:
             sequence's prompt plus ``max_new_tokens``).
     """
 
-    def __init__(self, engine: Any, kv_cache_bytes: int) -> None:
+    def __init__(self, engine: DecodeEngine, kv_cache_bytes: int) -> None:
         if engine.family == "seq2seq":
             raise ModelError(
                 f"model {engine.name!r}: continuous batching needs a decoder-only model"
@@ -89,11 +110,11 @@ class DecodeSession:
         )
         self.rows: list[Sequence] = []
         self.steps = 0
-        self._cache: Any = None
+        self._cache: Any = None  # a transformers DynamicCache: see _grow
         self._mask: torch.Tensor | None = None
 
     # ---------------------------------------------------------------- admission
-    def parse(self, key: Any, request: dict[str, Any]) -> Sequence:
+    def parse(self, key: Hashable, request: dict[str, Any]) -> Sequence:
         """Validate one generate request (``ModelError`` when it is bad or too long)."""
         req: GenerateRequest = self.engine.parser.generate(request)
         seq = Sequence(key, req, generator_for(req, self.engine.device))
@@ -121,7 +142,7 @@ class DecodeSession:
     def active(self) -> int:
         return len(self.rows)
 
-    def drop(self, keys: set[Any]) -> None:
+    def drop(self, keys: set[Hashable]) -> None:
         """Remove sequences (cancelled, expired) before the next step."""
         keep = [i for i, s in enumerate(self.rows) if s.key not in keys]
         if len(keep) != len(self.rows):
@@ -175,7 +196,7 @@ class DecodeSession:
         penalize(logits, requests, [r.ids for r in requests], [s.tokens for s in rows])
         chosen = choose(logits, requests, [s.generator for s in rows]).tolist()
         self.rows, self._cache, self._mask = rows, cache, full_mask
-        tokens: dict[Any, int] = {}
+        tokens: dict[Hashable, int] = {}
         finished: list[Sequence] = []
         for i, (seq, token) in enumerate(zip(rows, chosen, strict=True)):
             seq.position = seq.position + 1 if i < old else len(seq.request.ids)
@@ -207,7 +228,8 @@ class DecodeSession:
 
     # ---------------------------------------------------------------- cache surgery
     def _grow(self, joining: int, device: torch.device) -> tuple[Any, torch.Tensor]:
-        """The cache with ``joining`` empty rows added, and its padding mask."""
+        """The cache with ``joining`` empty rows added, and its padding mask. (transformers types
+        a cache's layers as a union that includes layers without keys: Any here.)"""
         from transformers import DynamicCache
 
         if self._cache is None or self._mask is None or not self.rows:
@@ -257,10 +279,10 @@ def _compact(kv: torch.Tensor, src: list[torch.Tensor], width: int) -> torch.Ten
 
 def _kv_bytes_per_token(config: Any, model: torch.nn.Module) -> int:
     """Bytes one token adds to the KV cache of every layer (keys and values)."""
-    layers = int(getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 1))
-    heads = int(getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 1))
+    layers = int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 1))
+    heads = int(getattr(config, "num_attention_heads", 0) or getattr(config, "n_head", 1))
     kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
-    hidden = int(getattr(config, "hidden_size", None) or getattr(config, "n_embd", 1))
+    hidden = int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 1))
     head_dim = int(getattr(config, "head_dim", None) or hidden // heads)
     itemsize = next((p.dtype.itemsize for p in model.parameters()), 4)
     return 2 * layers * kv_heads * head_dim * itemsize

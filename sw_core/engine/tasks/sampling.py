@@ -7,7 +7,6 @@ mates (static batches and continuous batching alike).
 from __future__ import annotations
 
 import secrets
-from typing import Any
 
 import torch
 
@@ -48,7 +47,9 @@ def generator_for(req: GenerateRequest, device: torch.device) -> torch.Generator
 
 
 def choose(
-    logits: torch.Tensor, requests: list[GenerateRequest], generators: list[Any]
+    logits: torch.Tensor,
+    requests: list[GenerateRequest],
+    generators: list[torch.Generator | None],
 ) -> torch.Tensor:
     """Next token per row: argmax, or a seeded sample with temperature/top-k/top-p."""
     chosen = logits.argmax(dim=-1)
