@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,7 +49,7 @@ class Finish:
     index: int = 0
 
 
-def _accepts(method: Any, name: str) -> bool:
+def _accepts(method: Callable[..., object], name: str) -> bool:
     try:
         return name in inspect.signature(method).parameters
     except (TypeError, ValueError):
@@ -81,6 +81,10 @@ class JobBackend:
     async def models(self) -> dict[str, str]:
         """Every registered model name -> location."""
         return await self.registry.all()
+
+    async def synthetic_models(self) -> dict[str, str]:
+        """Registered models of random weights (``sw synth``) -> what they imitate."""
+        return await self.registry.synthetic()
 
     async def has_model(self, name: str) -> bool:
         try:
@@ -119,11 +123,11 @@ class JobBackend:
 
     async def result(self, job_id: str, timeout_s: float) -> Any:
         """The job's result (its error raised as its class; JobTimeoutError after timeout_s)."""
-        return await self.producer.result(job_id, timeout=timeout_s)
+        return await self.producer.result(job_id, timeout_s=timeout_s)
 
     async def stream(
         self, job_id: str, timeout_s: float, answers: int = 1
-    ) -> AsyncIterator[Delta | Finish]:
+    ) -> AsyncGenerator[Delta | Finish, None]:
         """The ``answers`` answers (``n``) of a one-input generate job as deltas, each with
         its index, and one :class:`Finish` per answer; the iteration ends after the last.
 
@@ -142,7 +146,7 @@ class JobBackend:
         sent = [""] * answers
         replay: list[str] | None = None
         finishes: dict[int, Finish] = {}
-        events = self.producer.stream(job_id, timeout=timeout_s)  # type: ignore[attr-defined]
+        events = self.producer.stream(job_id, timeout_s=timeout_s)
         async for event in events:
             kind = event.get("type")
             index = event.get("index", 0)
@@ -181,7 +185,7 @@ class JobBackend:
         """Cancel a job nobody waits for any more; False when the producer cannot."""
         if not self.can_cancel:
             return False
-        status = await self.producer.cancel(job_id)  # type: ignore[attr-defined]
+        status = await self.producer.cancel(job_id)
         log.info("job %s cancelled: %s", job_id, status)
         return True
 

@@ -178,9 +178,13 @@ def model_list(cards: list[dict[str, Any]]) -> dict[str, Any]:
     return {"object": "list", "data": cards}
 
 
-def model_card(name: str, context_length: int | None = None) -> dict[str, Any]:
+def model_card(
+    name: str, context_length: int | None = None, synthetic: str | None = None
+) -> dict[str, Any]:
     """One model; its context length (prompt plus answer, see :mod:`sw_core.context`) as
-    ``context_length`` and as vLLM's ``max_model_len`` when the gateway could read it."""
+    ``context_length`` and as vLLM's ``max_model_len`` when the gateway could read it;
+    ``synthetic`` (what its random weights imitate) marks a model that must not be mistaken
+    for a real one: in ``owned_by`` and in a ``synthetic`` field."""
     card: dict[str, Any] = {
         "id": name,
         "object": "model",
@@ -189,4 +193,7 @@ def model_card(name: str, context_length: int | None = None) -> dict[str, Any]:
     }
     if context_length is not None:
         card["context_length"] = card["max_model_len"] = context_length
+    if synthetic:
+        card["owned_by"] = "surfing-weights (synthetic: random weights)"
+        card["synthetic"] = synthetic
     return card

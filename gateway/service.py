@@ -140,13 +140,14 @@ class Gateway:
     async def model_cards(self, names: list[str]) -> list[dict[str, Any]]:
         """``GET /v1/models`` entries, with each model's context length when it can be read."""
         locations = await self.backend.models()
+        synthetic = await self.backend.synthetic_models()
         cards = []
         for name in names:
             context = None
             if name in locations:
                 facts = await self.tokens.facts(name, locations[name])
                 context = facts.context.context_length if facts.context is not None else None
-            cards.append(responses.model_card(name, context))
+            cards.append(responses.model_card(name, context, synthetic.get(name)))
         return cards
 
     async def _check_prompt(self, call: GenerateCall) -> None:

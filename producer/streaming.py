@@ -93,7 +93,8 @@ async def stream_events(
         if entries:
             quiet_since = loop.time()
             continue
-        status_b = await redis.hget(keys.job(job_id), "status")
+        # redis-py types the async client's hash replies as sync|async unions (redis-py #2399)
+        status_b = await redis.hget(keys.job(job_id), "status")  # type: ignore[misc]
         status = status_b.decode() if status_b else "unknown"
         if status in FINAL_STATUSES or status == "unknown":
             # a final event written just before the status changed is read first

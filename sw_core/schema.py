@@ -135,10 +135,9 @@ class GenerateParams:
     temperature: float | None = _param(
         None,
         float,
-        "sampling temperature (greedy unless given or do_sample is true)",
+        "sampling temperature; 0 is greedy (greedy unless given or do_sample is true)",
         low=0,
         high=100,
-        low_exclusive=True,
         openai=("temperature",),
     )
     top_p: float = _param(
@@ -212,7 +211,7 @@ class GenerateParams:
     @property
     def sampling_temperature(self) -> float:
         """The temperature to sample at; 0.0 means greedy."""
-        if self.do_sample is False:
+        if self.do_sample is False or self.temperature == 0:
             return 0.0
         if self.do_sample or self.temperature is not None:
             return self.temperature if self.temperature is not None else 1.0
@@ -309,13 +308,13 @@ def check_value(name: str, value: Any, spec: ParamSpec, bounds: ParamBounds) -> 
             raise JobError(f"'{name}' {exc}") from None
     if kind is float and type(value) is int:
         value = float(value)
-    if type(value) is not kind or (kind is float and not math.isfinite(value)):
+    if type(value) is not kind or (isinstance(value, float) and not math.isfinite(value)):
         raise JobError(f"'{name}' must be {_rule(spec, bounds)}, got {short(value)}")
     if kind is str and spec.choices and value not in spec.choices:
         raise JobError(f"'{name}' must be {_rule(spec, bounds)}, got {short(value)}")
     if spec.check is not None:
         spec.check(name, value)
-    if kind in (int, float):
+    if kind in (int, float) and isinstance(value, (int, float)):
         low, high = spec.low, _high(spec, bounds)
         too_low = low is not None and (value <= low if spec.low_exclusive else value < low)
         if too_low or (high is not None and value > high):
@@ -334,13 +333,13 @@ def _rule(spec: ParamSpec, bounds: ParamBounds) -> str:
     word = _KIND_WORDS[spec.kind]
     low, high = spec.low, _high(spec, bounds)
     if low is not None and high is not None:
-        bounds = f"in ({low:g}, {high:g}]" if spec.low_exclusive else f"from {low:g} to {high:g}"
+        span = f"in ({low:g}, {high:g}]" if spec.low_exclusive else f"from {low:g} to {high:g}"
     elif low is not None:
-        bounds = f"{'>' if spec.low_exclusive else '>='} {low:g}"
+        span = f"{'>' if spec.low_exclusive else '>='} {low:g}"
     else:
-        bounds = ""
+        span = ""
     setting = f" (SW_{spec.high_setting.upper()})" if spec.high_setting else ""
-    return f"{word} {bounds}{setting}".rstrip()
+    return f"{word} {span}{setting}".rstrip()
 
 
 def _coerce_text(name: str, raw: Any, spec: ParamSpec) -> Any:

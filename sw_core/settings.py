@@ -54,6 +54,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "generate_batching": ("continuous", "static"),
     "log_format": ("text", "json"),
     "compute_dtype": ("auto", "float32", "bfloat16", "float16"),
+    "direct_io": ("auto", "on", "off"),
 }
 
 
@@ -108,6 +109,7 @@ class Settings:
     compute_dtype: str = "auto"
     memory_budget_mb: int = 2048
     prefetch_count: int = 2
+    direct_io: str = "auto"
     max_batch_size: int = 16
     #: Most prompt tokens; 0 = the model's own context length (see sw_core.context).
     max_input_tokens: int = 0

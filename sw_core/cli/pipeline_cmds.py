@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sw_core.cli.flags import add_cli_flags, settings_from_args
+from sw_core.cli.flags import Subparsers, add_cli_flags, settings_from_args
 from sw_core.cli.output import data, data_json, say
 from sw_core.exceptions import (
     ConfigError,
@@ -20,6 +20,9 @@ from sw_core.pipeline.job_checks import coerce_params
 from sw_core.queue_redis import queue_redis
 from sw_core.schema import TASKS, JobStatus, check_params, check_task
 from sw_core.settings import Settings
+
+if TYPE_CHECKING:
+    from producer import Producer
 
 #: Settings these commands take as flags too.
 REDIS_FLAGS = ["redis_url", "key_prefix"]
@@ -45,14 +48,14 @@ _RESULT_EXIT = (
 )
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     _register_submit(subparsers)
     _register_result(subparsers)
     _register_register(subparsers)
     _register_models(subparsers)
 
 
-def _register_submit(subparsers: Any) -> None:
+def _register_submit(subparsers: Subparsers) -> None:
     submit = subparsers.add_parser(
         "submit",
         help="submit a job to the pipeline",
@@ -110,7 +113,7 @@ def _register_submit(subparsers: Any) -> None:
     submit.set_defaults(handler=_submit)
 
 
-def _register_result(subparsers: Any) -> None:
+def _register_result(subparsers: Subparsers) -> None:
     result = subparsers.add_parser(
         "result",
         help="show a job's status and result",
@@ -124,7 +127,7 @@ def _register_result(subparsers: Any) -> None:
     result.set_defaults(handler=_result)
 
 
-def _register_register(subparsers: Any) -> None:
+def _register_register(subparsers: Subparsers) -> None:
     reg = subparsers.add_parser(
         "register",
         help="register a model: NAME -> s3://BUCKET/PREFIX or a folder",
@@ -155,7 +158,7 @@ def _register_register(subparsers: Any) -> None:
     reg.set_defaults(handler=_register)
 
 
-def _register_models(subparsers: Any) -> None:
+def _register_models(subparsers: Subparsers) -> None:
     models = subparsers.add_parser(
         "models",
         help="list registered models",
@@ -242,7 +245,7 @@ async def _result_async(settings: Settings, args: argparse.Namespace) -> int:
         return 0 if status["status"] == JobStatus.DONE else EXIT_NOT_DONE
 
 
-async def _wait_and_print(producer: Any, job_id: str, timeout_s: float) -> int:
+async def _wait_and_print(producer: Producer, job_id: str, timeout_s: float) -> int:
     try:
         result = await producer.result(job_id, timeout_s=timeout_s)
     except JobTimeoutError as exc:
@@ -261,7 +264,7 @@ async def _wait_and_print(producer: Any, job_id: str, timeout_s: float) -> int:
 def _register(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
 
-    async def run() -> tuple[str, str, tuple[str, ...] | None]:
+    async def run() -> tuple[str, str, tuple[str, ...] | None, str | None]:
 
         from sw_core.architectures import check_architecture
         from sw_core.pipeline.registry import ModelRegistry, tasks_of
@@ -270,7 +273,7 @@ def _register(args: argparse.Namespace) -> int:
 
         if args.pin and args.no_check:
             raise ConfigError("--pin reads the manifest: it cannot go with --no-check")
-        location, about, tasks = args.location, "", None
+        location, about, tasks, synthetic = args.location, "", None, None
         if not args.no_check:
             location = check_location(location, must_exist=True)
             manifest, raw = await _read_manifest(location, settings)
@@ -280,17 +283,35 @@ def _register(args: argparse.Namespace) -> int:
                 f"{human_bytes(manifest.total_bytes)})"
             )
             tasks = tasks_of(manifest)
+            synthetic = manifest.describe_synthetic()
+            if synthetic:
+                about = about[:-1] + "; SYNTHETIC, " + synthetic.removeprefix("synthetic: ") + ")"
             if args.pin:
                 location = pin_location(location, raw)
         async with queue_redis(settings) as redis:
             registry = ModelRegistry(redis, settings)
-            return await registry.register(args.name, location, tasks=tasks), about, tasks
+            location = await registry.register(
+                args.name, location, tasks=tasks, synthetic=synthetic
+            )
+            return location, about, tasks, synthetic
 
-    location, about, tasks = asyncio.run(run())
+    location, about, tasks, synthetic = asyncio.run(run())
     if args.json:
-        data_json({"name": args.name, "location": location, "tasks": list(tasks or [])})
+        data_json(
+            {
+                "name": args.name,
+                "location": location,
+                "tasks": list(tasks or []),
+                "synthetic": synthetic,
+            }
+        )
     else:
         data(f"{args.name} -> {location}{about}")
+    if synthetic:
+        say(
+            f"sw register: warning: {args.name} is {synthetic}: it computes at the real "
+            "model's cost and answers nonsense; the gateway's model list marks it"
+        )
     return 0
 
 

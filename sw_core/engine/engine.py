@@ -20,9 +20,10 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
@@ -35,11 +36,14 @@ from sw_core.engine.memory.budget import ResidencyPlan, plan_residency
 from sw_core.engine.memory.buffers import BufferPool
 from sw_core.engine.memory.heap import limit_heap_retention
 from sw_core.engine.memory.residency import Residency
-from sw_core.engine.model.dtypes import compute_dtype, expansion
+from sw_core.engine.model.dtypes import Packing, compute_dtype, expansion, packed_dtype
+from sw_core.engine.model.footprint import chunk_sizes
+from sw_core.engine.model.kernels import kernels_for
 from sw_core.engine.model.runtime import Runtime
 from sw_core.engine.model.skeleton import Family, Skeleton, load_config
 from sw_core.engine.report import cache_report
 from sw_core.engine.setup import (
+    Where,
     load_generation_config,
     make_source,
     pad_token_id,
@@ -61,7 +65,13 @@ from sw_core.exceptions import JobError, ModelError
 from sw_core.schema import MAX_TOKEN_IDS, check_task
 from sw_core.settings import Settings
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from sw_core.cache import ChunkCache
+
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class StreamingEngine:
@@ -83,6 +93,10 @@ class StreamingEngine:
         limit_heap_retention()
         self._compute = ComputeThread(lambda: self.residency, self._clear_locked)
         self._loaded = False
+        #: Model calls that read chunks from the source (not all weights were in memory).
+        self.sweeps = 0
+        #: Whether the source reads chunks past the page cache (``SW_DIRECT_IO``).
+        self.direct_io = False
         self.manifest: Manifest
         self.plan: ResidencyPlan
         self.residency: Residency
@@ -97,10 +111,10 @@ class StreamingEngine:
     @classmethod
     async def open(
         cls,
-        where: Any,
+        where: Where,
         settings: Settings | None = None,
         *,
-        cache: Any = None,
+        cache: ChunkCache | None = None,
         **overrides: Any,
     ) -> StreamingEngine:
         """Load the model at ``where`` (folder, ``s3://``, backend or source)."""
@@ -113,6 +127,15 @@ class StreamingEngine:
     async def load(self) -> StreamingEngine:
         """Read the manifest and files, build the skeleton and the residency plan."""
         manifest, files = await read_chunk_set(self.source)
+        if manifest.synthetic:
+            log.warning(
+                "model %s is %s: it computes at the real model's cost and answers nonsense",
+                manifest.name,
+                manifest.describe_synthetic(),
+            )
+        configure = getattr(self.source, "configure_reads", None)
+        if configure is not None:
+            self.direct_io = bool(configure(manifest.total_bytes, self.settings.direct_io))
         config = load_config(files["config.json"])
         tokenizer_files = {k: v for k, v in files.items() if k != "config.json"}
         tokenizer = await asyncio.to_thread(load_tokenizer, tokenizer_files)
@@ -124,26 +147,45 @@ class StreamingEngine:
     def _build(self, manifest: Manifest, config: Any, tokenizer: Any, gen_config: Any) -> None:
         settings = self.settings
         self.manifest = manifest
-        self.skeleton = Skeleton(manifest, config, self.device)
         dtype = compute_dtype(settings.compute_dtype, self.device, manifest)
+        #: The compute dtype (None: as stored).
+        self.compute_dtype = dtype
+        self.skeleton = Skeleton(manifest, config, self.device, packed_dtype(dtype))
         expand = expansion(manifest, dtype)
+        packing = sizes = None
+        if manifest.packed:
+            kept = self.skeleton.kept_packed
+            sizes = chunk_sizes(manifest, dtype, kept)
+            if kept:
+                assert dtype is not None
+                packing = Packing(kept, dtype, kernels_for(self.device))
         self.plan = plan_residency(
             manifest,
             settings.memory_budget_bytes,
             settings.prefetch_count,
             lookup_only=self.skeleton.lookup_only,
             expand=expand,
+            sizes=sizes,
         )
-        self.buffers = BufferPool(pool_bytes(manifest, self.plan, expand, settings.prefetch_count))
+        self.buffers = BufferPool(
+            pool_bytes(manifest, self.plan, expand, settings.prefetch_count, sizes)
+        )
         self.residency = Residency(
             model_name=manifest.name,
             budget_bytes=settings.memory_budget_bytes,
             keep=self.plan.keep,
             prefetch_count=settings.prefetch_count,
             loader=ChunkMaterializer(
-                self.source, self.skeleton, self.device, self.buffers, self.plan.keep, dtype
+                self.source,
+                self.skeleton,
+                self.device,
+                self.buffers,
+                self.plan.keep,
+                dtype,
+                packing,
             ),
             expand=expand,
+            sizes=sizes,
             bind=self.skeleton.bind,
             unbind=self.skeleton.unbind,
             timeout_s=settings.timeout_seconds,
@@ -190,7 +232,7 @@ class StreamingEngine:
         return self.skeleton.family
 
     @property
-    def model(self) -> torch.nn.Module:
+    def model(self) -> PreTrainedModel:
         return self.skeleton.model
 
     @property
@@ -318,8 +360,12 @@ class StreamingEngine:
         )
 
     def begin_pass(self, prefixes: tuple[str, ...] | None, ids: torch.Tensor | None) -> None:
-        """Tell the prefetcher which units the next model call runs (tasks call this)."""
-        self.residency.set_schedule(self.runtime.schedule(prefixes, ids))
+        """Tell the prefetcher which units the next model call runs (tasks call this); a
+        call that reads chunks from outside the engine's memory counts one :attr:`sweeps`."""
+        schedule = self.runtime.schedule(prefixes, ids)
+        if schedule:
+            self.sweeps += 1
+        self.residency.set_schedule(schedule)
 
     # ---------------------------------------------------------------- cache control
     async def warmup(self, chunk_names: list[str] | None = None) -> dict[str, list[str]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from os import PathLike
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import torch
 
@@ -14,6 +14,13 @@ from sw_core.engine.tasks.generation import eos_ids
 from sw_core.exceptions import ConfigError, ModelError, SecurityError, StorageError
 from sw_core.hashing import Expected, hex_digest
 from sw_core.settings import Settings
+
+if TYPE_CHECKING:
+    from sw_core.cache import ChunkCache
+    from sw_core.storage import StorageBackend
+
+#: Where an engine reads a model: a folder or ``s3://`` location, a storage backend, a source.
+Where: TypeAlias = "str | PathLike[str] | StorageBackend | ChunkSource"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -29,7 +36,7 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def make_source(where: Any, settings: Settings, cache: Any = None) -> ChunkSource:
+def make_source(where: Where, settings: Settings, cache: ChunkCache | None = None) -> ChunkSource:
     """A chunk source from a location (folder or ``s3://``), a storage backend or a source."""
     from sw_core.chunks.chunk_set import open_store
     from sw_core.storage import StorageBackend

@@ -12,7 +12,9 @@
 --   entry_id when they add the entry), so this entry must not touch it; -3 cancelled: the
 --   job was cancelled (status 'cancelled', or a cancel was requested) after the worker's
 --   check and before this call: it is not started, and the worker ends it with the ack
---   (job_end.lua, which counts it only if the cancel did not already).
+--   (job_end.lua, which counts it only if the cancel did not already); -4 not started:
+--   Redis is out of memory (maxmemory with noeviction refuses the job hash's HSET, the
+--   first write, so nothing was written; the entry is this job's to fail).
 local out = {}
 local max_deliveries = tonumber(ARGV[5])
 for i = 1, #KEYS - 1 do
@@ -33,11 +35,19 @@ for i = 1, #KEYS - 1 do
     elseif deliveries > max_deliveries then
       state = -1
     else
-      redis.call('HSET', h, 'status', 'running', 'worker', ARGV[2], 'attempts', ARGV[b + 2],
-        'model', ARGV[b + 3], 'task', ARGV[b + 4], 'submitted_ms', ARGV[b + 5],
-        'started_ms', ARGV[3], 'updated_ms', ARGV[3], 'entry_id', entry)
-      redis.call('EXPIRE', h, ARGV[4])
-      state = fresh and 2 or 1
+      local set = redis.pcall('HSET', h, 'status', 'running', 'worker', ARGV[2],
+        'attempts', ARGV[b + 2], 'model', ARGV[b + 3], 'task', ARGV[b + 4],
+        'submitted_ms', ARGV[b + 5], 'started_ms', ARGV[3], 'updated_ms', ARGV[3],
+        'entry_id', entry)
+      if type(set) == 'table' and set.err then
+        if string.sub(set.err, 1, 3) ~= 'OOM' then
+          return set
+        end
+        state = -4
+      else
+        redis.call('EXPIRE', h, ARGV[4])
+        state = fresh and 2 or 1
+      end
     end
   end
   out[#out + 1] = state

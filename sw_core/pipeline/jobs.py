@@ -49,6 +49,7 @@ from sw_core.schema import (
     MAX_FIELDS,
     MAX_INPUTS,
     MAX_TOKEN_IDS,
+    Task,
     check_params,
     check_task,
     short,
@@ -326,7 +327,7 @@ def _deadline(raw: Mapping[str, bytes], added_ms: int) -> int | None:
     return added_ms + int(seconds * 1000)
 
 
-def _hand_inputs(task: str, raw: Mapping[str, bytes], settings: Settings) -> list[Any]:
+def _hand_inputs(task: Task, raw: Mapping[str, bytes], settings: Settings) -> list[Any]:
     if "text" in raw and "inputs" in raw:
         raise JobError("give either 'text' (one input) or 'inputs' (a JSON list), not both")
     size = len(raw.get("text", b"")) + len(raw.get("inputs", b""))

@@ -179,3 +179,23 @@ def chunked_minilm(folder: Path) -> ChunkedModel:
     model = AutoModel.from_pretrained(source).eval()
     tokenizer = AutoTokenizer.from_pretrained(source)
     return ChunkedModel("minilm", folder, manifest, model, tokenizer)
+
+
+@dataclass(frozen=True)
+class PackedModel:
+    """A GGUF file chunked kept packed, with the reader's memory during its tensor phase."""
+
+    folder: Path
+    manifest: Manifest
+    #: Resident MiB before the tensor phase and at its peak (``gguf_chunker.LAST_PEAK_RSS_MB``).
+    rss_mb: dict[str, float]
+
+
+def packed_smollm2(folder: Path) -> PackedModel:
+    """The bundled SmolLM2 Q4_1 GGUF file chunked (16 MiB row shards), quantized tensors
+    kept packed (about 97 MB instead of 538)."""
+    from sw_core.chunks import gguf_chunker
+    from sw_core.local.bundled import smollm2_gguf_path
+
+    manifest = chunk_model(smollm2_gguf_path(), folder, name="smollm2")
+    return PackedModel(folder, manifest, dict(gguf_chunker.LAST_PEAK_RSS_MB))

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from typing import Any, TypeVar
 
@@ -156,7 +157,7 @@ class JobConsumer:
         for job in [*leftovers, *self._buffer]:
             try:
                 if await self.outcomes.with_retries(
-                    lambda j=job: self.store.hand_back(j), "hand back"
+                    functools.partial(self.store.hand_back, job), "hand back"
                 ):
                     handed += 1
             except Exception as exc:
@@ -238,10 +239,9 @@ class JobConsumer:
                     log.exception("worker %s: decoding entry %s failed", self.name, entry_id)
                 log.warning("worker %s: entry %s dead-lettered: %s", self.name, entry_id, exc)
                 self.outcomes.jobs_failed += 1
+                why = (type(exc).__name__, str(exc), self.name)
                 await self.outcomes.with_retries(
-                    lambda e=entry_id, r=raw, x=exc: self.store.dead_letter_raw(
-                        e, r, type(x).__name__, str(x), self.name
-                    ),
+                    functools.partial(self.store.dead_letter_raw, entry_id, raw, *why),
                     "dead-letter a malformed entry",
                 )
                 continue
@@ -354,8 +354,9 @@ class JobConsumer:
                 settings=self.settings,
                 name=self.name,
             )
-            if runnable and task == "generate" and await self._loop_takes(model):
-                self.loops.add(model, runnable)
+            loops = self.loops if runnable and task == "generate" else None
+            if loops is not None and await self._loop_takes(model):
+                loops.add(model, runnable)
                 handed = {job.entry_id for job in runnable}
             elif runnable:
                 started_s = asyncio.get_running_loop().time()

@@ -19,7 +19,7 @@ from collections import OrderedDict
 from typing import Any
 
 from sw_core.cache import ChunkCache
-from sw_core.counters import Counters
+from sw_core.counters import SWEEPS, Counters, sweep_counter
 from sw_core.engine import StreamingEngine
 from sw_core.engine.tasks.continuous import DecodeSession
 from sw_core.engine.tasks.requests import request_of
@@ -72,9 +72,13 @@ class InferenceHandler:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.counters = Counters()
+        #: Per-model sweep counters (``Keys.stats_sweeps``): sweeps, reads, hits, bytes.
+        self.sweep_counters = Counters()
         self.cache = ChunkCache.from_settings(settings, counters=self.counters)
         self._redis = queue_redis(settings)
-        self._stats_key = Keys(settings.key_prefix).stats
+        keys = Keys(settings.key_prefix)
+        self._stats_key, self._sweeps_key = keys.stats, keys.stats_sweeps
+        self._sweeps_seen: dict[str, int] = {}
         self.registry = ModelRegistry(self._redis, settings)
         self._engines: OrderedDict[str, StreamingEngine] = OrderedDict()
         self._sources: dict[str, RemoteChunkSource] = {}
@@ -90,7 +94,13 @@ class InferenceHandler:
         async with lock:
             if model not in self._engines:
                 await self.registry.resolve(model)  # ModelError for an unknown model
-                source = RemoteChunkSource(model, self.settings, cache=self.cache)
+                source = RemoteChunkSource(
+                    model,
+                    self.settings,
+                    cache=self.cache,
+                    counters=self.counters,
+                    sweep_counters=self.sweep_counters,
+                )
                 engine = StreamingEngine(source, self.settings)
                 try:
                     await engine.load()
@@ -131,7 +141,7 @@ class InferenceHandler:
         try:
             outputs = await engine.run_async(task, requests)
         finally:
-            await self.counters.flush(self._redis, self._stats_key)
+            await self._flush(model)
         self._fit_budget(model)
         results: list[Any | BaseException] = []
         for start, end in spans:
@@ -163,12 +173,22 @@ class InferenceHandler:
 
     async def after_step(self, model: str) -> None:
         """After each decode step: flush the counters, keep the worker within its budget."""
-        await self.counters.flush(self._redis, self._stats_key)
+        await self._flush(model)
         self._fit_budget(model)
 
     def resident_chunks(self) -> dict[str, list[str]]:
         """Names of the chunks each open model holds in memory now."""
         return {name: e.residency.resident_chunks() for name, e in self._engines.items()}
+
+    async def _flush(self, model: str) -> None:
+        """Count the engine's new sweeps of ``model`` and flush every counter."""
+        engine = self._engines.get(model)
+        if engine is not None:
+            new = engine.sweeps - self._sweeps_seen.get(model, 0)
+            self._sweeps_seen[model] = engine.sweeps
+            self.sweep_counters.incr(sweep_counter(SWEEPS, model), new)
+        await self.counters.flush(self._redis, self._stats_key)
+        await self.sweep_counters.flush(self._redis, self._sweeps_key)
 
     def _fit_budget(self, active: str) -> None:
         """Release the least recently used other engines while the worker is over budget."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
 from sw_core.chunks.manifest import ChunkInfo
@@ -51,6 +51,8 @@ class Residency:
         bind / unbind: put a chunk's tensors into the model / take them out.
         timeout_s: longest wait for one chunk.
         expand: a chunk materialized (widened) holds its stored bytes times this.
+        sizes: the bytes each chunk holds once materialized, when known per chunk (packed
+            chunk sets); replaces ``expand``.
     """
 
     def __init__(
@@ -65,9 +67,11 @@ class Residency:
         unbind: UnbindFn,
         timeout_s: float,
         expand: float = 1.0,
+        sizes: Mapping[str, int] | None = None,
     ) -> None:
         self.model_name = model_name
         self.expand = expand
+        self.sizes = dict(sizes) if sizes is not None else None
         self.budget_bytes = budget_bytes
         self.keep = frozenset(keep)
         self.prefetch_count = max(0, prefetch_count)
@@ -87,6 +91,12 @@ class Residency:
         self.stats = ResidencyStats()
 
     # ---------------------------------------------------------------- accounting
+    def size_of(self, chunk: ChunkInfo) -> int:
+        """Bytes ``chunk`` holds once materialized (what its load reserves)."""
+        if self.sizes is not None and chunk.name in self.sizes:
+            return self.sizes[chunk.name]
+        return int(chunk.size_bytes * self.expand)
+
     @property
     def materialized_bytes(self) -> int:
         """Bytes reserved right now: resident, in use, in flight and merged tensors."""
@@ -247,7 +257,7 @@ class Residency:
 
     # ---------------------------------------------------------------- internals
     def _start(self, chunk: ChunkInfo, *, must: bool) -> Slot | None:
-        size = int(chunk.size_bytes * self.expand)
+        size = self.size_of(chunk)
         if not self._try_reserve(size):
             if not must:
                 return None
@@ -344,16 +354,19 @@ class Residency:
                 return  # no room in the budget: stop, never evict for a prefetch
 
     def _evict_unused(self, n_bytes: int) -> None:
-        """Drop loaded chunks nobody uses that are not kept, until ``n_bytes`` fit."""
-        for name in list(self._slots):
-            if self._materialized + n_bytes <= self.budget_bytes:
-                return
-            slot = self._slots[name]
-            idle = slot.future is None or slot.future.done()
-            if slot.users == 0 and name not in self.keep and idle:
-                if slot.prefetched and not slot.used:
-                    self.stats.wasted += 1
-                self._drop(name)
+        """Drop loaded chunks nobody uses that are not kept, until ``n_bytes`` fit; then, if
+        still short, cancel prefetches still in flight that nobody waits for (a chunk needed
+        now, such as an expert a router just chose, goes before one needed later)."""
+        for in_flight in (False, True):
+            for name in list(self._slots):
+                if self._materialized + n_bytes <= self.budget_bytes:
+                    return
+                slot = self._slots[name]
+                idle = slot.future is None or slot.future.done()
+                if slot.users == 0 and name not in self.keep and (idle or in_flight):
+                    if slot.prefetched and not slot.used:
+                        self.stats.wasted += 1
+                    self._drop(name)
 
     def _drop(self, name: str) -> None:
         slot = self._slots.pop(name)

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from sw_core.chunks.manifest import ChunkInfo
+from sw_core.engine.model.packed import PackedWeight
 from sw_core.engine.model.sharded import ChunkAccess
 
 
@@ -41,6 +42,8 @@ class StreamedExperts(nn.Module):
         chunks: expert chunks in expert order (chunk ``e`` holds expert ``e``).
         tensors: ``{parameter name: canonical tensor name}`` of the fused tensors.
     """
+
+    _inner: nn.Module  # set in __dict__: not a submodule
 
     def __init__(
         self,
@@ -78,14 +81,18 @@ class StreamedExperts(nn.Module):
             if eager:
                 out.index_add_(0, tok, result.to(out.dtype))
             else:
-                slots[tok, pos] = result
+                slots[tok, pos] = result.to(slots.dtype)
         return out if eager else slots.sum(dim=1).to(hidden_states.dtype)
 
     def _one_expert(self, e: int, rows: torch.Tensor) -> torch.Tensor:
-        """Expert ``e`` on ``rows`` (n, H), unweighted, through the inner module's forward."""
+        """Expert ``e`` on ``rows`` (n, H), unweighted, through the inner module's forward
+        (or, for packed weights, the same computation through the packed kernels)."""
         chunk = self.chunks[e]
         tensors = self.access.acquire(chunk)
         try:
+            weights = {p: tensors[c] for p, c in self.tensors.items()}
+            if any(isinstance(w, PackedWeight) for w in weights.values()):
+                return self._packed_expert(weights, rows)
             with self._lock:
                 inner = self._inner
                 saved = dict(inner._parameters), inner.num_experts
@@ -94,7 +101,8 @@ class StreamedExperts(nn.Module):
                         inner._parameters[param] = nn.Parameter(
                             tensors[canonical], requires_grad=False
                         )
-                    inner.num_experts = 1
+                    # torch types Module.__setattr__ for tensors and modules only
+                    inner.num_experts = 1  # type: ignore[assignment]
                     ids = torch.zeros(rows.shape[0], 1, dtype=torch.long, device=rows.device)
                     ones = torch.ones(rows.shape[0], 1, dtype=rows.dtype, device=rows.device)
                     return inner(rows, ids, ones)
@@ -105,8 +113,22 @@ class StreamedExperts(nn.Module):
         finally:
             self.access.release(chunk)
 
+    def _packed_expert(self, weights: dict[str, Any], rows: torch.Tensor) -> torch.Tensor:
+        """transformers' expert MLP (``act(gate) * up``, then ``down``) on packed weights
+        (:func:`~sw_core.engine.model.packed_modules.packed_experts` checked the form)."""
+        gate, up = _expert_linear(rows, weights["gate_up_proj"]).chunk(2, dim=-1)
+        hidden = self._inner.act_fn(gate) * up
+        return _expert_linear(hidden, weights["down_proj"])
+
     def extra_repr(self) -> str:
         return f"experts={self.num_experts}, streamed"
+
+
+def _expert_linear(x: torch.Tensor, weight: Any) -> torch.Tensor:
+    """``x @ W[0].T`` for the one expert a chunk holds, packed or plain."""
+    if isinstance(weight, PackedWeight):
+        return weight.linear(x, 0)
+    return torch.nn.functional.linear(x, weight[0])
 
 
 def _implementation(inner: nn.Module) -> Any:

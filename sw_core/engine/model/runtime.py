@@ -26,9 +26,12 @@ import torch
 from torch import nn
 
 from sw_core.chunks.manifest import ChunkInfo
-from sw_core.engine.memory.budget import ResidencyPlan, merged_bytes
+from sw_core.engine.memory.budget import ResidencyPlan
 from sw_core.engine.memory.residency import Residency
 from sw_core.engine.model.experts import StreamedExperts
+from sw_core.engine.model.footprint import merged_bytes
+from sw_core.engine.model.packed import PackedWeight
+from sw_core.engine.model.packed_modules import PackedEmbedding, PackedLinear, PackedModule
 from sw_core.engine.model.sharded import ShardedEmbedding, ShardedLinear, _Sharded
 from sw_core.engine.model.skeleton import Skeleton
 from sw_core.exceptions import ModelError
@@ -91,17 +94,20 @@ class Runtime:
                     raise ModelError(
                         f"model {name!r}: cannot stream sharded tensor {owner!r} (not a weight)"
                     )
-                if isinstance(module, nn.Embedding) and _plain_lookup(module):
+                lookup = isinstance(module, PackedEmbedding) or (
+                    isinstance(module, nn.Embedding) and _plain_lookup(module)
+                )
+                if lookup:
                     new: nn.Module = ShardedEmbedding(
                         self.residency,
                         spec.name,
                         spec.chunks,
                         shape,
                         spec.dtype,
-                        padding_idx=module.padding_idx,
+                        padding_idx=getattr(module, "padding_idx", None),
                         scale=module._buffers.get("embed_scale"),
                     )
-                elif isinstance(module, nn.Linear) and module.bias is None:
+                elif isinstance(module, nn.Linear | PackedLinear) and module.bias is None:
                     new = ShardedLinear(self.residency, spec.name, spec.chunks, shape, spec.dtype)
                 else:
                     raise ModelError(
@@ -147,6 +153,8 @@ class Runtime:
                 for n in module._buffers
                 if n not in module._non_persistent_buffers_set
             ]
+            if isinstance(module, PackedModule):
+                own.append(f"{path}.weight" if path else "weight")
             for full in own:
                 spec = owner_spec.get(full)
                 if spec is None:
@@ -212,24 +220,33 @@ class Runtime:
             if tensor in self.merged:
                 return self.merged[tensor]
             spec = self.skeleton.tensors[tensor]
-            # as the plan counts it: the shards' bytes as materialized (stored x expand), not
-            # the skeleton's dtype, which is float32 whatever the compute dtype
-            n_bytes = int(merged_bytes(spec.chunks) * self.residency.expand)
+            # as the plan counts it: the shards' bytes as materialized (stored x expand, or
+            # per chunk for packed sets), not the skeleton's dtype (float32 whatever the
+            # compute dtype)
+            residency = self.residency
+            n_bytes = merged_bytes(spec.chunks, residency.sizes, residency.expand)
             key = f"merged:{tensor}"
-            self.residency.reserve(key, n_bytes, what=f"tensor {tensor!r} concatenated")
+            residency.reserve(key, n_bytes, what=f"tensor {tensor!r} concatenated")
             try:
-                full: torch.Tensor | None = None
+                full: torch.Tensor | PackedWeight | None = None
+                packed: list[PackedWeight] = []
                 for shard in spec.chunks:
-                    part = self.residency.acquire(shard)[tensor]
+                    part = residency.acquire(shard)[tensor]
                     try:
+                        if isinstance(part, PackedWeight):
+                            packed.append(part)
+                            continue
                         if full is None:
                             full = _empty(spec.shape, part.dtype, part.device)
                         a, b = shard.rows or (0, 0)
+                        assert isinstance(full, torch.Tensor)
                         full[a:b].copy_(part)
                     finally:
-                        self.residency.release(shard)
+                        residency.release(shard)
+                if packed:
+                    full = PackedWeight.concat(packed)
             except BaseException:
-                self.residency.unreserve(key)
+                residency.unreserve(key)
                 raise
             assert full is not None
             self.merged[tensor] = full
@@ -294,7 +311,7 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
     if n_bytes == 0:
         return torch.empty(shape, dtype=dtype)
     # numpy asks for huge pages on big buffers (as sw_core.cache.allocate_buffer does)
-    return torch.frombuffer(memoryview(np.empty(n_bytes, dtype=np.uint8)), dtype=dtype).view(shape)
+    return torch.frombuffer(np.empty(n_bytes, dtype=np.uint8).data, dtype=dtype).view(shape)
 
 
 def _contiguous_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:

@@ -14,19 +14,19 @@ when it is kept whole (the shards are kept then): a lookup needs no concatenated
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
-from torch.nn import functional
 
 from sw_core.chunks.manifest import ChunkInfo
+from sw_core.engine.model.packed_modules import embedding, linear
 
 
 class ChunkAccess(Protocol):
     """What the sharded modules need: :class:`~sw_core.engine.memory.residency.Residency`."""
 
-    def acquire(self, chunk: ChunkInfo) -> dict[str, torch.Tensor]: ...
+    def acquire(self, chunk: ChunkInfo) -> dict[str, Any]: ...
 
     def release(self, chunk: ChunkInfo) -> None: ...
 
@@ -105,16 +105,14 @@ class ShardedEmbedding(_Sharded):
             weight = self.access.acquire(shard)[self.tensor]
             try:
                 if len(present) == 1:
-                    out = functional.embedding(flat - a, weight)
+                    out = embedding(flat - a, weight)
                     break
                 if out is None:
                     out = torch.empty(
                         flat.numel(), self.cols, dtype=weight.dtype, device=weight.device
                     )
                 pick = torch.nonzero(which == index).squeeze(1)
-                out.index_copy_(
-                    0, pick, functional.embedding(flat.index_select(0, pick) - a, weight)
-                )
+                out.index_copy_(0, pick, embedding(flat.index_select(0, pick) - a, weight))
             finally:
                 self.access.release(shard)
                 del weight  # the shard's buffer can be reused as soon as it is released
@@ -147,7 +145,7 @@ class ShardedLinear(_Sharded):
             a, b = shard.rows or (0, 0)
             weight = self.access.acquire(shard)[self.tensor]
             try:
-                out[..., a:b] = functional.linear(hidden, weight)
+                out[..., a:b] = linear(hidden, weight)
             finally:
                 self.access.release(shard)
                 del weight  # the shard's buffer can be reused as soon as it is released

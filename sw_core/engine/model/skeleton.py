@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -22,8 +22,21 @@ from torch import nn
 from sw_core.architectures import ARCHITECTURES, Family, check_architecture
 from sw_core.chunks.manifest import ChunkInfo, Manifest
 from sw_core.chunks.safetensors_io import load_tensors
+from sw_core.engine.model.packed import PackedWeight, StoredPacked
+from sw_core.engine.model.packed_modules import (
+    PackedEmbedding,
+    PackedModule,
+    replace_packed_modules,
+)
 from sw_core.engine.model.structure import describe
 from sw_core.exceptions import ModelError, SecurityError
+from sw_core.quant.formats import split_part
+
+#: How a place holds its tensor: a parameter, a buffer, or a packed module's weight.
+PARAM, BUFFER, PACKED = "param", "buffer", "packed"
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 #: model_type -> family; the architectures this engine runs and tests.
 SUPPORTED_TYPES: dict[str, Family] = {k: a.family for k, a in ARCHITECTURES.items()}
@@ -63,14 +76,14 @@ def load_config(raw: bytes) -> Any:
         raise ModelError(f"config.json is not a usable transformers config: {exc}") from None
 
 
-def model_class(manifest: Manifest, config: Any) -> tuple[type[nn.Module], Family]:
+def model_class(manifest: Manifest, config: Any) -> tuple[type[PreTrainedModel], Family]:
     """The transformers class named by the manifest, if its family is supported."""
     import transformers
 
     model_type = str(getattr(config, "model_type", ""))
     family = check_architecture(model_type, f"model {manifest.name!r}").family
     cls = getattr(transformers, manifest.model_class, None)
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
         raise ModelError(
             f"model {manifest.name!r}: {manifest.model_class!r} is not a transformers model class"
         )
@@ -84,9 +97,18 @@ class Skeleton:
         manifest: the chunk set's manifest.
         config: the transformers config built from its ``config.json``.
         device: where materialized tensors and the rebuilt buffers live.
+        packed_dtype: keep packed tensors packed, computing with activations of this dtype
+            (bfloat16), in the modules that can (:mod:`~sw_core.engine.model.packed_modules`);
+            None widens every packed tensor on arrival.
     """
 
-    def __init__(self, manifest: Manifest, config: Any, device: torch.device) -> None:
+    def __init__(
+        self,
+        manifest: Manifest,
+        config: Any,
+        device: torch.device,
+        packed_dtype: torch.dtype | None = None,
+    ) -> None:
         from accelerate import init_empty_weights
 
         self.manifest = manifest
@@ -103,14 +125,21 @@ class Skeleton:
             )
         with init_empty_weights(include_buffers=False):
             model = cls(config)
-        self.model: nn.Module = model.eval()
+        self.model: PreTrainedModel = model.eval()
         self.structure = describe(model)
         for module in model.modules():
             for name, buf in list(module._buffers.items()):
                 if buf is not None and not buf.is_meta:
                     module._buffers[name] = buf.to(device)
         self.tensors = self._map_tensors()
-        self._places: dict[str, tuple[nn.Module, str, bool]] = {}
+        #: Packed tensors that stay packed (the others are widened on arrival).
+        self.kept_packed: frozenset[str] = frozenset()
+        if packed_dtype is not None and manifest.formats:
+            owners = {spec.name: spec.owners for spec in self.tensors.values()}
+            self.kept_packed = frozenset(
+                replace_packed_modules(model, owners, manifest.formats, packed_dtype)
+            )
+        self._places: dict[str, tuple[nn.Module, str, str]] = {}
         for spec in self.tensors.values():
             for owner in spec.owners:
                 self._places[owner] = self._place(owner)
@@ -209,10 +238,12 @@ class Skeleton:
             )
 
     # ---------------------------------------------------------------- tensors in and out
-    def _place(self, name: str) -> tuple[nn.Module, str, bool]:
+    def _place(self, name: str) -> tuple[nn.Module, str, str]:
         path, _, attr = name.rpartition(".")
         module = self.model.get_submodule(path) if path else self.model
-        return module, attr, attr in module._parameters
+        if isinstance(module, PackedModule) and attr == "weight":
+            return module, attr, PACKED
+        return module, attr, PARAM if attr in module._parameters else BUFFER
 
     def refresh_places(self) -> None:
         """Re-resolve owners after modules were replaced; drop owners that no longer exist."""
@@ -220,12 +251,12 @@ class Skeleton:
             alive = []
             for owner in spec.owners:
                 try:
-                    module, attr, is_param = self._place(owner)
+                    module, attr, kind = self._place(owner)
                 except AttributeError:
                     continue
-                if attr in module._parameters or attr in module._buffers:
+                if kind == PACKED or attr in module._parameters or attr in module._buffers:
                     alive.append(owner)
-                    self._places[owner] = (module, attr, is_param)
+                    self._places[owner] = (module, attr, kind)
                 else:
                     self._places.pop(owner, None)
             spec.owners = alive
@@ -234,17 +265,25 @@ class Skeleton:
         names = set()
         for spec in self.tensors.values():
             places = [self._places[owner] for owner in spec.owners]
-            lookups = [isinstance(m, nn.Embedding) and attr == "weight" for m, attr, _ in places]
+            lookups = [
+                isinstance(m, nn.Embedding | PackedEmbedding) and attr == "weight"
+                for m, attr, _ in places
+            ]
             if spec.sharded and not spec.experts and lookups and all(lookups):
                 names.add(spec.name)
         return frozenset(names)
 
-    def set_tensor(self, canonical: str, tensor: torch.Tensor) -> None:
+    def set_tensor(self, canonical: str, tensor: torch.Tensor | PackedWeight) -> None:
         """Put ``tensor`` in every place that holds ``canonical`` (tied aliases included)."""
         self.generation += 1
         for owner in self.tensors[canonical].owners:
-            module, attr, is_param = self._places[owner]
-            if is_param:
+            module, attr, kind = self._places[owner]
+            if kind == PACKED:
+                assert isinstance(module, PackedModule)
+                module.packed = tensor if isinstance(tensor, PackedWeight) else None
+            elif isinstance(tensor, PackedWeight):
+                raise ModelError(f"{owner} cannot hold a packed weight")
+            elif kind == PARAM:
                 module._parameters[attr] = nn.Parameter(tensor, requires_grad=False)
             else:
                 module._buffers[attr] = tensor
@@ -254,7 +293,7 @@ class Skeleton:
         spec = self.tensors[canonical]
         self.set_tensor(canonical, torch.empty(spec.shape, dtype=spec.dtype, device="meta"))
 
-    def bind(self, chunk: ChunkInfo, tensors: dict[str, torch.Tensor]) -> None:
+    def bind(self, chunk: ChunkInfo, tensors: dict[str, Any]) -> None:
         """Put a whole chunk's tensors into the model (row shards are not bound)."""
         if chunk.rows is not None:
             return
@@ -267,38 +306,87 @@ class Skeleton:
         for name in chunk.tensors:
             self.clear_tensor(name)
 
-    def deserialize(self, chunk: ChunkInfo, data: bytearray) -> dict[str, torch.Tensor]:
+    def deserialize(self, chunk: ChunkInfo, data: bytearray | memoryview) -> dict[str, Any]:
         """Tensors of a verified chunk over ``data`` (zero-copy on CPU), checked against the
-        skeleton: exactly the listed names, each with the shape the model expects."""
-        tensors = load_tensors(data)
-        if set(tensors) != set(chunk.tensors):
-            extra = sorted(set(tensors) - set(chunk.tensors))
-            lacking = sorted(set(chunk.tensors) - set(tensors))
+        skeleton: exactly the names the manifest lists (a packed tensor's parts), each with
+        the shape the model expects. Packed tensors come back as
+        :class:`~sw_core.engine.model.packed.StoredPacked` (their parts, on the CPU)."""
+        stored = load_tensors(data)
+        expected = self.manifest.stored_tensors(chunk)
+        if set(stored) != set(expected):
+            extra = sorted(set(stored) - set(expected))
+            lacking = sorted(set(expected) - set(stored))
             raise SecurityError(
                 f"model {self.manifest.name!r}: chunk {chunk.name!r} does not hold what the "
                 f"manifest lists (extra {extra[:3]}, missing {lacking[:3]})"
             )
-        for name, tensor in tensors.items():
-            spec = self.tensors[name]
-            shape = spec.shape
-            if chunk.rows is not None:
-                shape = (chunk.rows[1] - chunk.rows[0], *spec.shape[1:])
-            if tuple(tensor.shape) != shape:
-                raise ModelError(
-                    f"model {self.manifest.name!r}: tensor {name!r} in chunk {chunk.name!r} has "
-                    f"shape {list(tensor.shape)}, the model expects {list(shape)}"
-                )
-            if tensor.dtype.is_floating_point != spec.dtype.is_floating_point:
-                raise ModelError(
-                    f"model {self.manifest.name!r}: tensor {name!r} in chunk {chunk.name!r} has "
-                    f"dtype {tensor.dtype}, the model expects {spec.dtype}"
-                )
+        rows = (chunk.rows[0], chunk.rows[1]) if chunk.rows is not None else None
+        tensors: dict[str, Any] = {}
+        packed: dict[str, dict[str, torch.Tensor]] = {}
+        for stored_name, tensor in stored.items():
+            name, part = split_part(stored_name)
+            if part is not None and name in self.manifest.formats:
+                packed.setdefault(name, {})[part] = tensor
+                continue
+            self._check_plain(chunk, name, tensor)
+            tensors[name] = tensor
+        for name, parts in packed.items():
+            tensors[name] = self._check_packed(chunk, name, parts, rows)
         if self.device.type != "cpu":
-            tensors = {k: v.to(self.device) for k, v in tensors.items()}
+            tensors = {
+                k: v.to(self.device) if isinstance(v, torch.Tensor) else v
+                for k, v in tensors.items()
+            }
         return tensors
+
+    def _check_plain(self, chunk: ChunkInfo, name: str, tensor: torch.Tensor) -> None:
+        spec = self.tensors[name]
+        shape = spec.shape
+        if chunk.rows is not None:
+            shape = (chunk.rows[1] - chunk.rows[0], *spec.shape[1:])
+        if tuple(tensor.shape) != shape:
+            raise ModelError(
+                f"model {self.manifest.name!r}: tensor {name!r} in chunk {chunk.name!r} has "
+                f"shape {list(tensor.shape)}, the model expects {list(shape)}"
+            )
+        if tensor.dtype.is_floating_point != spec.dtype.is_floating_point:
+            raise ModelError(
+                f"model {self.manifest.name!r}: tensor {name!r} in chunk {chunk.name!r} has "
+                f"dtype {tensor.dtype}, the model expects {spec.dtype}"
+            )
+
+    def _check_packed(
+        self,
+        chunk: ChunkInfo,
+        name: str,
+        parts: dict[str, torch.Tensor],
+        rows: tuple[int, int] | None,
+    ) -> StoredPacked:
+        fmt = self.manifest.formats[name]
+        spec = self.tensors[name]
+        if list(fmt.shape) != list(spec.shape):
+            raise ModelError(
+                f"model {self.manifest.name!r}: packed tensor {name!r} has shape {fmt.shape}, "
+                f"the model expects {list(spec.shape)}"
+            )
+        for part, (shape, dtype) in fmt.part_specs(rows).items():
+            tensor = parts[part]
+            if list(tensor.shape) != shape or str(tensor.dtype).removeprefix("torch.") != dtype:
+                raise SecurityError(
+                    f"model {self.manifest.name!r}: part {part!r} of packed tensor {name!r} in "
+                    f"chunk {chunk.name!r} is {tensor.dtype} {list(tensor.shape)}, its format "
+                    f"says {dtype} {shape}"
+                )
+        return StoredPacked(name, fmt, parts, rows)
 
     def meta_tensors(self, module: nn.Module, *, recurse: bool) -> list[str]:
         """Names of ``module``'s parameters/buffers still on ``meta`` (not materialized)."""
         names = [n for n, p in module.named_parameters(recurse=recurse) if p.is_meta]
         names += [n for n, b in module.named_buffers(recurse=recurse) if b.is_meta]
+        packed = module.named_modules() if recurse else [("", module)]
+        names += [
+            f"{n}.weight" if n else "weight"
+            for n, m in packed
+            if isinstance(m, PackedModule) and m.packed is None
+        ]
         return names

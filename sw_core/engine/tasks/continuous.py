@@ -18,27 +18,48 @@ Encoder-decoder models (T5) are not supported here: they run as static batches.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import torch
 
 from sw_core.context import kv_bytes_per_token
+from sw_core.engine.model.skeleton import Skeleton
 from sw_core.engine.tasks.generation import eos_ids, shared_prompts, take_cache_rows
 from sw_core.engine.tasks.grammar import advance, constrain
 from sw_core.engine.tasks.logprobs import StepLogprobs, TokenLogprob, TokenText
-from sw_core.engine.tasks.requests import GenerateRequest
+from sw_core.engine.tasks.passes import PassContext
+from sw_core.engine.tasks.requests import GenerateRequest, RequestParser
 from sw_core.engine.tasks.sampling import choose, generator_for, penalize
 from sw_core.engine.tasks.stopping import stop_in
 from sw_core.exceptions import ModelError
+
+T = TypeVar("T")
+
+
+class DecodeEngine(PassContext, Protocol):
+    """What a :class:`DecodeSession` needs of its engine (a loaded
+    :class:`~sw_core.engine.StreamingEngine`, which this room may not import)."""
+
+    skeleton: Skeleton
+    parser: RequestParser
+    tokenizer: Any  # a transformers tokenizer, or None
+    generation_config: Any  # a transformers GenerationConfig, or None
+
+    @property
+    def name(self) -> str: ...
+
+    async def run_on_compute(
+        self, fn: Callable[[], T], *, on_error: Callable[[], None] | None = None
+    ) -> T: ...
 
 
 @dataclass
 class Sequence:
     """One generating input: its request, its tokens so far and why it stopped."""
 
-    key: Any
+    key: Hashable
     request: GenerateRequest
     generator: torch.Generator | None
     tokens: list[int] = field(default_factory=list)
@@ -66,7 +87,7 @@ class StepReport:
     """What one step did: its number, one new token per active sequence, who finished."""
 
     step: int
-    tokens: dict[Any, int]
+    tokens: dict[Hashable, int]
     finished: list[Sequence]
 
 
@@ -79,7 +100,7 @@ class DecodeSession:
             sequence's prompt plus ``max_new_tokens``).
     """
 
-    def __init__(self, engine: Any, kv_cache_bytes: int) -> None:
+    def __init__(self, engine: DecodeEngine, kv_cache_bytes: int) -> None:
         if engine.family == "seq2seq":
             raise ModelError(
                 f"model {engine.name!r}: continuous batching needs a decoder-only model"
@@ -100,7 +121,7 @@ class DecodeSession:
         self.token_text: TokenText = engine.token_text
         self.rows: list[Sequence] = []
         self.steps = 0
-        self._cache: Any = None
+        self._cache: Any = None  # a transformers DynamicCache: see _grow
         self._mask: torch.Tensor | None = None
 
     # ---------------------------------------------------------------- admission
@@ -158,7 +179,7 @@ class DecodeSession:
     def active(self) -> int:
         return len(self.rows)
 
-    def drop(self, keys: set[Any]) -> None:
+    def drop(self, keys: set[Hashable]) -> None:
         """Remove sequences (cancelled, expired) before the next step."""
         keep = [i for i, s in enumerate(self.rows) if s.key not in keys]
         if len(keep) != len(self.rows):
@@ -225,7 +246,7 @@ class DecodeSession:
         for i, record in raw.take(chosen).items():
             rows[i].logprobs.append(record)
         self.rows, self._cache, self._mask = rows, cache, full_mask
-        tokens: dict[Any, int] = {}
+        tokens: dict[Hashable, int] = {}
         finished: list[Sequence] = []
         for i, (seq, token) in enumerate(zip(rows, chosen, strict=True)):
             seq.position = seq.position + 1 if i < old else len(seq.request.ids)
@@ -275,7 +296,8 @@ class DecodeSession:
 
     # ---------------------------------------------------------------- cache surgery
     def _grow(self, joining: int, device: torch.device) -> tuple[Any, torch.Tensor]:
-        """The cache with ``joining`` empty rows added, and its padding mask."""
+        """The cache with ``joining`` empty rows added, and its padding mask. (transformers types
+        a cache's layers as a union that includes layers without keys: Any here.)"""
         from transformers import DynamicCache
 
         if self._cache is None or self._mask is None or not self.rows:

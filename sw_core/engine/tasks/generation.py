@@ -20,7 +20,7 @@ penalizes the decoder's ids) and its generated tokens.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 
@@ -32,6 +32,14 @@ from sw_core.engine.tasks.sampling import choose, generator_for, penalize
 from sw_core.engine.tasks.stopping import stop_in
 
 Stepper = Callable[[torch.Tensor], torch.Tensor]
+
+
+class _DecoderState(TypedDict):
+    """What a decoder-only stepper carries from one step to the next."""
+
+    mask: torch.Tensor
+    positions: torch.Tensor
+    first: bool
 
 
 def eos_ids(generation_config: Any, config: Any) -> set[int]:
@@ -160,7 +168,7 @@ def _seq2seq_stepper(
     first, expand = shared_prompts([r.ids for r in requests])
     ids, mask = pad([requests[i].ids for i in first], ctx.pad_id, left=False, device=device)
     ctx.begin_pass(("encoder",), ids)
-    encoder_hidden = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state  # type: ignore[operator]
+    encoder_hidden = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
     if len(first) < len(requests):  # identical prompts (n completions) were encoded once
         index = torch.tensor(expand, device=device)
         encoder_hidden, mask = encoder_hidden[index], mask[index]
@@ -194,7 +202,7 @@ def _decoder_stepper(
     step_ids, mask = pad([requests[i].ids for i in first], ctx.pad_id, left=True, device=device)
     positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
     cache = DynamicCache(config=model.config)
-    state = {"mask": mask, "positions": positions, "first": True}
+    state: _DecoderState = {"mask": mask, "positions": positions, "first": True}
     index = torch.tensor(expand, device=device)
 
     def step(current: torch.Tensor) -> torch.Tensor:

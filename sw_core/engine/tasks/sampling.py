@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import secrets
 from collections import Counter
-from typing import Any
 
 import torch
 
@@ -59,7 +58,9 @@ def generator_for(req: GenerateRequest, device: torch.device) -> torch.Generator
 
 
 def choose(
-    logits: torch.Tensor, requests: list[GenerateRequest], generators: list[Any]
+    logits: torch.Tensor,
+    requests: list[GenerateRequest],
+    generators: list[torch.Generator | None],
 ) -> torch.Tensor:
     """Next token per row: argmax, or a seeded sample with temperature/top-k/top-p."""
     chosen = logits.argmax(dim=-1)

@@ -230,14 +230,14 @@ class FakeProducer:
         self.result_value = result
         self.redis = None
 
-    def stream(self, job_id: str, *, timeout: float | None = 60):
+    def stream(self, job_id: str, *, timeout_s: float | None = 60):
         async def events():
             for event in self.events:
                 yield event
 
         return events()
 
-    async def result(self, job_id: str, timeout: float | None = 30):
+    async def result(self, job_id: str, timeout_s: float | None = 30):
         return self.result_value
 
     async def cancel(self, job_id: str) -> str:
