@@ -128,7 +128,7 @@ def _synth(args: argparse.Namespace) -> int:
 def _list(as_json: bool) -> int:
     from sw_core.synth import SHAPES, planned_bytes, planned_chunks
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, shape in SHAPES.items():
         config, _, chunks = planned_chunks(name)
         rows.append(

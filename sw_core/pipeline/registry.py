@@ -109,7 +109,7 @@ class ModelRegistry:
 
     async def synthetic(self) -> dict[str, str]:
         """Registered models whose weights are random (``sw synth``) -> what they imitate."""
-        raw = await self.redis.hgetall(self.keys.model_synthetic)
+        raw = await self.redis.hgetall(self.keys.model_synthetic)  # type: ignore[misc]
         return {
             (k.decode() if isinstance(k, bytes) else str(k)): (
                 v.decode() if isinstance(v, bytes) else str(v)

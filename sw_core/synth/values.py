@@ -86,7 +86,7 @@ class PlausibleBF16:
         else:  # int8 scales (float32): q of about 74 standard deviation
             out.fill(WEIGHT_STD / 74)
 
-    def _run(self, name: str, index: int) -> tuple[int, int]:
+    def _run(self, name: str, index: int) -> tuple[int, np.uint16]:
         """Pool offset and mantissa key of run ``index`` of tensor ``name``."""
         digest = hashlib.blake2b(f"{self.seed}:{name}:{index}".encode(), digest_size=8).digest()
         value = int.from_bytes(digest, "little")

@@ -154,7 +154,7 @@ def write_chunk(
                     n = min(per_piece, total - first)
                     raw = buffers[slot][: n * spec.itemsize]
                     fill(spec.name, first, raw.view(_NUMPY[spec.dtype]))
-                    emit(memoryview(raw), slot)
+                    emit(memoryview(raw.data), slot)
                     slot ^= 1
             _wait(pending[0])
             _wait(pending[1])

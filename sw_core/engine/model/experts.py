@@ -16,7 +16,8 @@ and ``batched_mm`` sum each token's top-k slots; both are reproduced bit for bit
 from __future__ import annotations
 
 import threading
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -117,7 +118,8 @@ class StreamedExperts(nn.Module):
         """transformers' expert MLP (``act(gate) * up``, then ``down``) on packed weights
         (:func:`~sw_core.engine.model.packed_modules.packed_experts` checked the form)."""
         gate, up = _expert_linear(rows, weights["gate_up_proj"]).chunk(2, dim=-1)
-        hidden = self._inner.act_fn(gate) * up
+        act_fn = cast(Callable[[torch.Tensor], torch.Tensor], self._inner.act_fn)
+        hidden = act_fn(gate) * up
         return _expert_linear(hidden, weights["down_proj"])
 
     def extra_repr(self) -> str:
