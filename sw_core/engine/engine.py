@@ -36,7 +36,7 @@ from sw_core.engine.memory.budget import ResidencyPlan, plan_residency
 from sw_core.engine.memory.buffers import BufferPool
 from sw_core.engine.memory.heap import limit_heap_retention
 from sw_core.engine.memory.residency import Residency
-from sw_core.engine.model.dtypes import Packing, compute_dtype, expansion, packed_dtype
+from sw_core.engine.model.dtypes import DTYPES, Packing, compute_dtype, expansion, packed_dtype
 from sw_core.engine.model.footprint import chunk_sizes
 from sw_core.engine.model.kernels import kernels_for
 from sw_core.engine.model.runtime import Runtime
@@ -198,8 +198,9 @@ class StreamingEngine:
         self.pad_id = pad_token_id(tokenizer, gen_config, config)
         positions = model_positions(config)
         has_head = self.family != "encoder" and self.skeleton.structure.head is not None
-        self._kv_itemsize = dtype.itemsize
-        context = context_limits(config, settings, generates=has_head, itemsize=dtype.itemsize)
+        # the KV cache is in the compute dtype (None: the stored one)
+        self._kv_itemsize = (dtype or DTYPES.get(manifest.dtype) or torch.float32).itemsize
+        context = context_limits(config, settings, generates=has_head, itemsize=self._kv_itemsize)
         if self.family == "seq2seq":  # T5's positions are relative: only the KV cache bounds
             context = replace(context, positions=None)
         embed_bounds = [b for b in (positions, settings.max_input_tokens) if b]

@@ -12,6 +12,7 @@ for a job that never ran.
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 from sw_core.cache.errors import out_of_memory_error
 from sw_core.exceptions import JobError
@@ -24,6 +25,7 @@ from sw_core.pipeline.store import (
     START_NO_MEMORY,
     JobStore,
 )
+from sw_core.schema import JobStatus
 from sw_core.settings import Settings
 from workers.jobs.outcomes import JobOutcomes
 
@@ -59,7 +61,7 @@ async def start_batch(
         if deliveries == START_CANCELLED:
             # cancelled between the check and the start: never run, ended with the ack
             # (job_end counts it only when the cancel did not already)
-            await outcomes.with_retries(lambda job=job: ends.end(job, "cancelled"), "end job")
+            await outcomes.with_retries(partial(ends.end, job, JobStatus.CANCELLED), "end job")
             log.info("worker %s: job %s cancelled before it started", name, job.job_id)
         elif deliveries == START_LOST:
             log.info("worker %s: %s is no longer ours; skipped", name, job.entry_id)

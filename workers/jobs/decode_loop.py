@@ -27,6 +27,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from sw_core.exceptions import ModelError, is_transient
@@ -42,6 +43,11 @@ if TYPE_CHECKING:  # the engine imports torch; the consumer imports this module 
     from sw_core.engine.tasks.continuous import DecodeSession, Sequence
 
 log = logging.getLogger(__name__)
+
+
+def _key(job_id: str, base: int, j: int) -> tuple[str, int]:
+    """A sequence's key: its job and its index among the job's answers."""
+    return job_id, base + j
 
 
 @dataclass
@@ -133,10 +139,9 @@ class DecodeLoop:
             job = self.waiting[0]
             try:
                 requests = await self.owner.handler.sequence_requests(self.model, job)
-                seqs = []  # n completions per input, input-major: index = input * n + j
+                seqs: list[Sequence] = []  # n per input, input-major: index = input * n + j
                 for req in requests:
-                    base = len(seqs)
-                    seqs += self.session.parse_all(req, lambda j, b=base, i=job.job_id: (i, b + j))
+                    seqs += self.session.parse_all(req, partial(_key, job.job_id, len(seqs)))
             except Exception as exc:  # a bad job (or a bug parsing it) fails that job only
                 self.waiting.pop(0)
                 if not isinstance(exc, ModelError):

@@ -27,7 +27,7 @@ import torch
 from sw_core.context import kv_bytes_per_token
 from sw_core.engine.model.skeleton import Skeleton
 from sw_core.engine.tasks.generation import eos_ids, shared_prompts, take_cache_rows
-from sw_core.engine.tasks.grammar import advance, constrain
+from sw_core.engine.tasks.grammar import Grammars, advance, constrain
 from sw_core.engine.tasks.logprobs import StepLogprobs, TokenLogprob, TokenText
 from sw_core.engine.tasks.passes import PassContext
 from sw_core.engine.tasks.requests import GenerateRequest, RequestParser
@@ -46,6 +46,8 @@ class DecodeEngine(PassContext, Protocol):
     parser: RequestParser
     tokenizer: Any  # a transformers tokenizer, or None
     generation_config: Any  # a transformers GenerationConfig, or None
+    token_text: TokenText
+    grammars: Grammars
 
     @property
     def name(self) -> str: ...
