@@ -12,12 +12,13 @@ waiters wake) instead of polling. A generate job's tokens can be read while it r
 from __future__ import annotations
 
 import asyncio
+import enum
 import re
 import uuid
 import warnings
 from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import Any, cast
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -40,10 +41,16 @@ from sw_core.queue_redis import queue_redis
 from sw_core.schema import JobStatus
 from sw_core.settings import Settings
 
+
+class _Unset(enum.Enum):
+    """Marks a keyword argument that was not given."""
+
+    UNSET = enum.auto()
+
+
 #: Longest single block on the done list; the hash is re-read after each.
 _WAIT_SLICE_S = 1.0
-#: Marks a keyword argument that was not given.
-_UNSET: Any = object()
+_UNSET = _Unset.UNSET
 _STREAM_ID_RE = re.compile(r"\d{1,20}-\d{1,20}")
 #: How long a (model, task) pair found runnable is trusted before the registry is asked again.
 _CHECK_TTL_S = 10.0
@@ -204,16 +211,19 @@ class Producer:
         return reply.decode() if isinstance(reply, bytes) else str(reply)
 
     def stream(
-        self, job_id: str, timeout_s: float | None = 60, *, timeout: Any = _UNSET
+        self, job_id: str, timeout_s: float | None = 60, *, timeout: float | _Unset | None = _UNSET
     ) -> AsyncIterator[dict[str, Any]]:
         """The events of a generate job as it runs (see :func:`producer.streaming.stream_events`):
-        ``{"type": "token", "index", "text", "step"}`` text deltas, ``{"type": "restart"}``
-        when a worker took the job over after a crash (start over), ``{"type": "end", "index",
-        "finish_reason", "prompt_tokens", "completion_tokens"}`` per input (``eos``, ``stop``
-        -- a ``stop`` sequence, of which no delta shows any part -- or ``length``) and a last
-        ``{"type": "final", "status"}`` -- for a job that ended ``done`` with its
-        ``finish_reason`` (one per input, comma-separated) and token counts (summed over
-        its inputs). ``timeout_s``: most seconds without an event (None: no limit)."""
+        ``{"type": "token", "index", "text", "step"}`` text deltas (with ``logprobs``: also
+        the entries of the tokens the text came from, which add up to the result's
+        ``logprobs``), ``{"type": "restart"}`` when a worker took the job over after a crash
+        (start over), ``{"type": "end", "index", "finish_reason", "prompt_tokens",
+        "completion_tokens"}`` per output (``eos``, ``stop`` -- a ``stop`` sequence, of which
+        no delta shows any part -- or ``length``; with ``n`` > 1 the outputs of input i are
+        ``i * n`` to ``i * n + n - 1``) and a last ``{"type": "final", "status"}`` -- for a
+        job that ended ``done`` with its ``finish_reason`` (one per output, comma-separated)
+        and token counts (summed; a prompt counted once however many completions it has).
+        ``timeout_s``: most seconds without an event (None: no limit)."""
         from producer.streaming import stream_events
 
         timeout_s = _renamed_timeout(timeout_s, timeout, "stream")
@@ -234,7 +244,8 @@ class Producer:
         A hand-added entry no worker has started yet (its job id is its entry id) is
         ``queued``; an unknown (or expired) job gives ``{"status": "unknown"}``.
         """
-        raw = await self.redis.hgetall(self.keys.job(job_id))
+        # redis-py types the async client's hash replies as sync|async unions (redis-py #2399)
+        raw = await self.redis.hgetall(self.keys.job(job_id))  # type: ignore[misc]
         if not raw:
             if _STREAM_ID_RE.fullmatch(job_id) and await self.redis.xrange(
                 self.keys.jobs, job_id, job_id
@@ -256,7 +267,7 @@ class Producer:
         return out
 
     async def result(
-        self, job_id: str, timeout_s: float | None = 30, *, timeout: Any = _UNSET
+        self, job_id: str, timeout_s: float | None = 30, *, timeout: float | _Unset | None = _UNSET
     ) -> Any:
         """Wait for the job's result.
 
@@ -272,7 +283,8 @@ class Producer:
         deadline = None if timeout_s is None else loop.time() + timeout_s
         done_key = self.keys.job_done(job_id)
         while True:
-            fields = await self.redis.hmget(
+            # redis-py types the async client's hash replies as sync|async unions (redis-py #2399)
+            fields = await self.redis.hmget(  # type: ignore[misc]
                 self.keys.job(job_id), ["status", "result", "error_type", "error"]
             )
             status, result, error_type, error = fields
@@ -293,10 +305,14 @@ class Producer:
                     "are inference workers running (arq workers.Settings)?"
                 )
             wait_s = max(min(remaining, _WAIT_SLICE_S), 0.01)
-            await self.redis.blmove(done_key, done_key, wait_s, "RIGHT", "LEFT")
+            # BLMOVE takes fractional seconds (int() would make a wait under 1 s block for
+            # ever); redis-py types the timeout as int
+            await self.redis.blmove(done_key, done_key, wait_s, "RIGHT", "LEFT")  # type: ignore[arg-type]
 
 
-def _renamed_timeout(timeout_s: float | None, timeout: Any, method: str) -> float | None:
+def _renamed_timeout(
+    timeout_s: float | None, timeout: float | _Unset | None, method: str
+) -> float | None:
     """``timeout_s``, or the deprecated ``timeout=`` keyword when it was given."""
     if timeout is _UNSET:
         return timeout_s
@@ -305,7 +321,7 @@ def _renamed_timeout(timeout_s: float | None, timeout: Any, method: str) -> floa
         DeprecationWarning,
         stacklevel=3,
     )
-    return cast("float | None", timeout)
+    return timeout
 
 
 def _job_error(error_type: bytes | None, error: bytes | None) -> SurfingError:

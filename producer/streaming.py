@@ -9,6 +9,7 @@ the beginning: the reader gets ``{"type": "restart"}`` and should drop what it s
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -33,6 +34,9 @@ _INT_FIELDS = frozenset(
     }
 )
 
+#: Fields that hold JSON (a ``token`` event's ``logprobs`` entries).
+_JSON_FIELDS = frozenset({"logprobs"})
+
 
 def parse_event(fields: dict[bytes, bytes]) -> dict[str, Any]:
     """One stream entry as a dict, with the numeric fields as integers."""
@@ -43,6 +47,11 @@ def parse_event(fields: dict[bytes, bytes]) -> dict[str, Any]:
         if name in _INT_FIELDS:
             try:
                 value = int(value)
+            except ValueError:
+                pass
+        elif name in _JSON_FIELDS:
+            try:
+                value = json.loads(value)
             except ValueError:
                 pass
         event[name] = value
@@ -84,7 +93,8 @@ async def stream_events(
         if entries:
             quiet_since = loop.time()
             continue
-        status_b = await redis.hget(keys.job(job_id), "status")
+        # redis-py types the async client's hash replies as sync|async unions (redis-py #2399)
+        status_b = await redis.hget(keys.job(job_id), "status")  # type: ignore[misc]
         status = status_b.decode() if status_b else "unknown"
         if status in FINAL_STATUSES or status == "unknown":
             # a final event written just before the status changed is read first

@@ -11,7 +11,10 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 #: Jobs submitted (producers count them).
 TOTAL_REQUESTS = "total_requests"
@@ -40,10 +43,25 @@ STORAGE_RETRIES = "storage_retries"
 STORAGE_FAILOVERS = "storage_failovers"
 INTEGRITY_FAILURES = "integrity_failures"
 
+#: Per-model sweep counters (hash ``Keys.stats_sweeps``, fields ``<name>:<model>``): model
+#: calls (one pass over the weights) that read chunks from outside the worker's memory, the
+#: chunks and bytes those passes read, and how many of them the shared cache served.
+SWEEPS = "sweeps"
+SWEEP_READS = "reads"
+SWEEP_HITS = "hits"
+SWEEP_BYTES = "bytes"
+SWEEP_HIT_BYTES = "hit_bytes"
+SWEEP_COUNTERS = (SWEEPS, SWEEP_READS, SWEEP_HITS, SWEEP_BYTES, SWEEP_HIT_BYTES)
+
 #: Width of one bucket of the recent counts (``Keys.stats_window``), in seconds.
 WINDOW_BUCKET_S = 10
 #: How long a bucket is kept: the longest ``alert_window_s`` plus one bucket.
 WINDOW_TTL_S = 86_400 + 60
+
+
+def sweep_counter(name: str, model: str) -> str:
+    """Field of one model's sweep counter in ``Keys.stats_sweeps``, e.g. ``hits:smollm2``."""
+    return f"{name}:{model}"
 
 
 def error_counter(error_type: str) -> str:
@@ -92,7 +110,7 @@ class Counters:
         with self._lock:
             self._pending.update(deltas)
 
-    async def flush(self, redis: Any, stats_key: str) -> None:
+    async def flush(self, redis: aioredis.Redis, stats_key: str) -> None:
         """Add the pending deltas to the Redis hash ``stats_key`` in one transaction."""
         deltas = self.take_pending()
         if not deltas:

@@ -12,24 +12,34 @@ a field here and using it in the engine.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any, Literal, Protocol, TypeVar, cast
 
 from sw_core.exceptions import JobError
+from sw_core.json_schema import check_json_schema
 from sw_core.utils import stop_sequences
 
 Task = Literal["embed", "generate", "forward"]
 #: Tasks a worker can run.
 TASKS: tuple[Task, ...] = ("embed", "generate", "forward")
 
-#: Most inputs (texts or token sequences) in one job.
-MAX_INPUTS = 256
+#: Most inputs (texts, chats or token sequences) in one job, per task: OpenAI's 2,048
+#: embedding inputs; for generate, inputs times ``n`` (the outputs), for forward, sequences.
+MAX_TASK_INPUTS: dict[Task, int] = {"embed": 2048, "generate": 256, "forward": 256}
+#: Most inputs in one job of any task (the bound of a payload's arrays).
+MAX_INPUTS = max(MAX_TASK_INPUTS.values())
 #: Most fields in one stream entry and most entries in a params map.
 MAX_FIELDS = 32
 #: Most messages in one chat input of a generate job.
 MAX_CHAT_MESSAGES = 64
+#: Most token ids in one input, whatever the model (its own context length is smaller).
+MAX_TOKEN_IDS = 1 << 17
+#: Most alternatives per token a generate job may ask for (``top_logprobs``, as OpenAI).
+MAX_TOP_LOGPROBS = 20
+#: Most completions of one input (``n``).
+MAX_COMPLETIONS = 16
 
 
 class JobStatus(StrEnum):
@@ -84,6 +94,8 @@ class ParamSpec:
     choices: tuple[str, ...] = ()
     #: OpenAI request fields that set this parameter, first one wins (the gateway maps them).
     openai: tuple[str, ...] = ()
+    #: A further check of a value of the right type (raises :class:`JobError`).
+    check: Callable[[str, Any], None] | None = None
 
 
 def _param(default: Any, kind: type, doc: str, **spec: Any) -> Any:
@@ -123,16 +135,23 @@ class GenerateParams:
     temperature: float | None = _param(
         None,
         float,
-        "sampling temperature (greedy unless given or do_sample is true)",
+        "sampling temperature; 0 is greedy (greedy unless given or do_sample is true)",
         low=0,
         high=100,
-        low_exclusive=True,
         openai=("temperature",),
     )
     top_p: float = _param(
         1.0, float, "nucleus sampling mass", low=0, high=1, low_exclusive=True, openai=("top_p",)
     )
     top_k: int = _param(0, int, "sample among the k likeliest tokens (0: all)", low=0, high=1 << 20)
+    min_p: float = _param(
+        0.0,
+        float,
+        "sample among tokens at least this times as likely as the likeliest (0: all)",
+        low=0,
+        high=1,
+        openai=("min_p",),
+    )
     seed: int | None = _param(
         None, int, "seed of this input's sampling", low=0, high=(1 << 63) - 1, openai=("seed",)
     )
@@ -148,11 +167,59 @@ class GenerateParams:
         low_exclusive=True,
         openai=("repetition_penalty",),
     )
+    frequency_penalty: float = _param(
+        0.0,
+        float,
+        "OpenAI's additive penalty: a logit minus this times the token's count in the output",
+        low=-2,
+        high=2,
+        openai=("frequency_penalty",),
+    )
+    presence_penalty: float = _param(
+        0.0,
+        float,
+        "OpenAI's additive penalty: a logit minus this once the token is in the output",
+        low=-2,
+        high=2,
+        openai=("presence_penalty",),
+    )
+    logprobs: bool = _param(
+        False,
+        bool,
+        "return each generated token's log-probability (the model's log-softmax, before any "
+        "penalty or temperature)",
+        openai=("logprobs",),
+    )
+    top_logprobs: int = _param(
+        0,
+        int,
+        "with logprobs: the k likeliest tokens at each step, with their log-probabilities",
+        low=0,
+        high=MAX_TOP_LOGPROBS,
+        openai=("top_logprobs",),
+    )
+    json_schema: str | None = _param(
+        None,
+        str,
+        "constrain the output to JSON valid under this JSON schema (a JSON text; "
+        '\'{"type": "object"}\' for any object); the engine masks every other token',
+        openai=("response_format",),
+        check=check_json_schema,
+    )
+    n: int = _param(
+        1,
+        int,
+        "completions of each input (completion i>0 of a seeded input samples with a seed "
+        "derived from the seed and i); results hold inputs x n outputs, input-major",
+        low=1,
+        high=MAX_COMPLETIONS,
+        openai=("n",),
+    )
 
     @property
     def sampling_temperature(self) -> float:
         """The temperature to sample at; 0.0 means greedy."""
-        if self.do_sample is False:
+        if self.do_sample is False or self.temperature == 0:
             return 0.0
         if self.do_sample or self.temperature is not None:
             return self.temperature if self.temperature is not None else 1.0
@@ -249,11 +316,13 @@ def check_value(name: str, value: Any, spec: ParamSpec, bounds: ParamBounds) -> 
             raise JobError(f"'{name}' {exc}") from None
     if kind is float and type(value) is int:
         value = float(value)
-    if type(value) is not kind or (kind is float and not math.isfinite(value)):
+    if type(value) is not kind or (isinstance(value, float) and not math.isfinite(value)):
         raise JobError(f"'{name}' must be {_rule(spec, bounds)}, got {short(value)}")
     if kind is str and spec.choices and value not in spec.choices:
         raise JobError(f"'{name}' must be {_rule(spec, bounds)}, got {short(value)}")
-    if kind in (int, float):
+    if spec.check is not None:
+        spec.check(name, value)
+    if kind in (int, float) and isinstance(value, (int, float)):
         low, high = spec.low, _high(spec, bounds)
         too_low = low is not None and (value <= low if spec.low_exclusive else value < low)
         if too_low or (high is not None and value > high):
@@ -272,13 +341,13 @@ def _rule(spec: ParamSpec, bounds: ParamBounds) -> str:
     word = _KIND_WORDS[spec.kind]
     low, high = spec.low, _high(spec, bounds)
     if low is not None and high is not None:
-        bounds = f"in ({low:g}, {high:g}]" if spec.low_exclusive else f"from {low:g} to {high:g}"
+        span = f"in ({low:g}, {high:g}]" if spec.low_exclusive else f"from {low:g} to {high:g}"
     elif low is not None:
-        bounds = f"{'>' if spec.low_exclusive else '>='} {low:g}"
+        span = f"{'>' if spec.low_exclusive else '>='} {low:g}"
     else:
-        bounds = ""
+        span = ""
     setting = f" (SW_{spec.high_setting.upper()})" if spec.high_setting else ""
-    return f"{word} {bounds}{setting}".rstrip()
+    return f"{word} {span}{setting}".rstrip()
 
 
 def _coerce_text(name: str, raw: Any, spec: ParamSpec) -> Any:

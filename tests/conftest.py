@@ -58,6 +58,15 @@ async def redis_client(redis_url: str) -> AsyncIterator[object]:
     await client.aclose()
 
 
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    """A Redis of the test's own (``maxmemory`` 64 MiB, ``noeviction``), for tests that change
+    its configuration: ``CONFIG SET maxmemory 1`` makes it refuse every write that may grow
+    memory, as a full Redis does."""
+    with RedisServer(maxmemory_mb=64, maxmemory_policy="noeviction") as server:
+        yield server
+
+
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Server]:
     """moto's S3 server for the whole session."""

@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 
 from sw_core.counters import Counters
 from sw_core.keys import Keys
-from sw_core.ops.prometheus import maybe_start_metrics_server
+from sw_core.ops.prometheus import MetricsServer, maybe_start_metrics_server
 from sw_core.pipeline.registry import ModelRegistry
 from sw_core.queue_redis import queue_redis
 from sw_core.settings import Settings, redact_url
@@ -31,7 +31,7 @@ from workers.chunks.loader import ChunkLoader, load_chunk
 from workers.chunks.protocol import LOAD_CHUNK, job_deserializer, job_serializer
 from workers.heartbeat import Heartbeat, default_worker_name
 from workers.jobs.consumer import JobConsumer
-from workers.jobs.handlers import close_handler, load_handler
+from workers.jobs.handlers import BatchHandler, close_handler, load_handler
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,8 @@ class Node:
     loader: ChunkLoader
     heartbeat: Heartbeat
     consumer: JobConsumer | None = None
-    handler: Any = None
-    metrics: Any = None
+    handler: BatchHandler | None = None
+    metrics: MetricsServer | None = None
     name: str = ""
     kind: str = ""
     preloading: asyncio.Task[None] | None = None
@@ -93,7 +93,7 @@ async def start_node(ctx: dict[str, Any], *, settings: Settings, kind: str, cons
     if consumer is not None:
         await consumer.start()
     preload = [m.strip() for m in settings.preload_models.split(",") if m.strip()]
-    if preload and hasattr(handler, "preload"):
+    if preload and handler is not None and hasattr(handler, "preload"):
         # in the background: heartbeats, loads and jobs go on meanwhile (a job for a model
         # being preloaded waits for the same engine instead of opening another)
         node.preloading = asyncio.create_task(handler.preload(preload), name="preload")

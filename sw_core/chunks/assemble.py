@@ -7,6 +7,7 @@ round trip, tests), not for serving: the engine streams chunks instead.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -17,13 +18,16 @@ from sw_core.hashing import Expected, hex_digest
 from sw_core.quant.formats import split_part
 from sw_core.quant.weights import dequantize_parts
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
-def model_class(manifest: Manifest) -> type[torch.nn.Module]:
+
+def model_class(manifest: Manifest) -> type[PreTrainedModel]:
     """The transformers class named by the manifest."""
     import transformers
 
     cls = getattr(transformers, manifest.model_class, None)
-    if not isinstance(cls, type) or not issubclass(cls, torch.nn.Module):
+    if not isinstance(cls, type) or not issubclass(cls, transformers.PreTrainedModel):
         raise ModelError(f"model {manifest.name!r}: unknown model class {manifest.model_class!r}")
     return cls
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -97,7 +97,9 @@ def skeleton_class(folder: Path) -> tuple[type[torch.nn.Module], Any]:
         cls = getattr(transformers, arch, None)
         if isinstance(cls, type):
             return cls, config
-    model_class = transformers.AutoModel._model_mapping.get(type(config))  # type: ignore[attr-defined]
+    # transformers' own table of config class -> model class (typed loosely upstream)
+    mapping: Any = cast(Any, transformers.AutoModel)._model_mapping
+    model_class = mapping.get(type(config))
     if model_class is None:
         raise ModelError(f"{folder}: unsupported model type {config.model_type!r}")
     return model_class, config

@@ -120,7 +120,7 @@ def chunk_model(
         quant.check()
     out.mkdir(parents=True, exist_ok=True)
     max_chunk_bytes = int(max_chunk_mb * (1 << 20))
-    if path is None:
+    if isinstance(source, torch.nn.Module):
         return _chunk_module(
             source,
             out,
@@ -132,6 +132,7 @@ def chunk_model(
             target=target,
             quant=quant,
         )
+    path = Path(source)
     if path.is_file():
         from sw_core.chunks.gguf_chunker import chunk_gguf
 

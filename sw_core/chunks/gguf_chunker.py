@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -56,7 +56,7 @@ def chunk_gguf(
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load GGUF file {path}: {exc}") from exc
     check_architecture(str(config.model_type), f"cannot chunk {path}")
-    model_class = AutoModelForCausalLM._model_mapping[type(config)]  # type: ignore[attr-defined]
+    model_class: Any = cast(Any, AutoModelForCausalLM)._model_mapping[type(config)]
     with torch.device("meta"):
         skeleton = model_class(config)
     stacks = block_stacks(skeleton)

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sw_core.chunks.tensor_sources import TensorSource
 from sw_core.exceptions import ModelError
 from sw_core.quant import int4_layout
 from sw_core.quant.formats import PackedFormat
@@ -75,7 +76,7 @@ class _Entry:
     packed: bool
 
 
-class GGUFSource:
+class GGUFSource(TensorSource):
     """Model-keyed tensors of a GGUF file, one at a time (a chunker tensor source)."""
 
     def __init__(self, reader: Any, processor: Any, name_map: dict[str, str]) -> None:

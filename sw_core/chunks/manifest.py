@@ -90,6 +90,9 @@ class Manifest:
     #: (:class:`~sw_core.quant.formats.PackedFormat` as a dict). A chunk holding one stores
     #: its parts (``<name>:q``, ``<name>:scales``...) instead of the tensor.
     packed: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Set for chunk sets of random weights (``sw synth``): the shape, seed and generator.
+    #: Such a model computes at the real model's cost and answers nonsense.
+    synthetic: dict[str, Any] | None = None
 
     # ---------------------------------------------------------------- lookups
     def chunk(self, name: str) -> ChunkInfo:
@@ -138,7 +141,18 @@ class Manifest:
 
     # ---------------------------------------------------------------- (de)serialisation
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
+        data = asdict(self)
+        if data["synthetic"] is None:  # manifests of real models stay as they were
+            del data["synthetic"]
+        return json.dumps(data, indent=2, sort_keys=False) + "\n"
+
+    def describe_synthetic(self) -> str | None:
+        """``"synthetic: random weights of the llama-3-8b shape (seed 0)"``, or None."""
+        if not self.synthetic:
+            return None
+        shape = self.synthetic.get("shape", "?")
+        seed = self.synthetic.get("seed", "?")
+        return f"synthetic: random weights of the {shape} shape (seed {seed})"
 
     def save(self, folder: str | Path) -> Path:
         path = Path(folder) / MANIFEST_FILE
@@ -166,6 +180,8 @@ class Manifest:
                 raise ModelError(
                     f"manifest format_version {version} does not match its packed tensors"
                 )
+            if not isinstance(data.get("synthetic") or {}, dict):
+                raise ModelError("malformed manifest: 'synthetic' is not an object")
             chunks = [ChunkInfo(**c) for c in data.pop("chunks")]
             files = [FileInfo(**f) for f in data.pop("files", [])]
             manifest = cls(chunks=chunks, files=files, **data)

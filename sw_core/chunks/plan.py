@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from sw_core.chunks.manifest import Role
 from sw_core.exceptions import ModelError
 from sw_core.quant.formats import PackedFormat
 
@@ -23,7 +24,7 @@ class ChunkPlan:
     of the one tensor it shards)."""
 
     name: str
-    role: str
+    role: Role
     tensors: list[str] = field(default_factory=list)
     stack: str | None = None
     index: int | None = None

@@ -52,7 +52,9 @@ class _Narrowed(TensorSource):
 
 
 def stored(
-    source: TensorSource, shapes: dict[str, tuple[list[int], torch.dtype]], dtype: Any
+    source: TensorSource,
+    shapes: dict[str, tuple[list[int], torch.dtype]],
+    dtype: torch.dtype | None,
 ) -> tuple[TensorSource, dict[str, tuple[list[int], torch.dtype]]]:
     """The source and shapes as stored: floating-point tensors in ``dtype`` when given."""
     if dtype is None:

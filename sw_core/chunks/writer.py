@@ -61,7 +61,7 @@ def write_chunks(
                 sha256=sha256,
                 blake3=blake3_hex,
                 tensors=list(plan.tensors),
-                role=plan.role,  # type: ignore[arg-type]
+                role=plan.role,
                 stack=plan.stack,
                 index=plan.index,
                 param_bytes=param_bytes,
@@ -122,6 +122,7 @@ def finish_manifest(
     gguf_file: str | None,
     dtype: str,
     packed: dict[str, PackedFormat] | None = None,
+    synthetic: dict[str, Any] | None = None,
 ) -> Manifest:
     chunk_files = {c.file for c in chunks}
     extra = {}
@@ -142,6 +143,7 @@ def finish_manifest(
         source=source_label,
         gguf_file=gguf_file,
         **extra,  # type: ignore[arg-type]
+        synthetic=synthetic,
     )
     tmp = out / ".manifest.json.tmp"
     tmp.write_text(manifest.to_json())

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
+from sw_core.cli.flags import Subparsers
 from sw_core.progress import progress_bar
 from sw_core.utils import mib
 
@@ -30,7 +30,7 @@ CPUs and GPUs) or widen them on arrival (SW_COMPUTE_DTYPE=float32: exactly the d
 model)."""
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "chunk",
         help="cut a model folder or .gguf file into safetensors layer chunks + manifest",

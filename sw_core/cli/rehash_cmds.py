@@ -5,16 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import Any
 
-from sw_core.cli.flags import add_cli_flags, settings_from_args
+from sw_core.cli.flags import Subparsers, add_cli_flags, settings_from_args
 from sw_core.cli.pipeline_cmds import REDIS_FLAGS
 from sw_core.cli.store_cmds import STORAGE_FLAGS
 from sw_core.exceptions import SecurityError
 from sw_core.settings import Settings
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "rehash",
         help="add a BLAKE3 digest per chunk and file to an existing chunk set's manifest",

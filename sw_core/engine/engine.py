@@ -20,47 +20,51 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
 from sw_core.chunks.manifest import ChunkInfo, Manifest
+from sw_core.context import kv_bytes_per_token
 from sw_core.engine.compute import ComputeThread
-from sw_core.engine.io.fetching import ChunkMaterializer, pool_bytes
 from sw_core.engine.io.sources import ChunkSource
-from sw_core.engine.memory.budget import ResidencyPlan, plan_residency
-from sw_core.engine.memory.buffers import BufferPool
+from sw_core.engine.memory.budget import ResidencyPlan
 from sw_core.engine.memory.heap import limit_heap_retention
 from sw_core.engine.memory.residency import Residency
-from sw_core.engine.model.dtypes import Packing, compute_dtype, expansion, packed_dtype
-from sw_core.engine.model.footprint import chunk_sizes
-from sw_core.engine.model.kernels import kernels_for
+from sw_core.engine.model.dtypes import DTYPES, compute_dtype, packed_dtype
 from sw_core.engine.model.runtime import Runtime
 from sw_core.engine.model.skeleton import Family, Skeleton, load_config
 from sw_core.engine.report import cache_report
 from sw_core.engine.setup import (
+    Where,
+    build_memory,
     load_generation_config,
     make_source,
     pad_token_id,
     read_chunk_set,
     resolve_device,
-    usable_positions,
 )
 from sw_core.engine.tasks.generation import eos_ids, run_generate
+from sw_core.engine.tasks.intake import request_intake
 from sw_core.engine.tasks.passes import run_embed, run_forward
 from sw_core.engine.tasks.pooling import SentencePipeline, read_pipeline
 from sw_core.engine.tasks.requests import (
     GenerateRequest,
-    Limits,
-    RequestParser,
     load_tokenizer,
 )
 from sw_core.exceptions import JobError, ModelError
 from sw_core.schema import check_task
 from sw_core.settings import Settings
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from sw_core.cache import ChunkCache
+
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class StreamingEngine:
@@ -82,6 +86,10 @@ class StreamingEngine:
         limit_heap_retention()
         self._compute = ComputeThread(lambda: self.residency, self._clear_locked)
         self._loaded = False
+        #: Model calls that read chunks from the source (not all weights were in memory).
+        self.sweeps = 0
+        #: Whether the source reads chunks past the page cache (``SW_DIRECT_IO``).
+        self.direct_io = False
         self.manifest: Manifest
         self.plan: ResidencyPlan
         self.residency: Residency
@@ -96,10 +104,10 @@ class StreamingEngine:
     @classmethod
     async def open(
         cls,
-        where: Any,
+        where: Where,
         settings: Settings | None = None,
         *,
-        cache: Any = None,
+        cache: ChunkCache | None = None,
         **overrides: Any,
     ) -> StreamingEngine:
         """Load the model at ``where`` (folder, ``s3://``, backend or source)."""
@@ -112,6 +120,15 @@ class StreamingEngine:
     async def load(self) -> StreamingEngine:
         """Read the manifest and files, build the skeleton and the residency plan."""
         manifest, files = await read_chunk_set(self.source)
+        if manifest.synthetic:
+            log.warning(
+                "model %s is %s: it computes at the real model's cost and answers nonsense",
+                manifest.name,
+                manifest.describe_synthetic(),
+            )
+        configure = getattr(self.source, "configure_reads", None)
+        if configure is not None:
+            self.direct_io = bool(configure(manifest.total_bytes, self.settings.direct_io))
         config = load_config(files["config.json"])
         tokenizer_files = {k: v for k, v in files.items() if k != "config.json"}
         tokenizer = await asyncio.to_thread(load_tokenizer, tokenizer_files)
@@ -127,68 +144,33 @@ class StreamingEngine:
         #: The compute dtype (None: as stored).
         self.compute_dtype = dtype
         self.skeleton = Skeleton(manifest, config, self.device, packed_dtype(dtype))
-        expand = expansion(manifest, dtype)
-        packing = sizes = None
-        if manifest.packed:
-            kept = self.skeleton.kept_packed
-            sizes = chunk_sizes(manifest, dtype, kept)
-            if kept:
-                assert dtype is not None
-                packing = Packing(kept, dtype, kernels_for(self.device))
-        self.plan = plan_residency(
-            manifest,
-            settings.memory_budget_bytes,
-            settings.prefetch_count,
-            lookup_only=self.skeleton.lookup_only,
-            expand=expand,
-            sizes=sizes,
-        )
-        self.buffers = BufferPool(
-            pool_bytes(manifest, self.plan, expand, settings.prefetch_count, sizes)
-        )
-        self.residency = Residency(
-            model_name=manifest.name,
-            budget_bytes=settings.memory_budget_bytes,
-            keep=self.plan.keep,
-            prefetch_count=settings.prefetch_count,
-            loader=ChunkMaterializer(
-                self.source,
-                self.skeleton,
-                self.device,
-                self.buffers,
-                self.plan.keep,
-                dtype,
-                packing,
-            ),
-            expand=expand,
-            sizes=sizes,
-            bind=self.skeleton.bind,
-            unbind=self.skeleton.unbind,
-            timeout_s=settings.timeout_seconds,
+        self.plan, self.buffers, self.residency = build_memory(
+            manifest, self.skeleton, self.source, self.device, settings, dtype
         )
         self.runtime = Runtime(self.skeleton, self.residency, self.plan)
         self.tokenizer = tokenizer
         self.generation_config = gen_config
         self.pad_id = pad_token_id(tokenizer, gen_config, config)
-        positions = usable_positions(config)
-        max_input = settings.max_input_tokens
-        if positions is not None:
-            max_input = min(max_input, int(positions))
-        self.limits = Limits(
-            model=manifest.name,
-            vocab_size=int(config.vocab_size),
-            max_input_tokens=max_input,
-            max_new_tokens=settings.max_new_tokens_limit,
-            max_positions=int(positions) if positions is not None else None,
-        )
         has_head = self.family != "encoder" and self.skeleton.structure.head is not None
-        self.parser = RequestParser(
-            self.limits,
+        # the KV cache is in the compute dtype (None: the stored one)
+        self._kv_itemsize = (dtype or DTYPES.get(manifest.dtype) or torch.float32).itemsize
+        intake = request_intake(
+            manifest.name,
+            config,
             tokenizer,
-            has_lm_head=has_head,
+            settings,
+            eos=eos_ids(gen_config, config),
+            has_head=has_head,
             seq2seq=self.family == "seq2seq",
+            kv_itemsize=self._kv_itemsize,
             embed_max_tokens=self.sentence.max_seq_length,
         )
+        #: The text and bytes of a token id, for ``logprobs``.
+        self.token_text = intake.token_text
+        #: Compiles ``json_schema`` params into llguidance matchers.
+        self.grammars = intake.grammars
+        self.limits = intake.limits
+        self.parser = intake.parser
         self._loaded = True
 
     # ---------------------------------------------------------------- properties
@@ -201,7 +183,7 @@ class StreamingEngine:
         return self.skeleton.family
 
     @property
-    def model(self) -> torch.nn.Module:
+    def model(self) -> PreTrainedModel:
         return self.skeleton.model
 
     @property
@@ -225,7 +207,8 @@ class StreamingEngine:
 
         Returns one result per request, msgpack-friendly: ``embed`` -> list of floats,
         ``forward`` -> nested lists (or CPU tensors with ``tensors=True``), ``generate`` ->
-        ``{"text", "token_ids", "finish_reason", "prompt_tokens"}``. A request that fails
+        ``{"text", "token_ids", "finish_reason", "prompt_tokens"}`` (plus ``"logprobs"`` when
+        asked; a request with ``n`` > 1 gets a list of its n results). A request that fails
         validation gets its :class:`~sw_core.exceptions.ModelError` in its slot instead;
         errors of the batch itself (a chunk that cannot be loaded) are raised, after the
         engine's memory is cleared.
@@ -260,21 +243,49 @@ class StreamingEngine:
             raise ModelError(str(exc)) from None
         if not isinstance(requests, list):
             raise ModelError(f"requests must be a list, got {type(requests).__name__}")
-        parse = getattr(self.parser, task)
+        # generate: a request's n completions are n rows (run next to each other, so their
+        # shared prompt runs once when they land in one batch)
+        parse = self.parser.generate_all if task == "generate" else getattr(self.parser, task)
         results: list[Any] = [None] * len(requests)
+        counts = [1] * len(requests)
         valid: list[tuple[int, Any]] = []
         for i, req in enumerate(requests):
             try:
-                valid.append((i, parse(req)))
+                parsed = parse(req)
             except ModelError as exc:
                 results[i] = exc
-        size = self.settings.max_batch_size
-        for start in range(0, len(valid), size):
-            part = valid[start : start + size]
-            outputs = self._compute_batch(task, [p for _, p in part])
-            for (i, _), out in zip(part, outputs, strict=True):
-                results[i] = out
+                continue
+            rows = parsed if isinstance(parsed, list) else [parsed]
+            counts[i] = len(rows)
+            valid.extend((i, row) for row in rows)
+        outputs: dict[int, list[Any]] = {}
+        for part in self._batches(task, valid):
+            computed = self._compute_batch(task, [p for _, p in part])
+            for (i, _), out in zip(part, computed, strict=True):
+                outputs.setdefault(i, []).append(out)
+        for i, outs in outputs.items():
+            results[i] = outs if counts[i] > 1 else outs[0]
         return results
+
+    def _batches(self, task: str, rows: list[tuple[int, Any]]) -> list[list[tuple[int, Any]]]:
+        """``rows`` in order, cut into batches of at most ``max_batch_size``; generate batches
+        also within the KV-cache budget (rows x the padded prompt plus the most new tokens;
+        one row alone always fits, the parser saw to that)."""
+        size = self.settings.max_batch_size
+        if task != "generate":
+            return [rows[i : i + size] for i in range(0, len(rows), size)]
+        per_token = kv_bytes_per_token(self.skeleton.config, self._kv_itemsize)
+        budget = self.settings.kv_cache_bytes
+        batches: list[list[tuple[int, Any]]] = []
+        current: list[tuple[int, Any]] = []
+        for row in rows:
+            grown = [*current, row]
+            width = max(len(r.ids) for _, r in grown) + max(r.max_new_tokens for _, r in grown)
+            if current and (len(grown) > size or len(grown) * width * per_token > budget):
+                batches.append(current)
+                grown = [row]
+            current = grown
+        return [*batches, current] if current else batches
 
     def _compute_batch(self, task: str, batch: list[Any]) -> list[Any]:
         if task == "embed":
@@ -290,11 +301,22 @@ class StreamingEngine:
             return str(tok.decode(ids, skip_special_tokens=True))
 
         eos = eos_ids(self.generation_config, self.skeleton.config)
-        return run_generate(self, batch, eos=eos, decode=decode if tok is not None else None)
+        return run_generate(
+            self,
+            batch,
+            eos=eos,
+            decode=decode if tok is not None else None,
+            token_text=self.token_text,
+            grammars=self.grammars,
+        )
 
     def begin_pass(self, prefixes: tuple[str, ...] | None, ids: torch.Tensor | None) -> None:
-        """Tell the prefetcher which units the next model call runs (tasks call this)."""
-        self.residency.set_schedule(self.runtime.schedule(prefixes, ids))
+        """Tell the prefetcher which units the next model call runs (tasks call this); a
+        call that reads chunks from outside the engine's memory counts one :attr:`sweeps`."""
+        schedule = self.runtime.schedule(prefixes, ids)
+        if schedule:
+            self.sweeps += 1
+        self.residency.set_schedule(schedule)
 
     # ---------------------------------------------------------------- cache control
     async def warmup(self, chunk_names: list[str] | None = None) -> dict[str, list[str]]:

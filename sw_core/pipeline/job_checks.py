@@ -15,7 +15,8 @@ from typing import Any
 from sw_core.exceptions import JobError
 from sw_core.schema import (
     MAX_CHAT_MESSAGES,
-    MAX_INPUTS,
+    MAX_TASK_INPUTS,
+    MAX_TOKEN_IDS,
     Task,
     check_params,
     check_task,
@@ -39,7 +40,55 @@ def validate_request(
     """
     model = check_name(model, "model")
     task = check_task(task)
-    return model, task, check_inputs(task, inputs, settings), check_params(task, params, settings)
+    check_unicode(inputs, "inputs")
+    check_unicode(params, "params")
+    inputs = check_inputs(task, inputs, settings)
+    params = check_params(task, params, settings)
+    check_outputs(len(inputs), params)
+    return model, task, inputs, params
+
+
+def check_outputs(inputs: int, params: Mapping[str, Any]) -> None:
+    """A generate job's outputs (inputs x ``n``) stay within ``MAX_TASK_INPUTS["generate"]``."""
+    n = params.get("n", 1)
+    most = MAX_TASK_INPUTS["generate"]
+    if isinstance(n, int) and inputs * n > most:
+        raise JobError(
+            f"{inputs} inputs x n={n} completions make {inputs * n} outputs; at most "
+            f"{most} are allowed in one job"
+        )
+
+
+def check_unicode(value: Any, where: str) -> None:
+    """Refuse text that cannot be encoded as UTF-8 (a lone surrogate, such as ``"\\ud800"``
+    from JSON or an undecodable byte of a command line), anywhere in ``value``.
+
+    Raises:
+        JobError: naming where the text is and the position of the bad character.
+    """
+    stack: list[tuple[Any, str]] = [(value, where)]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise JobError(
+                    f"{path} is not valid Unicode text: character {exc.start} is "
+                    f"{item[exc.start]!r} (a lone surrogate or an undecodable byte)"
+                ) from None
+        elif isinstance(item, Mapping):
+            stack += [(k, f"{path} key") for k in item] + [
+                (v, f"{path}[{k!r}]") for k, v in item.items()
+            ]
+        elif isinstance(item, (list, tuple)):
+            stack += [(v, f"{path}[{i}]") for i, v in enumerate(item)]
+
+
+def has_text(text: str) -> bool:
+    """Whether ``text`` holds something other than whitespace (the engine refuses a prompt
+    or a chat without any)."""
+    return bool(text.strip())
 
 
 def coerce_params(task: str, text_params: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
@@ -62,21 +111,27 @@ def check_name(value: Any, what: str) -> str:
 def check_inputs(task: Task, inputs: Any, settings: Settings) -> list[Any]:
     if not isinstance(inputs, list) or not inputs:
         raise JobError(f"inputs of a {task} job must be a non-empty list, got {short(inputs)}")
-    if len(inputs) > MAX_INPUTS:
-        raise JobError(f"{len(inputs)} inputs in one job; at most {MAX_INPUTS} are allowed")
+    if len(inputs) > MAX_TASK_INPUTS[task]:
+        raise JobError(
+            f"{len(inputs)} inputs in one {task} job; at most {MAX_TASK_INPUTS[task]} are allowed"
+        )
     if task == "generate":
         return [_check_generate_input(i, item) for i, item in enumerate(inputs)]
     if task == "embed":
         for i, text in enumerate(inputs):
-            if not isinstance(text, str) or not text:
-                raise JobError(f"input {i} of an embed job must be a non-empty string")
+            if not isinstance(text, str) or not has_text(text):
+                raise JobError(
+                    f"input {i} of an embed job must be a non-empty string (not only whitespace)"
+                )
         return list(inputs)
     for i, seq in enumerate(inputs):
         if not isinstance(seq, list) or not seq:
             raise JobError(f"input {i} of a forward job must be a non-empty list of token ids")
-        if len(seq) > settings.max_input_tokens:
+        most = settings.max_input_tokens or MAX_TOKEN_IDS
+        if len(seq) > most:
             raise JobError(
-                f"input {i} has {len(seq)} tokens; max_input_tokens is {settings.max_input_tokens}"
+                f"input {i} has {len(seq)} tokens; at most {most} are allowed"
+                + (" (SW_MAX_INPUT_TOKENS)" if settings.max_input_tokens else "")
             )
         for token in seq:
             if type(token) is not int or not 0 <= token <= _MAX_TOKEN_ID:
@@ -88,14 +143,16 @@ def check_inputs(task: Task, inputs: Any, settings: Settings) -> list[Any]:
 
 def _check_generate_input(i: int, item: Any) -> Any:
     """A prompt (non-empty text) or a chat: a list of ``{role, content}`` texts."""
-    if isinstance(item, str) and item:
+    if isinstance(item, str) and has_text(item):
         return item
     if isinstance(item, list):
         _check_chat(i, item)
+        if not any(has_text(message["content"]) for message in item):
+            raise JobError(f"input {i}: the chat holds no text (every 'content' is empty)")
         return [dict(message) for message in item]
     raise JobError(
-        f"input {i} of a generate job must be a non-empty string or a chat (a list of "
-        "{role, content} maps)"
+        f"input {i} of a generate job must be a non-empty string (not only whitespace) or a "
+        "chat (a list of {role, content} maps)"
     )
 
 

@@ -41,10 +41,19 @@ from sw_core.exceptions import JobError
 from sw_core.pipeline.job_checks import (
     check_inputs,
     check_name,
+    check_outputs,
     coerce_params,
     validate_request,
 )
-from sw_core.schema import MAX_FIELDS, MAX_INPUTS, check_params, check_task, short
+from sw_core.schema import (
+    MAX_FIELDS,
+    MAX_INPUTS,
+    MAX_TOKEN_IDS,
+    Task,
+    check_params,
+    check_task,
+    short,
+)
 from sw_core.settings import Settings
 
 #: Deepest nesting a payload may have ({"inputs": [[token, ...]]} is 3 deep).
@@ -162,7 +171,7 @@ def unpack_limited(data: bytes, settings: Settings) -> Any:
         max_buffer_size=settings.max_payload_bytes,
         max_str_len=settings.max_payload_bytes,
         max_bin_len=settings.max_payload_bytes,
-        max_array_len=max(MAX_INPUTS, settings.max_input_tokens),
+        max_array_len=max(MAX_INPUTS, settings.max_input_tokens or MAX_TOKEN_IDS),
         max_map_len=MAX_FIELDS,
         max_ext_len=0,
     )
@@ -275,6 +284,7 @@ def decode_entry(entry_id: str | bytes, fields: Mapping[Any, Any], settings: Set
         inputs = _hand_inputs(task, raw, settings)
         text_params = {k: v for k, v in raw.items() if k not in META_FIELDS | _INPUT_FIELDS}
         params = check_params(task, text_params, settings, from_text=True)
+    check_outputs(len(inputs), params)
     attempt = _int_field(raw, "attempt", 1, low=1)
     submitted = _int_field(raw, "submitted_ms", _entry_ms(entry), low=0)
     first_failure = _int_field(raw, "first_failure_ms", 0, low=0) or None
@@ -317,7 +327,7 @@ def _deadline(raw: Mapping[str, bytes], added_ms: int) -> int | None:
     return added_ms + int(seconds * 1000)
 
 
-def _hand_inputs(task: str, raw: Mapping[str, bytes], settings: Settings) -> list[Any]:
+def _hand_inputs(task: Task, raw: Mapping[str, bytes], settings: Settings) -> list[Any]:
     if "text" in raw and "inputs" in raw:
         raise JobError("give either 'text' (one input) or 'inputs' (a JSON list), not both")
     size = len(raw.get("text", b"")) + len(raw.get("inputs", b""))

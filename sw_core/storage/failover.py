@@ -132,12 +132,12 @@ class FailoverBackend(StorageBackend):
                 actual = await hex_digest_async(expected.algorithm, data)
                 if not expected.matches(actual):
                     self.counters.incr(INTEGRITY_FAILURES)
-                    exc = SecurityError(
+                    mismatch = SecurityError(
                         f"{expected.algorithm} {actual[:16]}... instead of "
                         f"{expected.hexdigest[:16]}... ({len(data)} bytes)"
                     )
-                    corrupt.append((backend, exc))
-                    log.warning("corrupt copy of %r in %s: %s", key, backend.describe(), exc)
+                    corrupt.append((backend, mismatch))
+                    log.warning("corrupt copy of %r in %s: %s", key, backend.describe(), mismatch)
                     continue
                 if corrupt and self.repair:
                     await self._repair(key, data, [b for b, _ in corrupt])

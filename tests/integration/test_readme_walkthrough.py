@@ -93,8 +93,10 @@ def test_readme_walkthrough_runs_as_a_script(redis_url: str, s3_server, tmp_path
         log,
         re.M,
     ), log[:2000]
-    assert len(re.findall(r" INFO workers\.outcomes: job \S+ done model=minilm", log)) == 4
-    assert re.search(r" INFO workers\.outcomes: job \S+ done model=smollm2 task=generate", log)
+    assert len(re.findall(r" INFO workers\.jobs\.outcomes: job \S+ done model=minilm", log)) == 4
+    assert re.search(
+        r" INFO workers\.jobs\.outcomes: job \S+ done model=smollm2 task=generate", log
+    )
     assert re.search(r"chunk (minilm|smollm2)/\S+ loaded from storage", log + logs)
     assert not re.search(r"[0-9a-f]{64}", log), "chunk hashes in the worker log"
     # 4 embed jobs, 3 generate jobs (--wait, --stream, the snippet); the cancelled one is not done

@@ -32,13 +32,13 @@ _BASE = tuple(
     f"sw_core.{name}"
     for name in (
         "exceptions utils hashing keys settings settings_doc counters progress retry "
-        "lua_scripts queue_redis architectures schema schema_doc"
+        "lua_scripts queue_redis architectures schema schema_doc context json_schema"
     ).split()
 )
 _WORKERS = ("workers.base", "workers.chunks", "workers.jobs", "workers")
 _LIB = ("base", "storage", "cache", "quant", "chunks")
 _ENGINE = ("engine.memory", "engine.model", "engine.io", "engine.tasks", "engine")
-_LIBRARY = (*_LIB, *_ENGINE, "pipeline", "ops")
+_LIBRARY = (*_LIB, *_ENGINE, "synth", "pipeline", "ops")
 
 #: Bottom to top.
 ROOMS: tuple[Room, ...] = (
@@ -52,6 +52,7 @@ ROOMS: tuple[Room, ...] = (
     Room("cache", ("sw_core.cache",), ("base", "storage"), "the Redis chunk cache"),
     Room("quant", ("sw_core.quant",), ("base",), "packed weight formats, layouts, quantizers"),
     Room("chunks", ("sw_core.chunks",), _LIB[:4], "chunk sets: chunker, manifest, verify"),
+    Room("synth", ("sw_core.synth",), _LIB, "random weights in the shapes of real models"),
     Room("engine.memory", ("sw_core.engine.memory",), _LIB, "budget, residency, buffers"),
     Room("engine.model", ("sw_core.engine.model",), (*_LIB, *_ENGINE[:1]), "model surgery"),
     Room("engine.io", ("sw_core.engine.io",), (*_LIB, *_ENGINE[:2]), "chunk sources, fetching"),

@@ -1,8 +1,11 @@
 """The inference side of chunk loading: a chunk source backed by the cluster's loaders.
 
 :class:`RemoteChunkSource` implements the engine's chunk-source protocol. A cache hit is
-returned at once. On a miss (counted once: the reads that follow it leave the cache's hit
-and miss counters alone) it subscribes to ``chunk_ready(sha256)`` *before* asking, reads
+returned at once. A miss the cache would not admit (:mod:`sw_core.cache.admission`: a sweep
+larger than the cache, a one-off read while the cache is full of more used chunks) is read
+from storage by this worker itself, straight into the engine's buffer: no loader round trip,
+no cache write, what reading the store directly costs. On an admitted miss (counted once:
+the reads that follow it leave the cache's hit and miss counters alone) it subscribes to ``chunk_ready(sha256)`` *before* asking, reads
 the cache once more (the chunk may have landed meanwhile), enqueues one ``load_chunk`` job
 when it wins the chunk's load lease (one load cluster-wide, however many
 waiters), and waits for the announcement up to ``timeout_seconds``, asking again whenever the
@@ -19,11 +22,20 @@ from typing import Any
 
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
-from redis.exceptions import OutOfMemoryError, RedisError
+from redis.exceptions import RedisError
 
 from sw_core.cache import ChunkCache
+from sw_core.cache.errors import out_of_memory, out_of_memory_error
 from sw_core.chunks.chunk_set import open_store, read_set_file
 from sw_core.chunks.manifest import ChunkInfo
+from sw_core.counters import (
+    SWEEP_BYTES,
+    SWEEP_HIT_BYTES,
+    SWEEP_HITS,
+    SWEEP_READS,
+    Counters,
+    sweep_counter,
+)
 from sw_core.exceptions import CacheError, WeightServerError, error_class
 from sw_core.keys import Keys
 from sw_core.lua_scripts import lua_source
@@ -50,6 +62,9 @@ class RemoteChunkSource:
         cache: the chunk cache (default: :meth:`ChunkCache.from_settings`, closed by
             :meth:`close`).
         timeout_s: longest wait for one chunk (default ``settings.timeout_seconds``).
+        counters: where storage reads past the cache count their bytes (``sw:stats``).
+        sweep_counters: where each read counts as a sweep read of this model, and a hit
+            (``Keys.stats_sweeps``).
 
     The asyncio clients are made on first use, on the loop of that call; use one instance
     from one event loop.
@@ -62,6 +77,8 @@ class RemoteChunkSource:
         *,
         cache: ChunkCache | None = None,
         timeout_s: float | None = None,
+        counters: Counters | None = None,
+        sweep_counters: Counters | None = None,
     ) -> None:
         self.model = model
         self.settings = settings
@@ -73,8 +90,13 @@ class RemoteChunkSource:
         self._arq: ArqRedis | None = None
         self._refresh: Any = None
         self._flights: dict[str, asyncio.Future[Any]] = {}
-        #: Chunks this source had to ask a loader for.
+        self.counters = counters if counters is not None else Counters()
+        self.sweep_counters = sweep_counters if sweep_counters is not None else Counters()
+        self._past_cache: Any = None  # a StoreChunkSource once needed
+        self._reads: tuple[int, str] | None = None  # configure_reads' arguments
+        #: Chunks this source had to ask a loader for / read from storage past the cache.
         self.remote_loads = 0
+        self.direct_reads = 0
 
     def describe(self) -> str:
         return f"chunk loaders of model {self.model!r} via {redact_url(self.settings.redis_url)}"
@@ -88,14 +110,19 @@ class RemoteChunkSource:
             WeightServerError: no loader announced the chunk within ``timeout_s``.
             SurfingError: the loader's own error (ChunkNotFoundError, SecurityError ...).
         """
-        data = await self.cache.aget(chunk.sha256, out=out, blake3=chunk.blake3)
-        if data is not None:
-            return data
+        found = await self.cache.alookup(
+            chunk.sha256, chunk.size_bytes, out=out, blake3=chunk.blake3
+        )
+        self._count(chunk, hit=found.hit)
+        if found.data is not None:
+            return found.data
+        if not found.admit:
+            return await self._read_past_cache(chunk, out)
         flight = self._flights.get(chunk.sha256)
         if flight is None:
             flight = asyncio.ensure_future(self._load_remote(chunk))
             self._flights[chunk.sha256] = flight
-            flight.add_done_callback(lambda _f, sha=chunk.sha256: self._flights.pop(sha, None))
+            flight.add_done_callback(lambda _f: self._flights.pop(chunk.sha256, None))
         return await asyncio.shield(flight)
 
     async def fetch_file(self, name: str) -> bytes:
@@ -107,6 +134,43 @@ class RemoteChunkSource:
             return await read_set_file(store, name, parsed.manifest_sha256)
         finally:
             await store.close()
+
+    def configure_reads(self, set_bytes: int, mode: str) -> bool:
+        """Chunks this worker reads from a folder past the cache go past the page cache too
+        for a set larger than memory (``SW_DIRECT_IO``)."""
+        from sw_core.storage.direct import wants_direct
+
+        self._reads = (set_bytes, mode)
+        if self._past_cache is not None:
+            self._past_cache.configure_reads(set_bytes, mode)
+        return wants_direct(mode, set_bytes)
+
+    def _count(self, chunk: ChunkInfo, *, hit: bool) -> None:
+        add = self.sweep_counters.incr
+        add(sweep_counter(SWEEP_READS, self.model))
+        add(sweep_counter(SWEEP_BYTES, self.model), chunk.size_bytes)
+        if hit:
+            add(sweep_counter(SWEEP_HITS, self.model))
+            add(sweep_counter(SWEEP_HIT_BYTES, self.model), chunk.size_bytes)
+
+    async def _read_past_cache(
+        self, chunk: ChunkInfo, out: memoryview | None
+    ) -> bytearray | memoryview:
+        """A chunk the cache does not take: from storage into ``out``, verified."""
+        if self._past_cache is None:
+            # imported here: loaders import this module and never need torch
+            from sw_core.engine.io.sources import StoreChunkSource
+
+            redis = await self._clients()
+            location = await ModelRegistry(redis[0], self.settings).resolve(self.model)
+            store, parsed = open_store(
+                location, self.settings, model=self.model, counters=self.counters
+            )
+            self._past_cache = StoreChunkSource(store, manifest_sha256=parsed.manifest_sha256)
+            if self._reads is not None:
+                self._past_cache.configure_reads(*self._reads)
+        self.direct_reads += 1
+        return await self._past_cache.fetch(chunk, out=out)
 
     async def _clients(self) -> tuple[Redis, ArqRedis]:
         if self._redis is None or self._arq is None:
@@ -211,6 +275,9 @@ class RemoteChunkSource:
         if self._redis is not None:
             await self._redis.aclose()
         self._redis = self._arq = None
+        if self._past_cache is not None:
+            await self._past_cache.store.close()
+            self._past_cache = None
         if self._own_cache:
             await asyncio.to_thread(self.cache.close)
 
@@ -219,9 +286,6 @@ def _load_request_error(exc: RedisError, chunk: ChunkInfo) -> CacheError | Weigh
     """A Redis failure while asking the loaders for ``chunk``, as a transient Surfing error
     with a readable message (redis-py's pipeline errors quote the binary arq job)."""
     where = f"asking a loader for chunk {chunk.name!r}"
-    if isinstance(exc, OutOfMemoryError) or "maxmemory" in str(exc):
-        return CacheError(
-            f"Redis is out of memory (maxmemory reached with a noeviction policy) while {where}; "
-            "set SW_CACHE_SIZE_MB well below Redis' maxmemory or raise maxmemory"
-        )
+    if out_of_memory(exc):
+        return out_of_memory_error(where)
     return WeightServerError(f"Redis failed while {where}: {type(exc).__name__}: {str(exc)[:200]}")

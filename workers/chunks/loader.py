@@ -111,7 +111,7 @@ class ChunkLoader:
         try:
             return await self._load(model, chunk_name, sha256)
         finally:
-            if keeper is not None:
+            if keeper is not None and lease_token is not None:
                 keeper.cancel()
                 with contextlib.suppress(BaseException):
                     await keeper

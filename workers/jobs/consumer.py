@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 
 from sw_core.exceptions import JobError, ModelError
+from sw_core.ops.resident import RESIDENT_FIELD, encode_resident
 from sw_core.pipeline.jobs import Job, decode_entry, decode_fields
 from sw_core.pipeline.lifecycle import JobEnds
 from sw_core.pipeline.registry import ModelRegistry
@@ -155,7 +157,7 @@ class JobConsumer:
         for job in [*leftovers, *self._buffer]:
             try:
                 if await self.outcomes.with_retries(
-                    lambda j=job: self.store.hand_back(j), "hand back"
+                    functools.partial(self.store.hand_back, job), "hand back"
                 ):
                     handed += 1
             except Exception as exc:
@@ -179,13 +181,17 @@ class JobConsumer:
     def report(self) -> dict[str, str | int]:
         """What this consumer is doing, for the heartbeat hash."""
         current = list(self._inflight.values())
-        return {
+        fields: dict[str, str | int] = {
             "current_model": current[0].model if current else "",
             "current_jobs": ",".join(j.job_id for j in current)[:512],
             "jobs_done": self.jobs_done,
             "jobs_failed": self.jobs_failed,
             "held": len(self._held),
         }
+        resident = getattr(self.handler, "resident_chunks", None)
+        if resident is not None:  # the engines' chunks in memory, for the gateway's chunk map
+            fields[RESIDENT_FIELD] = encode_resident(resident())
+        return fields
 
     # ------------------------------------------------------------------ intake
     async def _read_loop(self) -> None:
@@ -233,10 +239,9 @@ class JobConsumer:
                     log.exception("worker %s: decoding entry %s failed", self.name, entry_id)
                 log.warning("worker %s: entry %s dead-lettered: %s", self.name, entry_id, exc)
                 self.outcomes.jobs_failed += 1
+                why = (type(exc).__name__, str(exc), self.name)
                 await self.outcomes.with_retries(
-                    lambda e=entry_id, r=raw, x=exc: self.store.dead_letter_raw(
-                        e, r, type(x).__name__, str(x), self.name
-                    ),
+                    functools.partial(self.store.dead_letter_raw, entry_id, raw, *why),
                     "dead-letter a malformed entry",
                 )
                 continue
@@ -349,8 +354,9 @@ class JobConsumer:
                 settings=self.settings,
                 name=self.name,
             )
-            if runnable and task == "generate" and await self._loop_takes(model):
-                self.loops.add(model, runnable)
+            loops = self.loops if runnable and task == "generate" else None
+            if loops is not None and await self._loop_takes(model):
+                loops.add(model, runnable)
                 handed = {job.entry_id for job in runnable}
             elif runnable:
                 started_s = asyncio.get_running_loop().time()

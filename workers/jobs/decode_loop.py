@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from sw_core.exceptions import ModelError, is_transient
@@ -43,6 +45,11 @@ if TYPE_CHECKING:  # the engine imports torch; the consumer imports this module 
 log = logging.getLogger(__name__)
 
 
+def _key(job_id: str, base: int, j: int) -> tuple[str, int]:
+    """A sequence's key: its job and its index among the job's answers."""
+    return job_id, base + j
+
+
 @dataclass
 class _Running:
     """A job in a decode loop: its sequences (one per input) and their text so far."""
@@ -50,6 +57,8 @@ class _Running:
     job: Job
     seqs: list[Sequence] = field(default_factory=list)
     deltas: list[TextDeltas] = field(default_factory=list)
+    #: Per sequence, how many of its ``logprobs`` entries were streamed.
+    logprobs_sent: list[int] = field(default_factory=list)
 
     @property
     def done(self) -> bool:
@@ -130,9 +139,14 @@ class DecodeLoop:
             job = self.waiting[0]
             try:
                 requests = await self.owner.handler.sequence_requests(self.model, job)
-                seqs = [self.session.parse((job.job_id, i), req) for i, req in enumerate(requests)]
-            except ModelError as exc:
+                seqs: list[Sequence] = []  # n per input, input-major: index = input * n + j
+                for req in requests:
+                    seqs += self.session.parse_all(req, partial(_key, job.job_id, len(seqs)))
+            except Exception as exc:  # a bad job (or a bug parsing it) fails that job only
                 self.waiting.pop(0)
+                if not isinstance(exc, ModelError):
+                    log.exception("job %s could not join the decode batch", job.job_id)
+                    exc = ModelError(f"the job could not join the decode batch: {exc}")
                 await self.owner.outcomes.failed(job, exc)
                 self.owner.release(job)
                 continue
@@ -143,7 +157,7 @@ class DecodeLoop:
             self.waiting.pop(0)
             joining += seqs
             deltas = [TextDeltas(self.session.decode, s.request.params.stop) for s in seqs]
-            self.running[job.job_id] = _Running(job, seqs, deltas)
+            self.running[job.job_id] = _Running(job, seqs, deltas, [0] * len(seqs))
             events.append(
                 (
                     job.job_id,
@@ -169,13 +183,17 @@ class DecodeLoop:
             seq = state.seqs[index]
             ended = seq.finish_reason is not None
             delta = state.deltas[index].next(seq.text_ids, final=ended, end=seq.stop_at)
-            if delta:
-                events.append(
-                    (
-                        job_id,
-                        {"type": StreamEvent.TOKEN, "index": index, "text": delta, "step": step},
-                    )
-                )
+            event: dict[str, Any] = {"type": StreamEvent.TOKEN, "index": index, "text": delta}
+            if seq.request.params.logprobs and (delta or ended):
+                # the entries of the tokens this text came from (a partial character's
+                # tokens wait for the rest); added up, the result's ``logprobs``
+                sent = state.logprobs_sent[index]
+                entries = self.session.logprob_entries(seq, sent)
+                state.logprobs_sent[index] = sent + len(entries)
+                if entries:
+                    event["logprobs"] = json.dumps(entries, separators=(",", ":"))
+            if delta or "logprobs" in event:
+                events.append((job_id, {**event, "step": step}))
             if ended:
                 events.append(
                     (
@@ -196,21 +214,16 @@ class DecodeLoop:
         await self.owner.streams.write(events)
         for state in finished:
             del self.running[state.job.job_id]
-            result = [
-                {
-                    "text": self.session.text(s),
-                    "token_ids": s.tokens,
-                    "finish_reason": s.finish_reason,
-                    "prompt_tokens": len(s.request.ids),
-                }
-                for s in state.seqs
-            ]
+            result = [self.session.result(s) for s in state.seqs]
             await self.owner.outcomes.finish([state.job], [result])
             final = {
                 "type": StreamEvent.FINAL,
                 "status": JobStatus.DONE,
                 "finish_reason": ",".join(str(s.finish_reason) for s in state.seqs),
-                "prompt_tokens": sum(len(s.request.ids) for s in state.seqs),
+                # a prompt with n completions ran (and counts) once
+                "prompt_tokens": sum(
+                    len(s.request.ids) for s in state.seqs if not s.request.completion
+                ),
                 "completion_tokens": sum(len(s.tokens) for s in state.seqs),
             }
             await self.owner.streams.write([(state.job.job_id, final)])

@@ -107,7 +107,7 @@ async def load_handler(settings: Settings, path: str | None = None) -> BatchHand
     return obj
 
 
-async def close_handler(handler: Any) -> None:
+async def close_handler(handler: BatchHandler) -> None:
     """Call the handler's optional ``close()`` (sync or async)."""
     close = getattr(handler, "close", None)
     if close is None:

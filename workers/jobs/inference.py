@@ -19,7 +19,7 @@ from collections import OrderedDict
 from typing import Any
 
 from sw_core.cache import ChunkCache
-from sw_core.counters import Counters
+from sw_core.counters import SWEEPS, Counters, sweep_counter
 from sw_core.engine import StreamingEngine
 from sw_core.engine.tasks.continuous import DecodeSession
 from sw_core.engine.tasks.requests import request_of
@@ -72,9 +72,13 @@ class InferenceHandler:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.counters = Counters()
+        #: Per-model sweep counters (``Keys.stats_sweeps``): sweeps, reads, hits, bytes.
+        self.sweep_counters = Counters()
         self.cache = ChunkCache.from_settings(settings, counters=self.counters)
         self._redis = queue_redis(settings)
-        self._stats_key = Keys(settings.key_prefix).stats
+        keys = Keys(settings.key_prefix)
+        self._stats_key, self._sweeps_key = keys.stats, keys.stats_sweeps
+        self._sweeps_seen: dict[str, int] = {}
         self.registry = ModelRegistry(self._redis, settings)
         self._engines: OrderedDict[str, StreamingEngine] = OrderedDict()
         self._sources: dict[str, RemoteChunkSource] = {}
@@ -90,7 +94,13 @@ class InferenceHandler:
         async with lock:
             if model not in self._engines:
                 await self.registry.resolve(model)  # ModelError for an unknown model
-                source = RemoteChunkSource(model, self.settings, cache=self.cache)
+                source = RemoteChunkSource(
+                    model,
+                    self.settings,
+                    cache=self.cache,
+                    counters=self.counters,
+                    sweep_counters=self.sweep_counters,
+                )
                 engine = StreamingEngine(source, self.settings)
                 try:
                     await engine.load()
@@ -118,7 +128,8 @@ class InferenceHandler:
             log.info("model %s preloaded in %.1f s", model, took_s)
 
     async def run_batch(self, model: str, task: Task, jobs: list[Job]) -> list[Any | BaseException]:
-        """One result per job: the list of the engine's outputs for the job's inputs."""
+        """One result per job: the list of the engine's outputs for the job's inputs (a
+        generate job's: each input's ``n`` completions, input-major)."""
         engine = await self.engine(model)
         defaults = self._defaults(engine) if task == "generate" else {}
         requests: list[dict[str, Any]] = []
@@ -130,12 +141,15 @@ class InferenceHandler:
         try:
             outputs = await engine.run_async(task, requests)
         finally:
-            await self.counters.flush(self._redis, self._stats_key)
+            await self._flush(model)
         self._fit_budget(model)
         results: list[Any | BaseException] = []
         for start, end in spans:
-            errors = [o for o in outputs[start:end] if isinstance(o, BaseException)]
-            results.append(errors[0] if errors else outputs[start:end])
+            mine = outputs[start:end]
+            errors = [o for o in mine if isinstance(o, BaseException)]
+            if task == "generate":  # an input's n completions, input-major
+                mine = [out for o in mine for out in (o if isinstance(o, list) else [o])]
+            results.append(errors[0] if errors else mine)
         return results
 
     async def decode_session(self, model: str) -> DecodeSession | None:
@@ -159,8 +173,22 @@ class InferenceHandler:
 
     async def after_step(self, model: str) -> None:
         """After each decode step: flush the counters, keep the worker within its budget."""
-        await self.counters.flush(self._redis, self._stats_key)
+        await self._flush(model)
         self._fit_budget(model)
+
+    def resident_chunks(self) -> dict[str, list[str]]:
+        """Names of the chunks each open model holds in memory now."""
+        return {name: e.residency.resident_chunks() for name, e in self._engines.items()}
+
+    async def _flush(self, model: str) -> None:
+        """Count the engine's new sweeps of ``model`` and flush every counter."""
+        engine = self._engines.get(model)
+        if engine is not None:
+            new = engine.sweeps - self._sweeps_seen.get(model, 0)
+            self._sweeps_seen[model] = engine.sweeps
+            self.sweep_counters.incr(sweep_counter(SWEEPS, model), new)
+        await self.counters.flush(self._redis, self._stats_key)
+        await self.sweep_counters.flush(self._redis, self._sweeps_key)
 
     def _fit_budget(self, active: str) -> None:
         """Release the least recently used other engines while the worker is over budget."""

@@ -44,6 +44,7 @@ class TokenStreams:
                     key = self.keys.job_tokens(job_id)
                     clean = {k: str(v) for k, v in fields.items() if v is not None}
                     self.bytes_written += sum(len(k) + len(v.encode()) for k, v in clean.items())
+                    # redis-py wants a dict of its own key and value unions (dicts are invariant)
                     pipe.xadd(key, clean, maxlen=self.max_len, approximate=True)  # type: ignore[arg-type]
                     touched.add(key)
                 for key in touched:

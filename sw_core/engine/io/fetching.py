@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import torch
 
 from sw_core.chunks.manifest import ChunkInfo, Manifest
+from sw_core.engine.io.sources import ChunkSource
 from sw_core.engine.memory.budget import ResidencyPlan
 from sw_core.engine.memory.buffers import GRANULE_BYTES, BufferPool
 from sw_core.engine.model.dtypes import Packing, Tensors, to_compute
+from sw_core.engine.model.skeleton import Skeleton
 from sw_core.exceptions import SecurityError
 
 
@@ -40,7 +42,7 @@ def pool_bytes(
     return plan.window_bytes + int(largest * expand) + narrow_copy + rounding
 
 
-def _takes_out(source: Any) -> bool:
+def _takes_out(source: ChunkSource) -> bool:
     """Whether ``source.fetch`` takes ``out=`` (a subclass may override it without)."""
     try:
         return "out" in inspect.signature(source.fetch).parameters
@@ -63,8 +65,8 @@ class ChunkMaterializer:
 
     def __init__(
         self,
-        source: Any,
-        skeleton: Any,
+        source: ChunkSource,
+        skeleton: Skeleton,
         device: torch.device,
         buffers: BufferPool,
         keep: frozenset[str],
@@ -83,7 +85,8 @@ class ChunkMaterializer:
     async def __call__(self, chunk: ChunkInfo) -> Tensors:
         streamed = chunk.name not in self.keep
         if streamed and self._reads_into:
-            data = await self.source.fetch(chunk, out=self.buffers.take(chunk.size_bytes))
+            fetch_into: Callable[..., Awaitable[bytearray | memoryview]] = self.source.fetch
+            data = await fetch_into(chunk, out=self.buffers.take(chunk.size_bytes))
         else:
             data = await self.source.fetch(chunk)
         if len(data) != chunk.size_bytes:

@@ -14,11 +14,16 @@ Example:
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from sw_core.chunks.chunk_set import read_set_file
 from sw_core.chunks.manifest import ChunkInfo
 from sw_core.exceptions import CacheError
+from sw_core.storage.direct import wants_direct
+
+if TYPE_CHECKING:
+    from sw_core.cache import ChunkCache
+    from sw_core.storage import StorageBackend
 
 
 @runtime_checkable
@@ -43,6 +48,17 @@ class ChunkSource(Protocol):
         ...
 
 
+def set_direct_io(store: StorageBackend, set_bytes: int, mode: str) -> bool:
+    """Make the folders among ``store`` (a failover chain's members too) read chunks past
+    the page cache when :func:`~sw_core.storage.direct.wants_direct` says so; whether it
+    did."""
+    on = wants_direct(mode, set_bytes)
+    for backend in (store, *getattr(store, "backends", ())):
+        if hasattr(backend, "direct_io"):
+            backend.direct_io = on
+    return on
+
+
 class StoreChunkSource:
     """Chunks straight from a storage backend (folder, S3, failover chain).
 
@@ -51,16 +67,23 @@ class StoreChunkSource:
         manifest_sha256: the location's manifest pin, if any (:mod:`sw_core.chunks.pin`).
     """
 
-    def __init__(self, store: Any, *, manifest_sha256: str | None = None) -> None:
+    def __init__(self, store: StorageBackend, *, manifest_sha256: str | None = None) -> None:
         self.store = store
         self.manifest_sha256 = manifest_sha256
 
     def describe(self) -> str:
         return str(self.store.describe())
 
+    def configure_reads(self, set_bytes: int, mode: str) -> bool:
+        """Reads past the page cache for a chunk set larger than memory (``SW_DIRECT_IO``)."""
+        return set_direct_io(self.store, set_bytes, mode)
+
     async def fetch(
         self, chunk: ChunkInfo, *, out: memoryview | None = None
     ) -> bytearray | memoryview:
+        verified_into = getattr(self.store, "load_verified_into", None)
+        if out is not None and verified_into is not None:  # hashed as it is read
+            return await verified_into(chunk.file, out, chunk.sha256, blake3=chunk.blake3)
         load_into = getattr(self.store, "load_into", None)
         if out is not None and load_into is not None:
             data = await load_into(chunk.file, out)
@@ -78,10 +101,13 @@ class CachedChunkSource:
     """The shared Redis chunk cache first, the storage backend on a miss.
 
     ``cache`` is the synchronous :class:`~sw_core.cache.ChunkCache`; it is called in
-    worker threads. ``ChunkCache.get`` checks the bytes against the chunk's digest itself
+    worker threads. ``ChunkCache.lookup`` checks the bytes against the chunk's digest itself
     (a corrupt entry is dropped and reads as a miss), so a hit is verified; a miss is
-    loaded with ``load_verified`` from the store and then put in the cache. A failing
-    cache (Redis down, out of memory) makes fetches slower, never wrong: the store serves.
+    loaded from the store (into the engine's buffer when it lends one) and checked there,
+    then put in the cache only when the cache admits it (:mod:`sw_core.cache.admission`): a
+    sweep larger than the cache then reads the rest of its chunks as if there were no
+    cache, without writing them to Redis only to evict them. A failing cache (Redis down,
+    out of memory) makes fetches slower, never wrong: the store serves.
 
     Args:
         cache: the chunk cache.
@@ -89,36 +115,47 @@ class CachedChunkSource:
         manifest_sha256: the location's manifest pin, if any (:mod:`sw_core.chunks.pin`).
     """
 
-    def __init__(self, cache: Any, store: Any, *, manifest_sha256: str | None = None) -> None:
+    def __init__(
+        self, cache: ChunkCache, store: StorageBackend, *, manifest_sha256: str | None = None
+    ) -> None:
         self.cache = cache
         self.store = store
         self.manifest_sha256 = manifest_sha256
+        self._direct = StoreChunkSource(store, manifest_sha256=manifest_sha256)
         #: Chunks this source served from the cache / loaded from the store.
         self.cache_hits = 0
         self.cache_misses = 0
+        #: Misses the cache did not admit (read from the store, not put in the cache).
+        self.past_cache = 0
         #: Cache calls that failed and were bypassed.
         self.cache_errors = 0
 
     def describe(self) -> str:
         return f"chunk cache + {self.store.describe()}"
 
+    def configure_reads(self, set_bytes: int, mode: str) -> bool:
+        """Misses read past the page cache for a chunk set larger than memory."""
+        return self._direct.configure_reads(set_bytes, mode)
+
     async def fetch(
         self, chunk: ChunkInfo, *, out: memoryview | None = None
     ) -> bytearray | memoryview:
+        admit = True
         try:
-            data = await asyncio.to_thread(
-                self.cache.get, chunk.sha256, out=out, blake3=chunk.blake3
+            found = await asyncio.to_thread(
+                self.cache.lookup, chunk.sha256, chunk.size_bytes, out=out, blake3=chunk.blake3
             )
+            if found.data is not None and len(found.data) == chunk.size_bytes:
+                self.cache_hits += 1
+                return found.data
+            admit = found.admit
         except CacheError:
             self.cache_errors += 1
-            data = None
-        if data is not None and len(data) == chunk.size_bytes:
-            self.cache_hits += 1
-            return data
         self.cache_misses += 1
-        loaded = await self.store.load_verified(
-            chunk.file, chunk.sha256, max_size_bytes=chunk.size_bytes, blake3=chunk.blake3
-        )
+        loaded = await self._direct.fetch(chunk, out=out)
+        if not admit:
+            self.past_cache += 1
+            return loaded
         try:
             await asyncio.to_thread(self.cache.put, chunk.sha256, loaded, verify=False)
         except CacheError:  # too large or Redis failing: serve from the store anyway

@@ -113,10 +113,10 @@ class BufferPool:
                 buffer = self._map_within_capacity(size)
             if buffer is None:
                 self.stats.unpooled += 1
-                return memoryview(np.empty(size, dtype=np.uint8))
+                return np.empty(size, dtype=np.uint8).data
             lease = buffer.array[:size]
             buffer.lease = weakref.ref(lease)
-            return memoryview(lease)
+            return lease.data
 
     def clear(self) -> None:
         """Forget every free buffer (in-use ones are freed by their last user)."""

@@ -16,7 +16,8 @@ and ``batched_mm`` sum each token's top-k slots; both are reproduced bit for bit
 from __future__ import annotations
 
 import threading
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -42,6 +43,8 @@ class StreamedExperts(nn.Module):
         chunks: expert chunks in expert order (chunk ``e`` holds expert ``e``).
         tensors: ``{parameter name: canonical tensor name}`` of the fused tensors.
     """
+
+    _inner: nn.Module  # set in __dict__: not a submodule
 
     def __init__(
         self,
@@ -99,7 +102,8 @@ class StreamedExperts(nn.Module):
                         inner._parameters[param] = nn.Parameter(
                             tensors[canonical], requires_grad=False
                         )
-                    inner.num_experts = 1
+                    # torch types Module.__setattr__ for tensors and modules only
+                    inner.num_experts = 1  # type: ignore[assignment]
                     ids = torch.zeros(rows.shape[0], 1, dtype=torch.long, device=rows.device)
                     ones = torch.ones(rows.shape[0], 1, dtype=rows.dtype, device=rows.device)
                     return inner(rows, ids, ones)
@@ -114,7 +118,8 @@ class StreamedExperts(nn.Module):
         """transformers' expert MLP (``act(gate) * up``, then ``down``) on packed weights
         (:func:`~sw_core.engine.model.packed_modules.packed_experts` checked the form)."""
         gate, up = _expert_linear(rows, weights["gate_up_proj"]).chunk(2, dim=-1)
-        hidden = self._inner.act_fn(gate) * up
+        act_fn = cast(Callable[[torch.Tensor], torch.Tensor], self._inner.act_fn)
+        hidden = act_fn(gate) * up
         return _expert_linear(hidden, weights["down_proj"])
 
     def extra_repr(self) -> str:

@@ -160,10 +160,10 @@ class PackedWeight:
             rows = q[flat].to(torch.float32) * scale
             return rows.to(self.dtype).to(ids.device).view(*ids.shape, -1)
         assert fmt.block_n is not None and fmt.group_size is not None
-        q = _stored_planes(self)
+        planes = _stored_planes(self)
         values = torch.zeros(flat.numel(), self.in_features, dtype=torch.uint8)
         for p in range(fmt.planes):
-            nibbles = int4_layout.gather_rows(q[p], flat, fmt.block_n)
+            nibbles = int4_layout.gather_rows(planes[p], flat, fmt.block_n)
             values |= nibbles << (4 * p) if p else nibbles
         stored, stored_offsets = split_scales(fmt, self.stored_scales)
         scales = stored[:, flat].t().float()

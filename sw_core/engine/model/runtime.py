@@ -62,7 +62,7 @@ class Runtime:
         self.residency = residency
         self.plan = plan
         self._merge_lock = threading.Lock()
-        self.merged: dict[str, torch.Tensor] = {}
+        self.merged: dict[str, torch.Tensor | PackedWeight] = {}
         self._replace_streamed_matrices()
         skeleton.refresh_places()
         self.units = _run_order(self._find_units(), skeleton.structure.final_norms)
@@ -213,7 +213,7 @@ class Runtime:
 
         return hook
 
-    def ensure_merged(self, tensor: str) -> torch.Tensor:
+    def ensure_merged(self, tensor: str) -> torch.Tensor | PackedWeight:
         """Concatenate a sharded tensor's shards once (through the streaming window) and keep
         it in every place that holds it."""
         with self._merge_lock:
@@ -311,7 +311,7 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
     if n_bytes == 0:
         return torch.empty(shape, dtype=dtype)
     # numpy asks for huge pages on big buffers (as sw_core.cache.allocate_buffer does)
-    return torch.frombuffer(memoryview(np.empty(n_bytes, dtype=np.uint8)), dtype=dtype).view(shape)
+    return torch.frombuffer(np.empty(n_bytes, dtype=np.uint8).data, dtype=dtype).view(shape)
 
 
 def _contiguous_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:

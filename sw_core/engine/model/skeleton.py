@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -34,6 +34,9 @@ from sw_core.quant.formats import split_part
 
 #: How a place holds its tensor: a parameter, a buffer, or a packed module's weight.
 PARAM, BUFFER, PACKED = "param", "buffer", "packed"
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 #: model_type -> family; the architectures this engine runs and tests.
 SUPPORTED_TYPES: dict[str, Family] = {k: a.family for k, a in ARCHITECTURES.items()}
@@ -73,14 +76,14 @@ def load_config(raw: bytes) -> Any:
         raise ModelError(f"config.json is not a usable transformers config: {exc}") from None
 
 
-def model_class(manifest: Manifest, config: Any) -> tuple[type[nn.Module], Family]:
+def model_class(manifest: Manifest, config: Any) -> tuple[type[PreTrainedModel], Family]:
     """The transformers class named by the manifest, if its family is supported."""
     import transformers
 
     model_type = str(getattr(config, "model_type", ""))
     family = check_architecture(model_type, f"model {manifest.name!r}").family
     cls = getattr(transformers, manifest.model_class, None)
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
         raise ModelError(
             f"model {manifest.name!r}: {manifest.model_class!r} is not a transformers model class"
         )
@@ -122,7 +125,7 @@ class Skeleton:
             )
         with init_empty_weights(include_buffers=False):
             model = cls(config)
-        self.model: nn.Module = model.eval()
+        self.model: PreTrainedModel = model.eval()
         self.structure = describe(model)
         for module in model.modules():
             for name, buf in list(module._buffers.items()):
@@ -303,7 +306,7 @@ class Skeleton:
         for name in chunk.tensors:
             self.clear_tensor(name)
 
-    def deserialize(self, chunk: ChunkInfo, data: bytearray) -> dict[str, Any]:
+    def deserialize(self, chunk: ChunkInfo, data: bytearray | memoryview) -> dict[str, Any]:
         """Tensors of a verified chunk over ``data`` (zero-copy on CPU), checked against the
         skeleton: exactly the names the manifest lists (a packed tensor's parts), each with
         the shape the model expects. Packed tensors come back as

@@ -8,7 +8,7 @@ request (the engine turns them into lists for msgpack). Before each pass the con
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
@@ -18,12 +18,18 @@ from sw_core.engine.model.skeleton import Family
 from sw_core.engine.tasks.pooling import SentencePipeline
 from sw_core.engine.tasks.requests import EmbedRequest, ForwardRequest, pad
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
 
 class PassContext(Protocol):
     """What the task functions need from the engine."""
 
-    model: nn.Module
-    family: Family
+    @property
+    def model(self) -> PreTrainedModel: ...
+    @property
+    def family(self) -> Family: ...
+
     device: torch.device
     pad_id: int
     sentence: SentencePipeline
@@ -35,7 +41,7 @@ def base_model(ctx: PassContext) -> tuple[nn.Module, tuple[str, ...] | None]:
     """The model without its LM head, and the module prefix its units live under."""
     model = ctx.model
     if ctx.family == "seq2seq":
-        return model.get_encoder(), ("encoder",)  # type: ignore[operator]
+        return model.get_encoder(), ("encoder",)
     prefix = getattr(model, "base_model_prefix", "")
     inner = getattr(model, prefix, None) if prefix else None
     if isinstance(inner, nn.Module):
@@ -118,7 +124,7 @@ def _forward_batch(
         dec_ids, dec_mask = pad(decoder_rows, ctx.pad_id, left=False, device=ctx.device)
         if output == "hidden":
             ctx.begin_pass(("decoder",), dec_ids)
-            out = model.get_decoder()(  # type: ignore[operator]
+            out = model.get_decoder()(
                 input_ids=dec_ids,
                 attention_mask=dec_mask,
                 encoder_hidden_states=hidden,

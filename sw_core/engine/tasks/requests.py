@@ -17,7 +17,9 @@ Every task takes a list of request dicts (msgpack-friendly). Fields:
   default 1.0 = off: transformers' ``RepetitionPenaltyLogitsProcessor`` over the prompt and
   the generated tokens); ``stop`` (a string or a list of up to 4 non-empty strings of at
   most 256 characters: the row ends, finish reason ``stop``, once its text contains one; the
-  text is cut before it; needs a tokenizer).
+  text is cut before it; needs a tokenizer); ``frequency_penalty`` / ``presence_penalty``,
+  ``logprobs`` / ``top_logprobs``, ``n`` and ``json_schema`` (see :mod:`sw_core.schema` and
+  ``docs/engine.md``).
 
 Anything wrong -- wrong types, empty text, unknown fields, too many tokens for the model or
 for ``max_input_tokens`` -- raises :class:`~sw_core.exceptions.ModelError` naming the field.
@@ -25,6 +27,7 @@ for ``max_input_tokens`` -- raises :class:`~sw_core.exceptions.ModelError` namin
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +35,8 @@ from typing import Any
 
 import torch
 
+from sw_core.context import ContextLimits
+from sw_core.engine.tasks.chat import chat_ids, messages_of
 from sw_core.exceptions import JobError, ModelError
 from sw_core.schema import (
     PARAM_SPECS,
@@ -74,6 +79,8 @@ class Limits:
     max_new_tokens: int
     #: Positions the model can attend to in total (learned position tables); None if unbounded.
     max_positions: int | None
+    #: For generation: the context length (positions and the KV-cache budget).
+    context: ContextLimits | None = None
 
     @property
     def max_new_tokens_limit(self) -> int:
@@ -103,6 +110,23 @@ class GenerateRequest:
     #: ``params.max_new_tokens``, or the model's default when the request left it out.
     max_new_tokens: int
     params: GenerateParams = field(default_factory=GenerateParams)
+    #: Which of the request's ``n`` completions this is (its seed is derived from it).
+    completion: int = 0
+
+    @property
+    def seed(self) -> int | None:
+        """The seed of this completion's sampling (None: a random one)."""
+        return completion_seed(self.params.seed, self.completion)
+
+
+def completion_seed(seed: int | None, completion: int) -> int | None:
+    """The seed of completion ``completion`` of a request seeded with ``seed``: completion 0
+    uses ``seed`` itself (so ``n=1`` and the first of ``n=2`` agree), the others a 63-bit
+    BLAKE2b of ``"seed:completion"``."""
+    if seed is None or completion == 0:
+        return seed
+    digest = hashlib.blake2b(f"{seed}:{completion}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
 
 
 def request_of(task: Task, item: Any, params: dict[str, Any]) -> dict[str, Any]:
@@ -189,18 +213,34 @@ class RequestParser:
         req, params = self._split("generate", req, GenerateParams)
         if not self.has_lm_head:
             raise ModelError(f"model {self.limits.model!r} has no LM head: it cannot generate")
-        ids = self._ids(req, chat=params.chat)
+        context = self.limits.context
+        limit = self.limits.max_input_tokens
+        if context is not None and context.max_input_tokens is not None:
+            limit = min(limit, context.max_input_tokens)
+        ids = self._ids(req, chat=params.chat, limit=limit)
+        # the context length (positions and KV cache) when known, else the positions
         positions = self.limits.max_positions if not self.seq2seq else None
+        total = context.context_length if context is not None else positions
+        bound = f"{total} positions model {self.limits.model!r} supports"
+        if total is not None and total != positions:
+            bound = (
+                f"{total} tokens one sequence's KV cache may hold under SW_MAX_KV_CACHE_MB "
+                f"(the context length of {self.limits.model!r} on this worker)"
+            )
         max_new = params.max_new_tokens
         if max_new is None:
             max_new = min(DEFAULT_MAX_NEW_TOKENS, self.limits.max_new_tokens)
-            if positions is not None:
-                max_new = max(1, min(max_new, positions - len(ids)))
-        if positions is not None and len(ids) + max_new > positions:
+            if total is not None:
+                max_new = max(1, min(max_new, total - len(ids)))
+        if total is not None and len(ids) + max_new > total:
             raise ModelError(
                 f"prompt of {len(ids)} tokens plus max_new_tokens={max_new} exceeds the "
-                f"{positions} positions model {self.limits.model!r} supports; shorten the prompt "
-                "or lower max_new_tokens"
+                f"{bound}; shorten the prompt or lower max_new_tokens"
+            )
+        if params.json_schema is not None and not hasattr(self.tokenizer, "backend_tokenizer"):
+            raise ModelError(
+                f"model {self.limits.model!r} ships no fast (tokenizer.json) tokenizer, which "
+                "'json_schema' needs; leave it out"
             )
         if params.stop and self.tokenizer is None:
             raise ModelError(
@@ -208,6 +248,15 @@ class RequestParser:
                 "search for 'stop' sequences; leave 'stop' out"
             )
         return GenerateRequest(ids, max_new, params)
+
+    def generate_all(self, req: Any) -> list[GenerateRequest]:
+        """:meth:`generate`, expanded to the request's ``n`` completions (same prompt, same
+        params, each with its own :attr:`GenerateRequest.completion`)."""
+        first = self.generate(req)
+        return [first] + [
+            GenerateRequest(first.ids, first.max_new_tokens, first.params, completion=i)
+            for i in range(1, first.params.n)
+        ]
 
     # ---------------------------------------------------------------- pieces
     def _split(self, task: Task, req: Any, cls: type[P]) -> tuple[dict[str, Any], P]:
@@ -227,9 +276,16 @@ class RequestParser:
         except JobError as exc:
             raise ModelError(str(exc)) from None
 
-    def _ids(self, req: dict[str, Any], *, chat: bool, max_length: int | None = None) -> list[int]:
-        """Token ids of the request; with ``max_length`` the input limit is not checked (the
-        caller cuts the ids to ``max_length``)."""
+    def _ids(
+        self,
+        req: dict[str, Any],
+        *,
+        chat: bool,
+        max_length: int | None = None,
+        limit: int | None = None,
+    ) -> list[int]:
+        """Token ids of the request, at most ``limit`` (default: ``max_input_tokens``); with
+        ``max_length`` the limit is not checked (the caller cuts the ids to ``max_length``)."""
         given = [k for k in ("text", "messages", "input_ids") if k in req]
         if len(given) != 1:
             allowed = "'text', 'messages' or 'input_ids'" if chat else "'text' or 'input_ids'"
@@ -239,13 +295,14 @@ class RequestParser:
             ids = self._id_list(req["input_ids"], "input_ids")
         else:
             ids = self._tokenize(req[key], key, chat=chat)
-        limit = self.limits.max_input_tokens
+        limit = self.limits.max_input_tokens if limit is None else limit
         if max_length is not None:
             return ids
         if len(ids) > limit:
             raise ModelError(
                 f"input has {len(ids)} tokens; model {self.limits.model!r} accepts at most "
-                f"{limit} (the smaller of SW_MAX_INPUT_TOKENS and the model's own limit); "
+                f"{limit} here (its context length: its own positions and, to generate, the KV "
+                "cache SW_MAX_KV_CACHE_MB allows one sequence; SW_MAX_INPUT_TOKENS when set); "
                 "shorten the input"
             )
         return ids
@@ -274,40 +331,20 @@ class RequestParser:
                 f"of '{key}'"
             )
         if key == "messages":
-            messages = _messages(value)
+            messages = messages_of(value)
             if not getattr(tok, "chat_template", None):
                 raise ModelError(f"model {self.limits.model!r} has no chat template; use 'text'")
-            prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            return list(tok(prompt, add_special_tokens=False)["input_ids"])
+            return chat_ids(tok, messages)
         if not isinstance(value, str):
             raise ModelError(f"'text' must be a string, got {type(value).__name__}")
         if not value.strip():
             raise ModelError("'text' is empty; give some text")
         if chat and getattr(tok, "chat_template", None):
-            messages = [{"role": "user", "content": value}]
-            prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            return list(tok(prompt, add_special_tokens=False)["input_ids"])
+            return chat_ids(tok, [{"role": "user", "content": value}])
         ids = list(tok(value)["input_ids"])
         if not ids:
             raise ModelError("'text' tokenizes to no tokens")
         return ids
-
-
-def _messages(value: Any) -> list[dict[str, str]]:
-    if not isinstance(value, list) or not value:
-        raise ModelError("'messages' must be a non-empty list of {role, content} dicts")
-    out = []
-    for item in value:
-        if (
-            not isinstance(item, dict)
-            or not isinstance(item.get("role"), str)
-            or not isinstance(item.get("content"), str)
-        ):
-            raise ModelError("each message must be a dict with string 'role' and 'content'")
-        out.append({"role": item["role"], "content": item["content"]})
-    if not any(m["content"].strip() for m in out):
-        raise ModelError("'messages' hold no text")
-    return out
 
 
 def pad(

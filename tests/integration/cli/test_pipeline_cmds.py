@@ -221,14 +221,14 @@ def test_failed_and_unfinished_jobs_have_their_own_exit_codes(
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--param", "max_new_tokens=lots"], "not a valid int"),
+        (["--param", "max_new_tokens=lots"], "'max_new_tokens'='lots' is not an integer"),
         (["--param", "nonsense"], "is not KEY=VALUE"),
         (["--param", "beam=2"], "unknown param"),
         (["--stop", "a", "--stop", "b", "--stop", "c", "--stop", "d", "--stop", "e"], "holds 5"),
-        (["--stop", ""], "param stop holds an empty string"),
+        (["--stop", ""], "'stop' holds an empty string"),
         (["--stop", "a", "--param", "stop=b"], "not both"),
-        (["--param", "repetition_penalty=0"], "out of range: must be > 0"),
-        (["--param", "repetition_penalty=high"], "not a valid float"),
+        (["--param", "repetition_penalty=0"], "'repetition_penalty' must be a number > 0, got 0.0"),
+        (["--param", "repetition_penalty=high"], "'repetition_penalty'='high' is not a number"),
     ],
 )
 def test_submit_refuses_bad_params(

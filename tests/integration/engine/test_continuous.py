@@ -73,7 +73,8 @@ async def test_kv_budget_refuses_a_request_that_cannot_fit(tmp_path: Path) -> No
 
         with pytest.raises(ModelError, match="SW_MAX_KV_CACHE_MB"):
             session.parse("x", {"input_ids": [3, 4, 5], "max_new_tokens": 50})
-        small = DecodeSession(engine, 100 * session.token_bytes)
+        # two rows of 10 + 40 tokens need exactly 100 tokens of cache
+        small = DecodeSession(engine, 99 * session.token_bytes)
         a = small.parse("a", {"input_ids": [3] * 10, "max_new_tokens": 40})
         b = small.parse("b", {"input_ids": [3] * 10, "max_new_tokens": 40})
         assert small.fits([a]) and not small.fits([a, b])

@@ -146,7 +146,7 @@ async def test_continuous_rows_stop_and_their_deltas_never_show_the_stop(
         "stopped": session.parse("stopped", {**base, "stop": [NEVER, stop]}),
         "plain": session.parse("plain", base),
     }
-    deltas = {key: TextDeltas(session.decode, seq.request.stop) for key, seq in seqs.items()}
+    deltas = {key: TextDeltas(session.decode, seq.request.params.stop) for key, seq in seqs.items()}
     sent: dict[str, list[str]] = {key: [] for key in seqs}
     # what the stopped row had sent once the stop sequence's first half was generated
     sent_before_last: str | None = None

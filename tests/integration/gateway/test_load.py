@@ -49,6 +49,7 @@ async def one_chat(client: httpx.AsyncClient, i: int) -> tuple[int, str, dict | 
         "messages": [{"role": "user", "content": f"Question number {i}: what is the sea?"}],
         "max_tokens": MAX_TOKENS,
         "stream": True,
+        "stream_options": {"include_usage": True},
     }
     async with client.stream("POST", "/v1/chat/completions", json=body) as response:
         if response.status_code != 200:
@@ -66,6 +67,10 @@ async def one_chat(client: httpx.AsyncClient, i: int) -> tuple[int, str, dict | 
                 continue
             chunk = json.loads(line[6:])
             assert "error" not in chunk, chunk
+            if not chunk["choices"]:  # the usage chunk, last
+                assert final is not None
+                final["usage"] = chunk["usage"]
+                continue
             choice = chunk["choices"][0]
             text += choice["delta"].get("content") or ""
             if choice["finish_reason"]:

@@ -68,7 +68,7 @@ async def test_fifty_malformed_entries_become_readable_dead_letters(
     assert sum(v for k, v in reasons.items() if "is not registered" in k) == 10
     assert sum(v for k, v in reasons.items() if "max_payload_bytes" in k) == 5
     assert sum(v for k, v in reasons.items() if "unknown task" in k) == 10
-    assert sum(v for k, v in reasons.items() if "not a valid int" in k) == 5
+    assert sum(v for k, v in reasons.items() if "is not an integer" in k) == 5
     assert {letter["reason"] for letter in letters} == {"malformed", "permanent"}
     assert all(letter["worker"] == "w0" and letter["error_type"] for letter in letters)
     # the dead letter keeps the entry's fields (cut to 64 KiB) for a replay

@@ -6,8 +6,14 @@ import asyncio
 import time
 from collections import Counter
 
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import OutOfMemoryError
+
 from producer import Producer
 from sw_core.counters import COMPLETED, ERRORS, FAILED, TOTAL_REQUESTS
+from sw_core.local.redis_server import RedisServer
+from sw_core.pipeline.store import JobStore
 from tests.support.handlers import EchoHandler, RecordingEchoHandler, SlowHandler
 from tests.support.observe import KEYS, pending_count, read_stats, recorded_events
 from tests.support.pipeline import consumers, crash
@@ -161,3 +167,26 @@ async def test_pending_entries_deleted_by_hand_do_not_wedge_a_worker(
         async with Producer(settings=settings) as p:
             job_id = await p.submit("m1", "embed", ["after"])
             assert (await p.result(job_id, timeout_s=5))["inputs"] == ["after"]
+
+
+async def test_a_worker_started_while_redis_is_out_of_memory_joins_its_group(
+    private_redis: RedisServer,
+) -> None:
+    """Redis out of memory refuses ``XGROUP CREATE`` even for a group that exists: a worker
+    restarted then (its consumer's start creates the group unless it exists) must start."""
+    client = aioredis.Redis.from_url(private_redis.url)
+    store = JobStore(client, fast_settings(private_redis.url))
+    try:
+        await client.config_set("maxmemory", 1)
+        with pytest.raises(OutOfMemoryError):  # no group yet: it cannot be made
+            await store.ensure_group()
+        await client.config_set("maxmemory", 64 << 20)
+        await store.ensure_group()
+        await client.config_set("maxmemory", 1)
+        await store.ensure_group()  # it exists: nothing to create, nothing refused
+        assert [g["name"] for g in await client.xinfo_groups(KEYS.jobs)] == [
+            KEYS.jobs_group.encode()
+        ]
+    finally:
+        await client.config_set("maxmemory", 64 << 20)
+        await client.aclose()

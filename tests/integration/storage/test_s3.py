@@ -11,7 +11,7 @@ import pytest
 import urllib3
 
 from sw_core.counters import STORAGE_BYTES_READ, STORAGE_RETRIES
-from sw_core.exceptions import StorageError, is_transient
+from sw_core.exceptions import SecurityError, StorageError, is_transient
 from sw_core.retry import RetryPolicy
 from sw_core.storage import S3Backend
 
@@ -167,3 +167,16 @@ async def test_refused_connection_is_retried_then_transient(unused_tcp_port: int
     assert is_transient(info.value)
     assert backend.counters.get(STORAGE_RETRIES) == 2
     await backend.close()
+
+
+async def test_load_into_puts_the_ranges_in_the_callers_buffer(s3: S3Backend) -> None:
+    payload = bytes(range(256)) * (5 * RANGE_BYTES // 256) + b"tail"
+    await s3.save("chunk.bin", payload)
+    spy = GetSpy(s3)
+    out = memoryview(bytearray(len(payload) + 10))
+    got = await s3.load_into("chunk.bin", out)
+    assert bytes(got) == payload and got.obj is out.obj  # the caller's memory, no copy
+    assert len(spy.calls) == 6
+    assert s3.counters.get(STORAGE_BYTES_READ) == len(payload)
+    with pytest.raises(SecurityError, match="over the limit"):
+        await s3.load_into("chunk.bin", memoryview(bytearray(len(payload) - 1)))

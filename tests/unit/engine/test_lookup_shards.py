@@ -34,14 +34,19 @@ def test_a_lookup_only_matrix_keeps_its_shards_and_needs_no_room_to_concatenate(
     assert plan.window_bytes == 0
 
 
-def test_streaming_keeps_lookup_shards_where_it_would_merge() -> None:
+def test_streaming_keeps_blocks_before_lookup_shards() -> None:
+    """A lookup reads only the shards holding its ids; a block is read whole every pass: the
+    budget keeps blocks first. A matrix the head reads whole is kept like a block, first."""
     manifest = planned_manifest()
     # Same budget as test_streaming_keeps_small_chunks_then_merged_then_blocks_in_order.
     plan = plan_residency(manifest, 60 * MIB, prefetch_count=2, lookup_only={"emb.weight"})
     assert plan.mode == "resident"
     plan = plan_residency(manifest, 50 * MIB, prefetch_count=2, lookup_only={"emb.weight"})
     assert plan.mode == "streaming" and plan.merged == set()
-    assert plan.keep == {"embeddings", "head", "embeddings.0", "embeddings.1"}
+    # 50 MiB: a 30 MiB window, 1.5 MiB small chunks: one 10 MiB block before 16 MiB of shards
+    assert plan.keep == {"embeddings", "head", "layers.0"}
+    plan = plan_residency(manifest, 54 * MIB, prefetch_count=2, lookup_only={"emb.weight"})
+    assert plan.keep == {"embeddings", "head", "layers.0", "layers.1"}
     merged = plan_residency(manifest, 50 * MIB, prefetch_count=2)
     assert merged.merged == {"emb.weight"} and merged.keep == {"embeddings", "head"}
 

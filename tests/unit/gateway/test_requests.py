@@ -4,6 +4,7 @@ pipeline's chat inputs that the gateway relies on."""
 from __future__ import annotations
 
 import base64
+import json
 
 import numpy as np
 import pytest
@@ -74,13 +75,33 @@ def test_chat_request_becomes_one_generate_input() -> None:
         ({"messages": CHAT}, "'model'"),
         ({"model": "m", "messages": "hi"}, "'messages'"),
         ({"model": "m", "messages": [{"role": "robot", "content": "x"}]}, "'role'"),
-        ({"model": "m", "messages": CHAT, "n": 3}, "'n'"),
+        ({"model": "m", "messages": CHAT, "n": 17}, "'n' must be an integer from 1 to 16"),
+        ({"model": "m", "messages": CHAT, "n": 0}, "'n'"),
+        ({"model": "m", "messages": CHAT, "top_logprobs": 3}, "'top_logprobs' needs"),
+        ({"model": "m", "messages": CHAT, "logprobs": 1}, "'logprobs' must be true or false"),
+        ({"model": "m", "messages": CHAT, "response_format": {"type": "xml"}}, "'response_format'"),
+        (
+            {"model": "m", "messages": CHAT, "response_format": {"type": "json_schema"}},
+            "'response_format' of type json_schema needs",
+        ),
+        (
+            {
+                "model": "m",
+                "messages": CHAT,
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {"type": "nonsense"}},
+                },
+            },
+            "'response_format' is not a usable JSON schema",
+        ),
         ({"model": "m", "messages": CHAT, "stop": ["a", "b", "c", "d", "e"]}, "'stop' holds 5"),
         ({"model": "m", "messages": CHAT, "stop": [1]}, "'stop' must hold strings only"),
         ({"model": "m", "messages": CHAT, "stop": 7}, "'stop' must be a string or a list"),
         ({"model": "m", "messages": CHAT, "stop": [""]}, "'stop' holds an empty string"),
-        ({"model": "m", "messages": CHAT, "frequency_penalty": 0.5}, "'frequency_penalty'"),
-        ({"model": "m", "messages": CHAT, "presence_penalty": -1}, "'presence_penalty'"),
+        ({"model": "m", "messages": CHAT, "frequency_penalty": 2.5}, "'frequency_penalty' must"),
+        ({"model": "m", "messages": CHAT, "presence_penalty": -3}, "'presence_penalty' must"),
+        ({"model": "m", "messages": CHAT, "min_p": 1.5}, "'min_p' must be a number from 0 to 1"),
         ({"model": "m", "messages": CHAT, "presence_penalty": "0"}, "'presence_penalty'"),
         ({"model": "m", "messages": CHAT, "repetition_penalty": 0}, "'repetition_penalty'"),
         ({"model": "m", "messages": CHAT, "max_tokens": 0}, "'max_tokens'"),
@@ -92,6 +113,53 @@ def test_bad_chat_requests_are_400(body: dict, field: str) -> None:
     with pytest.raises(ApiError) as caught:
         parse_chat(body)
     assert caught.value.status == 400 and field in caught.value.message
+
+
+def test_openai_fields_reach_the_job_params_as_the_schema_names_them() -> None:
+    body = {"model": "m", "messages": CHAT, "n": 2, "logprobs": True, "top_logprobs": 3}
+    call = parse_chat(
+        {
+            **body,
+            "frequency_penalty": 0.5,
+            "presence_penalty": -1,
+            "min_p": 0.05,
+            "seed": 4,
+            "temperature": 1,
+        }
+    )
+    assert call.params == {
+        "n": 2,
+        "logprobs": True,
+        "top_logprobs": 3,
+        "frequency_penalty": 0.5,
+        "presence_penalty": -1.0,
+        "min_p": 0.05,
+        "seed": 4,
+        "do_sample": True,
+        "temperature": 1.0,
+    }
+    # a completion's logprobs is the number of alternatives
+    completion = parse_completion({"model": "m", "prompt": "Hi", "logprobs": 2})
+    assert completion.params == {"logprobs": True, "top_logprobs": 2, "chat": False}
+    assert parse_completion({"model": "m", "prompt": "Hi", "logprobs": 0}).params["logprobs"]
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    structured = parse_chat(
+        {
+            "model": "m",
+            "messages": CHAT,
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "s", "schema": schema},
+            },
+        }
+    )
+    assert json.loads(structured.params["json_schema"]) == schema
+    as_object = parse_chat(
+        {"model": "m", "messages": CHAT, "response_format": {"type": "json_object"}}
+    )
+    assert as_object.params == {"json_schema": '{"type": "object"}'}
+    plain = parse_chat({"model": "m", "messages": CHAT, "response_format": {"type": "text"}})
+    assert plain.params == {}
 
 
 def test_stop_and_penalties_reach_the_job_params() -> None:
@@ -171,14 +239,14 @@ class FakeProducer:
         self.result_value = result
         self.redis = None
 
-    def stream(self, job_id: str, *, timeout: float | None = 60):
+    def stream(self, job_id: str, *, timeout_s: float | None = 60):
         async def events():
             for event in self.events:
                 yield event
 
         return events()
 
-    async def result(self, job_id: str, timeout: float | None = 30):
+    async def result(self, job_id: str, timeout_s: float | None = 30):
         return self.result_value
 
     async def cancel(self, job_id: str) -> str:
@@ -227,7 +295,7 @@ async def test_a_stream_without_token_events_ends_with_the_whole_result() -> Non
 async def test_a_quiet_stream_gets_keepalives_and_a_deadline(monkeypatch) -> None:
     import asyncio
 
-    from gateway import service
+    from gateway import streams as service
 
     monkeypatch.setattr(service, "KEEPALIVE_S", 0.02)
 
@@ -240,3 +308,42 @@ async def test_a_quiet_stream_gets_keepalives_and_a_deadline(monkeypatch) -> Non
     with pytest.raises(TimeoutError):
         async for _ in service._with_keepalive(slow(5), timeout_s=0.1):
             pass
+
+
+async def test_a_stream_left_at_once_frees_its_slot_once() -> None:
+    """A client gone before its stream's first event: the events may never start; the
+    response still closes the stream -- one slot released, the job cancelled."""
+    from gateway.routes import ClosingStream
+    from gateway.service import Gateway, OpenStream
+    from gateway.streams import StreamPlan
+
+    producer = FakeProducer([{"type": "token", "index": 0, "text": "x"}])
+    cancelled: list[str] = []
+
+    async def cancel(job_id: str) -> str:
+        cancelled.append(job_id)
+        return "cancelled"
+
+    producer.cancel = cancel  # type: ignore[method-assign]
+    gateway = Gateway(JobBackend(producer, Settings()), Settings())  # type: ignore[arg-type]
+    for started in (False, True):
+        gateway.counters.open_requests = 1
+        stream = OpenStream(gateway, StreamPlan("j", "m", True, False, 0.0), {})
+        if started:
+            await anext(aiter(stream))  # the first event went out, then the client left
+
+        async def receive() -> dict:
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            pass
+
+        await ClosingStream(stream)(
+            {"type": "http", "asgi": {"spec_version": "2.3"}}, receive, send
+        )
+        assert gateway.counters.open_requests == 0
+        await stream.close()  # twice is once
+        assert gateway.counters.open_requests == 0
+    for task in list(gateway._cancels):
+        await task
+    assert cancelled == ["j", "j"]

@@ -16,7 +16,7 @@ from sw_core.pipeline.jobs import (
     pack_payload,
     validate_request,
 )
-from sw_core.schema import MAX_INPUTS
+from sw_core.schema import MAX_INPUTS, MAX_TASK_INPUTS, GenerateParams
 from sw_core.settings import Settings
 
 SETTINGS = Settings.from_env({}, max_payload_bytes=4096, max_input_tokens=64)
@@ -100,6 +100,18 @@ def test_validate_request_cleans_and_checks() -> None:
         validate_request("m", "generate", ["a"], {"beam": 2}, SETTINGS)
 
 
+def test_temperature_zero_means_greedy() -> None:
+    """As in OpenAI's API: 0 is greedy, whatever do_sample or the model's defaults say."""
+    _, _, _, params = validate_request("m", "generate", ["a"], {"temperature": 0}, SETTINGS)
+    assert params == {"temperature": 0.0}
+    assert GenerateParams(temperature=0.0, do_sample=True).sampling_temperature == 0.0
+    assert GenerateParams(temperature=0.7).sampling_temperature == 0.7
+    assert GenerateParams(do_sample=True).sampling_temperature == 1.0
+    assert GenerateParams().sampling_temperature == 0.0
+    with pytest.raises(JobError, match="'temperature' must be a number from 0 to 100"):
+        validate_request("m", "generate", ["a"], {"temperature": -0.1}, SETTINGS)
+
+
 def deep_list(depth: int) -> bytes:
     return b"\x91" * depth + b"\x01"
 
@@ -123,10 +135,10 @@ MALFORMED: list[tuple[str, dict[bytes, bytes], str]] = [
         "too many inputs",
         {
             b"model": b"m",
-            b"task": b"embed",
-            b"inputs": json.dumps(["a"] * (MAX_INPUTS + 1)).encode(),
+            b"task": b"generate",
+            b"inputs": json.dumps(["a"] * (MAX_TASK_INPUTS["generate"] + 1)).encode(),
         },
-        "inputs in one job",
+        "inputs in one generate job",
     ),
     (
         "inputs deep json",
@@ -157,7 +169,7 @@ MALFORMED: list[tuple[str, dict[bytes, bytes], str]] = [
     (
         "forward too long",
         {b"model": b"m", b"task": b"forward", b"inputs": json.dumps([list(range(65))]).encode()},
-        "max_input_tokens",
+        "at most 64 are allowed (SW_MAX_INPUT_TOKENS)",
     ),
     (
         "unknown param",
@@ -180,14 +192,9 @@ MALFORMED: list[tuple[str, dict[bytes, bytes], str]] = [
         "'max_new_tokens' must be an integer from 1 to",
     ),
     (
-        "temperature zero",
-        {b"model": b"m", b"task": b"generate", b"text": b"a", b"temperature": b"0"},
-        "'temperature' must be a number in (0, 100], got 0.0",
-    ),
-    (
         "temperature nan",
         {b"model": b"m", b"task": b"generate", b"text": b"a", b"temperature": b"nan"},
-        "'temperature' must be a number in (0, 100], got nan",
+        "'temperature' must be a number from 0 to 100, got nan",
     ),
     (
         "bad bool",
@@ -250,7 +257,7 @@ PAYLOADS: list[tuple[str, bytes, str]] = [
     ("inputs empty", msgpack.packb({"inputs": []}), "non-empty list"),
     ("inputs bytes", msgpack.packb({"inputs": [b"raw"]}, use_bin_type=True), "non-empty string"),
     ("inputs nested", msgpack.packb({"inputs": [["a"]]}), "non-empty string"),
-    ("too many inputs", msgpack.packb({"inputs": ["a"] * (MAX_INPUTS + 1)}), "max_array_len"),
+    ("too many inputs", msgpack.packb({"inputs": [1] * (MAX_INPUTS + 1)}), "max_array_len"),
     ("params not map", msgpack.packb({"inputs": ["a"], "params": [1]}), "params must be a map"),
     (
         "param bool for int",
