@@ -27,6 +27,8 @@ WEIGHT_STD = 0.02
 BF16_ONE = 0x3F80
 #: Values copied from one pool offset (2 MiB).
 RUN_VALUES = 1 << 20
+#: int4 scale: 4-bit values (standard deviation about 4.6) times it have about ``WEIGHT_STD``.
+INT4_SCALE = WEIGHT_STD / 4.6
 
 
 def is_norm(name: str, shape: tuple[int, ...]) -> bool:
@@ -52,6 +54,13 @@ class PlausibleBF16:
         generator = torch.Generator().manual_seed(seed)
         pool = (torch.randn(POOL_VALUES, generator=generator) * WEIGHT_STD).to(torch.bfloat16)
         self.pool = pool.view(torch.int16).numpy().view(np.uint16).copy()
+        # int4 (scale, offset) as stored (float16), and the kernel's table from them exactly
+        # as sw_core.quant.weights.kernel_table computes it (bfloat16 bits)
+        stored = torch.tensor([INT4_SCALE, -7.5 * INT4_SCALE], dtype=torch.float16)
+        scale, offset = stored.float()
+        table = torch.stack([scale, offset + 8 * scale]).to(torch.bfloat16)
+        self.int4_pair = stored.numpy()
+        self.int4_table = table.view(torch.int16).numpy().view(np.uint16)
 
     def fill(self, name: str, start: int, out: np.ndarray, *, norm: bool) -> None:
         """Values ``start .. start + len(out)`` of tensor ``name`` into ``out`` (uint16)."""
@@ -70,9 +79,11 @@ class PlausibleBF16:
             done += n
 
     def fill_part(self, name: str, start: int, out: np.ndarray) -> None:
-        """A part of a packed weight (``<tensor>:q``, ``:scales``, ``:offsets``): random
-        4- or 8-bit values; scales and offsets that give the weights about ``WEIGHT_STD``
-        (int4: ``scale * v + offset``, ``v`` in 0..15; int8: ``scale * q``)."""
+        """A part of a packed weight (``<tensor>:q``, ``:scales``, ``:table``) as ``sw chunk
+        --quantize`` stores it: random 4- or 8-bit values; scales and offsets that give the
+        weights about ``WEIGHT_STD`` (int4: ``scale * v + offset``, ``v`` in 0..15, stored as
+        ``(scale, offset)`` pairs with the kernel's table ``(scale, offset + 8 * scale)``
+        beside them; int8: ``scale * q``)."""
         part = name.rpartition(":")[2]
         if part == "q":
             raw = out.view(np.uint8)
@@ -80,9 +91,10 @@ class PlausibleBF16:
             self.fill(name, start // 2, even, norm=False)
             if len(raw) % 2:
                 raw[-1] = 0x5A
-        elif out.dtype == np.float16:  # int4 scale, or offset = -7.5 * scale (mean 0)
-            scale = WEIGHT_STD / 4.6
-            out.fill(-7.5 * scale if part == "offsets" else scale)
+        elif part == "table":  # bfloat16 bits of (scale, offset + 8 * scale)
+            _alternate(out, start, self.int4_table)
+        elif out.dtype == np.float16:  # int4 (scale, offset): offset = -7.5 * scale (mean 0)
+            _alternate(out, start, self.int4_pair)
         else:  # int8 scales (float32): q of about 74 standard deviation
             out.fill(WEIGHT_STD / 74)
 
@@ -91,3 +103,10 @@ class PlausibleBF16:
         digest = hashlib.blake2b(f"{self.seed}:{name}:{index}".encode(), digest_size=8).digest()
         value = int.from_bytes(digest, "little")
         return value % (POOL_VALUES - RUN_VALUES), np.uint16((value >> 40) & 0x7)
+
+
+def _alternate(out: np.ndarray, start: int, pair: np.ndarray) -> None:
+    """Elements ``start ..`` of a tensor of ``(a, b)`` pairs: ``pair`` repeated."""
+    first = start % 2
+    out[first::2] = pair[0]
+    out[1 - first :: 2] = pair[1]

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
 from sw_core.chunks.safetensors_io import load_tensors
+from sw_core.quant.formats import PackedFormat
+from sw_core.quant.weights import dequantize_parts, kernel_table, split_scales
 from sw_core.synth.values import BF16_ONE, PlausibleBF16, is_norm
 from sw_core.synth.writer import TensorSpec, header_bytes
 
@@ -52,3 +56,24 @@ def test_the_header_parses_and_puts_the_data_8_aligned() -> None:
     body = bytearray(head) + bytearray(sum(s.nbytes for s in specs))
     tensors = load_tensors(body)
     assert tensors["a.weight"].shape == (3, 5) and tensors["b.weight"].dtype == torch.bfloat16
+
+
+def test_int4_parts_are_pairs_with_the_kernel_table_they_imply() -> None:
+    fmt = PackedFormat("int4", [32, 64], group_size=32, block_n=64, table_dtype="bfloat16")
+    specs = fmt.part_specs()
+    gen = PlausibleBF16(seed=0)
+    parts = {}
+    for part, (shape, dtype) in specs.items():
+        raw = np.empty(
+            math.prod(shape), dtype={"uint8": np.uint8, "float16": np.float16}.get(dtype, np.uint16)
+        )
+        half = len(raw) // 2 + 1  # two pieces, the second starting at an odd element
+        gen.fill_part(f"w:{part}", 0, raw[:half])
+        gen.fill_part(f"w:{part}", half, raw[half:])
+        tensor = torch.from_numpy(raw.view(np.int16) if dtype == "bfloat16" else raw)
+        parts[part] = (tensor.view(torch.bfloat16) if dtype == "bfloat16" else tensor).view(shape)
+    scales, offsets = split_scales(fmt, parts["scales"])
+    assert torch.equal(offsets, (scales.float() * -7.5).half())
+    assert torch.equal(parts["table"], kernel_table(fmt, parts["scales"], torch.bfloat16))
+    weight = dequantize_parts(fmt, parts)
+    assert 0.01 < float(weight.std()) < 0.03 and abs(float(weight.mean())) < 5e-3
