@@ -1,7 +1,7 @@
 """Packed SmolLM2 streamed against transformers in memory, side by side in one process.
 
 SmolLM2-135M-Instruct from its GGUF file kept packed (``sw chunk model.gguf``: Q4_1 and Q8_0,
-about 97 MB), the engine at ``memory_budget_mb`` = 25 % of the packed chunk set (everything
+117 MB), the engine at ``memory_budget_mb`` = 25 % of the packed chunk set (everything
 but the small chunks is fetched again at every decode step), computing with the packed
 kernels (bfloat16 activations, ``SW_COMPUTE_DTYPE=auto`` on this CPU), against transformers
 with the dequantized float32 weights in memory (the reference the goal names):
