@@ -18,6 +18,7 @@ streamed per generated token.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import resource
 import statistics
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from figures import Figure, Profile  # bench/, beside this script
 
 from sw_core.cache import ChunkCache
 from sw_core.chunks.chunker import chunk_model
@@ -92,8 +94,10 @@ async def _open_engines(
     return engines, weights
 
 
-async def bench_streamed(root: Path, cache: ChunkCache, rounds: int, new_tokens: int) -> None:
-    """Cases d and e (see the module doc)."""
+async def bench_streamed(
+    root: Path, cache: ChunkCache, rounds: int, new_tokens: int
+) -> dict[str, Any]:
+    """Cases d and e (see the module doc): the medians (s) of every side, and checks."""
     model, tokenizer = load_smollm2()
     model_bf16 = copy.deepcopy(model).to(torch.bfloat16)
     engines, weights = await _open_engines(root, cache, model, tokenizer)
@@ -154,10 +158,6 @@ async def bench_streamed(root: Path, cache: ChunkCache, rounds: int, new_tokens:
     print(f"  check: engine float32 tokens == transformers: {tokens[F32] == tokens[MEMORY]}")
     med = {name: statistics.median(values) for name, values in wall.items()}
     _verdict("(d) streamed (25 %, Redis) / in memory", med[F32] / med[MEMORY], 2.5, "x")
-    print(
-        f"    bf16 chunks, bf16 math: / in memory (float32) = {med[BF16_BF16] / med[MEMORY]:.2f}x,"
-        f" / in memory (bf16) = {med[BF16_BF16] / med[MEMORY_BF16]:.2f}x"
-    )
     _verdict("(e) bf16 / float32 storage, float32 math, per token", med[BF16] / med[F32], 0.7)
     _verdict("(e) bf16 / float32 storage, bf16 math, per token", med[BF16_BF16] / med[F32], 0.7)
     for name, found in divergent.items():
@@ -165,6 +165,100 @@ async def bench_streamed(root: Path, cache: ChunkCache, rounds: int, new_tokens:
             f"(e) greedy tokens {name} == float32 chunks on the demo questions: "
             + ("all equal" if not found else "; ".join(found))
         )
+    return {
+        "median_s": med,
+        "rounds": rounds,
+        "new_tokens": n_new,
+        "fetched_mb_per_token": {
+            n: streamed[n] / max(rounds, 1) / n_new / 1e6 for n in wall if n in ENGINES
+        },
+        "tokens_equal": tokens[F32] == tokens[MEMORY],
+        "divergent": divergent,
+    }
+
+
+def to_figures(m: dict[str, Any]) -> list[Figure]:
+    """d and e."""
+    med = m["median_s"]
+    how = (
+        f"SmolLM2, the demo's first question, {m['new_tokens']} greedy tokens, budget 25 % of "
+        f"the float32 weights, chunks from Redis; medians of {m['rounds']} interleaved rounds"
+    )
+    return [
+        Figure(
+            "streamed.d_vs_memory",
+            med[F32] / med[MEMORY],
+            "x",
+            "(d) one streamed request (float32, 25 %) / transformers in memory, time",
+            goal="<= 2.5",
+            note=how,
+        ),
+        Figure(
+            "streamed.d_bf16_math_vs_memory",
+            med[BF16_BF16] / med[MEMORY],
+            "x",
+            "(d) the same, bf16 chunks and bf16 math / float32 in memory",
+        ),
+        Figure(
+            "streamed.d_bf16_math_vs_memory_bf16",
+            med[BF16_BF16] / med[MEMORY_BF16],
+            "x",
+            "(d) the same, bf16 chunks and bf16 math / bf16 in memory",
+        ),
+        Figure(
+            "streamed.e_bf16_vs_f32",
+            med[BF16] / med[F32],
+            "x",
+            "(e) bf16 / float32 chunks, float32 math (default), time per token",
+            goal="<= 0.7",
+        ),
+        Figure(
+            "streamed.e_bf16_math_vs_f32",
+            med[BF16_BF16] / med[F32],
+            "x",
+            "(e) bf16 / float32 chunks, bf16 math, time per token",
+            goal="<= 0.7",
+        ),
+        Figure(
+            "streamed.e_questions_differing",
+            len(m["divergent"][BF16]) + len(m["divergent"][BF16_BF16]),
+            "",
+            "(e) demo questions whose greedy tokens differ, bf16 vs float32 chunks",
+            goal="<= 0",
+            note="both bf16 sides (float32 and bf16 math), the demo's three questions each",
+        ),
+        Figure(
+            "streamed.f32_ms_per_token",
+            med[F32] / m["new_tokens"] * 1e3,
+            "ms",
+            "(d) float32 chunks streamed, per token",
+        ),
+        Figure(
+            "streamed.memory_ms_per_token",
+            med[MEMORY] / m["new_tokens"] * 1e3,
+            "ms",
+            "(d) transformers in memory (float32), per token",
+        ),
+        Figure(
+            "streamed.f32_fetched_mb_per_token",
+            m["fetched_mb_per_token"][F32],
+            "MB",
+            "(d) float32 chunks: MB fetched per token",
+        ),
+    ]
+
+
+def figures(profile: Profile) -> list[Figure]:
+    """Figures for ``bench/run.py``."""
+    from engine import redis_cache  # bench/engine.py
+
+    async def go() -> dict[str, Any]:
+        async with redis_cache() as (root, cache):
+            return await bench_streamed(root, cache, profile.pick(2, 3), 16)
+
+    m = asyncio.run(go())
+    assert m["tokens_equal"], "the streamed float32 tokens differ from transformers'"
+    return to_figures(m)
 
 
 def _verdict(what: str, ratio: float, goal: float, unit: str = "") -> None:
