@@ -125,7 +125,14 @@ def run_accelerate(info: dict[str, Any], n: int, tokens: int, offload: Path) -> 
         max_memory={"cpu": f"{info['budget_mb']}MiB"},
         offload_folder=str(offload),
     ).eval()
-    placed = set(getattr(model, "hf_device_map", {}).values())
+    device_map = getattr(model, "hf_device_map", {})
+    placed = set(device_map.values())
+    on_disk = [name for name, device in device_map.items() if device == "disk"]
+    offloaded = sum(  # bytes of the parameters accelerate reads from disk at every step
+        p.numel() * p.element_size()
+        for name, p in model.named_parameters()
+        if any(d == "" or name == d or name.startswith(d + ".") for d in on_disk)
+    )
     ids, mask = chat_ids(tokenizer, n)
     with torch.inference_mode():
         model.generate(input_ids=ids[:1], attention_mask=mask[:1], max_new_tokens=WARMUP_TOKENS)
@@ -139,10 +146,10 @@ def run_accelerate(info: dict[str, Any], n: int, tokens: int, offload: Path) -> 
     return {
         "wall_s": wall_s,
         "tokens": new,
-        # offloaded weights are read through numpy memmaps (rchar misses them), all of them
-        # at every step: the offload folder's size per step
-        "read_bytes": max(rchar() - before, folder_bytes(offload) * max(len(t) for t in new)),
-        "plan": f"device_map places {sorted(placed)}",
+        # offloaded weights are memory-mapped (from the offload folder, or straight from the
+        # checkpoint's safetensors files), which rchar misses; all of them at every step
+        "read_bytes": max(rchar() - before, offloaded * max(len(t) for t in new)),
+        "plan": f"device_map places {sorted(placed)}, {offloaded / 1e6:.0f} MB on disk",
         "load_peak_rss_mb": load_peak,
     }
 
