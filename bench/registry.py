@@ -52,7 +52,7 @@ BENCHES: tuple[Bench, ...] = (
     Bench(
         "s3_range_read",
         "s3_range_read",
-        "S3Backend's concurrent ranged GETs vs one plain GET (moto on loopback)",
+        "S3Backend's concurrent ranged GETs vs one plain GET (a range server on loopback)",
         minutes=(0.3, 0.5),
     ),
     Bench(

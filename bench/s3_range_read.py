@@ -17,7 +17,8 @@ Then times, in interleaved repetitions (the order rotates each round):
 - ``S3Backend single GET``: the same backend with a range larger than the object;
 - ``minio get_object().read()``: the SDK's plain whole-object read, bytes discarded.
 
-Prints medians, MB/s (10^6 bytes) and the ratio ranged / single.
+Prints medians, MB/s (10^6 bytes) and the ratio ranged / single. In ``make bench``
+(:func:`figures`) the static server runs twice: uncapped and capped at 100 MB/s per connection.
 
 Usage: ``.venv/bin/python bench/s3_range_read.py [--reps 7] [--size-mb 48] [--range-mb 8]
 [--concurrency 4] [--server moto|static] [--conn-mbps 0]``
