@@ -21,7 +21,7 @@ b. **cold** -- the same batch with every chunk coming from the Redis chunk cache
 Correctness is asserted: engine outputs equal the in-memory model's (max |diff| <= 1e-5).
 
 The in-memory baseline runs in the same process as the engine, so it shares the engine's
-process-wide settings (torch threads; glibc's malloc thresholds, ``sw_core.engine.memory``).
+process-wide settings (torch threads; glibc's malloc thresholds, ``sw_core.engine.memory.heap``).
 
 c (batched vs one by one) is ``bench/batching.py``; d and e (one streamed request,
 bfloat16 chunks) are ``bench/streamed.py``; ``--only c|d`` here runs those.

@@ -36,8 +36,8 @@ from sw_core.keys import Keys
 from sw_core.local.redis_server import RedisServer
 from sw_core.pipeline.jobs import Job
 from sw_core.settings import Settings
-from workers.consumer import JobConsumer
-from workers.loader import job_deserializer, job_serializer
+from workers.chunks.protocol import job_deserializer, job_serializer
+from workers.jobs.consumer import JobConsumer
 
 KEYS = Keys("sw")
 
@@ -78,7 +78,7 @@ async def sw_round(url: str, n_jobs: int) -> dict[str, float]:
             waits: list[asyncio.Task[float]] = []
 
             async def observe(job_id: str, t0: float) -> float:
-                await producer.result(job_id, timeout=60)
+                await producer.result(job_id, timeout_s=60)
                 return time.perf_counter() - t0
 
             for i in range(n_jobs):

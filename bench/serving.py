@@ -2,8 +2,8 @@
 
 SmolLM2-135M-Instruct (bundled, fp32, 513 MiB) is chunked into a temporary folder and put
 into the Redis chunk cache of a private Redis (a chunk loader runs as a process, as in
-production). A real :class:`~workers.consumer.JobConsumer` with the real
-:class:`~workers.inference.InferenceHandler` runs in this process, under
+production). A real :class:`~workers.jobs.consumer.JobConsumer` with the real
+:class:`~workers.jobs.inference.InferenceHandler` runs in this process, under
 ``memory_budget_mb`` = 25 % of the weights, so every decode step streams most blocks again.
 Producers submit greedy chat requests arriving as a Poisson process (``--rate`` per second,
 seeded), each asking for ``--min-new`` to ``--max-new`` new tokens (uniform, seeded). The same
@@ -57,8 +57,8 @@ from sw_core.chunks.chunker import chunk_model
 from sw_core.local.bundled import load_smollm2
 from sw_core.local.redis_server import RedisServer
 from sw_core.settings import Settings
-from workers.consumer import JobConsumer
-from workers.inference import InferenceHandler
+from workers.jobs.consumer import JobConsumer
+from workers.jobs.inference import InferenceHandler
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = ALL_PROMPTS[:12]
@@ -98,10 +98,10 @@ async def one(producer: Producer, req: Request, t0: float, streaming: bool) -> O
         "smollm2", "generate", [req.prompt], max_new_tokens=req.max_new_tokens
     )
     if streaming:
-        async for event in producer.stream(job_id, timeout=900):
+        async for event in producer.stream(job_id, timeout_s=900):
             if event["type"] == "token" and not got.first_s:
                 got.first_s = time.perf_counter()
-    [result] = await producer.result(job_id, timeout=900)
+    [result] = await producer.result(job_id, timeout_s=900)
     got.end_s = time.perf_counter()
     got.tokens = result["token_ids"]
     return got
@@ -115,12 +115,12 @@ async def run_mode(settings: Settings, requests: list[Request], mode: str) -> di
     redis = Redis.from_url(settings.redis_url)
     consumer = JobConsumer(redis, settings, handler, name=f"bench-{batching}")
     if mode == STATIC_STREAMING:
-        consumer.loops = StaticDecodeLoops.for_consumer(consumer)
+        consumer.loops = StaticDecodeLoops.like(consumer.loops)
     await consumer.start()
     try:
         async with Producer(settings=settings) as producer:
             warm = await producer.submit("smollm2", "generate", ["Hi"], max_new_tokens=2)
-            await producer.result(warm, timeout=900)
+            await producer.result(warm, timeout_s=900)
             engine = await handler.engine("smollm2")
             loaded_before = engine.residency.stats.loaded_bytes
             t0 = time.perf_counter()

@@ -4,13 +4,13 @@ token against.
 The worker's static batches (``SW_GENERATE_BATCHING=static``) write no token stream, so a
 client sees its first token only with the result; comparing that with the first streamed
 token of continuous batching would mix streaming with batching. This is the worker's own
-decode loop (:mod:`workers.decode_loop`: the same engine steps, the same token stream) with
+decode loop (:mod:`workers.jobs.decode_loop`: the same engine steps, the same token stream) with
 one change: waiting jobs join only when the running batch has ended -- static batching.
 """
 
 from __future__ import annotations
 
-from workers.decode_loop import DecodeLoop, DecodeLoops
+from workers.jobs.decode_loop import DecodeLoop, DecodeLoops
 
 
 class StaticDecodeLoop(DecodeLoop):
@@ -24,7 +24,16 @@ class StaticDecodeLoop(DecodeLoop):
 
 class StaticDecodeLoops(DecodeLoops):
     """The decode loops of one worker, each a :class:`StaticDecodeLoop`; install with
-    ``consumer.loops = StaticDecodeLoops.for_consumer(consumer)`` before starting it."""
+    ``consumer.loops = StaticDecodeLoops.like(consumer.loops)`` before starting it."""
+
+    @classmethod
+    def like(cls, loops: DecodeLoops | None) -> StaticDecodeLoops:
+        """Static loops wired as the consumer's continuous ``loops`` are."""
+        if loops is None:
+            raise ValueError("the consumer has no decode loops (SW_GENERATE_BATCHING=static?)")
+        return cls(
+            loops.handler, loops.settings, loops.outcomes, loops.ends, loops.streams, loops.release
+        )
 
     async def accepts(self, model: str) -> bool:
         if model not in self.loops:
