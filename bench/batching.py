@@ -11,7 +11,7 @@ Correctness is asserted: the batched tokens equal the one-by-one tokens and tran
 own greedy ``generate``.
 
 Usage: ``.venv/bin/python bench/batching.py [--quick] [--rounds 2] [--new-tokens 16]``
-(about 3 minutes on 2 cores; ``--quick``: one round of 8 new tokens).
+(about 3 minutes on 2 cores; ``--quick``: one round of 6 new tokens).
 """
 
 from __future__ import annotations
@@ -175,17 +175,17 @@ async def measure(rounds: int, new_tokens: int) -> dict[str, Any]:
 
 def figures(profile: Profile) -> list[Figure]:
     """Figures for ``bench/run.py``."""
-    return to_figures(asyncio.run(measure(profile.pick(1, 2), profile.pick(8, 16))))
+    return to_figures(asyncio.run(measure(profile.pick(1, 2), profile.pick(6, 16))))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one round of 8 new tokens")
+    parser.add_argument("--quick", action="store_true", help="one round of 6 new tokens")
     parser.add_argument("--rounds", type=int, help="rounds (3 batched runs each; default 2)")
-    parser.add_argument("--new-tokens", type=int, help="max_new_tokens (default 16, quick 8)")
+    parser.add_argument("--new-tokens", type=int, help="max_new_tokens (default 16, quick 6)")
     args = parser.parse_args()
     rounds = args.rounds or (1 if args.quick else 2)
-    new_tokens = args.new_tokens or (8 if args.quick else 16)
+    new_tokens = args.new_tokens or (6 if args.quick else 16)
     print_figures(to_figures(asyncio.run(measure(rounds, new_tokens))))
     return 0
 

@@ -27,7 +27,7 @@ c (batched vs one by one) is ``bench/batching.py``; d and e (one streamed reques
 bfloat16 chunks) are ``bench/streamed.py``; ``--only c|d`` here runs those.
 
 Usage: ``.venv/bin/python bench/engine.py [--quick] [--only a|b|c|d] [--reps 15]`` (a and b:
-about a minute on 2 cores; ``--quick``: 7 rounds instead of 15).
+about a minute on 2 cores; ``--quick``: 5 rounds instead of 15).
 """
 
 from __future__ import annotations
@@ -230,7 +230,7 @@ def to_figures(timings: Timings, reps: int) -> list[Figure]:
 
 def figures(profile: Profile) -> list[Figure]:
     """Figures of a and b for ``bench/run.py``."""
-    reps = profile.pick(7, 15)
+    reps = profile.pick(5, 15)
 
     async def go() -> Timings:
         async with redis_cache() as (root, cache):
@@ -265,10 +265,10 @@ def main() -> int:
     parser.add_argument(
         "--only", choices=["a", "b", "c", "d"], help="one part (default a and b; d: d and e)"
     )
-    parser.add_argument("--reps", type=int, help="rounds of a and b (default 15, quick 7)")
+    parser.add_argument("--reps", type=int, help="rounds of a and b (default 15, quick 5)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
-    args.reps = args.reps or (7 if args.quick else 15)
+    args.reps = args.reps or (5 if args.quick else 15)
     if args.threads:
         torch.set_num_threads(args.threads)
     print(

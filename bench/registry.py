@@ -47,7 +47,7 @@ BENCHES: tuple[Bench, ...] = (
         "cache_shards",
         "cache_shards",
         "one cache shard vs 8 shards on one Redis server",
-        minutes=(0.3, 0.5),
+        minutes=(0.2, 0.5),
     ),
     Bench(
         "s3_range_read",
@@ -71,7 +71,7 @@ BENCHES: tuple[Bench, ...] = (
         "batching",
         "batching",
         "SmolLM2 at a 25 % budget: 16 requests batched vs one by one (c)",
-        minutes=(1.5, 3.5),
+        minutes=(2.0, 3.5),
     ),
     Bench(
         "streamed",
@@ -89,13 +89,13 @@ BENCHES: tuple[Bench, ...] = (
         "serving",
         "serving",
         "continuous vs static batching (streaming and not) through the Producer",
-        minutes=(2.0, 8.0),
+        minutes=(2.5, 8.0),
     ),
     Bench(
         "gateway_sweep",
         "sweep",
         "request-rate sweep through `sw serve` with the openai client: tokens/s, TTFT, ITL",
-        minutes=(3.0, 10.0),
+        minutes=(3.0, 25.0),
     ),
     Bench(
         "peers",

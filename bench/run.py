@@ -39,6 +39,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 
 SCHEMA = 1
 RESULTS = {"full": BENCH_DIR / "results.json", "quick": BENCH_DIR / "results-quick.json"}
+#: ``make bench-quick`` should end within this many minutes on a quiet 2-core machine.
+QUICK_GOAL_MIN = 15
 
 
 def child_env(extra_path: str = "") -> dict[str, str]:
@@ -190,11 +192,19 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:
         traceback.print_exc()
         return 1
-    print(f"\nresults: {out} ({time.perf_counter() - started:.0f} s)\n")
+    elapsed_min = (time.perf_counter() - started) / 60
+    print(f"\nresults: {out} ({elapsed_min:.1f} min)\n")
     print_table(results, only=[b.name for b in benches])
     if args.readme:
         rewrite_readme(results)
         print("\nbench/README.md summary table rewritten")
+    if profile.quick and not args.only:
+        last = results["last_run"]
+        print(
+            f"\nmake bench-quick: {elapsed_min:.1f} min (goal < {QUICK_GOAL_MIN} min on 2 cores; "
+            f"load average {last['load_before'][0]:g} -> {last['load_after'][0]:g}, other work "
+            f"{last.get('other_cpu_cores', '?')} cores meanwhile)"
+        )
     failed = [b.name for b in benches if results["benches"][b.name].get("error")]
     if failed:
         print(f"\n{ERROR}: {', '.join(failed)} did not finish (see above)")

@@ -316,10 +316,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--kv-mb", type=int, default=256, help="SW_MAX_KV_CACHE_MB")
     parser.add_argument("--min-new", type=int, default=8, help="fewest new tokens asked for")
     parser.add_argument("--max-new", type=int, default=48, help="most new tokens asked for")
-    parser.add_argument("--quick", action="store_true", help="8 requests, 8-24 tokens, 1 round")
+    parser.add_argument(
+        "--quick", action="store_true", help="6 requests at 1/s, 4-16 tokens, 1 round"
+    )
     args = parser.parse_args(argv)
     if args.quick:
-        args.requests, args.max_new, args.rounds = 8, 24, 1
+        args.requests, args.rate, args.rounds = 6, 1.0, 1
+        args.min_new, args.max_new = 4, 16
     return args
 
 

@@ -254,7 +254,7 @@ def figures(profile: Profile) -> list[Figure]:
 
     async def go() -> dict[str, Any]:
         async with redis_cache() as (root, cache):
-            return await bench_streamed(root, cache, profile.pick(2, 3), 16)
+            return await bench_streamed(root, cache, profile.pick(2, 3), profile.pick(8, 16))
 
     m = asyncio.run(go())
     assert m["tokens_equal"], "the streamed float32 tokens differ from transformers'"

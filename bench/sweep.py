@@ -26,7 +26,8 @@ then descending, samples pooled), at two budgets: 25 % of the weights (every dec
 streams most blocks from the chunk cache) and resident (the whole model in the budget).
 
 Usage: ``.venv/bin/python bench/sweep.py [--quick] [--rates 0.25,0.5,1,2] [--requests 20]
-[--passes 2] [--budget 25|resident]``.
+[--passes 2] [--budget 25|resident] [--max-tokens 64]``; ``--quick``: 6 requests per
+rate, ``max_tokens`` 16, one pass, the 25 % budget only.
 """
 
 from __future__ import annotations
@@ -155,7 +156,9 @@ def summarize(samples: list[Sample], duration_s: float) -> dict[str, float]:
     }
 
 
-async def sweep(url: str, rates: tuple[float, ...], n: int, passes: int, seed: int) -> dict:
+async def sweep(
+    url: str, rates: tuple[float, ...], n: int, passes: int, seed: int, max_tokens: int
+) -> dict:
     """Every rate ``passes`` times (ascending, then descending, ...); samples pooled."""
     warm, _ = await run_rate(url, 10.0, 2, seed, max_tokens=4)  # warm-up, not counted
     errors = [s.error for s in warm if s.error]
@@ -165,7 +168,8 @@ async def sweep(url: str, rates: tuple[float, ...], n: int, passes: int, seed: i
     durations: dict[float, float] = {r: 0.0 for r in rates}
     for p in range(passes):
         for rate in rates if p % 2 == 0 else rates[::-1]:
-            samples, duration_s = await run_rate(url, rate, n, seed + rates.index(rate) + 100 * p)
+            at_seed = seed + rates.index(rate) + 100 * p
+            samples, duration_s = await run_rate(url, rate, n, at_seed, max_tokens)
             pooled[rate] += samples
             durations[rate] += duration_s
             row = summarize(samples, duration_s)
@@ -178,7 +182,14 @@ async def sweep(url: str, rates: tuple[float, ...], n: int, passes: int, seed: i
     return {rate: summarize(pooled[rate], durations[rate]) for rate in rates}
 
 
-def run_budget(budget: str, rates: tuple[float, ...], n: int, passes: int, seed: int) -> dict:
+def run_budget(
+    budget: str,
+    rates: tuple[float, ...],
+    n: int,
+    passes: int,
+    seed: int,
+    max_tokens: int = MAX_TOKENS,
+) -> dict:
     with tempfile.TemporaryDirectory(prefix="sw-bench-sweep-") as tmp:
         folder = Path(tmp) / "smollm2"
         weights = chunk_smollm2(folder)
@@ -193,17 +204,17 @@ def run_budget(budget: str, rates: tuple[float, ...], n: int, passes: int, seed:
                 flush=True,
             )
             try:
-                rows = asyncio.run(sweep(dep.url, rates, n, passes, seed))
+                rows = asyncio.run(sweep(dep.url, rates, n, passes, seed, max_tokens))
             except Exception:
                 print(dep.logs(), flush=True)
                 raise
-    return {"budget_mb": budget_mb, "rows": rows}
+    return {"budget_mb": budget_mb, "rows": rows, "max_tokens": max_tokens}
 
 
 def table(budget: str, result: dict[str, Any], n: int, passes: int) -> None:
     print(
         f"\nbudget {budget} ({result['budget_mb']} MiB), {n} requests per rate x {passes} "
-        f"pass(es), Poisson arrivals, max_tokens {MAX_TOKENS}, greedy"
+        f"pass(es), Poisson arrivals, max_tokens {result['max_tokens']}, greedy"
     )
     print("| rate req/s | " + " | ".join(COLUMNS) + " |")
     print("|---" * (len(COLUMNS) + 1) + "|")
@@ -214,7 +225,7 @@ def table(budget: str, result: dict[str, Any], n: int, passes: int) -> None:
 def to_figures(budget: str, result: dict[str, Any], n: int, passes: int) -> list[Figure]:
     label = "25 % budget" if budget == "25" else "resident"
     grid = f"gateway sweep, {label}"
-    how = f"{n} requests x {passes} pass(es), Poisson arrivals, max_tokens {MAX_TOKENS}"
+    how = f"{n} requests x {passes} pass(es), Poisson arrivals, max_tokens {result['max_tokens']}"
     out = []
     for rate, row in result["rows"].items():
         for column in COLUMNS:
@@ -256,10 +267,11 @@ def to_figures(budget: str, result: dict[str, Any], n: int, passes: int) -> list
 
 def measure(profile: Profile) -> list[Figure]:
     budgets = profile.pick(("25",), ("25", "resident"))
-    n, passes = profile.pick(10, 20), profile.pick(1, 2)
+    n, passes = profile.pick(6, 20), profile.pick(1, 2)
+    max_tokens = profile.pick(16, MAX_TOKENS)
     out: list[Figure] = []
     for budget in budgets:
-        result = run_budget(budget, RATES, n, passes, profile.seed)
+        result = run_budget(budget, RATES, n, passes, profile.seed, max_tokens)
         table(budget, result, n, passes)
         out += to_figures(budget, result, n, passes)
     return out
@@ -272,7 +284,10 @@ def figures(profile: Profile) -> list[Figure]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="10 requests per rate, one pass")
+    parser.add_argument(
+        "--quick", action="store_true", help="6 requests per rate, max_tokens 16, one pass"
+    )
+    parser.add_argument("--max-tokens", type=int, default=MAX_TOKENS)
     parser.add_argument("--rates", default=",".join(f"{r:g}" for r in RATES))
     parser.add_argument("--requests", type=int, default=20, help="requests per rate and pass")
     parser.add_argument("--passes", type=int, default=2)
@@ -280,9 +295,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.quick:
-        args.requests, args.passes = 10, 1
+        args.requests, args.passes, args.max_tokens = 6, 1, 16
     rates = tuple(float(r) for r in args.rates.split(","))
-    result = run_budget(args.budget, rates, args.requests, args.passes, args.seed)
+    result = run_budget(args.budget, rates, args.requests, args.passes, args.seed, args.max_tokens)
     table(args.budget, result, args.requests, args.passes)
     print_figures(to_figures(args.budget, result, args.requests, args.passes))
     return 0
