@@ -29,12 +29,11 @@ import torch
 from engine import put_chunks, redis_cache  # bench/, beside this script
 from figures import Figure, Profile, print_figures
 from prompts import PROMPTS
+from smollm2 import chunk_set, load
 from timing import Case, Timings
 
 from sw_core.cache import ChunkCache
-from sw_core.chunks.chunker import chunk_model
 from sw_core.engine import CachedChunkSource, StreamingEngine
-from sw_core.local.bundled import load_smollm2
 from sw_core.storage import FilesystemBackend
 
 
@@ -42,9 +41,8 @@ async def bench_smollm2(
     root: Path, cache: ChunkCache, rounds: int, new_tokens: int
 ) -> dict[str, Any]:
     """Case c; the medians (s), tokens and bytes streamed."""
-    model, tokenizer = load_smollm2()
-    folder = root / "smollm2"
-    manifest = chunk_model(model, folder, name="smollm2", tokenizer=tokenizer)
+    model, tokenizer = load()
+    folder, manifest = chunk_set(root / "smollm2", loaded=(model, tokenizer))
     put_chunks(cache, folder, manifest)
     weights = sum(c.size_bytes for c in manifest.chunks)
     budget_mb = round(weights / 4 / 2**20)

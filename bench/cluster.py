@@ -36,16 +36,13 @@ _ARQ_MAIN = (
 )
 
 
-def chunk_smollm2(folder: Path, dtype: str | None = None) -> int:
-    """Chunk the bundled SmolLM2 into ``folder`` (once); returns the weight bytes."""
-    from sw_core.chunks.chunker import chunk_model
-    from sw_core.chunks.manifest import Manifest
-    from sw_core.local.bundled import load_smollm2
+def chunk_smollm2(folder: Path, dtype: str | None = None) -> tuple[Path, int]:
+    """The bundled SmolLM2 chunked (into ``folder``, or the run's shared set: see
+    ``bench/smollm2.py``); returns the chunk folder and the weight bytes."""
+    from smollm2 import chunk_set  # bench/, beside this script
 
-    if (folder / "manifest.json").exists():
-        return Manifest.load(folder).total_bytes
-    model, tokenizer = load_smollm2()
-    return chunk_model(model, folder, name="smollm2", tokenizer=tokenizer, dtype=dtype).total_bytes
+    found, manifest = chunk_set(folder, dtype)
+    return found, manifest.total_bytes
 
 
 @dataclass

@@ -65,40 +65,17 @@ CONCURRENT = 16
 def prepare(root: Path, dtype: str = "float32") -> dict[str, Any]:
     """The transformers folder and the chunk set in ``dtype`` (written once, reused by every
     system)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from smollm2 import write_hf_folder  # bench/, beside this script
 
     from sw_core.chunks.chunker import chunk_model
     from sw_core.chunks.manifest import Manifest
     from sw_core.engine.memory.budget import plan_residency
-    from sw_core.local.bundled import smollm2_gguf_path
+    from sw_core.local.bundled import load_smollm2
 
     hf_dir, chunk_dir = root / f"smollm2-hf-{dtype}", root / f"smollm2-chunks-{dtype}"
     if not (hf_dir / "config.json").exists():
-        gguf = smollm2_gguf_path()
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-        )
-        # save_pretrained refuses a model loaded from GGUF: write the folder by hand (the
-        # tied output head is the embedding matrix, stored once under its own name)
-        from safetensors.torch import save_file
-
-        hf_dir.mkdir(parents=True, exist_ok=True)
-        state = {
-            k: v.to(getattr(torch, dtype)).contiguous()
-            for k, v in model.state_dict().items()
-            if k != "lm_head.weight"
-        }
-        save_file(state, str(hf_dir / "model.safetensors"), metadata={"format": "pt"})
-        config = model.config
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        config.architectures = [type(model).__name__]
-        config.dtype = dtype
-        config.save_pretrained(hf_dir)
-        model.generation_config.save_pretrained(hf_dir)
-        tokenizer.save_pretrained(hf_dir)
+        model, tokenizer = load_smollm2()
+        write_hf_folder(model, tokenizer, hf_dir, dtype)
     if (chunk_dir / "manifest.json").exists():
         manifest = Manifest.load(chunk_dir)
     else:

@@ -34,6 +34,7 @@ from typing import Any
 from figures import ERROR, Figure, Profile  # bench/, beside this script
 from machine import REPO, CpuWatch, git_commit, machine_info, now_iso
 from registry import BENCHES, Bench, select
+from smollm2 import SHARED_ENV
 
 BENCH_DIR = Path(__file__).resolve().parent
 
@@ -43,9 +44,12 @@ RESULTS = {"full": BENCH_DIR / "results.json", "quick": BENCH_DIR / "results-qui
 QUICK_GOAL_MIN = 15
 
 
-def child_env(extra_path: str = "") -> dict[str, str]:
-    """The benchmark process's environment: offline, a fixed hash seed, bench/ importable."""
+def child_env(extra_path: str = "", shared_dir: Path | None = None) -> dict[str, str]:
+    """The benchmark process's environment: offline, a fixed hash seed, bench/ importable,
+    and the run's shared folder (``bench/smollm2.py``) when given."""
     env = dict(os.environ)
+    if shared_dir is not None:
+        env[SHARED_ENV] = str(shared_dir)
     paths = [str(BENCH_DIR), str(REPO), extra_path, env.get("PYTHONPATH", "")]
     env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONHASHSEED="0", TQDM_DISABLE="1")
@@ -65,7 +69,9 @@ def run_child(bench: Bench, profile: Profile, out: Path) -> int:
     return 0
 
 
-def run_one(bench: Bench, profile: Profile, *, extra_path: str = "") -> dict[str, Any]:
+def run_one(
+    bench: Bench, profile: Profile, *, extra_path: str = "", shared_dir: Path | None = None
+) -> dict[str, Any]:
     """Run one benchmark in a child process; its entry for the results file."""
     entry: dict[str, Any] = {
         "what": bench.what,
@@ -80,7 +86,7 @@ def run_one(bench: Bench, profile: Profile, *, extra_path: str = "") -> dict[str
         command += ["--function", bench.function, "--profile", profile.name]
         command += ["--seed", str(profile.seed), "--figures-out", str(out)]
         watch = CpuWatch()
-        proc = subprocess.Popen(command, cwd=REPO, env=child_env(extra_path))
+        proc = subprocess.Popen(command, cwd=REPO, env=child_env(extra_path, shared_dir))
         try:
             returncode = proc.wait(timeout=bench.timeout_min * 60)
         except subprocess.TimeoutExpired:
@@ -130,16 +136,18 @@ def run_benches(
         **git_commit(),
     }
     watch = CpuWatch()
-    for bench in benches:
-        minutes = bench.minutes[0 if profile.quick else 1]
-        print(f"\n===== {bench.name}: {bench.what} (about {minutes:g} min)", flush=True)
-        entry = run_one(bench, profile, extra_path=extra_path)
-        entry["machine"] = info
-        results["benches"][bench.name] = entry
-        status = entry.get("error") or f"{len(entry['figures'])} figures"
-        print(f"===== {bench.name}: {status} in {entry['seconds']:.0f} s", flush=True)
-        results["last_run"] = {**run, **watch.stop()}
-        write_results(out, results)  # after each benchmark: a later failure loses nothing
+    # what several benchmarks prepare alike (bench/smollm2.py) is written once per run
+    with tempfile.TemporaryDirectory(prefix="sw-bench-shared-") as shared:
+        for bench in benches:
+            minutes = bench.minutes[0 if profile.quick else 1]
+            print(f"\n===== {bench.name}: {bench.what} (about {minutes:g} min)", flush=True)
+            entry = run_one(bench, profile, extra_path=extra_path, shared_dir=Path(shared))
+            entry["machine"] = info
+            results["benches"][bench.name] = entry
+            status = entry.get("error") or f"{len(entry['figures'])} figures"
+            print(f"===== {bench.name}: {status} in {entry['seconds']:.0f} s", flush=True)
+            results["last_run"] = {**run, **watch.stop()}
+            write_results(out, results)  # after each benchmark: a later failure loses nothing
     results["last_run"] = {**run, **watch.stop(), "finished": now_iso()}
     write_results(out, results)
     return results

@@ -48,13 +48,13 @@ from typing import Any
 from figures import Figure, Profile, print_figures  # bench/, beside this script
 from prompts import PROMPTS as ALL_PROMPTS
 from redis.asyncio import Redis
+from smollm2 import chunk_set
 from static_stream import StaticDecodeLoops
 from timing import pct, rotated
 
 from producer import Producer
 from sw_core.cache import ChunkCache
-from sw_core.chunks.chunker import chunk_model
-from sw_core.local.bundled import load_smollm2
+from sw_core.chunks.manifest import Manifest
 from sw_core.local.redis_server import RedisServer
 from sw_core.settings import Settings
 from workers.jobs.consumer import JobConsumer
@@ -173,14 +173,13 @@ def start_loader(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
     )
 
 
-def prepare(root: Path, settings: Settings) -> int:
-    """Chunk SmolLM2 into ``root`` and fill the chunk cache; returns the weight bytes."""
-    model, tokenizer = load_smollm2()
-    manifest = chunk_model(model, root, name="smollm2", tokenizer=tokenizer)
+def prepare(folder: Path, settings: Settings) -> int:
+    """Fill the chunk cache with the chunk set in ``folder``; returns the weight bytes."""
+    manifest = Manifest.load(folder)
     cache = ChunkCache.from_settings(settings)
     try:
         for chunk in manifest.chunks:
-            cache.put(chunk.sha256, (root / chunk.file).read_bytes(), blake3=chunk.blake3)
+            cache.put(chunk.sha256, (folder / chunk.file).read_bytes(), blake3=chunk.blake3)
     finally:
         cache.close()
     return manifest.total_bytes
@@ -190,10 +189,11 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Every mode in ``args.rounds`` interleaved rounds; pooled per mode."""
     with tempfile.TemporaryDirectory(prefix="sw-bench-serving-") as tmp, RedisServer() as server:
         root = Path(tmp)
+        folder, _ = chunk_set(root / "smollm2")
         settings = Settings.from_env(
             {},
             redis_url=server.url,
-            models=f"smollm2={root / 'smollm2'}",
+            models=f"smollm2={folder}",
             cache_size_mb=2048,
             max_active_sequences=args.max_active,
             max_kv_cache_mb=args.kv_mb,
@@ -202,7 +202,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             poll_block_ms=100,
             batch_timeout_s=0,
         )
-        weights = prepare(root / "smollm2", settings)
+        weights = prepare(folder, settings)
         budget_mb = round(weights / 4 / 2**20)
         settings = settings.replace(memory_budget_mb=budget_mb)
         loader = start_loader(settings, root / "loader.log")

@@ -28,11 +28,10 @@ from typing import Any
 
 import torch
 from figures import Figure, Profile  # bench/, beside this script
+from smollm2 import chunk_set, load
 
 from sw_core.cache import ChunkCache
-from sw_core.chunks.chunker import chunk_model
 from sw_core.engine import CachedChunkSource, StreamingEngine
-from sw_core.local.bundled import load_smollm2
 from sw_core.local.demo import QUESTIONS
 from sw_core.storage import FilesystemBackend
 
@@ -76,13 +75,15 @@ async def _open_engines(
 ) -> tuple[dict[str, StreamingEngine], int]:
     """The engine sides (:data:`ENGINES`), each at 25 % of the float32 weights; and that size."""
     engines: dict[str, StreamingEngine] = {}
+    filled: set[Path] = set()
     weights = 0
     for name, (dtype, compute) in ENGINES.items():
-        folder = root / f"smollm2-{dtype or 'float32'}"
-        if not (folder / "manifest.json").exists():
-            manifest = chunk_model(model, folder, name="smollm2", tokenizer=tokenizer, dtype=dtype)
+        wanted = root / f"smollm2-{dtype or 'float32'}"
+        folder, manifest = chunk_set(wanted, dtype, loaded=(model, tokenizer))
+        if folder not in filled:
             for chunk in manifest.chunks:
                 cache.put(chunk.sha256, (folder / chunk.file).read_bytes(), blake3=chunk.blake3)
+            filled.add(folder)
             weights = weights or manifest.total_bytes
         budget_mb = round(weights / 4 / 2**20)  # 25 % of the float32 weights, for every side
         source = CachedChunkSource(cache, FilesystemBackend(folder))
@@ -98,7 +99,7 @@ async def bench_streamed(
     root: Path, cache: ChunkCache, rounds: int, new_tokens: int
 ) -> dict[str, Any]:
     """Cases d and e (see the module doc): the medians (s) of every side, and checks."""
-    model, tokenizer = load_smollm2()
+    model, tokenizer = load()
     model_bf16 = copy.deepcopy(model).to(torch.bfloat16)
     engines, weights = await _open_engines(root, cache, model, tokenizer)
     prompt = QUESTIONS[0]
