@@ -13,8 +13,8 @@ from types import ModuleType
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-HARNESS = ("figures", "machine", "registry", "report", "run", "timing")
+BENCH = Path(__file__).resolve().parents[3] / "bench"
+HARNESS = ("figures", "machine", "registry", "report", "run", "smollm2", "timing")
 
 
 @pytest.fixture()
@@ -106,6 +106,15 @@ FAKE = textwrap.dedent(
 
     def broken(profile):
         raise RuntimeError("this benchmark fails")
+
+    def shares(profile):
+        import os
+        from pathlib import Path
+
+        mark = Path(os.environ["BENCH_SHARED_DIR"]) / "mark"
+        seen = mark.exists()
+        mark.write_text("written by an earlier benchmark of this run")
+        return [Figure("fake.seen", float(seen), "", "the mark of an earlier benchmark")]
     """
 )
 
@@ -142,3 +151,23 @@ def test_run_writes_one_results_file(bench: dict[str, ModuleType], tmp_path: Pat
     again = run.run_benches([good], full, out, extra_path=str(tmp_path), registry=known)
     assert again["benches"]["fake"]["figures"][0]["status"] == "pass"
     assert "broken" in again["benches"]
+
+
+def test_benchmarks_of_one_run_share_a_folder(bench: dict[str, ModuleType], tmp_path: Path) -> None:
+    """What one benchmark prepares in the run's shared folder (bench/smollm2.py) the next
+    finds; the folder goes away with the run."""
+    run, registry = bench["run"], bench["registry"]
+    (tmp_path / "fakebench.py").write_text(FAKE)
+    first = registry.Bench("first", "fakebench", "writes the mark", function="shares")
+    second = registry.Bench("second", "fakebench", "finds it", function="shares")
+    quick = bench["figures"].Profile("quick")
+    known = (first, second)
+    results = run.run_benches(
+        known, quick, tmp_path / "results.json", extra_path=str(tmp_path), registry=known
+    )
+    seen = [results["benches"][b.name]["figures"][0]["value"] for b in known]
+    assert seen == [0.0, 1.0]
+    again = run.run_benches(
+        [first], quick, tmp_path / "results.json", extra_path=str(tmp_path), registry=known
+    )
+    assert again["benches"]["first"]["figures"][0]["value"] == 0.0
