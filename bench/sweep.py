@@ -27,7 +27,7 @@ streams most blocks from the chunk cache) and resident (the whole model in the b
 
 Usage: ``.venv/bin/python bench/sweep.py [--quick] [--rates 0.25,0.5,1,2] [--requests 20]
 [--passes 2] [--budget 25|resident] [--max-tokens 64]``; ``--quick``: 6 requests per
-rate, ``max_tokens`` 16, one pass, the 25 % budget only.
+rate, ``max_tokens`` 8, one pass, the 25 % budget only.
 """
 
 from __future__ import annotations
@@ -191,8 +191,7 @@ def run_budget(
     max_tokens: int = MAX_TOKENS,
 ) -> dict:
     with tempfile.TemporaryDirectory(prefix="sw-bench-sweep-") as tmp:
-        folder = Path(tmp) / "smollm2"
-        weights = chunk_smollm2(folder)
+        folder, weights = chunk_smollm2(Path(tmp) / "smollm2")
         budget_mb = BUDGETS[budget] or round(weights / 4 / 2**20)
         settings = {"memory_budget_mb": budget_mb, "max_kv_cache_mb": 256}
         settings["gateway_timeout_s"] = 1800  # a loaded machine must not cut streams short
@@ -268,7 +267,7 @@ def to_figures(budget: str, result: dict[str, Any], n: int, passes: int) -> list
 def measure(profile: Profile) -> list[Figure]:
     budgets = profile.pick(("25",), ("25", "resident"))
     n, passes = profile.pick(6, 20), profile.pick(1, 2)
-    max_tokens = profile.pick(16, MAX_TOKENS)
+    max_tokens = profile.pick(8, MAX_TOKENS)
     out: list[Figure] = []
     for budget in budgets:
         result = run_budget(budget, RATES, n, passes, profile.seed, max_tokens)
@@ -285,7 +284,7 @@ def figures(profile: Profile) -> list[Figure]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument(
-        "--quick", action="store_true", help="6 requests per rate, max_tokens 16, one pass"
+        "--quick", action="store_true", help="6 requests per rate, max_tokens 8, one pass"
     )
     parser.add_argument("--max-tokens", type=int, default=MAX_TOKENS)
     parser.add_argument("--rates", default=",".join(f"{r:g}" for r in RATES))
@@ -295,7 +294,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.quick:
-        args.requests, args.passes, args.max_tokens = 6, 1, 16
+        args.requests, args.passes, args.max_tokens = 6, 1, 8
     rates = tuple(float(r) for r in args.rates.split(","))
     result = run_budget(args.budget, rates, args.requests, args.passes, args.seed, args.max_tokens)
     table(args.budget, result, args.requests, args.passes)
