@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.sw-installed
 PYTEST_ARGS ?=
 
-.PHONY: all setup demo test lint typecheck unit bench chaos clean
+.PHONY: all setup demo test lint typecheck unit bench bench-quick chaos clean
 
 all: test
 
@@ -44,8 +44,20 @@ unit: $(STAMP)
 chaos: $(STAMP)
 	CHAOS_LONG=1 $(BIN)/pytest -q tests/chaos $(PYTEST_ARGS)
 
+# Every benchmark (bench/run.py): writes bench/results.json and bench/README.md's tables and
+# prints every goal with its value. Long ones are opt-in: make bench WITH=peers installs the
+# bench extra (AirLLM) and runs them too. BENCH_ARGS go to bench/run.py (--only NAME,...).
+WITH ?=
+BENCH_ARGS ?=
 bench: $(STAMP)
-	$(BIN)/python bench/cache_read.py
+ifneq ($(strip $(WITH)),)
+	$(BIN)/pip install -q -c constraints.txt -e '.[bench]'
+endif
+	$(BIN)/python bench/run.py --readme --with '$(WITH)' $(BENCH_ARGS)
+
+# The same benchmarks in minutes (fewer rounds, shorter generations): bench/results-quick.json.
+bench-quick: $(STAMP)
+	$(BIN)/python bench/run.py --quick $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info

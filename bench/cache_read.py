@@ -21,7 +21,7 @@ each case costs (this process plus the Redis server, which shares the machine), 
 ceilings for the ratio: raw / sha256 alone (a verified read cannot beat its hash) and
 raw / (verified read's CPU / cores) (no schedule beats the machine's cores).
 
-Usage: ``.venv/bin/python bench/cache_read.py [--reps 9] [--size-mb 48]``; with ``--shards N``
+Usage: ``.venv/bin/python bench/cache_read.py [--reps 15] [--size-mb 48]``; with ``--shards N``
 it compares one shard with ``N`` shards on one server instead (``bench/cache_shards.py``).
 """
 
@@ -30,12 +30,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import resource
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import redis
+from figures import Figure, Profile, print_figures  # bench/, beside this script
+from timing import process_cpu_s, redis_cpu_s, rotated
 
 from sw_core.cache import ChunkCache, allocate_buffer
 from sw_core.hashing import hex_digest
@@ -45,23 +47,15 @@ from sw_core.local.redis_server import RedisServer
 PART_BYTES = 4 << 20
 RAW = f"raw GET x {PART_BYTES >> 20} MiB"
 VERIFIED = "cache get (blake3)"
+REUSED = "cache get (blake3, reused out)"
+SHA256 = "cache get (sha256)"
+UNVERIFIED = "cache get (unverified)"
 GOAL = 0.85
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=9, help="interleaved repetitions (>= 7)")
-    parser.add_argument("--size-mb", type=int, default=48, help="chunk size in MiB")
-    parser.add_argument(
-        "--shards", type=int, default=0, help="only compare one shard vs N shards on one server"
-    )
-    args = parser.parse_args()
-    if args.shards > 1:
-        from cache_shards import compare_shards  # bench/cache_shards.py
-
-        compare_shards(args.shards, reps=args.reps)
-        return 0
-    size_bytes = args.size_mb << 20
+def measure(reps: int, size_mb: int) -> dict[str, Any]:
+    """Time every case in ``reps`` interleaved rounds; medians (s) and CPU medians (s)."""
+    size_bytes = size_mb << 20
     data = os.urandom(size_bytes)
     chunk_id = hashlib.sha256(data).hexdigest()
     blake3_hex = hex_digest("blake3", data)
@@ -102,9 +96,9 @@ def main() -> int:
 
         cases: dict[str, Callable[[], None]] = {
             VERIFIED: verified,
-            "cache get (blake3, reused out)": verified_reused,
-            "cache get (sha256)": verified_sha256,
-            "cache get (unverified)": unverified,
+            REUSED: verified_reused,
+            SHA256: verified_sha256,
+            UNVERIFIED: unverified,
             "blake3 alone": blake3_alone,
             "sha256 alone": sha256_alone,
             RAW: raw,
@@ -114,9 +108,8 @@ def main() -> int:
             case()
         times: dict[str, list[float]] = {name: [] for name in cases}
         cpu_s: dict[str, list[float]] = {name: [] for name in cases}
-        names = list(cases)
-        for rep in range(max(args.reps, 7)):
-            for name in names[rep % len(names) :] + names[: rep % len(names)]:
+        for rep in range(max(reps, 7)):
+            for name in rotated(list(cases), rep):
                 cpu_before = process_cpu_s() + redis_cpu_s(client)
                 started = time.perf_counter()
                 cases[name]()
@@ -124,47 +117,121 @@ def main() -> int:
                 cpu_s[name].append(process_cpu_s() + redis_cpu_s(client) - cpu_before)
         cache.close()
         client.close()
+    return {
+        "size_bytes": size_bytes,
+        "parts": len(part_keys),
+        "reps": max(reps, 7),
+        "put_s": put_s,
+        "median_s": {name: statistics.median(values) for name, values in times.items()},
+        "cpu_s": {name: statistics.median(values) for name, values in cpu_s.items()},
+    }
 
-    medians = {name: statistics.median(values) for name, values in times.items()}
+
+def report(m: dict[str, Any]) -> None:
+    """The detailed table of one run."""
+    medians, size_bytes = m["median_s"], m["size_bytes"]
     raw_s = medians[RAW]
     print(
-        f"chunk {args.size_mb} MiB in {len(part_keys)} parts; put {size_bytes / put_s / 1e6:.0f} MB/s; "
-        f"medians of {max(args.reps, 7)} interleaved runs"
+        f"chunk {size_bytes >> 20} MiB in {m['parts']} parts; put "
+        f"{size_bytes / m['put_s'] / 1e6:.0f} MB/s; medians of {m['reps']} interleaved runs"
     )
     print(f"{'case':34s} {'median ms':>10s} {'MB/s':>8s} {'vs raw':>7s} {'CPU ms':>7s}")
     for name, median_s in medians.items():
         print(
             f"{name:34s} {median_s * 1e3:10.1f} {size_bytes / median_s / 1e6:8.0f} "
-            f"{raw_s / median_s:7.2f} {statistics.median(cpu_s[name]) * 1e3:7.1f}"
+            f"{raw_s / median_s:7.2f} {m['cpu_s'][name] * 1e3:7.1f}"
         )
-    ratio = raw_s / medians[VERIFIED]
-    print(
-        f"verified (blake3) / raw = {ratio:.2f} (goal >= {GOAL}: "
-        f"{'met' if ratio >= GOAL else 'NOT met'}); reused out: "
-        f"{raw_s / medians['cache get (blake3, reused out)']:.2f}; sha256: "
-        f"{raw_s / medians['cache get (sha256)']:.2f}"
-    )
-    print(f"ceiling from the hash: raw / blake3 alone = {raw_s / medians['blake3 alone']:.2f}")
+
+
+def to_figures(m: dict[str, Any]) -> list[Figure]:
+    medians, cpu = m["median_s"], m["cpu_s"]
+    raw_s = medians[RAW]
     cores = os.cpu_count() or 1
-    floor_s = statistics.median(cpu_s[VERIFIED]) / cores
-    print(
-        f"ceiling from the cores: a verified read costs "
-        f"{statistics.median(cpu_s[VERIFIED]) * 1e3:.1f} ms of CPU (process + "
-        f"Redis), >= {floor_s * 1e3:.1f} ms on {cores} cores: raw / that = {raw_s / floor_s:.2f}"
+    mib = m["size_bytes"] >> 20
+    how = f"{mib} MiB chunk, medians of {m['reps']} interleaved rounds"
+    return [
+        Figure(
+            "cache_read.verified_vs_raw",
+            raw_s / medians[VERIFIED],
+            "x",
+            "verified read (BLAKE3) / raw GETs, speed",
+            goal=f">= {GOAL}",
+            note=f"ChunkCache.get into a fresh buffer vs redis-py GETs of its parts; {how}",
+        ),
+        Figure(
+            "cache_read.reused_vs_raw",
+            raw_s / medians[REUSED],
+            "x",
+            "verified read (BLAKE3) into a reused buffer / raw GETs",
+            note="what the engine does (reused chunk buffers)",
+        ),
+        Figure(
+            "cache_read.sha256_vs_raw",
+            raw_s / medians[SHA256],
+            "x",
+            "verified read (sha256) / raw GETs",
+            note="chunk sets without BLAKE3 digests",
+        ),
+        Figure(
+            "cache_read.unverified_vs_raw",
+            raw_s / medians[UNVERIFIED],
+            "x",
+            "unverified read / raw GETs",
+            note="the same read without the hash",
+        ),
+        Figure("cache_read.raw_ms", raw_s * 1e3, "ms", f"raw GETs of {mib} MiB"),
+        Figure(
+            "cache_read.verified_ms",
+            medians[VERIFIED] * 1e3,
+            "ms",
+            f"verified read (BLAKE3) of {mib} MiB",
+        ),
+        Figure(
+            "cache_read.verified_cpu_ms",
+            cpu[VERIFIED] * 1e3,
+            "ms",
+            "CPU of one verified read (process + Redis)",
+        ),
+        Figure(
+            "cache_read.blake3_cpu_ms",
+            cpu["blake3 alone"] * 1e3,
+            "ms",
+            f"CPU of BLAKE3 over {mib} MiB",
+        ),
+        Figure(
+            "cache_read.cpu_ceiling",
+            raw_s / (cpu[VERIFIED] / cores),
+            "x",
+            f"ceiling from the cores: raw / (verified read's CPU / {cores} cores)",
+            note="no schedule beats the machine's cores",
+        ),
+    ]
+
+
+def figures(profile: Profile) -> list[Figure]:
+    """Figures for ``bench/run.py``."""
+    m = measure(profile.pick(9, 15), 48)
+    report(m)
+    return to_figures(m)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=15, help="interleaved repetitions (>= 7)")
+    parser.add_argument("--size-mb", type=int, default=48, help="chunk size in MiB")
+    parser.add_argument(
+        "--shards", type=int, default=0, help="only compare one shard vs N shards on one server"
     )
+    args = parser.parse_args()
+    if args.shards > 1:
+        from cache_shards import compare_shards  # bench/cache_shards.py
+
+        compare_shards(args.shards, reps=args.reps)
+        return 0
+    m = measure(args.reps, args.size_mb)
+    report(m)
+    print_figures(to_figures(m))
     return 0
-
-
-def process_cpu_s() -> float:
-    """CPU seconds of this process, all threads (user + system)."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def redis_cpu_s(client: redis.Redis) -> float:
-    """CPU seconds the Redis server has used (INFO cpu, main thread and children)."""
-    info = client.info("cpu")
-    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
 if __name__ == "__main__":

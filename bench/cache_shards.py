@@ -16,12 +16,29 @@ import statistics
 import time
 
 import redis
+from figures import Figure, Profile  # bench/, beside this script
 
 from sw_core.cache import ChunkCache, allocate_buffer
 from sw_core.keys import Keys
 from sw_core.local.redis_server import RedisServer
 
 PART_BYTES = 4 << 20
+
+
+def figures(profile: Profile) -> list[Figure]:
+    """Figures for ``bench/run.py``: 8 shards vs one."""
+    reps = profile.pick(9, 21)
+    ratio = compare_shards(8, reps=reps)
+    return [
+        Figure(
+            "cache_shards.sharded_vs_one",
+            ratio,
+            "x",
+            "8 cache shards / one shard on one server, speed",
+            goal=">= 0.95",
+            note=f"16 chunks of 4 MiB read back sha256-verified, {reps} interleaved rounds",
+        )
+    ]
 
 
 def compare_shards(shards: int, *, chunks: int = 16, chunk_mb: int = 4, reps: int = 9) -> float:

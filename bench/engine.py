@@ -17,27 +17,17 @@ b. **cold** -- the same batch with every chunk coming from the Redis chunk cache
    per case are printed too: on a machine with few cores, fetching (hashing, socket copies,
    Redis itself) and compute share the cores, so ``(fetch CPU + compute CPU) / cores`` is a
    floor for the cold wall whatever the overlap.
-c. **batching** -- SmolLM2-135M-Instruct under ``memory_budget_mb`` = 25 % of its weights
-   (blocks stream through the budget at every decode step), chunks in the Redis cache: 16
-   greedy chat requests in one batch vs the same 16 one after the other. The one-by-one
-   pass is long, so each round is: batched, 8 requests one by one, batched, the other 8,
-   batched (every batched run sits next to one-by-one work). Goal: throughput >= 14x (issue
-   16; 8x before).
 
-Correctness is asserted on every side: (a, b) engine outputs equal the in-memory model's
-(max |diff| <= 1e-5), (c) the batched tokens equal the one-by-one tokens and transformers'
-own greedy ``generate``.
+Correctness is asserted: engine outputs equal the in-memory model's (max |diff| <= 1e-5).
 
 The in-memory baseline runs in the same process as the engine, so it shares the engine's
 process-wide settings (torch threads; glibc's malloc thresholds, ``sw_core.engine.memory.heap``).
 
-d, e. **one streamed request** (``bench/streamed.py``): SmolLM2 streamed at a 25 % budget from
-   the Redis cache vs transformers in memory (goal <= 2.5x), and bfloat16 vs float32 chunks
-   (goal <= 0.7x wall per token).
+c (batched vs one by one) is ``bench/batching.py``; d and e (one streamed request,
+bfloat16 chunks) are ``bench/streamed.py``; ``--only c|d`` here runs those.
 
-Usage: ``.venv/bin/python bench/engine.py [--quick] [--only a|b|c|d] [--reps 15]``. The full
-run takes about 3.5-4 minutes on 2 cores (c: about 3); ``--quick`` runs 7 rounds of a/b and
-8 new tokens per request in c (about 2 minutes).
+Usage: ``.venv/bin/python bench/engine.py [--quick] [--only a|b|c|d] [--reps 15]`` (a and b:
+about a minute on 2 cores; ``--quick``: 5 rounds instead of 15).
 """
 
 from __future__ import annotations
@@ -45,34 +35,30 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import contextlib
 import os
-import statistics
-import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import redis
 import torch
-from prompts import PROMPTS  # bench/prompts.py, beside this script
+from figures import Figure, Profile, print_figures  # bench/, beside this script
+from timing import Case, Timings
 
 from sw_core.cache import ChunkCache
 from sw_core.chunks.chunker import chunk_model
 from sw_core.chunks.manifest import Manifest
 from sw_core.engine import CachedChunkSource, StreamingEngine
 from sw_core.keys import Keys
-from sw_core.local.bundled import load_smollm2, minilm_path
+from sw_core.local.bundled import minilm_path
 from sw_core.local.redis_server import RedisServer
 from sw_core.storage import FilesystemBackend
-
-Case = Callable[[], Awaitable[Any]]
 
 MEMORY = "transformers in memory"
 MEMORY_THREAD = "transformers in memory, worker thread"
@@ -82,62 +68,22 @@ FETCH_SEQ = "fetch alone, one chunk at a time"
 FETCH_ALL = "fetch alone, all chunks at once"
 
 
-# --------------------------------------------------------------------------- timing
-@dataclass
-class Timings:
-    """Wall seconds, process CPU seconds and Redis CPU seconds of each case, per run."""
-
-    client: redis.Redis
-    wall: dict[str, list[float]] = field(default_factory=dict)
-    cpu: dict[str, list[float]] = field(default_factory=dict)
-    redis_cpu: dict[str, list[float]] = field(default_factory=dict)
-
-    def _redis_cpu_s(self) -> float:
-        info = self.client.info("cpu")
-        return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
-
-    async def time(self, name: str, case: Case) -> Any:
-        redis_before = self._redis_cpu_s()
-        cpu_before = time.process_time()
-        started = time.perf_counter()
-        result = await case()
-        wall_s = time.perf_counter() - started
-        self.wall.setdefault(name, []).append(wall_s)
-        self.cpu.setdefault(name, []).append(time.process_time() - cpu_before)
-        self.redis_cpu.setdefault(name, []).append(self._redis_cpu_s() - redis_before)
-        return result
-
-    async def interleaved(self, cases: dict[str, Case], reps: int) -> None:
-        """Run every case once per round, rotating the order."""
-        names = list(cases)
-        for rep in range(reps):
-            for name in names[rep % len(names) :] + names[: rep % len(names)]:
-                await self.time(name, cases[name])
-
-    def median_s(self, name: str) -> float:
-        return statistics.median(self.wall[name])
-
-    def row(self, name: str, note: str = "") -> str:
-        ms = [v * 1e3 for v in self.wall[name]]
-        cpu_ms = statistics.median(self.cpu[name]) * 1e3
-        redis_ms = statistics.median(self.redis_cpu[name]) * 1e3
-        return (
-            f"  {name:38s} {statistics.median(ms):8.1f} ms (min {min(ms):7.1f}, max "
-            f"{max(ms):7.1f}, n={len(ms)})  cpu {cpu_ms:6.1f} + redis {redis_ms:5.1f} ms{note}"
-        )
-
-    def cpu_total_s(self, name: str) -> float:
-        return statistics.median(self.cpu[name]) + statistics.median(self.redis_cpu[name])
-
-
-def verdict(ratio: float, goal: float, *, at_most: bool) -> str:
-    met = ratio <= goal if at_most else ratio >= goal
-    return f"goal {'<=' if at_most else '>='} {goal:g}: {'met' if met else 'NOT met'}"
-
-
 def put_chunks(cache: ChunkCache, folder: Path, manifest: Manifest) -> None:
     for chunk in manifest.chunks:
-        cache.put(chunk.sha256, (folder / chunk.file).read_bytes())
+        cache.put(chunk.sha256, (folder / chunk.file).read_bytes(), blake3=chunk.blake3)
+
+
+@contextlib.asynccontextmanager
+async def redis_cache() -> AsyncIterator[tuple[Path, ChunkCache]]:
+    """A temporary folder and a chunk cache on a private Redis, for one benchmark."""
+    with tempfile.TemporaryDirectory(prefix="sw-bench-engine-") as tmp, RedisServer() as server:
+        client = redis.Redis.from_url(server.url)
+        cache = ChunkCache(client, keys=Keys("bench"), cache_size_bytes=2048 << 20)
+        try:
+            yield Path(tmp), cache
+        finally:
+            cache.close()
+            client.close()
 
 
 async def fetch_chunk(engine: StreamingEngine, source: CachedChunkSource, chunk: Any) -> None:
@@ -147,7 +93,8 @@ async def fetch_chunk(engine: StreamingEngine, source: CachedChunkSource, chunk:
 
 
 # --------------------------------------------------------------------------- a + b
-async def bench_minilm(root: Path, cache: ChunkCache, reps: int, only: str | None) -> None:
+async def bench_minilm(root: Path, cache: ChunkCache, reps: int, only: str | None) -> Timings:
+    """Cases a (and b unless ``only`` is "a"), interleaved; the timings."""
     from transformers import AutoModel
 
     source_dir = minilm_path()
@@ -224,177 +171,113 @@ async def bench_minilm(root: Path, cache: ChunkCache, reps: int, only: str | Non
     print(f"MiniLM ({weights_mb:.1f} MB in {len(manifest.chunks)} chunks), batch 8 x 32 tokens")
     for name in cases:
         print(timings.row(name))
+    return timings
+
+
+def to_figures(timings: Timings, reps: int) -> list[Figure]:
+    """(a), and (b) when it ran."""
+    how = f"MiniLM, batch 8 x 32 tokens, medians of {reps} interleaved rounds"
     compute_s = timings.median_s(RESIDENT)
-    ratio_a = compute_s / timings.median_s(MEMORY)
-    if only in (None, "a"):
-        print(f"(a) resident / in memory = {ratio_a:.3f}  ({verdict(ratio_a, 1.03, at_most=True)})")
-        threaded = compute_s / timings.median_s(MEMORY_THREAD)
-        print(
-            f"(a) resident / in memory on a worker thread = {threaded:.3f}  (information: the "
-            "engine computes on its own thread; this baseline pays the same hop)"
-        )
-    if only in (None, "b"):
-        wall_s = timings.median_s(COLD)
-        print(f"(b) cold / in memory = {wall_s / timings.median_s(MEMORY):.2f}")
-        for label, fetch in (("one at a time", FETCH_SEQ), ("all at once", FETCH_ALL)):
-            fetch_s = timings.median_s(fetch)
-            overlap = wall_s / max(fetch_s, compute_s)
-            note = verdict(overlap, 1.1, at_most=True) if fetch == FETCH_SEQ else "information"
-            print(
-                f"(b) overlap efficiency = cold wall / max(fetch {label} {fetch_s * 1e3:.1f}, "
-                f"compute {compute_s * 1e3:.1f}) = {overlap:.2f}  ({note})"
-            )
-        cores = os.cpu_count() or 1
-        fetch_cpu_s, compute_cpu_s = timings.cpu_total_s(FETCH_SEQ), timings.cpu_total_s(RESIDENT)
-        floor_s = (fetch_cpu_s + compute_cpu_s) / cores
-        print(
-            f"    CPU: fetch {fetch_cpu_s * 1e3:.0f} + compute {compute_cpu_s * 1e3:.0f} ms "
-            f"(process + Redis) on {cores} cores: cold wall >= {floor_s * 1e3:.0f} ms = "
-            f"{floor_s / timings.median_s(FETCH_SEQ):.2f} x fetch however well they overlap; "
-            f"the cold run used {timings.cpu_total_s(COLD) * 1e3:.0f} ms"
-        )
-
-
-# --------------------------------------------------------------------------- c
-async def bench_smollm2(root: Path, cache: ChunkCache, rounds: int, new_tokens: int) -> None:
-    model, tokenizer = load_smollm2()
-    folder = root / "smollm2"
-    manifest = chunk_model(model, folder, name="smollm2", tokenizer=tokenizer)
-    put_chunks(cache, folder, manifest)
-    weights = sum(c.size_bytes for c in manifest.chunks)
-    budget_mb = round(weights / 4 / 2**20)
-    requests = [{"text": p, "max_new_tokens": new_tokens} for p in PROMPTS]
-    reference = reference_tokens(model, tokenizer, new_tokens)
-    del model
-
-    source = CachedChunkSource(cache, FilesystemBackend(folder))
-    engine = await StreamingEngine.open(source, memory_budget_mb=budget_mb)
-    timings = Timings(cache.redis)
-    serial: list[list[int]] = []
-    batched: list[list[int]] = []
-    streamed = {"batched": 0, "one by one": 0}
-    try:
-        plan = engine.plan
-        assert plan.mode == "streaming", plan.describe()
-        print(
-            f"SmolLM2 ({weights / 2**20:.0f} MiB in {len(manifest.chunks)} chunks), budget "
-            f"{budget_mb} MiB (25 %): {plan.describe()}; prefetch_count "
-            f"{engine.settings.prefetch_count}; {new_tokens} new tokens per request"
-        )
-
-        async def run_batched() -> None:
-            engine.residency.reset_stats()
-            results = await engine.run_async("generate", requests)
-            streamed["batched"] += engine.residency.stats.loaded_bytes
-            batched[:] = [r["token_ids"] for r in results]
-
-        def one_by_one(part: list[dict[str, Any]]) -> Case:
-            async def run() -> None:
-                for request in part:
-                    engine.residency.reset_stats()
-                    [result] = await engine.run_async("generate", [request])
-                    streamed["one by one"] += engine.residency.stats.loaded_bytes
-                    serial.append(result["token_ids"])
-
-            return run
-
-        half = len(requests) // 2
-        for _ in range(rounds):
-            serial.clear()
-            await timings.time("16 batched", run_batched)
-            await timings.time("one by one, first 8", one_by_one(requests[:half]))
-            await timings.time("16 batched", run_batched)
-            await timings.time("one by one, last 8", one_by_one(requests[half:]))
-            await timings.time("16 batched", run_batched)
-            assert batched == serial, "batched tokens differ from one by one"
-            assert batched == reference, "engine tokens differ from transformers' generate"
-        assert source.cache_misses == 0, "a chunk did not come from the Redis cache"
-    finally:
-        await engine.aclose()
-
-    n_tokens = sum(len(t) for t in batched)
-    print(f"  check: batched == one by one == transformers generate ({n_tokens} tokens)")
-    serial_runs = [
-        a + b
-        for a, b in zip(
-            timings.wall["one by one, first 8"], timings.wall["one by one, last 8"], strict=True
-        )
+    out = [
+        Figure(
+            "engine.a_resident_vs_memory",
+            compute_s / timings.median_s(MEMORY),
+            "x",
+            "(a) engine resident / transformers in memory, time",
+            goal="<= 1.03",
+            note=how,
+        ),
+        Figure(
+            "engine.a_resident_vs_memory_thread",
+            compute_s / timings.median_s(MEMORY_THREAD),
+            "x",
+            "(a) engine resident / in memory on a worker thread, time",
+            note="the engine computes on its own thread; this baseline pays the same hop",
+        ),
+        Figure(
+            "engine.a_memory_ms",
+            timings.median_s(MEMORY) * 1e3,
+            "ms",
+            "(a) transformers in memory, one forward",
+        ),
     ]
-    timings.wall["16 one by one"] = serial_runs
-    for side, name, runs in (
-        ("batched", "16 batched", 3 * rounds),
-        ("one by one", "16 one by one", rounds),
-    ):
-        rate = n_tokens / timings.median_s(name)
-        per_run_mib = streamed[side] / runs / 2**20
-        print(
-            f"  {name:38s} {timings.median_s(name) * 1e3:9.0f} ms (n={len(timings.wall[name])})"
-            f"  {rate:6.1f} tokens/s, {per_run_mib:6.0f} MiB streamed per run"
-        )
-    ratio = timings.median_s("16 one by one") / timings.median_s("16 batched")
-    print(
-        f"(c) batched / one by one throughput = {ratio:.1f}x  ({verdict(ratio, 14, at_most=False)})"
-    )
+    if COLD not in timings.wall:
+        return out
+    wall_s, fetch_s = timings.median_s(COLD), timings.median_s(FETCH_SEQ)
+    cores = os.cpu_count() or 1
+    floor_s = (timings.cpu_total_s(FETCH_SEQ) + timings.cpu_total_s(RESIDENT)) / cores
+    out += [
+        Figure(
+            "engine.b_overlap",
+            wall_s / max(fetch_s, compute_s),
+            "x",
+            "(b) cold forward / max(fetch alone, compute alone)",
+            goal="<= 1.1",
+            note=f"fetch alone = every chunk from Redis one after the other; {how}",
+        ),
+        Figure("engine.b_cold_ms", wall_s * 1e3, "ms", "(b) cold forward, every chunk from Redis"),
+        Figure("engine.b_fetch_ms", fetch_s * 1e3, "ms", "(b) fetch alone, one chunk at a time"),
+        Figure(
+            "engine.b_cpu_floor",
+            floor_s / fetch_s,
+            "x",
+            f"(b) CPU floor: (fetch + compute CPU) / {cores} cores / fetch alone",
+            note="process and Redis CPU: the best overlap these cores allow",
+        ),
+    ]
+    return out
 
 
-def reference_tokens(model: Any, tokenizer: Any, new_tokens: int) -> list[list[int]]:
-    """transformers' greedy ``generate`` per prompt (chat template), cut after EOS."""
-    eos = model.generation_config.eos_token_id
-    eos_ids = set(eos if isinstance(eos, list) else [eos])
-    result = []
-    for prompt in PROMPTS:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-        )
-        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-        with torch.inference_mode():
-            out = model.generate(input_ids=ids, max_new_tokens=new_tokens, do_sample=False)
-        row = out[0, ids.shape[1] :].tolist()
-        cut = next((i + 1 for i, t in enumerate(row) if t in eos_ids), len(row))
-        result.append(row[:cut])
-    return result
+def figures(profile: Profile) -> list[Figure]:
+    """Figures of a and b for ``bench/run.py``."""
+    reps = profile.pick(5, 15)
+
+    async def go() -> Timings:
+        async with redis_cache() as (root, cache):
+            return await bench_minilm(root, cache, reps, None)
+
+    return to_figures(asyncio.run(go()), reps)
 
 
 # --------------------------------------------------------------------------- main
-async def main_async(args: argparse.Namespace) -> None:
-    with tempfile.TemporaryDirectory(prefix="sw-bench-engine-") as tmp, RedisServer() as server:
-        client = redis.Redis.from_url(server.url)
-        cache = ChunkCache(client, keys=Keys("bench"), cache_size_bytes=2048 << 20)
-        try:
-            if args.only in (None, "a", "b"):
-                await bench_minilm(Path(tmp), cache, args.reps, args.only)
-            if args.only in (None, "c"):
-                await bench_smollm2(Path(tmp), cache, args.rounds_c, args.new_tokens)
-            if args.only in (None, "d"):
-                from streamed import bench_streamed  # bench/streamed.py, beside this script
+def run_parts(args: argparse.Namespace) -> list[Figure]:
+    """a and b here (or one of them); c and d+e from their modules."""
+    profile = Profile("quick" if args.quick else "full")
+    if args.only == "c":
+        from batching import figures as batching_figures  # bench/batching.py
 
-                await bench_streamed(Path(tmp), cache, args.rounds_d, 16)
-        finally:
-            cache.close()
-            client.close()
+        return batching_figures(profile)
+    if args.only == "d":
+        from streamed import figures as streamed_figures  # bench/streamed.py
+
+        return streamed_figures(profile)
+
+    async def go() -> Timings:
+        async with redis_cache() as (root, cache):
+            return await bench_minilm(root, cache, args.reps, args.only)
+
+    return to_figures(asyncio.run(go()), args.reps)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds, shorter generation")
-    parser.add_argument("--only", choices=["a", "b", "c", "d"], help="run one part only (d: d+e)")
-    parser.add_argument("--reps", type=int, help="rounds of a and b (default 15, quick 7)")
-    parser.add_argument("--rounds-c", type=int, default=1, help="rounds of c (3 batched runs each)")
-    parser.add_argument("--rounds-d", type=int, default=3, help="rounds of d and e")
-    parser.add_argument("--new-tokens", type=int, help="max_new_tokens in c (default 16, quick 8)")
+    parser.add_argument(
+        "--only", choices=["a", "b", "c", "d"], help="one part (default a and b; d: d and e)"
+    )
+    parser.add_argument("--reps", type=int, help="rounds of a and b (default 15, quick 5)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
-    args.reps = args.reps or (7 if args.quick else 15)
-    args.new_tokens = args.new_tokens or (8 if args.quick else 16)
+    args.reps = args.reps or (5 if args.quick else 15)
     if args.threads:
         torch.set_num_threads(args.threads)
     print(
         f"torch {torch.__version__}: {torch.get_num_threads()} intra-op / "
         f"{torch.get_num_interop_threads()} inter-op threads; {os.cpu_count()} CPUs; "
-        f"rounds a/b {args.reps}, c {args.rounds_c}"
+        f"rounds a/b {args.reps}"
     )
     started = time.perf_counter()
-    asyncio.run(main_async(args))
+    print_figures(run_parts(args))
     print(f"total {time.perf_counter() - started:.0f} s")
     return 0
 

@@ -21,16 +21,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 import transformers
+from figures import Figure, Profile  # bench/, beside this script
 
 from sw_core.chunks.chunker import chunk_model
 from sw_core.chunks.manifest import ChunkInfo, Manifest
@@ -38,18 +37,18 @@ from sw_core.engine import StoreChunkSource, StreamingEngine
 from sw_core.storage import FilesystemBackend
 
 BATCHES = (1, 8, 32)
-_SHAPE: dict[str, Any] = dict(
-    vocab_size=4096,
-    hidden_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    intermediate_size=128,
-    max_position_embeddings=256,
-    bos_token_id=0,
-    eos_token_id=1,
-    pad_token_id=1,
-)
+_SHAPE: dict[str, Any] = {
+    "vocab_size": 4096,
+    "hidden_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 128,
+    "max_position_embeddings": 256,
+    "bos_token_id": 0,
+    "eos_token_id": 1,
+    "pad_token_id": 1,
+}
 
 
 def models() -> dict[str, torch.nn.Module]:
@@ -128,29 +127,50 @@ def budget_for(manifest: Manifest) -> int:
     return need // (1 << 20) + 1
 
 
-async def main(steps: int) -> None:
+async def measure(steps: int, batches: tuple[int, ...] = BATCHES) -> list[dict[str, Any]]:
+    """One row per model and batch: expert bytes per decode step and all experts' bytes."""
     torch.manual_seed(0)
     print(f"decode steps measured: {steps} (generate 1+{steps} minus generate 1)\n")
     print("| model | batch | expert MB / step | whole layers MB / step | fetched | MB / token |")
     print("|---|---|---|---|---|---|")
+    rows = []
     for name, model in models().items():
         with tempfile.TemporaryDirectory(prefix="sw-moe-") as tmp:
             folder = Path(tmp)
             manifest = chunk_model(model, folder, max_chunk_mb=0)
             all_experts = sum(c.size_bytes for c in manifest.chunks if c.role == "expert")
             budget_mb = budget_for(manifest)
-            for batch in BATCHES:
+            for batch in batches:
                 one, _ = await generated_bytes(folder, budget_mb, batch, 1)
                 many, _ = await generated_bytes(folder, budget_mb, batch, 1 + steps)
                 per_step = (many - one) / steps
+                row = {"model": name, "batch": batch, "per_step": per_step}
+                rows.append({**row, "all_experts": all_experts})
                 print(
                     f"| {name} | {batch} | {per_step / 1e6:.2f} | {all_experts / 1e6:.2f} | "
                     f"{per_step / all_experts:.0%} | {per_step / batch / 1e6:.3f} |",
                     flush=True,
                 )
+    return rows
+
+
+def figures(profile: Profile) -> list[Figure]:
+    """Figures for ``bench/run.py``: the share of all experts a decode step fetches."""
+    steps = profile.pick(4, 8)
+    rows = asyncio.run(measure(steps, profile.pick((1, 8), BATCHES)))
+    return [
+        Figure(
+            f"moe.{row['model'].split(' ')[0]}.batch{row['batch']}_fetched",
+            100 * row["per_step"] / row["all_experts"],
+            "%",
+            f"{row['model']}, batch {row['batch']}: expert bytes per decode step / all experts",
+            note=f"random-init model, {steps} decode steps; counts, not times",
+        )
+        for row in rows
+    ]
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=8, help="decode steps measured")
-    asyncio.run(main(parser.parse_args().steps))
+    asyncio.run(measure(parser.parse_args().steps))

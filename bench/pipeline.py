@@ -22,17 +22,14 @@ import argparse
 import asyncio
 import contextlib
 import statistics
-import sys
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import redis.asyncio as aioredis
 from arq.connections import RedisSettings, create_pool
 from arq.worker import Worker
+from figures import Figure, Profile, print_figures  # bench/, beside this script
 
 from producer import Producer
 from sw_core.keys import Keys
@@ -150,7 +147,8 @@ async def arq_round(url: str, n_jobs: int) -> dict[str, float]:
     }
 
 
-async def bench(n_jobs: int, rounds: int) -> None:
+async def bench(n_jobs: int, rounds: int) -> dict[str, list[dict[str, float]]]:
+    """``rounds`` interleaved rounds of each system (the order alternates); their figures."""
     with RedisServer() as server:
         runs: dict[str, list[dict[str, float]]] = {"sw": [], "arq": []}
         order: list[tuple[str, Callable[[str, int], Awaitable[dict[str, float]]]]] = [
@@ -162,31 +160,64 @@ async def bench(n_jobs: int, rounds: int) -> None:
         for r in range(rounds):
             for name, fn in order if r % 2 == 0 else order[::-1]:
                 runs[name].append(await fn(server.url, n_jobs))
+    return runs
 
-    def med(name: str, key: str) -> float:
-        return statistics.median(run[key] for run in runs[name])
 
+def _med(runs: dict[str, list[dict[str, float]]], name: str, key: str) -> float:
+    return statistics.median(run[key] for run in runs[name])
+
+
+def report(runs: dict[str, list[dict[str, float]]], n_jobs: int) -> None:
+    rounds = len(runs["sw"])
     print(f"{n_jobs} tiny jobs per round, {rounds} rounds, medians (one process, one Redis)")
     print(f"{'system':<28}{'jobs/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
-    print(
-        f"{'sw pipeline (stored)':<28}{med('sw', 'jobs_s'):>10.0f}"
-        f"{med('sw', 'p50_ms'):>10.1f}{med('sw', 'p99_ms'):>10.1f}"
-    )
-    print(
-        f"{'sw pipeline (client sees)':<28}{'':>10}"
-        f"{med('sw', 'client_p50_ms'):>10.1f}{med('sw', 'client_p99_ms'):>10.1f}"
-    )
-    print(
-        f"{'arq no-op (stored)':<28}{med('arq', 'jobs_s'):>10.0f}"
-        f"{med('arq', 'p50_ms'):>10.1f}{med('arq', 'p99_ms'):>10.1f}"
-    )
+    rows = [
+        ("sw pipeline (stored)", "sw", "jobs_s", "p50_ms", "p99_ms"),
+        ("sw pipeline (client sees)", "sw", "", "client_p50_ms", "client_p99_ms"),
+        ("arq no-op (stored)", "arq", "jobs_s", "p50_ms", "p99_ms"),
+    ]
+    for label, name, rate, p50, p99 in rows:
+        jobs_s = f"{_med(runs, name, rate):>10.0f}" if rate else f"{'':>10}"
+        print(f"{label:<28}{jobs_s}{_med(runs, name, p50):>10.1f}{_med(runs, name, p99):>10.1f}")
     ratios = [s["jobs_s"] / a["jobs_s"] for s, a in zip(runs["sw"], runs["arq"], strict=True)]
-    p50_ratios = [a["p50_ms"] / s["p50_ms"] for s, a in zip(runs["sw"], runs["arq"], strict=True)]
-    print(
-        f"throughput ratio sw/arq: median {statistics.median(ratios):.2f} "
-        f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)}); goal >= 1"
-    )
-    print(f"p50 latency ratio arq/sw: median {statistics.median(p50_ratios):.2f}")
+    print(f"throughput ratio sw/arq per round: {', '.join(f'{x:.2f}' for x in ratios)}")
+
+
+def to_figures(runs: dict[str, list[dict[str, float]]], n_jobs: int) -> list[Figure]:
+    pairs = list(zip(runs["sw"], runs["arq"], strict=True))
+    how = f"{n_jobs} tiny jobs per round, median of {len(pairs)} interleaved rounds"
+    return [
+        Figure(
+            "pipeline.throughput_vs_arq",
+            statistics.median(s["jobs_s"] / a["jobs_s"] for s, a in pairs),
+            "x",
+            "job pipeline / arq no-op jobs, jobs per second",
+            goal=">= 1",
+            note=how,
+        ),
+        Figure(
+            "pipeline.p50_latency_vs_arq",
+            statistics.median(a["p50_ms"] / s["p50_ms"] for s, a in pairs),
+            "x",
+            "arq / job pipeline, p50 latency (above 1: the pipeline is faster)",
+            note=how,
+        ),
+        Figure("pipeline.jobs_s", _med(runs, "sw", "jobs_s"), "jobs/s", "job pipeline, jobs/s"),
+        Figure(
+            "pipeline.client_p50_ms",
+            _med(runs, "sw", "client_p50_ms"),
+            "ms",
+            "job pipeline, p50 latency as the client sees it",
+        ),
+    ]
+
+
+def figures(profile: Profile) -> list[Figure]:
+    """Figures for ``bench/run.py``."""
+    n_jobs, rounds = 500, profile.pick(3, 5)
+    runs = asyncio.run(bench(n_jobs, rounds))
+    report(runs, n_jobs)
+    return to_figures(runs, n_jobs)
 
 
 def main() -> None:
@@ -194,7 +225,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    asyncio.run(bench(args.jobs, args.rounds))
+    runs = asyncio.run(bench(args.jobs, args.rounds))
+    report(runs, args.jobs)
+    print_figures(to_figures(runs, args.jobs))
 
 
 if __name__ == "__main__":

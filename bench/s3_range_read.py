@@ -17,7 +17,8 @@ Then times, in interleaved repetitions (the order rotates each round):
 - ``S3Backend single GET``: the same backend with a range larger than the object;
 - ``minio get_object().read()``: the SDK's plain whole-object read, bytes discarded.
 
-Prints medians, MB/s (10^6 bytes) and the ratio ranged / single.
+Prints medians, MB/s (10^6 bytes) and the ratio ranged / single. In ``make bench``
+(:func:`figures`) the static server runs twice: uncapped and capped at 100 MB/s per connection.
 
 Usage: ``.venv/bin/python bench/s3_range_read.py [--reps 7] [--size-mb 48] [--range-mb 8]
 [--concurrency 4] [--server moto|static] [--conn-mbps 0]``
@@ -37,7 +38,9 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable
 
+from figures import Figure, Profile  # bench/, beside this script
 from moto.server import ThreadedMotoServer
+from timing import rotated
 
 from sw_core.local.redis_server import free_port
 from sw_core.retry import RetryPolicy
@@ -111,7 +114,8 @@ def start_server(args: argparse.Namespace, port: int, size_bytes: int) -> Callab
     return process.kill
 
 
-async def run(args: argparse.Namespace) -> None:
+async def run(args: argparse.Namespace) -> dict[str, float]:
+    """Time the cases; their medians in seconds (the ranged case first, then the single GET)."""
     port = free_port()
     size_bytes = args.size_mb * 1_000_000
     stop = start_server(args, port, size_bytes)
@@ -167,8 +171,7 @@ async def run(args: argparse.Namespace) -> None:
         times: dict[str, list[float]] = {name: [] for name in cases}
         names = list(cases)
         for rep in range(args.reps):
-            order = names[rep % len(names) :] + names[: rep % len(names)]
-            for name in order:
+            for name in rotated(names, rep):
                 started = time.perf_counter()
                 await cases[name]()
                 times[name].append(time.perf_counter() - started)
@@ -189,8 +192,40 @@ async def run(args: argparse.Namespace) -> None:
         )
         await ranged.close()
         await single.close()
+        return medians
     finally:
         stop()
+
+
+def figures(profile: Profile) -> list[Figure]:
+    """Figures for ``bench/run.py``: the static server uncapped (the client's own cost) and
+    capped at 100 MB/s per connection (what concurrent ranges buy against S3)."""
+    out: list[Figure] = []
+    reps = profile.pick(5, 9)
+    for cap in (0, 100):
+        args = argparse.Namespace(
+            reps=reps, size_mb=48, range_mb=8, concurrency=4, server="static", conn_mbps=cap
+        )
+        medians = asyncio.run(run(args))
+        ranged_s, single_s = list(medians.values())[:2]
+        where = f"{cap} MB/s per connection" if cap else "uncapped"
+        key = f"capped{cap}" if cap else "uncapped"
+        out += [
+            Figure(
+                f"s3_range_read.{key}.ranged_vs_single",
+                single_s / ranged_s,
+                "x",
+                f"S3 ranged (8 MiB x 4) / single GET, speed, {where}",
+                note=f"48 MB object, static range server on loopback, {reps} interleaved rounds",
+            ),
+            Figure(
+                f"s3_range_read.{key}.ranged_mb_s",
+                48 / ranged_s,
+                "MB/s",
+                f"S3 ranged read, {where}",
+            ),
+        ]
+    return out
 
 
 def main() -> int:

@@ -18,6 +18,7 @@ streamed per generated token.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import resource
 import statistics
@@ -26,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from figures import Figure, Profile  # bench/, beside this script
+from smollm2 import chunk_set, load
 
 from sw_core.cache import ChunkCache
-from sw_core.chunks.chunker import chunk_model
 from sw_core.engine import CachedChunkSource, StreamingEngine
-from sw_core.local.bundled import load_smollm2
 from sw_core.local.demo import QUESTIONS
 from sw_core.storage import FilesystemBackend
 
@@ -74,13 +75,15 @@ async def _open_engines(
 ) -> tuple[dict[str, StreamingEngine], int]:
     """The engine sides (:data:`ENGINES`), each at 25 % of the float32 weights; and that size."""
     engines: dict[str, StreamingEngine] = {}
+    filled: set[Path] = set()
     weights = 0
     for name, (dtype, compute) in ENGINES.items():
-        folder = root / f"smollm2-{dtype or 'float32'}"
-        if not (folder / "manifest.json").exists():
-            manifest = chunk_model(model, folder, name="smollm2", tokenizer=tokenizer, dtype=dtype)
+        wanted = root / f"smollm2-{dtype or 'float32'}"
+        folder, manifest = chunk_set(wanted, dtype, loaded=(model, tokenizer))
+        if folder not in filled:
             for chunk in manifest.chunks:
                 cache.put(chunk.sha256, (folder / chunk.file).read_bytes(), blake3=chunk.blake3)
+            filled.add(folder)
             weights = weights or manifest.total_bytes
         budget_mb = round(weights / 4 / 2**20)  # 25 % of the float32 weights, for every side
         source = CachedChunkSource(cache, FilesystemBackend(folder))
@@ -92,9 +95,11 @@ async def _open_engines(
     return engines, weights
 
 
-async def bench_streamed(root: Path, cache: ChunkCache, rounds: int, new_tokens: int) -> None:
-    """Cases d and e (see the module doc)."""
-    model, tokenizer = load_smollm2()
+async def bench_streamed(
+    root: Path, cache: ChunkCache, rounds: int, new_tokens: int
+) -> dict[str, Any]:
+    """Cases d and e (see the module doc): the medians (s) of every side, and checks."""
+    model, tokenizer = load()
     model_bf16 = copy.deepcopy(model).to(torch.bfloat16)
     engines, weights = await _open_engines(root, cache, model, tokenizer)
     prompt = QUESTIONS[0]
@@ -154,10 +159,6 @@ async def bench_streamed(root: Path, cache: ChunkCache, rounds: int, new_tokens:
     print(f"  check: engine float32 tokens == transformers: {tokens[F32] == tokens[MEMORY]}")
     med = {name: statistics.median(values) for name, values in wall.items()}
     _verdict("(d) streamed (25 %, Redis) / in memory", med[F32] / med[MEMORY], 2.5, "x")
-    print(
-        f"    bf16 chunks, bf16 math: / in memory (float32) = {med[BF16_BF16] / med[MEMORY]:.2f}x,"
-        f" / in memory (bf16) = {med[BF16_BF16] / med[MEMORY_BF16]:.2f}x"
-    )
     _verdict("(e) bf16 / float32 storage, float32 math, per token", med[BF16] / med[F32], 0.7)
     _verdict("(e) bf16 / float32 storage, bf16 math, per token", med[BF16_BF16] / med[F32], 0.7)
     for name, found in divergent.items():
@@ -165,6 +166,100 @@ async def bench_streamed(root: Path, cache: ChunkCache, rounds: int, new_tokens:
             f"(e) greedy tokens {name} == float32 chunks on the demo questions: "
             + ("all equal" if not found else "; ".join(found))
         )
+    return {
+        "median_s": med,
+        "rounds": rounds,
+        "new_tokens": n_new,
+        "fetched_mb_per_token": {
+            n: streamed[n] / max(rounds, 1) / n_new / 1e6 for n in wall if n in ENGINES
+        },
+        "tokens_equal": tokens[F32] == tokens[MEMORY],
+        "divergent": divergent,
+    }
+
+
+def to_figures(m: dict[str, Any]) -> list[Figure]:
+    """d and e."""
+    med = m["median_s"]
+    how = (
+        f"SmolLM2, the demo's first question, {m['new_tokens']} greedy tokens, budget 25 % of "
+        f"the float32 weights, chunks from Redis; medians of {m['rounds']} interleaved rounds"
+    )
+    return [
+        Figure(
+            "streamed.d_vs_memory",
+            med[F32] / med[MEMORY],
+            "x",
+            "(d) one streamed request (float32, 25 %) / transformers in memory, time",
+            goal="<= 2.5",
+            note=how,
+        ),
+        Figure(
+            "streamed.d_bf16_math_vs_memory",
+            med[BF16_BF16] / med[MEMORY],
+            "x",
+            "(d) the same, bf16 chunks and bf16 math / float32 in memory",
+        ),
+        Figure(
+            "streamed.d_bf16_math_vs_memory_bf16",
+            med[BF16_BF16] / med[MEMORY_BF16],
+            "x",
+            "(d) the same, bf16 chunks and bf16 math / bf16 in memory",
+        ),
+        Figure(
+            "streamed.e_bf16_vs_f32",
+            med[BF16] / med[F32],
+            "x",
+            "(e) bf16 / float32 chunks, float32 math (default), time per token",
+            goal="<= 0.7",
+        ),
+        Figure(
+            "streamed.e_bf16_math_vs_f32",
+            med[BF16_BF16] / med[F32],
+            "x",
+            "(e) bf16 / float32 chunks, bf16 math, time per token",
+            goal="<= 0.7",
+        ),
+        Figure(
+            "streamed.e_questions_differing",
+            len(m["divergent"][BF16]) + len(m["divergent"][BF16_BF16]),
+            "",
+            "(e) demo questions whose greedy tokens differ, bf16 vs float32 chunks",
+            goal="<= 0",
+            note="both bf16 sides (float32 and bf16 math), the demo's three questions each",
+        ),
+        Figure(
+            "streamed.f32_ms_per_token",
+            med[F32] / m["new_tokens"] * 1e3,
+            "ms",
+            "(d) float32 chunks streamed, per token",
+        ),
+        Figure(
+            "streamed.memory_ms_per_token",
+            med[MEMORY] / m["new_tokens"] * 1e3,
+            "ms",
+            "(d) transformers in memory (float32), per token",
+        ),
+        Figure(
+            "streamed.f32_fetched_mb_per_token",
+            m["fetched_mb_per_token"][F32],
+            "MB",
+            "(d) float32 chunks: MB fetched per token",
+        ),
+    ]
+
+
+def figures(profile: Profile) -> list[Figure]:
+    """Figures for ``bench/run.py``."""
+    from engine import redis_cache  # bench/engine.py
+
+    async def go() -> dict[str, Any]:
+        async with redis_cache() as (root, cache):
+            return await bench_streamed(root, cache, profile.pick(2, 3), profile.pick(8, 16))
+
+    m = asyncio.run(go())
+    assert m["tokens_equal"], "the streamed float32 tokens differ from transformers'"
+    return to_figures(m)
 
 
 def _verdict(what: str, ratio: float, goal: float, unit: str = "") -> None:

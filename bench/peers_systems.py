@@ -1,0 +1,208 @@
+"""The systems ``bench/peers.py`` compares, each run in a process of its own
+(``bench/peers.py --child``): this engine (from a chunk folder or the Redis chunk cache),
+transformers with accelerate's disk offload, and AirLLM.
+
+Every system gets the same warm-up -- one request of :data:`WARMUP_TOKENS` new tokens, the
+same prompt -- after loading and before the kernel's peak-RSS mark is reset; then it
+generates the timed request(s). Peak RSS is this process's; the parent adds the Redis
+server's for the engine that reads from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import resource
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+PROMPT = "What is the capital of France?"  # the demo's first chat question
+#: New tokens of the warm-up request every system gets.
+WARMUP_TOKENS = 2
+
+
+def rchar() -> int:
+    """Bytes this process read through system calls so far (0 where /proc is missing)."""
+    try:
+        for line in Path("/proc/self/io").read_text().splitlines():
+            if line.startswith("rchar:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+
+
+def peak_rss_mb() -> float:
+    """The process's peak RSS since start (or since :func:`reset_peak_rss`), in MB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_rss() -> float:
+    """Reset the kernel's peak-RSS mark (Linux >= 4.0); returns the peak before, in MB."""
+    before = peak_rss_mb()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    return before
+
+
+def chat_ids(tokenizer: Any, n: int) -> tuple[Any, Any]:
+    import torch
+
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": PROMPT}], add_generation_prompt=True, tokenize=False
+    )
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    ids = ids.repeat(n, 1)
+    return ids, torch.ones_like(ids)
+
+
+def run_engine(info: dict[str, Any], system: str, n: int, tokens: int) -> dict[str, Any]:
+    from sw_core.cache import ChunkCache
+    from sw_core.engine import CachedChunkSource, StreamingEngine
+    from sw_core.keys import Keys
+    from sw_core.storage import FilesystemBackend
+
+    async def go(where: Any) -> dict[str, Any]:
+        compute = "auto" if info["dtype"] == "float32" else info["dtype"]  # no widening
+        engine = await StreamingEngine.open(
+            where, memory_budget_mb=info["budget_mb"], compute_dtype=compute
+        )
+        try:
+            request = {"messages": [{"role": "user", "content": PROMPT}], "max_new_tokens": tokens}
+            await engine.run_async("generate", [dict(request, max_new_tokens=WARMUP_TOKENS)])
+            load_peak = reset_peak_rss()
+            engine.residency.reset_stats()
+            started = time.perf_counter()
+            results = await engine.run_async("generate", [request] * n)
+            wall_s = time.perf_counter() - started
+            return {
+                "wall_s": wall_s,
+                "tokens": [r["token_ids"] for r in results],
+                "read_bytes": engine.residency.stats.loaded_bytes,
+                "plan": engine.plan.describe(),
+                "load_peak_rss_mb": load_peak,
+            }
+        finally:
+            await engine.aclose()
+
+    folder = Path(info["chunk_dir"])
+    if system == "engine-folder":
+        return asyncio.run(go(str(folder)))
+    import redis
+
+    client = redis.Redis.from_url(info["redis_url"])
+    cache = ChunkCache(client, keys=Keys("peers"), cache_size_bytes=2048 << 20)
+    try:
+        return asyncio.run(go(CachedChunkSource(cache, FilesystemBackend(folder))))
+    finally:
+        cache.close()
+        client.close()
+
+
+def run_accelerate(info: dict[str, Any], n: int, tokens: int, offload: Path) -> dict[str, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(info["hf_dir"])
+    model = AutoModelForCausalLM.from_pretrained(
+        info["hf_dir"],
+        dtype=getattr(torch, info["dtype"]),
+        device_map="auto",
+        max_memory={"cpu": f"{info['budget_mb']}MiB"},
+        offload_folder=str(offload),
+    ).eval()
+    device_map = getattr(model, "hf_device_map", {})
+    placed = set(device_map.values())
+    on_disk = [name for name, device in device_map.items() if device == "disk"]
+    offloaded = sum(  # bytes of the parameters accelerate reads from disk at every step
+        p.numel() * p.element_size()
+        for name, p in model.named_parameters()
+        if any(d == "" or name == d or name.startswith(d + ".") for d in on_disk)
+    )
+    ids, mask = chat_ids(tokenizer, n)
+    with torch.inference_mode():
+        model.generate(input_ids=ids[:1], attention_mask=mask[:1], max_new_tokens=WARMUP_TOKENS)
+        load_peak = reset_peak_rss()
+        before, started = rchar(), time.perf_counter()
+        out = model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=tokens, do_sample=False
+        )
+        wall_s = time.perf_counter() - started
+    new = out[:, ids.shape[1] :].tolist()
+    return {
+        "wall_s": wall_s,
+        "tokens": new,
+        # offloaded weights are memory-mapped (from the offload folder, or straight from the
+        # checkpoint's safetensors files), which rchar misses; all of them at every step
+        "read_bytes": max(rchar() - before, offloaded * max(len(t) for t in new)),
+        "plan": f"device_map places {sorted(placed)}, {offloaded / 1e6:.0f} MB on disk",
+        "load_peak_rss_mb": load_peak,
+    }
+
+
+def run_airllm(info: dict[str, Any], n: int, tokens: int, shards: Path) -> dict[str, Any]:
+    import torch
+    from airllm import AutoModel
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(info["hf_dir"])
+    model = AutoModel.from_pretrained(
+        info["hf_dir"],
+        device="cpu",
+        dtype=getattr(torch, info["dtype"]),
+        layer_shards_saving_path=str(shards),
+    )  # builds the layer shards (once, not timed)
+    ids, mask = chat_ids(tokenizer, n)
+    if n == 0:  # the preparation run: the shards are built above
+        return {"wall_s": 0.0, "tokens": [], "read_bytes": 0, "plan": "shards built"}
+    with torch.inference_mode():
+        model.generate(input_ids=ids[:1], attention_mask=mask[:1], max_new_tokens=WARMUP_TOKENS)
+        load_peak = reset_peak_rss()
+        before, started = rchar(), time.perf_counter()
+        out = model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=tokens, do_sample=False
+        )
+        wall_s = time.perf_counter() - started
+    sequences = out.sequences if hasattr(out, "sequences") else out
+    new = sequences[:, ids.shape[1] :].tolist()
+    steps = max(len(t) for t in new)
+    return {
+        "wall_s": wall_s,
+        "tokens": new,
+        # safetensors reads the layer shards through mmap (rchar misses it), every shard at
+        # every step: the shards' size per step
+        "read_bytes": max(rchar() - before, folder_bytes(shards) * steps),
+        "plan": "AirLLM, every layer from its shards at every step",
+        "load_peak_rss_mb": load_peak,
+    }
+
+
+def child(system: str, n: int, tokens: int, info_path: str, work: str) -> int:
+    """Run one system in this process; print its result as one ``RESULT {json}`` line."""
+    info = json.loads(Path(info_path).read_text())
+    try:
+        if system.startswith("engine"):
+            result = run_engine(info, system, n, tokens)
+        elif system == "accelerate":
+            result = run_accelerate(info, n, tokens, Path(work) / f"offload-{info['dtype']}")
+        else:
+            result = run_airllm(info, n, tokens, Path(work) / f"airllm-shards-{info['dtype']}")
+    except Exception as exc:
+        result = {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-1500:]}
+    result["peak_rss_mb"] = peak_rss_mb()  # since the reset: the generation's peak
+    print("RESULT " + json.dumps(result))
+    return 0
