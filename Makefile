@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.sw-installed
 PYTEST_ARGS ?=
 
-.PHONY: all setup demo test lint unit bench chaos clean
+.PHONY: all setup demo test lint typecheck unit bench chaos clean
 
 all: test
 
@@ -29,7 +29,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check sw_core workers producer gateway tests bench
 	$(BIN)/ruff format --check sw_core workers producer gateway tests bench
 
-test: $(STAMP) lint
+# mypy over sw_core, workers, producer and gateway ([tool.mypy] in pyproject.toml says what
+# is excluded and why); its cache is .mypy_cache.
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: $(STAMP) lint typecheck
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 unit: $(STAMP)
@@ -43,4 +48,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/cache_read.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info

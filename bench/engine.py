@@ -29,7 +29,7 @@ Correctness is asserted on every side: (a, b) engine outputs equal the in-memory
 own greedy ``generate``.
 
 The in-memory baseline runs in the same process as the engine, so it shares the engine's
-process-wide settings (torch threads; glibc's malloc thresholds, ``sw_core.engine.memory``).
+process-wide settings (torch threads; glibc's malloc thresholds, ``sw_core.engine.memory.heap``).
 
 d, e. **one streamed request** (``bench/streamed.py``): SmolLM2 streamed at a 25 % budget from
    the Redis cache vs transformers in memory (goal <= 2.5x), and bfloat16 vs float32 chunks

@@ -39,10 +39,17 @@ from sw_core.storage import FilesystemBackend
 
 BATCHES = (1, 8, 32)
 _SHAPE: dict[str, Any] = dict(
-    vocab_size=4096, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-    num_key_value_heads=2, intermediate_size=128, max_position_embeddings=256,
-    bos_token_id=0, eos_token_id=1, pad_token_id=1,
-)  # fmt: skip
+    vocab_size=4096,
+    hidden_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=128,
+    max_position_embeddings=256,
+    bos_token_id=0,
+    eos_token_id=1,
+    pad_token_id=1,
+)
 
 
 def models() -> dict[str, torch.nn.Module]:

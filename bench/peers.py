@@ -113,7 +113,7 @@ def prepare(root: Path, dtype: str = "float32") -> dict[str, Any]:
 
     from sw_core.chunks.chunker import chunk_model
     from sw_core.chunks.manifest import Manifest
-    from sw_core.engine.budget import plan_residency
+    from sw_core.engine.memory.budget import plan_residency
     from sw_core.local.bundled import smollm2_gguf_path
 
     hf_dir, chunk_dir = root / f"smollm2-hf-{dtype}", root / f"smollm2-chunks-{dtype}"

@@ -39,8 +39,8 @@ from sw_core.keys import Keys
 from sw_core.local.redis_server import RedisServer
 from sw_core.pipeline.jobs import Job
 from sw_core.settings import Settings
-from workers.consumer import JobConsumer
-from workers.loader import job_deserializer, job_serializer
+from workers.chunks.protocol import job_deserializer, job_serializer
+from workers.jobs.consumer import JobConsumer
 
 KEYS = Keys("sw")
 
@@ -81,7 +81,7 @@ async def sw_round(url: str, n_jobs: int) -> dict[str, float]:
             waits: list[asyncio.Task[float]] = []
 
             async def observe(job_id: str, t0: float) -> float:
-                await producer.result(job_id, timeout=60)
+                await producer.result(job_id, timeout_s=60)
                 return time.perf_counter() - t0
 
             for i in range(n_jobs):
@@ -168,16 +168,24 @@ async def bench(n_jobs: int, rounds: int) -> None:
 
     print(f"{n_jobs} tiny jobs per round, {rounds} rounds, medians (one process, one Redis)")
     print(f"{'system':<28}{'jobs/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
-    print(f"{'sw pipeline (stored)':<28}{med('sw', 'jobs_s'):>10.0f}"
-          f"{med('sw', 'p50_ms'):>10.1f}{med('sw', 'p99_ms'):>10.1f}")  # fmt: skip
-    print(f"{'sw pipeline (client sees)':<28}{'':>10}"
-          f"{med('sw', 'client_p50_ms'):>10.1f}{med('sw', 'client_p99_ms'):>10.1f}")  # fmt: skip
-    print(f"{'arq no-op (stored)':<28}{med('arq', 'jobs_s'):>10.0f}"
-          f"{med('arq', 'p50_ms'):>10.1f}{med('arq', 'p99_ms'):>10.1f}")  # fmt: skip
+    print(
+        f"{'sw pipeline (stored)':<28}{med('sw', 'jobs_s'):>10.0f}"
+        f"{med('sw', 'p50_ms'):>10.1f}{med('sw', 'p99_ms'):>10.1f}"
+    )
+    print(
+        f"{'sw pipeline (client sees)':<28}{'':>10}"
+        f"{med('sw', 'client_p50_ms'):>10.1f}{med('sw', 'client_p99_ms'):>10.1f}"
+    )
+    print(
+        f"{'arq no-op (stored)':<28}{med('arq', 'jobs_s'):>10.0f}"
+        f"{med('arq', 'p50_ms'):>10.1f}{med('arq', 'p99_ms'):>10.1f}"
+    )
     ratios = [s["jobs_s"] / a["jobs_s"] for s, a in zip(runs["sw"], runs["arq"], strict=True)]
     p50_ratios = [a["p50_ms"] / s["p50_ms"] for s, a in zip(runs["sw"], runs["arq"], strict=True)]
-    print(f"throughput ratio sw/arq: median {statistics.median(ratios):.2f} "
-          f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)}); goal >= 1")  # fmt: skip
+    print(
+        f"throughput ratio sw/arq: median {statistics.median(ratios):.2f} "
+        f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)}); goal >= 1"
+    )
     print(f"p50 latency ratio arq/sw: median {statistics.median(p50_ratios):.2f}")
 
 

@@ -2,8 +2,8 @@
 
 SmolLM2-135M-Instruct (bundled, fp32, 513 MiB) is chunked into a temporary folder and put
 into the Redis chunk cache of a private Redis (a chunk loader runs as a process, as in
-production). A real :class:`~workers.consumer.JobConsumer` with the real
-:class:`~workers.inference.InferenceHandler` runs in this process, under
+production). A real :class:`~workers.jobs.consumer.JobConsumer` with the real
+:class:`~workers.jobs.inference.InferenceHandler` runs in this process, under
 ``memory_budget_mb`` = 25 % of the weights, so every decode step streams most blocks again.
 Producers submit greedy chat requests arriving as a Poisson process (``--rate`` per second,
 seeded), each asking for 8 to 64 new tokens (uniform, seeded), once with
@@ -44,8 +44,8 @@ from sw_core.chunks.chunker import chunk_model
 from sw_core.local.bundled import load_smollm2
 from sw_core.local.redis_server import RedisServer
 from sw_core.settings import Settings
-from workers.consumer import JobConsumer
-from workers.inference import InferenceHandler
+from workers.jobs.consumer import JobConsumer
+from workers.jobs.inference import InferenceHandler
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = ALL_PROMPTS[:12]
@@ -85,13 +85,14 @@ def pct(values: list[float], q: float) -> float:
 async def one(producer: Producer, req: Request, t0: float, streaming: bool) -> Outcome:
     await asyncio.sleep(max(0.0, t0 + req.at_s - time.perf_counter()))
     got = Outcome(time.perf_counter())
-    job_id = await producer.submit("smollm2", "generate", [req.prompt],
-                                   max_new_tokens=req.max_new_tokens)  # fmt: skip
+    job_id = await producer.submit(
+        "smollm2", "generate", [req.prompt], max_new_tokens=req.max_new_tokens
+    )
     if streaming:
-        async for event in producer.stream(job_id, timeout=600):
+        async for event in producer.stream(job_id, timeout_s=600):
             if event["type"] == "token" and not got.first_s:
                 got.first_s = time.perf_counter()
-    [result] = await producer.result(job_id, timeout=600)
+    [result] = await producer.result(job_id, timeout_s=600)
     got.end_s = time.perf_counter()
     got.first_s = got.first_s or got.end_s
     got.tokens = result["token_ids"]
@@ -107,7 +108,7 @@ async def run_mode(settings: Settings, requests: list[Request], mode: str) -> di
     try:
         async with Producer(settings=settings) as producer:
             warm = await producer.submit("smollm2", "generate", ["Hi"], max_new_tokens=2)
-            await producer.result(warm, timeout=600)
+            await producer.result(warm, timeout_s=600)
             engine = await handler.engine("smollm2")
             loaded_before = engine.residency.stats.loaded_bytes
             t0 = time.perf_counter()
@@ -138,10 +139,20 @@ async def run_mode(settings: Settings, requests: list[Request], mode: str) -> di
 
 def start_loader(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SW_")}
-    env.update(PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", SW_REDIS_URL=settings.redis_url,
-               SW_MODELS=settings.models, SW_CACHE_SIZE_MB=str(settings.cache_size_mb))  # fmt: skip
-    return subprocess.Popen([sys.executable, "-m", "arq", "workers.LoaderSettings"], cwd=REPO,
-                            env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)  # fmt: skip
+    env.update(
+        PYTHONPATH=str(REPO),
+        HF_HUB_OFFLINE="1",
+        SW_REDIS_URL=settings.redis_url,
+        SW_MODELS=settings.models,
+        SW_CACHE_SIZE_MB=str(settings.cache_size_mb),
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "arq", "workers.LoaderSettings"],
+        cwd=REPO,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 def prepare(root: Path, settings: Settings) -> int:
@@ -158,34 +169,49 @@ def prepare(root: Path, settings: Settings) -> int:
 
 
 def report(rows: list[dict[str, Any]], args: argparse.Namespace, budget_mb: int) -> None:
-    print(f"\n{args.requests} requests, Poisson {args.rate}/s (seed {args.seed}), "
-          f"{args.min_new}-{args.max_new} new "
-          f"tokens, budget {budget_mb} MiB (25 %), max_active_sequences "
-          f"{args.max_active}, max_kv_cache_mb {args.kv_mb}")  # fmt: skip
+    print(
+        f"\n{args.requests} requests, Poisson {args.rate}/s (seed {args.seed}), "
+        f"{args.min_new}-{args.max_new} new "
+        f"tokens, budget {budget_mb} MiB (25 %), max_active_sequences "
+        f"{args.max_active}, max_kv_cache_mb {args.kv_mb}"
+    )
     print("| mode | tokens/s | TTFT p50 s | TTFT p99 s | e2e p50 s | e2e p99 s | MiB/token |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['mode']} | {r['tokens_per_s']:.2f} | {r['ttft_p50']:.2f} | "
-              f"{r['ttft_p99']:.2f} | {r['e2e_p50']:.2f} | {r['e2e_p99']:.2f} | "
-              f"{r['mib_per_token']:.1f} |")  # fmt: skip
+        print(
+            f"| {r['mode']} | {r['tokens_per_s']:.2f} | {r['ttft_p50']:.2f} | "
+            f"{r['ttft_p99']:.2f} | {r['e2e_p50']:.2f} | {r['e2e_p99']:.2f} | "
+            f"{r['mib_per_token']:.1f} |"
+        )
     by = {r["mode"]: r for r in rows}
     s, c = by["static"], by["continuous"]
     thr = c["tokens_per_s"] / s["tokens_per_s"]
     ttft = c["ttft_p99"] / s["ttft_p99"]
-    print(f"throughput continuous / static: {thr:.2f}x (goal >= 1.5: "
-          f"{'met' if thr >= 1.5 else 'NOT met'})")  # fmt: skip
-    print(f"TTFT p99 continuous / static: {ttft:.2f} (goal <= 0.3: "
-          f"{'met' if ttft <= 0.3 else 'NOT met'})")  # fmt: skip
+    print(
+        f"throughput continuous / static: {thr:.2f}x (goal >= 1.5: "
+        f"{'met' if thr >= 1.5 else 'NOT met'})"
+    )
+    print(
+        f"TTFT p99 continuous / static: {ttft:.2f} (goal <= 0.3: "
+        f"{'met' if ttft <= 0.3 else 'NOT met'})"
+    )
 
 
 async def main_async(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="sw-bench-serving-") as tmp, RedisServer() as server:
         root = Path(tmp)
         settings = Settings.from_env(
-            {}, redis_url=server.url, models=f"smollm2={root / 'smollm2'}", cache_size_mb=2048,
-            max_active_sequences=args.max_active, max_kv_cache_mb=args.kv_mb,
-            max_batch_size=16, batch_wait_ms=10, poll_block_ms=100, batch_timeout_s=0,
-        )  # fmt: skip
+            {},
+            redis_url=server.url,
+            models=f"smollm2={root / 'smollm2'}",
+            cache_size_mb=2048,
+            max_active_sequences=args.max_active,
+            max_kv_cache_mb=args.kv_mb,
+            max_batch_size=16,
+            batch_wait_ms=10,
+            poll_block_ms=100,
+            batch_timeout_s=0,
+        )
         weights = prepare(root / "smollm2", settings)
         budget_mb = round(weights / 4 / 2**20)
         settings = settings.replace(memory_budget_mb=budget_mb)
@@ -196,8 +222,11 @@ async def main_async(args: argparse.Namespace) -> None:
             for mode in ("static", "continuous"):
                 started = time.perf_counter()
                 rows.append(await run_mode(settings, requests, mode))
-                print(f"{mode}: {rows[-1]['tokens']} tokens, {time.perf_counter() - started:.0f} s "
-                      "with the engine load and a warm-up job", flush=True)  # fmt: skip
+                print(
+                    f"{mode}: {rows[-1]['tokens']} tokens, {time.perf_counter() - started:.0f} s "
+                    "with the engine load and a warm-up job",
+                    flush=True,
+                )
         finally:
             loader.terminate()
             loader.wait(20)

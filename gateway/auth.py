@@ -2,7 +2,8 @@
 
 Both sides are hashed (sha256) before :func:`hmac.compare_digest`, so the comparison takes
 the same time whatever the key's length or content, and every configured key is compared
-(no early exit). Keys are never logged or echoed.
+(no early exit). Keys are never logged or echoed: a request's key is named by its place in
+``SW_API_KEYS`` (``key1``, ``key2`` ...) in the access log.
 """
 
 from __future__ import annotations
@@ -28,14 +29,17 @@ class KeyChecker:
         """Keys are configured (every /v1 call needs one)."""
         return bool(self._digests)
 
-    def check(self, authorization: str | None) -> None:
+    def check(self, authorization: str | None) -> str | None:
         """Raise a 401 :class:`ApiError` unless the ``Authorization`` header holds a key.
+
+        Returns:
+            The key's id (``key1`` for the first of ``SW_API_KEYS``), None when keys are off.
 
         Raises:
             ApiError: no header, not ``Bearer``, or a key that is not configured.
         """
         if not self._digests:
-            return
+            return None
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise ApiError(
@@ -44,11 +48,21 @@ class KeyChecker:
                 "authentication_error",
                 "missing_api_key",
             )
-        given = hashlib.sha256(token.strip().encode()).digest()
-        match = False
-        for digest in self._digests:
-            match |= hmac.compare_digest(given, digest)
-        if not match:
+        given = hashlib.sha256(token.strip().encode("utf-8", "surrogateescape")).digest()
+        found = 0
+        for number, digest in enumerate(self._digests, start=1):
+            if hmac.compare_digest(given, digest):  # every key is compared: no early exit
+                found = number
+        if not found:
             raise ApiError(
                 401, "Incorrect API key provided.", "authentication_error", "invalid_api_key"
             )
+        return f"key{found}"
+
+    def accepts(self, authorization: str | None) -> bool:
+        """Whether the header would pass :meth:`check` (keys off: always)."""
+        try:
+            self.check(authorization)
+        except ApiError:
+            return False
+        return True

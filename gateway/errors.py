@@ -26,6 +26,7 @@ class ApiError(Exception):
         type: OpenAI's error type (``invalid_request_error``, ``authentication_error`` ...).
         code: a short machine-readable code, or None.
         headers: extra response headers (``Retry-After``).
+        param: the request field the error is about, or None.
     """
 
     def __init__(
@@ -35,6 +36,7 @@ class ApiError(Exception):
         type: str = "invalid_request_error",
         code: str | None = None,
         headers: dict[str, str] | None = None,
+        param: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -42,25 +44,33 @@ class ApiError(Exception):
         self.type = type
         self.code = code
         self.headers = headers or {}
+        self.param = param
 
     def body(self) -> dict[str, Any]:
         """The JSON body: ``{"error": {"message", "type", "param", "code"}}``."""
-        return {
-            "error": {"message": self.message, "type": self.type, "param": None, "code": self.code}
-        }
+        error = {"message": self.message, "type": self.type, "param": self.param}
+        return {"error": {**error, "code": self.code}}
 
     def sse(self) -> bytes:
         """The error as one Server-Sent Event (for a failure after a stream began)."""
         return b"data: " + json.dumps(self.body()).encode() + b"\n\n"
 
 
-def bad_request(message: str, code: str | None = "invalid_request") -> ApiError:
+def bad_request(
+    message: str, code: str | None = "invalid_request", param: str | None = None
+) -> ApiError:
     """400: the request cannot be served as sent; nothing was queued."""
-    return ApiError(400, message, "invalid_request_error", code)
+    return ApiError(400, message, "invalid_request_error", code, param=param)
+
+
+def forbidden(message: str, code: str) -> ApiError:
+    """403: the request came from where it may not (a cross-origin page, a foreign Host)."""
+    return ApiError(403, message, "permission_error", code)
 
 
 def unknown_model(name: str) -> ApiError:
     """404: no model is registered under ``name``."""
+    name = name if len(name) <= 128 else name[:128] + "..."
     return ApiError(
         404,
         f"The model '{name}' does not exist: register it with `sw register {name} LOCATION`.",
@@ -97,11 +107,13 @@ def error_from_exception(exc: BaseException) -> ApiError:
         return deadline(f"The request did not finish in time: {exc}")
     if isinstance(exc, (JobError, ModelError)):
         return bad_request(str(exc), code=name)
-    if _is_redis_down(exc):
+    if _is_redis_down(exc):  # its text names the host and port: for the log, not the client
         return ApiError(
-            503, f"The job queue (Redis) cannot be reached: {exc}", "service_unavailable",
+            503,
+            "The job queue (Redis) cannot be reached; the gateway's log says why",
+            "service_unavailable",
             "queue_unavailable",
-        )  # fmt: skip
+        )
     if isinstance(exc, SurfingError):
         return ApiError(500, f"{name}: {exc}", "server_error", name)
     return ApiError(500, f"internal error ({name})", "server_error", "internal_error")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,21 +32,24 @@ FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}
 
 @dataclass(frozen=True)
 class Delta:
-    """More text of the answer."""
+    """More text of answer ``index`` (with ``logprobs``: the entries of its tokens)."""
 
     text: str
+    index: int = 0
+    logprobs: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
 class Finish:
-    """The answer ended: why, and the token counts."""
+    """Answer ``index`` ended: why, and the token counts."""
 
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    index: int = 0
 
 
-def _accepts(method: Any, name: str) -> bool:
+def _accepts(method: Callable[..., object], name: str) -> bool:
     try:
         return name in inspect.signature(method).parameters
     except (TypeError, ValueError):
@@ -78,6 +81,10 @@ class JobBackend:
     async def models(self) -> dict[str, str]:
         """Every registered model name -> location."""
         return await self.registry.all()
+
+    async def synthetic_models(self) -> dict[str, str]:
+        """Registered models of random weights (``sw synth``) -> what they imitate."""
+        return await self.registry.synthetic()
 
     async def has_model(self, name: str) -> bool:
         try:
@@ -116,65 +123,76 @@ class JobBackend:
 
     async def result(self, job_id: str, timeout_s: float) -> Any:
         """The job's result (its error raised as its class; JobTimeoutError after timeout_s)."""
-        return await self.producer.result(job_id, timeout=timeout_s)
+        return await self.producer.result(job_id, timeout_s=timeout_s)
 
-    async def stream(self, job_id: str, timeout_s: float) -> AsyncIterator[Delta | Finish]:
-        """The answer of a one-input generate job as deltas, then one :class:`Finish`.
+    async def stream(
+        self, job_id: str, timeout_s: float, answers: int = 1
+    ) -> AsyncGenerator[Delta | Finish, None]:
+        """The ``answers`` answers (``n``) of a one-input generate job as deltas, each with
+        its index, and one :class:`Finish` per answer; the iteration ends after the last.
 
         Raises:
             SurfingError: the job failed (as its class), was cancelled or expired.
             JobTimeoutError: nothing came for ``timeout_s`` seconds.
         """
         if not self.streams_tokens:
-            # FALLBACK: no token streaming in this producer: the whole text as one delta.
-            output = (await self.result(job_id, timeout_s))[0]
-            if output.get("text"):
-                yield Delta(output["text"])
-            yield finish_of(output)
+            # FALLBACK: no token streaming in this producer: each whole text as one delta.
+            for i, output in enumerate(await self.result(job_id, timeout_s)):
+                if output.get("text"):
+                    yield Delta(output["text"], i, output.get("logprobs"))
+                yield finish_of(output, index=i)
             return
-        sent = ""  # text the client has; a restarted job's text is replayed up to here
-        replay: str | None = None
-        finish: Finish | None = None
-        events = self.producer.stream(job_id, timeout=timeout_s)  # type: ignore[attr-defined]
+        # text each answer's client has; a restarted job's text is replayed up to there
+        sent = [""] * answers
+        replay: list[str] | None = None
+        finishes: dict[int, Finish] = {}
+        events = self.producer.stream(job_id, timeout_s=timeout_s)
         async for event in events:
             kind = event.get("type")
+            index = event.get("index", 0)
             if kind == "restart":
-                replay = ""
-            elif kind == "token" and event.get("index", 0) == 0:
+                replay = [""] * answers
+            elif kind == "token" and isinstance(index, int) and 0 <= index < answers:
                 text = str(event.get("text", ""))
+                logprobs = event.get("logprobs")
                 if replay is not None:
-                    replay += text
-                    new = _beyond(sent, replay)
+                    replay[index] += text
+                    new = _beyond(sent[index], replay[index])
                     if new is None:
-                        continue
+                        continue  # (its logprobs were sent the first time)
                     text = new
-                sent += text
-                if text:
-                    yield Delta(text)
-            elif kind == "end" and event.get("index", 0) == 0:
-                finish = finish_of(event, event.get("completion_tokens"))
+                sent[index] += text
+                if text or logprobs:
+                    yield Delta(text, index, logprobs if isinstance(logprobs, list) else None)
+            elif kind == "end" and isinstance(index, int) and 0 <= index < answers:
+                finishes[index] = finish_of(event, event.get("completion_tokens"), index=index)
+                yield finishes[index]
             elif kind == "final":
-                if finish is None or event.get("status") != "done":
-                    # no end event (a worker without token streaming), or the job failed:
+                if len(finishes) < answers or event.get("status") != "done":
+                    # no end events (a worker without token streaming), or the job failed:
                     # the result says which (the job's error is raised as its class)
-                    output = (await self.result(job_id, timeout_s))[0]
-                    rest = _beyond(sent, str(output.get("text") or ""))
-                    if rest:
-                        yield Delta(rest)
-                    finish = finish_of(output)
-                yield finish
+                    outputs = await self.result(job_id, timeout_s)
+                    for i, output in enumerate(outputs[:answers]):
+                        if i in finishes:
+                            continue
+                        rest = _beyond(sent[i], str(output.get("text") or ""))
+                        if rest:
+                            yield Delta(rest, i)
+                        yield finish_of(output, index=i)
                 return
 
     async def cancel(self, job_id: str) -> bool:
         """Cancel a job nobody waits for any more; False when the producer cannot."""
         if not self.can_cancel:
             return False
-        status = await self.producer.cancel(job_id)  # type: ignore[attr-defined]
+        status = await self.producer.cancel(job_id)
         log.info("job %s cancelled: %s", job_id, status)
         return True
 
 
-def finish_of(output: dict[str, Any], completion_tokens: int | None = None) -> Finish:
+def finish_of(
+    output: dict[str, Any], completion_tokens: int | None = None, *, index: int = 0
+) -> Finish:
     """The :class:`Finish` of one generate output or ``end`` event (reason, token counts)."""
     if completion_tokens is None:
         completion_tokens = len(output.get("token_ids") or [])
@@ -182,6 +200,16 @@ def finish_of(output: dict[str, Any], completion_tokens: int | None = None) -> F
         finish_reason=FINISH_REASONS.get(str(output.get("finish_reason")), "stop"),
         prompt_tokens=int(output.get("prompt_tokens") or 0),
         completion_tokens=int(completion_tokens),
+        index=index,
+    )
+
+
+def total_usage(finishes: list[Finish]) -> Finish:
+    """One request's usage over its answers: the prompt (it ran once) plus every answer."""
+    return Finish(
+        finishes[-1].finish_reason if finishes else "stop",
+        max((f.prompt_tokens for f in finishes), default=0),
+        sum(f.completion_tokens for f in finishes),
     )
 
 

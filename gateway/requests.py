@@ -2,19 +2,27 @@
 
 Each parser takes the decoded JSON body and returns what the job needs, or raises a 400
 :class:`~gateway.errors.ApiError` naming the field. Fields that change nothing here
-(``user``, ``stream_options``, ``logprobs: false`` ...) are accepted; fields asking for
-something the engine cannot do (``n`` > 1, a non-zero ``frequency_penalty`` or
-``presence_penalty``, ``dimensions``) are refused rather than silently ignored. ``stop``
-(a string or up to 4 strings) and the non-standard ``repetition_penalty`` (transformers'
-multiplicative penalty, > 0, 1 = off) go to the job.
+(``user``, ``logprobs: false`` ...) are accepted; fields asking for something the engine
+cannot do are refused by name rather than silently ignored (the table of
+:mod:`gateway.unsupported`). ``stop`` (a string or up to 4 strings) and the non-standard
+``repetition_penalty`` (transformers' multiplicative penalty, > 0, 1 = off) go to the job,
+and so does every field the job schema names as setting a param (``n``, ``logprobs``,
+``top_logprobs``, ``frequency_penalty``, ``presence_penalty``, ``response_format`` -> its
+``json_schema``), checked by the schema;
+``stream_options.include_usage`` asks for a last chunk with the usage.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from gateway.errors import bad_request
+from gateway.unsupported import CHAT, COMPLETION, EMBEDDINGS, refuse_unsupported
+from sw_core.exceptions import JobError
+from sw_core.pipeline.job_checks import has_text
+from sw_core.schema import PARAM_SPECS, GenerateParams, check_value
 from sw_core.utils import is_finite_number, is_int, stop_sequences
 
 #: Roles a chat message may have.
@@ -29,6 +37,8 @@ class GenerateCall:
     prompt: str | list[dict[str, str]]
     stream: bool
     params: dict[str, Any] = field(default_factory=dict)
+    #: ``stream_options.include_usage``: a last chunk with the usage and no choices.
+    include_usage: bool = False
 
 
 @dataclass
@@ -43,45 +53,68 @@ class EmbedCall:
 def parse_chat(body: Any) -> GenerateCall:
     """``POST /v1/chat/completions``."""
     body = _object(body)
+    refuse_unsupported(body, CHAT)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise bad_request("'messages' must be a non-empty list of {role, content} messages")
     chat = [_message(i, m) for i, m in enumerate(messages)]
-    return GenerateCall(_model(body), chat, _stream(body), _generate_params(body))
+    if not any(has_text(m["content"]) for m in chat):
+        raise bad_request("'messages' hold no text: every 'content' is empty", param="messages")
+    return _generate_call(body, chat, CHAT)
+
+
+def _generate_call(body: dict[str, Any], prompt: Any, route: str, **extra: Any) -> GenerateCall:
+    stream = _stream(body)
+    params = {**_generate_params(body, route), **extra}
+    return GenerateCall(_model(body), prompt, stream, params, _include_usage(body, stream))
+
+
+def _include_usage(body: dict[str, Any], stream: bool) -> bool:
+    """``stream_options``: null, or ``{"include_usage": bool}`` with ``stream`` true."""
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not stream:
+        raise bad_request(
+            "'stream_options' is only allowed with 'stream': true", param="stream_options"
+        )
+    if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
+        raise bad_request(
+            "'stream_options' must be an object like {\"include_usage\": true}",
+            param="stream_options",
+        )
+    return bool(options.get("include_usage", False))
 
 
 def parse_completion(body: Any) -> GenerateCall:
     """``POST /v1/completions``: one text prompt, completed without the chat template."""
     body = _object(body)
+    refuse_unsupported(body, COMPLETION)
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1:
         prompt = prompt[0]
-    if not isinstance(prompt, str) or not prompt:
-        raise bad_request("'prompt' must be one non-empty string")
-    if body.get("echo"):
-        raise bad_request("'echo' is not supported")
-    params = _generate_params(body)
-    params["chat"] = False
-    return GenerateCall(_model(body), prompt, _stream(body), params)
+    if not isinstance(prompt, str) or not has_text(prompt):
+        raise bad_request("'prompt' must be one string with some text", param="prompt")
+    return _generate_call(body, prompt, COMPLETION, chat=False)
 
 
 def parse_embeddings(body: Any) -> EmbedCall:
     """``POST /v1/embeddings``: ``input`` is a string or a list of strings."""
     body = _object(body)
+    refuse_unsupported(body, EMBEDDINGS)
     given = body.get("input")
     inputs = [given] if isinstance(given, str) else given
     if not isinstance(inputs, list) or not inputs:
         raise bad_request("'input' must be a non-empty string or list of strings")
     for i, text in enumerate(inputs):
-        if not isinstance(text, str) or not text:
+        if not isinstance(text, str) or not has_text(text):
             raise bad_request(
-                f"input {i} must be a non-empty string (token-id inputs are not supported)"
+                f"input {i} must be a string with some text (token-id inputs are not supported)",
+                param="input",
             )
     fmt = body.get("encoding_format") or "float"
     if fmt not in ("float", "base64"):
         raise bad_request("'encoding_format' must be 'float' or 'base64'")
-    if body.get("dimensions") is not None:
-        raise bad_request("'dimensions' is not supported: the model's own size is returned")
     return EmbedCall(_model(body), inputs, fmt == "base64")
 
 
@@ -126,12 +159,89 @@ def _message(i: int, message: Any) -> dict[str, str]:
     return {"role": message["role"], "content": content}
 
 
-def _generate_params(body: dict[str, Any]) -> dict[str, Any]:
+#: Generate params whose OpenAI fields need more than the schema's check (an OpenAI range
+#: or default that differs from the job's); handled one by one in :func:`_generate_params`.
+#: Every other param with an OpenAI field is mapped from the schema as it is.
+_BY_HAND = frozenset(
+    {"max_new_tokens", "temperature", "top_p", "seed", "stop", "repetition_penalty"}
+)
+
+
+_DEFAULTS = {f.name: f.default for f in fields(GenerateParams)}
+
+
+class _NoBounds:
+    """Bounds for the schema check of the params mapped here (none reads a setting)."""
+
+    max_new_tokens_limit = 1 << 30
+
+
+def _schema_params(body: dict[str, Any], route: str) -> dict[str, Any]:
+    """Every generate param that an OpenAI field sets (:attr:`ParamSpec.openai`), checked by
+    the schema; a field in OpenAI's shape is first turned into the param's (``logprobs`` of a
+    completion, ``response_format``)."""
     params: dict[str, Any] = {}
-    n = body.get("n")
-    if n not in (None, 1):
-        raise bad_request("'n' must be 1: one answer per request")
-    params.update(_penalties(body))
+    for name, spec in PARAM_SPECS["generate"].items():
+        if name in _BY_HAND:
+            continue
+        field_name = next((f for f in spec.openai if body.get(f) is not None), None)
+        if field_name is None:
+            continue
+        value = _openai_value(name, body[field_name], route, params)
+        if value is None:
+            continue
+        try:
+            checked = check_value(name, value, spec, _NoBounds())
+        except JobError as exc:
+            raise bad_request(
+                f"{exc}".replace(f"'{name}'", f"'{field_name}'", 1), param=field_name
+            ) from None
+        if checked != _DEFAULTS[name]:  # a value that asks for nothing stays out of the job
+            params[name] = checked
+    if params.get("top_logprobs") and not params.get("logprobs"):
+        raise bad_request("'top_logprobs' needs 'logprobs': true", param="top_logprobs")
+    return params
+
+
+def _openai_value(name: str, value: Any, route: str, params: dict[str, Any]) -> Any:
+    """An OpenAI field's value as the job param ``name`` takes it (None: leave it out)."""
+    if name == "logprobs" and route == COMPLETION:
+        # completions: ``logprobs`` is how many alternatives (0-5), and asks for logprobs
+        if not is_int(value) or not 0 <= value <= 5:
+            raise bad_request("'logprobs' must be a whole number from 0 to 5", param="logprobs")
+        params["top_logprobs"] = value
+        return True
+    if name == "json_schema":
+        return _response_format(value)
+    return value
+
+
+def _response_format(value: Any) -> str | None:
+    """``response_format`` -> the job's ``json_schema`` (a JSON text; None for plain text)."""
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return '{"type": "object"}'
+    if kind == "json_schema":
+        spec = value.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if isinstance(schema, dict):
+            return json.dumps(schema)
+        raise bad_request(
+            "'response_format' of type json_schema needs 'json_schema': {\"name\": ..., "
+            '"schema": {...}}',
+            param="response_format",
+        )
+    raise bad_request(
+        '\'response_format\' must be {"type": "text"}, {"type": "json_object"} or '
+        '{"type": "json_schema", "json_schema": {...}}',
+        param="response_format",
+    )
+
+
+def _generate_params(body: dict[str, Any], route: str) -> dict[str, Any]:
+    params: dict[str, Any] = {**_repetition_penalty(body), **_schema_params(body, route)}
     stop = body.get("stop")
     if stop is not None:
         try:
@@ -166,16 +276,9 @@ def _generate_params(body: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
-def _penalties(body: dict[str, Any]) -> dict[str, Any]:
-    """``repetition_penalty`` for the job; OpenAI's additive penalties only when they are 0
-    (the engine has none of them: a non-zero one is refused, not ignored)."""
-    for name in ("frequency_penalty", "presence_penalty"):
-        value = body.get(name)
-        if value is not None and (not is_finite_number(value) or value != 0):
-            raise bad_request(
-                f"'{name}' is not supported (only 0); 'repetition_penalty' (> 0, 1 = off, "
-                "transformers' multiplicative penalty) is"
-            )
+def _repetition_penalty(body: dict[str, Any]) -> dict[str, Any]:
+    """``repetition_penalty`` for the job (transformers' multiplicative penalty; OpenAI's
+    additive ``frequency_penalty`` / ``presence_penalty`` are mapped from the schema)."""
     penalty = body.get("repetition_penalty")
     if penalty is None:
         return {}

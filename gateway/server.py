@@ -1,4 +1,5 @@
-"""``sw serve``: the gateway on uvicorn, refusing to leave loopback without API keys."""
+"""``sw serve``: the gateway on uvicorn, refusing to leave loopback without API keys, with
+bounded connections (:mod:`gateway.connections`) and one access-log line per request."""
 
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> None
     import uvicorn
 
     from gateway.app import create_app
+    from gateway.connections import uvicorn_options
 
     note = check_bind(settings, host)
     print(
@@ -53,12 +55,18 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> None
         file=sys.stderr,
         flush=True,
     )
+    access = logging.getLogger("gateway.access")
+    if access.level == logging.NOTSET:
+        access.setLevel(logging.INFO)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = uvicorn.Config(
         create_app(settings),
         host=host,
         port=port,
         log_level="warning",
-        access_log=False,
+        access_log=False,  # ours (gateway.access) has the model, tokens and key id
         timeout_graceful_shutdown=5,
+        **uvicorn_options(settings),
     )
     uvicorn.Server(config).run()

@@ -12,8 +12,10 @@ waiters wake) instead of polling. A generate job's tokens can be read while it r
 from __future__ import annotations
 
 import asyncio
+import enum
 import re
 import uuid
+import warnings
 from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any
@@ -36,10 +38,19 @@ from sw_core.pipeline.jobs import Job, encode_job, now_ms, validate_request
 from sw_core.pipeline.registry import ModelRegistry
 from sw_core.pipeline.results import unpack_result
 from sw_core.queue_redis import queue_redis
+from sw_core.schema import JobStatus
 from sw_core.settings import Settings
+
+
+class _Unset(enum.Enum):
+    """Marks a keyword argument that was not given."""
+
+    UNSET = enum.auto()
+
 
 #: Longest single block on the done list; the hash is re-read after each.
 _WAIT_SLICE_S = 1.0
+_UNSET = _Unset.UNSET
 _STREAM_ID_RE = re.compile(r"\d{1,20}-\d{1,20}")
 #: How long a (model, task) pair found runnable is trusted before the registry is asked again.
 _CHECK_TTL_S = 10.0
@@ -144,8 +155,15 @@ class Producer:
             flat += [name, value]
         cap = self.settings.max_queued_jobs
         keys = [self.keys.jobs, self.keys.job(job.job_id), self.keys.stats]
-        args = [cap, self.settings.result_ttl_s, submitted_ms, model, task,
-                "" if deadline_ms is None else deadline_ms, *flat]  # fmt: skip
+        args = [
+            cap,
+            self.settings.result_ttl_s,
+            submitted_ms,
+            model,
+            task,
+            "" if deadline_ms is None else deadline_ms,
+            *flat,
+        ]
         if self.settings.submit_wait_replicas > 0:
             entry = await self._submit_replicated(keys, args)
         else:
@@ -192,18 +210,24 @@ class Producer:
         reply = await self._cancel(keys=keys, args=[now_ms(), self.settings.result_ttl_s, job_id])
         return reply.decode() if isinstance(reply, bytes) else str(reply)
 
-    def stream(self, job_id: str, *, timeout: float | None = 60) -> AsyncIterator[dict[str, Any]]:
+    def stream(
+        self, job_id: str, timeout_s: float | None = 60, *, timeout: float | _Unset | None = _UNSET
+    ) -> AsyncIterator[dict[str, Any]]:
         """The events of a generate job as it runs (see :func:`producer.streaming.stream_events`):
-        ``{"type": "token", "index", "text", "step"}`` text deltas, ``{"type": "restart"}``
-        when a worker took the job over after a crash (start over), ``{"type": "end", "index",
-        "finish_reason", "prompt_tokens", "completion_tokens"}`` per input (``eos``, ``stop``
-        -- a ``stop`` sequence, of which no delta shows any part -- or ``length``) and a last
-        ``{"type": "final", "status"}`` -- for a job that ended ``done`` with its
-        ``finish_reason`` (one per input, comma-separated) and token counts (summed over
-        its inputs)."""
+        ``{"type": "token", "index", "text", "step"}`` text deltas (with ``logprobs``: also
+        the entries of the tokens the text came from, which add up to the result's
+        ``logprobs``), ``{"type": "restart"}`` when a worker took the job over after a crash
+        (start over), ``{"type": "end", "index", "finish_reason", "prompt_tokens",
+        "completion_tokens"}`` per output (``eos``, ``stop`` -- a ``stop`` sequence, of which
+        no delta shows any part -- or ``length``; with ``n`` > 1 the outputs of input i are
+        ``i * n`` to ``i * n + n - 1``) and a last ``{"type": "final", "status"}`` -- for a
+        job that ended ``done`` with its ``finish_reason`` (one per output, comma-separated)
+        and token counts (summed; a prompt counted once however many completions it has).
+        ``timeout_s``: most seconds without an event (None: no limit)."""
         from producer.streaming import stream_events
 
-        return stream_events(self.redis, self.keys, job_id, timeout_s=timeout)
+        timeout_s = _renamed_timeout(timeout_s, timeout, "stream")
+        return stream_events(self.redis, self.keys, job_id, timeout_s=timeout_s)
 
     async def _check_model(self, model: str, task: str) -> None:
         loop = asyncio.get_running_loop()
@@ -220,7 +244,8 @@ class Producer:
         A hand-added entry no worker has started yet (its job id is its entry id) is
         ``queued``; an unknown (or expired) job gives ``{"status": "unknown"}``.
         """
-        raw = await self.redis.hgetall(self.keys.job(job_id))
+        # redis-py types the async client's hash replies as sync|async unions (redis-py #2399)
+        raw = await self.redis.hgetall(self.keys.job(job_id))  # type: ignore[misc]
         if not raw:
             if _STREAM_ID_RE.fullmatch(job_id) and await self.redis.xrange(
                 self.keys.jobs, job_id, job_id
@@ -241,41 +266,62 @@ class Producer:
             out[name] = value
         return out
 
-    async def result(self, job_id: str, timeout: float | None = 30) -> Any:
+    async def result(
+        self, job_id: str, timeout_s: float | None = 30, *, timeout: float | _Unset | None = _UNSET
+    ) -> Any:
         """Wait for the job's result.
 
         Raises:
             SurfingError: the job was dead-lettered -- raised as the class of its error
                 (``error_class(error_type)(message)``); errors that are not Surfing errors
                 come back as :class:`SurfingError` with the type name in the message.
-            JobTimeoutError: the job did not end within ``timeout`` seconds.
+            JobTimeoutError: the job did not end within ``timeout_s`` seconds.
             redis.exceptions.ConnectionError: Redis cannot be reached.
         """
+        timeout_s = _renamed_timeout(timeout_s, timeout, "result")
         loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
+        deadline = None if timeout_s is None else loop.time() + timeout_s
         done_key = self.keys.job_done(job_id)
         while True:
-            fields = await self.redis.hmget(
+            # redis-py types the async client's hash replies as sync|async unions (redis-py #2399)
+            fields = await self.redis.hmget(  # type: ignore[misc]
                 self.keys.job(job_id), ["status", "result", "error_type", "error"]
             )
             status, result, error_type, error = fields
-            if status == b"done":
+            state = JobStatus(status.decode()) if status else None
+            if state is JobStatus.DONE:
                 return unpack_result(result) if result is not None else None
-            if status == b"dead":
+            if state is JobStatus.DEAD:
                 raise _job_error(error_type, error)
-            if status == b"cancelled":
+            if state is JobStatus.CANCELLED:
                 raise JobCancelledError(f"job {job_id} was cancelled")
-            if status == b"expired":
+            if state is JobStatus.EXPIRED:
                 raise JobExpiredError(f"job {job_id} passed its deadline before it ended")
             remaining = _WAIT_SLICE_S if deadline is None else deadline - loop.time()
             if remaining <= 0:
-                state = status.decode() if status else "unknown (never submitted, or expired)"
+                shown = state or "unknown (never submitted, or expired)"
                 raise JobTimeoutError(
-                    f"job {job_id} did not finish within {timeout:g} s (status: {state}); "
+                    f"job {job_id} did not finish within {timeout_s:g} s (status: {shown}); "
                     "are inference workers running (arq workers.Settings)?"
                 )
             wait_s = max(min(remaining, _WAIT_SLICE_S), 0.01)
-            await self.redis.blmove(done_key, done_key, wait_s, "RIGHT", "LEFT")
+            # BLMOVE takes fractional seconds (int() would make a wait under 1 s block for
+            # ever); redis-py types the timeout as int
+            await self.redis.blmove(done_key, done_key, wait_s, "RIGHT", "LEFT")  # type: ignore[arg-type]
+
+
+def _renamed_timeout(
+    timeout_s: float | None, timeout: float | _Unset | None, method: str
+) -> float | None:
+    """``timeout_s``, or the deprecated ``timeout=`` keyword when it was given."""
+    if timeout is _UNSET:
+        return timeout_s
+    warnings.warn(
+        f"Producer.{method}(timeout=...) is deprecated; use timeout_s=",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return timeout
 
 
 def _job_error(error_type: bytes | None, error: bytes | None) -> SurfingError:

@@ -3,7 +3,7 @@
 This module imports nothing heavy (no torch), so ``sw chunk`` and ``sw register`` can refuse
 an unsupported model before loading anything. What the engine needs beyond the family --
 the block lists, embeddings, rotary modules, final norm, head and tied weights -- is derived
-from the transformers model's own structure (:mod:`sw_core.engine.structure`), so a further
+from the transformers model's own structure (:mod:`sw_core.engine.model.structure`), so a further
 family with the standard layout is one line here plus its tests.
 """
 

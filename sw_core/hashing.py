@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import queue
+from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from os import PathLike
+from typing import Literal, Protocol
 
 import blake3
 
@@ -32,9 +35,18 @@ THREAD_HASH_BYTES = 1 << 20
 class Hasher(Protocol):
     """What :func:`new_hasher` returns (``hashlib`` and ``blake3`` objects both fit)."""
 
-    def update(self, data: Any, /) -> Any: ...
+    def update(self, data: bytes | bytearray | memoryview, /) -> object: ...
 
     def hexdigest(self) -> str: ...
+
+
+class DigestedEntry(Protocol):
+    """A manifest entry with its digests (``ChunkInfo``, ``FileInfo``)."""
+
+    @property
+    def sha256(self) -> str: ...
+    @property
+    def blake3(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -52,7 +64,7 @@ class Expected:
         return cls("sha256", sha256.lower())
 
     @classmethod
-    def for_entry(cls, entry: Any) -> Expected:
+    def for_entry(cls, entry: DigestedEntry) -> Expected:
         """From a manifest entry (``ChunkInfo``/``FileInfo``: ``sha256``, optional ``blake3``)."""
         return cls.of(entry.sha256, getattr(entry, "blake3", None))
 
@@ -86,7 +98,7 @@ async def hex_digest_async(algorithm: Algorithm, data: bytes | bytearray | memor
     return await asyncio.to_thread(hex_digest, algorithm, data)
 
 
-def file_digests(path: Any, block_bytes: int = 8 << 20) -> tuple[str, str]:
+def file_digests(path: str | PathLike[str], block_bytes: int = 8 << 20) -> tuple[str, str]:
     """``(sha256, blake3)`` hex digests of a file, read once."""
     sha, b3 = hashlib.sha256(), blake3.blake3()
     with open(path, "rb") as handle:
@@ -94,3 +106,46 @@ def file_digests(path: Any, block_bytes: int = 8 << 20) -> tuple[str, str]:
             sha.update(block)
             b3.update(block)
     return sha.hexdigest(), b3.hexdigest()
+
+
+class OrderedHash:
+    """Digest of the buffers given to :meth:`feed`, in order, hashed by one pool task.
+
+    The buffers must stay unchanged until :meth:`hexdigest` returns.
+
+    Example:
+        >>> from concurrent.futures import ThreadPoolExecutor
+        >>> with ThreadPoolExecutor(1) as pool:
+        ...     digest = OrderedHash(pool)
+        ...     digest.feed(memoryview(b"ab"))
+        ...     digest.feed(memoryview(b"c"))
+        ...     digest.hexdigest()[:12]
+        'ba7816bf8f01'
+    """
+
+    def __init__(self, pool: Executor, algorithm: Algorithm = "sha256") -> None:
+        self.algorithm = algorithm
+        self._pieces: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
+        self._abandoned = False
+        self._future = pool.submit(self._run)
+
+    def _run(self) -> str:
+        digest = new_hasher(self.algorithm)
+        while (piece := self._pieces.get()) is not None:
+            if not self._abandoned:
+                digest.update(piece)
+        return digest.hexdigest()
+
+    def feed(self, piece: memoryview) -> None:
+        """Queue the next piece of the stream."""
+        self._pieces.put(piece)
+
+    def hexdigest(self) -> str:
+        """The digest of everything fed; call once, at the end (waits for the hashing)."""
+        self._pieces.put(None)
+        return self._future.result()
+
+    def abandon(self) -> None:
+        """Give up (the read failed): the task skips what is queued and ends."""
+        self._abandoned = True
+        self._pieces.put(None)

@@ -101,6 +101,12 @@ class Keys:
         """Hash: model name -> the tasks it can run (``embed,forward``), from its manifest."""
         return f"{self.prefix}:model-tasks"
 
+    @property
+    def model_synthetic(self) -> str:
+        """Hash: model name -> what its random weights imitate (``synthetic: random weights
+        of the llama-3-8b shape (seed 0)``), for chunk sets written by ``sw synth``."""
+        return f"{self.prefix}:model-synthetic"
+
     # ---------------------------------------------------------------- counters and workers
     @property
     def stats(self) -> str:
@@ -111,6 +117,12 @@ class Keys:
     def stats_models(self) -> str:
         """Hash of per-model job counters: ``completed:<model>``, ``failed:<model>``, ..."""
         return f"{self.stats}:models"
+
+    @property
+    def stats_sweeps(self) -> str:
+        """Hash of per-model sweep counters: ``sweeps:<model>``, ``reads:<model>``,
+        ``hits:<model>``, ``bytes:<model>``, ``hit_bytes:<model>``."""
+        return f"{self.stats}:sweeps"
 
     def stats_window(self, bucket: int) -> str:
         """Hash of ``total_requests`` and ``errors`` counted in one 10-second bucket
@@ -149,8 +161,14 @@ class Keys:
     @property
     def cache_meta(self) -> str:
         """Hash of the shard's accounting: ``bytes``, ``clock``, ``hits``, ``misses``,
-        ``evictions``, ``corruptions``."""
+        ``evictions``, ``corruptions``, ``refusals``, ``ticks``."""
         return f"{self.cache_shard_prefix}meta"
+
+    @property
+    def cache_freq(self) -> str:
+        """Hash of the shard's use counts: chunk id -> counted lookups (cached or not) in
+        the recent window; halved every aging window. Admission compares them."""
+        return f"{self.cache_shard_prefix}freq"
 
     def cache_part(self, chunk_id: str, part: int) -> str:
         """One part (at most ``cache_part_mb``) of a cached chunk's bytes."""

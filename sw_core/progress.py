@@ -5,7 +5,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from rich.progress import Progress as RichProgress
+    from rich.progress import TaskID
 
 
 class Progress(Protocol):
@@ -20,12 +24,12 @@ class _NullProgress:
 
 
 class _RichProgress:
-    def __init__(self, bar: object, task_id: object) -> None:
+    def __init__(self, bar: RichProgress, task_id: TaskID) -> None:
         self._bar = bar
         self._task_id = task_id
 
     def advance(self, amount: float = 1) -> None:
-        self._bar.advance(self._task_id, amount)  # type: ignore[attr-defined]
+        self._bar.advance(self._task_id, amount)
 
 
 @contextmanager

@@ -54,6 +54,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "generate_batching": ("continuous", "static"),
     "log_format": ("text", "json"),
     "compute_dtype": ("auto", "float32", "bfloat16", "float16"),
+    "direct_io": ("auto", "on", "off"),
 }
 
 
@@ -108,8 +109,10 @@ class Settings:
     compute_dtype: str = "auto"
     memory_budget_mb: int = 2048
     prefetch_count: int = 2
+    direct_io: str = "auto"
     max_batch_size: int = 16
-    max_input_tokens: int = 512
+    #: Most prompt tokens; 0 = the model's own context length (see sw_core.context).
+    max_input_tokens: int = 0
     max_new_tokens_limit: int = 512
 
     # Pipeline.
@@ -129,7 +132,7 @@ class Settings:
     #: restarted worker take back its own pending entries first.
     worker_name: str = ""
     #: Import path ("module:attr") of the batch handler factory the inference worker runs.
-    handler: str = "workers.inference:build_handler"
+    handler: str = "workers.jobs.inference:build_handler"
 
     # Serving.
     #: Producers refuse a job (QueueFullError) when this many jobs are queued or pending
@@ -158,6 +161,10 @@ class Settings:
     api_keys: Secret | None = None
     gateway_timeout_s: float = 300.0
     gateway_max_streams: int = 512
+    gateway_allowed_origins: str = ""
+    gateway_read_timeout_s: float = 10.0
+    gateway_idle_timeout_s: float = 5.0
+    gateway_max_connections: int = 1024
     #: The alert judges errors / requests over this many recent seconds.
     alert_window_s: int = 300
     #: Worker log lines: "text" (date, level, logger, message) or "json" (one object a line).
@@ -211,6 +218,9 @@ class Settings:
         positive = (
             "gateway_timeout_s",
             "gateway_max_streams",
+            "gateway_read_timeout_s",
+            "gateway_idle_timeout_s",
+            "gateway_max_connections",
             "cache_size_mb",
             "cache_part_mb",
             "cache_shards",
@@ -243,6 +253,7 @@ class Settings:
             "batch_timeout_s",
             "max_queued_jobs",
             "max_kv_cache_mb",
+            "max_input_tokens",
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(

@@ -52,13 +52,19 @@ MEANINGS: dict[str, str] = {
     "retry_jitter": "Random spread of each delay (0.1 = +-10 %).",
     "device": "Torch device of the engine: `auto`, `cpu`, `cuda`, `cuda:1` ...",
     "compute_dtype": "Dtype the engine computes in: `auto` (float32 on CPU, the stored dtype on "
-    "a GPU), `float32`, `bfloat16`, `float16`. Chunks stored narrower (`sw chunk --dtype`) are "
-    "widened as they arrive; `bfloat16` on a bfloat16 chunk set widens nothing (faster on "
-    "AVX-512 CPUs, results of the model in bfloat16; docs/engine.md).",
+    "a GPU; for packed chunk sets bfloat16 on AVX-512 CPUs and GPUs), `float32`, `bfloat16`, "
+    "`float16`. Chunks stored narrower (`sw chunk --dtype`) are widened as they arrive; "
+    "`bfloat16` on a bfloat16 chunk set widens nothing (faster on AVX-512 CPUs, results of the "
+    "model in bfloat16). Packed weights (GGUF, `sw chunk --quantize`) stay packed with "
+    "`bfloat16` (the packed kernels) and are widened on arrival otherwise (`float32`: exactly "
+    "the dequantized model; docs/engine.md).",
     "memory_budget_mb": "Memory the engine may keep weights resident in.",
     "prefetch_count": "Chunks fetched ahead of the layer being computed.",
+    "direct_io": "Chunk reads from a folder past the page cache (`O_DIRECT`, straight into the "
+    "engine's buffer): `auto` when the chunk set is larger than half the machine's memory "
+    "(it cannot stay cached, and buffered reads would evict everything else), `on`, `off`.",
     "max_batch_size": "Most jobs of one model and task run as one batch.",
-    "max_input_tokens": "Longest input (tokens) a job may carry.",
+    "max_input_tokens": "Longest input (tokens) a job may carry; 0: the model's own context length (its positions and, to generate, what `SW_MAX_KV_CACHE_MB` holds for one sequence).",
     "max_new_tokens_limit": "Upper bound of a generate job's `max_new_tokens`.",
     "models": "Models known without `sw register`: `name=location,...` (`s3://bucket/prefix` or a folder).",
     "claim_idle_ms": "A job held this long by a silent worker is taken over by another (XAUTOCLAIM).",
@@ -76,6 +82,10 @@ MEANINGS: dict[str, str] = {
     "api_keys": "Comma-separated keys `sw serve` accepts as `Authorization: Bearer KEY` (secret: compared in constant time, never logged); unset = no keys, and the gateway listens on loopback only.",
     "gateway_timeout_s": "Deadline of one gateway request: a job not finished by then is cancelled and the client gets 504.",
     "gateway_max_streams": "Most requests the gateway holds open at once; one more gets 429 with `Retry-After`.",
+    "gateway_allowed_origins": "Browser origins (`https://app.example.com,...`; `*` = any) allowed to call the gateway from their pages (CORS); requests from any other origin are refused with 403.",
+    "gateway_read_timeout_s": "A connection must send a request's headers within this (after it opens, or after the previous answer), and its body within this again; else it is closed (headers) or answered 408 (body).",
+    "gateway_idle_timeout_s": "A kept-alive connection without a new request is closed after this.",
+    "gateway_max_connections": "Most connections the gateway keeps open at once (streams included); one more is closed at once.",
     "alert_error_rate": "`errors / requests` of the recent window (see below) above this raises the alert (`sw stats --check`, `sw monitor --check`, `sw_alert`).",
 }
 

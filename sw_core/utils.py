@@ -6,6 +6,7 @@ import hashlib
 import math
 import os
 from pathlib import Path
+from typing import TypeGuard
 
 _HASH_BLOCK_BYTES = 8 << 20
 
@@ -48,7 +49,7 @@ def is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def is_finite_number(value: object) -> bool:
+def is_finite_number(value: object) -> TypeGuard[int | float]:
     """An ``int`` or ``float``, not a ``bool``, neither infinite nor NaN."""
     return (
         isinstance(value, (int, float))

@@ -20,7 +20,7 @@ from tests.support.servers import S3Server
 from tests.support.serving import tiny_chat  # noqa: F401 - module fixture
 
 if TYPE_CHECKING:
-    from tests.support.models import ChunkedModel
+    from tests.support.models import ChunkedModel, PackedModel
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -58,6 +58,15 @@ async def redis_client(redis_url: str) -> AsyncIterator[object]:
     await client.aclose()
 
 
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    """A Redis of the test's own (``maxmemory`` 64 MiB, ``noeviction``), for tests that change
+    its configuration: ``CONFIG SET maxmemory 1`` makes it refuse every write that may grow
+    memory, as a full Redis does."""
+    with RedisServer(maxmemory_mb=64, maxmemory_policy="noeviction") as server:
+        yield server
+
+
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Server]:
     """moto's S3 server for the whole session."""
@@ -86,6 +95,14 @@ def smollm2_chunked(tmp_path_factory: pytest.TempPathFactory) -> ChunkedModel:
     from tests.support.models import chunked_smollm2
 
     return chunked_smollm2(tmp_path_factory.mktemp("smollm2"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_packed(tmp_path_factory: pytest.TempPathFactory) -> PackedModel:
+    """The bundled SmolLM2 GGUF file chunked with its quantized tensors kept packed."""
+    from tests.support.models import packed_smollm2
+
+    return packed_smollm2(tmp_path_factory.mktemp("smollm2-packed"))
 
 
 @pytest.fixture(scope="session")

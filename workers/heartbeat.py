@@ -17,8 +17,8 @@ from collections.abc import Callable
 
 from redis.asyncio import Redis
 
+from sw_core.counters import Counters
 from sw_core.keys import Keys
-from sw_core.ops.stats import Counters
 from sw_core.pipeline.jobs import now_ms
 from sw_core.settings import Settings
 

@@ -3,7 +3,7 @@
 arq's command configures only arq's own logger (``HH:MM:SS: message``); our loggers had no
 handler at all, so their INFO lines were lost. :func:`configure_logging` gives the root logger
 one handler on stderr: ``text`` lines carry date, time, level and logger
-(``2026-11-30 11:37:22.123 INFO workers.outcomes: job ... done ...``); ``json`` writes one
+(``2026-11-30 11:37:22.123 INFO workers.jobs.outcomes: job ... done ...``); ``json`` writes one
 object a line (``time``, ``level``, ``logger``, ``message``, plus the fields a line passes as
 ``extra``) for log shippers. arq's per-job lines (chunk loads named by sha256) are turned down
 to warnings: the loader logs each load by chunk name instead.

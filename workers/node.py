@@ -19,18 +19,19 @@ from typing import Any
 from arq.worker import func
 from redis.asyncio import Redis
 
+from sw_core.counters import Counters
 from sw_core.keys import Keys
-from sw_core.ops.prometheus import maybe_start_metrics_server
-from sw_core.ops.stats import Counters
+from sw_core.ops.prometheus import MetricsServer, maybe_start_metrics_server
 from sw_core.pipeline.registry import ModelRegistry
 from sw_core.queue_redis import queue_redis
 from sw_core.settings import Settings, redact_url
 from workers.arq_compat import tolerate_redis_outages
 from workers.arq_redis import arq_redis_settings
-from workers.consumer import JobConsumer
-from workers.handlers import close_handler, load_handler
+from workers.chunks.loader import ChunkLoader, load_chunk
+from workers.chunks.protocol import LOAD_CHUNK, job_deserializer, job_serializer
 from workers.heartbeat import Heartbeat, default_worker_name
-from workers.loader import LOAD_CHUNK, ChunkLoader, job_deserializer, job_serializer, load_chunk
+from workers.jobs.consumer import JobConsumer
+from workers.jobs.handlers import BatchHandler, close_handler, load_handler
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,8 @@ class Node:
     loader: ChunkLoader
     heartbeat: Heartbeat
     consumer: JobConsumer | None = None
-    handler: Any = None
-    metrics: Any = None
+    handler: BatchHandler | None = None
+    metrics: MetricsServer | None = None
     name: str = ""
     kind: str = ""
     preloading: asyncio.Task[None] | None = None
@@ -92,7 +93,7 @@ async def start_node(ctx: dict[str, Any], *, settings: Settings, kind: str, cons
     if consumer is not None:
         await consumer.start()
     preload = [m.strip() for m in settings.preload_models.split(",") if m.strip()]
-    if preload and hasattr(handler, "preload"):
+    if preload and handler is not None and hasattr(handler, "preload"):
         # in the background: heartbeats, loads and jobs go on meanwhile (a job for a model
         # being preloaded waits for the same engine instead of opening another)
         node.preloading = asyncio.create_task(handler.preload(preload), name="preload")
@@ -134,9 +135,12 @@ async def _on_shutdown(ctx: dict[str, Any]) -> None:
         failed = node.consumer.jobs_failed if node.consumer is not None else 0
         log.info(
             "worker %s exits: %d jobs done, %d failed attempts, %d chunk loads from storage",
-            node.name, done, failed, node.loader.storage_loads,
+            node.name,
+            done,
+            failed,
+            node.loader.storage_loads,
             extra={"event": "exit", "worker": node.name},
-        )  # fmt: skip
+        )
 
 
 def worker_options(settings: Settings, *, inference: bool) -> dict[str, Any]:

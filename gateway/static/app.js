@@ -1,11 +1,11 @@
-// The status page: numbers from /api/status every second, a streaming chat and an
-// embeddings similarity table through the gateway's own OpenAI routes. No build step.
+// The status page: numbers from /api/status every second (cluster, charts, chunk strips), the
+// chat playground (chat.js) and an embeddings similarity table, through the gateway's own
+// OpenAI routes. No build step, no network beyond this gateway.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const keyInput = $("api-key");
 keyInput.value = localStorage.getItem("sw-api-key") || "";
-keyInput.addEventListener("change", () => localStorage.setItem("sw-api-key", keyInput.value));
 
 function headers() {
   const h = { "Content-Type": "application/json" };
@@ -26,9 +26,15 @@ const pct = (x) => (x == null ? "–" : (100 * x).toFixed(1) + " %");
 const mib = (b) => (b / 1048576).toFixed(1) + " MiB";
 function setText(id, value) { $(id).textContent = value == null ? "–" : String(value); }
 
+function esc(text) {
+  return String(text).replace(/[&<>"]/g, (ch) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[ch]);
+}
+
+// Models: the list, and the two pickers (chat: generate-capable models first and by
+// default; embeddings: encoders first).
 let knownModels = "";
-function showModels(models) {
-  const joined = models.join(",");
+function showModels(models, tasks) {
+  const joined = JSON.stringify([models, tasks]);
   if (joined === knownModels) return;
   knownModels = joined;
   $("models").innerHTML = "";
@@ -36,34 +42,43 @@ function showModels(models) {
     const li = document.createElement("li");
     li.textContent = name;
     li.className = "model";
+    const can = tasks[name] || [];
+    if (can.length) li.title = "tasks: " + can.join(", ");
     $("models").appendChild(li);
   }
   if (!models.length) $("models").innerHTML = '<li class="muted">none registered</li>';
-  for (const id of ["chat-model", "embed-model"]) {
-    const select = $(id);
-    const previous = select.value;
-    select.innerHTML = "";
-    for (const name of models) select.add(new Option(name, name));
-    if (models.includes(previous)) select.value = previous;
-  }
+  const generates = (name) => (tasks[name] || []).includes("generate");
+  const chat = [...models.filter(generates), ...models.filter((m) => !generates(m))];
+  const embed = [...models.filter((m) => !generates(m)), ...models.filter(generates)];
+  fillSelect($("chat-model"), chat);
+  fillSelect($("embed-model"), embed);
+}
+
+function fillSelect(select, names) {
+  const previous = select.dataset.chosen;
+  select.innerHTML = "";
+  for (const name of names) select.add(new Option(name, name));
+  if (previous && names.includes(previous)) select.value = previous;
 }
 
 function showCluster(c, gw) {
-  setText("live-workers", c.live_workers);
-  setText("queue-length", c.queue_length);
-  setText("pending", c.pending);
-  setText("scheduled-retries", c.scheduled_retries);
-  setText("dead-letters", c.dead_letters);
-  setText("total-requests", c.total_requests);
-  setText("completed", c.completed);
+  for (const [id, field] of [["live-workers", "live_workers"], ["queue-length", "queue_length"],
+    ["pending", "pending"], ["scheduled-retries", "scheduled_retries"], ["dead-letters", "dead_letters"],
+    ["total-requests", "total_requests"], ["completed", "completed"], ["dead-lettered", "dead_lettered"],
+    ["cancelled", "cancelled"], ["expired", "expired"], ["errors", "errors"]]) setText(id, c[field]);
   setText("throughput", c.throughput_jobs_s == null ? null : c.throughput_jobs_s.toFixed(1));
-  setText("errors", c.errors);
   setText("error-rate", pct(c.error_rate));
-  setText("cache-hit-rate", pct(c.cache_hit_rate));
+  const lookups = (c.cache_hits || 0) + (c.cache_misses || 0);
+  setText("cache-hit-rate", lookups ? pct(c.cache_hit_rate) : "no lookups");
+  $("cache-lookups").textContent = `cache hit rate (${c.cache_hits} hits / ${lookups} lookups)`;
   setText("cache-use", `${mib(c.cache_bytes)} / ${mib(c.cache_budget_bytes)}`);
   setText("gw-requests", gw.requests);
   setText("gw-errors", gw.errors);
   setText("gw-open", gw.open_requests);
+  const inFlight = c.queue_length + c.pending + c.scheduled_retries;
+  $("job-sum").textContent = `${c.total_requests} submitted = ${c.completed} done + ` +
+    `${c.dead_lettered} dead-lettered + ${c.cancelled} cancelled + ${c.expired} expired + ` +
+    `${inFlight} queued, running or waiting to retry`;
   $("alert").hidden = !c.alert;
   $("alert").textContent = c.alert_reason || "";
   const rows = c.workers.map((w) =>
@@ -76,20 +91,30 @@ function showCluster(c, gw) {
     : '<tr><td class="muted">none</td></tr>';
 }
 
-function esc(text) {
-  return String(text).replace(/[&<>"]/g, (ch) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[ch]);
+function askForKey(message) {
+  $("key-box").hidden = false;
+  $("key-hint").textContent = message;
+  $("conn").textContent = "API key needed";
+  $("conn").className = "badge warn";
 }
 
 let refreshes = 0;
 async function refresh() {
   try {
     const response = await fetch("/api/status", { headers: headers() });
-    if (response.status === 401) $("key-box").hidden = false;
+    if (response.status === 401) {
+      askForKey(keyInput.value ? "that key was refused: enter another" :
+        "this gateway needs an API key (one of SW_API_KEYS)");
+      return;
+    }
     if (!response.ok) throw new Error(await errorText(response));
     const s = await response.json();
     $("key-box").hidden = !s.keys_required;
-    showModels(s.models);
+    $("key-hint").textContent = "";
+    showModels(s.models, s.model_tasks || {});
     showCluster(s.cluster, s.gateway);
+    drawHistory(s.history);
+    drawChunkMap(s.chunk_map || {});
     $("streaming-mode").textContent = s.streaming;
     $("conn").textContent = "live";
     $("conn").className = "badge ok";
@@ -99,73 +124,6 @@ async function refresh() {
   } catch (e) {
     $("conn").textContent = "unreachable: " + e.message;
     $("conn").className = "badge bad";
-  }
-}
-
-// Server-Sent Events from a POST: read the body and split it on blank lines.
-async function* sseEvents(response) {
-  const reader = response.body.getReader();
-  const decoder = new TextDecoder();
-  let buffer = "";
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    buffer += decoder.decode(value, { stream: true });
-    let cut;
-    while ((cut = buffer.indexOf("\n\n")) >= 0) {
-      const event = buffer.slice(0, cut);
-      buffer = buffer.slice(cut + 2);
-      for (const line of event.split("\n")) {
-        if (line.startsWith("data: ")) yield line.slice(6);
-      }
-    }
-  }
-}
-
-async function sendChat() {
-  const out = $("chat-output");
-  const status = $("chat-status");
-  out.textContent = "";
-  out.dataset.done = "false";
-  out.dataset.deltas = "0";
-  status.textContent = "waiting for a worker…";
-  $("chat-send").disabled = true;
-  try {
-    const response = await fetch("/v1/chat/completions", {
-      method: "POST",
-      headers: headers(),
-      body: JSON.stringify({
-        model: $("chat-model").value,
-        messages: [{ role: "user", content: $("chat-input").value }],
-        max_tokens: Number($("chat-max-tokens").value),
-        stream: true,
-      }),
-    });
-    if (!response.ok) throw new Error(await errorText(response));
-    let deltas = 0;
-    for await (const data of sseEvents(response)) {
-      if (data === "[DONE]") break;
-      const chunk = JSON.parse(data);
-      if (chunk.error) throw new Error(chunk.error.message);
-      const choice = chunk.choices[0];
-      if (choice.delta && choice.delta.content) {
-        out.textContent += choice.delta.content;
-        deltas += 1;
-        out.dataset.deltas = String(deltas);
-        status.textContent = `streaming… ${deltas} deltas`;
-      }
-      if (choice.finish_reason) {
-        const u = chunk.usage || {};
-        status.textContent = `done: ${choice.finish_reason}, ${u.prompt_tokens} prompt + ` +
-          `${u.completion_tokens} completion tokens, ${deltas} deltas`;
-      }
-    }
-    out.dataset.done = "true";
-  } catch (e) {
-    status.textContent = "error " + e.message;
-    out.dataset.done = "error";
-  } finally {
-    $("chat-send").disabled = false;
   }
 }
 
@@ -199,7 +157,17 @@ async function sendEmbeddings() {
   }
 }
 
+$("key-box").addEventListener("submit", (event) => {
+  event.preventDefault();
+  localStorage.setItem("sw-api-key", keyInput.value);
+  refresh();
+});
+for (const id of ["chat-model", "embed-model"]) {
+  $(id).addEventListener("change", () => { $(id).dataset.chosen = $(id).value; });
+}
 $("chat-send").addEventListener("click", sendChat);
+$("chat-stop").addEventListener("click", stopChat);
+$("chat-new").addEventListener("click", newChat);
 $("embed-send").addEventListener("click", sendEmbeddings);
 refresh();
 setInterval(refresh, 1000);

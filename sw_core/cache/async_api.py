@@ -19,12 +19,15 @@ class CacheInfo:
     misses: int
     evictions: int
     corruptions: int
+    #: Misses the cache would not take in (sweep reads past it, :mod:`sw_core.cache.admission`).
+    refusals: int = 0
 
 
 class AsyncCacheAPI:
     """``aget``/``aput``/... for asyncio callers of :class:`~sw_core.cache.ChunkCache`."""
 
     get: Any
+    lookup: Any
     put: Any
     contains: Any
     delete: Any
@@ -52,6 +55,17 @@ class AsyncCacheAPI:
     ) -> bool:
         """:meth:`put` on a worker thread."""
         return await asyncio.to_thread(self.put, chunk_id, data, verify=verify, blake3=blake3)
+
+    async def alookup(
+        self,
+        chunk_id: str,
+        size_bytes: int,
+        *,
+        out: bytearray | memoryview | None = None,
+        blake3: str | None = None,
+    ) -> Any:
+        """:meth:`lookup` on a worker thread."""
+        return await asyncio.to_thread(self.lookup, chunk_id, size_bytes, out=out, blake3=blake3)
 
     async def acontains(self, chunk_id: str) -> bool:
         """:meth:`contains` on a worker thread."""

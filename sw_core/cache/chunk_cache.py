@@ -1,4 +1,4 @@
-"""The shared chunk cache: a content-addressed, byte-budgeted LRU in Redis.
+"""The shared chunk cache: a content-addressed, byte-budgeted cache of chunks in Redis.
 
 A chunk's cache id *is* its sha256 hex digest (from the manifest), so identical chunks of
 different models share one entry, and every :meth:`ChunkCache.get` checks the bytes against
@@ -11,7 +11,11 @@ Cluster every Lua call stays in one slot. In a shard (names from :class:`~sw_cor
 a chunk is stored as parts of at most ``part_size_bytes`` (1-8 MiB GETs are the fastest),
 an info hash (``parts``, ``size_bytes``, ``part_bytes``), a member of the LRU sorted set
 scored by a logical clock, and the meta hash holds ``bytes`` (exactly the sum of stored
-sizes), ``clock``, ``hits``, ``misses``, ``evictions`` and ``corruptions``.
+sizes), ``clock``, ``hits``, ``misses``, ``evictions``, ``corruptions``, ``refusals`` and
+``ticks``. A use-count hash counts recent lookups per chunk, cached or not: when the shard is
+full, a missed chunk is admitted only if the entries it would evict were used less often
+(:mod:`sw_core.cache.admission`), so a model larger than the cache keeps a stable part of
+itself cached instead of flushing everything on each sweep.
 
 A write uploads its parts under unique staging names with a TTL, then one Lua script
 commits it: evict least recently used chunks until it fits the shard's budget, rename the
@@ -29,27 +33,32 @@ import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
+from typing import Any
 
 import redis
 
-from sw_core.cache.async_api import AsyncCacheAPI, CacheInfo
+from sw_core import counters as stats
+from sw_core.cache.accounting import CacheAccounting
+from sw_core.cache.admission import AGING_WINDOW_MIN, Lookup
+from sw_core.cache.async_api import AsyncCacheAPI
 from sw_core.cache.digest import ChunkDigest, check_chunk_id, target_view
 from sw_core.cache.errors import cache_error, too_large_error
 from sw_core.cache.ordered_hash import OrderedHash
-from sw_core.cache.redis_bulk import BulkReader, delete_quietly
+from sw_core.cache.parts import layout_ok, read_parts, upload_parts
+from sw_core.cache.redis_bulk import delete_quietly
 from sw_core.cache.shards import CacheShards, open_cache_redis
+from sw_core.counters import Counters
 from sw_core.exceptions import ConfigError, SecurityError
 from sw_core.hashing import Algorithm, Expected
 from sw_core.keys import Keys
 from sw_core.lua_scripts import lua_source
-from sw_core.ops import stats
-from sw_core.ops.stats import Counters
 from sw_core.settings import Settings
 from sw_core.utils import mib
 
 
-class ChunkCache(AsyncCacheAPI):
-    """Content-addressed LRU chunk cache in Redis, bounded by ``cache_size_bytes``.
+class ChunkCache(CacheAccounting, AsyncCacheAPI):
+    """Content-addressed chunk cache in Redis, bounded by ``cache_size_bytes`` (LRU victims,
+    frequency-gated admission: :mod:`sw_core.cache.admission`).
 
     Example:
         >>> cache = ChunkCache(redis.Redis(), keys=Keys("sw"), cache_size_bytes=1 << 30)  # doctest: +SKIP
@@ -61,7 +70,7 @@ class ChunkCache(AsyncCacheAPI):
 
     def __init__(
         self,
-        redis: redis.Redis,
+        redis: redis.Redis | redis.RedisCluster,
         *,
         keys: Keys,
         cache_size_bytes: int,
@@ -93,11 +102,11 @@ class ChunkCache(AsyncCacheAPI):
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         self._owns_redis = False
-        self._lookup = redis.register_script(lua_source("cache_lookup"))
-        self._commit = redis.register_script(lua_source("cache_commit"))
-        self._drop = redis.register_script(lua_source("cache_drop"))
-        self._clear = redis.register_script(lua_source("cache_clear"))
-        self._info = redis.register_script(lua_source("cache_info"))
+        self._lookup = self._clients.register_script(lua_source("cache_lookup"))
+        self._commit = self._clients.register_script(lua_source("cache_commit"))
+        self._drop = self._clients.register_script(lua_source("cache_drop"))
+        self._clear = self._clients.register_script(lua_source("cache_clear"))
+        self._info = self._clients.register_script(lua_source("cache_info"))
 
     @classmethod
     def from_settings(cls, settings: Settings, *, counters: Counters | None = None) -> ChunkCache:
@@ -140,7 +149,25 @@ class ChunkCache(AsyncCacheAPI):
             CacheError: Redis failed (transient: connection, timeout).
         """
         expected = Expected.of(chunk_id, blake3)
-        return self._read(chunk_id, out=out, verify=expected, count=count)
+        return self._read(chunk_id, out=out, verify=expected, count=count).data
+
+    def lookup(
+        self,
+        chunk_id: str,
+        size_bytes: int,
+        *,
+        out: bytearray | memoryview | None = None,
+        blake3: str | None = None,
+    ) -> Lookup:
+        """:meth:`get` (counted), and on a miss whether the cache would admit the chunk of
+        ``size_bytes`` (:mod:`sw_core.cache.admission`): a reader loads an admitted chunk
+        through the cache, and reads a refused one from storage past it.
+
+        Raises:
+            CacheError: Redis failed (transient: connection, timeout).
+        """
+        expected = Expected.of(chunk_id, blake3)
+        return self._read(chunk_id, out=out, verify=expected, size_bytes=size_bytes)
 
     def put(
         self,
@@ -169,10 +196,8 @@ class ChunkCache(AsyncCacheAPI):
             raise too_large_error(chunk_id, size, self.budget_bytes, n_shards)
         shard, keys, client = self._clients.where(chunk_id)
         try:
-            found = self._lookup(
-                keys=self._clients.entry_keys(chunk_id, keys), args=[chunk_id, 0], client=client
-            )
-            if found is not None:
+            found = self._lookup(**self._lookup_call(chunk_id, keys, count=False), client=client)
+            if int(found[0]) == 1:
                 return False
         except redis.RedisError as exc:
             self._clients.failed(shard)
@@ -223,40 +248,6 @@ class ChunkCache(AsyncCacheAPI):
         check_chunk_id(chunk_id)
         return self._drop_entry(chunk_id, "delete")
 
-    def info(self) -> CacheInfo:
-        """Used bytes, budget, chunk count and the counters, added up over the shards (each
-        shard's read in one atomic step)."""
-        shards = (self.shard_info(n) for n in range(self._clients.count))
-        used, hits, misses, evictions, corruptions, chunks = map(sum, zip(*shards, strict=True))
-        return CacheInfo(used, self.budget_bytes, chunks, hits, misses, evictions, corruptions)
-
-    def shard_info(self, shard: int) -> tuple[int, int, int, int, int, int]:
-        """One shard's ``(bytes, hits, misses, evictions, corruptions, chunks)``."""
-        keys = self._clients.keys_of(shard)
-        try:
-            values = self._info(
-                keys=[keys.cache_meta, keys.cache_lru], client=self._clients.client(shard)
-            )
-        except redis.RedisError as exc:
-            self._clients.failed(shard)
-            raise cache_error(exc, f"reading the accounting of cache shard {shard}") from exc
-        used, hits, misses, evictions, corruptions, chunks = (int(v or 0) for v in values)
-        return used, hits, misses, evictions, corruptions, chunks
-
-    def clear(self) -> None:
-        """Remove every cached chunk and reset the accounting; no other key is touched."""
-        for shard in range(self._clients.count):
-            keys = self._clients.keys_of(shard)
-            try:
-                self._clear(
-                    keys=[keys.cache_lru, keys.cache_meta],
-                    args=[keys.cache_info_prefix, keys.cache_part_prefix],
-                    client=self._clients.client(shard),
-                )
-            except redis.RedisError as exc:
-                self._clients.failed(shard)
-                raise cache_error(exc, f"clearing cache shard {shard}") from exc
-
     def close(self) -> None:
         """Stop the hashing threads; close the Redis pool when :meth:`from_settings` made it."""
         with self._pool_lock:
@@ -285,44 +276,29 @@ class ChunkCache(AsyncCacheAPI):
         out: bytearray | memoryview | None,
         verify: Expected | None,
         count: bool = True,
-    ) -> memoryview | None:
+        size_bytes: int = 0,
+    ) -> Lookup:
         check_chunk_id(chunk_id)
         shard, keys, client = self._clients.where(chunk_id)
         try:
-            found = self._lookup(
-                keys=self._clients.entry_keys(chunk_id, keys),
-                args=[chunk_id, int(count)],
-                client=client,
-            )
+            call = self._lookup_call(chunk_id, keys, count=count, size_bytes=size_bytes)
+            found = self._lookup(**call, client=client)
         except redis.RedisError as exc:
             self._clients.failed(shard)
             raise cache_error(exc, f"looking up chunk {chunk_id[:12]}") from exc
-        if found is None:
+        if int(found[0]) == 0:
             if count:
                 self._count(stats.CACHE_MISSES)
-            return None
-        parts, size, part_bytes = (int(v) for v in found)
-        if parts < 1 or part_bytes < 1 or not 0 <= size <= parts * part_bytes:
+            return Lookup(None, admit=bool(int(found[1])))
+        parts, size, part_bytes = (int(v) for v in found[1:4])
+        if not layout_ok(parts, size, part_bytes):
             return self._drop_miss(chunk_id, "corrupt", counted=count)
         target = target_view(out, size)
         digest = ChunkDigest(size, self._hasher, verify.algorithm, read=True) if verify else None
-        feed = digest.feed if digest is not None else None
-        offset = 0
         try:
-            with BulkReader(client) as reader:
-                for n in range(parts):
-                    expected = min(part_bytes, size - offset)
-                    if expected < 0 or (n > 0 and expected == 0):
-                        return self._drop_miss(chunk_id, "corrupt", counted=count)
-                    piece = target[offset : offset + expected]
-                    got = reader.get_into(keys.cache_part(chunk_id, n), piece, feed=feed)
-                    if got is None:
-                        return self._drop_miss(chunk_id, "lost", counted=count)
-                    if got != expected:
-                        return self._drop_miss(chunk_id, "corrupt", counted=count)
-                    offset += expected
-            if offset != size:
-                return self._drop_miss(chunk_id, "corrupt", counted=count)
+            failure = read_parts(client, keys, chunk_id, target, parts, part_bytes, digest)
+            if failure is not None:
+                return self._drop_miss(chunk_id, failure, counted=count)
             hexdigest = digest.hexdigest() if digest is not None else None
         except redis.RedisError as exc:
             self._clients.failed(shard)
@@ -334,7 +310,7 @@ class ChunkCache(AsyncCacheAPI):
             return self._drop_miss(chunk_id, "corrupt", counted=count)
         if count:
             self._count(stats.CACHE_HITS)
-        return target
+        return Lookup(target)
 
     def _upload(
         self,
@@ -346,18 +322,9 @@ class ChunkCache(AsyncCacheAPI):
         verify: Expected | None,
     ) -> None:
         """SET the parts under their staging names, hashing them alongside with ``verify``."""
-        step = self.part_size_bytes
         digest = ChunkDigest(view.nbytes, self._hasher, verify.algorithm) if verify else None
-        try:
-            for n, key in enumerate(staged):
-                piece = view[n * step : (n + 1) * step]
-                if digest is not None:
-                    digest.feed(piece)
-                client.set(key, piece, px=self.staging_ttl_ms)
-            hexdigest = digest.hexdigest() if digest is not None else None
-        finally:
-            if digest is not None:
-                digest.abandon()
+        step, ttl_ms = self.part_size_bytes, self.staging_ttl_ms
+        hexdigest = upload_parts(client, view, staged, step, ttl_ms, digest)
         if verify is not None and not verify.matches(hexdigest or ""):
             self._count(stats.INTEGRITY_FAILURES)
             what = "its id" if verify.algorithm == "sha256" else "its manifest's blake3"
@@ -366,14 +333,24 @@ class ChunkCache(AsyncCacheAPI):
                 f"{(hexdigest or '')[:12]}, not to {what} {verify.hexdigest[:12]}"
             )
 
-    def _drop_miss(self, chunk_id: str, why: str, *, counted: bool) -> None:
-        """A found entry could not be read (``lost``) or failed its hash (``corrupt``)."""
+    def _lookup_call(
+        self, chunk_id: str, keys: Keys, *, count: bool, size_bytes: int = 0
+    ) -> dict[str, list[Any]]:
+        """KEYS and ARGV of ``cache_lookup.lua`` (``size_bytes`` > 0 asks for a verdict)."""
+        entry = self._clients.entry_keys(chunk_id, keys)
+        size, budget = max(0, int(size_bytes)), self.shard_budget_bytes
+        args = [chunk_id, int(count), size, budget, keys.cache_info_prefix, AGING_WINDOW_MIN]
+        return {"keys": [*entry, keys.cache_freq], "args": args}
+
+    def _drop_miss(self, chunk_id: str, why: str, *, counted: bool) -> Lookup:
+        """A found entry could not be read (``lost``) or failed its hash (``corrupt``): a
+        miss whose chunk is admitted again (it was cached a moment ago)."""
         self._drop_entry(chunk_id, why, counted=counted)
         if counted:
             self._count(stats.CACHE_MISSES)
         if why == "corrupt":
             self._count(stats.CACHE_CORRUPTIONS)
-        return None
+        return Lookup(None, admit=True)
 
     def _drop_entry(self, chunk_id: str, why: str, *, counted: bool = False) -> bool:
         shard, keys, client = self._clients.where(chunk_id)

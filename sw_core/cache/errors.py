@@ -10,13 +10,30 @@ from sw_core.utils import mib
 _MIB = 1 << 20
 
 
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is Redis refusing a write for lack of memory (``maxmemory`` reached
+    with ``noeviction``): as such, or inside a pipeline's or a transaction's error."""
+    text = str(exc)
+    return (
+        isinstance(exc, redis.exceptions.OutOfMemoryError)
+        or text.startswith("OOM")
+        or "used memory > 'maxmemory'" in text
+    )
+
+
+def out_of_memory_error(doing: str) -> CacheError:
+    """The :class:`CacheError` of Redis refusing a write for lack of memory while ``doing``
+    something (the chunk cache is what usually fills it)."""
+    return CacheError(
+        f"Redis is out of memory (maxmemory reached with a noeviction policy) while "
+        f"{doing}; set SW_CACHE_SIZE_MB well below Redis' maxmemory or raise maxmemory"
+    )
+
+
 def cache_error(exc: redis.RedisError, doing: str) -> CacheError:
     """The :class:`CacheError` for a Redis error met while ``doing`` something."""
-    if isinstance(exc, redis.exceptions.OutOfMemoryError) or str(exc).startswith("OOM"):
-        return CacheError(
-            f"Redis is out of memory (maxmemory reached with a noeviction policy) while "
-            f"{doing}; set SW_CACHE_SIZE_MB well below Redis' maxmemory or raise maxmemory"
-        )
+    if out_of_memory(exc):
+        return out_of_memory_error(doing)
     if isinstance(exc, redis.ResponseError) and "SWCACHE_STAGING_LOST" in str(exc):
         return CacheError(
             f"{exc} while {doing}: the upload took longer than the staging TTL "

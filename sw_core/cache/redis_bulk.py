@@ -33,7 +33,7 @@ class BulkReader:
 
     def __init__(self, client: redis.Redis) -> None:
         self._pool = client.connection_pool
-        self._conn: redis.connection.AbstractConnection | None = None
+        self._conn: redis.connection.Connection | None = None  # as get_connection types it
         self._broken = False
 
     def __enter__(self) -> BulkReader:

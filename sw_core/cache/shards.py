@@ -15,6 +15,7 @@ from typing import Any
 
 import redis
 from redis.cluster import RedisCluster
+from redis.commands.core import Script
 
 from sw_core.exceptions import ConfigError
 from sw_core.keys import Keys, keys_of_cache_shard
@@ -84,6 +85,7 @@ class CacheShards:
     def client(self, shard: int) -> redis.Redis:
         """The client of the node that owns ``shard``'s slot (the server itself if not a cluster)."""
         if not self.cluster:
+            # redis-py's RedisCluster is Any as a value, so isinstance() does not narrow
             return self.base  # type: ignore[return-value]
         with self._lock:
             found = self._nodes.get(shard)
@@ -95,6 +97,11 @@ class CacheShards:
             found = cluster.get_redis_connection(node)
             self._nodes[shard] = found
             return found
+
+    def register_script(self, source: str) -> Script:
+        """A Lua script on the base client (each call names its shard's node: ``client=``)."""
+        # redis-py types register_script's self as redis.Redis; RedisCluster has the same one
+        return self.base.register_script(source)  # type: ignore[misc]
 
     def failed(self, shard: int) -> None:
         """A call on ``shard`` failed: look its node up again (the slot may have moved)."""
@@ -109,7 +116,7 @@ class CacheShards:
             return
         self._refreshed_at = now
         try:
-            self.base.nodes_manager.initialize()  # type: ignore[union-attr]
+            self.base.nodes_manager.initialize()  # type: ignore[union-attr]  # a cluster here
             self._stale = False
         except redis.RedisError:
             pass  # keep the old map; the next failure tries again

@@ -7,6 +7,7 @@ round trip, tests), not for serving: the engine streams chunks instead.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -14,14 +15,19 @@ from sw_core.chunks.manifest import Manifest
 from sw_core.chunks.safetensors_io import load_tensors
 from sw_core.exceptions import ModelError, SecurityError
 from sw_core.hashing import Expected, hex_digest
+from sw_core.quant.formats import split_part
+from sw_core.quant.weights import dequantize_parts
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
-def model_class(manifest: Manifest) -> type[torch.nn.Module]:
+def model_class(manifest: Manifest) -> type[PreTrainedModel]:
     """The transformers class named by the manifest."""
     import transformers
 
     cls = getattr(transformers, manifest.model_class, None)
-    if not isinstance(cls, type) or not issubclass(cls, torch.nn.Module):
+    if not isinstance(cls, type) or not issubclass(cls, transformers.PreTrainedModel):
         raise ModelError(f"model {manifest.name!r}: unknown model class {manifest.model_class!r}")
     return cls
 
@@ -30,7 +36,8 @@ def read_state_dict(
     folder: str | Path, manifest: Manifest | None = None
 ) -> dict[str, torch.Tensor]:
     """Every chunk's tensors, row shards joined, each chunk checked against its digest (BLAKE3
-    when the manifest has it, else sha256)."""
+    when the manifest has it, else sha256). Packed tensors are dequantized to float32 (the
+    model a packed chunk set stands for)."""
     folder = Path(folder)
     manifest = manifest or Manifest.load(folder)
     state: dict[str, torch.Tensor] = {}
@@ -42,9 +49,10 @@ def read_state_dict(
             raise SecurityError(
                 f"chunk {chunk.name!r} of {manifest.name!r} does not match its {expected.algorithm}"
             )
-        tensors = load_tensors(data)
-        if set(tensors) != set(chunk.tensors):
+        stored = load_tensors(data)
+        if set(stored) != set(manifest.stored_tensors(chunk)):
             raise SecurityError(f"chunk {chunk.name!r} holds other tensors than its manifest lists")
+        tensors = _unpacked(manifest, stored)
         if chunk.rows is not None:  # row shards: one tensor; experts: every fused tensor
             for name in chunk.tensors:
                 shards.setdefault(name, []).append((chunk.rows[0], tensors[name]))
@@ -53,6 +61,21 @@ def read_state_dict(
     for name, parts in shards.items():
         state[name] = torch.cat([t for _, t in sorted(parts, key=lambda p: p[0])])
     return state
+
+
+def _unpacked(manifest: Manifest, stored: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A chunk's tensors with packed ones dequantized (float32)."""
+    tensors: dict[str, torch.Tensor] = {}
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for name, tensor in stored.items():
+        tensor_name, part = split_part(name)
+        if part is not None and tensor_name in manifest.formats:
+            parts.setdefault(tensor_name, {})[part] = tensor
+        else:
+            tensors[name] = tensor
+    for name, group in parts.items():
+        tensors[name] = dequantize_parts(manifest.formats[name], group)
+    return tensors
 
 
 def assemble_model(folder: str | Path) -> torch.nn.Module:

@@ -14,13 +14,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING
 
 from sw_core.chunks.manifest import MANIFEST_FILE, MAX_FILE_BYTES, MAX_MANIFEST_BYTES, Manifest
 from sw_core.chunks.pin import check_pin
+from sw_core.counters import Counters
 from sw_core.exceptions import ChunkNotFoundError, ModelError, SecurityError
 from sw_core.settings import Settings
 from sw_core.storage.location import Location, parse_location
+
+if TYPE_CHECKING:
+    from sw_core.storage.base import StorageBackend
 
 
 def open_store(
@@ -28,9 +32,9 @@ def open_store(
     settings: Settings,
     *,
     model: str | None = None,
-    counters: Any = None,
+    counters: Counters | None = None,
     with_backup: bool = True,
-) -> tuple[Any, Location]:
+) -> tuple[StorageBackend, Location]:
     """The storage backend of a chunk-set location and the parsed location (with its pin).
 
     With ``with_backup`` an ``s3://`` location gets the local backup folder behind it
@@ -49,7 +53,7 @@ def open_store(
     return backend_from_location(location, settings, counters=counters), parsed
 
 
-async def read_manifest(backend: Any, pin: str | None = None) -> tuple[Manifest, bytes]:
+async def read_manifest(backend: StorageBackend, pin: str | None = None) -> tuple[Manifest, bytes]:
     """The manifest of the chunk set in ``backend`` and its bytes, checked against ``pin``.
 
     Raises:
@@ -71,7 +75,7 @@ async def read_manifest(backend: Any, pin: str | None = None) -> tuple[Manifest,
         raise ModelError(f"{MANIFEST_FILE} of {where}: {exc}") from None
 
 
-async def read_set_file(store: Any, name: str, pin: str | None = None) -> bytes:
+async def read_set_file(store: StorageBackend, name: str, pin: str | None = None) -> bytes:
     """A small file of the chunk set in ``store`` (a storage backend), size-limited;
     ``manifest.json`` checked against ``pin``.
 
@@ -92,7 +96,7 @@ class ChunkSet:
     """An opened chunk set: where it is, its backend, and its checked manifest."""
 
     location: Location
-    backend: Any
+    backend: StorageBackend
     manifest: Manifest
     manifest_bytes: bytes
 
@@ -103,7 +107,7 @@ class ChunkSet:
         settings: Settings,
         *,
         model: str | None = None,
-        counters: Any = None,
+        counters: Counters | None = None,
         with_backup: bool = True,
     ) -> ChunkSet:
         """Open the chunk set at ``location`` (see :func:`open_store`) and read its manifest.

@@ -8,8 +8,11 @@ untied output projection) are split into row shards of at most ``max_chunk_mb`` 
 worker with a small memory budget never has to hold them whole.
 
 Sources: a model object, a local model folder with safetensors weights (read tensor by
-tensor: the whole model is never in memory), or a ``.gguf`` file (dequantized by
-transformers, which needs the whole model in memory once).
+tensor: the whole model is never in memory), or a ``.gguf`` file (read tensor by tensor too,
+its quantized tensors kept packed: :mod:`sw_core.chunks.gguf_chunker`).
+
+``quantize="int8"|"int4"`` quantizes the linear layers as they are read
+(:mod:`sw_core.chunks.quantize`); the manifest records every packed tensor's format.
 """
 
 from __future__ import annotations
@@ -25,17 +28,21 @@ from typing import Any
 import torch
 
 from sw_core.architectures import check_architecture
+from sw_core.chunks.checkpoint import match_checkpoint, skeleton_class
 from sw_core.chunks.manifest import Manifest
 from sw_core.chunks.plan import block_stacks, numel, plan_chunks, tied_parameters
+from sw_core.chunks.quantize import DEFAULT_GROUP_SIZE, QuantizingSource, plan_quantization
 from sw_core.chunks.tensor_sources import (
     STORED_DTYPES,
     SafetensorsSource,
     StateDictSource,
+    TensorSource,
     stored,
 )
 from sw_core.chunks.writer import finish_manifest, write_chunks
 from sw_core.exceptions import ModelError
 from sw_core.progress import Progress
+from sw_core.quant.formats import PackedFormat
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +80,8 @@ def chunk_model(
     max_chunk_mb: float = DEFAULT_MAX_CHUNK_MB,
     progress: Progress | None = None,
     dtype: str | None = None,
+    quantize: str | None = None,
+    group_size: int = DEFAULT_GROUP_SIZE,
 ) -> Manifest:
     """Chunk ``source`` into ``out_dir`` and return its manifest.
 
@@ -87,6 +96,10 @@ def chunk_model(
         progress: advanced once per chunk written.
         dtype: store floating-point weights in this dtype (``bfloat16``, ``float16``,
             ``float32``); default: as the source holds them.
+        quantize: ``int8`` or ``int4``: quantize the linear layers (see
+            :mod:`sw_core.chunks.quantize`); a GGUF file's quantized tensors are kept packed
+            whatever this says.
+        group_size: inputs per scale of ``int4`` (32, 64, 128 or 256).
 
     Returns:
         The manifest, also written to ``out_dir/manifest.json``.
@@ -102,9 +115,12 @@ def chunk_model(
     if dtype not in (None, *STORED_DTYPES):
         raise ModelError(f"cannot store weights as {dtype!r}: use one of {sorted(STORED_DTYPES)}")
     target = STORED_DTYPES[dtype] if dtype is not None else None
+    quant = Quantize(quantize, group_size) if quantize is not None else None
+    if quant is not None:
+        quant.check()
     out.mkdir(parents=True, exist_ok=True)
     max_chunk_bytes = int(max_chunk_mb * (1 << 20))
-    if path is None:
+    if isinstance(source, torch.nn.Module):
         return _chunk_module(
             source,
             out,
@@ -114,10 +130,36 @@ def chunk_model(
             progress,
             str(type(source).__name__),
             target=target,
+            quant=quant,
         )
+    path = Path(source)
     if path.is_file():
-        return _chunk_gguf(path, out, name or path.stem, max_chunk_bytes, progress, target)
-    return _chunk_folder(path, out, name or path.name, max_chunk_bytes, progress, target)
+        from sw_core.chunks.gguf_chunker import chunk_gguf
+
+        return chunk_gguf(path, out, name or path.stem, max_chunk_bytes, progress, target, quant)
+    return _chunk_folder(path, out, name or path.name, max_chunk_bytes, progress, target, quant)
+
+
+class Quantize:
+    """``--quantize`` and ``--group-size``."""
+
+    def __init__(self, mode: str, group_size: int) -> None:
+        self.mode, self.group_size = mode, group_size
+
+    def check(self) -> None:
+        from torch import nn
+
+        plan_quantization(nn.Module(), [], [], {}, self.mode, self.group_size)  # validates
+
+    def formats(
+        self, model: torch.nn.Module, keys: list[str], stacks: list[str], tied: dict[str, str]
+    ) -> dict[str, PackedFormat]:
+        return plan_quantization(model, keys, stacks, tied, self.mode, self.group_size)
+
+
+def quantized_source(source: TensorSource, formats: dict[str, PackedFormat]) -> TensorSource:
+    """``source`` with the tensors ``formats`` lists quantized as they are read."""
+    return QuantizingSource(source, formats) if formats else source
 
 
 def _default_name(model: torch.nn.Module) -> str:
@@ -140,6 +182,7 @@ def _chunk_module(
     source_label: str,
     gguf_file: str | None = None,
     target: torch.dtype | None = None,
+    quant: Quantize | None = None,
 ) -> Manifest:
     config = getattr(model, "config", None)
     if config is None:
@@ -149,9 +192,10 @@ def _chunk_module(
     tied = tied_parameters(model)
     state = {k: v for k, v in model.state_dict().items() if k not in tied}
     shapes = {k: (list(v.shape), v.dtype) for k, v in state.items()}
+    formats = quant.formats(model, list(state), stacks, tied) if quant else {}
     # row shards as wide as in the source's dtype, so that widened back they fit max_chunk_mb
-    plans = plan_chunks(list(state), shapes, stacks, max_chunk_bytes)
-    source, shapes = stored(StateDictSource(state), shapes, target)
+    plans = plan_chunks(list(state), shapes, stacks, max_chunk_bytes, formats)
+    source, shapes = stored(quantized_source(StateDictSource(state), formats), shapes, target)
     config.architectures = [type(model).__name__]
     config.save_pretrained(out)
     generation_config = getattr(model, "generation_config", None)
@@ -159,7 +203,8 @@ def _chunk_module(
         generation_config.save_pretrained(out)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
-    chunks = write_chunks(plans, source, shapes, out, progress)
+    packed: dict[str, PackedFormat] = {}
+    chunks = write_chunks(plans, source, shapes, out, progress, packed)
     return finish_manifest(
         out,
         name,
@@ -169,38 +214,8 @@ def _chunk_module(
         tied,
         source_label,
         gguf_file,
-        _main_dtype(shapes),
-    )
-
-
-def _chunk_gguf(
-    path: Path,
-    out: Path,
-    name: str,
-    max_chunk_bytes: int,
-    progress: Progress | None,
-    target: torch.dtype | None,
-) -> Manifest:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    log.info("dequantizing %s (the whole model is loaded once)", path)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            path.parent, gguf_file=path.name, dtype=torch.float32
-        )
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load GGUF file {path}: {exc}") from exc
-    return _chunk_module(
-        model,
-        out,
-        name,
-        tokenizer,
-        max_chunk_bytes,
-        progress,
-        path.name,
-        gguf_file=path.name,
-        target=target,
+        main_dtype(shapes, packed),
+        packed,
     )
 
 
@@ -211,16 +226,11 @@ def _chunk_folder(
     max_chunk_bytes: int,
     progress: Progress | None,
     target: torch.dtype | None,
+    quant: Quantize | None,
 ) -> Manifest:
     from safetensors import safe_open
 
-    model_class, config = _skeleton_class(folder)
-    with torch.device("meta"):
-        skeleton = model_class(config)
-    stacks = block_stacks(skeleton)
-    tied = tied_parameters(skeleton)
-    model_keys = [k for k in skeleton.state_dict() if k not in tied]
-    model_shapes = {k: v for k, v in skeleton.state_dict().items()}
+    model_class, config = skeleton_class(folder)
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise ModelError(
@@ -229,22 +239,11 @@ def _chunk_folder(
     with ExitStack() as stack:
         handles = {f: stack.enter_context(safe_open(str(f), framework="pt")) for f in files}
         file_keys = {key: handle for handle in handles.values() for key in handle.keys()}
-        key_map = _map_checkpoint_keys(
-            list(file_keys), set(model_keys) | set(tied), getattr(skeleton, "base_model_prefix", "")
-        )
-        handle_of: dict[str, Any] = {}
-        file_key_of: dict[str, str] = {}
-        for file_key, model_key in key_map.items():
-            canonical = tied.get(model_key, model_key)
-            if canonical in file_key_of:
-                continue
-            handle_of[canonical] = file_keys[file_key]
-            file_key_of[canonical] = file_key
-        missing = [k for k in model_keys if k not in file_key_of]
-        if missing:
-            raise ModelError(
-                f"{folder}: the checkpoint lacks {len(missing)} weights of {model_class.__name__}, e.g. {missing[:3]}"
-            )
+        found = match_checkpoint(folder, model_class, config, file_keys)
+        skeleton, model_class, tied, handle_of, file_key_of = found
+        stacks = block_stacks(skeleton)
+        model_keys = [k for k in skeleton.state_dict() if k not in tied]
+        model_shapes = dict(skeleton.state_dict())
         shapes: dict[str, tuple[list[int], torch.dtype]] = {}
         for key in model_keys:
             sl = handle_of[key].get_slice(file_key_of[key])
@@ -254,9 +253,12 @@ def _chunk_folder(
                 raise ModelError(
                     f"{folder}: weight {key} has shape {shapes[key][0]}, the config implies {expected}"
                 )
-        plans = plan_chunks(model_keys, shapes, stacks, max_chunk_bytes)
-        source, shapes = stored(SafetensorsSource(handle_of, file_key_of), shapes, target)
-        chunks = write_chunks(plans, source, shapes, out, progress)
+        formats = quant.formats(skeleton, model_keys, stacks, tied) if quant else {}
+        plans = plan_chunks(model_keys, shapes, stacks, max_chunk_bytes, formats)
+        reader = quantized_source(SafetensorsSource(handle_of, file_key_of), formats)
+        source, shapes = stored(reader, shapes, target)
+        packed: dict[str, PackedFormat] = {}
+        chunks = write_chunks(plans, source, shapes, out, progress, packed)
     for side in SIDE_FILES + _sentence_module_files(folder):
         if (folder / side).is_file():
             (out / side).parent.mkdir(parents=True, exist_ok=True)
@@ -272,7 +274,8 @@ def _chunk_folder(
         tied,
         folder.name,
         None,
-        _main_dtype(shapes),
+        main_dtype(shapes, packed),
+        packed,
     )
 
 
@@ -291,48 +294,18 @@ def _sentence_module_files(folder: Path) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _skeleton_class(folder: Path) -> tuple[type[torch.nn.Module], Any]:
-    import transformers
-    from transformers import AutoConfig
-
-    try:
-        config = AutoConfig.from_pretrained(folder)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{folder}: cannot read config.json: {exc}") from exc
-    check_architecture(str(config.model_type), f"cannot chunk {folder}")
-    for arch in config.architectures or []:
-        cls = getattr(transformers, arch, None)
-        if isinstance(cls, type):
-            return cls, config
-    model_class = transformers.AutoModel._model_mapping.get(type(config))  # type: ignore[attr-defined]
-    if model_class is None:
-        raise ModelError(f"{folder}: unsupported model type {config.model_type!r}")
-    return model_class, config
-
-
-def _map_checkpoint_keys(file_keys: list[str], model_keys: set[str], prefix: str) -> dict[str, str]:
-    """Checkpoint key -> model key, adding or stripping the base-model prefix as needed."""
-    mapping: dict[str, str] = {}
-    for key in file_keys:
-        candidates = [key]
-        if prefix:
-            candidates += [f"{prefix}.{key}"]
-            if key.startswith(prefix + "."):
-                candidates.append(key[len(prefix) + 1 :])
-        for candidate in candidates:
-            if candidate in model_keys:
-                mapping[key] = candidate
-                break
-        else:
-            log.info("checkpoint key %s is not a weight of the model; skipped", key)
-    return mapping
-
-
-def _main_dtype(shapes: dict[str, tuple[list[int], torch.dtype]]) -> str:
-    """Name of the dtype that holds the most bytes (``float32``, ``bfloat16``...)."""
+def main_dtype(
+    shapes: dict[str, tuple[list[int], torch.dtype]], packed: dict[str, PackedFormat] | None = None
+) -> str:
+    """Name of the dtype that holds the most bytes (``float32``, ``bfloat16``...) among the
+    tensors not packed (what the engine widens to the compute dtype)."""
     totals: dict[torch.dtype, int] = {}
-    for shape, dtype in shapes.values():
+    for key, (shape, dtype) in shapes.items():
+        if packed and key in packed:
+            continue
         totals[dtype] = totals.get(dtype, 0) + numel(shape) * dtype.itemsize
+    if not totals:
+        return "float32"
     return str(max(totals, key=totals.__getitem__)).removeprefix("torch.")
 
 

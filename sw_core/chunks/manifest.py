@@ -13,12 +13,17 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
 from sw_core.exceptions import ModelError
+from sw_core.quant.formats import PackedFormat, stored_names
 
+#: Chunk sets with packed tensors are version 2 (a reader that predates packed weights
+#: refuses them); the others stay version 1, readable by every version.
 FORMAT_VERSION = 1
+PACKED_FORMAT_VERSION = 2
 MANIFEST_FILE = "manifest.json"
 #: Larger manifests are refused before parsing.
 MAX_MANIFEST_BYTES = 16 << 20
@@ -79,6 +84,13 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     source: str = ""
     gguf_file: str | None = None
+    #: Packed (quantized) tensors: canonical name -> its format
+    #: (:class:`~sw_core.quant.formats.PackedFormat` as a dict). A chunk holding one stores
+    #: its parts (``<name>:q``, ``<name>:scales``...) instead of the tensor.
+    packed: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Set for chunk sets of random weights (``sw synth``): the shape, seed and generator.
+    #: Such a model computes at the real model's cost and answers nonsense.
+    synthetic: dict[str, Any] | None = None
 
     # ---------------------------------------------------------------- lookups
     def chunk(self, name: str) -> ChunkInfo:
@@ -102,6 +114,16 @@ class Manifest:
     def by_role(self, role: Role) -> Iterator[ChunkInfo]:
         return (c for c in self.chunks if c.role == role)
 
+    @cached_property
+    def formats(self) -> dict[str, PackedFormat]:
+        """The packed tensors' formats (checked when the manifest is read)."""
+        return {name: PackedFormat.from_dict(dict(data)) for name, data in self.packed.items()}
+
+    def stored_tensors(self, chunk: ChunkInfo) -> list[str]:
+        """The names a chunk's safetensors file holds: its tensors, packed ones as parts."""
+        formats = self.formats
+        return [n for t in chunk.tensors for n in stored_names(t, formats.get(t))]
+
     @property
     def has_blake3(self) -> bool:
         """Whether every chunk and file records a BLAKE3 digest."""
@@ -117,7 +139,18 @@ class Manifest:
 
     # ---------------------------------------------------------------- (de)serialisation
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
+        data = asdict(self)
+        if data["synthetic"] is None:  # manifests of real models stay as they were
+            del data["synthetic"]
+        return json.dumps(data, indent=2, sort_keys=False) + "\n"
+
+    def describe_synthetic(self) -> str | None:
+        """``"synthetic: random weights of the llama-3-8b shape (seed 0)"``, or None."""
+        if not self.synthetic:
+            return None
+        shape = self.synthetic.get("shape", "?")
+        seed = self.synthetic.get("seed", "?")
+        return f"synthetic: random weights of the {shape} shape (seed {seed})"
 
     def save(self, folder: str | Path) -> Path:
         path = Path(folder) / MANIFEST_FILE
@@ -131,13 +164,23 @@ class Manifest:
         try:
             data: dict[str, Any] = json.loads(raw)
             version = data.get("format_version")
-            if version != FORMAT_VERSION:
+            if version not in (FORMAT_VERSION, PACKED_FORMAT_VERSION):
                 raise ModelError(
-                    f"manifest format_version {version!r} is not supported (expected {FORMAT_VERSION})"
+                    f"manifest format_version {version!r} is not supported (expected "
+                    f"{FORMAT_VERSION} or {PACKED_FORMAT_VERSION})"
                 )
+            if bool(data.get("packed")) != (version == PACKED_FORMAT_VERSION):
+                raise ModelError(
+                    f"manifest format_version {version} does not match its packed tensors"
+                )
+            if not isinstance(data.get("synthetic") or {}, dict):
+                raise ModelError("malformed manifest: 'synthetic' is not an object")
             chunks = [ChunkInfo(**c) for c in data.pop("chunks")]
             files = [FileInfo(**f) for f in data.pop("files", [])]
-            return cls(chunks=chunks, files=files, **data)
+            manifest = cls(chunks=chunks, files=files, **data)
+            for name, fmt in manifest.formats.items():
+                fmt.check(name)
+            return manifest
         except ModelError:
             raise
         except (ValueError, TypeError, KeyError, AttributeError) as exc:

@@ -8,11 +8,14 @@ for what follows them, and big 2-D tensors of those two split into row shards of
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
 
+from sw_core.chunks.manifest import Role
 from sw_core.exceptions import ModelError
+from sw_core.quant.formats import PackedFormat
 
 
 @dataclass
@@ -21,7 +24,7 @@ class ChunkPlan:
     of the one tensor it shards)."""
 
     name: str
-    role: str
+    role: Role
     tensors: list[str] = field(default_factory=list)
     stack: str | None = None
     index: int | None = None
@@ -68,8 +71,13 @@ def plan_chunks(
     shapes: dict[str, tuple[list[int], torch.dtype]],
     stacks: list[str],
     max_chunk_bytes: int,
+    packed: Mapping[str, PackedFormat] | None = None,
 ) -> list[ChunkPlan]:
-    """Group state-dict keys (already in module order, tied aliases removed) into chunks."""
+    """Group state-dict keys (already in module order, tied aliases removed) into chunks.
+
+    ``packed``: the formats of tensors stored packed; their row shards are sized by their
+    stored bytes and cut on the packed layout's blocks of rows."""
+    formats = packed or {}
     blocks: dict[str, ChunkPlan] = {}
     embeddings = ChunkPlan("embeddings", "embeddings")
     head = ChunkPlan("head", "head")
@@ -89,11 +97,11 @@ def plan_chunks(
         else:
             (head if seen_block else embeddings).tensors.append(key)
     out: list[ChunkPlan] = []
-    out += _shard_role(embeddings, shapes, max_chunk_bytes)
+    out += _shard_role(embeddings, shapes, max_chunk_bytes, formats)
     for name, plan in blocks.items():
         out.append(plan)
         out += _expert_plans(plan, experts.get(name, []), shapes)
-    out += _shard_role(head, shapes, max_chunk_bytes)
+    out += _shard_role(head, shapes, max_chunk_bytes, formats)
     return out
 
 
@@ -135,17 +143,29 @@ def _block_of(key: str, stacks: list[str]) -> tuple[str, int] | None:
 
 
 def _shard_role(
-    plan: ChunkPlan, shapes: dict[str, tuple[list[int], torch.dtype]], max_chunk_bytes: int
+    plan: ChunkPlan,
+    shapes: dict[str, tuple[list[int], torch.dtype]],
+    max_chunk_bytes: int,
+    formats: Mapping[str, PackedFormat],
 ) -> list[ChunkPlan]:
     """Split the role's big 2-D tensors into row shards; small tensors stay in ``plan``."""
     shards: list[ChunkPlan] = []
     keep: list[str] = []
     for key in plan.tensors:
         shape, dtype = shapes[key]
-        n_bytes = numel(shape) * dtype.itemsize
-        if max_chunk_bytes and len(shape) == 2 and n_bytes > max_chunk_bytes and shape[0] > 1:
-            row_bytes = shape[1] * dtype.itemsize
-            rows_per_shard = max(1, max_chunk_bytes // row_bytes)
+        fmt = formats.get(key)
+        n_bytes = fmt.stored_bytes() if fmt else numel(shape) * dtype.itemsize
+        shardable = fmt is None or not fmt.transposed
+        if (
+            max_chunk_bytes
+            and shardable
+            and len(shape) == 2
+            and n_bytes > max_chunk_bytes
+            and shape[0] > 1
+        ):
+            row_bytes = fmt.row_bytes() if fmt else shape[1] * dtype.itemsize
+            align = fmt.row_align if fmt else 1
+            rows_per_shard = max(align, max_chunk_bytes // row_bytes // align * align)
             for start in range(0, shape[0], rows_per_shard):
                 end = min(shape[0], start + rows_per_shard)
                 name = f"{plan.role}.{len(shards)}"

@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING
 
 from sw_core.chunks.manifest import MANIFEST_FILE, ChunkInfo, FileInfo, Manifest
 from sw_core.exceptions import SecurityError
 from sw_core.hashing import hex_digest
+
+if TYPE_CHECKING:
+    from sw_core.storage.base import StorageBackend
 
 
 def _digests(data: bytearray) -> tuple[str, str]:
     return hex_digest("sha256", data), hex_digest("blake3", data)
 
 
-async def _blake3_of(backend: Any, entry: ChunkInfo | FileInfo) -> str:
+async def _blake3_of(backend: StorageBackend, entry: ChunkInfo | FileInfo) -> str:
     """The BLAKE3 digest of one entry's bytes, after checking their size and sha256."""
     data = await backend.load(entry.file, max_size_bytes=entry.size_bytes)
     sha256, blake3_hex = await asyncio.to_thread(_digests, data)
@@ -40,7 +43,7 @@ async def _blake3_of(backend: Any, entry: ChunkInfo | FileInfo) -> str:
     return blake3_hex
 
 
-async def add_blake3(backend: Any, manifest: Manifest) -> tuple[Manifest, bytes]:
+async def add_blake3(backend: StorageBackend, manifest: Manifest) -> tuple[Manifest, bytes]:
     """Write ``manifest`` back to ``backend`` with a BLAKE3 digest for every chunk and file.
 
     Returns the new manifest and its bytes (pin them again if the location was pinned).

@@ -1,4 +1,5 @@
-"""Strict, zero-copy safetensors parsing for chunks that arrive as bytes.
+"""Strict, zero-copy safetensors parsing for chunks that arrive as bytes (and an aligned
+writer for chunks whose tensors a kernel reads in place, :func:`save_aligned`).
 
 ``safetensors.torch.load`` copies every byte; this parser checks the header against the
 format (bounded size, known dtypes, shapes that match their byte ranges, ranges inside the
@@ -20,6 +21,9 @@ from sw_core.exceptions import SecurityError
 
 #: Same bound as the safetensors library: a header larger than this is refused unread.
 MAX_HEADER_BYTES = 100 << 20
+
+#: Where tensors start in files :func:`save_aligned` writes (bytes from the file's start).
+ALIGN_BYTES = 64
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -111,3 +115,31 @@ def load_tensors(data: bytes | bytearray | memoryview) -> dict[str, torch.Tensor
         flat = torch.frombuffer(view[start + begin : start + end], dtype=dtype)
         tensors[name] = flat.reshape(entry["shape"])
     return tensors
+
+
+def save_aligned(tensors: dict[str, torch.Tensor], path: str) -> None:
+    """Write ``tensors`` as safetensors with the data section starting on a multiple of
+    :data:`ALIGN_BYTES` (the header is padded with spaces, as the format allows) and the
+    tensors whose size is a multiple of 16 first: each of those starts 16-byte aligned in a
+    buffer the file is read into at an aligned address (torch's int8 packed kernel needs
+    that of its weight). The others follow, widest dtype first."""
+    names = {v: k for k, v in DTYPES.items()}
+    items = [(n, t.detach().contiguous().cpu()) for n, t in tensors.items()]
+    items.sort(key=lambda it: (it[1].nbytes % 16 != 0, -it[1].element_size(), it[0]))
+    header: dict[str, Any] = {}
+    offset = 0
+    for name, tensor in items:
+        header[name] = {
+            "dtype": names[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + tensor.nbytes],
+        }
+        offset += tensor.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-(8 + len(raw)) % ALIGN_BYTES)
+    with open(path, "wb") as out:
+        out.write(struct.pack("<Q", len(raw)))
+        out.write(raw)
+        for _, tensor in items:
+            if tensor.nbytes:
+                out.write(tensor.view(-1).view(torch.uint8).numpy().tobytes())

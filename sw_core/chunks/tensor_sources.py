@@ -1,11 +1,20 @@
 """Where the chunker reads tensors from, one at a time: a state dict or safetensors files,
-optionally cast to the dtype the chunks store (``sw chunk --dtype``)."""
+optionally cast to the dtype the chunks store (``sw chunk --dtype``).
+
+A source may return a :class:`~sw_core.quant.weights.QuantizedWeight` for a packed tensor
+(GGUF files, ``sw chunk --quantize``); casting leaves those as they are.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+
+from sw_core.quant.weights import QuantizedWeight
+
+#: What a source hands the writer for one tensor.
+Weight = torch.Tensor | QuantizedWeight
 
 #: What ``sw chunk --dtype`` accepts.
 STORED_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -14,11 +23,14 @@ STORED_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16"
 class TensorSource:
     """Reads one tensor (or a row range of one) at a time."""
 
-    def get(self, key: str) -> torch.Tensor:  # pragma: no cover - interface
+    def get(self, key: str) -> Any:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def get_rows(self, key: str, start: int, end: int) -> torch.Tensor:
-        return self.get(key)[start:end]
+    def get_rows(self, key: str, start: int, end: int) -> Any:
+        weight = self.get(key)
+        if isinstance(weight, QuantizedWeight):
+            return weight.rows(start, end)
+        return weight[start:end]
 
 
 class _Narrowed(TensorSource):
@@ -27,18 +39,22 @@ class _Narrowed(TensorSource):
     def __init__(self, inner: TensorSource, dtype: torch.dtype) -> None:
         self._inner, self._dtype = inner, dtype
 
-    def get(self, key: str) -> torch.Tensor:
+    def get(self, key: str) -> Any:
         return self._cast(self._inner.get(key))
 
-    def get_rows(self, key: str, start: int, end: int) -> torch.Tensor:
+    def get_rows(self, key: str, start: int, end: int) -> Any:
         return self._cast(self._inner.get_rows(key, start, end))
 
-    def _cast(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor.to(self._dtype) if tensor.dtype.is_floating_point else tensor
+    def _cast(self, tensor: Weight) -> Weight:
+        if isinstance(tensor, QuantizedWeight) or not tensor.dtype.is_floating_point:
+            return tensor
+        return tensor.to(self._dtype)
 
 
 def stored(
-    source: TensorSource, shapes: dict[str, tuple[list[int], torch.dtype]], dtype: Any
+    source: TensorSource,
+    shapes: dict[str, tuple[list[int], torch.dtype]],
+    dtype: torch.dtype | None,
 ) -> tuple[TensorSource, dict[str, tuple[list[int], torch.dtype]]]:
     """The source and shapes as stored: floating-point tensors in ``dtype`` when given."""
     if dtype is None:

@@ -18,9 +18,9 @@ from typing import Literal
 from sw_core.chunks.chunk_set import read_manifest
 from sw_core.chunks.manifest import MANIFEST_FILE, Manifest
 from sw_core.chunks.safetensors_io import parse_header
+from sw_core.counters import INTEGRITY_FAILURES
 from sw_core.exceptions import ChunkNotFoundError, ModelError, SecurityError, StorageError
 from sw_core.hashing import Expected, hex_digest_async
-from sw_core.ops.stats import INTEGRITY_FAILURES
 from sw_core.retry import RetryPolicy
 from sw_core.storage.base import StorageBackend, check_key, sha256_hex
 from sw_core.storage.filesystem import FilesystemBackend

@@ -1,5 +1,13 @@
 """Writing a chunk set: each planned chunk saved atomically as safetensors, then the manifest
-with every chunk's and side file's size and digests."""
+with every chunk's and side file's size and digests.
+
+A tensor source may hand a :class:`~sw_core.quant.weights.QuantizedWeight` instead of a
+tensor: the chunk then stores its packed parts (``<name>:q``, ``<name>:scales``...) and the
+manifest records its format. That is all a synthetic writer needs to produce packed chunk
+sets without a real model: plan the chunks (:func:`~sw_core.chunks.plan.plan_chunks`), give
+:func:`write_chunks` a source whose ``get`` returns ``QuantizedWeight.int4(...)`` for the
+packed weights, and :func:`finish_manifest` with the formats it returns.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +20,15 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from sw_core.chunks.manifest import ChunkInfo, FileInfo, Manifest
+from sw_core.chunks.manifest import PACKED_FORMAT_VERSION, ChunkInfo, FileInfo, Manifest
 from sw_core.chunks.plan import ChunkPlan
+from sw_core.chunks.safetensors_io import save_aligned
 from sw_core.chunks.tensor_sources import TensorSource
+from sw_core.exceptions import ModelError
 from sw_core.hashing import file_digests
 from sw_core.progress import Progress
+from sw_core.quant.formats import PackedFormat, part_name
+from sw_core.quant.weights import QuantizedWeight
 
 
 def write_chunks(
@@ -25,13 +37,20 @@ def write_chunks(
     shapes: dict[str, tuple[list[int], torch.dtype]],
     out: Path,
     progress: Progress | None,
+    packed: dict[str, PackedFormat] | None = None,
 ) -> list[ChunkInfo]:
+    """Write every planned chunk; returns their manifest entries.
+
+    ``packed`` (filled in when given): the format of every tensor the source handed as a
+    :class:`~sw_core.quant.weights.QuantizedWeight`, for :func:`finish_manifest`.
+    """
     chunks: list[ChunkInfo] = []
+    formats = packed if packed is not None else {}
     for plan in plans:
-        tensors = dict(_plan_tensors(plan, source))
+        tensors = dict(_plan_tensors(plan, source, formats))
         param_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
         target = out / plan.file
-        _atomic_save(tensors, target)
+        _atomic_save(tensors, target, aligned=any(":" in n for n in tensors))
         del tensors
         sha256, blake3_hex = file_digests(target)
         chunks.append(
@@ -42,7 +61,7 @@ def write_chunks(
                 sha256=sha256,
                 blake3=blake3_hex,
                 tensors=list(plan.tensors),
-                role=plan.role,  # type: ignore[arg-type]
+                role=plan.role,
                 stack=plan.stack,
                 index=plan.index,
                 param_bytes=param_bytes,
@@ -54,17 +73,31 @@ def write_chunks(
     return chunks
 
 
-def _plan_tensors(plan: ChunkPlan, source: TensorSource) -> Iterator[tuple[str, torch.Tensor]]:
+def _plan_tensors(
+    plan: ChunkPlan, source: TensorSource, formats: dict[str, PackedFormat]
+) -> Iterator[tuple[str, torch.Tensor]]:
     for key in plan.tensors:
         tensor = source.get_rows(key, *plan.rows) if plan.rows else source.get(key)
+        if isinstance(tensor, QuantizedWeight):
+            known = formats.setdefault(key, tensor.fmt)
+            if known != tensor.fmt:
+                raise ModelError(f"{key}: its chunks disagree on its packed format")
+            for part, data in tensor.parts().items():
+                yield part_name(key, part), data
+            continue
         yield key, tensor.detach().to("cpu").contiguous()
 
 
-def _atomic_save(tensors: dict[str, torch.Tensor], target: Path) -> None:
+def _atomic_save(tensors: dict[str, torch.Tensor], target: Path, *, aligned: bool) -> None:
+    """Save atomically; chunks with packed parts through :func:`save_aligned` (the packed
+    kernels read them in place)."""
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
     os.close(fd)
     try:
-        save_file(tensors, tmp)
+        if aligned:
+            save_aligned(tensors, tmp)
+        else:
+            save_file(tensors, tmp)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -88,8 +121,16 @@ def finish_manifest(
     source_label: str,
     gguf_file: str | None,
     dtype: str,
+    packed: dict[str, PackedFormat] | None = None,
+    synthetic: dict[str, Any] | None = None,
 ) -> Manifest:
     chunk_files = {c.file for c in chunks}
+    extra = {}
+    if packed:
+        extra = {
+            "packed": {name: fmt.to_dict() for name, fmt in packed.items()},
+            "format_version": PACKED_FORMAT_VERSION,
+        }
     files = [_file_info(out, rel) for rel in _side_files(out) if rel not in chunk_files]
     manifest = Manifest(
         name=name,
@@ -101,6 +142,8 @@ def finish_manifest(
         tied=tied,
         source=source_label,
         gguf_file=gguf_file,
+        **extra,  # type: ignore[arg-type]
+        synthetic=synthetic,
     )
     tmp = out / ".manifest.json.tmp"
     tmp.write_text(manifest.to_json())

@@ -19,6 +19,7 @@ from sw_core.exceptions import SurfingError
 #: Modules under ``sw_core.cli`` that add sub-commands; each has ``register(subparsers)``.
 COMMAND_MODULES: tuple[str, ...] = (
     "chunk_cmds",
+    "synth_cmds",
     "store_cmds",
     "serve_cmds",
     "rehash_cmds",

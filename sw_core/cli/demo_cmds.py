@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
-from sw_core.cli.flags import add_cli_flags, settings_from_args
+from sw_core.cli.flags import Subparsers, add_cli_flags, settings_from_args
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "demo",
         help="run the whole pipeline locally on the two bundled models and print the results",
@@ -51,7 +50,7 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(settings_from_args(args), options)
 
 
-def register_bundled(subparsers: Any) -> None:
+def register_bundled(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "bundled",
         help="print where a bundled pretrained model lies on disk (minilm, smollm2)",

@@ -6,22 +6,25 @@ import argparse
 import json
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from sw_core.cli.flags import add_cli_flags, settings_from_args
+from sw_core.cli.flags import Subparsers, add_cli_flags, settings_from_args
 from sw_core.exceptions import JobError
 from sw_core.queue_redis import queue_redis_sync
 
+if TYPE_CHECKING:
+    from sw_core.pipeline.dlq import DeadLetterQueue
 
-def register(subparsers: Any) -> None:
+
+def register(subparsers: Subparsers) -> None:
     _register_dlq(subparsers)
 
 
-def _register_dlq(subparsers: Any) -> None:
+def _register_dlq(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "dlq",
         help="list, show, replay or purge dead letters",
@@ -85,7 +88,7 @@ def _dlq(args: argparse.Namespace) -> int:
         client.close()
 
 
-def _dlq_list(dlq: Any, args: argparse.Namespace) -> int:
+def _dlq_list(dlq: DeadLetterQueue, args: argparse.Namespace) -> int:
     letters = dlq.list(max(1, args.count), newest_first=args.newest)
     total = dlq.count()
     if args.json:
@@ -109,7 +112,7 @@ def _dlq_list(dlq: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def _dlq_show(dlq: Any, args: argparse.Namespace) -> int:
+def _dlq_show(dlq: DeadLetterQueue, args: argparse.Namespace) -> int:
     try:
         letter = dlq.show(args.id)
     except JobError as exc:
@@ -129,7 +132,7 @@ def _dlq_show(dlq: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def _dlq_replay(dlq: Any, args: argparse.Namespace) -> int:
+def _dlq_replay(dlq: DeadLetterQueue, args: argparse.Namespace) -> int:
     if args.all == bool(args.ids):
         print("sw dlq replay: give dead-letter ids or --all (not both)", file=sys.stderr)
         return 2
@@ -166,15 +169,19 @@ def _print_replays(report: dict[str, list[dict[str, Any]]], *, summary: bool) ->
         print(f"{n_done} replayed, {n_left} left in the dead-letter stream")
 
 
-def _dlq_purge(dlq: Any, args: argparse.Namespace) -> int:
+def _dlq_purge(dlq: DeadLetterQueue, args: argparse.Namespace) -> int:
     last = dlq.last_id()
     if last is None:
         print("no dead letters")
         return 0
     count = dlq.count()
     if not args.yes:
-        print(f"Delete {count} dead letters (up to {last})? Type 'yes': ", end="",
-              file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"Delete {count} dead letters (up to {last})? Type 'yes': ",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
         answer = sys.stdin.readline() if sys.stdin is not None else ""
         if not answer:
             print("\nsw dlq purge: no answer on stdin; refusing (pass --yes)", file=sys.stderr)

@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+import argparse
 import typing
-from typing import Any
+from typing import TypeAlias
 
 from sw_core.settings import ENV_PREFIX, Settings, _unwrap_optional
 
+#: What ``register(subparsers)`` of each command module is given (``add_subparsers()``).
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
-def add_cli_flags(parser: Any, names: list[str] | None = None) -> None:
+
+def add_cli_flags(parser: argparse.ArgumentParser, names: list[str] | None = None) -> None:
     """Add ``--redis-url``-style flags for settings (all of them unless ``names``)."""
     hints = typing.get_type_hints(Settings)
     for name in sorted(names or Settings.field_names()):
@@ -34,7 +38,7 @@ def add_cli_flags(parser: Any, names: list[str] | None = None) -> None:
             )
 
 
-def settings_from_args(args: Any) -> Settings:
+def settings_from_args(args: argparse.Namespace) -> Settings:
     """Settings from the environment with the CLI flags given in ``args`` on top."""
     overrides = {
         key[len("setting_") :]: value

@@ -8,16 +8,19 @@ import json
 import socket
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from sw_core.cli.flags import add_cli_flags, settings_from_args
+from sw_core.cli.flags import Subparsers, add_cli_flags, settings_from_args
 from sw_core.ops.dashboard import render_dashboard, render_unreachable
 from sw_core.settings import redact_url
+
+if TYPE_CHECKING:
+    from sw_core.ops.monitor import StreamingMonitor
 
 #: Settings every ops command takes as flags.
 OPS_FLAGS = ["redis_url", "cache_redis_url", "key_prefix", "alert_error_rate", "heartbeat_ttl_s"]
@@ -39,7 +42,7 @@ DEFAULT_METRICS_PORT = 9108
 _STATUS_STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     _register_stats(subparsers)
     _register_monitor(subparsers)
     _register_health(subparsers)
@@ -47,7 +50,7 @@ def register(subparsers: Any) -> None:
 
 
 # ---------------------------------------------------------------------------- parsers
-def _register_stats(subparsers: Any) -> None:
+def _register_stats(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "stats",
         help="print the cluster's counters, queue, latency and workers once",
@@ -65,7 +68,7 @@ def _register_stats(subparsers: Any) -> None:
     parser.set_defaults(handler=_stats)
 
 
-def _register_monitor(subparsers: Any) -> None:
+def _register_monitor(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "monitor",
         help="live dashboard: queue, throughput, latency, errors, cache, workers",
@@ -88,7 +91,7 @@ def _register_monitor(subparsers: Any) -> None:
     parser.set_defaults(handler=_monitor)
 
 
-def _register_health(subparsers: Any) -> None:
+def _register_health(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "health",
         help="check Redis, storage and worker heartbeats; exit 0 healthy, 1 not",
@@ -115,7 +118,7 @@ def _register_health(subparsers: Any) -> None:
     parser.set_defaults(handler=_health)
 
 
-def _register_metrics(subparsers: Any) -> None:
+def _register_metrics(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "metrics",
         help="serve cluster-wide Prometheus /metrics until Ctrl-C",
@@ -175,7 +178,7 @@ def _monitor(args: argparse.Namespace) -> int:
 
 
 def _live(
-    console: Console, monitor: Any, source: str, interval_s: float, *, check: bool
+    console: Console, monitor: StreamingMonitor, source: str, interval_s: float, *, check: bool
 ) -> str | None:
     """Redraw until Ctrl-C (or, with ``check``, the first alert, whose reason is returned)."""
     import redis.exceptions
@@ -214,8 +217,9 @@ def _health(args: argparse.Namespace) -> int:
         table.add_column("status", no_wrap=True)
         table.add_column("detail")
         for check in report.checks:
-            table.add_row(check.name, Text(check.status, style=_STATUS_STYLE[check.status]),
-                          check.detail)  # fmt: skip
+            table.add_row(
+                check.name, Text(check.status, style=_STATUS_STYLE[check.status]), check.detail
+            )
         console = Console()
         console.print(table)
         verdict = "healthy" if report.ok else f"UNHEALTHY: {len(report.failed)} check(s) failed"
@@ -229,8 +233,11 @@ def _metrics(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     port = args.port if args.port is not None else (settings.metrics_port or DEFAULT_METRICS_PORT)
     server = start_metrics_server(port, settings, host=args.host)
-    print(f"serving {server.url} (cluster-wide, from {redact_url(settings.redis_url)}); Ctrl-C stops",
-          file=sys.stderr, flush=True)  # fmt: skip
+    print(
+        f"serving {server.url} (cluster-wide, from {redact_url(settings.redis_url)}); Ctrl-C stops",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         while True:
             time.sleep(3600)

@@ -5,14 +5,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sw_core.cli.flags import add_cli_flags, settings_from_args
+from sw_core.cli.flags import Subparsers, add_cli_flags, settings_from_args
 from sw_core.cli.output import data, data_json, say
-from sw_core.exceptions import ConfigError, JobTimeoutError, SurfingError
-from sw_core.pipeline.job_checks import TASKS, check_params, coerce_params
+from sw_core.exceptions import (
+    ConfigError,
+    JobCancelledError,
+    JobExpiredError,
+    JobTimeoutError,
+    SurfingError,
+)
+from sw_core.pipeline.job_checks import coerce_params
 from sw_core.queue_redis import queue_redis
+from sw_core.schema import TASKS, JobStatus, check_params, check_task
 from sw_core.settings import Settings
+
+if TYPE_CHECKING:
+    from producer import Producer
 
 #: Settings these commands take as flags too.
 REDIS_FLAGS = ["redis_url", "key_prefix"]
@@ -20,28 +30,32 @@ REDIS_FLAGS = ["redis_url", "key_prefix"]
 STORAGE_FLAGS = ["s3_endpoint", "s3_access_key", "s3_secret_key", "s3_secure", "s3_region"]
 
 #: Exit status when a job was dead-lettered / did not finish in time / is not known at all /
-#: the queue was full.
+#: the queue was full / was cancelled / passed its deadline.
 EXIT_DEAD = 1
 EXIT_NOT_DONE = 3
 EXIT_UNKNOWN = 4
 EXIT_QUEUE_FULL = 5
+EXIT_CANCELLED = 6
+EXIT_EXPIRED = 7
+#: A job's final status -> the exit status of ``sw result``.
+_FINAL_EXIT = {"dead": EXIT_DEAD, "cancelled": EXIT_CANCELLED, "expired": EXIT_EXPIRED}
 
 _RESULT_EXIT = (
-    "Exit status: 0 done; 1 the job was dead-lettered, cancelled or expired (why on stderr); "
-    "3 not finished within --timeout (or, without --wait, not finished yet); 4 no such job "
-    "(never submitted, or expired after SW_RESULT_TTL_S): do not poll again; 2 bad input or "
-    "settings."
+    "Exit status: 0 done; 1 the job was dead-lettered (why on stderr); 6 it was cancelled; "
+    "7 it passed its deadline (expired); 3 not finished within --timeout (or, without "
+    "--wait, not finished yet); 4 no such job (never submitted, or expired after "
+    "SW_RESULT_TTL_S): do not poll again; 2 bad input or settings."
 )
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     _register_submit(subparsers)
     _register_result(subparsers)
     _register_register(subparsers)
     _register_models(subparsers)
 
 
-def _register_submit(subparsers: Any) -> None:
+def _register_submit(subparsers: Subparsers) -> None:
     submit = subparsers.add_parser(
         "submit",
         help="submit a job to the pipeline",
@@ -99,7 +113,7 @@ def _register_submit(subparsers: Any) -> None:
     submit.set_defaults(handler=_submit)
 
 
-def _register_result(subparsers: Any) -> None:
+def _register_result(subparsers: Subparsers) -> None:
     result = subparsers.add_parser(
         "result",
         help="show a job's status and result",
@@ -113,7 +127,7 @@ def _register_result(subparsers: Any) -> None:
     result.set_defaults(handler=_result)
 
 
-def _register_register(subparsers: Any) -> None:
+def _register_register(subparsers: Subparsers) -> None:
     reg = subparsers.add_parser(
         "register",
         help="register a model: NAME -> s3://BUCKET/PREFIX or a folder",
@@ -144,7 +158,7 @@ def _register_register(subparsers: Any) -> None:
     reg.set_defaults(handler=_register)
 
 
-def _register_models(subparsers: Any) -> None:
+def _register_models(subparsers: Subparsers) -> None:
     models = subparsers.add_parser(
         "models",
         help="list registered models",
@@ -167,13 +181,14 @@ def _submit(args: argparse.Namespace) -> int:
         if args.tokens or not args.text:
             raise ConfigError(f"a {args.task} job takes --text (repeatable)")
         inputs = list(args.text)
-    params = coerce_params(args.task, _param_pairs(args.param), settings)
+    task = check_task(args.task)
+    params = coerce_params(task, _param_pairs(args.param), settings)
     if args.stop:
         if args.task != "generate":
             raise ConfigError(f"--stop is for generate jobs, not {args.task}")
         if "stop" in params:
             raise ConfigError("give stop sequences with --stop or --param stop=TEXT, not both")
-        params = check_params(args.task, {**params, "stop": list(args.stop)}, settings)
+        params = check_params(task, {**params, "stop": list(args.stop)}, settings)
     return asyncio.run(_submit_async(settings, args, inputs, params))
 
 
@@ -222,20 +237,23 @@ async def _result_async(settings: Settings, args: argparse.Namespace) -> int:
             return EXIT_UNKNOWN
         if args.wait:
             return await _wait_and_print(producer, args.job_id, args.timeout)
-        if status["status"] == "done":
-            status["result"] = await producer.result(args.job_id, timeout=1)
+        if status["status"] == JobStatus.DONE:
+            status["result"] = await producer.result(args.job_id, timeout_s=1)
         data_json(status)
-        if status["status"] in ("dead", "cancelled", "expired"):
-            return EXIT_DEAD
-        return 0 if status["status"] == "done" else EXIT_NOT_DONE
+        if status["status"] in _FINAL_EXIT:
+            return _FINAL_EXIT[status["status"]]
+        return 0 if status["status"] == JobStatus.DONE else EXIT_NOT_DONE
 
 
-async def _wait_and_print(producer: Any, job_id: str, timeout_s: float) -> int:
+async def _wait_and_print(producer: Producer, job_id: str, timeout_s: float) -> int:
     try:
-        result = await producer.result(job_id, timeout=timeout_s)
+        result = await producer.result(job_id, timeout_s=timeout_s)
     except JobTimeoutError as exc:
         print(f"sw: {exc}", file=sys.stderr)
         return EXIT_NOT_DONE
+    except (JobCancelledError, JobExpiredError) as exc:
+        print(f"sw: {exc}", file=sys.stderr)
+        return EXIT_CANCELLED if isinstance(exc, JobCancelledError) else EXIT_EXPIRED
     except SurfingError as exc:
         print(f"sw: job {job_id} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_DEAD
@@ -246,17 +264,16 @@ async def _wait_and_print(producer: Any, job_id: str, timeout_s: float) -> int:
 def _register(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
 
-    async def run() -> tuple[str, str, tuple[str, ...] | None]:
+    async def run() -> tuple[str, str, tuple[str, ...] | None, str | None]:
 
         from sw_core.architectures import check_architecture
-        from sw_core.chunks.pin import pin_location
         from sw_core.pipeline.registry import ModelRegistry, tasks_of
-        from sw_core.storage.location import check_location
+        from sw_core.storage.location import check_location, pin_location
         from sw_core.utils import human_bytes
 
         if args.pin and args.no_check:
             raise ConfigError("--pin reads the manifest: it cannot go with --no-check")
-        location, about, tasks = args.location, "", None
+        location, about, tasks, synthetic = args.location, "", None, None
         if not args.no_check:
             location = check_location(location, must_exist=True)
             manifest, raw = await _read_manifest(location, settings)
@@ -266,17 +283,35 @@ def _register(args: argparse.Namespace) -> int:
                 f"{human_bytes(manifest.total_bytes)})"
             )
             tasks = tasks_of(manifest)
+            synthetic = manifest.describe_synthetic()
+            if synthetic:
+                about = about[:-1] + "; SYNTHETIC, " + synthetic.removeprefix("synthetic: ") + ")"
             if args.pin:
                 location = pin_location(location, raw)
         async with queue_redis(settings) as redis:
             registry = ModelRegistry(redis, settings)
-            return await registry.register(args.name, location, tasks=tasks), about, tasks
+            location = await registry.register(
+                args.name, location, tasks=tasks, synthetic=synthetic
+            )
+            return location, about, tasks, synthetic
 
-    location, about, tasks = asyncio.run(run())
+    location, about, tasks, synthetic = asyncio.run(run())
     if args.json:
-        data_json({"name": args.name, "location": location, "tasks": list(tasks or [])})
+        data_json(
+            {
+                "name": args.name,
+                "location": location,
+                "tasks": list(tasks or []),
+                "synthetic": synthetic,
+            }
+        )
     else:
         data(f"{args.name} -> {location}{about}")
+    if synthetic:
+        say(
+            f"sw register: warning: {args.name} is {synthetic}: it computes at the real "
+            "model's cost and answers nonsense; the gateway's model list marks it"
+        )
     return 0
 
 

@@ -5,16 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import Any
 
-from sw_core.cli.flags import add_cli_flags, settings_from_args
+from sw_core.cli.flags import Subparsers, add_cli_flags, settings_from_args
 from sw_core.cli.pipeline_cmds import REDIS_FLAGS
 from sw_core.cli.store_cmds import STORAGE_FLAGS
 from sw_core.exceptions import SecurityError
 from sw_core.settings import Settings
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "rehash",
         help="add a BLAKE3 digest per chunk and file to an existing chunk set's manifest",
@@ -47,8 +46,8 @@ def _rehash(args: argparse.Namespace) -> int:
 
 async def _rehash_async(location: str, settings: Settings, name: str | None) -> str:
     from sw_core.chunks.chunk_set import ChunkSet
-    from sw_core.chunks.pin import pin_location, split_pin
     from sw_core.chunks.rehash import add_blake3
+    from sw_core.storage.location import pin_location, split_pin
 
     async with await ChunkSet.open(location, settings, with_backup=False) as chunk_set:
         manifest, raw = await add_blake3(chunk_set.backend, chunk_set.manifest)

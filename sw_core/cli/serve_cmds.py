@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
-from sw_core.cli.flags import add_cli_flags, settings_from_args
+from sw_core.cli.flags import Subparsers, add_cli_flags, settings_from_args
 
 #: Settings ``sw serve`` takes as flags (the rest come from SW_* variables).
 SERVE_FLAGS = [
@@ -14,11 +13,15 @@ SERVE_FLAGS = [
     "heartbeat_ttl_s",
     "gateway_timeout_s",
     "gateway_max_streams",
+    "gateway_allowed_origins",
+    "gateway_read_timeout_s",
+    "gateway_idle_timeout_s",
+    "gateway_max_connections",
     "max_payload_bytes",
 ]
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "serve",
         help="serve the OpenAI-compatible HTTP API and the status page",

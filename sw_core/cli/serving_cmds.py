@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
-from sw_core.cli.flags import add_cli_flags, settings_from_args
+from sw_core.cli.flags import Subparsers, add_cli_flags, settings_from_args
 from sw_core.cli.output import data
+
+if TYPE_CHECKING:
+    from producer import Producer
 
 #: Settings this command takes as flags too.
 REDIS_FLAGS = ["redis_url", "key_prefix"]
@@ -16,7 +19,7 @@ REDIS_FLAGS = ["redis_url", "key_prefix"]
 EXIT_UNKNOWN = 4
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     cancel = subparsers.add_parser(
         "cancel",
         help="cancel a job",
@@ -45,24 +48,25 @@ def _cancel(args: argparse.Namespace) -> int:
     return EXIT_UNKNOWN if status == "unknown" else 0
 
 
-async def print_stream(producer: Any, job_id: str, timeout_s: float) -> None:
+async def print_stream(producer: Producer, job_id: str, timeout_s: float) -> None:
     """Print a generate job's text deltas as they come (one line per input; a
     worker restart is announced and the text starts over)."""
     from sw_core.exceptions import JobTimeoutError
+    from sw_core.schema import StreamEvent
 
     out = sys.stdout
     line_open = False
     try:
-        async for event in producer.stream(job_id, timeout=timeout_s):
+        async for event in producer.stream(job_id, timeout_s=timeout_s):
             kind = event.get("type")
-            if kind == "token":
+            if kind == StreamEvent.TOKEN:
                 out.write(event.get("text", ""))
                 out.flush()
                 line_open = True
-            elif kind == "end" or (kind == "final" and line_open):
+            elif kind == StreamEvent.END or (kind == StreamEvent.FINAL and line_open):
                 out.write("\n")
                 line_open = False
-            elif kind == "restart":
+            elif kind == StreamEvent.RESTART:
                 out.write("\n[worker restarted: the job runs again from the beginning]\n")
                 line_open = False
     except JobTimeoutError as exc:

@@ -7,10 +7,10 @@ import asyncio
 import dataclasses
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sw_core.chunks.manifest import MANIFEST_FILE, Manifest
-from sw_core.cli.flags import add_cli_flags, settings_from_args
+from sw_core.cli.flags import Subparsers, add_cli_flags, settings_from_args
 from sw_core.cli.output import data_json
 from sw_core.exceptions import SurfingError
 from sw_core.progress import Progress, progress_bar
@@ -50,7 +50,7 @@ _PUBLISH_EXIT = (
 )
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     verify = subparsers.add_parser(
         "verify",
         help="re-hash every chunk of a chunk set in a folder or on S3",
@@ -167,10 +167,16 @@ def _forward(bar: Progress) -> ProgressFn:
 
 def _print_report(report: VerifyReport, *, action: str, as_json: bool = False) -> int:
     if as_json:
-        data_json({"location": report.location, "model": report.model, "ok": report.ok,
-                   "entries_checked": report.entries_checked,
-                   "bytes_checked": report.bytes_checked,
-                   "bad": [dataclasses.asdict(bad) for bad in report.bad]})  # fmt: skip
+        data_json(
+            {
+                "location": report.location,
+                "model": report.model,
+                "ok": report.ok,
+                "entries_checked": report.entries_checked,
+                "bytes_checked": report.bytes_checked,
+                "bad": [dataclasses.asdict(bad) for bad in report.bad],
+            }
+        )
         return 0 if report.ok else 1
     for bad in report.bad:
         print(f"BAD {bad}")

@@ -12,7 +12,6 @@ Public API:
 
 from __future__ import annotations
 
-from sw_core.engine.budget import ResidencyPlan, plan_residency
 from sw_core.engine.engine import StreamingEngine
 from sw_core.engine.facade import (
     StreamingBertModel,
@@ -21,8 +20,9 @@ from sw_core.engine.facade import (
     StreamingModel,
     StreamingT5Model,
 )
+from sw_core.engine.io.sources import CachedChunkSource, ChunkSource, StoreChunkSource
+from sw_core.engine.memory.budget import ResidencyPlan, plan_residency
 from sw_core.engine.setup import make_source, resolve_device
-from sw_core.engine.sources import CachedChunkSource, ChunkSource, StoreChunkSource
 
 __all__ = [
     "CachedChunkSource",

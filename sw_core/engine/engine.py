@@ -2,7 +2,7 @@
 
 Threads and loops (the design in one place):
 
-- Fetches are coroutines (:class:`~sw_core.engine.sources.ChunkSource`). With the async
+- Fetches are coroutines (:class:`~sw_core.engine.io.sources.ChunkSource`). With the async
   API (:meth:`StreamingEngine.run_async`) they run on the *caller's* event loop, where the
   source's clients live; the sync API (:meth:`StreamingEngine.run`, for a worker thread)
   runs them on a private loop thread.
@@ -20,47 +20,58 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import threading
-from collections.abc import Callable, Coroutine
-from typing import Any
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
 from sw_core.chunks.manifest import ChunkInfo, Manifest
-from sw_core.engine.budget import ResidencyPlan, plan_residency
-from sw_core.engine.buffers import BufferPool
-from sw_core.engine.dtypes import compute_dtype, expansion
-from sw_core.engine.fetching import ChunkLoader, pool_bytes
-from sw_core.engine.generation import eos_ids, run_generate
-from sw_core.engine.inputs import (
-    TASKS,
-    GenerateRequest,
-    Limits,
-    RequestParser,
-    load_tokenizer,
-)
-from sw_core.engine.loop import LoopThread
-from sw_core.engine.memory import limit_heap_retention
-from sw_core.engine.pooling import SentencePipeline, read_pipeline
+from sw_core.context import context_limits, kv_bytes_per_token, model_positions
+from sw_core.engine.compute import ComputeThread
+from sw_core.engine.io.fetching import ChunkMaterializer, pool_bytes
+from sw_core.engine.io.sources import ChunkSource
+from sw_core.engine.memory.budget import ResidencyPlan, plan_residency
+from sw_core.engine.memory.buffers import BufferPool
+from sw_core.engine.memory.heap import limit_heap_retention
+from sw_core.engine.memory.residency import Residency
+from sw_core.engine.model.dtypes import DTYPES, Packing, compute_dtype, expansion, packed_dtype
+from sw_core.engine.model.footprint import chunk_sizes
+from sw_core.engine.model.kernels import kernels_for
+from sw_core.engine.model.runtime import Runtime
+from sw_core.engine.model.skeleton import Family, Skeleton, load_config
 from sw_core.engine.report import cache_report
-from sw_core.engine.residency import Residency, Tensors
-from sw_core.engine.runtime import Runtime
 from sw_core.engine.setup import (
+    Where,
     load_generation_config,
     make_source,
     pad_token_id,
     read_chunk_set,
     resolve_device,
-    usable_positions,
 )
-from sw_core.engine.skeleton import Family, Skeleton, load_config
-from sw_core.engine.sources import ChunkSource
-from sw_core.engine.tasks import run_embed, run_forward
-from sw_core.exceptions import ModelError
+from sw_core.engine.tasks.generation import eos_ids, run_generate
+from sw_core.engine.tasks.grammar import Grammars
+from sw_core.engine.tasks.logprobs import TokenText
+from sw_core.engine.tasks.passes import run_embed, run_forward
+from sw_core.engine.tasks.pooling import SentencePipeline, read_pipeline
+from sw_core.engine.tasks.requests import (
+    GenerateRequest,
+    Limits,
+    RequestParser,
+    load_tokenizer,
+)
+from sw_core.exceptions import JobError, ModelError
+from sw_core.schema import MAX_TOKEN_IDS, check_task
 from sw_core.settings import Settings
 
-Submit = Callable[[Coroutine[Any, Any, Tensors]], "concurrent.futures.Future[Tensors]"]
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from sw_core.cache import ChunkCache
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class StreamingEngine:
@@ -80,10 +91,12 @@ class StreamingEngine:
         self.settings = settings if settings is not None else Settings.from_env()
         self.device = resolve_device(self.settings.device)
         limit_heap_retention()
-        self._loop_thread = LoopThread()
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sw-compute")
-        self._lock = threading.Lock()
+        self._compute = ComputeThread(lambda: self.residency, self._clear_locked)
         self._loaded = False
+        #: Model calls that read chunks from the source (not all weights were in memory).
+        self.sweeps = 0
+        #: Whether the source reads chunks past the page cache (``SW_DIRECT_IO``).
+        self.direct_io = False
         self.manifest: Manifest
         self.plan: ResidencyPlan
         self.residency: Residency
@@ -98,10 +111,10 @@ class StreamingEngine:
     @classmethod
     async def open(
         cls,
-        where: Any,
+        where: Where,
         settings: Settings | None = None,
         *,
-        cache: Any = None,
+        cache: ChunkCache | None = None,
         **overrides: Any,
     ) -> StreamingEngine:
         """Load the model at ``where`` (folder, ``s3://``, backend or source)."""
@@ -114,6 +127,15 @@ class StreamingEngine:
     async def load(self) -> StreamingEngine:
         """Read the manifest and files, build the skeleton and the residency plan."""
         manifest, files = await read_chunk_set(self.source)
+        if manifest.synthetic:
+            log.warning(
+                "model %s is %s: it computes at the real model's cost and answers nonsense",
+                manifest.name,
+                manifest.describe_synthetic(),
+            )
+        configure = getattr(self.source, "configure_reads", None)
+        if configure is not None:
+            self.direct_io = bool(configure(manifest.total_bytes, self.settings.direct_io))
         config = load_config(files["config.json"])
         tokenizer_files = {k: v for k, v in files.items() if k != "config.json"}
         tokenizer = await asyncio.to_thread(load_tokenizer, tokenizer_files)
@@ -125,46 +147,73 @@ class StreamingEngine:
     def _build(self, manifest: Manifest, config: Any, tokenizer: Any, gen_config: Any) -> None:
         settings = self.settings
         self.manifest = manifest
-        self.skeleton = Skeleton(manifest, config, self.device)
         dtype = compute_dtype(settings.compute_dtype, self.device, manifest)
+        #: The compute dtype (None: as stored).
+        self.compute_dtype = dtype
+        self.skeleton = Skeleton(manifest, config, self.device, packed_dtype(dtype))
         expand = expansion(manifest, dtype)
+        packing = sizes = None
+        if manifest.packed:
+            kept = self.skeleton.kept_packed
+            sizes = chunk_sizes(manifest, dtype, kept)
+            if kept:
+                assert dtype is not None
+                packing = Packing(kept, dtype, kernels_for(self.device))
         self.plan = plan_residency(
             manifest,
             settings.memory_budget_bytes,
             settings.prefetch_count,
             lookup_only=self.skeleton.lookup_only,
             expand=expand,
+            sizes=sizes,
         )
-        self.buffers = BufferPool(pool_bytes(manifest, self.plan, expand, settings.prefetch_count))
+        self.buffers = BufferPool(
+            pool_bytes(manifest, self.plan, expand, settings.prefetch_count, sizes)
+        )
         self.residency = Residency(
             model_name=manifest.name,
             budget_bytes=settings.memory_budget_bytes,
             keep=self.plan.keep,
             prefetch_count=settings.prefetch_count,
-            loader=ChunkLoader(
-                self.source, self.skeleton, self.device, self.buffers, self.plan.keep, dtype
+            loader=ChunkMaterializer(
+                self.source,
+                self.skeleton,
+                self.device,
+                self.buffers,
+                self.plan.keep,
+                dtype,
+                packing,
             ),
             expand=expand,
+            sizes=sizes,
             bind=self.skeleton.bind,
             unbind=self.skeleton.unbind,
             timeout_s=settings.timeout_seconds,
         )
         self.runtime = Runtime(self.skeleton, self.residency, self.plan)
         self.tokenizer = tokenizer
+        #: The text and bytes of a token id, for ``logprobs``.
+        self.token_text = TokenText(tokenizer)
         self.generation_config = gen_config
         self.pad_id = pad_token_id(tokenizer, gen_config, config)
-        positions = usable_positions(config)
-        max_input = settings.max_input_tokens
-        if positions is not None:
-            max_input = min(max_input, int(positions))
+        positions = model_positions(config)
+        has_head = self.family != "encoder" and self.skeleton.structure.head is not None
+        # the KV cache is in the compute dtype (None: the stored one)
+        self._kv_itemsize = (dtype or DTYPES.get(manifest.dtype) or torch.float32).itemsize
+        context = context_limits(config, settings, generates=has_head, itemsize=self._kv_itemsize)
+        if self.family == "seq2seq":  # T5's positions are relative: only the KV cache bounds
+            context = replace(context, positions=None)
+        embed_bounds = [b for b in (positions, settings.max_input_tokens) if b]
+        #: Compiles ``json_schema`` params into llguidance matchers.
+        self.grammars = Grammars(tokenizer, int(config.vocab_size), eos_ids(gen_config, config))
         self.limits = Limits(
             model=manifest.name,
             vocab_size=int(config.vocab_size),
-            max_input_tokens=max_input,
+            max_input_tokens=min(embed_bounds, default=MAX_TOKEN_IDS),
             max_new_tokens=settings.max_new_tokens_limit,
-            max_positions=int(positions) if positions is not None else None,
+            max_positions=positions,
+            context=context if has_head else None,
         )
-        has_head = self.family != "encoder" and self.skeleton.structure.head is not None
         self.parser = RequestParser(
             self.limits,
             tokenizer,
@@ -184,7 +233,7 @@ class StreamingEngine:
         return self.skeleton.family
 
     @property
-    def model(self) -> torch.nn.Module:
+    def model(self) -> PreTrainedModel:
         return self.skeleton.model
 
     @property
@@ -208,63 +257,87 @@ class StreamingEngine:
 
         Returns one result per request, msgpack-friendly: ``embed`` -> list of floats,
         ``forward`` -> nested lists (or CPU tensors with ``tensors=True``), ``generate`` ->
-        ``{"text", "token_ids", "finish_reason", "prompt_tokens"}``. A request that fails
+        ``{"text", "token_ids", "finish_reason", "prompt_tokens"}`` (plus ``"logprobs"`` when
+        asked; a request with ``n`` > 1 gets a list of its n results). A request that fails
         validation gets its :class:`~sw_core.exceptions.ModelError` in its slot instead;
         errors of the batch itself (a chunk that cannot be loaded) are raised, after the
         engine's memory is cleared.
         """
-        loop = asyncio.get_running_loop()
-
-        def submit(coro: Coroutine[Any, Any, Tensors]) -> concurrent.futures.Future[Tensors]:
-            return asyncio.run_coroutine_threadsafe(coro, loop)
-
-        future = self._pool.submit(self._run, task, requests, submit, tensors)
-        try:
-            return await asyncio.wrap_future(future)
-        except asyncio.CancelledError:
-            if not future.cancel():
-                self.residency.cancel()
-            raise
+        results = await self.run_on_compute(lambda: self._run(task, requests))
+        return results if tensors else _plain(results)
 
     def run(self, task: str, requests: list[Any], *, tensors: bool = False) -> list[Any]:
         """Synchronous :meth:`run_async` (call it from a worker thread, not an event loop);
         fetches run on the engine's private loop thread."""
-        job = self._pool.submit(self._run, task, requests, self._loop_thread.submit, tensors)
-        return job.result()
-
-    def _run(self, task: str, requests: list[Any], submit: Submit, tensors: bool) -> list[Any]:
         self._check_loaded()
-        if task not in TASKS:
-            raise ModelError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+        results = self._compute.run_sync(lambda: self._run(task, requests))
+        return results if tensors else _plain(results)
+
+    async def run_on_compute(
+        self, fn: Callable[[], T], *, on_error: Callable[[], None] | None = None
+    ) -> T:
+        """Run ``fn`` (which calls the model) on the engine's compute thread.
+
+        ``fn`` runs holding the engine's lock, in ``torch.inference_mode``, with the chunk
+        residency begun on the current event loop (where the fetches run) and settled after.
+        When ``fn`` raises, the engine's memory is cleared and ``on_error`` called before the
+        error propagates. Cancelling the await cancels ``fn`` (or the fetch it waits for).
+        """
+        self._check_loaded()
+        return await self._compute.run(fn, on_error=on_error)
+
+    def _run(self, task: str, requests: list[Any]) -> list[Any]:
+        try:
+            task = check_task(task)
+        except JobError as exc:
+            raise ModelError(str(exc)) from None
         if not isinstance(requests, list):
             raise ModelError(f"requests must be a list, got {type(requests).__name__}")
-        parse = getattr(self.parser, task)
+        # generate: a request's n completions are n rows (run next to each other, so their
+        # shared prompt runs once when they land in one batch)
+        parse = self.parser.generate_all if task == "generate" else getattr(self.parser, task)
         results: list[Any] = [None] * len(requests)
+        counts = [1] * len(requests)
         valid: list[tuple[int, Any]] = []
         for i, req in enumerate(requests):
             try:
-                valid.append((i, parse(req)))
+                parsed = parse(req)
             except ModelError as exc:
                 results[i] = exc
-        size = self.settings.max_batch_size
-        with self._lock:
-            self.residency.begin(submit)
-            try:
-                with torch.inference_mode():
-                    for start in range(0, len(valid), size):
-                        part = valid[start : start + size]
-                        outputs = self._compute(task, [p for _, p in part])
-                        for (i, _), out in zip(part, outputs, strict=True):
-                            results[i] = out
-            except BaseException:
-                self._clear_locked()
-                raise
-            self.residency.settle()
-        if not tensors:
-            results = [r.tolist() if isinstance(r, torch.Tensor) else r for r in results]
+                continue
+            rows = parsed if isinstance(parsed, list) else [parsed]
+            counts[i] = len(rows)
+            valid.extend((i, row) for row in rows)
+        outputs: dict[int, list[Any]] = {}
+        for part in self._batches(task, valid):
+            computed = self._compute_batch(task, [p for _, p in part])
+            for (i, _), out in zip(part, computed, strict=True):
+                outputs.setdefault(i, []).append(out)
+        for i, outs in outputs.items():
+            results[i] = outs if counts[i] > 1 else outs[0]
         return results
 
-    def _compute(self, task: str, batch: list[Any]) -> list[Any]:
+    def _batches(self, task: str, rows: list[tuple[int, Any]]) -> list[list[tuple[int, Any]]]:
+        """``rows`` in order, cut into batches of at most ``max_batch_size``; generate batches
+        also within the KV-cache budget (rows x the padded prompt plus the most new tokens;
+        one row alone always fits, the parser saw to that)."""
+        size = self.settings.max_batch_size
+        if task != "generate":
+            return [rows[i : i + size] for i in range(0, len(rows), size)]
+        per_token = kv_bytes_per_token(self.skeleton.config, self._kv_itemsize)
+        budget = self.settings.kv_cache_bytes
+        batches: list[list[tuple[int, Any]]] = []
+        current: list[tuple[int, Any]] = []
+        for row in rows:
+            grown = [*current, row]
+            width = max(len(r.ids) for _, r in grown) + max(r.max_new_tokens for _, r in grown)
+            if current and (len(grown) > size or len(grown) * width * per_token > budget):
+                batches.append(current)
+                grown = [row]
+            current = grown
+        return [*batches, current] if current else batches
+
+    def _compute_batch(self, task: str, batch: list[Any]) -> list[Any]:
         if task == "embed":
             return run_embed(self, batch)
         if task == "forward":
@@ -278,11 +351,22 @@ class StreamingEngine:
             return str(tok.decode(ids, skip_special_tokens=True))
 
         eos = eos_ids(self.generation_config, self.skeleton.config)
-        return run_generate(self, batch, eos=eos, decode=decode if tok is not None else None)
+        return run_generate(
+            self,
+            batch,
+            eos=eos,
+            decode=decode if tok is not None else None,
+            token_text=self.token_text,
+            grammars=self.grammars,
+        )
 
     def begin_pass(self, prefixes: tuple[str, ...] | None, ids: torch.Tensor | None) -> None:
-        """Tell the prefetcher which units the next model call runs (tasks call this)."""
-        self.residency.set_schedule(self.runtime.schedule(prefixes, ids))
+        """Tell the prefetcher which units the next model call runs (tasks call this); a
+        call that reads chunks from outside the engine's memory counts one :attr:`sweeps`."""
+        schedule = self.runtime.schedule(prefixes, ids)
+        if schedule:
+            self.sweeps += 1
+        self.residency.set_schedule(schedule)
 
     # ---------------------------------------------------------------- cache control
     async def warmup(self, chunk_names: list[str] | None = None) -> dict[str, list[str]]:
@@ -294,14 +378,9 @@ class StreamingEngine:
         self._check_loaded()
         names = chunk_names if chunk_names is not None else self.runtime.chunk_names()
         chunks = [self.manifest.chunk(n) for n in names]
-        loop = asyncio.get_running_loop()
-
-        def submit(coro: Coroutine[Any, Any, Tensors]) -> concurrent.futures.Future[Tensors]:
-            return asyncio.run_coroutine_threadsafe(coro, loop)
-
         kept = [c for c in chunks if self._kept(c)]
         streamed = [c for c in chunks if not self._kept(c)]
-        await asyncio.wrap_future(self._pool.submit(self._warm, kept, submit))
+        await self.run_on_compute(lambda: self._warm(kept))
         for chunk in streamed:
             await self.source.fetch(chunk)
         return {"resident": [c.name for c in kept], "fetched": [c.name for c in streamed]}
@@ -311,21 +390,13 @@ class StreamingEngine:
             return True
         return chunk.name in self.plan.keep
 
-    def _warm(self, chunks: list[ChunkInfo], submit: Submit) -> None:
-        with self._lock:
-            self.residency.begin(submit)
-            try:
-                with torch.inference_mode():
-                    for chunk in chunks:
-                        if chunk.rows is not None and chunk.tensors[0] in self.plan.merged:
-                            self.runtime.ensure_merged(chunk.tensors[0])
-                        else:
-                            self.residency.acquire(chunk)
-                            self.residency.release(chunk)
-            except BaseException:
-                self._clear_locked()
-                raise
-            self.residency.settle()
+    def _warm(self, chunks: list[ChunkInfo]) -> None:
+        for chunk in chunks:
+            if chunk.rows is not None and chunk.tensors[0] in self.plan.merged:
+                self.runtime.ensure_merged(chunk.tensors[0])
+            else:
+                self.residency.acquire(chunk)
+                self.residency.release(chunk)
 
     def clear_cache(self) -> None:
         """Release every materialized chunk and merged tensor (the model stays loadable).
@@ -333,17 +404,11 @@ class StreamingEngine:
         While a batch is running, the clear is queued to run right after it instead (so an
         event loop that calls this never blocks on a run that needs the loop's fetches).
         """
-        if not self._loaded:
-            return
-        if self._lock.acquire(blocking=False):
-            try:
-                self._clear_locked()
-            finally:
-                self._lock.release()
-        else:
-            self._pool.submit(self.clear_cache)
+        if self._loaded:
+            self._compute.clear_soon()
 
     def _clear_locked(self) -> None:
+        """Release every materialized chunk (the caller holds the compute lock)."""
         self.runtime.drop_merged()
         self.residency.clear()
         self.buffers.clear()
@@ -356,11 +421,7 @@ class StreamingEngine:
     def close(self) -> None:
         """Release memory and stop the engine's threads (waits for a running batch: from an
         event loop, use :meth:`aclose`)."""
-        self._pool.shutdown(wait=True)
-        if self._loaded:
-            with self._lock:
-                self._clear_locked()
-        self._loop_thread.close()
+        self._compute.close(clear=self._loaded)
 
     async def aclose(self) -> None:
         """:meth:`close` without blocking the event loop (a running batch may need it)."""
@@ -369,3 +430,8 @@ class StreamingEngine:
     def _check_loaded(self) -> None:
         if not self._loaded:
             raise ModelError("the engine is not loaded yet: await engine.load() first")
+
+
+def _plain(results: list[Any]) -> list[Any]:
+    """Tensors as nested lists (msgpack-friendly); other results as they are."""
+    return [r.tolist() if isinstance(r, torch.Tensor) else r for r in results]

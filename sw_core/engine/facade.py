@@ -13,14 +13,17 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
 
 from sw_core.engine.engine import StreamingEngine
-from sw_core.engine.setup import make_source
+from sw_core.engine.setup import Where, make_source
 from sw_core.exceptions import ModelError
 from sw_core.settings import Settings
+
+if TYPE_CHECKING:
+    from sw_core.cache import ChunkCache
 
 T = TypeVar("T")
 
@@ -30,7 +33,7 @@ class StreamingModel:
 
     Args:
         where: a chunk-set folder, an ``s3://BUCKET/PREFIX`` location, a storage backend
-            or a :class:`~sw_core.engine.sources.ChunkSource`.
+            or a :class:`~sw_core.engine.io.sources.ChunkSource`.
         cache: an optional :class:`~sw_core.cache.ChunkCache` in front of the storage.
         settings: base settings (``Settings.from_env()`` when omitted).
         **overrides: setting overrides, e.g. ``memory_budget_mb=64``, ``prefetch_count=2``,
@@ -42,9 +45,9 @@ class StreamingModel:
 
     def __init__(
         self,
-        where: Any,
+        where: Where,
         *,
-        cache: Any = None,
+        cache: ChunkCache | None = None,
         settings: Settings | None = None,
         **overrides: Any,
     ) -> None:
@@ -136,7 +139,8 @@ class StreamingModel:
         if not isinstance(batch, list):
             raise ModelError(f"prompts must be a string or a list of strings, got {type(prompts)}")
         options: dict[str, Any] = {
-            "temperature": temperature,
+            # 0 (the default) is greedy: the schema takes a temperature > 0 or none
+            "temperature": temperature if temperature > 0 else None,
             "top_k": top_k,
             "top_p": top_p,
             "chat": chat,

@@ -33,6 +33,8 @@ def cache_report(engine: Any) -> dict[str, Any]:
         "wait_s": stats.wait_s,
         "buffers_reused": engine.buffers.stats.reused,
         "buffers_mapped": engine.buffers.stats.mapped,
+        "direct_io": engine.direct_io,
+        "sweeps": engine.sweeps,
     }
     cache = getattr(engine.source, "cache", None)
     if cache is not None and hasattr(cache, "info"):

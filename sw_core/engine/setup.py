@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import json
 from os import PathLike
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import torch
 
 from sw_core.chunks.manifest import MANIFEST_FILE, Manifest
-from sw_core.engine.generation import eos_ids
-from sw_core.engine.sources import CachedChunkSource, ChunkSource, StoreChunkSource
+from sw_core.engine.io.sources import CachedChunkSource, ChunkSource, StoreChunkSource
+from sw_core.engine.tasks.generation import eos_ids
 from sw_core.exceptions import ConfigError, ModelError, SecurityError, StorageError
 from sw_core.hashing import Expected, hex_digest
 from sw_core.settings import Settings
+
+if TYPE_CHECKING:
+    from sw_core.cache import ChunkCache
+    from sw_core.storage import StorageBackend
+
+#: Where an engine reads a model: a folder or ``s3://`` location, a storage backend, a source.
+Where: TypeAlias = "str | PathLike[str] | StorageBackend | ChunkSource"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -29,7 +36,7 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def make_source(where: Any, settings: Settings, cache: Any = None) -> ChunkSource:
+def make_source(where: Where, settings: Settings, cache: ChunkCache | None = None) -> ChunkSource:
     """A chunk source from a location (folder or ``s3://``), a storage backend or a source."""
     from sw_core.chunks.chunk_set import open_store
     from sw_core.storage import StorageBackend
@@ -101,19 +108,3 @@ def pad_token_id(tokenizer: Any, gen_config: Any, config: Any) -> int:
             return value
     eos = eos_ids(gen_config, config)
     return min(eos) if eos else 0
-
-
-def usable_positions(config: Any) -> int | None:
-    """Tokens the model's learned positions cover (None when they are unbounded): RoBERTa-style
-    models start counting at ``pad_token_id + 1``, so 514 positions read 512 tokens."""
-    from sw_core.architectures import ARCHITECTURES
-
-    positions = getattr(config, "max_position_embeddings", None) or getattr(
-        config, "n_positions", None
-    )
-    if positions is None:
-        return None
-    arch = ARCHITECTURES.get(str(getattr(config, "model_type", "")))
-    if arch is not None and arch.positions_after_pad:
-        positions -= int(getattr(config, "pad_token_id", None) or 0) + 1
-    return int(positions)

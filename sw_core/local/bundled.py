@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sw_core.exceptions import ModelError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -40,7 +43,7 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
-def load_smollm2() -> tuple[Any, Any]:
+def load_smollm2() -> tuple[PreTrainedModel, Any]:  # (model, a transformers tokenizer)
     """SmolLM2-135M-Instruct dequantized from its GGUF file into transformers, in float32 and
     eval mode, with its tokenizer: ``(model, tokenizer)`` (about 20 s; the reference the
     benchmarks and tests compare with)."""

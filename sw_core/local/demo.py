@@ -19,7 +19,7 @@ import time
 from contextlib import AsyncExitStack, ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -31,6 +31,9 @@ from sw_core.keys import Keys
 from sw_core.local.bundled import minilm_path, smollm2_gguf_path
 from sw_core.local.redis_server import RedisServer
 from sw_core.settings import Settings
+
+if TYPE_CHECKING:
+    from producer import Producer
 
 SENTENCES = (
     "A man is playing a guitar on stage.",
@@ -207,7 +210,10 @@ async def _read_stats(settings: Settings) -> dict[str, str]:
 
 
 async def _submit_and_collect(
-    producer: Any, options: DemoOptions, console: Console, workers: list[subprocess.Popen[bytes]]
+    producer: Producer,
+    options: DemoOptions,
+    console: Console,
+    workers: list[subprocess.Popen[bytes]],
 ) -> dict[str, Any]:
     console.print("[bold]4/5[/] submitting jobs through Producer ...")
     jobs: dict[str, tuple[str, str]] = {}
@@ -229,15 +235,18 @@ async def _submit_and_collect(
     results: dict[str, Any] = {}
     deadline = time.monotonic() + options.timeout_s
     with Progress(
-        TextColumn("    {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("    {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
         console=console,
-    ) as bar:  # fmt: skip
+    ) as bar:
         task = bar.add_task("jobs done", total=len(jobs))
 
         async def wait_one(job_id: str) -> None:
             try:
                 results[job_id] = await producer.result(
-                    job_id, timeout=max(1.0, deadline - time.monotonic())
+                    job_id, timeout_s=max(1.0, deadline - time.monotonic())
                 )
             except SurfingError as exc:
                 results[job_id] = exc

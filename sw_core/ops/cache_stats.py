@@ -7,9 +7,12 @@ of reading one meta hash on the queue server.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sw_core.settings import Settings
+
+if TYPE_CHECKING:
+    from sw_core.cache import ChunkCache
 
 
 class CacheStatsReader:
@@ -22,7 +25,7 @@ class CacheStatsReader:
 
     def __init__(self, settings: Settings, redis_url: str) -> None:
         self.settings = settings.replace(cache_redis_url=settings.cache_redis_url or redis_url)
-        self._cache: Any = None
+        self._cache: ChunkCache | None = None
 
     def read(self) -> dict[str, Any]:
         """``{"cache_meta": {...}, "cache_chunks": n}``; a failed read gives the exception
@@ -41,6 +44,7 @@ class CacheStatsReader:
             "misses": info.misses,
             "evictions": info.evictions,
             "corruptions": info.corruptions,
+            "refusals": info.refusals,
         }
         return {"cache_meta": meta, "cache_chunks": info.chunks}
 

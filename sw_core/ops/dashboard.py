@@ -1,7 +1,8 @@
 """Rich rendering of a :class:`~sw_core.ops.monitor.StreamingMonitor` snapshot.
 
 One frame (:func:`render_dashboard`) fits a 100x30 terminal: a title line, an alert line,
-three panels (queue, jobs, cache and storage), latency and errors by type side by side, and
+three panels (queue, jobs, cache and storage: with the hits per sweep, the share of each
+pass over a model's weights the chunk cache served), latency and errors by type side by side, and
 as many workers as there are rows left. ``sw monitor`` redraws it every second or two;
 ``sw stats`` prints it once.
 """
@@ -13,13 +14,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from rich import box
-from rich.console import Group, RenderableType
+from rich.console import Group, JustifyMethod, RenderableType
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
 #: Rows a frame uses besides the worker rows (title, alert, panels, borders, headers).
-FIXED_ROWS = 22
+FIXED_ROWS = 24
 #: Most latency tasks and error types shown.
 MAX_TABLE_ROWS = 4
 
@@ -111,9 +112,9 @@ def _jobs_panel(stats: Mapping[str, Any]) -> Panel:
     rows = [
         ("requests", _n(stats.get("total_requests", 0)), ""),
         ("completed", _n(stats.get("completed", 0)), "green"),
-        ("failed", _n(stats.get("failed", 0)), ""),
-        ("retried", _n(stats.get("retried", 0)), ""),
+        ("failed/retried", f"{_n(stats.get('failed', 0))}/{_n(stats.get('retried', 0))}", ""),
         ("dead-lettered", _n(stats.get("dead_lettered", 0)), ""),
+        ("cancelled/expired", f"{_n(stats.get('cancelled', 0))}/{_n(stats.get('expired', 0))}", ""),
         ("errors", _n(stats.get("errors", 0)), "red" if stats.get("errors") else ""),
         (label, f"{rate:.1%}", "bold red" if stats.get("alert") else ""),
         ("threshold", f"{float(stats.get('alert_error_rate', 0.0)):.1%}", "dim"),
@@ -126,22 +127,41 @@ def _cache_panel(stats: Mapping[str, Any]) -> Panel:
     rows = [
         ("hit rate", f"{float(stats.get('cache_hit_rate', 0.0)):.1%}", "bold"),
         ("hits/misses", f"{_n(stats.get('cache_hits', 0))}/{_n(stats.get('cache_misses', 0))}", ""),
+        ("sweep hits", _per_sweep(stats), ""),
+        ("refused", _n(stats.get("cache_refusals", 0)), "dim"),
         ("evictions", _n(stats.get("cache_evictions", 0)), ""),
         ("size", f"{_mib(used)}/{_mib(budget)}", ""),
         ("chunks", _n(stats.get("cache_chunks", 0)), ""),
         ("read", _mib(stats.get("storage_bytes_read", 0)), ""),
         ("failovers", _n(stats.get("storage_failovers", 0)), ""),
-        ("integrity", _n(stats.get("integrity_failures", 0)),
-         "red" if stats.get("integrity_failures") else ""),
-    ]  # fmt: skip
+        (
+            "integrity",
+            _n(stats.get("integrity_failures", 0)),
+            "red" if stats.get("integrity_failures") else "",
+        ),
+    ]
     return _pairs_panel("Cache & storage", rows)
+
+
+def _per_sweep(stats: Mapping[str, Any]) -> str:
+    """Share of each sweep's bytes the cache served, and the bytes a sweep reads."""
+    if not stats.get("sweeps"):
+        return "-"
+    rate = float(stats.get("sweep_hit_rate", 0.0))
+    return f"{rate:.0%} of {_mib(float(stats.get('sweep_mb', 0.0)) * (1 << 20))}"
 
 
 def _latency_panel(stats: Mapping[str, Any]) -> Panel:
     table = Table(box=None, padding=(0, 1), expand=True, show_edge=False)
-    for name, justify in (("task", "left"), ("n", "right"), ("p50", "right"),
-                          ("p95", "right"), ("p99", "right")):  # fmt: skip
-        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    columns: list[tuple[str, JustifyMethod]] = [
+        ("task", "left"),
+        ("n", "right"),
+        ("p50", "right"),
+        ("p95", "right"),
+        ("p99", "right"),
+    ]
+    for name, justify in columns:
+        table.add_column(name, justify=justify, no_wrap=True)
     latency = stats.get("latency", {})
     for task in sorted(latency)[:MAX_TABLE_ROWS]:
         row = latency[task]

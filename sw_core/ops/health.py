@@ -21,12 +21,16 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sw_core.keys import Keys
 from sw_core.ops.monitor import StreamingMonitor
 from sw_core.queue_redis import queue_redis_sync
 from sw_core.settings import Settings, redact_url
+
+if TYPE_CHECKING:
+    import urllib3
+    from minio import Minio
 
 Status = Literal["ok", "warn", "fail", "skip"]
 #: Worker kinds required by default.
@@ -133,6 +137,7 @@ async def check_health_async(
 
 
 # ---------------------------------------------------------------------------- Redis
+# ``client: Any``: a redis.Redis, whose replies redis-py types as sync|async unions
 def _memory_check(client: Any, settings: Settings) -> Check:
     import redis
 
@@ -177,7 +182,7 @@ def _cache_redis_checks(settings: Settings, timeout_s: float) -> list[Check]:
     )
     try:
         client.ping()
-        config = client.config_get("maxmemory")
+        config: Any = client.config_get("maxmemory")  # a redis reply
     except redis.RedisError as exc:
         detail = f"{where} unreachable: {exc}; workers load chunks from storage meanwhile"
         return [Check("cache redis", "fail", detail)]
@@ -226,9 +231,12 @@ def _storage_checks(settings: Settings, models: dict[str, str], timeout_s: float
             folders[f"model {name}"] = Path(location)
     if buckets and not settings.s3_endpoint:
         checks.append(
-            Check("s3", "fail", f"models live in S3 ({', '.join(sorted(buckets))}) but "
-                  "SW_S3_ENDPOINT is not set")
-        )  # fmt: skip
+            Check(
+                "s3",
+                "fail",
+                f"models live in S3 ({', '.join(sorted(buckets))}) but SW_S3_ENDPOINT is not set",
+            )
+        )
     elif not buckets:
         checks.append(Check("s3", "skip", "SW_S3_ENDPOINT not set"))
     else:
@@ -240,7 +248,7 @@ def _storage_checks(settings: Settings, models: dict[str, str], timeout_s: float
     return checks
 
 
-def _s3_client(settings: Settings, timeout_s: float) -> tuple[Any, str, Any]:
+def _s3_client(settings: Settings, timeout_s: float) -> tuple[Minio, str, urllib3.PoolManager]:
     """A ``minio.Minio`` client that fails fast (no retries), its ``host:port``, its pool."""
     import urllib3
     from minio import Minio
@@ -283,9 +291,12 @@ def _s3_checks(settings: Settings, buckets: list[str], timeout_s: float) -> list
             checks.append(Check(name, "ok", f"exists at {endpoint}"))
         else:
             checks.append(
-                Check(name, "fail", f"missing at {endpoint}: create it or fix "
-                      "SW_S3_BUCKET / the model's location")
-            )  # fmt: skip
+                Check(
+                    name,
+                    "fail",
+                    f"missing at {endpoint}: create it or fix SW_S3_BUCKET / the model's location",
+                )
+            )
     http.clear()
     return checks
 
@@ -319,16 +330,24 @@ def _worker_checks(
             )
         else:
             checks.append(
-                Check(name, "fail", f"none heartbeating{where} within {ttl:g}s "
-                      "(SW_HEARTBEAT_TTL_S); start one or check its logs")
-            )  # fmt: skip
+                Check(
+                    name,
+                    "fail",
+                    f"none heartbeating{where} within {ttl:g}s "
+                    "(SW_HEARTBEAT_TTL_S); start one or check its logs",
+                )
+            )
     if stats["alert"]:
         checks.append(Check("error rate", "warn", str(stats["alert_reason"])))
     elif stats["total_requests"]:
         checks.append(
-            Check("error rate", "ok", f"{stats['error_rate']:.1%} of {stats['total_requests']} "
-                  f"requests (threshold {settings.alert_error_rate:.0%})")
-        )  # fmt: skip
+            Check(
+                "error rate",
+                "ok",
+                f"{stats['error_rate']:.1%} of {stats['total_requests']} "
+                f"requests (threshold {settings.alert_error_rate:.0%})",
+            )
+        )
     return checks
 
 

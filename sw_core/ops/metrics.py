@@ -26,18 +26,38 @@ import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sw_core.keys import Keys
 from sw_core.lua_scripts import lua_source
+
+if TYPE_CHECKING:
+    import redis as sync_redis
+    import redis.asyncio as aioredis
+
+    from sw_core.pipeline.jobs import Job
 
 log = logging.getLogger(__name__)
 
 #: Upper edges, in seconds, of the latency buckets; one more bucket (+Inf) follows the last.
 #: They span a cached embedding (a few ms) to a long generation (minutes).
 LATENCY_BUCKETS_S: tuple[float, ...] = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
-)  # fmt: skip
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+)
 #: Name of the bucket above the last edge.
 INF_BUCKET = "bucket:+Inf"
 #: Percentiles the monitor and ``sw stats`` report.
@@ -68,7 +88,7 @@ def _script_args(task: str, durations_s: Iterable[float]) -> list[Any]:
 
 
 async def record_latency(
-    redis: Any, task: str, *durations_s: float, keys: Keys | None = None
+    redis: aioredis.Redis, task: str, *durations_s: float, keys: Keys | None = None
 ) -> int:
     """Add one or more latency observations (seconds) of ``task``; one atomic Lua call.
 
@@ -90,7 +110,7 @@ async def record_latency(
 
 
 def record_latency_sync(
-    redis: Any, task: str, *durations_s: float, keys: Keys | None = None
+    redis: sync_redis.Redis, task: str, *durations_s: float, keys: Keys | None = None
 ) -> int:
     """:func:`record_latency` for a synchronous ``redis.Redis`` client."""
     if not durations_s:
@@ -102,7 +122,11 @@ def record_latency_sync(
 
 
 async def record_job_latencies(
-    redis: Any, jobs: Iterable[Any], *, keys: Keys | None = None, now_ms: int | None = None
+    redis: aioredis.Redis,
+    jobs: Iterable[Job],
+    *,
+    keys: Keys | None = None,
+    now_ms: int | None = None,
 ) -> None:
     """Record the end-to-end latency of finished jobs (submission to now), per task.
 
@@ -211,10 +235,11 @@ class Histogram:
         return out
 
 
-async def read_latency(redis: Any, keys: Keys | None = None) -> dict[str, Histogram]:
+async def read_latency(redis: aioredis.Redis, keys: Keys | None = None) -> dict[str, Histogram]:
     """Every task's histogram, by task name (asyncio client)."""
     keys = keys or Keys()
-    tasks = sorted(_text(t) for t in await redis.smembers(keys.latency_tasks))
+    # redis-py types set replies as sync|async unions for both clients (redis-py #2399)
+    tasks = sorted(_text(t) for t in await redis.smembers(keys.latency_tasks))  # type: ignore[misc]
     if not tasks:
         return {}
     async with redis.pipeline(transaction=False) as pipe:
@@ -224,10 +249,11 @@ async def read_latency(redis: Any, keys: Keys | None = None) -> dict[str, Histog
     return {task: Histogram.from_hash(raw) for task, raw in zip(tasks, raws, strict=True)}
 
 
-def read_latency_sync(redis: Any, keys: Keys | None = None) -> dict[str, Histogram]:
+def read_latency_sync(redis: sync_redis.Redis, keys: Keys | None = None) -> dict[str, Histogram]:
     """:func:`read_latency` for a synchronous client."""
     keys = keys or Keys()
-    tasks = sorted(_text(t) for t in redis.smembers(keys.latency_tasks))
+    # redis-py types set replies as sync|async unions for both clients (redis-py #2399)
+    tasks = sorted(_text(t) for t in redis.smembers(keys.latency_tasks))  # type: ignore[union-attr]
     if not tasks:
         return {}
     with redis.pipeline(transaction=False) as pipe:

@@ -16,11 +16,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from sw_core import counters as counter_names
 from sw_core.keys import Keys
 from sw_core.lua_scripts import lua_source
-from sw_core.ops import stats as counter_names
 from sw_core.ops.cache_stats import CacheStatsReader
 from sw_core.ops.metrics import Histogram
 from sw_core.ops.replies import (
@@ -34,8 +34,13 @@ from sw_core.ops.replies import (
     group_lag,
     ok_or,
 )
+from sw_core.ops.sweeps import sweep_stats
 from sw_core.queue_redis import queue_redis, queue_redis_sync
 from sw_core.settings import Settings
+
+if TYPE_CHECKING:
+    import redis
+    import redis.asyncio as aioredis
 
 #: Counters of ``sw:stats`` that are always reported (0 when absent).
 COUNTERS: tuple[str, ...] = (
@@ -93,13 +98,13 @@ class StreamingMonitor:
             else self.settings.replace(redis_url=redis_url, redis_sentinels="")
         )
         self.keys = Keys(self.settings.key_prefix)
-        self._async: Any = None
-        self._sync: Any = None
+        self._async: aioredis.Redis | None = None
+        self._sync: redis.Redis | None = None
         self._previous: tuple[float, int] | None = None
         self._cache_stats = CacheStatsReader(self.settings, self.redis_url)
 
     # ------------------------------------------------------------------ clients
-    def _async_client(self) -> Any:
+    def _async_client(self) -> aioredis.Redis:
         if self._async is None:
             self._async = queue_redis(
                 self._queue_settings,
@@ -108,7 +113,7 @@ class StreamingMonitor:
             )
         return self._async
 
-    def _sync_client(self) -> Any:
+    def _sync_client(self) -> redis.Redis:
         if self._sync is None:
             self._sync = queue_redis_sync(
                 self._queue_settings,
@@ -156,7 +161,10 @@ class StreamingMonitor:
             judges), ``jobs_by_model`` (model -> status -> count), ``queue_length`` (entries no worker has read), ``pending`` (read,
             not yet acked), ``scheduled_retries``, ``dead_letters``, ``cache_hits``,
             ``cache_misses``, ``cache_evictions``, ``cache_hit_rate``, ``cache_bytes``,
-            ``cache_chunks``, ``cache_budget_bytes``, ``storage_bytes_read``,
+            ``cache_chunks``, ``cache_budget_bytes``, ``cache_refusals`` (misses the cache
+            did not take in: read past it), the sweep counters (``sweeps``,
+            ``sweep_hit_rate``, ``hits_per_sweep``, ``sweep_mb``, ``sweeps_by_model``: see
+            :func:`~sw_core.ops.sweeps.sweep_stats`), ``storage_bytes_read``,
             ``storage_failovers``, ``integrity_failures``, ``workers`` (list of dicts:
             ``id``, ``kind``, ``current``, ``age_s``, ``host``, ``pid`` and every field
             the worker reports), ``live_workers``, ``workers_by_kind``, ``latency``
@@ -207,6 +215,7 @@ class StreamingMonitor:
             "latency_tasks": ("SMEMBERS", k.latency_tasks),
             "window": self._window_command(now),
             "by_model": ("HGETALL", k.stats_models),
+            "sweeps": ("HGETALL", k.stats_sweeps),
         }
 
     def _window_command(self, now: float) -> tuple[Any, ...]:
@@ -223,8 +232,13 @@ class StreamingMonitor:
         if group is not None and group_lag(group) is None and int(first.get("xlen") or 0) > 0:
             last = as_text(group.get("last-delivered-id", "0-0"))
             commands["undelivered"] = (
-                "EVAL", lua_source("metrics_queue_length"), 1, k.jobs, last, QUEUE_COUNT_CAP,
-            )  # fmt: skip
+                "EVAL",
+                lua_source("metrics_queue_length"),
+                1,
+                k.jobs,
+                last,
+                QUEUE_COUNT_CAP,
+            )
         for member, _score in as_pairs(first.get("workers")):
             commands[f"worker:{as_text(member)}"] = ("HGETALL", k.worker(as_text(member)))
         for task in sorted(as_text(t) for t in ok_or(first.get("latency_tasks"), set())):
@@ -261,9 +275,11 @@ class StreamingMonitor:
             status, _, model = as_text(field).partition(":")
             by_model.setdefault(model, {})[status] = as_int(value)
         out["jobs_by_model"] = dict(sorted(by_model.items()))
+        out.update(sweep_stats(ok_or(first.get("sweeps"), {})))
         lookups = out[counter_names.CACHE_HITS] + out[counter_names.CACHE_MISSES]
         out["cache_hit_rate"] = out[counter_names.CACHE_HITS] / lookups if lookups else 0.0
         out["cache_bytes"] = meta.get("bytes", 0)
+        out["cache_refusals"] = meta.get("refusals", 0)
         out["cache_chunks"] = as_int(ok_or(first.get("cache_chunks"), 0))
         out["cache_budget_bytes"] = self.settings.cache_size_bytes
 

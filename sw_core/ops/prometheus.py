@@ -30,6 +30,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
     CollectorRegistry,
@@ -47,7 +48,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from sw_core.ops import stats as names
+from sw_core import counters as names
 from sw_core.ops.metrics import Histogram
 from sw_core.ops.monitor import StreamingMonitor
 from sw_core.settings import Settings
@@ -71,6 +72,10 @@ PLAIN_COUNTERS: dict[str, tuple[str, str]] = {
     "sw_cache_misses": (names.CACHE_MISSES, "Chunk cache lookups that did not."),
     "sw_cache_evictions": (names.CACHE_EVICTIONS, "Chunks evicted from the cache."),
     "sw_cache_corruptions": (names.CACHE_CORRUPTIONS, "Cached chunks that failed their hash."),
+    "sw_cache_refusals": (
+        "cache_refusals",
+        "Cache misses the cache did not take in (read from storage past it).",
+    ),
     "sw_storage_bytes_read": (names.STORAGE_BYTES_READ, "Bytes read from chunk storage."),
     "sw_storage_retries": (names.STORAGE_RETRIES, "Storage calls retried after a failure."),
     "sw_storage_failovers": (names.STORAGE_FAILOVERS, "Reads served by the backup store."),
@@ -141,6 +146,7 @@ def build_metrics(stats: dict[str, Any], histograms: dict[str, Histogram]) -> It
         for status, count in sorted(counts.items()):
             by_model.add_metric([model, status], count)
     yield by_model
+    yield from _sweep_metrics(stats)
     workers = GaugeMetricFamily("sw_workers", "Workers heartbeating, by kind.", labels=["kind"])
     for kind, count in sorted(stats.get("workers_by_kind", {}).items()):
         workers.add_metric([kind], count)
@@ -154,11 +160,29 @@ def build_metrics(stats: dict[str, Any], histograms: dict[str, Histogram]) -> It
     yield latency
 
 
+#: Per-model sweep counters: metric name (without ``_total``) -> (counter, help).
+SWEEP_METRICS: dict[str, tuple[str, str]] = {
+    "sw_model_sweeps": (names.SWEEPS, "Passes over a model's weights that read chunks."),
+    "sw_model_sweep_bytes": (names.SWEEP_BYTES, "Chunk bytes those passes read."),
+    "sw_model_sweep_hit_bytes": (names.SWEEP_HIT_BYTES, "Of them, bytes the chunk cache served."),
+}
+
+
+def _sweep_metrics(stats: dict[str, Any]) -> Iterator[Metric]:
+    for metric, (counter, doc) in SWEEP_METRICS.items():
+        family = CounterMetricFamily(metric, doc, labels=["model"])
+        for model, counts in sorted(stats.get("sweeps_by_model", {}).items()):
+            family.add_metric([model], counts.get(counter, 0))
+        yield family
+
+
 def _le(edge: float) -> str:
     return "+Inf" if math.isinf(edge) else repr(float(edge))
 
 
-def metrics_registry(settings: Settings, monitor: StreamingMonitor | None = None) -> Any:
+def metrics_registry(
+    settings: Settings, monitor: StreamingMonitor | None = None
+) -> CollectorRegistry:
     """A fresh ``CollectorRegistry`` holding a :class:`ClusterCollector`."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ClusterCollector(monitor or StreamingMonitor(settings=settings)))
@@ -182,7 +206,7 @@ class MetricsServer:
     port: int
     host: str
     monitor: StreamingMonitor
-    _server: Any
+    _server: WSGIServer
     _thread: threading.Thread
 
     @property

@@ -5,10 +5,16 @@ only a lost connection fails the batch."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import redis as sync_redis
+    import redis.asyncio as async_redis
 
 
-async def execute_async(redis: Any, commands: Mapping[str, tuple[Any, ...]]) -> dict[str, Any]:
+async def execute_async(
+    redis: async_redis.Redis, commands: Mapping[str, tuple[Any, ...]]
+) -> dict[str, Any]:
     if not commands:
         return {}
     async with redis.pipeline(transaction=False) as pipe:
@@ -19,7 +25,9 @@ async def execute_async(redis: Any, commands: Mapping[str, tuple[Any, ...]]) -> 
     return dict(zip(commands, replies, strict=True))
 
 
-def execute_sync(redis: Any, commands: Mapping[str, tuple[Any, ...]]) -> dict[str, Any]:
+def execute_sync(
+    redis: sync_redis.Redis, commands: Mapping[str, tuple[Any, ...]]
+) -> dict[str, Any]:
     if not commands:
         return {}
     with redis.pipeline(transaction=False) as pipe:

@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,14 +105,16 @@ class DeadLetter:
             "last_failure_ms": self.last_failure_ms,
             "truncated": self.truncated,
             "replayable": self.replayable,
-            "fields": {k: v.decode("utf-8", "replace") for k, v in self.fields.items()
-                       if k != "payload"},
+            "fields": {
+                k: v.decode("utf-8", "replace") for k, v in self.fields.items() if k != "payload"
+            },
             "payload": self.payload(),
-        }  # fmt: skip
+        }
 
 
 class DeadLetterQueue:
-    """Operations on ``sw:dlq`` through a synchronous ``redis.Redis`` client."""
+    """Operations on ``sw:dlq`` through a synchronous ``redis.Redis`` client (typed Any:
+    redis-py types its replies as sync|async unions)."""
 
     def __init__(self, redis: Any, settings: Settings) -> None:
         self.redis = redis
@@ -180,7 +183,10 @@ class DeadLetterQueue:
         new_id, replays = reply
         return _text(new_id), int(replays)
 
-    def replay_all(self, batch: int = 100) -> tuple[list[tuple[str, str]], list[DeadLetter]]:
+    # ``list`` is a method from here on: annotations in the class body say builtins.list
+    def replay_all(
+        self, batch: int = 100
+    ) -> tuple[builtins.list[tuple[str, str]], builtins.list[DeadLetter]]:
         """Replay every replayable letter; returns ``([(letter id, new entry id)], skipped)``.
 
         Letters that cannot be replayed stay in the stream and are returned as skipped.
@@ -225,7 +231,7 @@ class DeadLetterQueue:
         threshold = f"{ms}-{int(seq or 0) + 1}"
         return int(self.redis.xtrim(self.keys.dlq, minid=threshold, approximate=False))
 
-    def _add_replays(self, letters: list[DeadLetter]) -> None:
+    def _add_replays(self, letters: builtins.list[DeadLetter]) -> None:
         if not letters:
             return
         with self.redis.pipeline(transaction=False) as pipe:

@@ -39,24 +39,23 @@ import msgpack
 
 from sw_core.exceptions import JobError
 from sw_core.pipeline.job_checks import (
-    MAX_FIELDS,
-    MAX_INPUTS,
-    PARAM_SCHEMAS,
-    TASKS,
     check_inputs,
     check_name,
+    check_outputs,
+    coerce_params,
+    validate_request,
+)
+from sw_core.schema import (
+    MAX_FIELDS,
+    MAX_INPUTS,
+    MAX_TOKEN_IDS,
+    Task,
     check_params,
     check_task,
-    coerce_params,
     short,
-    validate_request,
 )
 from sw_core.settings import Settings
 
-#: Job status values stored in the job hash.
-STATUSES: tuple[str, ...] = (
-    "queued", "running", "retrying", "done", "dead", "cancelled", "expired",
-)  # fmt: skip
 #: Deepest nesting a payload may have ({"inputs": [[token, ...]]} is 3 deep).
 MAX_DEPTH = 4
 #: Room for the small fields of an entry beside its payload.
@@ -65,21 +64,24 @@ ENTRY_OVERHEAD_BYTES = 4096
 #: Fields with a meaning of their own; every other field of a hand-added entry is a param.
 META_FIELDS = frozenset(
     {
-        "job_id", "model", "task", "payload", "attempt", "submitted_ms", "counted",
-        "first_failure_ms", "deadline_ms", "deadline_s",
+        "job_id",
+        "model",
+        "task",
+        "payload",
+        "attempt",
+        "submitted_ms",
+        "counted",
+        "first_failure_ms",
+        "deadline_ms",
+        "deadline_s",
     }
-)  # fmt: skip
+)
 #: Fields only producers and workers write: refused in an entry added by hand.
 INTERNAL_FIELDS = frozenset({"attempt", "submitted_ms", "counted", "first_failure_ms"})
 _INPUT_FIELDS = frozenset({"text", "inputs"})
 _JOB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 
 __all__ = [
-    "MAX_FIELDS",
-    "MAX_INPUTS",
-    "PARAM_SCHEMAS",
-    "STATUSES",
-    "TASKS",
     "Job",
     "coerce_params",
     "decode_entry",
@@ -169,7 +171,7 @@ def unpack_limited(data: bytes, settings: Settings) -> Any:
         max_buffer_size=settings.max_payload_bytes,
         max_str_len=settings.max_payload_bytes,
         max_bin_len=settings.max_payload_bytes,
-        max_array_len=max(MAX_INPUTS, settings.max_input_tokens),
+        max_array_len=max(MAX_INPUTS, settings.max_input_tokens or MAX_TOKEN_IDS),
         max_map_len=MAX_FIELDS,
         max_ext_len=0,
     )
@@ -282,6 +284,7 @@ def decode_entry(entry_id: str | bytes, fields: Mapping[Any, Any], settings: Set
         inputs = _hand_inputs(task, raw, settings)
         text_params = {k: v for k, v in raw.items() if k not in META_FIELDS | _INPUT_FIELDS}
         params = check_params(task, text_params, settings, from_text=True)
+    check_outputs(len(inputs), params)
     attempt = _int_field(raw, "attempt", 1, low=1)
     submitted = _int_field(raw, "submitted_ms", _entry_ms(entry), low=0)
     first_failure = _int_field(raw, "first_failure_ms", 0, low=0) or None
@@ -324,7 +327,7 @@ def _deadline(raw: Mapping[str, bytes], added_ms: int) -> int | None:
     return added_ms + int(seconds * 1000)
 
 
-def _hand_inputs(task: str, raw: Mapping[str, bytes], settings: Settings) -> list[Any]:
+def _hand_inputs(task: Task, raw: Mapping[str, bytes], settings: Settings) -> list[Any]:
     if "text" in raw and "inputs" in raw:
         raise JobError("give either 'text' (one input) or 'inputs' (a JSON list), not both")
     size = len(raw.get("text", b"")) + len(raw.get("inputs", b""))

@@ -16,10 +16,8 @@ from redis.asyncio import Redis
 from sw_core.keys import Keys
 from sw_core.lua_scripts import lua_source
 from sw_core.pipeline.jobs import Job, now_ms
+from sw_core.schema import ENDED_STATUSES, JobStatus
 from sw_core.settings import Settings
-
-#: Statuses a job ends with here.
-END_STATUSES = ("cancelled", "expired")
 
 
 class JobEnds:
@@ -36,10 +34,10 @@ class JobEnds:
         or ``gone`` (no longer this group's to run)."""
         return await self._run([(job, "check") for job in jobs])
 
-    async def end(self, job: Job, status: str) -> bool:
+    async def end(self, job: Job, status: JobStatus) -> bool:
         """End a running job as ``cancelled`` or ``expired``; False if it was not ours."""
-        if status not in END_STATUSES:
-            raise ValueError(f"status {status!r} is not one of {END_STATUSES}")
+        if status not in ENDED_STATUSES:
+            raise ValueError(f"status {status!r} is not one of {ENDED_STATUSES}")
         [outcome] = await self._run([(job, status)])
         return outcome == status
 

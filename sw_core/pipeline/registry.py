@@ -11,7 +11,6 @@ see :func:`tasks_of`), so producers refuse a ``generate`` job for an encoder at 
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from redis.asyncio import Redis
 
@@ -25,7 +24,7 @@ from sw_core.storage.location import check_location
 _GENERATES_RE = re.compile(r".*(ForCausalLM|LMHeadModel|ForConditionalGeneration|ForSeq2SeqLM)")
 
 
-def tasks_of(manifest: Any) -> tuple[str, ...]:
+def tasks_of(manifest: object) -> tuple[str, ...]:
     """The tasks a chunk set's model can run, from its manifest's ``model_class``."""
     if _GENERATES_RE.fullmatch(str(getattr(manifest, "model_class", ""))):
         return ("embed", "generate", "forward")
@@ -65,7 +64,8 @@ class ModelRegistry:
         Raises:
             ModelError: the model is not registered anywhere.
         """
-        raw = await self.redis.hget(self.keys.models, name)
+        # redis-py types the async client's hash replies as sync|async unions (redis-py #2399)
+        raw = await self.redis.hget(self.keys.models, name)  # type: ignore[misc]
         if raw is not None:
             return raw.decode() if isinstance(raw, bytes) else str(raw)
         if name in self.configured:
@@ -82,11 +82,14 @@ class ModelRegistry:
         *,
         must_exist: bool = False,
         tasks: tuple[str, ...] | None = None,
+        synthetic: str | None = None,
     ) -> str:
         """Register (or move) model ``name``; returns the normalized location.
 
         ``tasks`` (see :func:`tasks_of`) lets producers refuse a task the model cannot run;
-        without it, whatever was recorded for the name before is dropped.
+        without it, whatever was recorded for the name before is dropped. ``synthetic``
+        (:meth:`Manifest.describe_synthetic`) marks a chunk set of random weights, so the
+        gateway's model list says so; without it the mark is dropped.
         """
         if not MODEL_NAME_RE.fullmatch(name):
             raise ConfigError(f"model name {name!r} may hold letters, digits and '_.:/@+-' only")
@@ -97,12 +100,27 @@ class ModelRegistry:
                 pipe.hset(self.keys.model_tasks, name, ",".join(tasks))
             else:
                 pipe.hdel(self.keys.model_tasks, name)
+            if synthetic:
+                pipe.hset(self.keys.model_synthetic, name, synthetic)
+            else:
+                pipe.hdel(self.keys.model_synthetic, name)
             await pipe.execute()
         return location
 
+    async def synthetic(self) -> dict[str, str]:
+        """Registered models whose weights are random (``sw synth``) -> what they imitate."""
+        raw = await self.redis.hgetall(self.keys.model_synthetic)  # type: ignore[misc]
+        return {
+            (k.decode() if isinstance(k, bytes) else str(k)): (
+                v.decode() if isinstance(v, bytes) else str(v)
+            )
+            for k, v in raw.items()
+        }
+
     async def tasks(self, name: str) -> tuple[str, ...] | None:
         """The tasks recorded for ``name`` at registration; None when nothing was recorded."""
-        raw = await self.redis.hget(self.keys.model_tasks, name)
+        # redis-py types the async client's hash replies as sync|async unions (redis-py #2399)
+        raw = await self.redis.hget(self.keys.model_tasks, name)  # type: ignore[misc]
         if not raw:
             return None
         text = raw.decode() if isinstance(raw, bytes) else str(raw)
@@ -125,7 +143,9 @@ class ModelRegistry:
     async def all(self) -> dict[str, str]:
         """Every model name -> location (settings first, Redis on top)."""
         out = dict(self.configured)
-        for name, location in (await self.redis.hgetall(self.keys.models)).items():
+        # redis-py types the async client's hash replies as sync|async unions (redis-py #2399)
+        registered = await self.redis.hgetall(self.keys.models)  # type: ignore[misc]
+        for name, location in registered.items():
             key = name.decode() if isinstance(name, bytes) else str(name)
             out[key] = location.decode() if isinstance(location, bytes) else str(location)
         return dict(sorted(out.items()))

@@ -1,9 +1,10 @@
-"""Every Redis step of the job pipeline, each one atomic (Lua or a single command).
+"""Every job-state transition of the pipeline, each one atomic (Lua or a single command).
 
 :class:`JobStore` is the only place that writes job state: marking a batch running,
 storing results with the ack, scheduling retries or dead letters with the ack, moving due
-retries back to the stream, keeping claims alive and handing entries back at shutdown. The
-Lua sources live in ``sw_core/lua/pipeline_*.lua``.
+retries back to the stream and handing entries back at shutdown. Reading the stream and
+keeping claims alive are :class:`~sw_core.pipeline.job_stream.JobStream`'s. The Lua
+sources live in ``sw_core/lua/pipeline_*.lua``.
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ from typing import Any
 
 import msgpack
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 
-from sw_core.keys import Keys
 from sw_core.lua_scripts import lua_source
+from sw_core.pipeline.job_stream import JobStream
 from sw_core.pipeline.jobs import Job, encode_job, job_id_of, now_ms
 from sw_core.pipeline.stream_fields import keep_duplicate_fields
 from sw_core.settings import Settings
@@ -34,14 +34,15 @@ DLQ_MAX_ENTRIES = 100_000
 START_LOST = 0
 #: :meth:`JobStore.start` for an entry whose job id belongs to a job waiting for another entry.
 START_DUPLICATE = -(1 << 62)
+#: :meth:`JobStore.start` for a job cancelled after the worker's check: not started.
+START_CANCELLED = -(1 << 62) + 1
+#: :meth:`JobStore.start` for a job Redis could not mark running: it is out of memory.
+START_NO_MEMORY = -(1 << 61)
 
 
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-class JobStore:
-    """Atomic job-state transitions on one Redis.
+class JobStore(JobStream):
+    """Atomic job-state transitions on one Redis (and, from :class:`JobStream`, the reads
+    and claims of the jobs stream).
 
     Args:
         redis: an asyncio client with ``decode_responses=False``.
@@ -49,68 +50,13 @@ class JobStore:
     """
 
     def __init__(self, redis: Redis, settings: Settings) -> None:
-        self.redis = redis
-        self.settings = settings
-        self.keys = Keys(settings.key_prefix)
+        super().__init__(redis, settings)
         keep_duplicate_fields(redis)  # an entry's repeated field must be seen, not overwritten
         self._start = redis.register_script(lua_source("pipeline_start"))
         self._complete = redis.register_script(lua_source("pipeline_complete"))
         self._fail = redis.register_script(lua_source("pipeline_fail"))
         self._move = redis.register_script(lua_source("pipeline_move_retries"))
-        self._refresh = redis.register_script(lua_source("pipeline_refresh"))
         self._handback = redis.register_script(lua_source("pipeline_handback"))
-
-    @property
-    def group(self) -> str:
-        return self.keys.jobs_group
-
-    async def ensure_group(self) -> None:
-        """Create the consumer group (and the stream) unless it exists."""
-        try:
-            await self.redis.xgroup_create(self.keys.jobs, self.group, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-
-    # ------------------------------------------------------------------ reading
-    async def read(
-        self, consumer: str, start_id: str, count: int, block_ms: int | None
-    ) -> list[tuple[str, dict[bytes, bytes] | None]]:
-        """``XREADGROUP``: ``start_id`` ``>`` for new entries, an id for this consumer's own
-        pending history. Deleted entries come back with ``None`` fields."""
-        reply = await self.redis.xreadgroup(
-            self.group, consumer, {self.keys.jobs: start_id}, count=count, block=block_ms
-        )
-        if not reply:
-            return []
-        return [(_s(entry_id), fields or None) for entry_id, fields in reply[0][1]]
-
-    async def autoclaim(
-        self, consumer: str, cursor: str, count: int
-    ) -> tuple[str, list[tuple[str, dict[bytes, bytes] | None]]]:
-        """``XAUTOCLAIM`` entries idle longer than ``claim_idle_ms``; returns the next cursor."""
-        reply = await self.redis.xautoclaim(
-            self.keys.jobs,
-            self.group,
-            consumer,
-            min_idle_time=self.settings.claim_idle_ms,
-            start_id=cursor,
-            count=count,
-        )
-        next_cursor, entries = _s(reply[0]), reply[1]
-        out: list[tuple[str, dict[bytes, bytes] | None]] = []
-        for item in entries:
-            # Redis 6.2 answers nil for a claimed entry deleted behind the group's back
-            # (only an outside XDEL/XTRIM does that: workers delete after the ack).
-            if item is None or item[0] is None:
-                continue
-            entry_id, fields = item
-            out.append((_s(entry_id), fields or None))
-        return next_cursor, out
-
-    async def ack_missing(self, entry_id: str) -> None:
-        """Ack a pending entry whose data is gone (deleted): nothing can run it."""
-        await self.redis.xack(self.keys.jobs, self.group, entry_id)
 
     # ------------------------------------------------------------------ transitions
     async def start(self, jobs: list[Job], consumer: str) -> list[int]:
@@ -120,9 +66,11 @@ class JobStore:
         is no longer ours, minus the delivery count when it is poison, :data:`START_DUPLICATE`
         when its job id already belongs to a job that waits for another entry (the job's own
         retries, replays and hand-backs name their entry in the job hash; any other entry
-        with that id must not touch the job). A job started without a job hash (hand-added,
-        or not written by a producer) gets ``counted = False``: whatever its fields claim,
-        nobody counted its request.
+        with that id must not touch the job), :data:`START_CANCELLED` when the job was
+        cancelled (it is not started: end it with the ack), :data:`START_NO_MEMORY` when
+        Redis, out of memory, refused to mark the job running (nothing was written). A job
+        started without a job hash (hand-added, or not written by a producer) gets
+        ``counted = False``: whatever its fields claim, nobody counted its request.
         """
         keys = [self.keys.jobs] + [self.keys.job(j.job_id) for j in jobs]
         args: list[Any] = [
@@ -137,8 +85,12 @@ class JobStore:
         reply = [int(x) for x in await self._start(keys=keys, args=args)]
         out: list[int] = []
         for job, state, deliveries in zip(jobs, reply[0::2], reply[1::2], strict=True):
-            if state == -2:
+            if state == -3:
+                out.append(START_CANCELLED)
+            elif state == -2:
                 out.append(START_DUPLICATE)
+            elif state == -4:
+                out.append(START_NO_MEMORY)
             elif state == -1:
                 out.append(-deliveries)
             elif state == 0:
@@ -179,9 +131,19 @@ class JobStore:
         )
         fields = _flatten(encode_job(again))
         return await self._run_fail(
-            job.entry_id, job.job_id, "retry", now, worker, error_type, message,
-            job.attempt, not job.counted, int(delay_s * 1000), fields, job.model,
-        )  # fmt: skip
+            job.entry_id,
+            job.job_id,
+            "retry",
+            now,
+            worker,
+            error_type,
+            message,
+            job.attempt,
+            not job.counted,
+            int(delay_s * 1000),
+            fields,
+            job.model,
+        )
 
     async def dead_letter(
         self,
@@ -237,10 +199,19 @@ class JobStore:
             "truncated": "1" if truncated else "0",
         }
         return await self._run_fail(
-            entry_id, job_id, "dead" if touch_job else "stray", now, worker, error_type, message,
-            attempt, "auto" if counted is None else not counted, DLQ_MAX_ENTRIES,
-            _flatten(letter), model,
-        )  # fmt: skip
+            entry_id,
+            job_id,
+            "dead" if touch_job else "stray",
+            now,
+            worker,
+            error_type,
+            message,
+            attempt,
+            "auto" if counted is None else not counted,
+            DLQ_MAX_ENTRIES,
+            _flatten(letter),
+            model,
+        )
 
     async def dead_letter_job(
         self,
@@ -349,13 +320,6 @@ class JobStore:
         if int(next_due) < 0:
             return int(moved), None
         return int(moved), max(0.0, (int(next_due) - int(redis_now)) / 1000)
-
-    async def refresh(self, entry_ids: list[str], consumer: str) -> list[str]:
-        """Reset the idle time of entries still ours; returns those another worker owns."""
-        if not entry_ids:
-            return []
-        lost = await self._refresh(keys=[self.keys.jobs], args=[self.group, consumer, *entry_ids])
-        return [_s(x) for x in lost]
 
     async def hand_back(self, job: Job) -> bool:
         """Re-add ``job`` as a fresh entry and ack its old one (shutdown); False if not ours."""

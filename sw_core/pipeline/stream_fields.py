@@ -9,7 +9,10 @@ can refuse the entry.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 
 class EntryFields(dict[bytes, bytes]):
@@ -59,7 +62,7 @@ def parse_xautoclaim(response: Any, **options: Any) -> Any:
     return response
 
 
-def keep_duplicate_fields(redis: Any) -> None:
+def keep_duplicate_fields(redis: aioredis.Redis) -> None:
     """Make ``redis`` (one client, RESP2) return :class:`EntryFields` from its stream reads."""
     redis.set_response_callback("XREADGROUP", parse_xread)
     redis.set_response_callback("XAUTOCLAIM", parse_xautoclaim)

@@ -28,6 +28,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import ClassVar, TypeVar
 
+from sw_core.counters import INTEGRITY_FAILURES, STORAGE_BYTES_READ, STORAGE_RETRIES, Counters
 from sw_core.exceptions import (
     ConfigError,
     SecurityError,
@@ -36,7 +37,6 @@ from sw_core.exceptions import (
     is_transient,
 )
 from sw_core.hashing import Expected, hex_digest_async
-from sw_core.ops.stats import INTEGRITY_FAILURES, STORAGE_BYTES_READ, STORAGE_RETRIES, Counters
 from sw_core.retry import RetryPolicy, retry_async
 
 T = TypeVar("T")
@@ -86,7 +86,7 @@ class StorageBackend(ABC):
 
     Args:
         counters: where to count bytes read, retries, failovers and integrity failures
-            (a private :class:`~sw_core.ops.stats.Counters` when omitted).
+            (a private :class:`~sw_core.counters.Counters` when omitted).
         retry: backoff for transient failures (:class:`~sw_core.retry.RetryPolicy` defaults).
         timeout_s: limit of each single attempt of each call.
         sleep: how to wait between retries (tests inject a recorder).

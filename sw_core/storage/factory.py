@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from sw_core.counters import Counters
 from sw_core.exceptions import ConfigError
-from sw_core.ops.stats import Counters
 from sw_core.retry import RetryPolicy
 from sw_core.settings import Settings
 from sw_core.storage.base import StorageBackend

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
+from sw_core.counters import INTEGRITY_FAILURES, STORAGE_FAILOVERS, Counters
 from sw_core.exceptions import (
     ChunkNotFoundError,
     ConfigError,
@@ -20,7 +21,6 @@ from sw_core.exceptions import (
     is_transient,
 )
 from sw_core.hashing import Expected, hex_digest_async
-from sw_core.ops.stats import INTEGRITY_FAILURES, STORAGE_FAILOVERS, Counters
 from sw_core.storage.base import (
     Payload,
     StorageBackend,
@@ -132,12 +132,12 @@ class FailoverBackend(StorageBackend):
                 actual = await hex_digest_async(expected.algorithm, data)
                 if not expected.matches(actual):
                     self.counters.incr(INTEGRITY_FAILURES)
-                    exc = SecurityError(
+                    mismatch = SecurityError(
                         f"{expected.algorithm} {actual[:16]}... instead of "
                         f"{expected.hexdigest[:16]}... ({len(data)} bytes)"
                     )
-                    corrupt.append((backend, exc))
-                    log.warning("corrupt copy of %r in %s: %s", key, backend.describe(), exc)
+                    corrupt.append((backend, mismatch))
+                    log.warning("corrupt copy of %r in %s: %s", key, backend.describe(), mismatch)
                     continue
                 if corrupt and self.repair:
                     await self._repair(key, data, [b for b, _ in corrupt])

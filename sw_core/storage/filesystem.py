@@ -6,16 +6,20 @@ import asyncio
 import errno
 import os
 import tempfile
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from sw_core.counters import INTEGRITY_FAILURES, STORAGE_BYTES_READ, Counters
 from sw_core.exceptions import (
     ChunkNotFoundError,
     PermanentStorageError,
     SecurityError,
     StorageError,
 )
-from sw_core.ops.stats import STORAGE_BYTES_READ, Counters
+from sw_core.hashing import Expected, OrderedHash
 from sw_core.retry import RetryPolicy
 from sw_core.storage.base import (
     Payload,
@@ -23,11 +27,32 @@ from sw_core.storage.base import (
     SleepFn,
     check_key,
 )
+from sw_core.storage.direct import (
+    PIECE_BYTES,
+    DirectUnsupported,
+    drop_cached,
+    is_aligned,
+    read_direct,
+)
 
 #: Suffix of the temporary files behind atomic writes; ``list`` never shows them.
 PARTIAL_SUFFIX = ".sw-partial"
 
 _MISSING_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR}
+_hash_threads: ThreadPoolExecutor | None = None
+_hash_lock = threading.Lock()
+
+
+def _hash_pool() -> ThreadPoolExecutor:
+    """Two threads that hash pieces of chunk reads while the next pieces are read (one per
+    read in flight; a third read waits for one of them)."""
+    global _hash_threads
+    with _hash_lock:
+        if _hash_threads is None:
+            _hash_threads = ThreadPoolExecutor(2, thread_name_prefix="sw-read-hash")
+        return _hash_threads
+
+
 _REFUSED_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}
 
 
@@ -37,6 +62,10 @@ class FilesystemBackend(RetryingBackend):
     Keys that would leave ``root`` (``..``, absolute paths, symlinks pointing outside) are
     refused with SecurityError. Writes are atomic (temporary file, fsync, ``os.replace``);
     reads go straight into one preallocated ``bytearray``. Blocking I/O runs in threads.
+
+    With ``direct_io`` (set by the engine's sources for a chunk set larger than memory,
+    ``SW_DIRECT_IO``), :meth:`load_into` reads past the page cache into an aligned buffer
+    (:mod:`sw_core.storage.direct`), and buffered reads drop the file's pages afterwards.
 
     Example:
         >>> backend = FilesystemBackend("/var/lib/sw/backup/minilm")  # doctest: +SKIP
@@ -53,9 +82,15 @@ class FilesystemBackend(RetryingBackend):
         retry: RetryPolicy | None = None,
         timeout_s: float = 30.0,
         sleep: SleepFn = asyncio.sleep,
+        direct_io: bool = False,
     ) -> None:
         super().__init__(counters=counters, retry=retry, timeout_s=timeout_s, sleep=sleep)
         self.root = Path(root).expanduser().absolute()
+        #: Read chunks past the page cache (see the class doc).
+        self.direct_io = direct_io
+        #: Reads that went past the page cache / the file system refused it.
+        self.direct_reads = 0
+        self._direct_refused = False
 
     def describe(self) -> str:
         return str(self.root)
@@ -106,8 +141,51 @@ class FilesystemBackend(RetryingBackend):
         self.counters.incr(STORAGE_BYTES_READ, view.nbytes)
         return view
 
+    async def load_verified_into(
+        self, key: str, out: memoryview, sha256: str, *, blake3: str | None = None
+    ) -> memoryview:
+        """:meth:`load_into`, checked against ``blake3`` (else ``sha256``) as it is read: each
+        piece is hashed on a helper thread as soon as it landed while the next one is read,
+        so the check costs no pass of its own and the disk does not wait for it.
+
+        Raises:
+            SecurityError: the bytes do not match (counted in ``integrity_failures``).
+        """
+        check_key(key)
+        path = self.path_of(key)
+        expected = Expected.of(sha256, blake3)
+
+        def read() -> tuple[memoryview, str]:
+            digest = OrderedHash(_hash_pool(), expected.algorithm)
+            try:
+                view = self._read(path, key, out.nbytes, out, digest.feed)
+            except BaseException:
+                digest.abandon()
+                raise
+            return view, digest.hexdigest()
+
+        try:
+            view, actual = await asyncio.to_thread(read)
+        except OSError as exc:
+            if isinstance(exc, StorageError):
+                raise
+            raise self._error(exc, "load", key) from exc
+        self.counters.incr(STORAGE_BYTES_READ, view.nbytes)
+        if not expected.matches(actual):
+            self.counters.incr(INTEGRITY_FAILURES)
+            raise SecurityError(
+                f"{key!r} in {self.describe()} is corrupt: {expected.algorithm} "
+                f"{actual[:16]}... instead of {expected.hexdigest[:16]}... ({view.nbytes} bytes)"
+            )
+        return view
+
     def _read(
-        self, path: Path, key: str, max_size_bytes: int | None, out: memoryview | None = None
+        self,
+        path: Path,
+        key: str,
+        max_size_bytes: int | None,
+        out: memoryview | None = None,
+        feed: Callable[[memoryview], None] | None = None,
     ) -> Any:
         with open(path, "rb", buffering=0) as handle:
             size = os.fstat(handle.fileno()).st_size
@@ -116,16 +194,28 @@ class FilesystemBackend(RetryingBackend):
                     f"{key!r} in {self.root} is {size} bytes, over the limit of "
                     f"{max_size_bytes} bytes"
                 )
+            if out is not None and self.direct_io and not self._direct_refused:
+                if is_aligned(out):
+                    try:
+                        read_direct(path, out, size, feed)
+                        self.direct_reads += 1
+                        return out[:size]
+                    except DirectUnsupported:  # nothing was read: read it buffered
+                        self._direct_refused = True
             data: Any = bytearray(size) if out is None else out[:size]
             view = memoryview(data)
             got = 0
             while got < size:
-                n = handle.readinto(view[got:])
+                n = handle.readinto(view[got : got + PIECE_BYTES])
                 if not n:
                     break
+                if feed is not None:
+                    feed(view[got : got + n])
                 got += n
             if got != size or handle.read(1):
                 raise StorageError(f"{key!r} in {self.root} changed size while being read")
+            if self.direct_io:
+                drop_cached(handle.fileno())
         return data
 
     async def _save_once(self, key: str, data: Payload) -> None:

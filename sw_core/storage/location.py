@@ -1,7 +1,7 @@
 """The one grammar of chunk-set locations.
 
 A location is ``s3://BUCKET[/PREFIX]``, a folder path, or ``file://PATH``; any of them may
-end in a manifest pin ``#sha256=<hex>`` (:mod:`sw_core.chunks.pin`). The registry, the
+end in a manifest pin ``#sha256=<hex>`` (checked by :mod:`sw_core.chunks.pin`). The registry, the
 workers, the engine and every ``sw`` command read locations through :func:`parse_location`.
 """
 
@@ -11,11 +11,37 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from sw_core.chunks.pin import PIN_MARK, split_pin
 from sw_core.exceptions import ConfigError
+from sw_core.utils import calculate_chunk_hash
 
 #: S3 bucket names: 3-63 lowercase letters, digits, dots and hyphens.
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+#: What separates a location from its manifest pin.
+PIN_MARK = "#sha256="
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def split_pin(location: str) -> tuple[str, str | None]:
+    """``(location without its pin, the pin or None)``.
+
+    Raises:
+        ConfigError: a pin that is not 64 hex digits.
+    """
+    base, mark, pin = location.strip().rpartition(PIN_MARK)
+    if not mark:
+        return location.strip(), None
+    pin = pin.strip().lower()
+    if not _HEX64.fullmatch(pin):
+        raise ConfigError(f"{location!r}: the manifest pin after {PIN_MARK!r} is not a sha256")
+    return base, pin
+
+
+def pin_location(location: str, manifest_bytes: bytes) -> str:
+    """``location`` pinned to the manifest ``manifest_bytes`` (an old pin is replaced)."""
+    base, _ = split_pin(location)
+    return f"{base}{PIN_MARK}{calculate_chunk_hash(manifest_bytes)}"
 
 
 @dataclass(frozen=True)

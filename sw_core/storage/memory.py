@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from sw_core.counters import Counters
 from sw_core.exceptions import ChunkNotFoundError, SecurityError
-from sw_core.ops.stats import Counters
 from sw_core.retry import RetryPolicy
 from sw_core.storage.base import Payload, RetryingBackend, SleepFn
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -29,7 +30,9 @@ from typing import Any, TypeVar
 import urllib3
 from minio import Minio
 from minio.error import InvalidResponseError, S3Error, ServerError
+from minio.helpers import DictType
 
+from sw_core.counters import STORAGE_BYTES_READ, Counters
 from sw_core.exceptions import (
     ChunkNotFoundError,
     ConfigError,
@@ -37,10 +40,9 @@ from sw_core.exceptions import (
     SecurityError,
     StorageError,
 )
-from sw_core.ops.stats import Counters
 from sw_core.retry import RetryPolicy
 from sw_core.settings import Secret, Settings
-from sw_core.storage.base import Payload, RetryingBackend, SleepFn
+from sw_core.storage.base import Payload, RetryingBackend, SleepFn, check_key
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -237,10 +239,21 @@ class S3Backend(RetryingBackend):
             raise self._error(exc, op, key) from exc
 
     # ---------------------------------------------------------------- reads
-    async def _load_once(self, key: str, max_size_bytes: int | None) -> bytearray:
+    async def load_into(self, key: str, out: memoryview) -> memoryview:
+        """Read the object into ``out`` (at least its size, which is also the size limit):
+        the ranged GETs land in the caller's buffer, no buffer of this backend's own in
+        between; returns the filled ``out[:size]``. Retried like :meth:`load`."""
+        check_key(key)
+        data = await self._call("load", key, lambda: self._load_once(key, out.nbytes, out))
+        self.counters.incr(STORAGE_BYTES_READ, len(data))
+        return memoryview(data)
+
+    async def _load_once(
+        self, key: str, max_size_bytes: int | None, out: memoryview | None = None
+    ) -> Any:
         name = self.object_name(key)
         data, filled, etag = await self._guarded(
-            "load", key, self._read_first, name, key, max_size_bytes
+            "load", key, self._read_first, name, key, max_size_bytes, out
         )
         ranges = [
             (offset, min(self.range_size_bytes, len(data) - offset))
@@ -259,16 +272,17 @@ class S3Backend(RetryingBackend):
         return data
 
     def _read_first(
-        self, name: str, key: str, max_size_bytes: int | None
-    ) -> tuple[bytearray, int, str | None]:
-        """GET the first range; allocate the whole buffer from ``Content-Range``."""
+        self, name: str, key: str, max_size_bytes: int | None, out: memoryview | None = None
+    ) -> tuple[Any, int, str | None]:
+        """GET the first range; allocate the whole buffer from ``Content-Range`` (or take
+        ``out[:size]``)."""
         try:
             response = self.client.get_object(
                 self.bucket_name, name, offset=0, length=self.range_size_bytes
             )
         except S3Error as exc:
             if exc.code == "InvalidRange":  # only an empty object has no byte 0
-                return bytearray(), 0, None
+                return (bytearray() if out is None else out[:0]), 0, None
             raise
         try:
             content_range = response.headers.get("Content-Range")
@@ -287,7 +301,7 @@ class S3Backend(RetryingBackend):
                     f"{key!r} in {self.describe()} is {total} bytes, over the limit of "
                     f"{max_size_bytes} bytes"
                 )
-            data = bytearray(total)
+            data: Any = bytearray(total) if out is None else out[:total]
             self._fill(response, memoryview(data)[:length], name)
             etag = response.headers.get("ETag")
             return data, length, etag
@@ -298,7 +312,7 @@ class S3Backend(RetryingBackend):
     def _read_range(
         self, name: str, view: memoryview, offset: int, length: int, etag: str | None
     ) -> None:
-        headers = {"If-Match": etag} if etag else None
+        headers: DictType | None = {"If-Match": etag} if etag else None
         response = self.client.get_object(
             self.bucket_name, name, offset=offset, length=length, request_headers=headers
         )
@@ -309,7 +323,7 @@ class S3Backend(RetryingBackend):
             response.release_conn()
 
     @staticmethod
-    def _fill(response: Any, target: memoryview, name: str) -> None:
+    def _fill(response: urllib3.BaseHTTPResponse, target: memoryview, name: str) -> None:
         got = 0
         while got < len(target):
             n = response.readinto(target[got : got + _READ_BLOCK_BYTES])
@@ -357,6 +371,19 @@ class S3Backend(RetryingBackend):
     async def _save_once(self, key: str, data: Payload) -> None:
         name = self.object_name(key)
         await self._guarded("save", key, self._put, name, data)
+
+    async def save_file(self, key: str, path: str | os.PathLike[str]) -> None:
+        """Upload the file at ``path`` under ``key`` (streamed from disk in parts, never
+        whole in memory), with the same retries as :meth:`save`."""
+        check_key(key)
+        name = self.object_name(key)
+
+        def put() -> None:
+            self.client.fput_object(
+                self.bucket_name, name, os.fspath(path), num_parallel_uploads=_UPLOAD_PARTS
+            )
+
+        await self._call("save", key, lambda: self._guarded("save", key, put))
 
     def _put(self, name: str, data: Payload) -> None:
         self.client.put_object(

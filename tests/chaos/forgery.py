@@ -8,6 +8,7 @@ headers that lie about sizes or overlap, and a header length of many gigabytes.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import pathlib
@@ -15,7 +16,7 @@ import pickle
 import struct
 from pathlib import Path
 
-from sw_core.chunks.manifest import ChunkInfo, Manifest
+from sw_core.chunks.manifest import Manifest
 from sw_core.hashing import hex_digest
 
 
@@ -23,17 +24,15 @@ def replace_chunk(folder: Path, manifest: Manifest, index: int, data: bytes) -> 
     """Put ``data`` in chunk ``index``'s file AND its manifest entry (a consistent forgery)."""
     old = manifest.chunks[index]
     (folder / old.file).write_bytes(data)
-    forged = ChunkInfo(
-        **{
-            **old.__dict__,
-            "size_bytes": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(),
-            "blake3": hex_digest("blake3", data) if old.blake3 else None,
-        }
+    forged = dataclasses.replace(
+        old,
+        size_bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        blake3=hex_digest("blake3", data) if old.blake3 else None,
     )
     chunks = list(manifest.chunks)
     chunks[index] = forged
-    updated = Manifest(**{**manifest.__dict__, "chunks": chunks})
+    updated = dataclasses.replace(manifest, chunks=chunks)
     updated.save(folder)
     return updated
 

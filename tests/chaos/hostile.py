@@ -15,7 +15,8 @@ from typing import Any
 import msgpack
 from hypothesis import strategies as st
 
-from sw_core.pipeline.jobs import META_FIELDS, TASKS
+from sw_core.pipeline.jobs import META_FIELDS
+from sw_core.schema import TASKS
 
 #: Models the fuzzed worker knows (``SW_MODELS``); others dead-letter as ModelError.
 KNOWN_MODELS = ("m1", "m2")
@@ -93,19 +94,35 @@ _structures = st.recursive(
 @st.composite
 def payloads(draw: st.DrawFn) -> bytes:
     """A ``payload`` field: sometimes valid, mostly subtly or grossly wrong."""
-    kind = draw(st.sampled_from(
-        ["valid", "valid-params", "random", "wrong-inputs", "mixed-keys", "deep", "claims",
-         "huge-text", "huge-bytes", "many-inputs", "trailing", "not-msgpack"]
-    ))  # fmt: skip
+    kind = draw(
+        st.sampled_from(
+            [
+                "valid",
+                "valid-params",
+                "random",
+                "wrong-inputs",
+                "mixed-keys",
+                "deep",
+                "claims",
+                "huge-text",
+                "huge-bytes",
+                "many-inputs",
+                "trailing",
+                "not-msgpack",
+            ]
+        )
+    )
     if kind == "valid":
         texts = draw(st.lists(st.text(min_size=1, max_size=30), min_size=1, max_size=4))
         return msgpack.packb({"inputs": texts, "params": {}}, use_bin_type=True)
     if kind == "valid-params":
         params = draw(st.dictionaries(st.sampled_from(FIELD_NAMES), _scalars, max_size=4))
-        inputs = draw(st.one_of(
-            st.lists(st.text(min_size=1, max_size=10), min_size=1, max_size=3),
-            st.lists(st.lists(st.integers(-5, 2**40), min_size=1, max_size=5), max_size=3),
-        ))  # fmt: skip
+        inputs = draw(
+            st.one_of(
+                st.lists(st.text(min_size=1, max_size=10), min_size=1, max_size=3),
+                st.lists(st.lists(st.integers(-5, 2**40), min_size=1, max_size=5), max_size=3),
+            )
+        )
         return msgpack.packb({"inputs": inputs, "params": params}, use_bin_type=True)
     if kind == "random":
         return msgpack.packb(draw(_structures), use_bin_type=True)
@@ -166,9 +183,11 @@ def values(draw: st.DrawFn, name: bytes) -> bytes:
         size = draw(st.sampled_from([10_000, (1 << 20) + 10, 2 << 20]))
         return b"a" * size
     if roll == 3:
-        return draw(st.sampled_from(
-            [b"-1", b"0", b"1e9", b"nan", b"inf", b"9" * 5000, b"\xd9\xa1", b"1_000", b" 2 "]
-        ))  # fmt: skip
+        return draw(
+            st.sampled_from(
+                [b"-1", b"0", b"1e9", b"nan", b"inf", b"9" * 5000, b"\xd9\xa1", b"1_000", b" 2 "]
+            )
+        )
     if roll == 4:
         return draw(payloads())
     return draw(st.text(max_size=40)).encode("utf-8")
@@ -189,10 +208,15 @@ def entries(draw: st.DrawFn) -> dict[bytes, bytes]:
         count = draw(st.sampled_from([33, 200, 2_000]))
         names = [b"model", b"task"] + [f"f{i}".encode() for i in range(count)]
     else:
-        names = draw(st.lists(
-            st.one_of(st.sampled_from(FIELD_NAMES).map(str.encode), st.binary(min_size=1, max_size=12)),
-            min_size=1, max_size=8,
-        ))  # fmt: skip
+        names = draw(
+            st.lists(
+                st.one_of(
+                    st.sampled_from(FIELD_NAMES).map(str.encode), st.binary(min_size=1, max_size=12)
+                ),
+                min_size=1,
+                max_size=8,
+            )
+        )
     entry: dict[bytes, bytes] = {}
     for name in names:
         if base == "many-fields" and name.startswith(b"f"):

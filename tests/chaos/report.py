@@ -109,9 +109,15 @@ def render_report(rows: list[Figures], *, command: str, failures: list[str]) -> 
     ]
     for r in rows:
         cells = [
-            r.scenario, r.produced, r.completed, r.dead_lettered, r.lost, r.duplicated,
-            r.recover_s, r.notes,
-        ]  # fmt: skip
+            r.scenario,
+            r.produced,
+            r.completed,
+            r.dead_lettered,
+            r.lost,
+            r.duplicated,
+            r.recover_s,
+            r.notes,
+        ]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     if failures:
         lines += ["", "## Failed scenarios in this run", ""]

@@ -121,7 +121,7 @@ async def test_a_user_restricted_to_the_deployment_prefix_can_run_the_pipeline(
             assert group["scoped"].alive, group.logs()
             async with Producer(settings=settings) as producer:
                 job_id = await producer.submit("tiny", "embed", ["scoped"])
-                result = await producer.result(job_id, timeout=30)
+                result = await producer.result(job_id, timeout_s=30)
         finally:
             await client.aclose()
     finally:

@@ -25,8 +25,8 @@ from sw_core.cache import ChunkCache
 from sw_core.chunks.manifest import MANIFEST_FILE, Manifest
 from sw_core.chunks.safetensors_io import load_tensors, parse_header
 from sw_core.chunks.verify import verify_chunk_set
+from sw_core.counters import INTEGRITY_FAILURES
 from sw_core.exceptions import SecurityError
-from sw_core.ops.stats import INTEGRITY_FAILURES
 from sw_core.pipeline.registry import ModelRegistry
 from sw_core.settings import Settings
 from sw_core.storage import S3Backend
@@ -40,7 +40,7 @@ from tests.support.servers import S3Server
 from tests.support.settings import CHAOS, fast_settings
 from tests.support.storage import tensor_chunk
 from tests.support.waiting import wait_until
-from workers.chunk_source import RemoteChunkSource
+from workers.chunks.chunk_source import RemoteChunkSource
 from workers.node import worker_options
 
 pytestmark = [pytest.mark.chaos]
@@ -260,8 +260,8 @@ async def test_a_job_on_a_forged_chunk_set_dead_letters_with_security_error(
     from producer import Producer
     from sw_core.exceptions import SurfingError
     from tests.support.models import tiny_engine_model
-    from workers.consumer import JobConsumer
-    from workers.inference import InferenceHandler
+    from workers.jobs.consumer import JobConsumer
+    from workers.jobs.inference import InferenceHandler
 
     canary = tmp_path / "canary-engine"
     folder = tmp_path / "tinyllama"
@@ -278,7 +278,7 @@ async def test_a_job_on_a_forged_chunk_set_dead_letters_with_security_error(
             async with Producer(settings=settings) as producer:
                 job_id = await producer.submit("forged-llama", "forward", [[2, 3, 4, 5]])
                 with pytest.raises(SurfingError) as caught:
-                    await producer.result(job_id, timeout=60)
+                    await producer.result(job_id, timeout_s=60)
                 status = await producer.status(job_id)
         finally:
             await consumer.stop(grace_s=5)

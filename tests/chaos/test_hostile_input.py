@@ -18,10 +18,11 @@ import redis
 from hypothesis import HealthCheck, given, seed
 from hypothesis import settings as hsettings
 
+from sw_core.counters import COMPLETED, DEAD_LETTERED
 from sw_core.exceptions import JobError
 from sw_core.local.redis_server import RedisServer
-from sw_core.ops.stats import COMPLETED, DEAD_LETTERED
-from sw_core.pipeline.jobs import MAX_INPUTS, TASKS, Job, decode_entry
+from sw_core.pipeline.jobs import Job, decode_entry
+from sw_core.schema import MAX_INPUTS, TASKS
 from sw_core.settings import Settings
 from tests.chaos.hostile import entries, entry_size_bytes
 from tests.chaos.report import Figures
@@ -151,8 +152,11 @@ async def test_hostile_entries_to_a_running_worker_all_end_and_it_stays_up(
     for _, letter in letters:
         assert letter[b"error_type"] and letter[b"error"] and letter[b"reason"], letter
     assert await chaos_client.xpending(KEYS.jobs, KEYS.jobs_group) == {
-        "pending": 0, "min": None, "max": None, "consumers": []
-    }  # fmt: skip
+        "pending": 0,
+        "min": None,
+        "max": None,
+        "consumers": [],
+    }
     growth_mib = (rss_after_kib - rss_before_kib) / 1024
     assert growth_mib < 256, (rss_before_kib, rss_after_kib)
     reasons: dict[str, int] = {}
@@ -197,9 +201,9 @@ async def test_an_entry_the_decoder_chokes_on_is_dead_lettered_not_retried_forev
     JobError leaves it pending forever: reclaimed, choked on again, never dead-lettered
     (``max_deliveries`` is checked only when a job starts), and the entries read with it
     in the same batch are never taken either."""
-    import workers.consumer as consumer_module
+    import workers.jobs.consumer as consumer_module
     from tests.support.handlers import SmallEcho
-    from workers.consumer import JobConsumer
+    from workers.jobs.consumer import JobConsumer
 
     real_decode = consumer_module.decode_entry
 

@@ -17,7 +17,7 @@ from collections import Counter
 import pytest
 
 from producer import Producer
-from sw_core.ops.stats import COMPLETED, DEAD_LETTERED, ERRORS, TOTAL_REQUESTS
+from sw_core.counters import COMPLETED, DEAD_LETTERED, ERRORS, TOTAL_REQUESTS
 from tests.support.observe import KEYS, pending_count, read_stats, recorded_events
 from tests.support.processes import Cluster, worker_env
 from tests.support.settings import fast_settings
@@ -70,10 +70,11 @@ async def test_kill_9_one_of_two_workers_mid_batch_loses_nothing(
         held = await _pending_entries(redis_client, "victim")  # frozen: it is dead
         assert held, "the victim held no entries when it died"
         took = await wait_until(
-            lambda: _pending_is(redis_client, "victim", 0), claim_idle_ms / 1000 + 5,
+            lambda: _pending_is(redis_client, "victim", 0),
+            claim_idle_ms / 1000 + 5,
             "the survivor to reclaim the victim's entries",
-        )  # fmt: skip
-        results = await asyncio.gather(*(p.result(j, timeout=60) for j in ids))
+        )
+        results = await asyncio.gather(*(p.result(j, timeout_s=60) for j in ids))
     assert took <= claim_idle_ms / 1000 + 2, took
     assert [r["job_id"] for r in results] == ids  # 0 lost
     events = await recorded_events(redis_client, settings)
@@ -86,5 +87,7 @@ async def test_kill_9_one_of_two_workers_mid_batch_loses_nothing(
     assert counts[COMPLETED] == 12 and counts[TOTAL_REQUESTS] == 12
     assert ERRORS not in counts and DEAD_LETTERED not in counts
     assert await pending_count(redis_client) == 0
-    print(f"reclaimed {len(held)} entries in {took:.2f} s; {len(duplicates)} ran twice; "
-          f"all done {time.monotonic() - killed_at:.1f} s after the kill")  # fmt: skip
+    print(
+        f"reclaimed {len(held)} entries in {took:.2f} s; {len(duplicates)} ran twice; "
+        f"all done {time.monotonic() - killed_at:.1f} s after the kill"
+    )

@@ -3,7 +3,7 @@
 A steady job stream runs through three inference nodes (``arq workers.Settings``) and one
 loader (``arq workers.LoaderSettings``); every few seconds a random one of them is
 SIGKILLed and started again under the same name. Jobs run the REAL engine
-(:class:`workers.inference.InferenceHandler`, recorded by
+(:class:`workers.jobs.inference.InferenceHandler`, recorded by
 :class:`~tests.support.engine_handler.RecordingInference`): ``forward`` passes of a small
 random LLaMA chunked and published to S3 (backup folder behind it), its chunks read
 through the shared Redis cache and loaded by the loaders. In the long version the model
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from sw_core.counters import COMPLETED, DEAD_LETTERED
 from sw_core.local.redis_server import RedisServer
-from sw_core.ops.stats import COMPLETED, DEAD_LETTERED
 from sw_core.pipeline.registry import ModelRegistry
 from tests.chaos.harness import LoadGenerator, publish_folder
 from tests.chaos.report import Figures

@@ -25,8 +25,8 @@ from tests.support.processes import Cluster, worker_env
 from tests.support.servers import S3Server
 from tests.support.settings import CHAOS, fast_settings
 from tests.support.waiting import wait_until
-from workers.chunk_source import RemoteChunkSource
-from workers.loader import load_job_id
+from workers.chunks.chunk_source import RemoteChunkSource
+from workers.chunks.protocol import load_job_id
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 

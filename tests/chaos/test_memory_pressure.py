@@ -176,9 +176,9 @@ async def test_jobs_under_redis_oom_dead_letter_with_a_reason_and_none_is_lost(
         exited: list[str] = []
 
         async def settled() -> bool:
-            # A worker can exit here: arq's own bookkeeping (finish_job) hits the OOM too and
-            # its poll loop has no error handling -- the defect test_redis_faults.py shows
-            # deterministically. Restart it as a supervisor would and count it.
+            # No worker should exit here (workers.arq_compat keeps arq's loop up while its
+            # bookkeeping is refused); were one to, restart it as a supervisor would, and
+            # count it in the figures.
             for worker in cluster:
                 if not worker.alive:
                     exited.append(worker.name)
@@ -221,9 +221,10 @@ async def test_jobs_under_redis_oom_dead_letter_with_a_reason_and_none_is_lost(
     assert done + dead == len(ids)
     assert dead > 0, "no job met the OOM: the scenario did not bite"
     assert counts.get("errors:CacheError", 0) > 0  # the OOM surfaced as a CacheError
-    # A retry's final error can be WeightServerError ("not loaded within 5 s") instead: a
-    # load whose arq bookkeeping hit the OOM keeps its in-progress key and blocks the chunk
-    # (the defect test_loader_kill.py shows); the reason is then misleading, but still one.
+    # A retry's final error can be WeightServerError ("not loaded within 5 s") instead: arq
+    # cannot start a load while Redis refuses its transactions, and the waiter times out.
+    # Never JobError / poison: a job Redis is too full to start fails that attempt with
+    # the CacheError that says so (tests/integration/workers/test_admission.py).
     assert {t for t, _ in reasons} <= {"CacheError", "WeightServerError"}, reasons
     assert {r for _, r in reasons} == {"retries_exhausted"}, reasons
     assert all(m for m in messages)
@@ -240,7 +241,7 @@ async def test_an_oom_while_asking_a_loader_is_a_clear_transient_error(
 
     from sw_core.exceptions import SurfingError, is_transient
     from tests.support.storage import write_chunk_set
-    from workers.chunk_source import RemoteChunkSource
+    from workers.chunks.chunk_source import RemoteChunkSource
 
     manifest = write_chunk_set(tmp_path / "tiny", n_chunks=1)
     settings = fast_settings(small_redis.url, CHAOS, timeout_seconds=2)

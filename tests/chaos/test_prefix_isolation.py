@@ -21,8 +21,8 @@ from sw_core.pipeline.registry import ModelRegistry
 from tests.support.settings import CHAOS, fast_settings
 from tests.support.storage import write_chunk_set
 from tests.support.waiting import wait_until
-from workers.chunk_source import RemoteChunkSource
-from workers.loader import LOAD_CHUNK, arq_pool, load_job_id
+from workers.chunks.chunk_source import RemoteChunkSource
+from workers.chunks.protocol import LOAD_CHUNK, arq_pool, load_job_id
 from workers.node import worker_options
 
 pytestmark = [pytest.mark.chaos]

@@ -67,7 +67,7 @@ async def _probe(
             return None
         try:
             job_id = await producer.submit(model, "embed", ["probe"])
-            await producer.result(job_id, timeout=min(3.0, max(deadline - time.monotonic(), 0.1)))
+            await producer.result(job_id, timeout_s=min(3.0, max(deadline - time.monotonic(), 0.1)))
             return time.monotonic() - started
         except Exception:
             await asyncio.sleep(0.1)

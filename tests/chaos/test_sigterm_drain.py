@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from producer import Producer
+from sw_core.counters import COMPLETED, ERRORS, FAILED, TOTAL_REQUESTS
 from sw_core.local.redis_server import RedisServer
-from sw_core.ops.stats import COMPLETED, ERRORS, FAILED, TOTAL_REQUESTS
 from sw_core.pipeline.registry import ModelRegistry
 from tests.chaos.harness import publish_model
 from tests.chaos.report import Figures
@@ -83,8 +83,10 @@ async def test_sigterm_finishes_in_flight_and_hands_back_the_rest(
             leaver = f"leaver-{round_no}"
             cluster.add(leaver, env)
             await cluster.wait_registered(chaos_client, KEYS, 60, names=[leaver, "stayer"])
-            ids = [await producer.submit(model.name, "embed", [f"r{round_no} job {i}"])
-                   for i in range(12)]  # fmt: skip
+            ids = [
+                await producer.submit(model.name, "embed", [f"r{round_no} job {i}"])
+                for i in range(12)
+            ]
             all_ids += ids
 
             async def busy_with_backlog(name: str = leaver, batch: list[str] = ids) -> bool:
@@ -103,7 +105,7 @@ async def test_sigterm_finishes_in_flight_and_hands_back_the_rest(
             code = await asyncio.to_thread(cluster[leaver].wait, grace_s + 15)
             drains.append(time.monotonic() - term_at)
             assert code == 0, cluster[leaver].log_text()[-3000:]
-            results = await asyncio.gather(*(producer.result(j, timeout=90) for j in ids))
+            results = await asyncio.gather(*(producer.result(j, timeout_s=90) for j in ids))
             assert [r["job_id"] for r in results] == ids
             finals = {j: await producer.status(j) for j in ids}
             for job_id in in_flight:  # finished by the leaver during its drain

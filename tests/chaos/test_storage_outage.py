@@ -22,8 +22,8 @@ import pytest
 
 from producer import Producer
 from sw_core.cache import ChunkCache
+from sw_core.counters import STORAGE_FAILOVERS
 from sw_core.local.redis_server import RedisServer
-from sw_core.ops.stats import STORAGE_FAILOVERS
 from sw_core.pipeline.registry import ModelRegistry
 from tests.chaos.harness import LoadGenerator, publish_model
 from tests.chaos.report import Figures
@@ -145,7 +145,7 @@ async def test_storage_outage_fails_over_then_dead_letters_then_replays(
         )
         assert replay.returncode == 0, replay.stderr
         assert f"{per_phase} replayed, 0 left" in replay.stdout, replay.stdout
-        results = await asyncio.gather(*(producer.result(j, timeout=60) for j in doomed))
+        results = await asyncio.gather(*(producer.result(j, timeout_s=60) for j in doomed))
         recover_s = time.monotonic() - t0
         assert [r["job_id"] for r in results] == doomed
         assert await chaos_client.xlen(KEYS.dlq) == 0

@@ -65,13 +65,18 @@ def tls_redis(tmp_path: Path) -> Iterator[TlsRedis]:
     server = RedisServer(
         workdir=tmp_path / "redis",
         extra_args=[
-            "--tls-port", str(tls_port),
-            "--tls-cert-file", str(files["cert"]),
-            "--tls-key-file", str(files["key"]),
-            "--tls-ca-cert-file", str(files["ca"]),
-            "--tls-auth-clients", "no",
+            "--tls-port",
+            str(tls_port),
+            "--tls-cert-file",
+            str(files["cert"]),
+            "--tls-key-file",
+            str(files["key"]),
+            "--tls-ca-cert-file",
+            str(files["ca"]),
+            "--tls-auth-clients",
+            "no",
         ],
-    )  # fmt: skip
+    )
     server.workdir.mkdir(parents=True)
     try:
         server.start(timeout_s=10)
@@ -131,7 +136,7 @@ async def test_producer_and_workers_run_the_pipeline_over_tls(
             assert group["tls"].alive, group.logs()
             async with Producer(settings=settings) as producer:
                 job_ids = [await producer.submit("tiny", "embed", [f"t{i}"]) for i in range(3)]
-                results = [await producer.result(j, timeout=30) for j in job_ids]
+                results = [await producer.result(j, timeout_s=30) for j in job_ids]
             with ChunkCache.from_settings(settings) as cache:
                 cached = cache.info().chunks
         finally:

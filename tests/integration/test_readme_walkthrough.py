@@ -1,4 +1,4 @@
-"""The README's "Using it" walkthrough runs top to bottom as one script (issue 11).
+"""The README's "Using it" walkthrough runs top to bottom as one script.
 
 Its bash block, then its Python snippet (as ``embed.py``, while the workers run), then the
 block that stops the workers, as one ``bash`` script: real ``sw`` and ``arq`` processes, the
@@ -59,9 +59,13 @@ def test_readme_walkthrough_runs_as_a_script(redis_url: str, s3_server, tmp_path
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     env["HF_HUB_OFFLINE"] = "1"
     done = subprocess.run(
-        ["bash", "walkthrough.sh"], cwd=tmp_path, env=env, capture_output=True, text=True,
+        ["bash", "walkthrough.sh"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=1500,
-    )  # fmt: skip
+    )
     logs = "".join(
         f"\n--- {name}\n{(tmp_path / name).read_text()[-3000:]}"
         for name in ("inference.log", "loader.log")
@@ -83,10 +87,16 @@ def test_readme_walkthrough_runs_as_a_script(redis_url: str, s3_server, tmp_path
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
 
     log = (tmp_path / "inference.log").read_text()
-    assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} INFO workers\.node: worker \S+ "
-                     r"started: kind=inference .*models=minilm,smollm2", log, re.M), log[:2000]  # fmt: skip
-    assert len(re.findall(r" INFO workers\.outcomes: job \S+ done model=minilm", log)) == 4
-    assert re.search(r" INFO workers\.outcomes: job \S+ done model=smollm2 task=generate", log)
+    assert re.search(
+        r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} INFO workers\.node: worker \S+ "
+        r"started: kind=inference .*models=minilm,smollm2",
+        log,
+        re.M,
+    ), log[:2000]
+    assert len(re.findall(r" INFO workers\.jobs\.outcomes: job \S+ done model=minilm", log)) == 4
+    assert re.search(
+        r" INFO workers\.jobs\.outcomes: job \S+ done model=smollm2 task=generate", log
+    )
     assert re.search(r"chunk (minilm|smollm2)/\S+ loaded from storage", log + logs)
     assert not re.search(r"[0-9a-f]{64}", log), "chunk hashes in the worker log"
     # 4 embed jobs, 3 generate jobs (--wait, --stream, the snippet); the cancelled one is not done

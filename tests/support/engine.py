@@ -9,8 +9,8 @@ import torch
 
 from sw_core.cache import ChunkCache
 from sw_core.chunks.manifest import Manifest
-from sw_core.engine.continuous import DecodeSession, Sequence
-from sw_core.engine.sources import CachedChunkSource
+from sw_core.engine.io.sources import CachedChunkSource
+from sw_core.engine.tasks.continuous import DecodeSession, Sequence
 from sw_core.keys import Keys
 from sw_core.storage import FilesystemBackend
 from tests.support.models import VOCAB
@@ -81,7 +81,7 @@ def reference_generate(
 async def drive_session(
     session: DecodeSession, plan: dict[int, list[Sequence]]
 ) -> dict[str, Sequence]:
-    """Step a :class:`~sw_core.engine.continuous.DecodeSession` until every sequence ended;
+    """Step a :class:`~sw_core.engine.tasks.continuous.DecodeSession` until every sequence ended;
     ``plan[step]`` (sequences) joins before that step (1-based). Finished sequences by key."""
     done: dict[str, Sequence] = {}
     step = 0
@@ -91,3 +91,35 @@ async def drive_session(
         for seq in report.finished:
             done[seq.key] = seq
     return done
+
+
+class OpenAIPenalties:
+    """The reference: OpenAI's/vLLM's additive penalties as a transformers logits processor."""
+
+    def __init__(self, start: int, frequency: float, presence: float) -> None:
+        self.start, self.frequency, self.presence = start, frequency, presence
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.clone()
+        for row in range(input_ids.shape[0]):
+            counts = torch.bincount(input_ids[row, self.start :], minlength=scores.shape[-1])
+            scores[row] -= self.frequency * counts + self.presence * (counts > 0)
+        return scores
+
+
+def reference_penalized(
+    model: torch.nn.Module, prompt: list[int], new: int, frequency: float, presence: float
+) -> list[int]:
+    from transformers import LogitsProcessorList
+
+    ids = torch.tensor([prompt])
+    processor = OpenAIPenalties(len(prompt), frequency, presence)
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=new,
+            do_sample=False,
+            logits_processor=LogitsProcessorList([processor]),
+        )
+    return out[0, len(prompt) :].tolist()

@@ -1,7 +1,7 @@
 """The real inference handler with every execution recorded, for the kill -9 soak.
 
 ``SW_HANDLER=tests.support.engine_handler:RecordingInference`` runs jobs through
-:class:`workers.inference.InferenceHandler` (the streaming engine over the shared chunk
+:class:`workers.jobs.inference.InferenceHandler` (the streaming engine over the shared chunk
 cache and the loaders) and records ``start``/``end``/``fail`` like
 :class:`tests.support.handlers.ChunkHandler`, so duplicates can be counted across processes.
 Kept apart from :mod:`tests.support.handlers` because importing it imports torch.
@@ -14,7 +14,7 @@ from typing import Any
 from sw_core.pipeline.jobs import Job
 from sw_core.settings import Settings
 from tests.support.handlers import Recorder
-from workers.inference import InferenceHandler
+from workers.jobs.inference import InferenceHandler
 
 
 class RecordingInference(InferenceHandler):

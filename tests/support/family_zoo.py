@@ -18,10 +18,16 @@ VOCAB = 4096
 WINDOW = 4
 
 _COMMON: dict[str, Any] = dict(
-    vocab_size=VOCAB, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
-    intermediate_size=128, max_position_embeddings=128, bos_token_id=0, eos_token_id=1,
+    vocab_size=VOCAB,
+    hidden_size=64,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    intermediate_size=128,
+    max_position_embeddings=128,
+    bos_token_id=0,
+    eos_token_id=1,
     pad_token_id=1,
-)  # fmt: skip
+)
 _GQA: dict[str, Any] = dict(num_key_value_heads=2)
 
 
@@ -30,9 +36,13 @@ def decoder_config(kind: str) -> transformers.PretrainedConfig:
     c = dict(_COMMON)
     if kind == "qwen2":  # q/k/v biases, untied head, sliding window on the upper layers
         return transformers.Qwen2Config(
-            **c, **_GQA, tie_word_embeddings=False, use_sliding_window=True,
-            sliding_window=WINDOW, max_window_layers=1,
-        )  # fmt: skip
+            **c,
+            **_GQA,
+            tie_word_embeddings=False,
+            use_sliding_window=True,
+            sliding_window=WINDOW,
+            max_window_layers=1,
+        )
     if kind == "qwen3":  # q/k norms, tied head
         return transformers.Qwen3Config(**c, **_GQA, head_dim=16, tie_word_embeddings=True)
     if kind == "mistral":
@@ -41,14 +51,21 @@ def decoder_config(kind: str) -> transformers.PretrainedConfig:
         )
     if kind == "gemma2":  # scaled embeddings, soft-capping, alternating sliding layers
         return transformers.Gemma2Config(
-            **c, **_GQA, head_dim=16, sliding_window=WINDOW, final_logit_softcapping=30.0,
+            **c,
+            **_GQA,
+            head_dim=16,
+            sliding_window=WINDOW,
+            final_logit_softcapping=30.0,
             attn_logit_softcapping=50.0,
-        )  # fmt: skip
+        )
     if kind == "gemma3_text":
         return transformers.Gemma3TextConfig(
-            **c, **_GQA, head_dim=16, sliding_window=WINDOW,
+            **c,
+            **_GQA,
+            head_dim=16,
+            sliding_window=WINDOW,
             layer_types=["sliding_attention", "full_attention", "sliding_attention"],
-        )  # fmt: skip
+        )
     if kind == "phi3":  # fused qkv / gate_up projections, untied head
         return transformers.Phi3Config(
             **c, **_GQA, sliding_window=WINDOW, tie_word_embeddings=False
@@ -83,29 +100,47 @@ def decoder_model(kind: str, seed: int = 0) -> torch.nn.Module:
 #: Experts per mixture-of-experts layer in the MoE zoo, and how many each token uses.
 EXPERTS = 8
 _MOE: dict[str, Any] = dict(
-    vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-    num_key_value_heads=2, intermediate_size=128, max_position_embeddings=128,
-    bos_token_id=0, eos_token_id=1, pad_token_id=1,
-)  # fmt: skip
+    vocab_size=VOCAB,
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=128,
+    max_position_embeddings=128,
+    bos_token_id=0,
+    eos_token_id=1,
+    pad_token_id=1,
+)
 
 
 def moe_config(kind: str) -> transformers.PretrainedConfig:
     """A tiny mixture-of-experts config: 8 experts of 96 KiB per layer, 2 or 3 per token."""
     if kind == "mixtral":  # untied head, sliding window
         return transformers.MixtralConfig(
-            **_MOE, num_local_experts=EXPERTS, num_experts_per_tok=2, sliding_window=WINDOW,
+            **_MOE,
+            num_local_experts=EXPERTS,
+            num_experts_per_tok=2,
+            sliding_window=WINDOW,
             tie_word_embeddings=False,
-        )  # fmt: skip
+        )
     if kind == "qwen2_moe":  # plus a shared expert with its gate
         return transformers.Qwen2MoeConfig(
-            **_MOE, moe_intermediate_size=128, shared_expert_intermediate_size=128,
-            num_experts=EXPERTS, num_experts_per_tok=2, tie_word_embeddings=False,
-        )  # fmt: skip
+            **_MOE,
+            moe_intermediate_size=128,
+            shared_expert_intermediate_size=128,
+            num_experts=EXPERTS,
+            num_experts_per_tok=2,
+            tie_word_embeddings=False,
+        )
     if kind == "qwen3_moe":  # tied head, three experts per token
         return transformers.Qwen3MoeConfig(
-            **_MOE, head_dim=16, moe_intermediate_size=128, num_experts=EXPERTS,
-            num_experts_per_tok=3, tie_word_embeddings=True,
-        )  # fmt: skip
+            **_MOE,
+            head_dim=16,
+            moe_intermediate_size=128,
+            num_experts=EXPERTS,
+            num_experts_per_tok=3,
+            tie_word_embeddings=True,
+        )
     raise ValueError(kind)
 
 

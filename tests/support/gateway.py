@@ -34,23 +34,36 @@ CHAT_TEMPLATE = (
 def build_tiny_chat(folder: Path) -> None:
     """Chunk a 2-layer random LLaMA with MiniLM's tokenizer (and a chat template) into
     ``folder``."""
+    from sw_core.chunks.chunker import chunk_model
+
+    model, tokenizer = tiny_chat_model()
+    chunk_model(model, folder, name="tinychat", tokenizer=tokenizer)
+
+
+def tiny_chat_model() -> tuple[Any, Any]:
+    """The tiny chat model in memory (the same weights every time: seed 0) and its
+    tokenizer: the reference of what the gateway serves as ``tinychat``."""
     import torch
     import transformers
 
-    from sw_core.chunks.chunker import chunk_model
     from sw_core.local.bundled import minilm_path
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_path())
     tokenizer.chat_template = CHAT_TEMPLATE
     config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, intermediate_size=128, max_position_embeddings=512,
-        bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
         pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
+    )
     torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(config).eval()
-    chunk_model(model, folder, name="tinychat", tokenizer=tokenizer)
+    return transformers.LlamaForCausalLM(config).eval(), tokenizer
 
 
 @pytest.fixture(scope="session")
@@ -188,6 +201,40 @@ def running_cluster(
         assert exits == [0] * len(exits), (exits, cluster.logs())
 
 
+#: openai clients made by :func:`client_of`, closed by :func:`close_open_clients`.
+OPEN_CLIENTS: list[Any] = []
+
+
+def client_of(cluster: Cluster, index: int = 0, key: str = "unused") -> Any:
+    """An ``openai.AsyncOpenAI`` client of gateway ``index`` (close it with
+    :func:`close_open_clients`, from an autouse fixture)."""
+    import openai
+
+    client = openai.AsyncOpenAI(
+        base_url=cluster.gateways[index].url + "/v1", api_key=key, max_retries=0, timeout=120
+    )
+    OPEN_CLIENTS.append(client)
+    return client
+
+
+async def close_open_clients() -> None:
+    while OPEN_CLIENTS:
+        await OPEN_CLIENTS.pop().close()
+
+
+def queued(cluster: Cluster) -> int:
+    """Entries in the cluster's jobs stream (queued or running)."""
+    import redis
+
+    from sw_core.keys import Keys
+
+    client = redis.Redis.from_url(cluster.settings.redis_url)
+    try:
+        return client.xlen(Keys(cluster.settings.key_prefix).jobs)
+    finally:
+        client.close()
+
+
 def cluster_fixture(chat_model: str, folder: str) -> Any:
     """A module-scoped ``cluster`` fixture: one inference worker and one keyless gateway
     serving MiniLM as ``minilm`` and the tiny chat model as ``chat_model`` (the requesting
@@ -205,3 +252,37 @@ def cluster_fixture(chat_model: str, folder: str) -> Any:
             yield c
 
     return cluster
+
+
+async def raw_requests(port: int, lines: list[str], connections: int = 16) -> list[int]:
+    """Send ``lines`` (``"GET /path"``) as HTTP/1.1 requests over ``connections`` kept-alive
+    sockets and return their statuses -- a client far lighter than httpx, so the gateway's
+    cost is what a test of many requests measures."""
+    import asyncio
+
+    statuses: list[int] = [0] * len(lines)
+
+    async def connection(indices: range) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for i in indices:
+                method, path = lines[i].split(" ", 1)
+                request = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                request += "Content-Length: 0\r\n\r\n" if method == "POST" else "\r\n"
+                writer.write(request.encode())
+                head = await reader.readuntil(b"\r\n\r\n")
+                statuses[i] = int(head.split(b" ", 2)[1])
+                length = 0
+                for line in head.split(b"\r\n"):
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                await reader.readexactly(length)
+        finally:
+            writer.close()
+
+    step = -(-len(lines) // connections)
+    await asyncio.gather(
+        *(connection(range(s, min(len(lines), s + step))) for s in range(0, len(lines), step))
+    )
+    return statuses

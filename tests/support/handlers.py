@@ -7,7 +7,7 @@ Pipeline handlers (no chunks): :class:`EchoHandler`, :class:`RecordingEchoHandle
 input (``"sleep=1.5"``, ``"fail=2"``) or from ``PIPELINE_*`` environment variables.
 
 Handlers that read chunks through the worker's real chunk path
-(:class:`~workers.chunk_source.RemoteChunkSource`: shared Redis chunk cache, loader workers,
+(:class:`~workers.chunks.chunk_source.RemoteChunkSource`: shared Redis chunk cache, loader workers,
 storage with failover and sha256 checks): :class:`ChunkReadingHandler` (operations tests)
 and :class:`ChunkHandler` (chaos suite). :class:`SmallEcho` answers at once (input fuzzing).
 The real engine, recorded, is :class:`tests.support.engine_handler.RecordingInference`.
@@ -31,7 +31,7 @@ from sw_core.pipeline.jobs import Job
 from sw_core.queue_redis import queue_redis
 from sw_core.settings import Settings
 from tests.support.observe import calls_key
-from workers.chunk_source import RemoteChunkSource
+from workers.chunks.chunk_source import RemoteChunkSource
 
 
 class Recorder:
@@ -48,11 +48,20 @@ class Recorder:
         now = time.time()
         lines = [
             json.dumps(
-                {"event": event, "job_id": j.job_id, "attempt": j.attempt, "model": j.model,
-                 "task": j.task, "pid": os.getpid(), "t": now, "batch": len(jobs), **extra}
+                {
+                    "event": event,
+                    "job_id": j.job_id,
+                    "attempt": j.attempt,
+                    "model": j.model,
+                    "task": j.task,
+                    "pid": os.getpid(),
+                    "t": now,
+                    "batch": len(jobs),
+                    **extra,
+                }
             )
             for j in jobs
-        ]  # fmt: skip
+        ]
         if not lines:
             return
         try:

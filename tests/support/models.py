@@ -26,24 +26,61 @@ VOCAB = 8192
 SHARD_MB = 0.5
 
 _CONFIGS: dict[str, tuple[type[transformers.PretrainedConfig], dict[str, Any]]] = {
-    "bert": (transformers.BertConfig, dict(
-        vocab_size=512, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
-        intermediate_size=128, max_position_embeddings=128,
-    )),
-    "gpt2": (transformers.GPT2Config, dict(
-        vocab_size=512, n_embd=64, n_layer=3, n_head=4, n_positions=128,
-        bos_token_id=0, eos_token_id=1, pad_token_id=1,
-    )),
-    "llama": (transformers.LlamaConfig, dict(
-        vocab_size=512, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=2, intermediate_size=128, max_position_embeddings=128,
-        bos_token_id=0, eos_token_id=1, pad_token_id=1,
-    )),
-    "t5": (transformers.T5Config, dict(
-        vocab_size=512, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
-        num_heads=4, decoder_start_token_id=0, eos_token_id=1, pad_token_id=0,
-    )),
-}  # fmt: skip
+    "bert": (
+        transformers.BertConfig,
+        dict(
+            vocab_size=512,
+            hidden_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            intermediate_size=128,
+            max_position_embeddings=128,
+        ),
+    ),
+    "gpt2": (
+        transformers.GPT2Config,
+        dict(
+            vocab_size=512,
+            n_embd=64,
+            n_layer=3,
+            n_head=4,
+            n_positions=128,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        ),
+    ),
+    "llama": (
+        transformers.LlamaConfig,
+        dict(
+            vocab_size=512,
+            hidden_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=128,
+            max_position_embeddings=128,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        ),
+    ),
+    "t5": (
+        transformers.T5Config,
+        dict(
+            vocab_size=512,
+            d_model=64,
+            d_kv=16,
+            d_ff=128,
+            num_layers=2,
+            num_decoder_layers=2,
+            num_heads=4,
+            decoder_start_token_id=0,
+            eos_token_id=1,
+            pad_token_id=0,
+        ),
+    ),
+}
 
 MODEL_CLASSES = {
     "bert": transformers.BertModel,
@@ -142,3 +179,23 @@ def chunked_minilm(folder: Path) -> ChunkedModel:
     model = AutoModel.from_pretrained(source).eval()
     tokenizer = AutoTokenizer.from_pretrained(source)
     return ChunkedModel("minilm", folder, manifest, model, tokenizer)
+
+
+@dataclass(frozen=True)
+class PackedModel:
+    """A GGUF file chunked kept packed, with the reader's memory during its tensor phase."""
+
+    folder: Path
+    manifest: Manifest
+    #: Resident MiB before the tensor phase and at its peak (``gguf_chunker.LAST_PEAK_RSS_MB``).
+    rss_mb: dict[str, float]
+
+
+def packed_smollm2(folder: Path) -> PackedModel:
+    """The bundled SmolLM2 Q4_1 GGUF file chunked (16 MiB row shards), quantized tensors
+    kept packed (about 97 MB instead of 538)."""
+    from sw_core.chunks import gguf_chunker
+    from sw_core.local.bundled import smollm2_gguf_path
+
+    manifest = chunk_model(smollm2_gguf_path(), folder, name="smollm2")
+    return PackedModel(folder, manifest, dict(gguf_chunker.LAST_PEAK_RSS_MB))

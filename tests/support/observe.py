@@ -11,6 +11,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from sw_core.counters import STORAGE_BYTES_READ, SWEEP_COUNTERS
 from sw_core.keys import Keys
 from sw_core.settings import Settings
 
@@ -41,6 +42,16 @@ async def read_stats(redis: aioredis.Redis, keys: Keys = KEYS) -> dict[str, int]
     """The stats hash as ``{counter: value}``."""
     raw = await redis.hgetall(keys.stats)
     return {k.decode(): int(v) for k, v in raw.items()}
+
+
+async def read_sweeps(redis: aioredis.Redis, model: str, keys: Keys = KEYS) -> dict[str, int]:
+    """One model's sweep counters (``sweeps``, ``reads``, ``hits``, ``bytes``, ``hit_bytes``)
+    and the storage bytes read cluster-wide (``storage_bytes_read``)."""
+    raw = await redis.hgetall(keys.stats_sweeps)
+    fields = {k.decode(): int(v) for k, v in raw.items()}
+    out = {name: fields.get(f"{name}:{model}", 0) for name in SWEEP_COUNTERS}
+    out[STORAGE_BYTES_READ] = (await read_stats(redis, keys)).get(STORAGE_BYTES_READ, 0)
+    return out
 
 
 def calls_key(prefix: str) -> str:

@@ -13,8 +13,8 @@ from arq.worker import Worker
 from sw_core.pipeline.jobs import Job
 from sw_core.settings import Settings
 from tests.support.waiting import wait_until
-from workers.consumer import JobConsumer
-from workers.loader import ChunkLoader
+from workers.chunks.loader import ChunkLoader
+from workers.jobs.consumer import JobConsumer
 from workers.node import worker_options
 
 

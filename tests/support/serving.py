@@ -39,11 +39,18 @@ def tiny_chat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyChat]:
     gguf = smollm2_gguf_path()
     tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=HIDDEN, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
-        max_position_embeddings=1024, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+        vocab_size=len(tokenizer),
+        hidden_size=HIDDEN,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=1024,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
         tie_word_embeddings=True,
-    )  # fmt: skip
+    )
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(config).eval()
     folder = tmp_path_factory.mktemp("tiny-chat")
@@ -65,9 +72,11 @@ def reference_tokens(tiny: TinyChat, text: str, max_new_tokens: int) -> list[int
     ids = torch.tensor([prompt_ids(tiny, text)])
     with torch.inference_mode():
         out = tiny.model.generate(
-            input_ids=ids, attention_mask=torch.ones_like(ids),
-            max_new_tokens=max_new_tokens, do_sample=False,
-        )[0, ids.shape[1]:].tolist()  # fmt: skip
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+        )[0, ids.shape[1] :].tolist()
     return out[: out.index(2) + 1] if 2 in out else out
 
 
@@ -99,12 +108,12 @@ def workers(settings: Settings, log_dir: Path, names: tuple[str, ...] = ("w1",))
 
 async def events_of(producer: Producer, job_id: str, timeout_s: float = 120) -> list[dict]:
     """Every event of a job's stream, up to its final one."""
-    return [event async for event in producer.stream(job_id, timeout=timeout_s)]
+    return [event async for event in producer.stream(job_id, timeout_s=timeout_s)]
 
 
 async def first_token(producer: Producer, job_id: str) -> AsyncIterator[dict]:
     """Yield events until (and including) the job's first token."""
-    async for event in producer.stream(job_id, timeout=120):
+    async for event in producer.stream(job_id, timeout_s=120):
         yield event
         if event["type"] in ("token", "final"):
             return

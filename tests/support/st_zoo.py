@@ -39,15 +39,24 @@ def encoder_model(kind: str, vocab_size: int, seed: int = 0) -> torch.nn.Module:
     config_cls, model_cls = _MODELS[kind]
     if kind == "distilbert":
         config = config_cls(
-            vocab_size=vocab_size, dim=HIDDEN, n_layers=2, n_heads=4, hidden_dim=64,
-            max_position_embeddings=64, pad_token_id=0,
-        )  # fmt: skip
+            vocab_size=vocab_size,
+            dim=HIDDEN,
+            n_layers=2,
+            n_heads=4,
+            hidden_dim=64,
+            max_position_embeddings=64,
+            pad_token_id=0,
+        )
     else:
         config = config_cls(
-            vocab_size=vocab_size, hidden_size=HIDDEN, num_hidden_layers=2,
-            num_attention_heads=4, intermediate_size=64, max_position_embeddings=66,
+            vocab_size=vocab_size,
+            hidden_size=HIDDEN,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=66,
             pad_token_id=0,
-        )  # fmt: skip
+        )
     torch.manual_seed(seed)
     return model_cls(config).eval()
 

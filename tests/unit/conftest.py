@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 import fakeredis
 import pytest
 
-from sw_core.engine.loop import LoopThread
+from sw_core.engine.io.loop import LoopThread
 from sw_core.local.redis_server import RedisServer
 
 NO_SERVERS = (

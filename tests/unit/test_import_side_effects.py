@@ -43,7 +43,7 @@ def test_import_workers_with_redis_closed_exits_at_once() -> None:
 def test_import_does_not_read_settings_or_patch_arq() -> None:
     """An unknown SW_* name is an error when a worker starts, not when it is imported."""
     code = (
-        "import workers, workers.node, workers.consumer, workers.loader\n"
+        "import workers, workers.node, workers.jobs.consumer, workers.chunks.loader\n"
         "from workers.arq_compat import redis_outages_tolerated\n"
         "assert not redis_outages_tolerated(), 'arq patched at import'\n"
         "print('imported')\n"

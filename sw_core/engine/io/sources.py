@@ -1,0 +1,166 @@
+"""Where the engine gets chunk bytes: a storage backend directly, or the Redis chunk cache.
+
+A :class:`ChunkSource` hands out *verified* chunk bytes in a writable buffer (the engine
+builds tensors over it without a copy) and the chunk set's small files (manifest,
+config, tokenizer). The engine calls these coroutines on an event loop of its choosing
+(the caller's loop for the async API, a private loop thread for the sync one), so a
+source must not bind itself to one loop before its first call.
+
+Example:
+    >>> store = FilesystemBackend("chunks/minilm")  # doctest: +SKIP
+    >>> source = CachedChunkSource(ChunkCache.from_settings(settings), store)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from sw_core.chunks.chunk_set import read_set_file
+from sw_core.chunks.manifest import ChunkInfo
+from sw_core.exceptions import CacheError
+from sw_core.storage.direct import wants_direct
+
+if TYPE_CHECKING:
+    from sw_core.cache import ChunkCache
+    from sw_core.storage import StorageBackend
+
+
+@runtime_checkable
+class ChunkSource(Protocol):
+    """What the engine needs from wherever chunks live."""
+
+    async def fetch(self, chunk: ChunkInfo) -> bytearray | memoryview:
+        """The chunk's bytes in a writable buffer, already checked against the chunk's digest
+        (``chunk.blake3`` when the manifest has it, else ``chunk.sha256``).
+
+        A source whose ``fetch`` also takes ``out=`` (a writable buffer of exactly
+        ``chunk.size_bytes`` to read into, which it may ignore) is lent reused buffers by
+        the engine (:mod:`sw_core.engine.memory.buffers`)."""
+        ...
+
+    async def fetch_file(self, name: str) -> bytes:
+        """A non-chunk file of the chunk set (``manifest.json``, ``config.json``...)."""
+        ...
+
+    def describe(self) -> str:
+        """Where the chunks come from, for messages (never secrets)."""
+        ...
+
+
+def set_direct_io(store: StorageBackend, set_bytes: int, mode: str) -> bool:
+    """Make the folders among ``store`` (a failover chain's members too) read chunks past
+    the page cache when :func:`~sw_core.storage.direct.wants_direct` says so; whether it
+    did."""
+    on = wants_direct(mode, set_bytes)
+    for backend in (store, *getattr(store, "backends", ())):
+        if hasattr(backend, "direct_io"):
+            backend.direct_io = on
+    return on
+
+
+class StoreChunkSource:
+    """Chunks straight from a storage backend (folder, S3, failover chain).
+
+    Args:
+        store: a :class:`~sw_core.storage.StorageBackend`; ``load_verified`` checks the hash.
+        manifest_sha256: the location's manifest pin, if any (:mod:`sw_core.chunks.pin`).
+    """
+
+    def __init__(self, store: StorageBackend, *, manifest_sha256: str | None = None) -> None:
+        self.store = store
+        self.manifest_sha256 = manifest_sha256
+
+    def describe(self) -> str:
+        return str(self.store.describe())
+
+    def configure_reads(self, set_bytes: int, mode: str) -> bool:
+        """Reads past the page cache for a chunk set larger than memory (``SW_DIRECT_IO``)."""
+        return set_direct_io(self.store, set_bytes, mode)
+
+    async def fetch(
+        self, chunk: ChunkInfo, *, out: memoryview | None = None
+    ) -> bytearray | memoryview:
+        verified_into = getattr(self.store, "load_verified_into", None)
+        if out is not None and verified_into is not None:  # hashed as it is read
+            return await verified_into(chunk.file, out, chunk.sha256, blake3=chunk.blake3)
+        load_into = getattr(self.store, "load_into", None)
+        if out is not None and load_into is not None:
+            data = await load_into(chunk.file, out)
+            await self.store.check_integrity(chunk.file, data, chunk.sha256, blake3=chunk.blake3)
+            return data
+        return await self.store.load_verified(
+            chunk.file, chunk.sha256, max_size_bytes=chunk.size_bytes, blake3=chunk.blake3
+        )
+
+    async def fetch_file(self, name: str) -> bytes:
+        return await read_set_file(self.store, name, self.manifest_sha256)
+
+
+class CachedChunkSource:
+    """The shared Redis chunk cache first, the storage backend on a miss.
+
+    ``cache`` is the synchronous :class:`~sw_core.cache.ChunkCache`; it is called in
+    worker threads. ``ChunkCache.lookup`` checks the bytes against the chunk's digest itself
+    (a corrupt entry is dropped and reads as a miss), so a hit is verified; a miss is
+    loaded from the store (into the engine's buffer when it lends one) and checked there,
+    then put in the cache only when the cache admits it (:mod:`sw_core.cache.admission`): a
+    sweep larger than the cache then reads the rest of its chunks as if there were no
+    cache, without writing them to Redis only to evict them. A failing cache (Redis down,
+    out of memory) makes fetches slower, never wrong: the store serves.
+
+    Args:
+        cache: the chunk cache.
+        store: the storage backend behind it.
+        manifest_sha256: the location's manifest pin, if any (:mod:`sw_core.chunks.pin`).
+    """
+
+    def __init__(
+        self, cache: ChunkCache, store: StorageBackend, *, manifest_sha256: str | None = None
+    ) -> None:
+        self.cache = cache
+        self.store = store
+        self.manifest_sha256 = manifest_sha256
+        self._direct = StoreChunkSource(store, manifest_sha256=manifest_sha256)
+        #: Chunks this source served from the cache / loaded from the store.
+        self.cache_hits = 0
+        self.cache_misses = 0
+        #: Misses the cache did not admit (read from the store, not put in the cache).
+        self.past_cache = 0
+        #: Cache calls that failed and were bypassed.
+        self.cache_errors = 0
+
+    def describe(self) -> str:
+        return f"chunk cache + {self.store.describe()}"
+
+    def configure_reads(self, set_bytes: int, mode: str) -> bool:
+        """Misses read past the page cache for a chunk set larger than memory."""
+        return self._direct.configure_reads(set_bytes, mode)
+
+    async def fetch(
+        self, chunk: ChunkInfo, *, out: memoryview | None = None
+    ) -> bytearray | memoryview:
+        admit = True
+        try:
+            found = await asyncio.to_thread(
+                self.cache.lookup, chunk.sha256, chunk.size_bytes, out=out, blake3=chunk.blake3
+            )
+            if found.data is not None and len(found.data) == chunk.size_bytes:
+                self.cache_hits += 1
+                return found.data
+            admit = found.admit
+        except CacheError:
+            self.cache_errors += 1
+        self.cache_misses += 1
+        loaded = await self._direct.fetch(chunk, out=out)
+        if not admit:
+            self.past_cache += 1
+            return loaded
+        try:
+            await asyncio.to_thread(self.cache.put, chunk.sha256, loaded, verify=False)
+        except CacheError:  # too large or Redis failing: serve from the store anyway
+            self.cache_errors += 1
+        return loaded
+
+    async def fetch_file(self, name: str) -> bytes:
+        return await read_set_file(self.store, name, self.manifest_sha256)

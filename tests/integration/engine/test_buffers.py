@@ -1,0 +1,141 @@
+"""Reused chunk buffers: the engine's :class:`BufferPool` hands a buffer out again only when
+nothing references the bytes of its last lease, so no live tensor ever sees new bytes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from sw_core.cache import ChunkCache
+from sw_core.engine import StreamingEngine
+from sw_core.engine.memory import buffers as buffers_module
+from sw_core.engine.memory.buffers import BufferPool
+from tests.support.engine import cached_source, chunk_cache, id_rows, reference_generate
+from tests.support.models import chunk_small
+
+MIB = 1 << 20
+#: Tensors of streamed chunks the test keeps alive while the engine streams on.
+HOLD = 2
+
+
+# ------------------------------------------------------------------------- the pool alone
+def test_a_buffer_is_reused_only_after_every_tensor_over_it_is_gone() -> None:
+    pool = BufferPool(64 * MIB)
+    view = pool.take(3 * MIB)
+    tensor = torch.frombuffer(view[4096 : 8 * 4096], dtype=torch.float32).view(-1, 8)
+    tensor.fill_(1.5)
+    row = tensor[3]  # a view of the tensor: shares its storage
+    del view, tensor
+    other = pool.take(3 * MIB)  # the first buffer is still referenced through ``row``
+    memoryview(other)[:] = b"\xff" * other.nbytes
+    assert pool.stats.mapped == 2 and pool.stats.reused == 0
+    assert torch.equal(row, torch.full((8,), 1.5))
+    del other
+    again = pool.take(3 * MIB)  # the second buffer is free
+    assert pool.stats.reused == 1 and pool.stats.mapped == 2
+    memoryview(again)[:] = b"\x00" * again.nbytes
+    assert torch.equal(row, torch.full((8,), 1.5))
+    del row, again
+    pool.take(3 * MIB)
+    pool.take(3 * MIB)
+    assert pool.stats.reused == 3 and pool.stats.mapped == 2
+
+
+def test_the_pool_stays_within_its_capacity() -> None:
+    pool = BufferPool(8 * MIB)
+    held = [pool.take(3 * MIB), pool.take(3 * MIB)]  # 4 MiB each, rounded to huge pages
+    assert pool.pooled_bytes == 8 * MIB
+    extra = pool.take(3 * MIB)  # every buffer in use, no room: a plain buffer
+    assert pool.stats.unpooled == 1 and pool.pooled_bytes == 8 * MIB
+    del held, extra
+    big = pool.take(7 * MIB)  # free buffers are unmapped to make room
+    assert pool.stats.unmapped == 2 and pool.pooled_bytes == 8 * MIB and big.nbytes == 7 * MIB
+    assert pool.take(100 * MIB).nbytes == 100 * MIB  # larger than the capacity: unpooled
+    assert pool.pooled_bytes <= pool.capacity_bytes
+
+
+def test_a_cache_read_into_a_lease_keeps_it_alive(redis_url: str) -> None:
+    cache = chunk_cache(redis_url)
+    try:
+        import hashlib
+
+        data = bytes(range(256)) * 8192
+        chunk_id = hashlib.sha256(data).hexdigest()
+        cache.put(chunk_id, data)
+        pool = BufferPool(16 * MIB)
+        got = cache.get(chunk_id, out=pool.take(len(data)))
+        assert got is not None and bytes(got) == data
+        pool.take(len(data))
+        assert pool.stats.reused == 0  # ``got`` still refers to the first buffer
+        del got
+        pool.take(len(data))
+        assert pool.stats.reused == 1
+    finally:
+        cache.close()
+
+
+# ------------------------------------------------------------------------- in the engine
+async def _stream_holding_tensors(
+    tmp_path: Path, cache: ChunkCache
+) -> tuple[list[list[int]], list[list[int]], list[tuple[torch.Tensor, torch.Tensor]], Any]:
+    """Greedy generation with a streaming budget while a caller keeps references to the
+    tensors of every other streamed chunk of the first pass (with a snapshot of each)."""
+    model, manifest = chunk_small("llama", tmp_path)
+    engine = await StreamingEngine.open(
+        cached_source(tmp_path, manifest, cache), memory_budget_mb=2, prefetch_count=2
+    )
+    held: list[tuple[torch.Tensor, torch.Tensor]] = []
+    deserialize = engine.skeleton.deserialize
+    loads = 0
+
+    def spying(chunk: Any, data: Any) -> dict[str, torch.Tensor]:
+        nonlocal loads
+        tensors = deserialize(chunk, data)
+        loads += 1
+        if loads % 2 == 0 and len(held) < HOLD and chunk.name not in engine.plan.keep:
+            held.extend((t, t.clone()) for t in tensors.values())
+        return tensors
+
+    engine.skeleton.deserialize = spying  # type: ignore[method-assign]
+    try:
+        assert engine.plan.mode == "streaming"
+        rows = id_rows([6, 4])
+        out = await engine.run_async(
+            "generate", [{"input_ids": r, "max_new_tokens": 6} for r in rows]
+        )
+        expected = reference_generate(model, rows, 6, engine.pad_id)
+        return [o["token_ids"] for o in out], expected, held, engine
+    finally:
+        engine.close()
+
+
+async def test_no_live_tensor_sees_a_reused_buffers_new_bytes(
+    tmp_path: Path, redis_url: str
+) -> None:
+    cache = chunk_cache(redis_url)
+    try:
+        tokens, expected, held, engine = await _stream_holding_tensors(tmp_path, cache)
+    finally:
+        cache.close()
+    assert tokens == expected
+    assert engine.buffers.stats.reused > 10  # buffers really were reused ...
+    assert held
+    for tensor, snapshot in held:  # ... but never one a held tensor still lives on
+        assert torch.equal(tensor, snapshot)
+
+
+async def test_the_check_above_fails_when_liveness_is_ignored(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reusing buffers regardless of their lease corrupts the held tensors: the test above
+    can tell."""
+    monkeypatch.setattr(buffers_module._Buffer, "free", lambda self: True)
+    cache = chunk_cache(redis_url)
+    try:
+        _, _, held, _ = await _stream_holding_tensors(tmp_path, cache)
+    finally:
+        cache.close()
+    assert any(not torch.equal(tensor, snapshot) for tensor, snapshot in held)
