@@ -92,6 +92,12 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> JSONRespo
 async def known_failure(request: Request, exc: Exception) -> JSONResponse:
     error = error_from_exception(exc)
     if error.status >= 500:  # the client sees the kind only; the log has the whole story
-        log.error("%s %s: %s: %s", request.method, request.url.path[:200], type(exc).__name__,
-                  exc, exc_info=error.status == 500)  # fmt: skip
+        log.error(
+            "%s %s: %s: %s",
+            request.method,
+            request.url.path[:200],
+            type(exc).__name__,
+            exc,
+            exc_info=error.status == 500,
+        )
     return await api_error(request, error)

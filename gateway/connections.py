@@ -37,8 +37,10 @@ def guarded_protocol(read_timeout_s: float, max_connections: int) -> type[H11Pro
                     log.warning(
                         "%d connections open (SW_GATEWAY_MAX_CONNECTIONS=%d): new ones are "
                         "closed at once (%d so far)",
-                        len(self.connections) - 1, max_connections, GuardedH11Protocol.refused,
-                    )  # fmt: skip
+                        len(self.connections) - 1,
+                        max_connections,
+                        GuardedH11Protocol.refused,
+                    )
                 transport.close()
                 return
             self._wait_for_head()

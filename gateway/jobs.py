@@ -2,18 +2,16 @@
 :class:`~producer.Producer`, and ask the heartbeats whether any inference worker lives.
 
 Every HTTP request becomes ordinary jobs on ``sw:jobs`` (retries, dead letters, counters and
-the monitor see them like any other). What the producer offers decides how a stream is fed:
-with ``Producer.stream`` the events are the job's token deltas as the worker makes them;
-without it (FALLBACK, before the serving issue's token streaming) the whole answer is
-awaited with ``Producer.result`` and sent as one delta.
+the monitor see them like any other). A stream is fed by the job's token events
+(``Producer.stream``) as the worker makes them; a worker that sends none (a custom handler)
+still ends the stream with the whole answer from ``Producer.result``.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +19,7 @@ from producer import Producer
 from sw_core.exceptions import ModelError, SurfingError
 from sw_core.keys import Keys
 from sw_core.pipeline.registry import ModelRegistry
+from sw_core.schema import JobStatus, StreamEvent
 from sw_core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -49,13 +48,6 @@ class Finish:
     index: int = 0
 
 
-def _accepts(method: Callable[..., object], name: str) -> bool:
-    try:
-        return name in inspect.signature(method).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 class JobBackend:
     """Submits and follows the jobs of gateway requests.
 
@@ -69,9 +61,6 @@ class JobBackend:
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
         self.registry = ModelRegistry(producer.redis, settings)
-        self.streams_tokens = hasattr(producer, "stream")
-        self.can_cancel = hasattr(producer, "cancel")
-        self._deadlines = _accepts(producer.submit, "deadline_s")
         self._live: tuple[float, int] = (0.0, 0)
 
     async def close(self) -> None:
@@ -116,10 +105,8 @@ class JobBackend:
     async def submit(
         self, model: str, task: str, inputs: list[Any], *, deadline_s: float, **params: Any
     ) -> str:
-        """Enqueue one job; the deadline travels with it when the producer supports one."""
-        if self._deadlines:
-            return await self.producer.submit(model, task, inputs, deadline_s=deadline_s, **params)
-        return await self.producer.submit(model, task, inputs, **params)
+        """Enqueue one job; past ``deadline_s`` it is not started, or stopped (expired)."""
+        return await self.producer.submit(model, task, inputs, deadline_s=deadline_s, **params)
 
     async def result(self, job_id: str, timeout_s: float) -> Any:
         """The job's result (its error raised as its class; JobTimeoutError after timeout_s)."""
@@ -135,13 +122,6 @@ class JobBackend:
             SurfingError: the job failed (as its class), was cancelled or expired.
             JobTimeoutError: nothing came for ``timeout_s`` seconds.
         """
-        if not self.streams_tokens:
-            # FALLBACK: no token streaming in this producer: each whole text as one delta.
-            for i, output in enumerate(await self.result(job_id, timeout_s)):
-                if output.get("text"):
-                    yield Delta(output["text"], i, output.get("logprobs"))
-                yield finish_of(output, index=i)
-            return
         # text each answer's client has; a restarted job's text is replayed up to there
         sent = [""] * answers
         replay: list[str] | None = None
@@ -150,9 +130,9 @@ class JobBackend:
         async for event in events:
             kind = event.get("type")
             index = event.get("index", 0)
-            if kind == "restart":
+            if kind == StreamEvent.RESTART:
                 replay = [""] * answers
-            elif kind == "token" and isinstance(index, int) and 0 <= index < answers:
+            elif kind == StreamEvent.TOKEN and isinstance(index, int) and 0 <= index < answers:
                 text = str(event.get("text", ""))
                 logprobs = event.get("logprobs")
                 if replay is not None:
@@ -164,11 +144,11 @@ class JobBackend:
                 sent[index] += text
                 if text or logprobs:
                     yield Delta(text, index, logprobs if isinstance(logprobs, list) else None)
-            elif kind == "end" and isinstance(index, int) and 0 <= index < answers:
+            elif kind == StreamEvent.END and isinstance(index, int) and 0 <= index < answers:
                 finishes[index] = finish_of(event, event.get("completion_tokens"), index=index)
                 yield finishes[index]
-            elif kind == "final":
-                if len(finishes) < answers or event.get("status") != "done":
+            elif kind == StreamEvent.FINAL:
+                if len(finishes) < answers or event.get("status") != JobStatus.DONE:
                     # no end events (a worker without token streaming), or the job failed:
                     # the result says which (the job's error is raised as its class)
                     outputs = await self.result(job_id, timeout_s)
@@ -181,13 +161,10 @@ class JobBackend:
                         yield finish_of(output, index=i)
                 return
 
-    async def cancel(self, job_id: str) -> bool:
-        """Cancel a job nobody waits for any more; False when the producer cannot."""
-        if not self.can_cancel:
-            return False
+    async def cancel(self, job_id: str) -> None:
+        """Cancel a job nobody waits for any more."""
         status = await self.producer.cancel(job_id)
         log.info("job %s cancelled: %s", job_id, status)
-        return True
 
 
 def finish_of(

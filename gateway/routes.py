@@ -213,7 +213,6 @@ async def status(request: Request) -> dict[str, Any]:
         "gateway": gateway.counters.as_dict(),
         "history": state.history.as_dict(),
         "chunk_map": await state.chunk_map.strips(shown, await state.status.resident_fields()),
-        "streaming": "job token streams" if gateway.backend.streams_tokens else "whole answers",
         "keys_required": state.keys.enabled,
     }
 

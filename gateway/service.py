@@ -125,8 +125,6 @@ class Gateway:
 
     def cancel_later(self, job_id: str) -> None:
         """Cancel a job in the background (from a cancelled task too)."""
-        if not self.backend.can_cancel:
-            return
         task = asyncio.get_running_loop().create_task(self._cancel(job_id))
         self._cancels.add(task)
         task.add_done_callback(self._cancels.discard)

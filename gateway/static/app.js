@@ -115,7 +115,6 @@ async function refresh() {
     showCluster(s.cluster, s.gateway);
     drawHistory(s.history);
     drawChunkMap(s.chunk_map || {});
-    $("streaming-mode").textContent = s.streaming;
     $("conn").textContent = "live";
     $("conn").className = "badge ok";
     refreshes += 1;

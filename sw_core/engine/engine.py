@@ -22,28 +22,24 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
 from sw_core.chunks.manifest import ChunkInfo, Manifest
-from sw_core.context import context_limits, kv_bytes_per_token, model_positions
+from sw_core.context import kv_bytes_per_token
 from sw_core.engine.compute import ComputeThread
-from sw_core.engine.io.fetching import ChunkMaterializer, pool_bytes
 from sw_core.engine.io.sources import ChunkSource
-from sw_core.engine.memory.budget import ResidencyPlan, plan_residency
-from sw_core.engine.memory.buffers import BufferPool
+from sw_core.engine.memory.budget import ResidencyPlan
 from sw_core.engine.memory.heap import limit_heap_retention
 from sw_core.engine.memory.residency import Residency
-from sw_core.engine.model.dtypes import DTYPES, Packing, compute_dtype, expansion, packed_dtype
-from sw_core.engine.model.footprint import chunk_sizes
-from sw_core.engine.model.kernels import kernels_for
+from sw_core.engine.model.dtypes import DTYPES, compute_dtype, packed_dtype
 from sw_core.engine.model.runtime import Runtime
 from sw_core.engine.model.skeleton import Family, Skeleton, load_config
 from sw_core.engine.report import cache_report
 from sw_core.engine.setup import (
     Where,
+    build_memory,
     load_generation_config,
     make_source,
     pad_token_id,
@@ -51,18 +47,15 @@ from sw_core.engine.setup import (
     resolve_device,
 )
 from sw_core.engine.tasks.generation import eos_ids, run_generate
-from sw_core.engine.tasks.grammar import Grammars
-from sw_core.engine.tasks.logprobs import TokenText
+from sw_core.engine.tasks.intake import request_intake
 from sw_core.engine.tasks.passes import run_embed, run_forward
 from sw_core.engine.tasks.pooling import SentencePipeline, read_pipeline
 from sw_core.engine.tasks.requests import (
     GenerateRequest,
-    Limits,
-    RequestParser,
     load_tokenizer,
 )
 from sw_core.exceptions import JobError, ModelError
-from sw_core.schema import MAX_TOKEN_IDS, check_task
+from sw_core.schema import check_task
 from sw_core.settings import Settings
 
 if TYPE_CHECKING:
@@ -151,76 +144,33 @@ class StreamingEngine:
         #: The compute dtype (None: as stored).
         self.compute_dtype = dtype
         self.skeleton = Skeleton(manifest, config, self.device, packed_dtype(dtype))
-        expand = expansion(manifest, dtype)
-        packing = sizes = None
-        if manifest.packed:
-            kept = self.skeleton.kept_packed
-            sizes = chunk_sizes(manifest, dtype, kept)
-            if kept:
-                assert dtype is not None
-                packing = Packing(kept, dtype, kernels_for(self.device))
-        self.plan = plan_residency(
-            manifest,
-            settings.memory_budget_bytes,
-            settings.prefetch_count,
-            lookup_only=self.skeleton.lookup_only,
-            expand=expand,
-            sizes=sizes,
-        )
-        self.buffers = BufferPool(
-            pool_bytes(manifest, self.plan, expand, settings.prefetch_count, sizes)
-        )
-        self.residency = Residency(
-            model_name=manifest.name,
-            budget_bytes=settings.memory_budget_bytes,
-            keep=self.plan.keep,
-            prefetch_count=settings.prefetch_count,
-            loader=ChunkMaterializer(
-                self.source,
-                self.skeleton,
-                self.device,
-                self.buffers,
-                self.plan.keep,
-                dtype,
-                packing,
-            ),
-            expand=expand,
-            sizes=sizes,
-            bind=self.skeleton.bind,
-            unbind=self.skeleton.unbind,
-            timeout_s=settings.timeout_seconds,
+        self.plan, self.buffers, self.residency = build_memory(
+            manifest, self.skeleton, self.source, self.device, settings, dtype
         )
         self.runtime = Runtime(self.skeleton, self.residency, self.plan)
         self.tokenizer = tokenizer
-        #: The text and bytes of a token id, for ``logprobs``.
-        self.token_text = TokenText(tokenizer)
         self.generation_config = gen_config
         self.pad_id = pad_token_id(tokenizer, gen_config, config)
-        positions = model_positions(config)
         has_head = self.family != "encoder" and self.skeleton.structure.head is not None
         # the KV cache is in the compute dtype (None: the stored one)
         self._kv_itemsize = (dtype or DTYPES.get(manifest.dtype) or torch.float32).itemsize
-        context = context_limits(config, settings, generates=has_head, itemsize=self._kv_itemsize)
-        if self.family == "seq2seq":  # T5's positions are relative: only the KV cache bounds
-            context = replace(context, positions=None)
-        embed_bounds = [b for b in (positions, settings.max_input_tokens) if b]
-        #: Compiles ``json_schema`` params into llguidance matchers.
-        self.grammars = Grammars(tokenizer, int(config.vocab_size), eos_ids(gen_config, config))
-        self.limits = Limits(
-            model=manifest.name,
-            vocab_size=int(config.vocab_size),
-            max_input_tokens=min(embed_bounds, default=MAX_TOKEN_IDS),
-            max_new_tokens=settings.max_new_tokens_limit,
-            max_positions=positions,
-            context=context if has_head else None,
-        )
-        self.parser = RequestParser(
-            self.limits,
+        intake = request_intake(
+            manifest.name,
+            config,
             tokenizer,
-            has_lm_head=has_head,
+            settings,
+            eos=eos_ids(gen_config, config),
+            has_head=has_head,
             seq2seq=self.family == "seq2seq",
+            kv_itemsize=self._kv_itemsize,
             embed_max_tokens=self.sentence.max_seq_length,
         )
+        #: The text and bytes of a token id, for ``logprobs``.
+        self.token_text = intake.token_text
+        #: Compiles ``json_schema`` params into llguidance matchers.
+        self.grammars = intake.grammars
+        self.limits = intake.limits
+        self.parser = intake.parser
         self._loaded = True
 
     # ---------------------------------------------------------------- properties

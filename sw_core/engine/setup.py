@@ -1,4 +1,5 @@
-"""Getting an engine ready: the device, the chunk source, and the chunk set's small files."""
+"""Getting an engine ready: the device, the chunk source, the chunk set's small files, and
+the memory the chunks stream through."""
 
 from __future__ import annotations
 
@@ -9,7 +10,15 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import torch
 
 from sw_core.chunks.manifest import MANIFEST_FILE, Manifest
+from sw_core.engine.io.fetching import ChunkMaterializer, pool_bytes
 from sw_core.engine.io.sources import CachedChunkSource, ChunkSource, StoreChunkSource
+from sw_core.engine.memory.budget import ResidencyPlan, plan_residency
+from sw_core.engine.memory.buffers import BufferPool
+from sw_core.engine.memory.residency import Residency
+from sw_core.engine.model.dtypes import Packing, expansion
+from sw_core.engine.model.footprint import chunk_sizes
+from sw_core.engine.model.kernels import kernels_for
+from sw_core.engine.model.skeleton import Skeleton
 from sw_core.engine.tasks.generation import eos_ids
 from sw_core.exceptions import ConfigError, ModelError, SecurityError, StorageError
 from sw_core.hashing import Expected, hex_digest
@@ -108,3 +117,46 @@ def pad_token_id(tokenizer: Any, gen_config: Any, config: Any) -> int:
             return value
     eos = eos_ids(gen_config, config)
     return min(eos) if eos else 0
+
+
+def build_memory(
+    manifest: Manifest,
+    skeleton: Skeleton,
+    source: ChunkSource,
+    device: torch.device,
+    settings: Settings,
+    dtype: torch.dtype | None,
+) -> tuple[ResidencyPlan, BufferPool, Residency]:
+    """The residency plan of ``manifest`` under the memory budget, the pool its streamed
+    chunks land in, and the residency that binds them into ``skeleton`` (packed tensors
+    the skeleton keeps packed computed with this device's kernels)."""
+    expand = expansion(manifest, dtype)
+    packing = sizes = None
+    if manifest.packed:
+        kept = skeleton.kept_packed
+        sizes = chunk_sizes(manifest, dtype, kept)
+        if kept:
+            assert dtype is not None
+            packing = Packing(kept, dtype, kernels_for(device))
+    plan = plan_residency(
+        manifest,
+        settings.memory_budget_bytes,
+        settings.prefetch_count,
+        lookup_only=skeleton.lookup_only,
+        expand=expand,
+        sizes=sizes,
+    )
+    buffers = BufferPool(pool_bytes(manifest, plan, expand, settings.prefetch_count, sizes))
+    residency = Residency(
+        model_name=manifest.name,
+        budget_bytes=settings.memory_budget_bytes,
+        keep=plan.keep,
+        prefetch_count=settings.prefetch_count,
+        loader=ChunkMaterializer(source, skeleton, device, buffers, plan.keep, dtype, packing),
+        expand=expand,
+        sizes=sizes,
+        bind=skeleton.bind,
+        unbind=skeleton.unbind,
+        timeout_s=settings.timeout_seconds,
+    )
+    return plan, buffers, residency

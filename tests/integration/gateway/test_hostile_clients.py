@@ -181,18 +181,28 @@ def test_foreign_pages_and_host_names_are_refused(cluster: Cluster) -> None:
     )
     preflight = httpx.options(
         allowed.url + "/v1/chat/completions",
-        headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST",
-                 "Access-Control-Request-Headers": "content-type"},
-    )  # fmt: skip
+        headers={
+            "Origin": "https://app.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
+    )
     assert preflight.status_code == 204
     assert preflight.headers["access-control-allow-origin"] == "https://app.example"
     assert "POST" in preflight.headers["access-control-allow-methods"]
-    answer = httpx.post(allowed.url + "/v1/chat/completions", content=body, timeout=120,
-                        headers={"Origin": "https://app.example"})  # fmt: skip
+    answer = httpx.post(
+        allowed.url + "/v1/chat/completions",
+        content=body,
+        timeout=120,
+        headers={"Origin": "https://app.example"},
+    )
     assert answer.status_code == 200
     assert answer.headers["access-control-allow-origin"] == "https://app.example"
-    other = httpx.post(allowed.url + "/v1/chat/completions", content=body,
-                       headers={"Origin": "https://evil.example"})  # fmt: skip
+    other = httpx.post(
+        allowed.url + "/v1/chat/completions",
+        content=body,
+        headers={"Origin": "https://evil.example"},
+    )
     assert other.status_code == 403
 
 
@@ -210,9 +220,10 @@ def still_open(s: socket.socket) -> bool:
 async def test_slow_connections_are_capped_and_closed(cluster: Cluster) -> None:
     read_timeout_s = 8
     gateway = cluster.start_gateway(
-        "gateway-slow", SW_GATEWAY_READ_TIMEOUT_S=str(read_timeout_s),
+        "gateway-slow",
+        SW_GATEWAY_READ_TIMEOUT_S=str(read_timeout_s),
         SW_GATEWAY_MAX_CONNECTIONS="200",
-    )  # fmt: skip
+    )
     baseline = open_fds(gateway.proc.pid)
     sockets: list[socket.socket] = []
     started = time.monotonic()
@@ -242,13 +253,17 @@ async def test_slow_connections_are_capped_and_closed(cluster: Cluster) -> None:
     finally:
         for s in sockets:
             s.close()
-    print(f"\n1000 slow connections: {held} held (cap 200), all closed {closed_after_s:.1f} s "
-          f"after the first opened (read timeout {read_timeout_s} s)")  # fmt: skip
+    print(
+        f"\n1000 slow connections: {held} held (cap 200), all closed {closed_after_s:.1f} s "
+        f"after the first opened (read timeout {read_timeout_s} s)"
+    )
     # it serves again at once; a slow body is answered 408
     assert httpx.get(gateway.url + "/healthz", timeout=10).status_code == 200
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as s:
-        s.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                  b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"model\"")  # fmt: skip
+        s.sendall(
+            b"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"model"'
+        )
         s.settimeout(read_timeout_s + 10)
         assert s.recv(200).startswith(b"HTTP/1.1 408")
 
@@ -274,8 +289,12 @@ def test_the_compose_stack_publishes_no_default_key() -> None:
     env = worker_env(fast_settings("redis://127.0.0.1:1/0"), SW_API_KEYS="")
     done = subprocess.run(
         [sys.executable, "-m", "sw_core.cli", *gateway["command"][1:]],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2 and "without API keys" in done.stderr, done.stderr
 
 
@@ -284,8 +303,9 @@ def test_readyz_says_why_only_with_a_key(cluster: Cluster, tmp_path: Path) -> No
     auth = {"Authorization": f"Bearer {KEY}"}
     assert httpx.get(keyed.url + "/readyz").json() == {"ready": True}
     assert httpx.get(keyed.url + "/readyz", headers=auth).json() == {
-        "ready": True, "inference_workers": 1,
-    }  # fmt: skip
+        "ready": True,
+        "inference_workers": 1,
+    }
     dead_port = free_port()  # a Redis that is not there
     lost = cluster.start_gateway(
         "gateway-lost", SW_API_KEYS=KEY, SW_REDIS_URL=f"redis://127.0.0.1:{dead_port}/0"

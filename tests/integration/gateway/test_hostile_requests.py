@@ -91,8 +91,10 @@ async def test_random_unauthenticated_paths_do_not_grow_memory(cluster: Cluster)
     status = httpx.get(gateway.url + "/api/status", headers=auth)
     metrics = httpx.get(gateway.url + "/metrics", headers=auth)
     growth = after_kib - before_kib
-    print(f"\nkeyed gateway RSS {before_kib / 1024:.1f} -> {after_kib / 1024:.1f} MiB "
-          f"(+{growth / 1024:.2f} MiB) over 10,000 random 4 KB paths")  # fmt: skip
+    print(
+        f"\nkeyed gateway RSS {before_kib / 1024:.1f} -> {after_kib / 1024:.1f} MiB "
+        f"(+{growth / 1024:.2f} MiB) over 10,000 random 4 KB paths"
+    )
     assert set(statuses) <= {401, 404}, set(statuses)  # a key first, always
     assert statuses.count(401) > 7000  # /v1, /api: 401 before routing; others 404
     assert growth < RSS_GROWTH_LIMIT_KIB, growth
@@ -106,15 +108,41 @@ async def test_bad_input_is_refused_before_anything_is_queued(cluster: Cluster) 
     before = pipeline_state(cluster)
     long_prompt = "The sea is wide and deep. " * 120  # about 840 tokens: over 512
     cases = [
-        ("/v1/chat/completions", {"model": "tinychat", "messages": [{"role": "user", "content": ""}]}, "messages"),
-        ("/v1/chat/completions", {"model": "tinychat", "messages": [{"role": "user", "content": None}]}, "messages"),
-        ("/v1/chat/completions", {"model": "tinychat", "messages": [{"role": "system", "content": " "}, {"role": "user", "content": [{"type": "text", "text": "\n"}]}]}, "messages"),
+        (
+            "/v1/chat/completions",
+            {"model": "tinychat", "messages": [{"role": "user", "content": ""}]},
+            "messages",
+        ),
+        (
+            "/v1/chat/completions",
+            {"model": "tinychat", "messages": [{"role": "user", "content": None}]},
+            "messages",
+        ),
+        (
+            "/v1/chat/completions",
+            {
+                "model": "tinychat",
+                "messages": [
+                    {"role": "system", "content": " "},
+                    {"role": "user", "content": [{"type": "text", "text": "\n"}]},
+                ],
+            },
+            "messages",
+        ),
         ("/v1/completions", {"model": "tinychat", "prompt": "   "}, "prompt"),
         ("/v1/embeddings", {"model": "minilm", "input": ["ok", " "]}, "input"),
         ("/v1/completions", {"model": "tinychat", "prompt": long_prompt}, "prompt"),
-        ("/v1/chat/completions", {"model": "tinychat", "messages": [{"role": "user", "content": long_prompt}]}, "messages"),
-        ("/v1/completions", {"model": "tinychat", "prompt": "The sea " * 100, "max_tokens": 400}, "prompt"),
-    ]  # fmt: skip
+        (
+            "/v1/chat/completions",
+            {"model": "tinychat", "messages": [{"role": "user", "content": long_prompt}]},
+            "messages",
+        ),
+        (
+            "/v1/completions",
+            {"model": "tinychat", "prompt": "The sea " * 100, "max_tokens": 400},
+            "prompt",
+        ),
+    ]
     for path, body, param in cases:
         error = refused(post(cluster, path, body))
         assert error["param"] == param, (body, error)
@@ -188,10 +216,19 @@ async def test_fields_the_gateway_cannot_serve_are_refused_by_name(cluster: Clus
         assert pipeline_state(cluster) == before
         # what asks for nothing passes: empty tools, false logprobs, n=1, zero penalties
         harmless = await client.chat.completions.create(
-            model="tinychat", messages=CHAT, max_tokens=2, tools=[], logprobs=False, n=1,
-            top_logprobs=0, response_format={"type": "text"}, frequency_penalty=0,
-            presence_penalty=0.0, logit_bias={}, tool_choice="none",
-        )  # fmt: skip
+            model="tinychat",
+            messages=CHAT,
+            max_tokens=2,
+            tools=[],
+            logprobs=False,
+            n=1,
+            top_logprobs=0,
+            response_format={"type": "text"},
+            frequency_penalty=0,
+            presence_penalty=0.0,
+            logit_bias={},
+            tool_choice="none",
+        )
         assert harmless.choices[0].message.content is not None
     finally:
         await client.close()
@@ -213,8 +250,12 @@ async def test_embedding_usage_counts_the_tokens_that_ran(cluster: Cluster) -> N
 def test_the_access_log_names_keys_by_id_and_metrics_need_one(cluster: Cluster) -> None:
     gateway = cluster.start_gateway("gateway-log", SW_API_KEYS=f"other-key-abc,{KEY}")
     auth = {"Authorization": f"Bearer {KEY}"}
-    ok = httpx.post(gateway.url + "/v1/chat/completions", headers=auth, timeout=120,
-                    json={"model": "tinychat", "messages": CHAT, "max_tokens": 3})  # fmt: skip
+    ok = httpx.post(
+        gateway.url + "/v1/chat/completions",
+        headers=auth,
+        timeout=120,
+        json={"model": "tinychat", "messages": CHAT, "max_tokens": 3},
+    )
     assert ok.status_code == 200
     assert httpx.get(gateway.url + "/metrics").status_code == 401
     metrics = httpx.get(gateway.url + "/metrics", headers=auth)

@@ -96,12 +96,23 @@ async def test_chat_without_and_with_stream(cluster: Cluster) -> None:
 
 async def test_usage_comes_as_its_own_last_chunk_only_when_asked(cluster: Cluster) -> None:
     client = client_of(cluster)
-    plain = [c async for c in await client.chat.completions.create(
-        model="tinychat", messages=CHAT, max_tokens=4, stream=True)]  # fmt: skip
+    plain = [
+        c
+        async for c in await client.chat.completions.create(
+            model="tinychat", messages=CHAT, max_tokens=4, stream=True
+        )
+    ]
     assert all(c.usage is None for c in plain) and plain[-1].choices[0].finish_reason
-    asked = [c async for c in await client.chat.completions.create(
-        model="tinychat", messages=CHAT, max_tokens=4, stream=True,
-        stream_options={"include_usage": True})]  # fmt: skip
+    asked = [
+        c
+        async for c in await client.chat.completions.create(
+            model="tinychat",
+            messages=CHAT,
+            max_tokens=4,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    ]
     *chunks, last = asked
     assert last.choices == [] and last.usage.completion_tokens == 4
     assert last.usage.total_tokens == last.usage.prompt_tokens + 4

@@ -179,8 +179,11 @@ async def test_the_playground_streams_keeps_history_and_stops(
 
     # a second turn carries the first: it is the answer to the whole conversation
     second, _ = page.chat("And what lives in it?", 16)
-    conversation = [*first_turn, {"role": "assistant", "content": want_text},
-                    {"role": "user", "content": "And what lives in it?"}]  # fmt: skip
+    conversation = [
+        *first_turn,
+        {"role": "assistant", "content": want_text},
+        {"role": "user", "content": "And what lives in it?"},
+    ]
     assert second == api_answer(cluster, conversation, 16)[0].strip()
     assert page.data("chat-history", "turns") == "4"
 
@@ -205,8 +208,9 @@ async def test_the_playground_streams_keeps_history_and_stops(
 
     # embeddings and their similarity table
     page.el("embed-send").click()
-    rows = wait_until(lambda: browser.find_elements(page.by.CSS_SELECTOR, "#sim-table tr"),
-                      "the similarity table")  # fmt: skip
+    rows = wait_until(
+        lambda: browser.find_elements(page.by.CSS_SELECTOR, "#sim-table tr"), "the similarity table"
+    )
     cells = [[c.text for c in r.find_elements(page.by.TAG_NAME, "td")] for r in rows[1:]]
     assert [cells[i][i] for i in range(3)] == ["1.000"] * 3
     assert float(cells[0][1]) > float(cells[0][2])  # guitar ~ instrument, not the stock market
@@ -239,10 +243,14 @@ def test_the_charts_and_chunk_strips_draw_from_live_data(browser: Any, cluster: 
         assert inked > 20, chart  # axes and labels at least; the line on top of them
     # the chunk strips: every chunk of the tiny chat model is in the worker's memory now
     states = wait_until(
-        lambda: [c.get_attribute("data-state") for c in browser.find_elements(
-            page.by.CSS_SELECTOR, '.strip[data-model="tinychat"] .chunk')],
+        lambda: [
+            c.get_attribute("data-state")
+            for c in browser.find_elements(
+                page.by.CSS_SELECTOR, '.strip[data-model="tinychat"] .chunk'
+            )
+        ],
         "the tinychat strip",
-    )  # fmt: skip
+    )
     assert len(states) == 4 and set(states) == {"resident"}, states
     minilm = browser.find_elements(page.by.CSS_SELECTOR, '.strip[data-model="minilm"] .chunk')
     assert len(minilm) == 11

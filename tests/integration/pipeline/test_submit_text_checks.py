@@ -38,9 +38,13 @@ CHAT_WITHOUT_TEXT = [{"role": "system", "content": ""}, {"role": "user", "conten
     ],
 )
 async def test_the_producer_refuses_text_a_job_cannot_run(
-    redis_url: str, redis_client: aioredis.Redis, task: str, inputs: list, params: dict,
+    redis_url: str,
+    redis_client: aioredis.Redis,
+    task: str,
+    inputs: list,
+    params: dict,
     refusal: str,
-) -> None:  # fmt: skip
+) -> None:
     async with Producer(settings=fast_settings(redis_url)) as producer:
         with pytest.raises(JobError, match=refusal):
             await producer.submit("m1", task, inputs, **params)
@@ -53,8 +57,11 @@ def test_sw_submit_with_an_undecodable_byte_says_so_in_one_line(redis_url: str) 
     argv = [*sw_command(), "submit", "m1", "--task", "embed", "--text"]
     done = subprocess.run(
         [*(a.encode() for a in argv), b"ab\xffcd"],  # as bash passes $'ab\xffcd'
-        cwd=REPO, env=worker_env(settings), capture_output=True, timeout=60,
-    )  # fmt: skip
+        cwd=REPO,
+        env=worker_env(settings),
+        capture_output=True,
+        timeout=60,
+    )
     err = done.stderr.decode()
     assert done.returncode == 2, err
     assert err.count("\n") == 1 and "Traceback" not in err, err

@@ -24,17 +24,32 @@ CHAT = [{"role": "user", "content": "Hi"}]
 @pytest.mark.parametrize("entry", UNSUPPORTED, ids=lambda e: e.field)
 def test_each_refused_field_names_itself(entry) -> None:
     asks = {
-        "tools": [{}], "tool_choice": "required", "functions": [{}], "function_call": "auto!",
-        "response_format": {"type": "json_object"}, "logprobs": True, "top_logprobs": 3,
-        "logit_bias": {"1": 2}, "n": 2, "best_of": 2, "frequency_penalty": 0.1,
-        "presence_penalty": -0.1, "echo": True, "suffix": "x", "audio": {"voice": "a"},
-        "prediction": {"type": "content"}, "dimensions": 8,
-    }  # fmt: skip
+        "tools": [{}],
+        "tool_choice": "required",
+        "functions": [{}],
+        "function_call": "auto!",
+        "response_format": {"type": "json_object"},
+        "logprobs": True,
+        "top_logprobs": 3,
+        "logit_bias": {"1": 2},
+        "n": 2,
+        "best_of": 2,
+        "frequency_penalty": 0.1,
+        "presence_penalty": -0.1,
+        "echo": True,
+        "suffix": "x",
+        "audio": {"voice": "a"},
+        "prediction": {"type": "content"},
+        "dimensions": 8,
+    }
     route = entry.routes[0]
     body = {"model": "m", entry.field: asks[entry.field]}
     parse = {"chat": parse_chat, "completion": parse_completion, "embeddings": parse_embeddings}
-    body |= {"chat": {"messages": CHAT}, "completion": {"prompt": "x"},
-             "embeddings": {"input": "x"}}[route]  # fmt: skip
+    body |= {
+        "chat": {"messages": CHAT},
+        "completion": {"prompt": "x"},
+        "embeddings": {"input": "x"},
+    }[route]
     with pytest.raises(ApiError) as caught:
         parse[route](body)
     error = caught.value.body()["error"]
@@ -43,14 +58,26 @@ def test_each_refused_field_names_itself(entry) -> None:
 
 
 def test_values_that_ask_for_nothing_pass() -> None:
-    call = parse_chat({
-        "model": "m", "messages": CHAT, "tools": [], "tool_choice": "none", "logprobs": False,
-        "top_logprobs": 0, "logit_bias": {}, "n": 1, "response_format": {"type": "text"},
-        "frequency_penalty": 0, "presence_penalty": 0.0, "functions": None,
-    })  # fmt: skip
+    call = parse_chat(
+        {
+            "model": "m",
+            "messages": CHAT,
+            "tools": [],
+            "tool_choice": "none",
+            "logprobs": False,
+            "top_logprobs": 0,
+            "logit_bias": {},
+            "n": 1,
+            "response_format": {"type": "text"},
+            "frequency_penalty": 0,
+            "presence_penalty": 0.0,
+            "functions": None,
+        }
+    )
     assert call.params == {} and not call.include_usage
-    streamed = parse_chat({"model": "m", "messages": CHAT, "stream": True,
-                           "stream_options": {"include_usage": True}})  # fmt: skip
+    streamed = parse_chat(
+        {"model": "m", "messages": CHAT, "stream": True, "stream_options": {"include_usage": True}}
+    )
     assert streamed.include_usage
     for bad in ({"include_usage": "yes"}, "on"):
         with pytest.raises(ApiError, match="stream_options"):
@@ -67,15 +94,30 @@ def test_messages_without_text_are_refused() -> None:
 
 
 def test_loopback_names_and_protected_paths() -> None:
-    for host in ("localhost", "localhost:8000", "LOCALHOST.", "app.localhost:3000",
-                 "127.0.0.1:80", "127.1.2.3", "[::1]:8000", "[::1]"):  # fmt: skip
+    for host in (
+        "localhost",
+        "localhost:8000",
+        "LOCALHOST.",
+        "app.localhost:3000",
+        "127.0.0.1:80",
+        "127.1.2.3",
+        "[::1]:8000",
+        "[::1]",
+    ):
         assert loopback_name(host), host
-    for host in ("evil.example", "localhost.evil.example", "10.0.0.5:8000", "0.0.0.0",
-                 "[::2]:8000", "127.0.0.1.nip.io"):  # fmt: skip
+    for host in (
+        "evil.example",
+        "localhost.evil.example",
+        "10.0.0.5:8000",
+        "0.0.0.0",
+        "[::2]:8000",
+        "127.0.0.1.nip.io",
+    ):
         assert not loopback_name(host), host
     assert parse_origins(" https://A.example/ ,http://b:3000") == {
-        "https://a.example", "http://b:3000"
-    }  # fmt: skip
+        "https://a.example",
+        "http://b:3000",
+    }
     assert all(map(is_protected, ["/v1", "/v1/x", "/api/status", "/api/", "/metrics"]))
     assert not any(map(is_protected, ["/", "/healthz", "/readyz", "/static/app.js", "/v1x"]))
 
