@@ -144,6 +144,14 @@ class GenerateParams:
         1.0, float, "nucleus sampling mass", low=0, high=1, low_exclusive=True, openai=("top_p",)
     )
     top_k: int = _param(0, int, "sample among the k likeliest tokens (0: all)", low=0, high=1 << 20)
+    min_p: float = _param(
+        0.0,
+        float,
+        "sample among tokens at least this times as likely as the likeliest (0: all)",
+        low=0,
+        high=1,
+        openai=("min_p",),
+    )
     seed: int | None = _param(
         None, int, "seed of this input's sampling", low=0, high=(1 << 63) - 1, openai=("seed",)
     )

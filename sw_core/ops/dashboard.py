@@ -114,7 +114,7 @@ def _jobs_panel(stats: Mapping[str, Any]) -> Panel:
         ("completed", _n(stats.get("completed", 0)), "green"),
         ("failed/retried", f"{_n(stats.get('failed', 0))}/{_n(stats.get('retried', 0))}", ""),
         ("dead-lettered", _n(stats.get("dead_lettered", 0)), ""),
-        ("cancelled/expired", f"{_n(stats.get('cancelled', 0))}/{_n(stats.get('expired', 0))}", ""),
+        ("cancel/expired", f"{_n(stats.get('cancelled', 0))}/{_n(stats.get('expired', 0))}", ""),
         ("errors", _n(stats.get("errors", 0)), "red" if stats.get("errors") else ""),
         (label, f"{rate:.1%}", "bold red" if stats.get("alert") else ""),
         ("threshold", f"{float(stats.get('alert_error_rate', 0.0)):.1%}", "dim"),

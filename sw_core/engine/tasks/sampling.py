@@ -62,7 +62,8 @@ def choose(
     requests: list[GenerateRequest],
     generators: list[torch.Generator | None],
 ) -> torch.Tensor:
-    """Next token per row: argmax, or a seeded sample with temperature/top-k/top-p."""
+    """Next token per row: argmax, or a seeded sample with temperature, then top-k, top-p
+    and min-p (transformers' order)."""
     chosen = logits.argmax(dim=-1)
     for i, req in enumerate(requests):
         params = req.params
@@ -82,5 +83,7 @@ def choose(
                 torch.zeros_like(drop).scatter(0, order, drop), float("-inf")
             )
         probs = torch.softmax(scores, dim=-1)
+        if params.min_p > 0:  # tokens less likely than min_p x the likeliest are out
+            probs = probs.masked_fill(probs < params.min_p * probs.max(), 0.0)
         chosen[i] = torch.multinomial(probs, 1, generator=generators[i])[0]
     return chosen

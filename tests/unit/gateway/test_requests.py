@@ -101,6 +101,7 @@ def test_chat_request_becomes_one_generate_input() -> None:
         ({"model": "m", "messages": CHAT, "stop": [""]}, "'stop' holds an empty string"),
         ({"model": "m", "messages": CHAT, "frequency_penalty": 2.5}, "'frequency_penalty' must"),
         ({"model": "m", "messages": CHAT, "presence_penalty": -3}, "'presence_penalty' must"),
+        ({"model": "m", "messages": CHAT, "min_p": 1.5}, "'min_p' must be a number from 0 to 1"),
         ({"model": "m", "messages": CHAT, "presence_penalty": "0"}, "'presence_penalty'"),
         ({"model": "m", "messages": CHAT, "repetition_penalty": 0}, "'repetition_penalty'"),
         ({"model": "m", "messages": CHAT, "max_tokens": 0}, "'max_tokens'"),
@@ -117,7 +118,14 @@ def test_bad_chat_requests_are_400(body: dict, field: str) -> None:
 def test_openai_fields_reach_the_job_params_as_the_schema_names_them() -> None:
     body = {"model": "m", "messages": CHAT, "n": 2, "logprobs": True, "top_logprobs": 3}
     call = parse_chat(
-        {**body, "frequency_penalty": 0.5, "presence_penalty": -1, "seed": 4, "temperature": 1}
+        {
+            **body,
+            "frequency_penalty": 0.5,
+            "presence_penalty": -1,
+            "min_p": 0.05,
+            "seed": 4,
+            "temperature": 1,
+        }
     )
     assert call.params == {
         "n": 2,
@@ -125,6 +133,7 @@ def test_openai_fields_reach_the_job_params_as_the_schema_names_them() -> None:
         "top_logprobs": 3,
         "frequency_penalty": 0.5,
         "presence_penalty": -1.0,
+        "min_p": 0.05,
         "seed": 4,
         "do_sample": True,
         "temperature": 1.0,
