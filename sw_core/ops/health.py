@@ -158,7 +158,9 @@ def _memory_check(client: Any, settings: Settings) -> Check:
             f"maxmemory-policy is {policy}: Redis may evict the job stream and dead letters; "
             "set noeviction (the chunk cache keeps its own budget, SW_CACHE_SIZE_MB)",
         )
-    if maxmemory and settings.cache_size_bytes > maxmemory * 0.8:
+    # the cache's budget counts against this server only when the cache lives on it
+    shared = settings.cache_url == settings.redis_url
+    if maxmemory and shared and settings.cache_size_bytes > maxmemory * 0.8:
         return Check(
             "redis memory",
             "warn",

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import time
@@ -274,11 +275,20 @@ async def test_slow_connections_are_capped_and_closed(cluster: Cluster) -> None:
 
 def test_the_compose_stack_publishes_no_default_key() -> None:
     text = (REPO / "docker-compose.yml").read_text()
-    assert "surfing-weights-dev-key" not in text
+    assert "surfing-weights-dev" not in text
     gateway = yaml.safe_load(text)["services"]["gateway"]
     keys = str(gateway["environment"]["SW_API_KEYS"])
     assert keys in ("${SW_API_KEYS:-}", "${SW_API_KEYS}"), keys  # no default
-    assert all(str(p).startswith("${GATEWAY_PUBLISH_ADDR:-127.0.0.1}:") for p in gateway["ports"])
+    # no credential has a default value: compose refuses to start without them
+    defaults = re.findall(r"\$\{((?:MINIO_ROOT|SW_S3|SW_API)\w*):?-[^}]", text)
+    assert not defaults, defaults
+    # published on the host by the override (compose reads it after the file): loopback
+    # unless the operator says otherwise
+    override = yaml.safe_load((REPO / "docker-compose.override.yml").read_text())["services"]
+    published = {name: [str(p) for p in s["ports"]] for name, s in override.items()}
+    assert published["gateway"] == ["${GATEWAY_PUBLISH_ADDR:-127.0.0.1}:8000:8000"], published
+    loopback = re.compile(r"(127\.0\.0\.1|\$\{[A-Z_]+_PUBLISH_ADDR:-127\.0\.0\.1\}):\d+:\d+$")
+    assert all(loopback.match(p) for ports in published.values() for p in ports), published
     # without keys the gateway in the container (--host 0.0.0.0) refuses to start
     import subprocess
     import sys

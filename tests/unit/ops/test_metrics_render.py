@@ -215,6 +215,12 @@ def test_memory_policy_check(policy: str, maxmemory_mb: int, status: str) -> Non
     assert check.status == status, check.detail
 
 
+def test_memory_check_leaves_out_a_cache_on_its_own_redis() -> None:
+    own = Settings.from_env({}, cache_redis_url="redis://cache:6379/0")
+    check = _memory_check(FakeConfig("noeviction", 512 << 20), own)  # cache budget 1024 MiB
+    assert check.status == "ok", check.detail
+
+
 def test_dead_letter_ids_are_checked() -> None:
     assert _check_id(" 1712345678901-0 ") == "1712345678901-0"
     assert _check_id("1712345678901") == "1712345678901"
