@@ -16,6 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import smollm2  # bench/, beside this script
+
 from sw_core.chunks.chunker import chunk_model
 from sw_core.chunks.manifest import Manifest
 
@@ -23,31 +25,15 @@ SETS = ("float32", "gguf", "int8", "int4")
 
 
 def write_hf_folder(folder: Path, model: Any = None, tokenizer: Any = None) -> Path:
-    """SmolLM2 dequantized to float32, as a transformers folder (once)."""
+    """SmolLM2 dequantized to float32, as a transformers folder (once; written by
+    :func:`smollm2.write_hf_folder`, the writer every benchmark shares)."""
     if (folder / "config.json").exists():
         return folder
-    import torch
-    from safetensors.torch import save_file
-
     from sw_core.local.bundled import load_smollm2
 
     if model is None:
         model, tokenizer = load_smollm2()
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {
-        k: v.to(torch.float32).contiguous()
-        for k, v in model.state_dict().items()
-        if k != "lm_head.weight"
-    }
-    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    config = model.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    config.architectures = [type(model).__name__]
-    config.dtype = "float32"
-    config.save_pretrained(folder)
-    model.generation_config.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    smollm2.write_hf_folder(model, tokenizer, folder)
     return folder
 
 
