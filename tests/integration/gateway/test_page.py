@@ -241,17 +241,24 @@ def test_the_charts_and_chunk_strips_draw_from_live_data(browser: Any, cluster: 
             chart,
         )
         assert inked > 20, chart  # axes and labels at least; the line on top of them
-    # the chunk strips: every chunk of the tiny chat model is in the worker's memory now
-    states = wait_until(
-        lambda: [
-            c.get_attribute("data-state")
+    # the chunk strips: every chunk of the tiny chat model is in the worker's memory now (the
+    # worker publishes what it holds with its heartbeat: the page may show it a beat later)
+    seen: list[list[str]] = []
+
+    def tinychat_strip() -> list[str] | None:
+        states = [
+            str(c.get_attribute("data-state"))
             for c in browser.find_elements(
                 page.by.CSS_SELECTOR, '.strip[data-model="tinychat"] .chunk'
             )
-        ],
-        "the tinychat strip",
-    )
-    assert len(states) == 4 and set(states) == {"resident"}, states
+        ]
+        seen.append(states)
+        return states if len(states) == 4 and set(states) == {"resident"} else None
+
+    try:
+        wait_until(tinychat_strip, "the tinychat strip, all resident")
+    except AssertionError:
+        raise AssertionError(f"the tinychat strip's last states: {seen[-1:]}") from None
     minilm = browser.find_elements(page.by.CSS_SELECTOR, '.strip[data-model="minilm"] .chunk')
     assert len(minilm) == 11
 
