@@ -26,20 +26,22 @@ def pool_bytes(
     sizes: dict[str, int] | None = None,
 ) -> int:
     """What the buffer pool may hold: the plan's window for streamed chunks (the only ones
-    read into pooled buffers), one more streamed chunk whose buffer is still referenced for
-    a moment after its release, the narrow copy of one chunk being widened, and the rounding
+    read into pooled buffers; it counts the chunk just released, whose buffer is still
+    referenced for a moment), the stored copy of one chunk being widened, and the rounding
     of each buffer to its size class. Kept chunks, which fill the rest of the budget, have
-    memory of their own, so chunk memory stays within about the budget plus that slack."""
+    memory of their own, so chunk memory stays within the budget plus that slack."""
     streamed = [c for c in manifest.chunks if c.name not in plan.keep]
     if not streamed:
         return 0
-    largest = max(c.size_bytes for c in streamed)
-    if sizes is not None:  # packed: stored buffer and what is built from it (scales, widened)
-        ready = max(sizes.get(c.name, c.size_bytes) for c in streamed)
-        return plan.window_bytes + ready + largest + GRANULE_BYTES * (prefetch_count + 3)
-    narrow_copy = largest if expand > 1 else 0
     rounding = GRANULE_BYTES * (prefetch_count + 3)
-    return plan.window_bytes + int(largest * expand) + narrow_copy + rounding
+    if sizes is not None:
+        # packed tensors kept packed are used in place in their buffer (the window counts
+        # them); a chunk widened on arrival holds its stored buffer besides the window
+        widened = [c.size_bytes for c in streamed if sizes.get(c.name, 0) > c.size_bytes]
+        return plan.window_bytes + max(widened, default=0) + rounding
+    largest = max(c.size_bytes for c in streamed)
+    narrow_copy = largest if expand > 1 else 0
+    return plan.window_bytes + narrow_copy + rounding
 
 
 def _takes_out(source: ChunkSource) -> bool:

@@ -7,8 +7,10 @@ Rules, in order:
    *resident*: each chunk is kept after its first use.
 2. Otherwise the model is *streamed*. The small embeddings/head chunks (norms, position
    embeddings, biases) are always kept. Room is set aside for the streaming window: the
-   largest streamed chunk once for the one running, and once more for each chunk
-   prefetched ahead (``prefetch_count``). What is left over keeps whole sharded tensors
+   largest streamed chunk once for the one running, once more for each chunk prefetched
+   ahead (``prefetch_count``), and once for the one just released, whose buffer its last
+   users still hold for a moment (so the budget bounds every chunk byte the process maps,
+   not only the chunks in use). What is left over keeps whole sharded tensors
    that each pass reads whole (an output head, tied or not), then blocks in execution
    order, as many as fit -- a partly-resident model reads fewer bytes per pass than one
    streamed from scratch -- and only then lookup-only embedding matrices: a lookup reads
@@ -151,7 +153,7 @@ def plan_residency(
             "with a smaller max_chunk_mb)"
         )
     step = min_bytes - pinned  # the largest streamed chunk (a block with one expert)
-    window = min(step * (1 + max(prefetch_count, 0)), budget_bytes - pinned)
+    window = min(step * (2 + max(prefetch_count, 0)), budget_bytes - pinned)
     leftover = budget_bytes - pinned - window
     merged: set[str] = set()
     keep = {c.name for c in small}

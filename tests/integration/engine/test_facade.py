@@ -92,7 +92,7 @@ async def test_warmup_preloads_resident_chunks_and_fills_the_shared_cache(
     # Streamed: warmup fetches through the source (into Redis) but keeps only what the
     # plan keeps.
     source = CachedChunkSource(cache, FilesystemBackend(tmp_path))
-    async with StreamingLlamaModel(source, memory_budget_mb=2) as streaming:
+    async with StreamingLlamaModel(source, memory_budget_mb=2, prefetch_count=1) as streaming:
         engine = streaming.engine
         assert engine is not None and engine.plan.mode == "streaming"
         assert "model.layers.0" in engine.plan.keep and not engine.plan.merged
