@@ -40,6 +40,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import redis
 import torch
+from figures import Figure, Profile
 from packed_sets import chunk_set
 from prompts import PROMPTS
 
@@ -182,7 +183,12 @@ async def _rounds(
                 f"{statistics.median(rcpu[side]):4.2f} s  tokens vs transformers: "
                 f"{'all equal' if all(x == 'equal' for x in same) else same}"
             )
-            result[side] = {"wall_s": med, "step_s": per_token, "tokens_per_s": rate}
+            result[side] = {
+                "wall_s": med,
+                "step_s": per_token,
+                "tokens_per_s": rate,
+                "rows_parting": sum(x != "equal" for x in same),
+            }
         base = result[MEMORY]
         for side in sides[1:]:
             if case == "one request":
@@ -197,6 +203,72 @@ async def _rounds(
                 )
             result[side]["ratio"] = ratio
         out[case] = result
+    return out
+
+
+def figures(profile: Profile) -> list[Figure]:
+    """Figures for ``bench/run.py``: the chunk sets in the run's shared folder."""
+    import smollm2
+
+    shared = smollm2.shared_dir()
+    with tempfile.TemporaryDirectory(prefix="sw-bench-packed-") as tmp:
+        args = argparse.Namespace(rounds=profile.pick(2, 5), work=str(shared or tmp))
+        m = asyncio.run(bench(args))
+    return to_figures(m, args.rounds)
+
+
+def to_figures(m: dict[str, Any], rounds: int) -> list[Figure]:
+    one, many = m["one request"], m["16 requests"]
+    how = (
+        f"SmolLM2 from its GGUF kept packed ({m['chunk_set_mb']:.0f} MB), budget "
+        f"{m['budget_mb']} MiB (25 %), bfloat16 activations, {NEW_TOKENS} greedy tokens; "
+        f"medians of {rounds} interleaved rounds"
+    )
+    out = [
+        Figure(
+            "packed.one_request_redis_vs_memory",
+            one[REDIS]["ratio"],
+            "x",
+            "packed SmolLM2 streamed from Redis (25 %) / transformers in memory (float32), "
+            "time per token",
+            goal="<= 1.0",
+            note=how,
+        ),
+        Figure(
+            "packed.one_request_folder_vs_memory",
+            one[FOLDER]["ratio"],
+            "x",
+            "packed SmolLM2 streamed from a folder (25 %) / transformers in memory, time per token",
+            goal="<= 1.0",
+            note=how,
+        ),
+        Figure(
+            "packed.batch16_redis_vs_memory",
+            many[REDIS]["ratio"],
+            "x",
+            "16 requests, packed from Redis (25 %) / transformers' batched generate, tokens/s",
+            goal=">= 1.0",
+            note=how,
+        ),
+    ]
+    for case, side, name in (
+        (one, MEMORY, "one_request_memory_ms"),
+        (one, REDIS, "one_request_redis_ms"),
+        (one, FOLDER, "one_request_folder_ms"),
+    ):
+        out.append(Figure(f"packed.{name}", case[side]["step_s"] * 1e3, "ms", f"{side}, per token"))
+    out.append(
+        Figure(
+            "packed.rows_parting_from_memory",
+            one[REDIS]["rows_parting"] + one[FOLDER]["rows_parting"] + many[REDIS]["rows_parting"],
+            "",
+            "greedy rows whose tokens part from transformers' (1 + 1 + 16 rows; bf16 vs float32)",
+        )
+    )
+    for side, name in ((MEMORY, "batch16_memory"), (REDIS, "batch16_redis")):
+        out.append(
+            Figure(f"packed.{name}", many[side]["tokens_per_s"], "tokens/s", f"16 requests, {side}")
+        )
     return out
 
 

@@ -45,6 +45,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch
+from figures import Figure, Profile
 from packed_sets import chunk_set, write_hf_folder
 
 from sw_core.chunks.chunker import chunk_model
@@ -180,6 +181,57 @@ async def minilm_cosines(root: Path) -> dict[str, tuple[float, float]]:
         vectors = await embeddings(folder, dtype)
         cos = torch.nn.functional.cosine_similarity(vectors, reference, dim=-1)
         out[label] = (float(cos.min()), float(cos.mean()))
+    return out
+
+
+def figures(profile: Profile) -> list[Figure]:
+    """Figures for ``bench/run.py``: the chunk sets in the run's shared folder."""
+    import smollm2
+
+    shared = smollm2.shared_dir()
+    with tempfile.TemporaryDirectory(prefix="sw-bench-quality-") as tmp:
+        args = argparse.Namespace(work=str(shared or tmp), tokens=profile.pick(1024, 4096))
+        m = asyncio.run(run(args))
+    ppl = m["perplexity"]
+    reference = next(iter(ppl.values()))
+    how = (
+        f"SmolLM2 perplexity on pydoc_data.topics (Python {m['python']}), {m['tokens']} tokens "
+        f"in windows of {WINDOW}; the reference is transformers in memory (float32)"
+    )
+    out = [
+        Figure(
+            "quality.gguf_packed_bf16_perplexity_ratio",
+            m["perplexity_ratio_packed"],
+            "x",
+            "perplexity, GGUF kept packed (bf16 math) / float32 reference",
+            goal=f"<= {1 + PPL_GATE}",
+            note=how + f"; the gate is within {PPL_GATE:.0%} either way",
+        )
+    ]
+    names = (None, "gguf_packed_f32_math", None, "int8_bf16", "int4_bf16", "float32_bf16_math")
+    for name, (key, value) in zip(names, ppl.items(), strict=True):
+        if name is not None:
+            out.append(
+                Figure(
+                    f"quality.{name}_perplexity_ratio",
+                    value / reference,
+                    "x",
+                    f"perplexity, {key} / float32",
+                )
+            )
+    out.append(
+        Figure("quality.reference_perplexity", reference, "", "perplexity, float32 reference")
+    )
+    out.append(
+        Figure(
+            "quality.minilm_int8_cosine",
+            m["minilm_cosine"]["--quantize int8 | bfloat16"],
+            "",
+            "MiniLM --quantize int8 (bf16 math): smallest cosine to float32",
+            goal=f">= {COSINE_GATE}",
+            note="all-MiniLM-L6-v2 on the demo's sentences",
+        )
+    )
     return out
 
 

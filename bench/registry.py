@@ -80,6 +80,18 @@ BENCHES: tuple[Bench, ...] = (
         minutes=(1.5, 2.5),
     ),
     Bench(
+        "packed",
+        "packed_streamed",
+        "SmolLM2 kept packed (GGUF Q4_1), streamed at 25 % vs transformers in memory",
+        minutes=(1.5, 3.5),
+    ),
+    Bench(
+        "quality",
+        "quality",
+        "perplexity of packed and re-quantized SmolLM2 vs float32; MiniLM int8 cosine",
+        minutes=(3.0, 6.0),
+    ),
+    Bench(
         "moe",
         "moe",
         "mixture of experts: expert bytes fetched per decode step vs whole layers",
@@ -100,9 +112,10 @@ BENCHES: tuple[Bench, ...] = (
     Bench(
         "peers",
         "peers",
-        "the engine vs AirLLM 4.0.0 and accelerate's disk offload (needs the bench extra)",
+        "the engine vs AirLLM 4.0.0, accelerate's disk offload and (packed) llama.cpp "
+        "(needs the bench extra)",
         opt_in=True,
-        minutes=(10.0, 20.0),
+        minutes=(15.0, 30.0),
         timeout_min=90.0,
     ),
 )
