@@ -46,12 +46,20 @@ chaos: $(STAMP)
 
 # Every benchmark (bench/run.py): writes bench/results.json and bench/README.md's tables and
 # prints every goal with its value. Long ones are opt-in: make bench WITH=peers installs the
-# bench extra (AirLLM) and runs them too. BENCH_ARGS go to bench/run.py (--only NAME,...).
+# bench extra (AirLLM; llama-cpp-python, built from source in a few minutes the first time)
+# and runs them too. BENCH_ARGS go to bench/run.py (--only NAME,...). llama.cpp is built with
+# the x86 vector extensions this CPU lists, without AMX: its native build (-march=native)
+# died of SIGILL on the bench machine's AMX CPU, this one runs.
 WITH ?=
 BENCH_ARGS ?=
+cpu_has = $(if $(shell grep -m1 -ow $(1) /proc/cpuinfo 2>/dev/null),-DGGML_$(2)=ON,-DGGML_$(2)=OFF)
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF $(call cpu_has,avx,AVX) $(call cpu_has,avx2,AVX2) \
+	$(call cpu_has,fma,FMA) $(call cpu_has,f16c,F16C) $(call cpu_has,avx512f,AVX512) \
+	$(call cpu_has,avx512vbmi,AVX512_VBMI) $(call cpu_has,avx512_vnni,AVX512_VNNI) \
+	$(call cpu_has,avx512_bf16,AVX512_BF16)
 bench: $(STAMP)
 ifneq ($(strip $(WITH)),)
-	$(BIN)/pip install -q -c constraints.txt -e '.[bench]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install -q -c constraints.txt -e '.[bench]'
 endif
 	$(BIN)/python bench/run.py --readme --with '$(WITH)' $(BENCH_ARGS)
 

@@ -28,12 +28,23 @@ bytes; the peers' ``rchar`` from ``/proc/self/io`` or, as both read their weight
 ``mmap``, which ``rchar`` misses, the size of the offload folder / layer shards, all of which
 they read at every step.
 
+- ``llama.cpp`` (``--dtype packed`` only): ``llama-cpp-python`` on the bundled GGUF file,
+  memory-mapped and in memory after the warm-up, as many threads as cores, greedy: the
+  in-memory anchor of a packed model. It serves one request at a time (its Python API has
+  no batching), so 16 requests run one after another.
+
+``--dtype packed``: the engine on the GGUF file kept packed (``sw chunk model.gguf``: Q4_1
+and Q8_0, 117 MB, bfloat16 activations by default on this CPU); AirLLM and accelerate on
+its float32 dequantization (their 4- and 8-bit modes need bitsandbytes on CUDA); llama.cpp
+on the GGUF file. Goals (issue 23): >= 50x AirLLM's and >= 3x accelerate's tokens/s for
+one request, each at no more memory.
+
 ``--dtype bfloat16`` runs every system on the same weights rounded to bfloat16, computed in
 bfloat16 (the engine from a ``sw chunk --dtype bfloat16`` chunk set with
 ``SW_COMPUTE_DTYPE=bfloat16``, accelerate and AirLLM with ``dtype=torch.bfloat16``).
 
 Usage: ``.venv/bin/pip install -c constraints.txt '.[bench]'``, then ``.venv/bin/python
-bench/peers.py [--tokens 4] [--rounds 2] [--systems a,b] [--dtype float32|bfloat16]``
+bench/peers.py [--tokens 4] [--rounds 2] [--systems a,b] [--dtype float32|bfloat16|packed]``
 (about 10 minutes per dtype and 2 rounds on a quiet 2-core machine).
 """
 
@@ -70,14 +81,17 @@ def prepare(root: Path, dtype: str = "float32") -> dict[str, Any]:
     from sw_core.chunks.chunker import chunk_model
     from sw_core.chunks.manifest import Manifest
     from sw_core.engine.memory.budget import plan_residency
-    from sw_core.local.bundled import load_smollm2
+    from sw_core.local.bundled import load_smollm2, smollm2_gguf_path
 
-    hf_dir, chunk_dir = root / f"smollm2-hf-{dtype}", root / f"smollm2-chunks-{dtype}"
+    peer_dtype = "float32" if dtype == "packed" else dtype
+    hf_dir, chunk_dir = root / f"smollm2-hf-{peer_dtype}", root / f"smollm2-chunks-{dtype}"
     if not (hf_dir / "config.json").exists():
         model, tokenizer = load_smollm2()
-        write_hf_folder(model, tokenizer, hf_dir, dtype)
+        write_hf_folder(model, tokenizer, hf_dir, peer_dtype)
     if (chunk_dir / "manifest.json").exists():
         manifest = Manifest.load(chunk_dir)
+    elif dtype == "packed":  # the GGUF file kept packed (Q4_1 + Q8_0)
+        manifest = chunk_model(smollm2_gguf_path(), chunk_dir, name="smollm2")
     else:
         narrow = None if dtype == "float32" else dtype
         manifest = chunk_model(hf_dir, chunk_dir, name="smollm2", dtype=narrow)
@@ -97,6 +111,8 @@ def prepare(root: Path, dtype: str = "float32") -> dict[str, Any]:
         "budget_mb": budget_mb,
         "weights_mb": manifest.total_bytes / 2**20,
         "dtype": dtype,
+        "peer_dtype": peer_dtype,
+        "gguf": str(smollm2_gguf_path()),
     }
 
 
@@ -233,19 +249,37 @@ ROWS = {
     "engine-folder": "engine, chunk folder",
     "accelerate": "accelerate disk offload",
     "airllm": "AirLLM 4.0.0",
+    "llama.cpp": "llama.cpp (llama-cpp-python, the GGUF in memory, one request at a time)",
 }
+
+#: Goals per weights: (peer, requests) -> (speed goal, memory goal). float32: issue 16's;
+#: packed (the GGUF kept packed; the peers run its float32 dequantization): issue 23's.
+GOALS: dict[str, dict[tuple[str, int], tuple[str | None, str | None]]] = {
+    "float32": {("airllm", 1): (">= 10", "<= 1"), ("airllm", CONCURRENT): (">= 100", None)},
+    "bfloat16": {},
+    "packed": {("airllm", 1): (">= 50", "<= 1"), ("accelerate", 1): (">= 3", "<= 1")},
+}
+SUFFIX = {"float32": "", "bfloat16": "_bf16", "packed": "_packed"}
 
 
 def to_figures(
     medians: dict[tuple[str, int], dict[str, Any]], args: argparse.Namespace
 ) -> list[Figure]:
     """Ratios against each peer (goals against AirLLM, issue 16) and the table's cells."""
-    d = "" if args.dtype == "float32" else "_bf16"
+    d = SUFFIX[args.dtype]
     grid = f"peers, {args.dtype}"
+    weights = (
+        "the GGUF kept packed for the engine, its float32 dequantization for AirLLM and "
+        "accelerate, the GGUF file for llama.cpp"
+        if args.dtype == "packed"
+        else args.dtype
+    )
     how = (
-        f"SmolLM2 {args.dtype}, {args.tokens} new tokens, same warm-up, medians of "
+        f"SmolLM2 {weights}, {args.tokens} new tokens, same warm-up, medians of "
         f"{args.rounds} interleaved rounds, each system in its own process"
     )
+    goals = GOALS[args.dtype]
+    peers = [p for p in ("airllm", "accelerate", "llama.cpp") if p in args.systems.split(",")]
     out: list[Figure] = []
 
     def ok(key: tuple[str, int]) -> dict[str, Any] | None:
@@ -254,12 +288,8 @@ def to_figures(
 
     for engine in ("engine-redis", "engine-folder"):
         where = "Redis" if engine == "engine-redis" else "folder"
-        for peer, n, goal in (
-            ("airllm", 1, ">= 10"),
-            ("airllm", args.concurrent, ">= 100"),
-            ("accelerate", 1, None),
-            ("accelerate", args.concurrent, None),
-        ):
+        for peer, n in [(p, n) for p in peers for n in (1, args.concurrent)]:
+            goal, memory_goal = goals.get((peer, n), (None, None))
             ours, theirs = ok((engine, n)), ok((peer, n))
             speed = tokens_s(ours) / tokens_s(theirs) if ours and theirs else None
             memory = ours["memory_mb"] / theirs["memory_mb"] if ours and theirs else None
@@ -270,11 +300,10 @@ def to_figures(
                     speed,
                     "x",
                     f"{what}, tokens/s ({args.dtype})",
-                    goal=goal if not d else None,
+                    goal=goal,
                     note=how,
                 )
             )
-            memory_goal = "<= 1" if peer == "airllm" and n == 1 and not d else None
             out.append(
                 Figure(
                     f"peers{d}.{engine}.vs_{peer}_{n}.memory",
@@ -320,9 +349,10 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work", help="folder for the model copies (default: a temporary one)")
     parser.add_argument(
         "--dtype",
-        choices=["float32", "bfloat16"],
+        choices=["float32", "bfloat16", "packed"],
         default="float32",
-        help="weights (and math) of every system",
+        help="weights (and math) of every system; packed: the engine on the GGUF kept packed, "
+        "llama.cpp on the GGUF file, AirLLM and accelerate on its float32 dequantization",
     )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--system", help=argparse.SUPPRESS)
@@ -332,11 +362,13 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def figures(profile: Profile) -> list[Figure]:
-    """Figures for ``bench/run.py --with peers``: float32 (the goals' setting) and, in the
-    full profile, bfloat16."""
+    """Figures for ``bench/run.py --with peers``: float32 (issue 16's goals) and packed
+    (issue 23's, with llama.cpp), and in the full profile bfloat16."""
     out: list[Figure] = []
-    for dtype in profile.pick(("float32",), ("float32", "bfloat16")):
+    for dtype in profile.pick(("float32", "packed"), ("float32", "bfloat16", "packed")):
         args = options(["--dtype", dtype, "--rounds", str(profile.pick(1, 2))])
+        if dtype == "packed":
+            args.systems = ",".join((*SYSTEMS, "llama.cpp"))
         with tempfile.TemporaryDirectory(prefix="sw-bench-peers-") as tmp:
             args.work = tmp
             out += to_figures(measure(args), args)

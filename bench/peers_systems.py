@@ -1,6 +1,7 @@
 """The systems ``bench/peers.py`` compares, each run in a process of its own
 (``bench/peers.py --child``): this engine (from a chunk folder or the Redis chunk cache),
-transformers with accelerate's disk offload, and AirLLM.
+transformers with accelerate's disk offload, AirLLM, and llama.cpp (``llama-cpp-python``,
+for the packed comparison: the GGUF file in memory).
 
 Every system gets the same warm-up -- one request of :data:`WARMUP_TOKENS` new tokens, the
 same prompt -- after loading and before the kernel's peak-RSS mark is reset; then it
@@ -77,7 +78,9 @@ def run_engine(info: dict[str, Any], system: str, n: int, tokens: int) -> dict[s
     from sw_core.storage import FilesystemBackend
 
     async def go(where: Any) -> dict[str, Any]:
-        compute = "auto" if info["dtype"] == "float32" else info["dtype"]  # no widening
+        # float32 / packed: the default (packed weights compute with bf16 activations on this
+        # CPU); bfloat16: bf16 math, no widening
+        compute = info["dtype"] if info["dtype"] == "bfloat16" else "auto"
         engine = await StreamingEngine.open(
             where, memory_budget_mb=info["budget_mb"], compute_dtype=compute
         )
@@ -113,6 +116,73 @@ def run_engine(info: dict[str, Any], system: str, n: int, tokens: int) -> dict[s
         client.close()
 
 
+def timed_generate(model: Any, ids: Any, mask: Any, tokens: int) -> dict[str, Any]:
+    """transformers' ``generate`` (AirLLM's is the same call): the warm-up request, the
+    peak-RSS mark reset, then the timed greedy generation of ``ids``."""
+    import torch
+
+    with torch.inference_mode():
+        model.generate(input_ids=ids[:1], attention_mask=mask[:1], max_new_tokens=WARMUP_TOKENS)
+        load_peak = reset_peak_rss()
+        before, started = rchar(), time.perf_counter()
+        out = model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=tokens, do_sample=False
+        )
+        wall_s = time.perf_counter() - started
+    sequences = out.sequences if hasattr(out, "sequences") else out
+    return {
+        "wall_s": wall_s,
+        "tokens": sequences[:, ids.shape[1] :].tolist(),
+        "rchar": rchar() - before,
+        "load_peak_rss_mb": load_peak,
+    }
+
+
+def run_llamacpp(info: dict[str, Any], n: int, tokens: int) -> dict[str, Any]:
+    """llama.cpp on the GGUF file (memory-mapped, in memory once read), 2 threads, greedy;
+    llama-cpp-python serves one request at a time, so ``n`` requests run one after another,
+    each from an empty KV cache (no prompt reuse between them)."""
+    import os
+
+    from llama_cpp import Llama
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(info["hf_dir"])
+    prompt = chat_ids(tokenizer, 1)[0][0].tolist()
+    threads = os.cpu_count() or 1
+    llm = Llama(
+        model_path=info["gguf"],
+        n_ctx=256,
+        n_threads=threads,
+        n_threads_batch=threads,
+        seed=0,
+        verbose=False,
+    )
+
+    def one(new_tokens: int) -> list[int]:
+        llm.reset()  # forget the previous request: its prompt is evaluated again
+        out: list[int] = []
+        for token in llm.generate(prompt, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0):
+            if token == llm.token_eos():
+                break
+            out.append(int(token))
+            if len(out) >= new_tokens:
+                break
+        return out
+
+    one(WARMUP_TOKENS)
+    load_peak = reset_peak_rss()
+    before, started = rchar(), time.perf_counter()
+    new = [one(tokens) for _ in range(n)]
+    return {
+        "wall_s": time.perf_counter() - started,
+        "tokens": new,
+        "read_bytes": rchar() - before,
+        "plan": f"llama.cpp, {threads} threads, the GGUF file memory-mapped",
+        "load_peak_rss_mb": load_peak,
+    }
+
+
 def run_accelerate(info: dict[str, Any], n: int, tokens: int, offload: Path) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -120,7 +190,7 @@ def run_accelerate(info: dict[str, Any], n: int, tokens: int, offload: Path) -> 
     tokenizer = AutoTokenizer.from_pretrained(info["hf_dir"])
     model = AutoModelForCausalLM.from_pretrained(
         info["hf_dir"],
-        dtype=getattr(torch, info["dtype"]),
+        dtype=getattr(torch, info["peer_dtype"]),
         device_map="auto",
         max_memory={"cpu": f"{info['budget_mb']}MiB"},
         offload_folder=str(offload),
@@ -134,23 +204,16 @@ def run_accelerate(info: dict[str, Any], n: int, tokens: int, offload: Path) -> 
         if any(d == "" or name == d or name.startswith(d + ".") for d in on_disk)
     )
     ids, mask = chat_ids(tokenizer, n)
-    with torch.inference_mode():
-        model.generate(input_ids=ids[:1], attention_mask=mask[:1], max_new_tokens=WARMUP_TOKENS)
-        load_peak = reset_peak_rss()
-        before, started = rchar(), time.perf_counter()
-        out = model.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=tokens, do_sample=False
-        )
-        wall_s = time.perf_counter() - started
-    new = out[:, ids.shape[1] :].tolist()
+    timed = timed_generate(model, ids, mask, tokens)
+    new = timed["tokens"]
     return {
-        "wall_s": wall_s,
+        "wall_s": timed["wall_s"],
         "tokens": new,
         # offloaded weights are memory-mapped (from the offload folder, or straight from the
         # checkpoint's safetensors files), which rchar misses; all of them at every step
-        "read_bytes": max(rchar() - before, offloaded * max(len(t) for t in new)),
+        "read_bytes": max(timed["rchar"], offloaded * max(len(t) for t in new)),
         "plan": f"device_map places {sorted(placed)}, {offloaded / 1e6:.0f} MB on disk",
-        "load_peak_rss_mb": load_peak,
+        "load_peak_rss_mb": timed["load_peak_rss_mb"],
     }
 
 
@@ -163,31 +226,23 @@ def run_airllm(info: dict[str, Any], n: int, tokens: int, shards: Path) -> dict[
     model = AutoModel.from_pretrained(
         info["hf_dir"],
         device="cpu",
-        dtype=getattr(torch, info["dtype"]),
+        dtype=getattr(torch, info["peer_dtype"]),
         layer_shards_saving_path=str(shards),
     )  # builds the layer shards (once, not timed)
     ids, mask = chat_ids(tokenizer, n)
     if n == 0:  # the preparation run: the shards are built above
         return {"wall_s": 0.0, "tokens": [], "read_bytes": 0, "plan": "shards built"}
-    with torch.inference_mode():
-        model.generate(input_ids=ids[:1], attention_mask=mask[:1], max_new_tokens=WARMUP_TOKENS)
-        load_peak = reset_peak_rss()
-        before, started = rchar(), time.perf_counter()
-        out = model.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=tokens, do_sample=False
-        )
-        wall_s = time.perf_counter() - started
-    sequences = out.sequences if hasattr(out, "sequences") else out
-    new = sequences[:, ids.shape[1] :].tolist()
+    timed = timed_generate(model, ids, mask, tokens)
+    new = timed["tokens"]
     steps = max(len(t) for t in new)
     return {
-        "wall_s": wall_s,
+        "wall_s": timed["wall_s"],
         "tokens": new,
         # safetensors reads the layer shards through mmap (rchar misses it), every shard at
         # every step: the shards' size per step
-        "read_bytes": max(rchar() - before, folder_bytes(shards) * steps),
+        "read_bytes": max(timed["rchar"], folder_bytes(shards) * steps),
         "plan": "AirLLM, every layer from its shards at every step",
-        "load_peak_rss_mb": load_peak,
+        "load_peak_rss_mb": timed["load_peak_rss_mb"],
     }
 
 
@@ -197,6 +252,8 @@ def child(system: str, n: int, tokens: int, info_path: str, work: str) -> int:
     try:
         if system.startswith("engine"):
             result = run_engine(info, system, n, tokens)
+        elif system == "llama.cpp":
+            result = run_llamacpp(info, n, tokens)
         elif system == "accelerate":
             result = run_accelerate(info, n, tokens, Path(work) / f"offload-{info['dtype']}")
         else:
