@@ -23,6 +23,7 @@ class Bench:
         what: one line: what it compares.
         function: the function returning the figures (``figures(profile)``).
         opt_in: run only when named with ``--with``.
+        full_only: left out of the quick profile (``make bench-quick``) unless named.
         minutes: rough duration (quick, full) on a quiet 2-core machine.
         timeout_min: the run is stopped (and reported as an error) after this.
     """
@@ -32,6 +33,7 @@ class Bench:
     what: str
     function: str = "figures"
     opt_in: bool = False
+    full_only: bool = False
     minutes: tuple[float, float] = (1.0, 2.0)
     timeout_min: float = 40.0
 
@@ -83,12 +85,14 @@ BENCHES: tuple[Bench, ...] = (
         "packed",
         "packed_streamed",
         "SmolLM2 kept packed (GGUF Q4_1), streamed at 25 % vs transformers in memory",
+        full_only=True,
         minutes=(1.5, 3.5),
     ),
     Bench(
         "quality",
         "quality",
         "perplexity of packed and re-quantized SmolLM2 vs float32; MiniLM int8 cosine",
+        full_only=True,
         minutes=(3.0, 6.0),
     ),
     Bench(
@@ -125,9 +129,10 @@ def by_name() -> dict[str, Bench]:
     return {bench.name: bench for bench in BENCHES}
 
 
-def select(only: list[str], with_: list[str]) -> list[Bench]:
+def select(only: list[str], with_: list[str], *, quick: bool = False) -> list[Bench]:
     """The benchmarks to run: ``only`` (any, opt-in ones too) when given, else every
-    benchmark that is not opt-in plus those named in ``with_``.
+    benchmark that is not opt-in (in the ``quick`` profile, nor full-only) plus those named
+    in ``with_``.
 
     Raises:
         ValueError: an unknown name.
@@ -138,4 +143,4 @@ def select(only: list[str], with_: list[str]) -> list[Bench]:
         raise ValueError(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(known)}")
     if only:
         return [b for b in BENCHES if b.name in only]
-    return [b for b in BENCHES if not b.opt_in or b.name in with_]
+    return [b for b in BENCHES if b.name in with_ or not (b.opt_in or (quick and b.full_only))]

@@ -182,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         return run_child(bench, Profile(args.profile, args.seed), args.figures_out)
     if args.list:
         for b in BENCHES:
-            flag = " (opt-in: --with)" if b.opt_in else ""
+            flag = (
+                " (opt-in: --with)" if b.opt_in else " (full profile only)" if b.full_only else ""
+            )
             print(f"{b.name:14s} {b.minutes[0]:4g} / {b.minutes[1]:4g} min  {b.what}{flag}")
         return 0
     from report import print_table, rewrite_readme  # bench/report.py
@@ -190,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     profile = Profile("quick" if args.quick else "full", args.seed)
     split = [[n for n in text.split(",") if n] for text in (args.only, args.with_)]
     try:
-        benches = select(*split)
+        benches = select(*split, quick=profile.quick)
     except ValueError as exc:
         parser.error(str(exc))
     out = args.out or RESULTS[profile.name]

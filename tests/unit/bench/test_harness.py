@@ -83,6 +83,9 @@ def test_every_registered_benchmark_defines_its_function(bench: dict[str, Module
         b.name for b in bench["registry"].BENCHES if not b.opt_in
     ]
     assert "peers" in [b.name for b in bench["registry"].select([], ["peers"])]
+    quick = [b.name for b in bench["registry"].select([], [], quick=True)]
+    assert "quality" not in quick and "cache_read" in quick
+    assert "quality" in [b.name for b in bench["registry"].select([], ["quality"], quick=True)]
     with pytest.raises(ValueError, match="unknown"):
         bench["registry"].select(["nope"], [])
 
