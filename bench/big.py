@@ -21,8 +21,8 @@ is deleted at the end unless ``--keep``. Prints a report and, with ``--json PATH
 figures.
 
 Run: ``.venv/bin/python bench/big.py`` (defaults: the Llama-3-70B shape with its linear
-layers in packed int4, 39.5 GB = 1.56x this machine's 24 GiB, at a 4096 MiB budget; and
-Llama-3-8B in bfloat16, 16 GB; needs 40 GB of free disk; about an hour on a quiet machine).
+layers in packed int4, 41.7 GB = 1.64x this machine's 24 GiB, at a 4096 MiB budget; and
+Llama-3-8B in bfloat16, 16 GB; needs 43 GB of free disk; about an hour on a quiet machine).
 ``--dtype bfloat16 --layers 20`` gives a 38.4 GB bfloat16 cut of the 70B shape instead.
 """
 
