@@ -138,7 +138,7 @@ async def test_the_check_above_fails_when_liveness_is_ignored(
     try:
         _, _, held, _ = await _stream_holding_tensors(tmp_path, cache)
     except SecurityError as exc:
-        assert "does not hold what the manifest lists" in str(exc)
+        assert "cannot be loaded" in str(exc)  # torn bytes: wrong tensors, sizes or layout
         return
     finally:
         cache.close()
