@@ -240,7 +240,9 @@ def _metrics(args: argparse.Namespace) -> int:
     )
     try:
         while True:
-            time.sleep(3600)
+            # short sleeps: a signal delivered to another thread of the process reaches
+            # Python's handler only when this (main) thread next runs
+            time.sleep(1)
     except KeyboardInterrupt:
         pass
     finally:
