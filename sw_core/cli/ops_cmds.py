@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import socket
 import sys
 import time
@@ -227,6 +228,17 @@ def _health(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _stop_on_signals() -> None:
+    """SIGINT and SIGTERM stop ``sw metrics``, even when it was started with SIGINT ignored
+    (as a non-interactive shell starts a background job: Python then installs no handler)."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
+
+
 def _metrics(args: argparse.Namespace) -> int:
     from sw_core.ops.prometheus import start_metrics_server
 
@@ -238,6 +250,7 @@ def _metrics(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
+    _stop_on_signals()
     try:
         while True:
             # short sleeps: a signal delivered to another thread of the process reaches

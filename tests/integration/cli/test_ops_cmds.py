@@ -102,3 +102,40 @@ def test_metrics_command_serves_until_interrupted(redis_url: str) -> None:
         _out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
     assert f"127.0.0.1:{port}/metrics" in err  # a message: stderr
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def test_metrics_command_stops_on_either_signal_even_started_ignoring_sigint(
+    redis_url: str,
+) -> None:
+    """A non-interactive shell starts a background job with SIGINT ignored, which Python
+    keeps: ``sw metrics`` still stops on SIGINT, and on SIGTERM (``docker stop``)."""
+    settings = fast_settings(redis_url, OPS)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        port = free_port()
+        proc = subprocess.Popen(
+            [*sw_command(), "metrics", "--port", str(port), "--host", "127.0.0.1"],
+            cwd=REPO,
+            env=worker_env(settings),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=_ignore_sigint,
+        )
+        url = f"http://127.0.0.1:{port}/metrics"
+
+        def scrape(url: str = url) -> str | None:
+            try:
+                return urllib.request.urlopen(url, timeout=2).read().decode()
+            except OSError:
+                return None
+
+        try:
+            wait_until_sync(scrape, 30, "sw metrics to serve")
+        finally:
+            proc.send_signal(sig)
+            _out, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0, (sig, err)
