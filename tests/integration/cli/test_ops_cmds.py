@@ -7,6 +7,7 @@ import signal
 import subprocess
 import time
 import urllib.request
+from typing import Any
 
 import redis
 from prometheus_client.parser import text_string_to_metric_families
@@ -68,18 +69,24 @@ def test_monitor_once_check_and_an_unreachable_redis(redis_url: str, monkeypatch
     assert rc == 2 and "cannot reach Redis" in err
 
 
-def test_metrics_command_serves_until_interrupted(redis_url: str) -> None:
-    settings = fast_settings(redis_url, OPS)
-    seed(redis_url, requests=4, errors=1)
-    port = free_port()
-    proc = subprocess.Popen(
+def start_metrics(settings: Any, port: int, **popen: Any) -> subprocess.Popen[str]:
+    """``sw metrics`` on ``127.0.0.1:port`` in a process of its own (pipes for its output)."""
+    return subprocess.Popen(
         [*sw_command(), "metrics", "--port", str(port), "--host", "127.0.0.1"],
         cwd=REPO,
         env=worker_env(settings),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        **popen,
     )
+
+
+def test_metrics_command_serves_until_interrupted(redis_url: str) -> None:
+    settings = fast_settings(redis_url, OPS)
+    seed(redis_url, requests=4, errors=1)
+    port = free_port()
+    proc = start_metrics(settings, port)
     try:
         url = f"http://127.0.0.1:{port}/metrics"
 
@@ -116,15 +123,7 @@ def test_metrics_command_stops_on_either_signal_even_started_ignoring_sigint(
     settings = fast_settings(redis_url, OPS)
     for sig in (signal.SIGINT, signal.SIGTERM):
         port = free_port()
-        proc = subprocess.Popen(
-            [*sw_command(), "metrics", "--port", str(port), "--host", "127.0.0.1"],
-            cwd=REPO,
-            env=worker_env(settings),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            preexec_fn=_ignore_sigint,
-        )
+        proc = start_metrics(settings, port, preexec_fn=_ignore_sigint)
         url = f"http://127.0.0.1:{port}/metrics"
 
         def scrape(url: str = url) -> str | None:
