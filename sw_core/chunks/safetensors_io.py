@@ -95,6 +95,40 @@ def parse_header(data: bytes | bytearray | memoryview) -> tuple[dict[str, dict[s
     return header, start
 
 
+#: One tensor of a parsed header: ``(name, dtype, shape, begin, end)``, byte offsets from
+#: the buffer's start.
+Entry = tuple[str, torch.dtype, tuple[int, ...], int, int]
+
+
+def parse_layout(data: bytes | bytearray | memoryview) -> tuple[int, list[Entry]]:
+    """The checked header of a safetensors blob as ``(blob size, entries)``: what
+    :func:`tensors_at` needs to build its tensors again without parsing."""
+    header, start = parse_header(data)
+    entries = [
+        (
+            name,
+            DTYPES[entry["dtype"]],
+            tuple(entry["shape"]),
+            start + entry["data_offsets"][0],
+            start + entry["data_offsets"][1],
+        )
+        for name, entry in header.items()
+    ]
+    return len(memoryview(data)), entries
+
+
+def tensors_at(entries: list[Entry], data: bytearray | memoryview) -> dict[str, torch.Tensor]:
+    """Tensors over writable ``data`` at the places :func:`parse_layout` found (zero-copy)."""
+    view = memoryview(data)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, dtype, shape, begin, end in entries:
+        if end == begin:
+            tensors[name] = torch.empty(shape, dtype=dtype)
+        else:
+            tensors[name] = torch.frombuffer(view[begin:end], dtype=dtype).view(shape)
+    return tensors
+
+
 def load_tensors(data: bytes | bytearray | memoryview) -> dict[str, torch.Tensor]:
     """Tensors of a safetensors blob, sharing memory with ``data`` where possible.
 
@@ -103,18 +137,7 @@ def load_tensors(data: bytes | bytearray | memoryview) -> dict[str, torch.Tensor
     """
     if isinstance(data, bytes) or (isinstance(data, memoryview) and data.readonly):
         data = bytearray(data)
-    header, start = parse_header(data)
-    view = memoryview(data)
-    tensors: dict[str, torch.Tensor] = {}
-    for name, entry in header.items():
-        dtype = DTYPES[entry["dtype"]]
-        begin, end = entry["data_offsets"]
-        if end == begin:
-            tensors[name] = torch.empty(entry["shape"], dtype=dtype)
-            continue
-        flat = torch.frombuffer(view[start + begin : start + end], dtype=dtype)
-        tensors[name] = flat.reshape(entry["shape"])
-    return tensors
+    return tensors_at(parse_layout(data)[1], data)
 
 
 def save_aligned(tensors: dict[str, torch.Tensor], path: str) -> None:

@@ -21,16 +21,15 @@ from torch import nn
 
 from sw_core.architectures import ARCHITECTURES, Family, check_architecture
 from sw_core.chunks.manifest import ChunkInfo, Manifest
-from sw_core.chunks.safetensors_io import load_tensors
-from sw_core.engine.model.packed import PackedWeight, StoredPacked
+from sw_core.engine.model.chunk_reader import ChunkReader
+from sw_core.engine.model.packed import PackedWeight
 from sw_core.engine.model.packed_modules import (
     PackedEmbedding,
     PackedModule,
     replace_packed_modules,
 )
 from sw_core.engine.model.structure import describe
-from sw_core.exceptions import ModelError, SecurityError
-from sw_core.quant.formats import split_part
+from sw_core.exceptions import ModelError
 
 #: How a place holds its tensor: a parameter, a buffer, or a packed module's weight.
 PARAM, BUFFER, PACKED = "param", "buffer", "packed"
@@ -147,6 +146,9 @@ class Skeleton:
         #: Sharded tensors held only as ``nn.Embedding`` weights (not tied to an output head):
         #: rows are only ever gathered from them, so they never need to be whole.
         self.lookup_only = self._lookup_only()
+        self.reader = ChunkReader(
+            manifest, {n: (spec.shape, spec.dtype) for n, spec in self.tensors.items()}
+        )
 
     # ---------------------------------------------------------------- checks
     def _map_tensors(self) -> dict[str, TensorSpec]:
@@ -308,76 +310,14 @@ class Skeleton:
 
     def deserialize(self, chunk: ChunkInfo, data: bytearray | memoryview) -> dict[str, Any]:
         """Tensors of a verified chunk over ``data`` (zero-copy on CPU), checked against the
-        skeleton: exactly the names the manifest lists (a packed tensor's parts), each with
-        the shape the model expects. Packed tensors come back as
-        :class:`~sw_core.engine.model.packed.StoredPacked` (their parts, on the CPU)."""
-        stored = load_tensors(data)
-        expected = self.manifest.stored_tensors(chunk)
-        if set(stored) != set(expected):
-            extra = sorted(set(stored) - set(expected))
-            lacking = sorted(set(expected) - set(stored))
-            raise SecurityError(
-                f"model {self.manifest.name!r}: chunk {chunk.name!r} does not hold what the "
-                f"manifest lists (extra {extra[:3]}, missing {lacking[:3]})"
-            )
-        rows = (chunk.rows[0], chunk.rows[1]) if chunk.rows is not None else None
-        tensors: dict[str, Any] = {}
-        packed: dict[str, dict[str, torch.Tensor]] = {}
-        for stored_name, tensor in stored.items():
-            name, part = split_part(stored_name)
-            if part is not None and name in self.manifest.formats:
-                packed.setdefault(name, {})[part] = tensor
-                continue
-            self._check_plain(chunk, name, tensor)
-            tensors[name] = tensor
-        for name, parts in packed.items():
-            tensors[name] = self._check_packed(chunk, name, parts, rows)
+        skeleton (:class:`~sw_core.engine.model.chunk_reader.ChunkReader`)."""
+        tensors = self.reader.read(chunk, data)
         if self.device.type != "cpu":
             tensors = {
                 k: v.to(self.device) if isinstance(v, torch.Tensor) else v
                 for k, v in tensors.items()
             }
         return tensors
-
-    def _check_plain(self, chunk: ChunkInfo, name: str, tensor: torch.Tensor) -> None:
-        spec = self.tensors[name]
-        shape = spec.shape
-        if chunk.rows is not None:
-            shape = (chunk.rows[1] - chunk.rows[0], *spec.shape[1:])
-        if tuple(tensor.shape) != shape:
-            raise ModelError(
-                f"model {self.manifest.name!r}: tensor {name!r} in chunk {chunk.name!r} has "
-                f"shape {list(tensor.shape)}, the model expects {list(shape)}"
-            )
-        if tensor.dtype.is_floating_point != spec.dtype.is_floating_point:
-            raise ModelError(
-                f"model {self.manifest.name!r}: tensor {name!r} in chunk {chunk.name!r} has "
-                f"dtype {tensor.dtype}, the model expects {spec.dtype}"
-            )
-
-    def _check_packed(
-        self,
-        chunk: ChunkInfo,
-        name: str,
-        parts: dict[str, torch.Tensor],
-        rows: tuple[int, int] | None,
-    ) -> StoredPacked:
-        fmt = self.manifest.formats[name]
-        spec = self.tensors[name]
-        if list(fmt.shape) != list(spec.shape):
-            raise ModelError(
-                f"model {self.manifest.name!r}: packed tensor {name!r} has shape {fmt.shape}, "
-                f"the model expects {list(spec.shape)}"
-            )
-        for part, (shape, dtype) in fmt.part_specs(rows).items():
-            tensor = parts[part]
-            if list(tensor.shape) != shape or str(tensor.dtype).removeprefix("torch.") != dtype:
-                raise SecurityError(
-                    f"model {self.manifest.name!r}: part {part!r} of packed tensor {name!r} in "
-                    f"chunk {chunk.name!r} is {tensor.dtype} {list(tensor.shape)}, its format "
-                    f"says {dtype} {shape}"
-                )
-        return StoredPacked(name, fmt, parts, rows)
 
     def meta_tensors(self, module: nn.Module, *, recurse: bool) -> list[str]:
         """Names of ``module``'s parameters/buffers still on ``meta`` (not materialized)."""
