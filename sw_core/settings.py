@@ -109,6 +109,7 @@ class Settings:
     compute_dtype: str = "auto"
     memory_budget_mb: int = 2048
     prefetch_count: int = 2
+    compute_threads: int = 0
     direct_io: str = "auto"
     max_batch_size: int = 16
     #: Most prompt tokens; 0 = the model's own context length (see sw_core.context).
@@ -249,6 +250,7 @@ class Settings:
             "retry_initial_delay_s",
             "retry_max_delay_s",
             "prefetch_count",
+            "compute_threads",
             "batch_wait_ms",
             "batch_timeout_s",
             "max_queued_jobs",

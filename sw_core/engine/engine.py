@@ -28,7 +28,7 @@ import torch
 
 from sw_core.chunks.manifest import ChunkInfo, Manifest
 from sw_core.context import kv_bytes_per_token
-from sw_core.engine.compute import ComputeThread
+from sw_core.engine.compute import ComputeThread, intra_op_threads, use_threads
 from sw_core.engine.io.sources import ChunkSource
 from sw_core.engine.memory.budget import ResidencyPlan
 from sw_core.engine.memory.heap import limit_heap_retention
@@ -84,7 +84,11 @@ class StreamingEngine:
         self.settings = settings if settings is not None else Settings.from_env()
         self.device = resolve_device(self.settings.device)
         limit_heap_retention()
-        self._compute = ComputeThread(lambda: self.residency, self._clear_locked)
+        #: Intra-op threads torch had when the engine was made (``OMP_NUM_THREADS``, cores).
+        self._cores = torch.get_num_threads()
+        self._compute = ComputeThread(
+            lambda: self.residency, self._clear_locked, self._compute_threads
+        )
         self._loaded = False
         #: Model calls that read chunks from the source (not all weights were in memory).
         self.sweeps = 0
@@ -99,6 +103,13 @@ class StreamingEngine:
         self.generation_config: Any = None
         #: What ``embed`` runs after the model (sentence-transformers modules or defaults).
         self.sentence = SentencePipeline()
+
+    def _compute_threads(self, rows: int = 1) -> int:
+        plan = getattr(self, "plan", None)
+        streaming = self.device.type == "cpu" and plan is not None and plan.mode == "streaming"
+        return intra_op_threads(
+            self.settings.compute_threads, self._cores, streaming=streaming, rows=rows
+        )
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -288,6 +299,7 @@ class StreamingEngine:
         return [*batches, current] if current else batches
 
     def _compute_batch(self, task: str, batch: list[Any]) -> list[Any]:
+        use_threads(self._compute_threads(len(batch)))
         if task == "embed":
             return run_embed(self, batch)
         if task == "forward":

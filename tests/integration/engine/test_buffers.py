@@ -11,6 +11,7 @@ import torch
 
 from sw_core.cache import ChunkCache
 from sw_core.engine import StreamingEngine
+from sw_core.engine.compute import intra_op_threads
 from sw_core.engine.memory import buffers as buffers_module
 from sw_core.engine.memory.buffers import BufferPool
 from sw_core.exceptions import SecurityError
@@ -143,3 +144,23 @@ async def test_the_check_above_fails_when_liveness_is_ignored(
     finally:
         cache.close()
     assert any(not torch.equal(tensor, snapshot) for tensor, snapshot in held)
+
+
+# ------------------------------------------------------------------------- threads
+async def test_a_streaming_engine_sizes_its_compute_threads_and_leaves_the_callers(
+    tmp_path: Path,
+) -> None:
+    chunk_small("llama", tmp_path)
+    caller_threads = torch.get_num_threads()
+    engine = await StreamingEngine.open(str(tmp_path), memory_budget_mb=2, prefetch_count=1)
+    try:
+        assert engine.plan.mode == "streaming"
+        await engine.run_async("generate", [{"input_ids": [1, 2, 3], "max_new_tokens": 2}])
+        seen = await engine.run_on_compute(torch.get_num_threads)
+        assert seen == intra_op_threads(0, caller_threads, streaming=True)
+        engine.settings = engine.settings.replace(compute_threads=caller_threads + 1)
+        await engine.run_async("generate", [{"input_ids": [1, 2, 3], "max_new_tokens": 2}])
+        assert await engine.run_on_compute(torch.get_num_threads) == caller_threads + 1
+        assert torch.get_num_threads() == caller_threads  # the caller's thread is untouched
+    finally:
+        engine.close()
