@@ -63,7 +63,7 @@ class DirectUnsupported(OSError):
 
 
 def read_direct(
-    path: Path, out: memoryview, size: int, feed: Callable[[memoryview], None] | None = None
+    path: Path, out: memoryview, size: int, feed: Callable[[memoryview], object] | None = None
 ) -> None:
     """Read the ``size`` bytes of ``path`` into ``out[:size]`` (``out`` aligned) with
     ``O_DIRECT``; ``feed`` gets each piece as soon as it landed (a hash on another thread

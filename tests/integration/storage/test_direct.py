@@ -113,4 +113,6 @@ async def test_a_read_is_verified_as_it_lands(tmp_path: Path, direct_io: bool) -
     assert bytes(got) == data
     with pytest.raises(SecurityError, match="corrupt: sha256"):
         await store.load_verified_into("chunk.bin", pool.take(len(data)), "0" * 64)
-    assert store.counters.get(INTEGRITY_FAILURES) == 1
+    with pytest.raises(SecurityError, match="corrupt: blake3"):  # hashed inline when buffered
+        await store.load_verified_into("chunk.bin", pool.take(len(data)), good, blake3="0" * 64)
+    assert store.counters.get(INTEGRITY_FAILURES) == 2
