@@ -23,6 +23,12 @@ from sw_core.chunks.manifest import Manifest
 
 SETS = ("float32", "gguf", "int8", "int4")
 
+#: Row shards of the packed GGUF set for streaming benchmarks, about one SmolLM2 block (2.7 MB
+#: packed): the streaming window is sized by the largest streamed chunk, so the default 16 MB
+#: shards of the embedding would take a 25 % budget whole and keep no layer
+#: (docs/operations.md, "Sizing").
+BLOCK_SHARD_MB = 3
+
 
 def write_hf_folder(folder: Path, model: Any = None, tokenizer: Any = None) -> Path:
     """SmolLM2 dequantized to float32, as a transformers folder (once; written by

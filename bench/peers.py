@@ -9,7 +9,9 @@ SmolLM2-135M-Instruct from the bundled GGUF, written once as a transformers fold
   ``max_memory`` at the engine's budget, ``offload_folder``): the layers that do not fit are
   read from the offload folder at every step.
 - ``engine-folder``: this engine at a budget that keeps one block resident besides the
-  embeddings/head, chunks from the chunk-set folder (BLAKE3-verified reads).
+  embeddings/head (the packed set cut with row shards of about a block, 3 MB; a KV-cache cap
+  that runs the 16 requests as one batch), chunks from the chunk-set folder
+  (BLAKE3-verified reads).
 - ``engine-redis``: the same, chunks from the Redis chunk cache (filled beforehand by this
   process, as loader workers would).
 
@@ -76,7 +78,8 @@ CONCURRENT = 16
 def prepare(root: Path, dtype: str = "float32") -> dict[str, Any]:
     """The transformers folder and the chunk set in ``dtype`` (written once, reused by every
     system)."""
-    from smollm2 import write_hf_folder  # bench/, beside this script
+    from packed_sets import BLOCK_SHARD_MB  # bench/, beside this script
+    from smollm2 import write_hf_folder
 
     from sw_core.chunks.chunker import chunk_model
     from sw_core.chunks.manifest import Manifest
@@ -90,8 +93,10 @@ def prepare(root: Path, dtype: str = "float32") -> dict[str, Any]:
         write_hf_folder(model, tokenizer, hf_dir, peer_dtype)
     if (chunk_dir / "manifest.json").exists():
         manifest = Manifest.load(chunk_dir)
-    elif dtype == "packed":  # the GGUF file kept packed (Q4_1 + Q8_0)
-        manifest = chunk_model(smollm2_gguf_path(), chunk_dir, name="smollm2")
+    elif dtype == "packed":  # the GGUF file kept packed (Q4_1 + Q8_0), shards about a block
+        manifest = chunk_model(
+            smollm2_gguf_path(), chunk_dir, name="smollm2", max_chunk_mb=BLOCK_SHARD_MB
+        )
     else:
         narrow = None if dtype == "float32" else dtype
         manifest = chunk_model(hf_dir, chunk_dir, name="smollm2", dtype=narrow)
