@@ -42,9 +42,9 @@ _MISSING_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR}
 #: Pieces of a buffered read checked with BLAKE3, each hashed on the reading thread right
 #: after it landed, while it is still in the core's cache (a read from the page cache is a
 #: memory copy: handing the chunk to a hash thread on the other core read it from memory a
-#: second time; 1 MiB pieces were 5-8 % faster per streamed token than the helper here, on
-#: 2 cores whose memory bandwidth both the fetch and the compute share). Direct reads keep
-#: the helper: there the hash overlaps the disk.
+#: second time and cost a thread hop per chunk; 1 MiB pieces were 5-8 % faster per streamed
+#: token than the helper on 2 cores). Direct reads keep the helper: there the hash overlaps
+#: the disk.
 INLINE_PIECE_BYTES = 1 << 20
 
 _hash_threads: ThreadPoolExecutor | None = None
