@@ -61,9 +61,10 @@ MEANINGS: dict[str, str] = {
     "memory_budget_mb": "Memory the engine may keep weights resident in.",
     "prefetch_count": "Chunks fetched ahead of the layer being computed.",
     "compute_threads": "torch's intra-op threads on the engine's compute thread (CPU); 0 = auto: "
-    "every core while the model is resident, one fewer while chunks stream, leaving a core to "
-    "read and verify them (an OpenMP region waiting for a thread the fetch has descheduled "
-    "made each token up to 3x slower on 2 cores).",
+    "the count torch had when the engine was made (every core, or `OMP_NUM_THREADS`) while the "
+    "model is resident or a batch has 8 rows or more, one fewer while chunks stream for a "
+    "smaller batch, leaving a core to read and verify them (an OpenMP team waiting for a "
+    "thread the fetch has descheduled made each token 3.6x slower on 2 cores).",
     "direct_io": "Chunk reads from a folder past the page cache (`O_DIRECT`, straight into the "
     "engine's buffer): `auto` when the chunk set is larger than half the machine's memory "
     "(it cannot stay cached, and buffered reads would evict everything else), `on`, `off`.",
