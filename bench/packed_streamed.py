@@ -98,6 +98,48 @@ def first_divergence(a: list[int], b: list[int]) -> str:
     return f"part at token {at}"
 
 
+async def divergences(
+    model: Any, engine: StreamingEngine, rows: list[list[int]], tokens: dict[str, list[list[int]]]
+) -> list[dict[str, Any]]:
+    """Each row whose greedy tokens part from transformers': at the first token that differs,
+    the log-probabilities both sides give the two picks -- transformers' from a float32
+    forward of the row's prompt and common prefix (one row, unpadded), the engine's from
+    ``top_logprobs`` of the same batch run again (its tokens must be the same)."""
+    engine_rows, memory_rows = tokens[REDIS], tokens[MEMORY]
+    parting = [i for i, (a, b) in enumerate(zip(engine_rows, memory_rows, strict=True)) if a != b]
+    if not parting:
+        return []
+    requests = [
+        {"input_ids": r, "max_new_tokens": NEW_TOKENS, "logprobs": True, "top_logprobs": 5}
+        for r in rows
+    ]
+    again = await engine.run_async("generate", requests)
+    assert [g["token_ids"] for g in again] == engine_rows, "the engine changed its tokens"
+    out = []
+    for i in parting:
+        mine, theirs = engine_rows[i], memory_rows[i]
+        at = next((k for k, (x, y) in enumerate(zip(mine, theirs, strict=False)) if x != y), None)
+        if at is None:  # one stopped (EOS) where the other went on
+            continue
+        entry = again[i]["logprobs"][at]
+        engine_lp = {t["token_id"]: t["logprob"] for t in entry.get("top_logprobs", [])}
+        engine_lp[entry["token_id"]] = entry["logprob"]
+        with torch.inference_mode():
+            logits = model(input_ids=torch.tensor([rows[i] + mine[:at]])).logits[0, -1]
+        reference = torch.log_softmax(logits.float(), -1)
+        picks = (theirs[at], mine[at])
+        out.append(
+            {
+                "row": i,
+                "token": at,
+                "picks": picks,
+                "transformers": [float(reference[t]) for t in picks],
+                "engine": [engine_lp.get(t) for t in picks],
+            }
+        )
+    return out
+
+
 def redis_cpu_s(client: redis.Redis) -> float:
     info = client.info("cpu")
     return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
@@ -171,6 +213,7 @@ async def _rounds(
     out: dict[str, Any] = {}
     for case, (rows, sides) in cases.items():
         tokens = {side: await run(side, rows) for side in sides}  # warm-up
+        parted = await divergences(model, engines[REDIS], rows, tokens)
         wall: dict[str, list[float]] = {s: [] for s in sides}
         cpu: dict[str, list[float]] = {s: [] for s in sides}
         rcpu: dict[str, list[float]] = {s: [] for s in sides}
@@ -205,6 +248,16 @@ async def _rounds(
                 "tokens_per_s": rate,
                 "rows_parting": sum(x != "equal" for x in same),
             }
+        for d in parted:
+            fmt = ", ".join("-" if v is None else f"{v:.3f}" for v in d["engine"])
+            print(
+                f"  row {d['row']} parts at token {d['token']}: transformers' pick {d['picks'][0]} "
+                f"/ the engine's {d['picks'][1]}: log-probabilities transformers "
+                f"{d['transformers'][0]:.3f}, {d['transformers'][1]:.3f}; engine {fmt}"
+            )
+        result["divergence_gap_nats"] = max(
+            (d["transformers"][0] - d["transformers"][1] for d in parted), default=0.0
+        )
         base = result[MEMORY]
         for side in sides[1:]:
             if case == "one request":
@@ -280,6 +333,15 @@ def to_figures(m: dict[str, Any], rounds: int) -> list[Figure]:
             one[REDIS]["rows_parting"] + one[FOLDER]["rows_parting"] + many[REDIS]["rows_parting"],
             "",
             "greedy rows whose tokens part from transformers' (1 + 1 + 16 rows; bf16 vs float32)",
+        )
+    )
+    out.append(
+        Figure(
+            "packed.divergence_gap_nats",
+            max(one["divergence_gap_nats"], many["divergence_gap_nats"]),
+            "nats",
+            "where greedy tokens part: transformers' float32 log-probability of its pick minus "
+            "that of the engine's, the largest (0: a tie)",
         )
     )
     for side, name in ((MEMORY, "batch16_memory"), (REDIS, "batch16_redis")):
