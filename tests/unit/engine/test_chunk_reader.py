@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sw_core.chunks.manifest import Manifest
+from sw_core.chunks.manifest import ChunkInfo, Manifest
 from sw_core.engine.model import chunk_reader
 from sw_core.engine.model.chunk_reader import ChunkReader
 from sw_core.exceptions import SecurityError
@@ -32,14 +32,20 @@ def _counting(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
+def _first_block(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[torch.nn.Module, ChunkReader, list[int], ChunkInfo, bytes]:
+    """A small LLaMA's reader, its parse counter, its first block chunk and that chunk's bytes."""
+    model, manifest = chunk_small("llama", tmp_path)
+    reader = _reader(manifest, model)
+    chunk = next(c for c in manifest.chunks if c.role == "block")
+    return model, reader, _counting(monkeypatch), chunk, (tmp_path / chunk.file).read_bytes()
+
+
 def test_a_chunk_is_parsed_once_and_rebuilt_over_each_new_buffer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    model, manifest = chunk_small("llama", tmp_path)
-    reader = _reader(manifest, model)
-    parsed = _counting(monkeypatch)
-    chunk = next(c for c in manifest.chunks if c.role == "block")
-    raw = (tmp_path / chunk.file).read_bytes()
+    model, reader, parsed, chunk, raw = _first_block(tmp_path, monkeypatch)
     first = reader.read(chunk, bytearray(raw))
     second_buffer = bytearray(raw)
     second = reader.read(chunk, second_buffer)
@@ -55,11 +61,7 @@ def test_a_chunk_is_parsed_once_and_rebuilt_over_each_new_buffer(
 def test_a_buffer_of_another_size_is_parsed_and_checked_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    model, manifest = chunk_small("llama", tmp_path)
-    reader = _reader(manifest, model)
-    parsed = _counting(monkeypatch)
-    chunk = next(c for c in manifest.chunks if c.role == "block")
-    raw = (tmp_path / chunk.file).read_bytes()
+    _, reader, parsed, chunk, raw = _first_block(tmp_path, monkeypatch)
     reader.read(chunk, bytearray(raw))
     with pytest.raises(SecurityError, match="trailing bytes"):
         reader.read(chunk, bytearray(raw + b"\0" * 64))
