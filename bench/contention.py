@@ -62,6 +62,7 @@ async def token_ms(work: Path, rounds: int) -> dict[str, list[float]]:
     """Packed SmolLM2 resident on 2 and 1 intra-op threads: ms per token alone and beside a
     copying process."""
     from packed_sets import chunk_set
+    from prompts import chat_ids
     from transformers import AutoTokenizer
 
     from sw_core.engine import StreamingEngine
@@ -70,11 +71,7 @@ async def token_ms(work: Path, rounds: int) -> dict[str, list[float]]:
     folder, _ = chunk_set(work, "gguf")
     engine = await StreamingEngine.open(str(folder), memory_budget_mb=4096)
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": QUESTIONS[2]}], add_generation_prompt=True, tokenize=False
-    )
-    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    request = [{"input_ids": ids, "max_new_tokens": 16}]
+    request = [{"input_ids": chat_ids(tokenizer, QUESTIONS[2]), "max_new_tokens": 16}]
     await engine.run_async("generate", request)
     sides = [(t, beside) for t in (2, 1) for beside in (False, True)]
     out: dict[str, list[float]] = {

@@ -44,7 +44,7 @@ import redis
 import torch
 from figures import Figure, Profile
 from packed_sets import BLOCK_SHARD_MB, chunk_set
-from prompts import PROMPTS
+from prompts import PROMPTS, chat_ids
 
 from sw_core.cache import ChunkCache
 from sw_core.context import kv_bytes_per_token
@@ -59,13 +59,6 @@ NEW_TOKENS = 16
 MEMORY = "transformers in memory (float32)"
 REDIS = "engine, packed, 25 %, Redis"
 FOLDER = "engine, packed, 25 %, folder"
-
-
-def chat_ids(tokenizer: Any, prompt: str) -> list[int]:
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-    )
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def generate_in_memory(model: Any, rows: list[list[int]], pad_id: int) -> list[list[int]]:

@@ -1,5 +1,7 @@
 """The chat prompts the benchmarks send (bench/engine.py all 16, bench/serving.py the first
-12), one list so the two measure the same requests."""
+12), one list so the two measure the same requests, and how a prompt becomes token ids."""
+
+from typing import Any
 
 PROMPTS = [
     "What is the capital of France?",
@@ -19,3 +21,10 @@ PROMPTS = [
     "What is a prime number?",
     "Describe a rainbow in one sentence.",
 ]
+
+
+def chat_ids(tokenizer: Any, prompt: str) -> list[int]:
+    """``prompt`` as one user turn, tokenized as the engine tokenizes chat messages."""
+    from sw_core.engine.tasks.chat import chat_ids as engine_chat_ids
+
+    return engine_chat_ids(tokenizer, [{"role": "user", "content": prompt}])
