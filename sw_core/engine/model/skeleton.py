@@ -139,6 +139,11 @@ class Skeleton:
                 replace_packed_modules(model, owners, manifest.formats, packed_dtype)
             )
         self._places: dict[str, tuple[nn.Module, str, str]] = {}
+        #: Per ``(module, recurse)``: every place under it that holds a weight (see
+        #: :meth:`meta_tensors`); dropped when modules are replaced.
+        self._probes: dict[tuple[int, bool], tuple[nn.Module, list[Place]]] = {}
+        #: ``meta`` stand-ins put back where a tensor was (one per tensor, reused).
+        self._placeholders: dict[str, nn.Parameter] = {}
         for spec in self.tensors.values():
             for owner in spec.owners:
                 self._places[owner] = self._place(owner)
@@ -249,6 +254,7 @@ class Skeleton:
 
     def refresh_places(self) -> None:
         """Re-resolve owners after modules were replaced; drop owners that no longer exist."""
+        self._probes.clear()
         for spec in self.tensors.values():
             alive = []
             for owner in spec.owners:
@@ -292,8 +298,23 @@ class Skeleton:
 
     def clear_tensor(self, canonical: str) -> None:
         """Put an empty ``meta`` tensor back where ``canonical`` was (frees its memory)."""
-        spec = self.tensors[canonical]
-        self.set_tensor(canonical, torch.empty(spec.shape, dtype=spec.dtype, device="meta"))
+        placeholder = self._placeholders.get(canonical)
+        if placeholder is None:
+            spec = self.tensors[canonical]
+            placeholder = nn.Parameter(
+                torch.empty(spec.shape, dtype=spec.dtype, device="meta"), requires_grad=False
+            )
+            self._placeholders[canonical] = placeholder
+        self.generation += 1
+        for owner in self.tensors[canonical].owners:
+            module, attr, kind = self._places[owner]
+            if kind == PACKED:
+                assert isinstance(module, PackedModule)
+                module.packed = None
+            elif kind == PARAM:
+                module._parameters[attr] = placeholder
+            else:
+                module._buffers[attr] = placeholder.data
 
     def bind(self, chunk: ChunkInfo, tensors: dict[str, Any]) -> None:
         """Put a whole chunk's tensors into the model (row shards are not bound)."""
@@ -320,13 +341,40 @@ class Skeleton:
         return tensors
 
     def meta_tensors(self, module: nn.Module, *, recurse: bool) -> list[str]:
-        """Names of ``module``'s parameters/buffers still on ``meta`` (not materialized)."""
-        names = [n for n, p in module.named_parameters(recurse=recurse) if p.is_meta]
-        names += [n for n, b in module.named_buffers(recurse=recurse) if b.is_meta]
-        packed = module.named_modules() if recurse else [("", module)]
-        names += [
-            f"{n}.weight" if n else "weight"
-            for n, m in packed
-            if isinstance(m, PackedModule) and m.packed is None
-        ]
-        return names
+        """Names of ``module``'s parameters/buffers still on ``meta`` (not materialized).
+
+        Checked before every streamed layer runs, so the module tree is walked once per
+        module (:func:`weight_places`) and each later call only looks at the places."""
+        key = (id(module), recurse)
+        probe = self._probes.get(key)
+        if probe is None or probe[0] is not module:
+            probe = self._probes[key] = (module, weight_places(module, recurse=recurse))
+        missing = []
+        for name, holder, attr, kind in probe[1]:
+            if kind == PACKED:
+                if getattr(holder, "packed", None) is None:
+                    missing.append(name)
+                continue
+            table = holder._parameters if kind == PARAM else holder._buffers
+            value = table.get(attr)
+            if value is not None and value.is_meta:
+                missing.append(name)
+        return missing
+
+
+#: A place that holds a weight: ``(name under the probed module, holder, attr, kind)``.
+Place = tuple[str, nn.Module, str, str]
+
+
+def weight_places(module: nn.Module, *, recurse: bool) -> list[Place]:
+    """Every parameter, buffer and packed weight of ``module`` (and its descendants when
+    ``recurse``), as :meth:`Skeleton.meta_tensors` checks them."""
+    places: list[Place] = []
+    members = module.named_modules() if recurse else [("", module)]
+    for prefix, holder in members:
+        lead = f"{prefix}." if prefix else ""
+        places += [(lead + attr, holder, attr, PARAM) for attr in holder._parameters]
+        places += [(lead + attr, holder, attr, BUFFER) for attr in holder._buffers]
+        if isinstance(holder, PackedModule):
+            places.append((lead + "weight", holder, "weight", PACKED))
+    return places
