@@ -152,33 +152,39 @@ class FilesystemBackend(RetryingBackend):
     async def load_verified_into(
         self, key: str, out: memoryview, sha256: str, *, blake3: str | None = None
     ) -> memoryview:
-        """:meth:`load_into`, checked against ``blake3`` (else ``sha256``) as it is read: each
+        """:meth:`read_verified_into` on a worker thread."""
+        check_key(key)
+        return await asyncio.to_thread(self.read_verified_into, key, out, sha256, blake3=blake3)
+
+    def read_verified_into(
+        self, key: str, out: memoryview, sha256: str, *, blake3: str | None = None
+    ) -> memoryview:
+        """Read the object into ``out`` (a writable buffer of at least its size, which is
+        also the size limit), checked against ``blake3`` (else ``sha256``) as it is read;
+        returns the filled ``out[:size]``. Blocking: call it from a worker thread. Each
         piece is hashed as soon as it landed -- on the reading thread for a buffered BLAKE3
         read (:data:`INLINE_PIECE_BYTES`), else on a helper thread while the next piece is
-        read, so the disk does not wait for the hash.
+        read, so the disk does not wait for the hash. No retries.
 
         Raises:
             SecurityError: the bytes do not match (counted in ``integrity_failures``).
+            StorageError: the read failed (ChunkNotFoundError when the file is missing).
         """
-        check_key(key)
         path = self.path_of(key)
         expected = Expected.of(sha256, blake3)
-
-        def read() -> tuple[memoryview, str]:
+        try:
             if expected.algorithm == "blake3" and not self._reads_direct():
                 inline = new_hasher("blake3")
                 view = self._read(path, key, out.nbytes, out, inline.update, INLINE_PIECE_BYTES)
-                return view, inline.hexdigest()
-            digest = OrderedHash(_hash_pool(), expected.algorithm)
-            try:
-                view = self._read(path, key, out.nbytes, out, digest.feed)
-            except BaseException:
-                digest.abandon()
-                raise
-            return view, digest.hexdigest()
-
-        try:
-            view, actual = await asyncio.to_thread(read)
+                actual = inline.hexdigest()
+            else:
+                digest = OrderedHash(_hash_pool(), expected.algorithm)
+                try:
+                    view = self._read(path, key, out.nbytes, out, digest.feed)
+                except BaseException:
+                    digest.abandon()
+                    raise
+                actual = digest.hexdigest()
         except OSError as exc:
             if isinstance(exc, StorageError):
                 raise

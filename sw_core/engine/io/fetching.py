@@ -4,16 +4,18 @@ size, deserialize zero-copy, widen to the compute dtype."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import inspect
 from collections.abc import Awaitable, Callable
 
 import torch
 
 from sw_core.chunks.manifest import ChunkInfo, Manifest
-from sw_core.engine.io.sources import ChunkSource
+from sw_core.engine.io.rebase import Template, address
+from sw_core.engine.io.sources import ChunkSource, blocking_fetch
 from sw_core.engine.memory.budget import ResidencyPlan
-from sw_core.engine.memory.buffers import GRANULE_BYTES, BufferPool
-from sw_core.engine.model.dtypes import Packing, Tensors, to_compute
+from sw_core.engine.memory.buffers import GRANULE_BYTES, BufferPool, Lease
+from sw_core.engine.model.dtypes import Packing, Tensors, make_packed, to_compute, widen_plain
 from sw_core.engine.model.skeleton import Skeleton
 from sw_core.exceptions import SecurityError
 
@@ -55,6 +57,13 @@ def _takes_out(source: ChunkSource) -> bool:
 class ChunkMaterializer:
     """The residency's loader: ``await loader(chunk)`` gives the chunk's tensors.
 
+    On a CPU, streamed chunks of a source with a blocking read
+    (:func:`~sw_core.engine.io.sources.blocking_fetch`) load on the materializer's own
+    ``loader_threads`` instead (:meth:`start`): read, verify, deserialize and widen in one
+    call, with no event-loop hop in between; a chunk whose tensors are all views of its
+    buffer is built once per buffer it lands in, and laid over each later lease of that
+    buffer by views (:mod:`sw_core.engine.io.rebase`).
+
     Args:
         source: the :class:`~sw_core.engine.io.sources.ChunkSource`.
         skeleton: deserializes and checks a chunk's tensors.
@@ -63,6 +72,8 @@ class ChunkMaterializer:
         keep: names of the chunks the plan keeps resident.
         dtype: the compute dtype (None: as stored).
         packing: which packed tensors stay packed (None: all are widened).
+        loader_threads: threads for blocking loads (the chunks in flight at once: the
+            prefetch count plus the one acquired).
     """
 
     def __init__(
@@ -74,6 +85,7 @@ class ChunkMaterializer:
         keep: frozenset[str],
         dtype: torch.dtype | None,
         packing: Packing | None = None,
+        loader_threads: int = 3,
     ) -> None:
         self.source = source
         self.skeleton = skeleton
@@ -83,6 +95,13 @@ class ChunkMaterializer:
         self.dtype = dtype
         self.packing = packing
         self._reads_into = _takes_out(source)
+        reader = blocking_fetch(source) if device.type == "cpu" and self._reads_into else None
+        self._read_blocking = reader
+        self._threads = (
+            concurrent.futures.ThreadPoolExecutor(max(1, loader_threads), "sw-load")
+            if reader is not None
+            else None
+        )
 
     async def __call__(self, chunk: ChunkInfo) -> Tensors:
         streamed = chunk.name not in self.keep
@@ -91,15 +110,68 @@ class ChunkMaterializer:
             data = await fetch_into(chunk, out=self.buffers.take(chunk.size_bytes))
         else:
             data = await self.source.fetch(chunk)
-        if len(data) != chunk.size_bytes:
-            raise SecurityError(
-                f"chunk {chunk.name!r} is {len(data)} bytes, the manifest says {chunk.size_bytes}"
-            )
-        take = self.buffers.take if streamed else None
         if self.device.type == "cpu":
             # zero-copy, tens of microseconds: cheaper than a hop to a worker thread and back;
             # widening a streamed chunk (a few ms) runs here too, off the compute thread
-            tensors = self.skeleton.deserialize(chunk, data)
-            return to_compute(tensors, self.dtype, take, self.packing)
+            return self._materialize(chunk, data, streamed)
+        _check_size(chunk, data)
         tensors = await asyncio.to_thread(self.skeleton.deserialize, chunk, data)
         return await asyncio.to_thread(to_compute, tensors, self.dtype, None, self.packing)
+
+    def start(self, chunk: ChunkInfo) -> concurrent.futures.Future[Tensors] | None:
+        """Load a streamed ``chunk`` on a loader thread; None when it must go through the
+        event loop (kept chunks, sources without a blocking read, other devices)."""
+        if self._threads is None or chunk.name in self.keep:
+            return None
+        return self._threads.submit(self._load_blocking, chunk)
+
+    def close(self) -> None:
+        """Stop the loader threads (loads not started yet are cancelled)."""
+        if self._threads is not None:
+            self._threads.shutdown(wait=False, cancel_futures=True)
+
+    def _load_blocking(self, chunk: ChunkInfo) -> Tensors:
+        assert self._read_blocking is not None
+        lease = self.buffers.lease(chunk.size_bytes)
+        data = self._read_blocking(chunk, lease.view)
+        if not _is_lease(data, lease):
+            return self._materialize(chunk, data, streamed=True)
+        _check_size(chunk, data)
+        return self._from_memo(chunk, lease)
+
+    def _from_memo(self, chunk: ChunkInfo, lease: Lease) -> Tensors:
+        """The chunk's verified bytes in ``lease`` as tensors: built the first time the
+        chunk lands in this buffer, then laid over each new lease by views
+        (:class:`~sw_core.engine.io.rebase.Template`)."""
+        assert lease.base is not None and lease.memo is not None
+        key = (chunk.name, chunk.blake3 or chunk.sha256, chunk.size_bytes)
+        template: Template | None = lease.memo.get(key)
+        if key not in lease.memo:
+            tensors = self.skeleton.deserialize(chunk, lease.base[: chunk.size_bytes])
+            built = make_packed(tensors, self.dtype, None, self.packing)
+            template = lease.memo[key] = Template.of(built, lease.base)
+        if template is None:  # not all views of the buffer: built over the lease each time
+            return self._materialize(chunk, lease.view, streamed=True)
+        return widen_plain(template.over(lease.view), self.dtype, self.buffers.take)
+
+    def _materialize(
+        self, chunk: ChunkInfo, data: bytearray | memoryview, streamed: bool
+    ) -> Tensors:
+        """A CPU chunk's verified bytes as tensors in the compute dtype (zero-copy where
+        the dtype allows)."""
+        _check_size(chunk, data)
+        tensors = self.skeleton.deserialize(chunk, data)
+        take = self.buffers.take if streamed else None
+        return to_compute(tensors, self.dtype, take, self.packing)
+
+
+def _is_lease(data: bytearray | memoryview, lease: Lease) -> bool:
+    """Whether ``data`` (what the source returned) is the lease's memory, from its start."""
+    return lease.base is not None and len(data) > 0 and address(data) == address(lease.view)
+
+
+def _check_size(chunk: ChunkInfo, data: bytearray | memoryview) -> None:
+    if len(data) != chunk.size_bytes:
+        raise SecurityError(
+            f"chunk {chunk.name!r} is {len(data)} bytes, the manifest says {chunk.size_bytes}"
+        )

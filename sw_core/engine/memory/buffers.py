@@ -17,6 +17,12 @@ by a caller, a traceback) is simply never reused, so no live tensor can see new 
 The pool holds at most ``capacity_bytes`` of buffers, in use and free together (the
 engine's memory budget): before it maps a new buffer over the capacity it unmaps free ones,
 and when every buffer is in use it hands out a plain, unpooled one.
+
+A :class:`Lease` (:meth:`BufferPool.lease`) also gives the buffer's whole memory apart from
+the lease, and a memo kept with the buffer: objects built over that memory do not keep the
+lease alive, so a caller that memoizes what it built there (the engine's streamed chunks,
+rebuilt for nothing each time the same verified chunk lands in the same buffer again) must
+keep the lease itself for as long as the objects are in use, and use them only then.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ from __future__ import annotations
 import mmap
 import threading
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -44,6 +51,7 @@ def size_class(size_bytes: int) -> int:
 class _Buffer:
     array: np.ndarray
     lease: weakref.ref[np.ndarray] | None = None
+    memo: dict[Any, Any] = field(default_factory=dict)
 
     @property
     def capacity(self) -> int:
@@ -51,6 +59,17 @@ class _Buffer:
 
     def free(self) -> bool:
         return self.lease is None or self.lease() is None
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One lease of a buffer: ``view`` (exactly the size asked; the buffer is in use while
+    anything refers to it), and for a pooled buffer its whole memory (``base``, which does
+    not hold the lease) and the buffer's ``memo`` (both None for an unpooled buffer)."""
+
+    view: memoryview
+    base: memoryview | None = None
+    memo: dict[Any, Any] | None = None
 
 
 @dataclass
@@ -104,6 +123,10 @@ class BufferPool:
 
     def take(self, size_bytes: int) -> memoryview:
         """A writable buffer of exactly ``size_bytes`` (contents undefined)."""
+        return self.lease(size_bytes).view
+
+    def lease(self, size_bytes: int) -> Lease:
+        """:meth:`take`, with the buffer's memory and memo (see the module doc)."""
         size = int(size_bytes)
         with self._lock:
             buffer = self._best_free(size)
@@ -113,10 +136,10 @@ class BufferPool:
                 buffer = self._map_within_capacity(size)
             if buffer is None:
                 self.stats.unpooled += 1
-                return np.empty(size, dtype=np.uint8).data
+                return Lease(np.empty(size, dtype=np.uint8).data)
             lease = buffer.array[:size]
             buffer.lease = weakref.ref(lease)
-            return lease.data
+            return Lease(lease.data, buffer.array.data, buffer.memo)
 
     def clear(self) -> None:
         """Forget every free buffer (in-use ones are freed by their last user)."""

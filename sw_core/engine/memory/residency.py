@@ -11,7 +11,8 @@ Prefetch follows a *schedule*: the chunk names the current pass will acquire, in
 Each acquire moves a cursor along it and starts loading the next ``prefetch_count``
 chunks that are neither resident nor in flight -- as long as the budget has room; a
 prefetch never evicts anything. Loads run as coroutines on an event loop (the ``submit``
-callable), so fetching overlaps the compute thread's work.
+callable), or on the loader's own threads where it offers ``start(chunk)`` (a future, or
+None for the event loop), so fetching overlaps the compute thread's work.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ Loader = Callable[[ChunkInfo], Coroutine[Any, Any, Tensors]]
 Submit = Callable[[Coroutine[Any, Any, Tensors]], "concurrent.futures.Future[Tensors]"]
 BindFn = Callable[[ChunkInfo, Tensors], None]
 UnbindFn = Callable[[ChunkInfo], None]
+StartFn = Callable[[ChunkInfo], "concurrent.futures.Future[Tensors] | None"]
 
 #: How often a waiting acquire checks for cancellation.
 _POLL_S = 0.25
@@ -47,7 +49,8 @@ class Residency:
         budget_bytes: cap on materialized bytes (reserved, in flight and resident).
         keep: chunk names kept after release.
         prefetch_count: how many chunks to load ahead of the one acquired.
-        loader: coroutine factory returning a chunk's tensors (fetch + deserialize).
+        loader: coroutine factory returning a chunk's tensors (fetch + deserialize); its
+            optional ``start(chunk)`` loads a chunk off the event loop (a future, or None).
         bind / unbind: put a chunk's tensors into the model / take them out.
         timeout_s: longest wait for one chunk.
         expand: a chunk materialized (widened) holds its stored bytes times this.
@@ -77,6 +80,7 @@ class Residency:
         self.prefetch_count = max(0, prefetch_count)
         self.timeout_s = timeout_s
         self._loader = loader
+        self._start_off_loop: StartFn | None = getattr(loader, "start", None)
         self._bind = bind
         self._unbind = unbind
         self._lock = threading.RLock()
@@ -196,6 +200,12 @@ class Residency:
                         self.stats.wasted += 1
                     self._drop(name)
 
+    def close(self) -> None:
+        """Stop the loader's threads, if it has any (after :meth:`clear`)."""
+        close = getattr(self._loader, "close", None)
+        if close is not None:
+            close()
+
     def clear(self) -> None:
         """Drop everything (resident chunks too) and forget merged reservations."""
         self.settle()
@@ -270,7 +280,9 @@ class Residency:
         slot = Slot(chunk=chunk, reserved_bytes=size, prefetched=not must)
         self._slots[chunk.name] = slot
         started = time.perf_counter()
-        future = self._submit(self._loader(chunk))
+        future = self._start_off_loop(chunk) if self._start_off_loop is not None else None
+        if future is None:
+            future = self._submit(self._loader(chunk))
         slot.future = future
 
         def done(fut: concurrent.futures.Future[Tensors]) -> None:

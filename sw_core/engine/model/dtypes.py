@@ -92,15 +92,36 @@ def to_compute(
     With ``take`` (a :class:`~sw_core.engine.memory.buffers.BufferPool`'s), the converted tensors
     share one buffer from it; otherwise torch allocates them.
     """
-    if any(isinstance(t, StoredPacked) for t in tensors.values()):
-        tensors = dict(tensors)
-        for name, stored in list(tensors.items()):
-            if not isinstance(stored, StoredPacked):
-                continue
-            if packing is not None and name in packing.kept:
-                tensors[name] = PackedWeight(stored, packing.dtype, packing.kernels)
-            else:
-                tensors[name] = widen(stored, dtype or torch.float32, take)
+    return widen_plain(make_packed(tensors, dtype, take, packing), dtype, take)
+
+
+def make_packed(
+    tensors: dict[str, Any],
+    dtype: torch.dtype | None,
+    take: Callable[[int], memoryview] | None,
+    packing: Packing | None = None,
+) -> dict[str, Any]:
+    """The first half of :func:`to_compute`: packed tensors kept packed or widened, the
+    plain ones as they are."""
+    if not any(isinstance(t, StoredPacked) for t in tensors.values()):
+        return tensors
+    tensors = dict(tensors)
+    for name, stored in list(tensors.items()):
+        if not isinstance(stored, StoredPacked):
+            continue
+        if packing is not None and name in packing.kept:
+            tensors[name] = PackedWeight(stored, packing.dtype, packing.kernels)
+        else:
+            tensors[name] = widen(stored, dtype or torch.float32, take)
+    return tensors
+
+
+def widen_plain(
+    tensors: dict[str, Any],
+    dtype: torch.dtype | None,
+    take: Callable[[int], memoryview] | None,
+) -> dict[str, Any]:
+    """The second half of :func:`to_compute`: floating-point tensors cast to ``dtype``."""
     if dtype is None:
         return tensors
     todo = [

@@ -124,6 +124,29 @@ class PackedWeight:
             table = table.to(self.kernels_device())
         return table
 
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor the packed weight computes with or keeps (views or copies)."""
+        held = [self.stored_scales]
+        if self.fmt.kind == "int4":
+            held += [p for planes in self.planes for p in planes] + [self.sz]
+        else:
+            held += [self.q, self.int8_scales]
+        return held
+
+    def rebased(self, view: Callable[[torch.Tensor], torch.Tensor]) -> PackedWeight:
+        """A copy whose tensors are ``view(tensor)`` of this one's (the same weight over
+        other memory: :mod:`sw_core.engine.io.rebase`)."""
+        copy = object.__new__(type(self))
+        copy.__dict__.update(self.__dict__)
+        copy.stored_scales = view(self.stored_scales)
+        if self.fmt.kind == "int4":
+            copy.planes = [[view(p) for p in planes] for planes in self.planes]
+            copy.sz = view(self.sz)
+        else:
+            copy.q = view(self.q)
+            copy.int8_scales = view(self.int8_scales)
+        return copy
+
     def kernels_device(self) -> torch.device:
         return getattr(self.kernels, "device", torch.device("cpu"))
 

@@ -90,18 +90,18 @@ async def _stream_holding_tensors(
         cached_source(tmp_path, manifest, cache), memory_budget_mb=2, prefetch_count=2
     )
     held: list[tuple[torch.Tensor, torch.Tensor]] = []
-    deserialize = engine.skeleton.deserialize
+    bind = engine.residency._bind
     loads = 0
 
-    def spying(chunk: Any, data: Any) -> dict[str, torch.Tensor]:
+    def spying(chunk: Any, tensors: dict[str, torch.Tensor]) -> None:
+        """Keeps tensors the engine binds into the model (what its loads handed out)."""
         nonlocal loads
-        tensors = deserialize(chunk, data)
+        bind(chunk, tensors)
         loads += 1
         if loads % 2 == 0 and len(held) < HOLD and chunk.name not in engine.plan.keep:
             held.extend((t, t.clone()) for t in tensors.values())
-        return tensors
 
-    engine.skeleton.deserialize = spying  # type: ignore[method-assign]
+    engine.residency._bind = spying
     try:
         assert engine.plan.mode == "streaming"
         rows = id_rows([6, 4])
