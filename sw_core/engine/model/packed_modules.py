@@ -43,6 +43,12 @@ class PackedModule(nn.Module):
         """A ``meta`` stand-in with the weight's shape (the weight is packed)."""
         return torch.empty(self.weight_shape, dtype=self.compute_dtype, device="meta")
 
+    def hold(self, packed: PackedWeight | None) -> None:
+        """Bind (or unbind, with None) the weight. ``packed`` is a plain attribute, so this
+        skips ``nn.Module.__setattr__``'s look through its parameters, buffers and modules:
+        a streamed model binds and unbinds every packed weight once a token."""
+        self.__dict__["packed"] = packed
+
     def _bound(self) -> PackedWeight:
         if self.packed is None:
             raise ModelError(f"{self.tensor_name} would run before its chunk was bound")

@@ -288,7 +288,7 @@ class Skeleton:
             module, attr, kind = self._places[owner]
             if kind == PACKED:
                 assert isinstance(module, PackedModule)
-                module.packed = tensor if isinstance(tensor, PackedWeight) else None
+                module.hold(tensor if isinstance(tensor, PackedWeight) else None)
             elif isinstance(tensor, PackedWeight):
                 raise ModelError(f"{owner} cannot hold a packed weight")
             elif kind == PARAM:
@@ -310,7 +310,7 @@ class Skeleton:
             module, attr, kind = self._places[owner]
             if kind == PACKED:
                 assert isinstance(module, PackedModule)
-                module.packed = None
+                module.hold(None)
             elif kind == PARAM:
                 module._parameters[attr] = placeholder
             else:
