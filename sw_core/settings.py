@@ -110,6 +110,7 @@ class Settings:
     memory_budget_mb: int = 2048
     prefetch_count: int = 2
     compute_threads: int = 0
+    loader_threads: int = 1
     direct_io: str = "auto"
     max_batch_size: int = 16
     #: Most prompt tokens; 0 = the model's own context length (see sw_core.context).
@@ -228,6 +229,7 @@ class Settings:
             "timeout_seconds",
             "retry_attempts",
             "memory_budget_mb",
+            "loader_threads",
             "max_batch_size",
             "claim_idle_ms",
             "max_deliveries",

@@ -65,6 +65,11 @@ MEANINGS: dict[str, str] = {
     "model is resident or a batch has 8 rows or more, one fewer while chunks stream for a "
     "smaller batch, leaving a core to read and verify them (an OpenMP team waiting for a "
     "thread the fetch has descheduled made each token 3.6x slower on 2 cores).",
+    "loader_threads": "Threads that read, verify and build streamed chunks off the event loop "
+    "(CPU; a folder or the Redis cache in front of one). 1 keeps a read served from the page "
+    "cache, which is all CPU, from taking the compute thread's core (on 2 cores 1 thread was "
+    "9 % faster a token than 3 from a folder, the same from a local Redis); raise it up to "
+    "`prefetch_count + 1` for a cache or disk with high latency.",
     "direct_io": "Chunk reads from a folder past the page cache (`O_DIRECT`, straight into the "
     "engine's buffer): `auto` when the chunk set is larger than half the machine's memory "
     "(it cannot stay cached, and buffered reads would evict everything else), `on`, `off`.",

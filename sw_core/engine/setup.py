@@ -160,7 +160,7 @@ def build_memory(
             plan.keep,
             dtype,
             packing,
-            loader_threads=settings.prefetch_count + 1,
+            loader_threads=settings.loader_threads,
         ),
         expand=expand,
         sizes=sizes,

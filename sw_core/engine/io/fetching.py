@@ -72,8 +72,7 @@ class ChunkMaterializer:
         keep: names of the chunks the plan keeps resident.
         dtype: the compute dtype (None: as stored).
         packing: which packed tensors stay packed (None: all are widened).
-        loader_threads: threads for blocking loads (the chunks in flight at once: the
-            prefetch count plus the one acquired).
+        loader_threads: threads for blocking loads (``SW_LOADER_THREADS``).
     """
 
     def __init__(
@@ -85,7 +84,7 @@ class ChunkMaterializer:
         keep: frozenset[str],
         dtype: torch.dtype | None,
         packing: Packing | None = None,
-        loader_threads: int = 3,
+        loader_threads: int = 1,
     ) -> None:
         self.source = source
         self.skeleton = skeleton
