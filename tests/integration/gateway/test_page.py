@@ -72,6 +72,19 @@ def wait_until(check: Callable[[], Any], what: str, timeout_s: float = 30) -> An
     raise AssertionError(f"timed out waiting for {what}")
 
 
+#: Records each non-empty text assigned to ``#chat-output`` in ``window.outputSeen``.
+RECORD_OUTPUT = """
+const out = document.getElementById("chat-output");
+const text = Object.getOwnPropertyDescriptor(Node.prototype, "textContent");
+window.outputSeen = [];
+Object.defineProperty(out, "textContent", {
+  configurable: true,
+  get() { return text.get.call(this); },
+  set(value) { if (value) window.outputSeen.push(value); text.set.call(this, value); },
+});
+"""
+
+
 def api_answer(
     cluster: Cluster, messages: list[dict[str, str]], max_tokens: int
 ) -> tuple[str, int]:
@@ -115,16 +128,16 @@ class Page:
         """Send ``prompt``; the answer and each text the answer had while it grew."""
         self.fill("chat-input", prompt)
         self.fill("chat-max-tokens", str(max_tokens))
+        # every text the page puts in the output, recorded as it is set: polling from here
+        # misses them when the whole answer streams in faster than a WebDriver round trip
+        self.browser.execute_script(RECORD_OUTPUT)
         self.el("chat-send").click()
-        seen: list[str] = []
         deadline = time.monotonic() + 120
         while self.data("chat-output", "done") not in ("true", "error", "stopped"):
-            current = self.text("chat-output")
-            if current and (not seen or seen[-1] != current):
-                seen.append(current)
             assert time.monotonic() < deadline, "the chat never ended"
             time.sleep(0.01)
         assert self.data("chat-output", "done") == "true", self.text("chat-status")
+        seen: list[str] = self.browser.execute_script("return window.outputSeen")
         return self.text("chat-output"), seen
 
 
@@ -246,12 +259,17 @@ def test_the_charts_and_chunk_strips_draw_from_live_data(browser: Any, cluster: 
     seen: list[list[str]] = []
 
     def tinychat_strip() -> list[str] | None:
-        states = [
-            str(c.get_attribute("data-state"))
-            for c in browser.find_elements(
-                page.by.CSS_SELECTOR, '.strip[data-model="tinychat"] .chunk'
-            )
-        ]
+        from selenium.common.exceptions import StaleElementReferenceException
+
+        try:  # the page redraws the strips with every heartbeat: read them again if so
+            states = [
+                str(c.get_attribute("data-state"))
+                for c in browser.find_elements(
+                    page.by.CSS_SELECTOR, '.strip[data-model="tinychat"] .chunk'
+                )
+            ]
+        except StaleElementReferenceException:
+            return None
         seen.append(states)
         return states if len(states) == 4 and set(states) == {"resident"} else None
 
