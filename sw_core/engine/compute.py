@@ -35,6 +35,8 @@ class Residency(Protocol):
 
     def cancel(self) -> None: ...
 
+    def close(self) -> None: ...
+
 
 #: Rows from which a streamed batch's ops are large enough for every core (measured with
 #: packed SmolLM2 on 2 cores: 1 row 8-25 % faster on one thread, 16 rows 18 % faster on two).
@@ -132,9 +134,11 @@ class ComputeThread:
             self._pool.submit(self.clear_soon)
 
     def close(self, *, clear: bool) -> None:
-        """Wait for queued work, clear (when ``clear``) and stop the threads."""
+        """Wait for queued work, clear (when ``clear``: the engine is loaded) and stop the
+        threads, the residency's loader threads included."""
         self._pool.shutdown(wait=True)
         if clear:
             with self._lock:
                 self._clear()
+            self._residency().close()
         self._loop_thread.close()

@@ -384,8 +384,6 @@ class StreamingEngine:
         """Release memory and stop the engine's threads (waits for a running batch: from an
         event loop, use :meth:`aclose`)."""
         self._compute.close(clear=self._loaded)
-        if self._loaded:
-            self.residency.close()
 
     async def aclose(self) -> None:
         """:meth:`close` without blocking the event loop (a running batch may need it)."""
