@@ -50,12 +50,16 @@ def wants_direct(mode: str, set_bytes: int, memory: int | None = None) -> bool:
     return set_bytes > (memory if memory is not None else memory_bytes()) // 2
 
 
+def address(buffer: bytearray | memoryview) -> int:
+    """Where ``buffer``'s first byte is in memory."""
+    return int(np.frombuffer(buffer, dtype=np.uint8).ctypes.data)
+
+
 def is_aligned(view: memoryview) -> bool:
     """Whether ``view`` starts on an :data:`ALIGN` boundary."""
     if view.nbytes == 0:
         return False
-    address = np.frombuffer(view, dtype=np.uint8).ctypes.data
-    return address % ALIGN == 0
+    return address(view) % ALIGN == 0
 
 
 class DirectUnsupported(OSError):

@@ -11,13 +11,14 @@ from collections.abc import Awaitable, Callable
 import torch
 
 from sw_core.chunks.manifest import ChunkInfo, Manifest
-from sw_core.engine.io.rebase import Template, address
+from sw_core.engine.io.rebase import Template
 from sw_core.engine.io.sources import ChunkSource, blocking_fetch
 from sw_core.engine.memory.budget import ResidencyPlan
 from sw_core.engine.memory.buffers import GRANULE_BYTES, BufferPool, Lease
 from sw_core.engine.model.dtypes import Packing, Tensors, make_packed, to_compute, widen_plain
 from sw_core.engine.model.skeleton import Skeleton
 from sw_core.exceptions import SecurityError
+from sw_core.storage.direct import address
 
 
 def pool_bytes(

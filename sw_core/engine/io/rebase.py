@@ -15,15 +15,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
 from sw_core.engine.model.packed import PackedWeight
-
-
-def address(buffer: bytearray | memoryview) -> int:
-    """Where ``buffer``'s first byte is in memory."""
-    return int(np.frombuffer(buffer, dtype=np.uint8).ctypes.data)
+from sw_core.storage.direct import address
 
 
 class Template:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from sw_core.engine.io.rebase import Template, address
+from sw_core.engine.io.rebase import Template
 from sw_core.engine.memory.buffers import BufferPool
+from sw_core.storage.direct import address
 
 MIB = 1 << 20
 
