@@ -3,7 +3,9 @@
 CPU (checked here, AVX-512 + AMX): ``torch._weight_int4pack_mm_for_cpu(x, q, group, sz)``
 with ``q`` in the CPU nibble layout the chunks store (zero-copy) and
 ``torch._weight_int8pack_mm(x, q, scales)``. Activations must be 2-D, contiguous and of the
-scales' dtype (bfloat16 is the fast path; float32 is exact but about 20x slower).
+scales' dtype (bfloat16 is the fast path; float32 is exact but about 20x slower). From
+:data:`~sw_core.engine.model.wide_rows.WIDE_ROWS` activation rows on, int4 planes are
+dequantized and multiplied by a GEMM instead (:mod:`sw_core.engine.model.wide_rows`).
 
 CUDA (**unchecked**: no GPU was available when this was written; the conversion below is
 unit-tested on CPU tensors and the dispatch with a stand-in for torch's ops):
@@ -20,6 +22,7 @@ from typing import Any
 import torch
 from torch.nn import functional
 
+from sw_core.engine.model import wide_rows
 from sw_core.quant import int4_layout
 
 
@@ -42,6 +45,8 @@ class CpuKernels:
     def int4_mm(
         self, x: torch.Tensor, plane: torch.Tensor, group_size: int, sz: torch.Tensor
     ) -> torch.Tensor:
+        if wide_rows.takes(x, plane):
+            return wide_rows.dequantized_mm(x, plane, group_size, sz)
         return self.ops._weight_int4pack_mm_for_cpu(x, plane, group_size, sz)
 
     def int8_mm(self, x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
