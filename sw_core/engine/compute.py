@@ -38,20 +38,22 @@ class Residency(Protocol):
     def close(self) -> None: ...
 
 
-#: Rows from which a streamed batch's ops are large enough for every core (measured with
-#: packed SmolLM2 on 2 cores: 1 row 8-25 % faster on one thread, 16 rows 18 % faster on two).
-WIDE_BATCH_ROWS = 8
+#: Token rows of a model call (a batch's sequences times the tokens each feeds it: a
+#: prompt, a wide batch) from which its ops are large enough for every core while chunks
+#: stream (packed SmolLM2 on 2 cores: a decode step of 1 row 8-25 % faster on one thread,
+#: of 16 rows 18 % faster on two; a 38-token prompt 12 % faster on two).
+WIDE_PASS_ROWS = 8
 
 
 def intra_op_threads(configured: int, cores: int, *, streaming: bool, rows: int = 1) -> int:
-    """torch's intra-op threads for a run: ``configured`` when set (> 0); else ``cores`` for
-    a resident model or a wide batch, and one fewer (at least 1) while chunks stream for a
-    batch of fewer than :data:`WIDE_BATCH_ROWS` rows, so the chunk reads and hashes have a
-    core of their own: on 2 cores, an OpenMP team of 2 next to a busy fetch waited for its
-    descheduled member at every small op (3x the time per token)."""
+    """torch's intra-op threads for a model call of ``rows`` token rows: ``configured`` when
+    set (> 0); else ``cores`` for a resident model or a wide call, and one fewer (at least 1)
+    while chunks stream for a call of fewer than :data:`WIDE_PASS_ROWS` rows, so the chunk
+    reads and hashes have a core of their own: on 2 cores, an OpenMP team of 2 next to a busy
+    fetch waited for its descheduled member at every small op (3x the time per token)."""
     if configured > 0:
         return configured
-    if streaming and rows < WIDE_BATCH_ROWS:
+    if streaming and rows < WIDE_PASS_ROWS:
         return max(1, cores - 1)
     return max(1, cores)
 

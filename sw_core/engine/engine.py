@@ -47,7 +47,7 @@ from sw_core.engine.setup import (
     resolve_device,
 )
 from sw_core.engine.tasks.generation import eos_ids, run_generate
-from sw_core.engine.tasks.intake import request_intake
+from sw_core.engine.tasks.intake import batches, request_intake
 from sw_core.engine.tasks.passes import run_embed, run_forward
 from sw_core.engine.tasks.pooling import SentencePipeline, read_pipeline
 from sw_core.engine.tasks.requests import (
@@ -270,33 +270,14 @@ class StreamingEngine:
             counts[i] = len(rows)
             valid.extend((i, row) for row in rows)
         outputs: dict[int, list[Any]] = {}
-        for part in self._batches(task, valid):
+        per_token = kv_bytes_per_token(self.skeleton.config, self._kv_itemsize)
+        for part in batches(task, valid, self.settings, kv_bytes_per_token=per_token):
             computed = self._compute_batch(task, [p for _, p in part])
             for (i, _), out in zip(part, computed, strict=True):
                 outputs.setdefault(i, []).append(out)
         for i, outs in outputs.items():
             results[i] = outs if counts[i] > 1 else outs[0]
         return results
-
-    def _batches(self, task: str, rows: list[tuple[int, Any]]) -> list[list[tuple[int, Any]]]:
-        """``rows`` in order, cut into batches of at most ``max_batch_size``; generate batches
-        also within the KV-cache budget (rows x the padded prompt plus the most new tokens;
-        one row alone always fits, the parser saw to that)."""
-        size = self.settings.max_batch_size
-        if task != "generate":
-            return [rows[i : i + size] for i in range(0, len(rows), size)]
-        per_token = kv_bytes_per_token(self.skeleton.config, self._kv_itemsize)
-        budget = self.settings.kv_cache_bytes
-        batches: list[list[tuple[int, Any]]] = []
-        current: list[tuple[int, Any]] = []
-        for row in rows:
-            grown = [*current, row]
-            width = max(len(r.ids) for _, r in grown) + max(r.max_new_tokens for _, r in grown)
-            if current and (len(grown) > size or len(grown) * width * per_token > budget):
-                batches.append(current)
-                grown = [row]
-            current = grown
-        return [*batches, current] if current else batches
 
     def _compute_batch(self, task: str, batch: list[Any]) -> list[Any]:
         use_threads(self._compute_threads(len(batch)))
@@ -324,7 +305,10 @@ class StreamingEngine:
 
     def begin_pass(self, prefixes: tuple[str, ...] | None, ids: torch.Tensor | None) -> None:
         """Tell the prefetcher which units the next model call runs (tasks call this); a
-        call that reads chunks from outside the engine's memory counts one :attr:`sweeps`."""
+        call that reads chunks from outside the engine's memory counts one :attr:`sweeps`.
+        A call of many token rows (a prompt) gets the cores a wide batch gets."""
+        if ids is not None:
+            use_threads(self._compute_threads(ids.numel()))
         schedule = self.runtime.schedule(prefixes, ids)
         if schedule:
             self.sweeps += 1

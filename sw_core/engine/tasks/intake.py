@@ -1,11 +1,11 @@
 """A model's request intake: what it accepts (its :class:`Limits`, context length included),
 the parser of its requests, the compiler of its ``json_schema`` grammars and the text of its
-tokens for ``logprobs``."""
+tokens for ``logprobs``; and how parsed requests are cut into batches."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from sw_core.context import context_limits, model_positions
 from sw_core.engine.tasks.grammar import Grammars
@@ -62,3 +62,28 @@ def request_intake(
     )
     grammars = Grammars(tokenizer, int(config.vocab_size), eos)
     return Intake(limits, parser, grammars, TokenText(tokenizer))
+
+
+Row = TypeVar("Row", bound=tuple[int, Any])
+
+
+def batches(
+    task: str, rows: list[Row], settings: Settings, *, kv_bytes_per_token: int
+) -> list[list[Row]]:
+    """``rows`` (request index, parsed row) in order, cut into batches of at most
+    ``max_batch_size``; generate batches also within the KV-cache budget (rows x the padded
+    prompt plus the most new tokens; one row alone always fits, the parser saw to that)."""
+    size = settings.max_batch_size
+    if task != "generate":
+        return [rows[i : i + size] for i in range(0, len(rows), size)]
+    budget = settings.kv_cache_bytes
+    cut: list[list[Row]] = []
+    current: list[Row] = []
+    for row in rows:
+        grown = [*current, row]
+        width = max(len(r.ids) for _, r in grown) + max(r.max_new_tokens for _, r in grown)
+        if current and (len(grown) > size or len(grown) * width * kv_bytes_per_token > budget):
+            cut.append(current)
+            grown = [row]
+        current = grown
+    return [*cut, current] if current else cut

@@ -11,7 +11,7 @@ import torch
 
 from sw_core.cache import ChunkCache
 from sw_core.engine import StreamingEngine
-from sw_core.engine.compute import intra_op_threads
+from sw_core.engine.compute import WIDE_PASS_ROWS, intra_op_threads
 from sw_core.engine.memory import buffers as buffers_module
 from sw_core.engine.memory.buffers import BufferPool
 from sw_core.exceptions import SecurityError
@@ -164,3 +164,30 @@ async def test_a_streaming_engine_sizes_its_compute_threads_and_leaves_the_calle
         assert torch.get_num_threads() == caller_threads  # the caller's thread is untouched
     finally:
         engine.close()
+
+
+async def test_a_prompt_gets_the_cores_of_a_wide_call_and_its_decode_steps_do_not(
+    tmp_path: Path,
+) -> None:
+    chunk_small("llama", tmp_path)
+    caller_threads = torch.get_num_threads()
+    engine = await StreamingEngine.open(str(tmp_path), memory_budget_mb=2, prefetch_count=1)
+    calls: list[tuple[int, int]] = []
+    begin_pass = engine.begin_pass
+
+    def spy(prefixes: tuple[str, ...] | None, ids: torch.Tensor | None) -> None:
+        begin_pass(prefixes, ids)
+        assert ids is not None
+        calls.append((ids.numel(), torch.get_num_threads()))
+
+    engine.begin_pass = spy  # type: ignore[method-assign]
+    try:
+        assert engine.plan.mode == "streaming"
+        prompt = list(range(1, WIDE_PASS_ROWS + 2))
+        await engine.run_async("generate", [{"input_ids": prompt, "max_new_tokens": 3}])
+    finally:
+        engine.close()
+    wide = intra_op_threads(0, caller_threads, streaming=True, rows=len(prompt))
+    narrow = intra_op_threads(0, caller_threads, streaming=True, rows=1)
+    assert calls[0] == (len(prompt), wide)
+    assert calls[1:] == [(1, narrow), (1, narrow)]

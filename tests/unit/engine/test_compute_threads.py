@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sw_core.engine.compute import WIDE_BATCH_ROWS, intra_op_threads
+from sw_core.engine.compute import WIDE_PASS_ROWS, intra_op_threads
 
 
 @pytest.mark.parametrize(
@@ -14,8 +14,8 @@ from sw_core.engine.compute import WIDE_BATCH_ROWS, intra_op_threads
         (2, True, 1, 1),  # streaming one row: a core is left to the fetch
         (8, True, 3, 7),
         (1, True, 1, 1),  # never fewer than one
-        (2, True, WIDE_BATCH_ROWS - 1, 1),
-        (2, True, WIDE_BATCH_ROWS, 2),  # a wide batch's ops are worth every core
+        (2, True, WIDE_PASS_ROWS - 1, 1),
+        (2, True, WIDE_PASS_ROWS, 2),  # a wide call's ops (a prompt, a batch) are worth every core
     ],
 )
 def test_auto_leaves_a_core_to_the_fetch_of_a_narrow_streamed_batch(
