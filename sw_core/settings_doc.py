@@ -62,10 +62,10 @@ MEANINGS: dict[str, str] = {
     "prefetch_count": "Chunks fetched ahead of the layer being computed.",
     "compute_threads": "torch's intra-op threads on the engine's compute thread (CPU); 0 = auto: "
     "the count torch had when the engine was made (every core, or `OMP_NUM_THREADS`) while the "
-    "model is resident or a model call has 8 token rows or more (a prompt, a batch of 8), one "
-    "fewer while chunks stream for a smaller call (a decode step of a few rows), leaving a "
-    "core to read and verify them (an OpenMP team waiting for a thread the fetch has "
-    "descheduled made each token 3.6x slower on 2 cores).",
+    "model is resident or a batch has 8 rows or more (with packed weights: a model call of 8 "
+    "token rows or more, a prompt included), one fewer while chunks stream for a smaller "
+    "one, leaving a core to read and verify them (an OpenMP team waiting for a thread the "
+    "fetch has descheduled made each token 3.6x slower on 2 cores).",
     "loader_threads": "Threads that read, verify and build streamed chunks off the event loop "
     "(CPU; a folder or the Redis cache in front of one). 1 keeps a read served from the page "
     "cache, which is all CPU, from taking the compute thread's core (on 2 cores 1 thread was "

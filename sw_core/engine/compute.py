@@ -38,10 +38,10 @@ class Residency(Protocol):
     def close(self) -> None: ...
 
 
-#: Token rows of a model call (a batch's sequences times the tokens each feeds it: a
-#: prompt, a wide batch) from which its ops are large enough for every core while chunks
-#: stream (packed SmolLM2 on 2 cores: a decode step of 1 row 8-25 % faster on one thread,
-#: of 16 rows 18 % faster on two; a 38-token prompt 12 % faster on two).
+#: Rows of a batch (with packed weights: token rows of a model call, a prompt's included)
+#: from which its ops are large enough for every core while chunks stream (packed SmolLM2
+#: on 2 cores: a decode step of 1 row 8-25 % faster on one thread, of 16 rows 18 % faster
+#: on two; a 38-token prompt 12 % faster on two).
 WIDE_PASS_ROWS = 8
 
 

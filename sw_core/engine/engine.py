@@ -306,8 +306,9 @@ class StreamingEngine:
     def begin_pass(self, prefixes: tuple[str, ...] | None, ids: torch.Tensor | None) -> None:
         """Tell the prefetcher which units the next model call runs (tasks call this); a
         call that reads chunks from outside the engine's memory counts one :attr:`sweeps`.
-        A call of many token rows (a prompt) gets the cores a wide batch gets."""
-        if ids is not None:
+        With packed weights a call of many token rows (a prompt) gets the cores a wide batch
+        gets: it computes far more than it streams (wider weights keep the batch's count)."""
+        if ids is not None and self.skeleton.kept_packed:
             use_threads(self._compute_threads(ids.numel()))
         schedule = self.runtime.schedule(prefixes, ids)
         if schedule:

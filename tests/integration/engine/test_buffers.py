@@ -166,12 +166,15 @@ async def test_a_streaming_engine_sizes_its_compute_threads_and_leaves_the_calle
         engine.close()
 
 
-async def test_a_prompt_gets_the_cores_of_a_wide_call_and_its_decode_steps_do_not(
-    tmp_path: Path,
+@pytest.mark.parametrize("quantize", [None, "int4"])
+async def test_a_packed_prompt_gets_the_cores_of_a_wide_call_and_decode_steps_do_not(
+    tmp_path: Path, quantize: str | None
 ) -> None:
-    chunk_small("llama", tmp_path)
+    chunk_small("llama", tmp_path, quantize=quantize)
     caller_threads = torch.get_num_threads()
-    engine = await StreamingEngine.open(str(tmp_path), memory_budget_mb=2, prefetch_count=1)
+    engine = await StreamingEngine.open(
+        str(tmp_path), memory_budget_mb=2, prefetch_count=1, compute_dtype="bfloat16"
+    )
     calls: list[tuple[int, int]] = []
     begin_pass = engine.begin_pass
 
@@ -183,11 +186,13 @@ async def test_a_prompt_gets_the_cores_of_a_wide_call_and_its_decode_steps_do_no
     engine.begin_pass = spy  # type: ignore[method-assign]
     try:
         assert engine.plan.mode == "streaming"
+        assert bool(engine.skeleton.kept_packed) == (quantize is not None)
         prompt = list(range(1, WIDE_PASS_ROWS + 2))
         await engine.run_async("generate", [{"input_ids": prompt, "max_new_tokens": 3}])
     finally:
         engine.close()
     wide = intra_op_threads(0, caller_threads, streaming=True, rows=len(prompt))
     narrow = intra_op_threads(0, caller_threads, streaming=True, rows=1)
-    assert calls[0] == (len(prompt), wide)
+    # unpacked weights stream more bytes than a prompt computes: the batch's count stays
+    assert calls[0] == (len(prompt), wide if quantize else narrow)
     assert calls[1:] == [(1, narrow), (1, narrow)]
