@@ -11,9 +11,11 @@ Rules, in order:
    ahead (``prefetch_count``), and once for the one just released, whose buffer its last
    users still hold for a moment (so the budget bounds every chunk byte the process maps,
    not only the chunks in use). What is left over keeps whole sharded tensors
-   that each pass reads whole (an output head, tied or not), then blocks in execution
-   order, as many as fit -- a partly-resident model reads fewer bytes per pass than one
-   streamed from scratch -- and only then lookup-only embedding matrices: a lookup reads
+   that each pass reads whole (an output head, tied or not), then blocks, as many as fit --
+   a partly-resident model reads fewer bytes per pass than one streamed from scratch --
+   spread evenly over the execution order from the first block on (the loader keeps
+   streaming the next chunks while a kept block computes; kept blocks side by side left it
+   idle for as long as they ran), and only then lookup-only embedding matrices: a lookup reads
    just the shards holding the pass's ids (Llama-3-70B: one 16 MiB shard per new token of a
    2.1 GB matrix, where a block kept instead saves 1.7 GB every pass).
 
@@ -163,7 +165,7 @@ def plan_residency(
         if name not in lookups and cost <= leftover:
             merged.add(name)
             leftover -= cost
-    leftover = _keep_in_order(blocks, keep, leftover)
+    leftover = _keep_spread(blocks, keep, leftover)
     for name, group in by_size:  # a lookup reads only the shards holding its ids: after
         cost = _whole_bytes(name, group, lookups)
         if name in lookups and cost <= leftover:
@@ -179,6 +181,18 @@ def plan_residency(
         min_bytes=min_bytes,
         window_bytes=window,
     )
+
+
+def _keep_spread(blocks: list[ChunkInfo], keep: set[str], leftover: int) -> int:
+    """Add as many blocks to ``keep`` as fit in ``leftover``, evenly spaced in execution
+    order from the first one on; returns what is left."""
+    for count in range(len(blocks), 0, -1):
+        chosen = [blocks[i * len(blocks) // count] for i in range(count)]
+        cost = sum(c.size_bytes for c in chosen)
+        if cost <= leftover:
+            keep.update(c.name for c in chosen)
+            return leftover - cost
+    return leftover
 
 
 def _keep_in_order(chunks: list[ChunkInfo], keep: set[str], leftover: int) -> int:

@@ -32,7 +32,7 @@ from sw_core.engine.model.experts import StreamedExperts
 from sw_core.engine.model.footprint import merged_bytes
 from sw_core.engine.model.packed import PackedWeight
 from sw_core.engine.model.packed_modules import PackedEmbedding, PackedLinear, PackedModule
-from sw_core.engine.model.sharded import ShardedEmbedding, ShardedLinear, _Sharded
+from sw_core.engine.model.sharded import RowMemo, ShardedEmbedding, ShardedLinear, _Sharded
 from sw_core.engine.model.skeleton import Skeleton
 from sw_core.exceptions import ModelError
 
@@ -87,6 +87,7 @@ class Runtime:
             if not spec.sharded or spec.experts or spec.name in self.plan.merged:
                 continue
             shape = (spec.shape[0], spec.shape[1])
+            streamed: list[_Sharded] = []
             for owner in list(spec.owners):
                 path, _, attr = owner.rpartition(".")
                 module = model.get_submodule(path)
@@ -98,7 +99,7 @@ class Runtime:
                     isinstance(module, nn.Embedding) and _plain_lookup(module)
                 )
                 if lookup:
-                    new: nn.Module = ShardedEmbedding(
+                    new: _Sharded = ShardedEmbedding(
                         self.residency,
                         spec.name,
                         spec.chunks,
@@ -115,6 +116,11 @@ class Runtime:
                         f"{type(module).__name__}; raise the memory budget so it stays whole"
                     )
                 model.set_submodule(path, new)
+                streamed.append(new)
+            if {type(m) for m in streamed} == {ShardedEmbedding, ShardedLinear}:
+                memo = RowMemo()  # tied: the head's top rows serve the next lookup
+                for sharded in streamed:
+                    sharded.memo = memo
 
     def _replace_experts(self) -> None:
         """Fused experts modules stored one expert per chunk -> :class:`StreamedExperts`."""

@@ -25,7 +25,7 @@ def test_one_shard_short_of_room_streams_instead() -> None:
     assert plan.mode == "streaming"
 
 
-def test_streaming_keeps_small_chunks_then_merged_then_blocks_in_order() -> None:
+def test_streaming_keeps_small_chunks_then_merged_then_blocks() -> None:
     manifest = planned_manifest()
     # window = 10 MiB x (1 running + 1 prefetched + 1 just released) = 30; pinned 1.5;
     # leftover 60 - 31.5 = 28.5: merged matrix (about 16 MiB) first, then one 10 MiB block.
@@ -34,6 +34,22 @@ def test_streaming_keeps_small_chunks_then_merged_then_blocks_in_order() -> None
     assert plan.window_bytes == 30 * MIB
     assert plan.merged == {"emb.weight"}
     assert plan.keep == {"embeddings", "head", "layers.0"}
+
+
+def test_streaming_spreads_kept_blocks_over_the_pass_from_the_first() -> None:
+    # window 30 MiB (prefetch 1), pinned 1.5, merged 16: 64.5 MiB left keeps 6 blocks of 10
+    # out of 12, every second one from layers.0; 54.5 MiB keeps 5
+    manifest = planned_manifest(n_blocks=12)
+    plan = plan_residency(manifest, 112 * MIB, prefetch_count=1)
+    kept = sorted((c.name for c in manifest.blocks() if c.name in plan.keep), key=_index)
+    assert kept == [f"layers.{i}" for i in range(0, 12, 2)]
+    five = plan_residency(manifest, 102 * MIB, prefetch_count=1)
+    kept = sorted((c.name for c in manifest.blocks() if c.name in five.keep), key=_index)
+    assert kept == ["layers.0", "layers.2", "layers.4", "layers.7", "layers.9"]
+
+
+def _index(name: str) -> int:
+    return int(name.rsplit(".", 1)[1])
 
 
 def test_prefetch_depth_shrinks_what_stays_resident() -> None:

@@ -13,8 +13,8 @@ from sw_core.engine import StreamingEngine
 from sw_core.engine.io.loop import LoopThread
 from sw_core.engine.memory.budget import plan_residency
 from sw_core.engine.memory.residency import Residency
-from sw_core.engine.model.sharded import ShardedEmbedding
-from tests.support.engine import id_rows, padded
+from sw_core.engine.model.sharded import RowMemo, ShardedEmbedding
+from tests.support.engine import id_rows, padded, reference_generate
 from tests.support.fakes import FakeStore, block_chunk, planned_manifest
 from tests.support.models import chunk_small
 from tests.support.waiting import wait_until_sync
@@ -38,7 +38,7 @@ def test_streaming_keeps_blocks_before_lookup_shards() -> None:
     """A lookup reads only the shards holding its ids; a block is read whole every pass: the
     budget keeps blocks first. A matrix the head reads whole is kept like a block, first."""
     manifest = planned_manifest()
-    # Same budget as test_streaming_keeps_small_chunks_then_merged_then_blocks_in_order.
+    # Same budget as test_streaming_keeps_small_chunks_then_merged_then_blocks.
     plan = plan_residency(manifest, 60 * MIB, prefetch_count=2, lookup_only={"emb.weight"})
     assert plan.mode == "resident"
     plan = plan_residency(manifest, 50 * MIB, prefetch_count=1, lookup_only={"emb.weight"})
@@ -47,7 +47,7 @@ def test_streaming_keeps_blocks_before_lookup_shards() -> None:
     # one 10 MiB block before 16 MiB of shards
     assert plan.keep == {"embeddings", "head", "layers.0"}
     plan = plan_residency(manifest, 54 * MIB, prefetch_count=1, lookup_only={"emb.weight"})
-    assert plan.keep == {"embeddings", "head", "layers.0", "layers.1"}
+    assert plan.keep == {"embeddings", "head", "layers.0", "layers.2"}  # spread over the pass
     merged = plan_residency(manifest, 50 * MIB, prefetch_count=1)
     assert merged.merged == {"emb.weight"} and merged.keep == {"embeddings", "head"}
 
@@ -140,3 +140,42 @@ def test_streamed_chunks_still_wait_for_compute(loop: LoopThread) -> None:
     res.release(chunks[0])
     res.settle()
     assert res.materialized_bytes == 0
+
+
+# ------------------------------------------------------------------------- tied head memo
+@pytest.mark.parametrize("memo", [True, False])
+async def test_greedy_decoding_looks_up_streamed_tied_rows_only_for_the_prompt(
+    memo: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The head's top rows serve the next step's lookup: after the prompt, no lookup reads a
+    shard. Without the memo every step reads one again; the tokens are the same either way."""
+    if not memo:
+        monkeypatch.setattr(RowMemo, "rows_for", lambda self, flat: [None] * flat.numel())
+    model, _ = chunk_small("llama", tmp_path)
+    engine = await StreamingEngine.open(tmp_path, memory_budget_mb=2, prefetch_count=1)
+    lookups: list[int] = []
+    try:
+        embed = engine.model.get_submodule("model.embed_tokens")
+        assert isinstance(embed, ShardedEmbedding) and embed.memo is not None
+        looked_up = embed._looked_up
+
+        def counting(flat: torch.Tensor) -> torch.Tensor:
+            lookups.append(flat.numel())
+            return looked_up(flat)
+
+        monkeypatch.setattr(embed, "_looked_up", counting)
+        rows = id_rows([6, 4])
+        out = await engine.run_async(
+            "generate", [{"input_ids": r, "max_new_tokens": 8} for r in rows]
+        )
+    finally:
+        await engine.aclose()
+    tokens = [o["token_ids"] for o in out]
+    assert tokens == reference_generate(model, rows, 8, engine.pad_id)
+    steps = max(len(t) for t in tokens) - 1  # decode steps after the prompt's pass
+    assert steps > 2
+    if memo:
+        # the padded prompts' ids, then every step's ids from the memo
+        assert lookups == [12] and embed.memo.hits == sum(len(t) - 1 for t in tokens)
+    else:
+        assert len(lookups) == 1 + steps
