@@ -98,13 +98,20 @@ async def hex_digest_async(algorithm: Algorithm, data: bytes | bytearray | memor
     return await asyncio.to_thread(hex_digest, algorithm, data)
 
 
-def file_digests(path: str | PathLike[str], block_bytes: int = 8 << 20) -> tuple[str, str]:
-    """``(sha256, blake3)`` hex digests of a file, read once."""
+def file_digests(
+    path: str | PathLike[str], block_bytes: int = 8 << 20, *, length: int | None = None
+) -> tuple[str, str]:
+    """``(sha256, blake3)`` hex digests of a file (of its first ``length`` bytes when
+    given), read once."""
     sha, b3 = hashlib.sha256(), blake3.blake3()
+    left = -1 if length is None else length
     with open(path, "rb") as handle:
-        while block := handle.read(block_bytes):
+        while left and (block := handle.read(block_bytes if left < 0 else min(left, block_bytes))):
             sha.update(block)
             b3.update(block)
+            left -= len(block) if left > 0 else 0
+    if left > 0:
+        raise ValueError(f"{path} is shorter than {length} bytes")
     return sha.hexdigest(), b3.hexdigest()
 
 

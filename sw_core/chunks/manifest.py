@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -20,12 +20,16 @@ from typing import Any, Literal
 from sw_core.exceptions import ModelError
 from sw_core.quant.formats import PackedFormat, stored_names
 
-#: Chunk sets with packed tensors are version 3 (a reader that predates packed weights
-#: refuses them); the others stay version 1, readable by every version. Version 2 stored
-#: int4 offsets as a part of their own and no kernel table: re-chunk such a set.
+#: Chunk sets with packed tensors are version 4 (a reader that predates packed weights
+#: refuses them); the others stay version 1, readable by every version. Version 3 (packed,
+#: read as before) records no kernel prefixes (:attr:`ChunkInfo.kernel_bytes`). Version 2
+#: stored int4 offsets as a part of their own and no kernel table: re-chunk such a set.
 FORMAT_VERSION = 1
-PACKED_FORMAT_VERSION = 3
+PACKED_FORMAT_VERSION = 4
+PACKED_VERSIONS = (3, PACKED_FORMAT_VERSION)
 RETIRED_PACKED_VERSION = 2
+#: ChunkInfo fields written only when set (so that version 1 manifests stay as they were).
+_OPTIONAL_FIELDS = ("kernel_bytes", "kernel_sha256", "kernel_blake3", "file_bytes")
 MANIFEST_FILE = "manifest.json"
 #: Larger manifests are refused before parsing.
 MAX_MANIFEST_BYTES = 16 << 20
@@ -58,6 +62,38 @@ class ChunkInfo:
     rows: list[int] | None = None
     #: BLAKE3-256 hex digest of the file; readers verify it instead of the sha256 when set.
     blake3: str | None = None
+    #: A packed chunk whose file holds the exact scales of its int4 tensors last: its first
+    #: ``kernel_bytes`` bytes (header, 4-bit planes, kernel tables, float tensors) are all
+    #: that computing with the stored tables needs, and these are their digests. Widening
+    #: (float32 compute, row lookups) needs the whole file.
+    kernel_bytes: int | None = None
+    kernel_sha256: str | None = None
+    kernel_blake3: str | None = None
+    #: Set only on a kernel view (:meth:`kernel_view`), never in a manifest: the size of
+    #: the whole file, of which the view is the first ``size_bytes``.
+    file_bytes: int | None = None
+
+    def kernel_view(self) -> ChunkInfo | None:
+        """This chunk as its kernel prefix: ``size_bytes`` and digests of the file's first
+        ``kernel_bytes`` (read and verified as a chunk of its own), or None without one."""
+        if self.kernel_bytes is None or self.kernel_sha256 is None:
+            return None
+        return replace(
+            self,
+            size_bytes=self.kernel_bytes,
+            sha256=self.kernel_sha256,
+            blake3=self.kernel_blake3,
+            param_bytes=max(self.param_bytes - (self.size_bytes - self.kernel_bytes), 0),
+            kernel_bytes=None,
+            kernel_sha256=None,
+            kernel_blake3=None,
+            file_bytes=self.size_bytes,
+        )
+
+    @property
+    def is_prefix(self) -> bool:
+        """Whether this reads only the first ``size_bytes`` of a longer file."""
+        return self.file_bytes is not None
 
 
 @dataclass(frozen=True)
@@ -144,6 +180,10 @@ class Manifest:
         data = asdict(self)
         if data["synthetic"] is None:  # manifests of real models stay as they were
             del data["synthetic"]
+        for chunk in data["chunks"]:
+            for key in _OPTIONAL_FIELDS:
+                if chunk[key] is None:
+                    del chunk[key]
         return json.dumps(data, indent=2, sort_keys=False) + "\n"
 
     def describe_synthetic(self) -> str | None:
@@ -171,18 +211,20 @@ class Manifest:
                     f"manifest format_version {version}: packed weights in an earlier layout "
                     "(offsets apart, no kernel table); chunk the model again with this version"
                 )
-            if version not in (FORMAT_VERSION, PACKED_FORMAT_VERSION):
+            if version not in (FORMAT_VERSION, *PACKED_VERSIONS):
                 raise ModelError(
                     f"manifest format_version {version!r} is not supported (expected "
-                    f"{FORMAT_VERSION} or {PACKED_FORMAT_VERSION})"
+                    f"{FORMAT_VERSION} or one of {PACKED_VERSIONS})"
                 )
-            if bool(data.get("packed")) != (version == PACKED_FORMAT_VERSION):
+            if bool(data.get("packed")) != (version in PACKED_VERSIONS):
                 raise ModelError(
                     f"manifest format_version {version} does not match its packed tensors"
                 )
             if not isinstance(data.get("synthetic") or {}, dict):
                 raise ModelError("malformed manifest: 'synthetic' is not an object")
             chunks = [ChunkInfo(**c) for c in data.pop("chunks")]
+            if any(c.file_bytes is not None for c in chunks):
+                raise ModelError("malformed manifest: 'file_bytes' is not a manifest field")
             files = [FileInfo(**f) for f in data.pop("files", [])]
             manifest = cls(chunks=chunks, files=files, **data)
             for name, fmt in manifest.formats.items():

@@ -39,8 +39,14 @@ DTYPES: dict[str, torch.dtype] = {
 }
 
 
-def parse_header(data: bytes | bytearray | memoryview) -> tuple[dict[str, dict[str, Any]], int]:
-    """Validate a safetensors header; return ``(tensor entries, data start offset)``."""
+def parse_header(
+    data: bytes | bytearray | memoryview, *, prefix: bool = False
+) -> tuple[dict[str, dict[str, Any]], int]:
+    """Validate a safetensors header; return ``(tensor entries, data start offset)``.
+
+    With ``prefix``, ``data`` is the first bytes of a longer file: the tensors in it must
+    fill it exactly, and the others (listed, beyond its end) must follow it without gaps
+    or overlaps; a tensor cut by the end is refused."""
     view = memoryview(data)
     if len(view) < 8:
         raise SecurityError("not safetensors: fewer than 8 bytes")
@@ -74,7 +80,8 @@ def parse_header(data: bytes | bytearray | memoryview) -> tuple[dict[str, dict[s
             isinstance(offsets, list)
             and len(offsets) == 2
             and all(isinstance(o, int) for o in offsets)
-            and 0 <= offsets[0] <= offsets[1] <= body_len
+            and 0 <= offsets[0] <= offsets[1]
+            and (prefix or offsets[1] <= body_len)
         ):
             raise SecurityError(f"tensor {name!r} has data offsets outside the data")
         expected = math.prod(shape) * dtype.itemsize
@@ -82,6 +89,8 @@ def parse_header(data: bytes | bytearray | memoryview) -> tuple[dict[str, dict[s
             raise SecurityError(
                 f"tensor {name!r} claims {offsets[1] - offsets[0]} bytes, its shape needs {expected}"
             )
+        if prefix and offsets[0] < body_len < offsets[1]:
+            raise SecurityError(f"tensor {name!r} is cut by the end of the bytes read")
         spans.append((offsets[0], offsets[1], name))
     spans.sort()
     cursor = 0
@@ -90,7 +99,7 @@ def parse_header(data: bytes | bytearray | memoryview) -> tuple[dict[str, dict[s
             kind = "overlaps another" if begin < cursor else "leaves a gap before it"
             raise SecurityError(f"tensor {name!r} {kind}")
         cursor = end
-    if cursor != body_len:
+    if cursor < body_len or (cursor != body_len and not prefix):
         raise SecurityError(f"safetensors data has {body_len - cursor} trailing bytes")
     return header, start
 
@@ -100,10 +109,15 @@ def parse_header(data: bytes | bytearray | memoryview) -> tuple[dict[str, dict[s
 Entry = tuple[str, torch.dtype, tuple[int, ...], int, int]
 
 
-def parse_layout(data: bytes | bytearray | memoryview) -> tuple[int, list[Entry]]:
+def parse_layout(
+    data: bytes | bytearray | memoryview, *, prefix: bool = False
+) -> tuple[int, list[Entry]]:
     """The checked header of a safetensors blob as ``(blob size, entries)``: what
-    :func:`tensors_at` needs to build its tensors again without parsing."""
-    header, start = parse_header(data)
+    :func:`tensors_at` needs to build its tensors again without parsing. With ``prefix``
+    (``data`` is a file's first bytes, :func:`parse_header`), the entries of the tensors
+    beyond its end are left out: :func:`beyond` names them."""
+    header, start = parse_header(data, prefix=prefix)
+    size = len(memoryview(data))
     entries = [
         (
             name,
@@ -114,7 +128,14 @@ def parse_layout(data: bytes | bytearray | memoryview) -> tuple[int, list[Entry]
         )
         for name, entry in header.items()
     ]
-    return len(memoryview(data)), entries
+    return size, [e for e in entries if e[4] <= size]
+
+
+def beyond(data: bytes | bytearray | memoryview) -> list[str]:
+    """Names of the tensors a file's first bytes (``data``) list but do not hold."""
+    header, start = parse_header(data, prefix=True)
+    size = len(memoryview(data))
+    return sorted(n for n, e in header.items() if start + e["data_offsets"][1] > size)
 
 
 def tensors_at(entries: list[Entry], data: bytearray | memoryview) -> dict[str, torch.Tensor]:
@@ -140,18 +161,26 @@ def load_tensors(data: bytes | bytearray | memoryview) -> dict[str, torch.Tensor
     return tensors_at(parse_layout(data)[1], data)
 
 
-def save_aligned(tensors: dict[str, torch.Tensor], path: str) -> None:
+def save_aligned(
+    tensors: dict[str, torch.Tensor], path: str, *, tail: frozenset[str] = frozenset()
+) -> int:
     """Write ``tensors`` as safetensors with the data section starting on a multiple of
     :data:`ALIGN_BYTES` (the header is padded with spaces, as the format allows) and the
     tensors whose size is a multiple of 16 first: each of those starts 16-byte aligned in a
     buffer the file is read into at an aligned address (torch's int8 packed kernel needs
-    that of its weight). The others follow, widest dtype first."""
+    that of its weight). The others follow, widest dtype first. The ``tail`` tensors come
+    after all others (in the same order among themselves); returns the offset where they
+    start (the file's size without a tail): a reader that needs none of them reads only
+    the file's first bytes (:func:`parse_layout` with ``prefix``)."""
     names = {v: k for k, v in DTYPES.items()}
     items = [(n, t.detach().contiguous().cpu()) for n, t in tensors.items()]
-    items.sort(key=lambda it: (it[1].nbytes % 16 != 0, -it[1].element_size(), it[0]))
+    items.sort(key=lambda it: (it[0] in tail, it[1].nbytes % 16 != 0, -it[1].element_size(), it[0]))
     header: dict[str, Any] = {}
     offset = 0
+    tail_offset: int | None = None
     for name, tensor in items:
+        if name in tail and tail_offset is None:
+            tail_offset = offset
         header[name] = {
             "dtype": names[tensor.dtype],
             "shape": list(tensor.shape),
@@ -166,3 +195,4 @@ def save_aligned(tensors: dict[str, torch.Tensor], path: str) -> None:
         for _, tensor in items:
             if tensor.nbytes:
                 out.write(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+    return 8 + len(raw) + (offset if tail_offset is None else tail_offset)

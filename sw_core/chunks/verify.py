@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from sw_core.chunks.chunk_set import read_manifest
-from sw_core.chunks.manifest import MANIFEST_FILE, Manifest
+from sw_core.chunks.manifest import MANIFEST_FILE, ChunkInfo, Manifest
 from sw_core.chunks.safetensors_io import parse_header
 from sw_core.counters import INTEGRITY_FAILURES
 from sw_core.exceptions import ChunkNotFoundError, ModelError, SecurityError, StorageError
@@ -30,7 +30,7 @@ ProgressFn = Callable[[str, int, int], None]
 
 #: What is wrong with one entry of a chunk set.
 Problem = Literal[
-    "missing", "size", "sha256", "blake3", "format", "unsafe", "unreadable", "manifest"
+    "missing", "size", "sha256", "blake3", "format", "unsafe", "unreadable", "manifest", "kernel"
 ]
 
 
@@ -71,11 +71,14 @@ class _Entry:
     sha256: str
     is_chunk: bool
     blake3: str | None = None
+    #: A chunk's kernel view (:meth:`~sw_core.chunks.manifest.ChunkInfo.kernel_view`).
+    kernel: ChunkInfo | None = None
 
 
 def _entries(manifest: Manifest) -> list[_Entry]:
     chunks = [
-        _Entry(c.name, c.file, c.size_bytes, c.sha256, True, c.blake3) for c in manifest.chunks
+        _Entry(c.name, c.file, c.size_bytes, c.sha256, True, c.blake3, c.kernel_view())
+        for c in manifest.chunks
     ]
     files = [
         _Entry(f.file, f.file, f.size_bytes, f.sha256, False, f.blake3) for f in manifest.files
@@ -127,7 +130,26 @@ async def _check(backend: StorageBackend, entry: _Entry) -> tuple[BadEntry | Non
             parse_header(data)
         except SecurityError as exc:
             return bad("format", f"invalid safetensors: {exc}"), len(data)
+    if entry.kernel is not None and not await _kernel_prefix_matches(entry.kernel, data):
+        backend.counters.incr(INTEGRITY_FAILURES)
+        detail = f"its first {entry.kernel.size_bytes} bytes do not match the kernel digests"
+        return bad("kernel", detail), len(data)
     return None, len(data)
+
+
+async def _kernel_prefix_matches(view: ChunkInfo, data: bytearray) -> bool:
+    """Whether the chunk's first bytes are the kernel view the manifest describes (what the
+    engine reads when it computes with the stored tables)."""
+    head = memoryview(data)[: view.size_bytes]
+    if len(head) != view.size_bytes or await sha256_hex(head) != view.sha256.lower():
+        return False
+    if view.blake3 and await hex_digest_async("blake3", head) != view.blake3.lower():
+        return False
+    try:
+        parse_header(head, prefix=True)
+    except SecurityError:
+        return False
+    return True
 
 
 async def verify_chunk_set(

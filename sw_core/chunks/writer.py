@@ -50,9 +50,20 @@ def write_chunks(
         tensors = dict(_plan_tensors(plan, source, formats))
         param_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
         target = out / plan.file
-        _atomic_save(tensors, target, aligned=any(":" in n for n in tensors))
+        tail = _exact_scales(plan, formats)
+        kernel_bytes = _atomic_save(
+            tensors, target, aligned=any(":" in n for n in tensors), tail=tail
+        )
         del tensors
         sha256, blake3_hex = file_digests(target)
+        kernel: dict[str, Any] = {}
+        if tail:
+            kernel_sha256, kernel_blake3 = file_digests(target, length=kernel_bytes)
+            kernel = {
+                "kernel_bytes": kernel_bytes,
+                "kernel_sha256": kernel_sha256,
+                "kernel_blake3": kernel_blake3,
+            }
         chunks.append(
             ChunkInfo(
                 name=plan.name,
@@ -66,6 +77,7 @@ def write_chunks(
                 index=plan.index,
                 param_bytes=param_bytes,
                 rows=plan.rows,
+                **kernel,
             )
         )
         if progress is not None:
@@ -88,20 +100,34 @@ def _plan_tensors(
         yield key, tensor.detach().to("cpu").contiguous()
 
 
-def _atomic_save(tensors: dict[str, torch.Tensor], target: Path, *, aligned: bool) -> None:
+def _exact_scales(plan: ChunkPlan, formats: dict[str, PackedFormat]) -> frozenset[str]:
+    """The ``scales`` parts of the chunk's int4 tensors that store a kernel table: only
+    widening reads them, so they go last in the file (:attr:`ChunkInfo.kernel_bytes`)."""
+    return frozenset(
+        part_name(key, "scales")
+        for key in plan.tensors
+        if (fmt := formats.get(key)) is not None and fmt.table_dtype is not None
+    )
+
+
+def _atomic_save(
+    tensors: dict[str, torch.Tensor], target: Path, *, aligned: bool, tail: frozenset[str]
+) -> int:
     """Save atomically; chunks with packed parts through :func:`save_aligned` (the packed
-    kernels read them in place)."""
+    kernels read them in place), the ``tail`` parts last. Returns where the tail starts."""
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
     os.close(fd)
     try:
         if aligned:
-            save_aligned(tensors, tmp)
+            kernel_bytes = save_aligned(tensors, tmp, tail=tail)
         else:
             save_file(tensors, tmp)
+            kernel_bytes = Path(tmp).stat().st_size
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return kernel_bytes
 
 
 def _file_info(out: Path, rel: str) -> FileInfo:

@@ -154,7 +154,14 @@ class StreamingEngine:
         dtype = compute_dtype(settings.compute_dtype, self.device, manifest)
         #: The compute dtype (None: as stored).
         self.compute_dtype = dtype
-        self.skeleton = Skeleton(manifest, config, self.device, packed_dtype(dtype))
+        self.skeleton = Skeleton(
+            manifest,
+            config,
+            self.device,
+            packed_dtype(dtype),
+            kernel_views=bool(getattr(self.source, "reads_prefixes", False)),
+        )
+        manifest = self.manifest = self.skeleton.manifest  # kernel views where read
         self.plan, self.buffers, self.residency = build_memory(
             manifest, self.skeleton, self.source, self.device, settings, dtype
         )

@@ -23,7 +23,9 @@ streamed chunk is used where it lands (no conversion on arrival):
       ``(scale, offset + 8 * scale)`` and ``(16 * scale, 128 * scale)``. Derived from the
       scales, stored so that a streamed chunk needs no work on arrival (building it cost
       as much CPU as the matrix products themselves: measured on SmolLM2), at 4 bytes per
-      group and plane.
+      group and plane. With a table the exact ``scales`` are written last in the chunk
+      (:attr:`~sw_core.chunks.manifest.ChunkInfo.kernel_bytes`): a reader computing with
+      the table reads the file's first bytes only.
 
 ``int8`` -- ``W[n, k] = scale[n] * q[n, k]`` (``torch._weight_int8pack_mm``: one scale per
     output channel, ``sw chunk --quantize int8``). Parts: ``<name>:q`` int8 ``[*lead, N, K]``,
@@ -120,6 +122,15 @@ class PackedFormat:
 
     def stored_bytes(self, rows: tuple[int, int] | None = None) -> int:
         return sum(math.prod(s) * ITEMSIZE[d] for s, d in self.part_specs(rows).values())
+
+    def exact_scale_bytes(self, rows: tuple[int, int] | None = None) -> int:
+        """Bytes of the stored ``scales`` part that a chunk keeps after its kernel prefix
+        (:attr:`~sw_core.chunks.manifest.ChunkInfo.kernel_bytes`): int4 with a stored
+        table; 0 otherwise."""
+        if self.kind != "int4" or self.table_dtype is None:
+            return 0
+        shape, dtype = self.part_specs(rows)["scales"]
+        return math.prod(shape) * ITEMSIZE[dtype]
 
     def row_bytes(self) -> int:
         """Stored bytes per row of the first dimension (for planning row shards)."""

@@ -151,18 +151,33 @@ class FilesystemBackend(RetryingBackend):
         return view
 
     async def load_verified_into(
-        self, key: str, out: memoryview, sha256: str, *, blake3: str | None = None
+        self,
+        key: str,
+        out: memoryview,
+        sha256: str,
+        *,
+        blake3: str | None = None,
+        prefix: bool = False,
     ) -> memoryview:
         """:meth:`read_verified_into` on a worker thread."""
         check_key(key)
-        return await asyncio.to_thread(self.read_verified_into, key, out, sha256, blake3=blake3)
+        return await asyncio.to_thread(
+            self.read_verified_into, key, out, sha256, blake3=blake3, prefix=prefix
+        )
 
     def read_verified_into(
-        self, key: str, out: memoryview, sha256: str, *, blake3: str | None = None
+        self,
+        key: str,
+        out: memoryview,
+        sha256: str,
+        *,
+        blake3: str | None = None,
+        prefix: bool = False,
     ) -> memoryview:
         """Read the object into ``out`` (a writable buffer of at least its size, which is
         also the size limit), checked against ``blake3`` (else ``sha256``) as it is read;
-        returns the filled ``out[:size]``. Blocking: call it from a worker thread. Each
+        returns the filled ``out[:size]``. With ``prefix``, read (and check) only the
+        object's first ``out.nbytes`` bytes. Blocking: call it from a worker thread. Each
         piece is hashed as soon as it landed -- on the reading thread for a buffered BLAKE3
         read (:data:`INLINE_PIECE_BYTES`), else on a helper thread while the next piece is
         read, so the disk does not wait for the hash. No retries.
@@ -176,12 +191,14 @@ class FilesystemBackend(RetryingBackend):
         try:
             if expected.algorithm == "blake3" and not self._reads_direct():
                 inline = new_hasher("blake3")
-                view = self._read(path, key, out.nbytes, out, inline.update, INLINE_PIECE_BYTES)
+                view = self._read(
+                    path, key, out.nbytes, out, inline.update, INLINE_PIECE_BYTES, prefix
+                )
                 actual = inline.hexdigest()
             else:
                 digest = OrderedHash(_hash_pool(), expected.algorithm)
                 try:
-                    view = self._read(path, key, out.nbytes, out, digest.feed)
+                    view = self._read(path, key, out.nbytes, out, digest.feed, prefix=prefix)
                 except BaseException:
                     digest.abandon()
                     raise
@@ -210,10 +227,21 @@ class FilesystemBackend(RetryingBackend):
         out: memoryview | None = None,
         feed: Callable[[memoryview], object] | None = None,
         piece_bytes: int = PIECE_BYTES,
+        prefix: bool = False,
     ) -> Any:
+        """The file's bytes (into ``out`` when given); with ``prefix``, its first
+        ``max_size_bytes`` bytes only (a shorter file is an error)."""
         with open(path, "rb", buffering=0) as handle:
             size = os.fstat(handle.fileno()).st_size
-            if max_size_bytes is not None and size > max_size_bytes:
+            if prefix:
+                assert max_size_bytes is not None
+                if size < max_size_bytes:
+                    raise StorageError(
+                        f"{key!r} in {self.root} is {size} bytes, shorter than the "
+                        f"{max_size_bytes} bytes to read"
+                    )
+                size = max_size_bytes
+            elif max_size_bytes is not None and size > max_size_bytes:
                 raise SecurityError(
                     f"{key!r} in {self.root} is {size} bytes, over the limit of "
                     f"{max_size_bytes} bytes"
@@ -236,7 +264,7 @@ class FilesystemBackend(RetryingBackend):
                 if feed is not None:
                     feed(view[got : got + n])
                 got += n
-            if got != size or handle.read(1):
+            if got != size or (not prefix and handle.read(1)):
                 raise StorageError(f"{key!r} in {self.root} changed size while being read")
             if self.direct_io:
                 drop_cached(handle.fileno())

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from sw_core.chunks.chunk_set import read_set_file
 from sw_core.chunks.manifest import ChunkInfo
-from sw_core.exceptions import CacheError
+from sw_core.exceptions import CacheError, StorageError
 from sw_core.storage.direct import wants_direct
 
 if TYPE_CHECKING:
@@ -96,10 +96,27 @@ class StoreChunkSource:
         """Reads past the page cache for a chunk set larger than memory (``SW_DIRECT_IO``)."""
         return set_direct_io(self.store, set_bytes, mode)
 
+    @property
+    def reads_prefixes(self) -> bool:
+        """Whether :meth:`fetch` reads kernel views (:meth:`ChunkInfo.kernel_view`): the
+        first bytes of a chunk's file, verified against their own digest. A folder does;
+        other stores read whole chunks."""
+        return callable(getattr(self.store, "read_verified_into", None))
+
     async def fetch(
         self, chunk: ChunkInfo, *, out: memoryview | None = None
     ) -> bytearray | memoryview:
         verified_into = getattr(self.store, "load_verified_into", None)
+        if chunk.is_prefix:
+            if verified_into is None:
+                raise StorageError(
+                    f"{self.describe()} cannot read the first bytes of {chunk.file!r} alone"
+                )
+            if out is None:
+                out = memoryview(bytearray(chunk.size_bytes))
+            return await verified_into(
+                chunk.file, out[: chunk.size_bytes], chunk.sha256, blake3=chunk.blake3, prefix=True
+            )
         if out is not None and verified_into is not None:  # hashed as it is read
             return await verified_into(chunk.file, out, chunk.sha256, blake3=chunk.blake3)
         load_into = getattr(self.store, "load_into", None)
@@ -121,7 +138,11 @@ class StoreChunkSource:
             return None
 
         def fetch(chunk: ChunkInfo, out: memoryview) -> memoryview:
-            view: memoryview = read(chunk.file, out, chunk.sha256, blake3=chunk.blake3)
+            if chunk.is_prefix:
+                out = out[: chunk.size_bytes]
+            view: memoryview = read(
+                chunk.file, out, chunk.sha256, blake3=chunk.blake3, prefix=chunk.is_prefix
+            )
             return view
 
         return fetch
@@ -167,6 +188,12 @@ class CachedChunkSource:
 
     def describe(self) -> str:
         return f"chunk cache + {self.store.describe()}"
+
+    @property
+    def reads_prefixes(self) -> bool:
+        """Kernel views are cached under their own digest and read from the store's folder
+        on a miss (see :attr:`StoreChunkSource.reads_prefixes`)."""
+        return self._direct.reads_prefixes
 
     def configure_reads(self, set_bytes: int, mode: str) -> bool:
         """Misses read past the page cache for a chunk set larger than memory."""

@@ -20,10 +20,10 @@ from typing import Any
 import torch
 
 from sw_core.chunks.manifest import ChunkInfo, Manifest
-from sw_core.chunks.safetensors_io import Entry, parse_layout, tensors_at
+from sw_core.chunks.safetensors_io import Entry, beyond, parse_layout, tensors_at
 from sw_core.engine.model.packed import StoredPacked
 from sw_core.exceptions import ModelError, SecurityError
-from sw_core.quant.formats import split_part
+from sw_core.quant.formats import part_name, split_part
 
 
 @dataclass(frozen=True)
@@ -78,9 +78,17 @@ class ChunkReader:
     # ---------------------------------------------------------------- first arrival
     def _check(self, chunk: ChunkInfo, data: bytearray | memoryview) -> ChunkLayout:
         """Parse and check ``chunk``'s header (see the module doc)."""
-        size, entries = parse_layout(data)
+        size, entries = parse_layout(data, prefix=chunk.is_prefix)
         stored = tensors_at(entries, data)
         expected = self.manifest.stored_tensors(chunk)
+        if chunk.is_prefix:  # a kernel view: the exact scales lie past its end, unread
+            tail = sorted(self._exact_scales(chunk))
+            if beyond(data) != tail:
+                raise SecurityError(
+                    f"model {self.manifest.name!r}: chunk {chunk.name!r} does not end with "
+                    f"the exact scales of its packed tensors ({tail[:3]})"
+                )
+            expected = [n for n in expected if n not in tail]
         if set(stored) != set(expected):
             extra = sorted(set(stored) - set(expected))
             lacking = sorted(set(expected) - set(stored))
@@ -101,6 +109,15 @@ class ChunkReader:
         for name, group in packed.items():
             self._check_packed(chunk, name, group, rows)
         return ChunkLayout(size, entries, parts)
+
+    def _exact_scales(self, chunk: ChunkInfo) -> set[str]:
+        """Stored names of the ``scales`` parts a kernel view of ``chunk`` leaves out."""
+        formats = self.manifest.formats
+        return {
+            part_name(t, "scales")
+            for t in chunk.tensors
+            if t in formats and formats[t].exact_scale_bytes()
+        }
 
     def _check_plain(self, chunk: ChunkInfo, name: str, tensor: torch.Tensor) -> None:
         shape, dtype = self.specs[name]
@@ -132,6 +149,8 @@ class ChunkReader:
                 f"the model expects {list(shape)}"
             )
         for part, (part_shape, dtype) in fmt.part_specs(rows).items():
+            if part == "scales" and chunk.is_prefix and fmt.exact_scale_bytes():
+                continue
             tensor = parts[part]
             if (
                 list(tensor.shape) != part_shape

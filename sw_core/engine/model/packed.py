@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from sw_core.engine.model.kernels import CpuKernels
+from sw_core.exceptions import ModelError
 from sw_core.quant import int4_layout
 from sw_core.quant.formats import PackedFormat
 from sw_core.quant.weights import dequantize_parts, kernel_table, split_scales
@@ -88,8 +89,9 @@ class PackedWeight:
         self.kernels = kernels
         self.shape = stored.shape
         q = stored.parts["q"]
-        #: The stored scales part (int4: ``(scale, offset)`` pairs or scales alone).
-        self.stored_scales = stored.parts["scales"]
+        #: The stored scales part (int4: ``(scale, offset)`` pairs or scales alone); None
+        #: for an int4 weight read from a kernel view (its stored table is all it needs).
+        self.stored_scales: torch.Tensor | None = stored.parts.get("scales")
         self.lead = list(q.shape[: -3 if fmt.kind == "int4" else -2])
         self.count = math.prod(self.lead)
         self.out_features, self.in_features = fmt.matrix
@@ -103,7 +105,7 @@ class PackedWeight:
             if q.data_ptr() % 16:  # the int8 kernel reads its weight 16-byte aligned
                 q = q.clone()
             self.q = q.reshape(self.count, *q.shape[-2:])
-            scales = self.stored_scales.reshape(self.count, -1)
+            scales = self._exact_scales().reshape(self.count, -1)
             if kernels.int8_packed:
                 self.int8_scales = scales.to(dtype)
             else:  # widened on arrival (CUDA)
@@ -118,15 +120,23 @@ class PackedWeight:
         fmt = self.fmt
         table = stored.parts.get("table")
         if table is None or table.dtype != self.dtype:
-            table = kernel_table(fmt, self.stored_scales, self.dtype)
+            table = kernel_table(fmt, self._exact_scales(), self.dtype)
         table = table.reshape(self.count, fmt.planes, *table.shape[-3:])
         if self.kernels.device_type != "cpu":
             table = table.to(self.kernels_device())
         return table
 
+    def _exact_scales(self) -> torch.Tensor:
+        if self.stored_scales is None:
+            raise ModelError(
+                f"{self.name}: read without its exact scales (a kernel view), which this "
+                "use of it needs"
+            )
+        return self.stored_scales
+
     def tensors(self) -> list[torch.Tensor]:
         """Every tensor the packed weight computes with or keeps (views or copies)."""
-        held = [self.stored_scales]
+        held = [] if self.stored_scales is None else [self.stored_scales]
         if self.fmt.kind == "int4":
             held += [p for planes in self.planes for p in planes] + [self.sz]
         else:
@@ -138,7 +148,8 @@ class PackedWeight:
         other memory: :mod:`sw_core.engine.io.rebase`)."""
         copy = object.__new__(type(self))
         copy.__dict__.update(self.__dict__)
-        copy.stored_scales = view(self.stored_scales)
+        if self.stored_scales is not None:
+            copy.stored_scales = view(self.stored_scales)
         if self.fmt.kind == "int4":
             copy.planes = [[view(p) for p in planes] for planes in self.planes]
             copy.sz = view(self.sz)
@@ -179,7 +190,7 @@ class PackedWeight:
         fmt = self.fmt
         if fmt.kind == "int8":
             q = self.q[0].cpu()
-            scale = self.stored_scales.reshape(-1)[flat, None].float()
+            scale = self._exact_scales().reshape(-1)[flat, None].float()
             rows = q[flat].to(torch.float32) * scale
             return rows.to(self.dtype).to(ids.device).view(*ids.shape, -1)
         assert fmt.block_n is not None and fmt.group_size is not None
@@ -188,7 +199,7 @@ class PackedWeight:
         for p in range(fmt.planes):
             nibbles = int4_layout.gather_rows(planes[p], flat, fmt.block_n)
             values |= nibbles << (4 * p) if p else nibbles
-        stored, stored_offsets = split_scales(fmt, self.stored_scales)
+        stored, stored_offsets = split_scales(fmt, self._exact_scales())
         scales = stored[:, flat].t().float()
         if stored_offsets is None:
             offsets = scales * -float(fmt.zero_point or 0)
@@ -215,7 +226,8 @@ class PackedWeight:
         whole.shape = (sum(s.out_features for s in shards), first.in_features)
         whole.out_features = whole.shape[0]
         n_dim = -2 if fmt.kind == "int4" and fmt.zero_point is None else -1
-        whole.stored_scales = torch.cat([s.stored_scales for s in shards], dim=n_dim)
+        exact = [s.stored_scales for s in shards if s.stored_scales is not None]
+        whole.stored_scales = torch.cat(exact, dim=n_dim) if len(exact) == len(shards) else None
         if fmt.kind == "int8":
             whole.q = torch.cat([s.q for s in shards], dim=1)
             whole.int8_scales = torch.cat([s.int8_scales for s in shards], dim=1)

@@ -22,6 +22,7 @@ from torch import nn
 from sw_core.architectures import ARCHITECTURES, Family, check_architecture
 from sw_core.chunks.manifest import ChunkInfo, Manifest
 from sw_core.engine.model.chunk_reader import ChunkReader
+from sw_core.engine.model.footprint import with_kernel_views
 from sw_core.engine.model.packed import PackedWeight
 from sw_core.engine.model.packed_modules import (
     PackedEmbedding,
@@ -99,6 +100,9 @@ class Skeleton:
         packed_dtype: keep packed tensors packed, computing with activations of this dtype
             (bfloat16), in the modules that can (:mod:`~sw_core.engine.model.packed_modules`);
             None widens every packed tensor on arrival.
+        kernel_views: read the chunks that compute from their kernel prefix alone as their
+            kernel views (:func:`~sw_core.engine.model.footprint.with_kernel_views`); the
+            skeleton's :attr:`manifest` is then the manifest of what is read.
     """
 
     def __init__(
@@ -107,6 +111,8 @@ class Skeleton:
         config: Any,
         device: torch.device,
         packed_dtype: torch.dtype | None = None,
+        *,
+        kernel_views: bool = False,
     ) -> None:
         from accelerate import init_empty_weights
 
@@ -138,6 +144,8 @@ class Skeleton:
             self.kept_packed = frozenset(
                 replace_packed_modules(model, owners, manifest.formats, packed_dtype)
             )
+        if kernel_views:
+            manifest = self.manifest = with_kernel_views(manifest, packed_dtype, self.kept_packed)
         self._places: dict[str, tuple[nn.Module, str, str]] = {}
         #: Per ``(module, recurse)``: every place under it that holds a weight (see
         #: :meth:`meta_tensors`); dropped when modules are replaced.

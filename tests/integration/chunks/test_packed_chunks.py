@@ -13,8 +13,14 @@ import pytest
 import torch
 
 from sw_core.chunks.chunker import chunk_model
-from sw_core.chunks.manifest import MANIFEST_FILE, Manifest
-from sw_core.chunks.safetensors_io import ALIGN_BYTES, load_tensors, save_aligned
+from sw_core.chunks.manifest import MANIFEST_FILE, PACKED_FORMAT_VERSION, Manifest
+from sw_core.chunks.safetensors_io import (
+    ALIGN_BYTES,
+    beyond,
+    load_tensors,
+    parse_layout,
+    save_aligned,
+)
 from sw_core.chunks.verify import verify_chunk_set
 from sw_core.cli import main as sw_main
 from sw_core.engine import StreamingEngine
@@ -34,7 +40,7 @@ def _header(path: Path) -> tuple[dict[str, dict[str, object]], int]:
 def test_manifest_describes_packed_parts_and_chunks_align_them(tmp_path: Path) -> None:
     _, manifest = chunk_small("llama", tmp_path, quantize="int4", group_size=64)
     raw = json.loads((tmp_path / MANIFEST_FILE).read_text())
-    assert raw["format_version"] == 3
+    assert raw["format_version"] == PACKED_FORMAT_VERSION
     up = "model.layers.0.mlp.up_proj.weight"
     assert raw["packed"][up] == {
         "kind": "int4",
@@ -91,6 +97,76 @@ async def test_a_flipped_byte_in_a_packed_chunk_is_refused(tmp_path: Path) -> No
         engine.close()
 
 
+async def test_verify_checks_the_kernel_prefix_digests_too(tmp_path: Path) -> None:
+    _, manifest = chunk_small("llama", tmp_path, quantize="int4")
+    assert (await verify_chunk_set(FilesystemBackend(tmp_path))).ok
+    raw = json.loads((tmp_path / MANIFEST_FILE).read_text())
+    entry = next(c for c in raw["chunks"] if c["name"] == "model.layers.1")
+    entry["kernel_blake3"] = "0" * 64
+    (tmp_path / MANIFEST_FILE).write_text(json.dumps(raw))
+    report = await verify_chunk_set(FilesystemBackend(tmp_path))
+    assert [(bad.name, bad.problem) for bad in report.bad] == [("model.layers.1", "kernel")]
+    assert manifest.chunk("model.layers.1").kernel_blake3 != entry["kernel_blake3"]
+
+
+def test_int4_chunks_keep_their_exact_scales_past_the_kernel_prefix(tmp_path: Path) -> None:
+    _, manifest = chunk_small("llama", tmp_path, quantize="int4")
+    block = manifest.chunk("model.layers.0")
+    path = tmp_path / block.file
+    assert block.kernel_bytes is not None and block.kernel_bytes < block.size_bytes
+    assert (block.kernel_sha256, block.kernel_blake3) == file_digests(
+        path, length=block.kernel_bytes
+    )
+    head = path.read_bytes()[: block.kernel_bytes]
+    scales = sorted(n for n in manifest.stored_tensors(block) if n.endswith(":scales"))
+    assert len(scales) == 7 and beyond(head) == scales
+    _, entries = parse_layout(head, prefix=True)
+    assert sorted(e[0] for e in entries) == sorted(
+        set(manifest.stored_tensors(block)) - set(scales)
+    )
+    view = block.kernel_view()
+    assert view is not None and view.is_prefix and view.size_bytes == block.kernel_bytes
+    assert view.file_bytes == block.size_bytes and view.kernel_view() is None
+    # int8 chunks keep their scales where the kernel reads them: no prefix
+    _, int8 = chunk_small("llama", tmp_path / "int8", quantize="int8")
+    assert int8.chunk("model.layers.0").kernel_bytes is None
+
+
+async def test_only_the_bytes_an_engine_reads_are_needed_intact(tmp_path: Path) -> None:
+    """A flipped byte in the exact scales (past the kernel prefix): reading the whole
+    chunk refuses it; the bfloat16 engine, which reads only the prefix, never uses those
+    bytes; the float32 engine, which widens from them, refuses the chunk."""
+    _, manifest = chunk_small("llama", tmp_path, quantize="int4")
+    block = manifest.chunk("model.layers.1")
+    assert block.kernel_bytes is not None
+    path = tmp_path / block.file
+    data = bytearray(path.read_bytes())
+    data[block.kernel_bytes + 3] ^= 0x10
+    path.write_bytes(bytes(data))
+    with pytest.raises(SecurityError, match="blake3"):
+        await StoreChunkSource(FilesystemBackend(tmp_path)).fetch(block)
+    report = await verify_chunk_set(FilesystemBackend(tmp_path))
+    assert [bad.problem for bad in report.bad] == ["sha256"]
+    view = block.kernel_view()
+    assert view is not None
+    assert len(await StoreChunkSource(FilesystemBackend(tmp_path)).fetch(view)) == (
+        block.kernel_bytes
+    )
+    for dtype in ("bfloat16", "float32"):
+        engine = await StreamingEngine.open(
+            str(tmp_path), memory_budget_mb=2048, compute_dtype=dtype
+        )
+        try:
+            assert engine.manifest.chunk(block.name).is_prefix == (dtype == "bfloat16")
+            if dtype == "bfloat16":
+                await engine.run_async("forward", [{"input_ids": [5, 6, 7]}])
+            else:
+                with pytest.raises(SecurityError):
+                    await engine.run_async("forward", [{"input_ids": [5, 6, 7]}])
+        finally:
+            engine.close()
+
+
 async def test_a_part_that_disagrees_with_its_format_is_refused(tmp_path: Path) -> None:
     """A chunk re-signed by someone who can write the manifest, with a part of the wrong
     shape: the digest matches, the format check does not."""
@@ -106,6 +182,8 @@ async def test_a_part_that_disagrees_with_its_format_is_refused(tmp_path: Path) 
     for entry in raw["chunks"]:
         if entry["name"] == block.name:
             entry.update(sha256=sha256, blake3=blake3, size_bytes=path.stat().st_size)
+            for key in ("kernel_bytes", "kernel_sha256", "kernel_blake3"):
+                del entry[key]  # read whole: the scales part is the one off
     (tmp_path / MANIFEST_FILE).write_text(json.dumps(raw))
     engine = await StreamingEngine.open(str(tmp_path), memory_budget_mb=2048)
     try:

@@ -13,7 +13,7 @@ import pytest
 from sw_core.counters import INTEGRITY_FAILURES
 from sw_core.engine import StoreChunkSource, StreamingEngine
 from sw_core.engine.memory.buffers import BufferPool
-from sw_core.exceptions import SecurityError
+from sw_core.exceptions import SecurityError, StorageError
 from sw_core.settings import Settings
 from sw_core.storage import FilesystemBackend
 from sw_core.storage.direct import ALIGN, is_aligned, wants_direct
@@ -116,3 +116,32 @@ async def test_a_read_is_verified_as_it_lands(tmp_path: Path, direct_io: bool) -
     with pytest.raises(SecurityError, match="corrupt: blake3"):  # hashed inline when buffered
         await store.load_verified_into("chunk.bin", pool.take(len(data)), good, blake3="0" * 64)
     assert store.counters.get(INTEGRITY_FAILURES) == 2
+
+
+@pytest.mark.parametrize("direct_io", [True, False])
+async def test_a_prefix_read_takes_and_checks_only_the_first_bytes(
+    tmp_path: Path, direct_io: bool
+) -> None:
+    data = written(tmp_path, "chunk.bin", 3 * MIB + 77)
+    size = 2 * MIB + 4099  # not a multiple of the direct-I/O block
+    head = data[:size]
+    store = FilesystemBackend(tmp_path, direct_io=direct_io)
+    pool = BufferPool(16 * MIB)
+    sha, blake = hashlib.sha256(head).hexdigest(), blake3.blake3(head).hexdigest()
+    for digests in ({"sha256": sha}, {"sha256": "0" * 64, "blake3": blake}):
+        got = await store.load_verified_into(
+            "chunk.bin",
+            pool.take(size),
+            digests["sha256"],
+            blake3=digests.get("blake3"),
+            prefix=True,
+        )
+        assert bytes(got) == head
+    with pytest.raises(SecurityError, match="corrupt"):  # the whole file's digest is not it
+        await store.load_verified_into(
+            "chunk.bin", pool.take(size), hashlib.sha256(data).hexdigest(), prefix=True
+        )
+    with pytest.raises(SecurityError, match="over the limit"):  # without prefix: too large
+        await store.load_verified_into("chunk.bin", pool.take(size), sha)
+    with pytest.raises(StorageError, match="shorter than"):
+        await store.load_verified_into("chunk.bin", pool.take(len(data) + 1), sha, prefix=True)

@@ -15,7 +15,7 @@ import transformers
 from safetensors.torch import load_file
 
 from sw_core.chunks.chunk_set import ChunkSet
-from sw_core.chunks.manifest import Manifest
+from sw_core.chunks.manifest import PACKED_FORMAT_VERSION, Manifest
 from sw_core.chunks.verify import verify_chunk_set
 from sw_core.engine import StreamingEngine
 from sw_core.exceptions import PermanentStorageError
@@ -182,7 +182,9 @@ async def test_an_int4_set_packs_the_blocks_linear_layers_and_runs_streamed(
     manifest = synth_chunk_set(
         "tiny-llama", str(tmp_path), dtype="int4", group_size=32, max_chunk_mb=0.25
     )
-    assert manifest.format_version == 3 and manifest.synthetic["dtype"] == "int4"
+    assert (
+        manifest.format_version == PACKED_FORMAT_VERSION and manifest.synthetic["dtype"] == "int4"
+    )
     kinds = {name: fmt.kind for name, fmt in manifest.formats.items()}
     assert kinds["model.layers.0.mlp.up_proj.weight"] == "int4"
     assert kinds["lm_head.weight"] == "int8"  # as sw chunk --quantize int4 packs a head

@@ -24,9 +24,9 @@ def _counting(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
     parse = chunk_reader.parse_layout
 
-    def counted(data: bytearray | memoryview) -> object:
+    def counted(data: bytearray | memoryview, *, prefix: bool = False) -> object:
         calls.append(1)
-        return parse(data)
+        return parse(data, prefix=prefix)
 
     monkeypatch.setattr(chunk_reader, "parse_layout", counted)
     return calls
