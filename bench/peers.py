@@ -13,7 +13,8 @@ SmolLM2-135M-Instruct from the bundled GGUF, written once as a transformers fold
   that runs the 16 requests as one batch), chunks from the chunk-set folder
   (BLAKE3-verified reads).
 - ``engine-redis``: the same, chunks from the Redis chunk cache (filled beforehand by this
-  process, as loader workers would).
+  process with what the engine reads: an engine's warm-up through the cache, so a packed
+  set's blocks are cached as their kernel views, not whole).
 
 Like with like: each system runs in a process of its own (``bench/peers_systems.py``), gets
 the same warm-up (one request of 2 new tokens) and generates the same number of new tokens
@@ -68,7 +69,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from figures import Figure, Profile, print_figures  # bench/, beside this script
-from peers_systems import PROMPT, child
+from peers_systems import PROMPT, child, fill_cache
 from timing import rotated
 
 SYSTEMS = ("engine-redis", "engine-folder", "accelerate", "airllm")
@@ -162,22 +163,6 @@ def spawn(args: argparse.Namespace, info_path: Path, system: str, n: int, redis_
     return {"error": f"exit {done.returncode}: {(done.stderr or done.stdout)[-1500:]}"}
 
 
-def fill_cache(url: str, folder: Path) -> None:
-    """Every chunk into the Redis chunk cache, as the loader workers would."""
-    import redis
-
-    from sw_core.cache import ChunkCache
-    from sw_core.chunks.manifest import Manifest
-    from sw_core.keys import Keys
-
-    manifest = Manifest.load(folder)
-    client = redis.Redis.from_url(url)
-    with ChunkCache(client, keys=Keys("peers"), cache_size_bytes=2048 << 20) as cache:
-        for chunk in manifest.chunks:
-            cache.put(chunk.sha256, (folder / chunk.file).read_bytes(), blake3=chunk.blake3)
-    client.close()
-
-
 def measure(args: argparse.Namespace) -> dict[tuple[str, int], dict[str, Any]]:
     """Every system and request count in ``args.rounds`` interleaved rounds; medians."""
     from sw_core.local.redis_server import RedisServer
@@ -196,7 +181,7 @@ def measure(args: argparse.Namespace) -> dict[tuple[str, int], dict[str, Any]]:
     )
     with RedisServer() as server:
         info["redis_url"] = server.url
-        fill_cache(server.url, Path(info["chunk_dir"]))
+        fill_cache(info)
         info_path.write_text(json.dumps(info))
         assert server.process is not None
         if "airllm" in systems:  # its layer shards, once, before any timing

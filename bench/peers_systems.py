@@ -78,6 +78,39 @@ def chat_ids(tokenizer: Any, n: int) -> tuple[Any, Any]:
 KV_CAP_MB = 256
 
 
+def engine_compute_dtype(dtype: str) -> str:
+    """float32 / packed: the default (packed weights compute with bf16 activations on this
+    CPU); bfloat16: bf16 math, no widening."""
+    return dtype if dtype == "bfloat16" else "auto"
+
+
+def fill_cache(info: dict[str, Any]) -> None:
+    """What the engine reads into the Redis chunk cache: an engine with the children's
+    settings, warmed up through the cache (every chunk fetched once through it)."""
+    import redis
+
+    from sw_core.cache import ChunkCache
+    from sw_core.engine import CachedChunkSource, StreamingEngine
+    from sw_core.keys import Keys
+    from sw_core.storage import FilesystemBackend
+
+    async def warm(source: CachedChunkSource) -> None:
+        engine = await StreamingEngine.open(
+            source,
+            memory_budget_mb=info["budget_mb"],
+            compute_dtype=engine_compute_dtype(info["dtype"]),
+        )
+        try:
+            await engine.warmup()
+        finally:
+            await engine.aclose()
+
+    client = redis.Redis.from_url(info["redis_url"])
+    with ChunkCache(client, keys=Keys("peers"), cache_size_bytes=2048 << 20) as cache:
+        asyncio.run(warm(CachedChunkSource(cache, FilesystemBackend(Path(info["chunk_dir"])))))
+    client.close()
+
+
 def run_engine(info: dict[str, Any], system: str, n: int, tokens: int) -> dict[str, Any]:
     from sw_core.cache import ChunkCache
     from sw_core.engine import CachedChunkSource, StreamingEngine
@@ -85,13 +118,10 @@ def run_engine(info: dict[str, Any], system: str, n: int, tokens: int) -> dict[s
     from sw_core.storage import FilesystemBackend
 
     async def go(where: Any) -> dict[str, Any]:
-        # float32 / packed: the default (packed weights compute with bf16 activations on this
-        # CPU); bfloat16: bf16 math, no widening
-        compute = info["dtype"] if info["dtype"] == "bfloat16" else "auto"
         engine = await StreamingEngine.open(
             where,
             memory_budget_mb=info["budget_mb"],
-            compute_dtype=compute,
+            compute_dtype=engine_compute_dtype(info["dtype"]),
             max_kv_cache_mb=KV_CAP_MB,
         )
         try:

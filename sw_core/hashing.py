@@ -39,6 +39,8 @@ class Hasher(Protocol):
 
     def hexdigest(self) -> str: ...
 
+    def copy(self) -> Hasher: ...
+
 
 class DigestedEntry(Protocol):
     """A manifest entry with its digests (``ChunkInfo``, ``FileInfo``)."""

@@ -27,7 +27,7 @@ from sw_core.chunks.tensor_sources import TensorSource
 from sw_core.exceptions import ModelError
 from sw_core.hashing import file_digests
 from sw_core.progress import Progress
-from sw_core.quant.formats import PackedFormat, part_name
+from sw_core.quant.formats import PackedFormat, exact_scale_parts, part_name
 from sw_core.quant.weights import QuantizedWeight
 
 
@@ -50,7 +50,7 @@ def write_chunks(
         tensors = dict(_plan_tensors(plan, source, formats))
         param_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
         target = out / plan.file
-        tail = _exact_scales(plan, formats)
+        tail = exact_scale_parts(plan.tensors, formats)
         kernel_bytes = _atomic_save(
             tensors, target, aligned=any(":" in n for n in tensors), tail=tail
         )
@@ -98,16 +98,6 @@ def _plan_tensors(
                 yield part_name(key, part), data
             continue
         yield key, tensor.detach().to("cpu").contiguous()
-
-
-def _exact_scales(plan: ChunkPlan, formats: dict[str, PackedFormat]) -> frozenset[str]:
-    """The ``scales`` parts of the chunk's int4 tensors that store a kernel table: only
-    widening reads them, so they go last in the file (:attr:`ChunkInfo.kernel_bytes`)."""
-    return frozenset(
-        part_name(key, "scales")
-        for key in plan.tensors
-        if (fmt := formats.get(key)) is not None and fmt.table_dtype is not None
-    )
 
 
 def _atomic_save(

@@ -43,6 +43,7 @@ reader knows each part's shape and dtype before it reads a byte.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -185,6 +186,16 @@ class PackedFormat:
         except TypeError as exc:
             raise ModelError(f"malformed packed format: {exc}") from None
         return fmt
+
+
+def exact_scale_parts(
+    tensors: Iterable[str], formats: Mapping[str, PackedFormat]
+) -> frozenset[str]:
+    """The stored names of the ``scales`` parts among ``tensors`` that a chunk keeps past its
+    kernel prefix (int4 tensors with a stored table; :meth:`PackedFormat.exact_scale_bytes`)."""
+    return frozenset(
+        part_name(t, "scales") for t in tensors if t in formats and formats[t].exact_scale_bytes()
+    )
 
 
 def part_name(tensor: str, part: str) -> str:

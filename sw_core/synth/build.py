@@ -32,7 +32,7 @@ from sw_core.chunks.plan import ChunkPlan, block_stacks, plan_chunks, tied_param
 from sw_core.chunks.writer import finish_manifest
 from sw_core.exceptions import ConfigError, PermanentStorageError
 from sw_core.progress import Progress
-from sw_core.quant.formats import PART_SEP, part_name
+from sw_core.quant.formats import PART_SEP, exact_scale_parts, part_name
 from sw_core.settings import Settings
 from sw_core.storage.location import parse_location
 from sw_core.synth.shapes import shape_config
@@ -91,7 +91,8 @@ def planned_chunks(
             if rows is not None:
                 dims = (rows[1] - rows[0], *dims[1:])
             specs.append(TensorSpec(key, dims))
-        out.append((plan, aligned_order(specs) if formats else specs))
+        tail = exact_scale_parts(plan.tensors, formats)
+        out.append((plan, aligned_order(specs, tail) if formats else specs))
     return config, model_class, out
 
 
@@ -168,12 +169,16 @@ def _write(out: Path, job: _Job, after_chunk: Callable[[Path], None] | None = No
             values.fill(tensor, first, raw, norm=tensor in norms)
 
     advance = job.progress.advance if job.progress is not None else None
+    formats = job.config.sw_packed or {}
     meta = {"format": "pt", "synthetic": GENERATOR}
     written: list[ChunkInfo] = []
     with Sinks() as sinks:
         for plan, specs in job.chunks:
             path = out / plan.file
-            done = write_chunk(path, specs, fill, sinks=sinks, metadata=meta, on_bytes=advance)
+            tail = exact_scale_parts(plan.tensors, formats)
+            done = write_chunk(
+                path, specs, fill, sinks=sinks, metadata=meta, on_bytes=advance, tail=tail
+            )
             written.append(
                 ChunkInfo(
                     name=plan.name,
@@ -187,6 +192,7 @@ def _write(out: Path, job: _Job, after_chunk: Callable[[Path], None] | None = No
                     index=plan.index,
                     param_bytes=done.param_bytes,
                     rows=plan.rows,
+                    **done.kernel,  # type: ignore[arg-type]
                 )
             )
             if after_chunk is not None:

@@ -19,7 +19,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +69,9 @@ class WrittenChunk:
     param_bytes: int
     sha256: str
     blake3: str
+    #: ``kernel_bytes``, ``kernel_sha256``, ``kernel_blake3`` of the manifest entry when
+    #: the chunk has a tail (:func:`write_chunk`), else empty.
+    kernel: dict[str, int | str] = field(default_factory=dict)
 
 
 def header_bytes(tensors: list[TensorSpec], metadata: dict[str, str] | None = None) -> bytes:
@@ -118,11 +121,14 @@ def write_chunk(
     sinks: Sinks,
     metadata: dict[str, str] | None = None,
     on_bytes: Callable[[int], None] | None = None,
+    tail: frozenset[str] = frozenset(),
 ) -> WrittenChunk:
     """Write one chunk to ``path`` atomically; its size and digests.
 
     ``sinks`` hash and write the pieces; ``on_bytes`` is told how many bytes each step
-    wrote (a progress bar).
+    wrote (a progress bar). ``tail``: names of tensors that come last in ``tensors`` (the
+    exact scales, :func:`aligned_order`); the digests of the bytes before them are taken
+    too (the chunk's kernel prefix).
     """
     sha256, blake3 = hashlib.sha256(), new_hasher("blake3")
     head = header_bytes(tensors, metadata)
@@ -130,6 +136,7 @@ def write_chunk(
     pending: list[list[Future[object]]] = [[], []]
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     size = 0
+    kernel: dict[str, int | str] = {}
     try:
         with open(fd, "wb", buffering=0) as handle:
 
@@ -147,6 +154,14 @@ def write_chunk(
             emit(memoryview(head), 0)
             slot = 1
             for spec in tensors:
+                if spec.name in tail and not kernel:  # every byte before it is hashed
+                    _wait(pending[0])
+                    _wait(pending[1])
+                    kernel = {
+                        "kernel_bytes": size,
+                        "kernel_sha256": sha256.copy().hexdigest(),
+                        "kernel_blake3": blake3.copy().hexdigest(),
+                    }
                 per_piece = PIECE_BYTES // spec.itemsize
                 total = math.prod(spec.shape)
                 for first in range(0, total, per_piece):
@@ -168,7 +183,7 @@ def write_chunk(
         Path(tmp).unlink(missing_ok=True)
         raise
     param_bytes = sum(spec.nbytes for spec in tensors)
-    return WrittenChunk(size, param_bytes, sha256.hexdigest(), blake3.hexdigest())
+    return WrittenChunk(size, param_bytes, sha256.hexdigest(), blake3.hexdigest(), kernel)
 
 
 _NUMPY = {
@@ -180,10 +195,13 @@ _NUMPY = {
 }
 
 
-def aligned_order(tensors: list[TensorSpec]) -> list[TensorSpec]:
+def aligned_order(
+    tensors: list[TensorSpec], tail: frozenset[str] = frozenset()
+) -> list[TensorSpec]:
     """Tensors whose size is a multiple of 16 first, widest dtype first: each of those then
-    starts 16-byte aligned (what torch's packed kernels need; ``save_aligned``'s order)."""
-    return sorted(tensors, key=lambda t: (t.nbytes % 16 != 0, -t.itemsize, t.name))
+    starts 16-byte aligned (what torch's packed kernels need; ``save_aligned``'s order);
+    the ``tail`` ones after all others."""
+    return sorted(tensors, key=lambda t: (t.name in tail, t.nbytes % 16 != 0, -t.itemsize, t.name))
 
 
 def _wait(futures: list[Future[object]]) -> None:

@@ -23,7 +23,7 @@ from sw_core.chunks.manifest import ChunkInfo, Manifest
 from sw_core.chunks.safetensors_io import Entry, beyond, parse_layout, tensors_at
 from sw_core.engine.model.packed import StoredPacked
 from sw_core.exceptions import ModelError, SecurityError
-from sw_core.quant.formats import part_name, split_part
+from sw_core.quant.formats import exact_scale_parts, split_part
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ class ChunkReader:
         stored = tensors_at(entries, data)
         expected = self.manifest.stored_tensors(chunk)
         if chunk.is_prefix:  # a kernel view: the exact scales lie past its end, unread
-            tail = sorted(self._exact_scales(chunk))
+            tail = sorted(exact_scale_parts(chunk.tensors, self.manifest.formats))
             if beyond(data) != tail:
                 raise SecurityError(
                     f"model {self.manifest.name!r}: chunk {chunk.name!r} does not end with "
@@ -109,15 +109,6 @@ class ChunkReader:
         for name, group in packed.items():
             self._check_packed(chunk, name, group, rows)
         return ChunkLayout(size, entries, parts)
-
-    def _exact_scales(self, chunk: ChunkInfo) -> set[str]:
-        """Stored names of the ``scales`` parts a kernel view of ``chunk`` leaves out."""
-        formats = self.manifest.formats
-        return {
-            part_name(t, "scales")
-            for t in chunk.tensors
-            if t in formats and formats[t].exact_scale_bytes()
-        }
 
     def _check_plain(self, chunk: ChunkInfo, name: str, tensor: torch.Tensor) -> None:
         shape, dtype = self.specs[name]

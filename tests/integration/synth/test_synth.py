@@ -16,9 +16,11 @@ from safetensors.torch import load_file
 
 from sw_core.chunks.chunk_set import ChunkSet
 from sw_core.chunks.manifest import PACKED_FORMAT_VERSION, Manifest
+from sw_core.chunks.safetensors_io import beyond
 from sw_core.chunks.verify import verify_chunk_set
 from sw_core.engine import StreamingEngine
 from sw_core.exceptions import PermanentStorageError
+from sw_core.hashing import file_digests
 from sw_core.settings import Settings
 from sw_core.synth import synth_chunk_set
 from tests.support.cli import run_sw_here
@@ -192,6 +194,13 @@ async def test_an_int4_set_packs_the_blocks_linear_layers_and_runs_streamed(
     block = manifest.blocks()[0]
     names = set(load_file(tmp_path / block.file))
     assert names == set(manifest.stored_tensors(block))
+    # the exact scales last, after the kernel prefix the bfloat16 engine reads
+    assert block.kernel_bytes is not None and block.kernel_bytes < block.size_bytes
+    assert (block.kernel_sha256, block.kernel_blake3) == file_digests(
+        tmp_path / block.file, length=block.kernel_bytes
+    )
+    head = (tmp_path / block.file).read_bytes()[: block.kernel_bytes]
+    assert beyond(head) == sorted(n for n in names if n.endswith(":scales"))
     async with await ChunkSet.open(str(tmp_path), Settings()) as chunk_set:
         assert (await verify_chunk_set(chunk_set.backend, chunk_set.manifest)).ok
     resident = await engine_logits(tmp_path, budget_mb=64)
