@@ -96,6 +96,21 @@ class ChunkInfo:
         return self.file_bytes is not None
 
 
+def _check_kernel_prefix(chunk: ChunkInfo) -> None:
+    """Refuse a manifest entry whose kernel prefix fields cannot describe its file."""
+    if chunk.file_bytes is not None:
+        raise ModelError("malformed manifest: 'file_bytes' is not a manifest field")
+    fields = (chunk.kernel_bytes, chunk.kernel_sha256)
+    if fields == (None, None) and chunk.kernel_blake3 is None:
+        return
+    if None in fields or not 8 < (chunk.kernel_bytes or 0) <= chunk.size_bytes:
+        raise ModelError(
+            f"malformed manifest: chunk {chunk.name!r} has a kernel prefix of "
+            f"{chunk.kernel_bytes} bytes (sha256 {chunk.kernel_sha256!r}) in a file of "
+            f"{chunk.size_bytes}"
+        )
+
+
 @dataclass(frozen=True)
 class FileInfo:
     """A non-weight file of the chunk set (config, tokenizer)."""
@@ -223,8 +238,8 @@ class Manifest:
             if not isinstance(data.get("synthetic") or {}, dict):
                 raise ModelError("malformed manifest: 'synthetic' is not an object")
             chunks = [ChunkInfo(**c) for c in data.pop("chunks")]
-            if any(c.file_bytes is not None for c in chunks):
-                raise ModelError("malformed manifest: 'file_bytes' is not a manifest field")
+            for chunk in chunks:
+                _check_kernel_prefix(chunk)
             files = [FileInfo(**f) for f in data.pop("files", [])]
             manifest = cls(chunks=chunks, files=files, **data)
             for name, fmt in manifest.formats.items():

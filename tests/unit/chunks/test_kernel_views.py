@@ -54,3 +54,19 @@ def test_a_manifest_cannot_claim_a_chunk_is_a_view() -> None:
     raw["chunks"][0]["file_bytes"] = 2000
     with pytest.raises(ModelError, match="file_bytes"):
         Manifest.from_json(json.dumps(raw))
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"kernel_bytes": 2000, "kernel_sha256": "c" * 64},  # past the file's end
+        {"kernel_bytes": 0, "kernel_sha256": "c" * 64},
+        {"kernel_bytes": 800},  # no digest
+        {"kernel_blake3": "d" * 64},
+    ],
+)
+def test_a_kernel_prefix_that_cannot_describe_the_file_is_refused(fields: dict) -> None:
+    raw = json.loads(_manifest(CHUNK).to_json())
+    raw["chunks"][0].update(fields)
+    with pytest.raises(ModelError, match="kernel prefix"):
+        Manifest.from_json(json.dumps(raw))
