@@ -94,6 +94,9 @@ class StorageBackend(ABC):
 
     #: Short kind name for logs and messages ("filesystem", "s3", ...).
     name: ClassVar[str] = "storage"
+    #: Whether ``load_into(key, out, prefix=True)`` reads an object's first ``out.nbytes``
+    #: bytes alone (a chunk's kernel view, :meth:`~sw_core.chunks.manifest.ChunkInfo.kernel_view`).
+    reads_prefixes: ClassVar[bool] = False
 
     def __init__(
         self,

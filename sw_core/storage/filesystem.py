@@ -81,6 +81,7 @@ class FilesystemBackend(RetryingBackend):
     """
 
     name = "filesystem"
+    reads_prefixes = True
 
     def __init__(
         self,
@@ -135,14 +136,17 @@ class FilesystemBackend(RetryingBackend):
                 raise
             raise self._error(exc, "load", key) from exc
 
-    async def load_into(self, key: str, out: memoryview) -> memoryview:
+    async def load_into(self, key: str, out: memoryview, *, prefix: bool = False) -> memoryview:
         """Read the object into ``out`` (a writable buffer of at least its size, which is also
-        the size limit); returns the filled ``out[:size]``. No retries: a failure raises
-        and the caller falls back to :meth:`load`."""
+        the size limit); returns the filled ``out[:size]``. With ``prefix``, its first
+        ``out.nbytes`` bytes only. No retries: a failure raises and the caller falls back
+        to :meth:`load`."""
         check_key(key)
         path = self.path_of(key)
         try:
-            view = await asyncio.to_thread(self._read, path, key, out.nbytes, out)
+            view = await asyncio.to_thread(
+                self._read, path, key, out.nbytes, out, None, PIECE_BYTES, prefix
+            )
         except OSError as exc:
             if isinstance(exc, StorageError):
                 raise
@@ -236,7 +240,7 @@ class FilesystemBackend(RetryingBackend):
             if prefix:
                 assert max_size_bytes is not None
                 if size < max_size_bytes:
-                    raise StorageError(
+                    raise SecurityError(
                         f"{key!r} in {self.root} is {size} bytes, shorter than the "
                         f"{max_size_bytes} bytes to read"
                     )

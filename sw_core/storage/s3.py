@@ -8,11 +8,9 @@ replaced in the middle of a read fails the attempt (and is retried) instead of m
 versions.
 
 The urllib3 pool has short timeouts and no retries of its own: our
-:class:`~sw_core.retry.RetryPolicy` governs. Error mapping:
-
-- ``NoSuchKey`` / ``NoSuchBucket`` -> :class:`~sw_core.exceptions.ChunkNotFoundError`;
-- connection errors, timeouts, 5xx, 429 and throttling codes -> transient StorageError;
-- ``AccessDenied``, bad credentials and other 4xx -> :class:`PermanentStorageError`.
+:class:`~sw_core.retry.RetryPolicy` governs; :mod:`sw_core.storage.s3_errors` says which
+failures are transient. A read of an object's first bytes alone (``load_into(...,
+prefix=True)``: a packed chunk's kernel view) takes the same ranges, up to that size.
 
 ETags of multipart uploads (objects over 5 MiB) are not MD5s; integrity rests on our sha256.
 """
@@ -36,36 +34,19 @@ from sw_core.counters import STORAGE_BYTES_READ, Counters
 from sw_core.exceptions import (
     ChunkNotFoundError,
     ConfigError,
-    PermanentStorageError,
     SecurityError,
     StorageError,
 )
 from sw_core.retry import RetryPolicy
 from sw_core.settings import Secret, Settings
 from sw_core.storage.base import Payload, RetryingBackend, SleepFn, check_key
+from sw_core.storage.s3_errors import NOT_FOUND_CODES, TRANSIENT_CODES, s3_error
+
+__all__ = ["NOT_FOUND_CODES", "TRANSIENT_CODES", "S3Backend"]
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-#: S3 error codes meaning "the object (or its bucket) is not there".
-NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NotFound", "NoSuchObject"})
-#: S3 error codes worth retrying (besides any 5xx/429 status).
-TRANSIENT_CODES = frozenset(
-    {
-        "InternalError",
-        "ServiceUnavailable",
-        "SlowDown",
-        "Throttling",
-        "ThrottlingException",
-        "RequestTimeout",
-        "RequestTimeTooSkewed",
-        "PreconditionFailed",  # the object changed between two ranges of one read
-        "OperationAborted",
-    }
-)
-_CREDENTIAL_CODES = frozenset(
-    {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"}
-)
 #: Size of each read from an HTTP response into the destination buffer.
 _READ_BLOCK_BYTES = 1 << 20
 #: Parts of one multipart upload sent at once (the minio SDK's default, made explicit).
@@ -104,6 +85,7 @@ class S3Backend(RetryingBackend):
     """
 
     name = "s3"
+    reads_prefixes = True
 
     def __init__(
         self,
@@ -204,29 +186,7 @@ class S3Backend(RetryingBackend):
     def _error(self, exc: Exception, op: str, key: str) -> Exception:
         """The Surfing error for a minio/urllib3 failure of ``op`` on ``key``."""
         where = f"s3://{self.bucket_name}/{self.object_name(key)} at {self.endpoint}"
-        if isinstance(exc, S3Error):
-            status = exc.response.status if exc.response is not None else 0
-            if exc.code in NOT_FOUND_CODES:
-                what = "bucket does not exist" if exc.code == "NoSuchBucket" else "not found"
-                return ChunkNotFoundError(f"{where}: {what} ({exc.code})")
-            if exc.code in TRANSIENT_CODES or status >= 500 or status == 429:
-                return StorageError(f"{op} {where} failed: {exc.code}: {exc.message}")
-            hint = (
-                "; check SW_S3_ACCESS_KEY / SW_S3_SECRET_KEY and the bucket policy"
-                if exc.code in _CREDENTIAL_CODES
-                else ""
-            )
-            return PermanentStorageError(f"{op} {where} refused: {exc.code}: {exc.message}{hint}")
-        if isinstance(exc, ServerError | InvalidResponseError):
-            status = exc.status_code if isinstance(exc, ServerError) else exc._code
-            if status >= 500 or status == 429:
-                return StorageError(f"{op} {where} failed: HTTP {status}")
-            return PermanentStorageError(f"{op} {where} refused: HTTP {status}: {exc}")
-        if isinstance(exc, urllib3.exceptions.HTTPError | OSError):
-            return StorageError(f"{op} {where} failed: cannot reach S3: {exc}")
-        if isinstance(exc, ValueError):
-            return PermanentStorageError(f"{op} {where} is invalid: {exc}")
-        return exc
+        return s3_error(exc, op, where)
 
     async def _guarded(self, op: str, key: str, func: Callable[..., T], *args: Any) -> T:
         try:
@@ -239,21 +199,29 @@ class S3Backend(RetryingBackend):
             raise self._error(exc, op, key) from exc
 
     # ---------------------------------------------------------------- reads
-    async def load_into(self, key: str, out: memoryview) -> memoryview:
+    async def load_into(self, key: str, out: memoryview, *, prefix: bool = False) -> memoryview:
         """Read the object into ``out`` (at least its size, which is also the size limit):
         the ranged GETs land in the caller's buffer, no buffer of this backend's own in
-        between; returns the filled ``out[:size]``. Retried like :meth:`load`."""
+        between; returns the filled ``out[:size]``. With ``prefix``, read only the object's
+        first ``out.nbytes`` bytes (a shorter object is an error). Retried like :meth:`load`."""
         check_key(key)
-        data = await self._call("load", key, lambda: self._load_once(key, out.nbytes, out))
+        data = await self._call(
+            "load", key, lambda: self._load_once(key, out.nbytes, out, prefix=prefix)
+        )
         self.counters.incr(STORAGE_BYTES_READ, len(data))
         return memoryview(data)
 
     async def _load_once(
-        self, key: str, max_size_bytes: int | None, out: memoryview | None = None
+        self,
+        key: str,
+        max_size_bytes: int | None,
+        out: memoryview | None = None,
+        *,
+        prefix: bool = False,
     ) -> Any:
         name = self.object_name(key)
         data, filled, etag = await self._guarded(
-            "load", key, self._read_first, name, key, max_size_bytes, out
+            "load", key, self._read_first, name, key, max_size_bytes, out, prefix
         )
         ranges = [
             (offset, min(self.range_size_bytes, len(data) - offset))
@@ -272,14 +240,21 @@ class S3Backend(RetryingBackend):
         return data
 
     def _read_first(
-        self, name: str, key: str, max_size_bytes: int | None, out: memoryview | None = None
+        self,
+        name: str,
+        key: str,
+        max_size_bytes: int | None,
+        out: memoryview | None = None,
+        prefix: bool = False,
     ) -> tuple[Any, int, str | None]:
         """GET the first range; allocate the whole buffer from ``Content-Range`` (or take
-        ``out[:size]``)."""
+        ``out[:size]``). With ``prefix``, the object's first ``max_size_bytes`` only."""
+        first = self.range_size_bytes
+        if prefix:
+            assert max_size_bytes is not None and max_size_bytes > 0
+            first = min(first, max_size_bytes)
         try:
-            response = self.client.get_object(
-                self.bucket_name, name, offset=0, length=self.range_size_bytes
-            )
+            response = self.client.get_object(self.bucket_name, name, offset=0, length=first)
         except S3Error as exc:
             if exc.code == "InvalidRange":  # only an empty object has no byte 0
                 return (bytearray() if out is None else out[:0]), 0, None
@@ -296,7 +271,15 @@ class S3Backend(RetryingBackend):
                     f"S3 answered a ranged GET of {name!r} with status {response.status} "
                     f"and Content-Range {content_range!r}"
                 )
-            if max_size_bytes is not None and total > max_size_bytes:
+            if prefix:
+                assert max_size_bytes is not None
+                if total < max_size_bytes:
+                    raise SecurityError(
+                        f"{key!r} in {self.describe()} is {total} bytes, shorter than the "
+                        f"{max_size_bytes} bytes to read"
+                    )
+                total = max_size_bytes
+            elif max_size_bytes is not None and total > max_size_bytes:
                 raise SecurityError(
                     f"{key!r} in {self.describe()} is {total} bytes, over the limit of "
                     f"{max_size_bytes} bytes"

@@ -99,24 +99,16 @@ class StoreChunkSource:
     @property
     def reads_prefixes(self) -> bool:
         """Whether :meth:`fetch` reads kernel views (:meth:`ChunkInfo.kernel_view`): the
-        first bytes of a chunk's file, verified against their own digest. A folder does;
-        other stores read whole chunks."""
-        return callable(getattr(self.store, "read_verified_into", None))
+        first bytes of a chunk's file, verified against their own digest. A folder and an
+        S3 store do (``StorageBackend.reads_prefixes``); others read whole chunks."""
+        return bool(getattr(self.store, "reads_prefixes", False))
 
     async def fetch(
         self, chunk: ChunkInfo, *, out: memoryview | None = None
     ) -> bytearray | memoryview:
-        verified_into = getattr(self.store, "load_verified_into", None)
         if chunk.is_prefix:
-            if verified_into is None:
-                raise StorageError(
-                    f"{self.describe()} cannot read the first bytes of {chunk.file!r} alone"
-                )
-            if out is None:
-                out = memoryview(bytearray(chunk.size_bytes))
-            return await verified_into(
-                chunk.file, out[: chunk.size_bytes], chunk.sha256, blake3=chunk.blake3, prefix=True
-            )
+            return await self._fetch_prefix(chunk, out)
+        verified_into = getattr(self.store, "load_verified_into", None)
         if out is not None and verified_into is not None:  # hashed as it is read
             return await verified_into(chunk.file, out, chunk.sha256, blake3=chunk.blake3)
         load_into = getattr(self.store, "load_into", None)
@@ -127,6 +119,23 @@ class StoreChunkSource:
         return await self.store.load_verified(
             chunk.file, chunk.sha256, max_size_bytes=chunk.size_bytes, blake3=chunk.blake3
         )
+
+    async def _fetch_prefix(self, chunk: ChunkInfo, out: memoryview | None) -> memoryview:
+        """A kernel view: the first ``chunk.size_bytes`` of its file, checked."""
+        if not self.reads_prefixes:
+            raise StorageError(
+                f"{self.describe()} cannot read the first bytes of {chunk.file!r} alone"
+            )
+        view = (memoryview(bytearray(chunk.size_bytes)) if out is None else out)[: chunk.size_bytes]
+        verified_into = getattr(self.store, "load_verified_into", None)
+        if verified_into is not None:  # a folder: hashed as it is read
+            data: memoryview = await verified_into(
+                chunk.file, view, chunk.sha256, blake3=chunk.blake3, prefix=True
+            )
+            return data
+        data = await self.store.load_into(chunk.file, view, prefix=True)
+        await self.store.check_integrity(chunk.file, data, chunk.sha256, blake3=chunk.blake3)
+        return data
 
     async def fetch_file(self, name: str) -> bytes:
         return await read_set_file(self.store, name, self.manifest_sha256)
@@ -191,7 +200,7 @@ class CachedChunkSource:
 
     @property
     def reads_prefixes(self) -> bool:
-        """Kernel views are cached under their own digest and read from the store's folder
+        """Kernel views are cached under their own digest and read from the store
         on a miss (see :attr:`StoreChunkSource.reads_prefixes`)."""
         return self._direct.reads_prefixes
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from sw_core.cache import ChunkCache
+from sw_core.chunks.chunker import chunk_model
 from sw_core.chunks.manifest import ChunkInfo
 from sw_core.chunks.verify import publish_chunk_set
 from sw_core.engine import (
@@ -26,7 +27,7 @@ from sw_core.engine import (
 from sw_core.exceptions import ChunkNotFoundError, ModelError
 from sw_core.storage import FilesystemBackend, S3Backend
 from tests.support.engine import chunk_cache, id_rows
-from tests.support.models import ChunkedModel, chunk_small
+from tests.support.models import ChunkedModel, chunk_small, small_model
 
 ROWS = id_rows([6, 4, 5])
 
@@ -294,3 +295,33 @@ async def test_model_from_an_s3_location(tmp_path: Path, s3_server, s3_bucket: s
     with torch.inference_mode():
         expected = model(input_ids=torch.tensor([ROWS[0]])).logits[0]
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+
+
+async def test_a_packed_model_from_s3_reads_its_blocks_as_kernel_views(
+    tmp_path: Path, s3_server, s3_bucket: str
+) -> None:
+    chunk_model(small_model("llama"), tmp_path, name="packed", max_chunk_mb=0.25, quantize="int4")
+    backend = S3Backend(
+        s3_bucket,
+        endpoint=s3_server.endpoint,
+        access_key=s3_server.access_key,
+        secret_key=s3_server.secret_key,
+        region=s3_server.region,
+        prefix="models/packed",
+    )
+    assert (await publish_chunk_set(tmp_path, backend)).ok
+    request = [{"input_ids": ROWS[0], "max_new_tokens": 4}]
+    engines = [
+        await StreamingEngine.open(StoreChunkSource(where), memory_budget_mb=1)
+        for where in (backend, FilesystemBackend(tmp_path))
+    ]
+    try:
+        views = [{c.name for c in e.manifest.chunks if c.is_prefix} for e in engines]
+        assert views[0] and views[0] == views[1]
+        outs = [await e.run_async("generate", request) for e in engines]
+        assert outs[0] == outs[1]
+        # the same bytes from S3 as from the folder: each view's first bytes only
+        assert engines[0].residency.stats.loaded_bytes == engines[1].residency.stats.loaded_bytes
+    finally:
+        for engine in engines:
+            await engine.aclose()

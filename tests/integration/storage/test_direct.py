@@ -13,7 +13,7 @@ import pytest
 from sw_core.counters import INTEGRITY_FAILURES
 from sw_core.engine import StoreChunkSource, StreamingEngine
 from sw_core.engine.memory.buffers import BufferPool
-from sw_core.exceptions import SecurityError, StorageError
+from sw_core.exceptions import SecurityError
 from sw_core.settings import Settings
 from sw_core.storage import FilesystemBackend
 from sw_core.storage.direct import ALIGN, is_aligned, wants_direct
@@ -143,5 +143,5 @@ async def test_a_prefix_read_takes_and_checks_only_the_first_bytes(
         )
     with pytest.raises(SecurityError, match="over the limit"):  # without prefix: too large
         await store.load_verified_into("chunk.bin", pool.take(size), sha)
-    with pytest.raises(StorageError, match="shorter than"):
+    with pytest.raises(SecurityError, match="shorter than"):
         await store.load_verified_into("chunk.bin", pool.take(len(data) + 1), sha, prefix=True)

@@ -180,3 +180,22 @@ async def test_load_into_puts_the_ranges_in_the_callers_buffer(s3: S3Backend) ->
     assert s3.counters.get(STORAGE_BYTES_READ) == len(payload)
     with pytest.raises(SecurityError, match="over the limit"):
         await s3.load_into("chunk.bin", memoryview(bytearray(len(payload) - 1)))
+
+
+async def test_a_prefix_read_takes_only_the_first_bytes_in_ranges(s3: S3Backend) -> None:
+    payload = bytes(range(256)) * (5 * RANGE_BYTES // 256) + b"tail"
+    await s3.save("chunk.bin", payload)
+    spy = GetSpy(s3)
+    size = 2 * RANGE_BYTES + 100
+    out = memoryview(bytearray(size))
+    got = await s3.load_into("chunk.bin", out, prefix=True)
+    assert bytes(got) == payload[:size] and got.obj is out.obj
+    assert sorted(spy.calls) == [
+        (0, RANGE_BYTES),
+        (RANGE_BYTES, RANGE_BYTES),
+        (2 * RANGE_BYTES, 100),
+    ]
+    small = await s3.load_into("chunk.bin", memoryview(bytearray(10)), prefix=True)
+    assert bytes(small) == payload[:10]
+    with pytest.raises(SecurityError, match="shorter than"):
+        await s3.load_into("chunk.bin", memoryview(bytearray(len(payload) + 1)), prefix=True)
