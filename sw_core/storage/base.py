@@ -76,6 +76,25 @@ def check_prefix(prefix: str) -> str:
     return prefix
 
 
+def size_to_read(key: str, where: str, size: int, limit: int | None, *, prefix: bool) -> int:
+    """How many bytes of the object ``key`` (``size`` bytes, in ``where``) a read takes:
+    with ``prefix`` its first ``limit`` bytes (a shorter object does not match what the
+    caller expects), else all of it, refused when over ``limit``.
+
+    Raises:
+        SecurityError: the object is shorter than the prefix, or over the limit.
+    """
+    if prefix:
+        if limit is None or size < limit:
+            raise SecurityError(
+                f"{key!r} in {where} is {size} bytes, shorter than the {limit} bytes to read"
+            )
+        return limit
+    if limit is not None and size > limit:
+        raise SecurityError(f"{key!r} in {where} is {size} bytes, over the limit of {limit} bytes")
+    return size
+
+
 async def sha256_hex(data: Payload) -> str:
     """sha256 hex digest of ``data``; large payloads are hashed off the event loop."""
     return await hex_digest_async("sha256", data)

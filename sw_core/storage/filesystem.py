@@ -26,6 +26,7 @@ from sw_core.storage.base import (
     RetryingBackend,
     SleepFn,
     check_key,
+    size_to_read,
 )
 from sw_core.storage.direct import (
     PIECE_BYTES,
@@ -236,20 +237,13 @@ class FilesystemBackend(RetryingBackend):
         """The file's bytes (into ``out`` when given); with ``prefix``, its first
         ``max_size_bytes`` bytes only (a shorter file is an error)."""
         with open(path, "rb", buffering=0) as handle:
-            size = os.fstat(handle.fileno()).st_size
-            if prefix:
-                assert max_size_bytes is not None
-                if size < max_size_bytes:
-                    raise SecurityError(
-                        f"{key!r} in {self.root} is {size} bytes, shorter than the "
-                        f"{max_size_bytes} bytes to read"
-                    )
-                size = max_size_bytes
-            elif max_size_bytes is not None and size > max_size_bytes:
-                raise SecurityError(
-                    f"{key!r} in {self.root} is {size} bytes, over the limit of "
-                    f"{max_size_bytes} bytes"
-                )
+            size = size_to_read(
+                key,
+                str(self.root),
+                os.fstat(handle.fileno()).st_size,
+                max_size_bytes,
+                prefix=prefix,
+            )
             if out is not None and self._reads_direct():
                 if is_aligned(out):
                     try:

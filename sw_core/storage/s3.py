@@ -39,7 +39,7 @@ from sw_core.exceptions import (
 )
 from sw_core.retry import RetryPolicy
 from sw_core.settings import Secret, Settings
-from sw_core.storage.base import Payload, RetryingBackend, SleepFn, check_key
+from sw_core.storage.base import Payload, RetryingBackend, SleepFn, check_key, size_to_read
 from sw_core.storage.s3_errors import NOT_FOUND_CODES, TRANSIENT_CODES, s3_error
 
 __all__ = ["NOT_FOUND_CODES", "TRANSIENT_CODES", "S3Backend"]
@@ -271,19 +271,7 @@ class S3Backend(RetryingBackend):
                     f"S3 answered a ranged GET of {name!r} with status {response.status} "
                     f"and Content-Range {content_range!r}"
                 )
-            if prefix:
-                assert max_size_bytes is not None
-                if total < max_size_bytes:
-                    raise SecurityError(
-                        f"{key!r} in {self.describe()} is {total} bytes, shorter than the "
-                        f"{max_size_bytes} bytes to read"
-                    )
-                total = max_size_bytes
-            elif max_size_bytes is not None and total > max_size_bytes:
-                raise SecurityError(
-                    f"{key!r} in {self.describe()} is {total} bytes, over the limit of "
-                    f"{max_size_bytes} bytes"
-                )
+            total = size_to_read(key, self.describe(), total, max_size_bytes, prefix=prefix)
             data: Any = bytearray(total) if out is None else out[:total]
             self._fill(response, memoryview(data)[:length], name)
             etag = response.headers.get("ETag")
