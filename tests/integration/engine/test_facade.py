@@ -272,16 +272,20 @@ def test_sync_run_from_a_worker_thread(tmp_path: Path) -> None:
         engine.close()
 
 
-async def test_model_from_an_s3_location(tmp_path: Path, s3_server, s3_bucket: str) -> None:
-    model, _ = chunk_small("gpt2", tmp_path)
-    backend = S3Backend(
-        s3_bucket,
+def _s3_backend(s3_server, bucket: str, prefix: str) -> S3Backend:
+    return S3Backend(
+        bucket,
         endpoint=s3_server.endpoint,
         access_key=s3_server.access_key,
         secret_key=s3_server.secret_key,
         region=s3_server.region,
-        prefix="models/small-gpt2",
+        prefix=prefix,
     )
+
+
+async def test_model_from_an_s3_location(tmp_path: Path, s3_server, s3_bucket: str) -> None:
+    model, _ = chunk_small("gpt2", tmp_path)
+    backend = _s3_backend(s3_server, s3_bucket, "models/small-gpt2")
     report = await publish_chunk_set(tmp_path, backend)
     assert report.ok
     async with StreamingGPTModel(
@@ -301,14 +305,7 @@ async def test_a_packed_model_from_s3_reads_its_blocks_as_kernel_views(
     tmp_path: Path, s3_server, s3_bucket: str
 ) -> None:
     chunk_model(small_model("llama"), tmp_path, name="packed", max_chunk_mb=0.25, quantize="int4")
-    backend = S3Backend(
-        s3_bucket,
-        endpoint=s3_server.endpoint,
-        access_key=s3_server.access_key,
-        secret_key=s3_server.secret_key,
-        region=s3_server.region,
-        prefix="models/packed",
-    )
+    backend = _s3_backend(s3_server, s3_bucket, "models/packed")
     assert (await publish_chunk_set(tmp_path, backend)).ok
     request = [{"input_ids": ROWS[0], "max_new_tokens": 4}]
     engines = [
