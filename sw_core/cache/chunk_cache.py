@@ -17,14 +17,14 @@ full, a missed chunk is admitted only if the entries it would evict were used le
 (:mod:`sw_core.cache.admission`), so a model larger than the cache keeps a stable part of
 itself cached instead of flushing everything on each sweep.
 
-A write uploads its parts under unique staging names with a TTL, then one Lua script
-commits it: evict least recently used chunks until it fits the shard's budget, rename the
-parts, record it. A writer that dies before the commit leaves only staging keys, which
-expire. The cache never touches other keys, so it can share a Redis with the job queues (use
-``noeviction`` or a ``volatile-*`` policy: ``allkeys-*`` would drop cache keys behind its back).
-
-The API is synchronous on thread-safe clients (the engine fetches from worker threads, and the
-sync client reads big values faster); ``aget``/``aput``/... wrap it for asyncio callers.
+A read with the chunk's size (:meth:`ChunkCache.lookup`) gets its first part in the lookup
+script's round trip. A write uploads its parts under unique staging names with a TTL, then
+one Lua script commits it: evict least recently used chunks until it fits the shard's
+budget, rename the parts, record it. A writer that dies before the commit leaves only
+staging keys, which expire. The cache never touches other keys, so it can share a Redis
+with the job queues (use ``noeviction`` or a ``volatile-*`` policy: ``allkeys-*`` would
+drop cache keys behind its back). The API is synchronous on thread-safe clients (the engine
+fetches from worker threads); ``aget``/``aput``/... wrap it for asyncio callers.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from sw_core.cache.async_api import AsyncCacheAPI
 from sw_core.cache.digest import ChunkDigest, check_chunk_id, target_view
 from sw_core.cache.errors import cache_error, too_large_error
 from sw_core.cache.ordered_hash import OrderedHash
-from sw_core.cache.parts import layout_ok, read_parts, upload_parts
+from sw_core.cache.parts import layout_ok, lookup_with_first, read_parts, upload_parts
 from sw_core.cache.redis_bulk import delete_quietly
 from sw_core.cache.shards import CacheShards, open_cache_redis
 from sw_core.counters import Counters
@@ -274,7 +274,7 @@ class ChunkCache(CacheAccounting, AsyncCacheAPI):
         chunk_id: str,
         *,
         out: bytearray | memoryview | None,
-        verify: Expected | None,
+        verify: Expected,
         count: bool = True,
         size_bytes: int = 0,
     ) -> Lookup:
@@ -282,31 +282,49 @@ class ChunkCache(CacheAccounting, AsyncCacheAPI):
         shard, keys, client = self._clients.where(chunk_id)
         try:
             call = self._lookup_call(chunk_id, keys, count=count, size_bytes=size_bytes)
-            found = self._lookup(**call, client=client)
+            if size_bytes > 0 and out is not None:  # part 0 comes in the lookup's round trip
+                found, first = lookup_with_first(
+                    client,
+                    self._lookup,
+                    call,
+                    keys.cache_part(chunk_id, 0),
+                    target_view(out, size_bytes),
+                    self.part_size_bytes,
+                    ChunkDigest(size_bytes, self._hasher, verify.algorithm, read=True),
+                )
+            else:
+                found, first = self._lookup(**call, client=client), None
         except redis.RedisError as exc:
             self._clients.failed(shard)
             raise cache_error(exc, f"looking up chunk {chunk_id[:12]}") from exc
         if int(found[0]) == 0:
+            if first is not None:
+                first.digest.abandon()
             if count:
                 self._count(stats.CACHE_MISSES)
             return Lookup(None, admit=bool(int(found[1])))
         parts, size, part_bytes = (int(v) for v in found[1:4])
+        first = first.if_fits(size, part_bytes) if first is not None else None
         if not layout_ok(parts, size, part_bytes):
             return self._drop_miss(chunk_id, "corrupt", counted=count)
-        target = target_view(out, size)
-        digest = ChunkDigest(size, self._hasher, verify.algorithm, read=True) if verify else None
+        if first is not None:
+            target, digest = first.target, first.digest
+        else:
+            target = target_view(out, size)
+            digest = ChunkDigest(size, self._hasher, verify.algorithm, read=True)
         try:
-            failure = read_parts(client, keys, chunk_id, target, parts, part_bytes, digest)
+            failure = read_parts(
+                client, keys, chunk_id, target, parts, part_bytes, digest, first_done=bool(first)
+            )
             if failure is not None:
                 return self._drop_miss(chunk_id, failure, counted=count)
-            hexdigest = digest.hexdigest() if digest is not None else None
+            hexdigest = digest.hexdigest()
         except redis.RedisError as exc:
             self._clients.failed(shard)
             raise cache_error(exc, f"reading chunk {chunk_id[:12]}") from exc
         finally:
-            if digest is not None:
-                digest.abandon()
-        if verify is not None and not verify.matches(hexdigest or ""):
+            digest.abandon()
+        if not verify.matches(hexdigest):
             return self._drop_miss(chunk_id, "corrupt", counted=count)
         if count:
             self._count(stats.CACHE_HITS)

@@ -9,9 +9,11 @@ digest (the cache compares it).
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import redis
+from redis.commands.core import Script
 
 from sw_core.cache.digest import ChunkDigest
 from sw_core.cache.redis_bulk import BulkReader
@@ -26,6 +28,60 @@ def layout_ok(parts: int, size: int, part_bytes: int) -> bool:
     return parts >= 1 and part_bytes >= 1 and 0 <= size <= parts * part_bytes
 
 
+@dataclass
+class FirstPart:
+    """Part 0 of a chunk, read in the lookup's round trip, before the layout was known."""
+
+    #: Where the whole chunk lands (its size as the caller's manifest says).
+    target: memoryview
+    #: The digest part 0 was fed to, as it arrived.
+    digest: ChunkDigest
+    #: The length of the part 0 that landed in ``target``; None when none did (there was no
+    #: part 0, or a longer one than this cache's parts, which was discarded).
+    got: int | None
+
+    def if_fits(self, size: int, part_bytes: int) -> FirstPart | None:
+        """Itself when part 0 landed where the looked-up layout puts it; else None, its
+        digest abandoned (another part size, or no part 0: the whole chunk is read again)."""
+        if self.target.nbytes == size and self.got == min(part_bytes, size):
+            return self
+        self.digest.abandon()
+        return None
+
+
+def lookup_with_first(
+    client: redis.Redis,
+    lookup: Script,
+    call: dict[str, list[Any]],
+    part0_key: str,
+    target: memoryview,
+    part_bytes: int,
+    digest: ChunkDigest,
+) -> tuple[list[Any], FirstPart | None]:
+    """The ``lookup`` script's reply (``call``: its KEYS and ARGV), with part 0 of the chunk
+    read into ``target`` in the same round trip -- guessing the cache's ``part_bytes``
+    (:meth:`FirstPart.if_fits` says whether it held). Without the script loaded (a new or
+    flushed server) it runs as a plain call, which loads it, and part 0 is not read.
+
+    Raises:
+        redis.RedisError: the connection failed (the caller maps it to CacheError).
+    """
+    piece = target[: min(part_bytes, target.nbytes)]
+    try:
+        with BulkReader(client) as reader:
+            found, got = reader.script_then_get_into(
+                lookup.sha, call["keys"], call["args"], part0_key, piece, feed=digest.feed
+            )
+    except redis.exceptions.NoScriptError:
+        digest.abandon()
+        return lookup(**call, client=client), None
+    except BaseException:
+        digest.abandon()
+        raise
+    landed = got if got is not None and got <= piece.nbytes else None  # longer: discarded
+    return found, FirstPart(target, digest, landed)
+
+
 def read_parts(
     client: redis.Redis,
     keys: Keys,
@@ -34,17 +90,23 @@ def read_parts(
     parts: int,
     part_bytes: int,
     digest: ChunkDigest | None,
+    *,
+    first_done: bool = False,
 ) -> Failure | None:
     """Fill ``target`` (the chunk's size) with its ``parts``; None when every byte arrived.
+    ``first_done``: part 0 is already in place (and fed to ``digest``).
 
     Raises:
         redis.RedisError: the connection failed (the caller maps it to CacheError).
     """
     size = target.nbytes
     feed = digest.feed if digest is not None else None
-    offset = 0
+    start = 1 if first_done else 0
+    offset = min(part_bytes, size) if first_done else 0
+    if start >= parts:
+        return None if offset == size else "corrupt"
     with BulkReader(client) as reader:
-        for n in range(parts):
+        for n in range(start, parts):
             expected = min(part_bytes, size - offset)
             if expected < 0 or (n > 0 and expected == 0):
                 return "corrupt"

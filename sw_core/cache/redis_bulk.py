@@ -7,20 +7,32 @@ pooled connection and ``recv_into``\\ s the payload where it belongs: the kernel
 the only one. It speaks just the replies ``GET`` can produce (bulk string, nil, error) in
 RESP2 and RESP3; on anything unexpected, or any socket error, the connection is closed
 before it goes back to the pool, so no half-read reply is ever taken for another's answer.
+
+:meth:`BulkReader.script_then_get_into` sends a Lua call and a ``GET`` together: the cache's
+lookup script and the first part of the chunk it looks up cost one round trip, not two.
 """
 
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import TracebackType
+from typing import Any
 
 import redis
 from redis.exceptions import InvalidResponse
 
-#: A reply header (``$<length>\r\n``, ``-ERR ...``) longer than this is not one of GET's.
+#: A reply line (``$<length>\r\n``, ``-ERR ...``) longer than this is not one we read.
 _MAX_HEADER_BYTES = 512
+#: What one read of reply lines asks the socket for (the bytes after the line are kept).
+_LINE_READ_BYTES = 512
+#: The most elements, and the longest string element, of a script reply read here.
+_MAX_ARRAY_ITEMS = 16
+_MAX_ITEM_BYTES = 64
 _DISCARD_BYTES = 1 << 20
+
+#: A script's reply as :meth:`BulkReader.script_then_get_into` reads it.
+ScriptReply = list[int | bytes]
 
 
 class BulkReader:
@@ -35,6 +47,8 @@ class BulkReader:
         self._pool = client.connection_pool
         self._conn: redis.connection.Connection | None = None  # as get_connection types it
         self._broken = False
+        #: Bytes received after the last reply line read, not consumed yet.
+        self._pending = bytearray()
 
     def __enter__(self) -> BulkReader:
         try:
@@ -52,7 +66,8 @@ class BulkReader:
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        if self._broken or (exc is not None and not isinstance(exc, redis.ResponseError)):
+        unread = bool(self._pending)  # bytes of a reply nobody read: never reuse it
+        if self._broken or unread or (exc is not None and not isinstance(exc, redis.ResponseError)):
             conn.disconnect()
         self._pool.release(conn)
 
@@ -73,12 +88,68 @@ class BulkReader:
         conn = self._conn
         if conn is None:
             raise RuntimeError("BulkReader.get_into outside its 'with' block")
-        try:
-            conn.send_command("GET", key)
+        return self._guarded(key, lambda: self._get(conn, ("GET", key), out, feed, feed_bytes))
+
+    def script_then_get_into(
+        self,
+        script_sha: str,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        key: str,
+        out: memoryview,
+        *,
+        feed: Callable[[memoryview], None] | None = None,
+        feed_bytes: int = 64 << 10,
+    ) -> tuple[ScriptReply, int | None]:
+        """``EVALSHA script_sha`` and then ``GET key``, sent together: the script's reply (a
+        flat array of integers and short strings) and what :meth:`get_into` gives for ``key``.
+
+        Redis runs the two back to back; what the script did is seen by the ``GET``.
+
+        Raises:
+            redis.ResponseError: the script failed (``NOSCRIPT`` ...), raised once the
+                ``GET``'s reply was read too (the connection stays usable).
+        """
+        conn = self._conn
+        if conn is None:
+            raise RuntimeError("BulkReader.script_then_get_into outside its 'with' block")
+        call = ("EVALSHA", script_sha, len(keys), *keys, *args)
+
+        def both() -> tuple[ScriptReply | redis.ResponseError, int | None]:
             sock = getattr(conn, "_sock", None)
+            conn.send_packed_command(conn.pack_commands([call, ("GET", key)]))
             if not isinstance(sock, socket.socket):
-                return self._fallback(conn, out, feed)
-            return self._receive(sock, out, feed, feed_bytes)
+                try:
+                    reply: ScriptReply | redis.ResponseError = list(conn.read_response())
+                except redis.ResponseError as exc:
+                    reply = exc
+                return reply, self._fallback(conn, out, feed)
+            reply = self._script_reply(sock)
+            return reply, self._receive(sock, out, feed, feed_bytes)
+
+        reply, got = self._guarded(key, both)
+        if isinstance(reply, redis.ResponseError):
+            raise reply
+        return reply, got
+
+    def _get(
+        self,
+        conn: redis.connection.AbstractConnection,
+        command: tuple[str, str],
+        out: memoryview,
+        feed: Callable[[memoryview], None] | None,
+        feed_bytes: int,
+    ) -> int | None:
+        conn.send_command(*command)
+        sock = getattr(conn, "_sock", None)
+        if not isinstance(sock, socket.socket):
+            return self._fallback(conn, out, feed)
+        return self._receive(sock, out, feed, feed_bytes)
+
+    def _guarded(self, key: str, read: Callable[[], Any]) -> Any:
+        """``read()``, marking the connection broken on anything but a Redis error reply."""
+        try:
+            return read()
         except redis.ResponseError:
             raise
         except TimeoutError as exc:
@@ -91,6 +162,44 @@ class BulkReader:
             self._broken = True
             raise
 
+    def _line(self, sock: socket.socket) -> bytes:
+        """The next reply line (without its CRLF); what was received after it stays pending."""
+        buf = self._pending
+        while (end := buf.find(b"\r\n")) < 0:
+            if len(buf) > _MAX_HEADER_BYTES:
+                raise InvalidResponse(f"not a reply line: {bytes(buf[:64])!r}")
+            piece = sock.recv(_LINE_READ_BYTES)
+            if not piece:
+                raise ConnectionError("Redis closed the connection")
+            buf += piece
+        line = bytes(buf[:end])
+        del buf[: end + 2]
+        return line
+
+    def _script_reply(self, sock: socket.socket) -> ScriptReply | redis.ResponseError:
+        """A script's reply: a flat array of integers and short strings, or its error."""
+        line = self._line(sock)
+        if line[:1] == b"-":
+            message = line[1:].decode(errors="replace")
+            if message.startswith("NOSCRIPT"):  # as redis-py's parsers raise it
+                return redis.exceptions.NoScriptError(message)
+            return redis.ResponseError(message)
+        if line[:1] != b"*" or not 0 <= int(line[1:]) <= _MAX_ARRAY_ITEMS:
+            raise InvalidResponse(f"not a flat script reply: {line[:64]!r}")
+        items: ScriptReply = []
+        for _ in range(int(line[1:])):
+            item = self._line(sock)
+            if item[:1] == b":":
+                items.append(int(item[1:]))
+            elif item[:1] == b"$" and 0 <= int(item[1:]) <= _MAX_ITEM_BYTES:
+                value = self._line(sock)
+                if len(value) != int(item[1:]):
+                    raise InvalidResponse("a string element of the wrong length")
+                items.append(value)
+            else:
+                raise InvalidResponse(f"not a flat script reply element: {item[:64]!r}")
+        return items
+
     def _receive(
         self,
         sock: socket.socket,
@@ -98,15 +207,9 @@ class BulkReader:
         feed: Callable[[memoryview], None] | None,
         feed_bytes: int,
     ) -> int | None:
-        head = bytearray()
-        while (end := head.find(b"\r\n")) < 0:
-            if len(head) > _MAX_HEADER_BYTES:
-                raise InvalidResponse(f"not a GET reply: {bytes(head[:64])!r}")
-            piece = sock.recv(1)
-            if not piece:
-                raise ConnectionError("Redis closed the connection")
-            head += piece
-        line, rest = bytes(head[:end]), memoryview(head)[end + 2 :]
+        line = self._line(sock)
+        rest = bytes(self._pending)  # what came with the line: the start of the value
+        self._pending.clear()
         if line[:1] == b"-":
             if rest:
                 raise InvalidResponse("bytes after an error reply")

@@ -83,3 +83,48 @@ def test_a_broken_read_drops_the_connection(redis_url: str) -> None:
     client.set("k", b"ok")
     assert client.get("k") == b"ok"
     client.close()
+
+
+SCRIPT = "redis.call('INCR', KEYS[1]); return {1, tostring(ARGV[1]), redis.call('STRLEN', KEYS[2])}"
+
+
+def test_a_script_and_a_get_share_one_round_trip(client: redis.Redis) -> None:
+    value = random.Random(7).randbytes((1 << 20) + 3)
+    client.set("big", value)
+    sha = client.script_load(SCRIPT)
+    out = memoryview(bytearray(len(value)))
+    pieces: list[bytes] = []
+    with BulkReader(client) as reader:
+        reply, got = reader.script_then_get_into(
+            sha, ["calls", "big"], ["tag"], "big", out, feed=lambda p: pieces.append(bytes(p))
+        )
+        assert reply == [1, b"tag", len(value)] and got == len(value)
+        assert bytes(out) == value and b"".join(pieces) == value
+        # the script ran before the GET; a missing value is None
+        reply, got = reader.script_then_get_into(sha, ["calls", "gone"], ["x"], "gone", out)
+        assert reply == [1, b"x", 0] and got is None
+    assert client.get("calls") == b"2" and client.ping()
+
+
+def test_a_missing_script_raises_after_the_get_was_read(client: redis.Redis) -> None:
+    client.set("k", b"value")
+    out = memoryview(bytearray(16))
+    with BulkReader(client) as reader:
+        with pytest.raises(redis.exceptions.NoScriptError):
+            reader.script_then_get_into("0" * 40, ["a"], [], "k", out)
+        assert reader.get_into("k", out) == 5  # the GET's reply did not linger
+    assert bytes(out[:5]) == b"value" and client.get("k") == b"value"
+
+
+def test_a_script_reply_of_another_shape_drops_the_connection(client: redis.Redis) -> None:
+    client.set("k", b"value")
+    sha = client.script_load("return {{1, 2}}")  # nested: not a flat reply
+    out = memoryview(bytearray(16))
+    pool = client.connection_pool
+    with pytest.raises(redis.exceptions.InvalidResponse):
+        with BulkReader(client) as reader:
+            reader.script_then_get_into(sha, [], [], "k", out)
+    assert pool._available_connections == [] or all(
+        c._sock is None for c in pool._available_connections
+    )
+    assert client.get("k") == b"value"
