@@ -1,8 +1,9 @@
 """Packed SmolLM2 streamed against transformers in memory, side by side in one process.
 
 SmolLM2-135M-Instruct from its GGUF file kept packed (``sw chunk model.gguf``: Q4_1 and Q8_0,
-117 MB; row shards of 3 MB, about a layer), the engine at ``memory_budget_mb`` = 25 % of the
-packed chunk set (seven layers kept, the rest fetched again at every decode step) and a KV
+117 MB; row shards of 2.2 MiB, a layer as the engine reads it), the engine at
+``memory_budget_mb`` = 25 % of the packed chunk set (nine layers kept, the rest fetched again
+at every decode step) and a KV
 cache that holds the 16 rows in one batch, computing with the packed
 kernels (bfloat16 activations, ``SW_COMPUTE_DTYPE=auto`` on this CPU), against transformers
 with the dequantized float32 weights in memory (the reference the goal names):
@@ -282,7 +283,7 @@ def to_figures(m: dict[str, Any], rounds: int) -> list[Figure]:
     one, many = m["one request"], m["16 requests"]
     how = (
         f"SmolLM2 from its GGUF kept packed ({m['chunk_set_mb']:.0f} MB), budget "
-        f"{m['budget_mb']} MiB (25 %; row shards of {BLOCK_SHARD_MB} MB), KV cache "
+        f"{m['budget_mb']} MiB (25 %; row shards of {BLOCK_SHARD_MB} MiB), KV cache "
         f"{m.get('kv_cache_mb', '?')} MiB, bfloat16 activations, {NEW_TOKENS} greedy tokens; "
         f"medians of {rounds} interleaved rounds"
     )

@@ -9,7 +9,7 @@ SmolLM2-135M-Instruct from the bundled GGUF, written once as a transformers fold
   ``max_memory`` at the engine's budget, ``offload_folder``): the layers that do not fit are
   read from the offload folder at every step.
 - ``engine-folder``: this engine at a budget that keeps one block resident besides the
-  embeddings/head (the packed set cut with row shards of about a block, 3 MB; a KV-cache cap
+  embeddings/head (the packed set cut with row shards of about a block, 2.2 MiB; a KV-cache cap
   that runs the 16 requests as one batch), chunks from the chunk-set folder
   (BLAKE3-verified reads).
 - ``engine-redis``: the same, chunks from the Redis chunk cache (filled beforehand by this
