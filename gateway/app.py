@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import redis.exceptions
@@ -37,6 +37,8 @@ from sw_core.exceptions import SurfingError
 from sw_core.settings import Settings
 
 log = logging.getLogger("gateway")
+#: Longest wait for one step of the shutdown (closing a Redis client, stopping a task).
+CLOSE_STEP_S = 3.0
 
 
 def create_app(settings: Settings, producer: Producer | None = None) -> FastAPI:
@@ -55,9 +57,9 @@ def create_app(settings: Settings, producer: Producer | None = None) -> FastAPI:
         try:
             yield
         finally:
-            await stop(sampler)
-            await gateway.close()
-            await app.state.status.close()
+            await closed("the status sampler", lambda: stop(sampler))
+            await closed("the job backend", gateway.close)
+            await closed("the monitor", app.state.status.close)
             app.state.chunk_map.close()
 
     app = FastAPI(title="Surfing Weights gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -78,6 +80,15 @@ def create_app(settings: Settings, producer: Producer | None = None) -> FastAPI:
     )
     app.add_middleware(AccessLog, counters=counters)
     return app
+
+
+async def closed(what: str, close: Callable[[], Awaitable[object]]) -> None:
+    """Await one step of the shutdown for at most :data:`CLOSE_STEP_S`; a step that takes
+    longer is left, and the log says which (the process is about to exit)."""
+    try:
+        await asyncio.wait_for(close(), CLOSE_STEP_S)
+    except TimeoutError:
+        log.warning("shutdown: closing %s took more than %g s; left", what, CLOSE_STEP_S)
 
 
 async def api_error(request: Request, exc: ApiError) -> JSONResponse:
