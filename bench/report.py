@@ -112,16 +112,30 @@ def summary_markdown(results: dict[str, Any]) -> str:
             f"{entry.get('seconds', 0) / 60:.1f} | {before} -> {after} | "
             f"{entry.get('other_cpu_cores', '?')} | {_machine_word(entry)} |"
         )
-    machine = next((e.get("machine") for e in results["benches"].values() if e.get("machine")), {})
-    if machine:
-        lines += [
-            "",
-            f"Machine: {machine.get('cpu')}, {machine.get('cores')} cores, "
-            f"{machine.get('memory_gib')} GiB; Python {machine.get('python')}, torch "
-            f"{machine.get('torch')}, transformers {machine.get('transformers')}, redis-server "
-            f"{str(machine.get('redis_server') or '?').split(' ')[0]}.",
-        ]
+    lines += machine_lines(results)
     return "\n".join(lines)
+
+
+def machine_lines(results: dict[str, Any]) -> list[str]:
+    """One line per machine the benchmarks ran on, naming them when there are several
+    (ratios are only compared within one benchmark's run, on one machine)."""
+    by_machine: dict[str, list[str]] = {}
+    for name, entry in results["benches"].items():
+        machine = entry.get("machine")
+        if machine:
+            line = (
+                f"{machine.get('cpu')}, {machine.get('cores')} cores, "
+                f"{machine.get('memory_gib')} GiB; Python {machine.get('python')}, torch "
+                f"{machine.get('torch')}, transformers {machine.get('transformers')}, "
+                f"redis-server {str(machine.get('redis_server') or '?').split(' ')[0]}"
+            )
+            by_machine.setdefault(line, []).append(name)
+    if len(by_machine) == 1:
+        return ["", f"Machine: {next(iter(by_machine))}."]
+    lines: list[str] = []
+    for line, names in by_machine.items():
+        lines += ["", f"Machine of {', '.join(names)}: {line}."]
+    return lines
 
 
 def grids(results: dict[str, Any]) -> dict[str, str]:

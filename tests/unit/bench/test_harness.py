@@ -56,6 +56,22 @@ def test_readme_tables_are_the_generated_ones(bench: dict[str, ModuleType]) -> N
         assert report.table_in(readme, grid) == table, f"{stale} (grid {grid!r})"
 
 
+def test_the_summary_names_the_machine_of_each_benchmark(bench: dict[str, ModuleType]) -> None:
+    report = bench["report"]
+    intel = {"cpu": "Intel Xeon", "cores": 2, "memory_gib": 23.6, "python": "3.11.7"}
+    amd = {**intel, "cpu": "AMD EPYC"}
+    one = {"benches": {"a": {"machine": intel}, "b": {"machine": intel}}}
+    assert [line for line in report.machine_lines(one) if line] == [
+        "Machine: Intel Xeon, 2 cores, 23.6 GiB; Python 3.11.7, torch None, transformers "
+        "None, redis-server ?."
+    ]
+    two = {"benches": {"a": {"machine": intel}, "b": {"machine": amd}, "c": {"machine": amd}}}
+    lines = [line for line in report.machine_lines(two) if line]
+    assert len(lines) == 2
+    assert lines[0].startswith("Machine of a: Intel Xeon")
+    assert lines[1].startswith("Machine of b, c: AMD EPYC")
+
+
 def test_rewrite_replaces_only_the_marked_blocks(bench: dict[str, ModuleType]) -> None:
     report = bench["report"]
     begin, end = report.markers()
