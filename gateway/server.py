@@ -1,6 +1,6 @@
 """``sw serve``: the gateway on uvicorn, refusing to leave loopback without API keys, with
 bounded connections (:mod:`gateway.connections`), one access-log line per request and a
-bounded shutdown (:class:`BoundedServer`)."""
+bounded shutdown (:func:`bounded_server`)."""
 
 from __future__ import annotations
 

@@ -304,9 +304,11 @@ class ChunkCache(CacheAccounting, AsyncCacheAPI):
                 self._count(stats.CACHE_MISSES)
             return Lookup(None, admit=bool(int(found[1])))
         parts, size, part_bytes = (int(v) for v in found[1:4])
-        first = first.if_fits(size, part_bytes) if first is not None else None
         if not layout_ok(parts, size, part_bytes):
+            if first is not None:
+                first.digest.abandon()
             return self._drop_miss(chunk_id, "corrupt", counted=count)
+        first = first.if_fits(size, part_bytes) if first is not None else None
         if first is not None:
             target, digest = first.target, first.digest
         else:

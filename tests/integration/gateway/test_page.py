@@ -310,6 +310,9 @@ async def test_the_cache_hit_rate_is_hits_over_lookups(browser: Any, cluster: Cl
             values = client.hmget(key, "hits", "misses")
             return int(values[0] or 0), int(values[1] or 0)
 
+        async with Producer(settings=cluster.settings) as producer:  # the model opened once
+            job = await producer.submit("tinychat", "generate", ["hi"], max_new_tokens=2)
+            await producer.result(job, 120)
         hits, misses = meta()
         assert misses > 0 and hits == 0
         wait_until(lambda: page.text("cache-hit-rate") == "0.0 %", "0.0 %")
