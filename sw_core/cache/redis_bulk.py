@@ -116,8 +116,8 @@ class BulkReader:
         call = ("EVALSHA", script_sha, len(keys), *keys, *args)
 
         def both() -> tuple[ScriptReply | redis.ResponseError, int | None]:
-            sock = getattr(conn, "_sock", None)
             conn.send_packed_command(conn.pack_commands([call, ("GET", key)]))
+            sock = getattr(conn, "_sock", None)
             if not isinstance(sock, socket.socket):
                 try:
                     reply: ScriptReply | redis.ResponseError = list(conn.read_response())
@@ -184,16 +184,16 @@ class BulkReader:
             if message.startswith("NOSCRIPT"):  # as redis-py's parsers raise it
                 return redis.exceptions.NoScriptError(message)
             return redis.ResponseError(message)
-        if line[:1] != b"*" or not 0 <= int(line[1:]) <= _MAX_ARRAY_ITEMS:
+        if line[:1] != b"*" or not 0 <= _number(line) <= _MAX_ARRAY_ITEMS:
             raise InvalidResponse(f"not a flat script reply: {line[:64]!r}")
         items: ScriptReply = []
-        for _ in range(int(line[1:])):
+        for _ in range(_number(line)):
             item = self._line(sock)
             if item[:1] == b":":
-                items.append(int(item[1:]))
-            elif item[:1] == b"$" and 0 <= int(item[1:]) <= _MAX_ITEM_BYTES:
+                items.append(_number(item))
+            elif item[:1] == b"$" and 0 <= _number(item) <= _MAX_ITEM_BYTES:
                 value = self._line(sock)
-                if len(value) != int(item[1:]):
+                if len(value) != _number(item):
                     raise InvalidResponse("a string element of the wrong length")
                 items.append(value)
             else:
@@ -220,7 +220,7 @@ class BulkReader:
             return None
         if line[:1] != b"$":
             raise InvalidResponse(f"not a GET reply: {line[:64]!r}")
-        size = int(line[1:])
+        size = _number(line)
         if len(rest) > size + 2:
             raise InvalidResponse("more bytes than the reply announced")
         if size > len(out):
@@ -268,6 +268,14 @@ class BulkReader:
             if feed is not None:
                 feed(out[: len(value)])
         return len(value)
+
+
+def _number(line: bytes) -> int:
+    """The integer after a reply line's type byte (``$5``, ``*4``, ``:12``)."""
+    try:
+        return int(line[1:])
+    except ValueError:
+        raise InvalidResponse(f"not a number in a reply line: {line[:64]!r}") from None
 
 
 def delete_quietly(client: redis.Redis, keys: list[str]) -> None:

@@ -128,3 +128,11 @@ def test_a_script_reply_of_another_shape_drops_the_connection(client: redis.Redi
         c._sock is None for c in pool._available_connections
     )
     assert client.get("k") == b"value"
+
+
+def test_a_reply_line_without_its_number_is_an_invalid_response() -> None:
+    from sw_core.cache.redis_bulk import _number
+
+    assert _number(b"$2219072") == 2219072 and _number(b":-1") == -1
+    with pytest.raises(redis.exceptions.InvalidResponse, match="not a number"):
+        _number(b"$12x")
