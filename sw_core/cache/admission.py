@@ -33,6 +33,7 @@ directly costs, plus one lookup per chunk.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 #: Fewest counted lookups between two halvings of the use counts (more with more entries).
@@ -43,11 +44,15 @@ AGING_WINDOW_MIN = 128
 class Lookup:
     """What :meth:`~sw_core.cache.ChunkCache.lookup` found."""
 
-    #: The chunk's verified bytes on a hit, None on a miss.
+    #: The chunk's verified bytes on a hit (not verified yet when ``check`` is set), None
+    #: on a miss.
     data: memoryview | None
     #: On a miss: whether the cache would take the chunk in (load it through the cache);
     #: False means read it from storage past the cache.
     admit: bool = False
+    #: For a hit read with ``verify_later``: hashes ``data`` and says whether it matches
+    #: (False: the entry was dropped as corrupt); to be called before the bytes are used.
+    check: Callable[[], bool] | None = None
 
     @property
     def hit(self) -> bool:

@@ -29,8 +29,8 @@ fetches from worker threads); ``aget``/``aput``/... wrap it for asyncio callers.
 
 from __future__ import annotations
 
+import functools
 import threading
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
@@ -42,21 +42,20 @@ from sw_core.cache.accounting import CacheAccounting
 from sw_core.cache.admission import AGING_WINDOW_MIN, Lookup
 from sw_core.cache.async_api import AsyncCacheAPI
 from sw_core.cache.digest import ChunkDigest, check_chunk_id, target_view
-from sw_core.cache.errors import cache_error, too_large_error
+from sw_core.cache.errors import cache_error
 from sw_core.cache.ordered_hash import OrderedHash
-from sw_core.cache.parts import layout_ok, lookup_with_first, read_parts, upload_parts
-from sw_core.cache.redis_bulk import delete_quietly
+from sw_core.cache.parts import layout_ok, lookup_with_first, read_parts
 from sw_core.cache.shards import CacheShards, open_cache_redis
+from sw_core.cache.writes import CacheWrites
 from sw_core.counters import Counters
-from sw_core.exceptions import ConfigError, SecurityError
-from sw_core.hashing import Algorithm, Expected
+from sw_core.exceptions import CacheError, ConfigError
+from sw_core.hashing import Algorithm, Expected, hex_digest
 from sw_core.keys import Keys
 from sw_core.lua_scripts import lua_source
 from sw_core.settings import Settings
-from sw_core.utils import mib
 
 
-class ChunkCache(CacheAccounting, AsyncCacheAPI):
+class ChunkCache(CacheAccounting, CacheWrites, AsyncCacheAPI):
     """Content-addressed chunk cache in Redis, bounded by ``cache_size_bytes`` (LRU victims,
     frequency-gated admission: :mod:`sw_core.cache.admission`).
 
@@ -158,80 +157,24 @@ class ChunkCache(CacheAccounting, AsyncCacheAPI):
         *,
         out: bytearray | memoryview | None = None,
         blake3: str | None = None,
+        verify_later: bool = False,
     ) -> Lookup:
         """:meth:`get` (counted), and on a miss whether the cache would admit the chunk of
         ``size_bytes`` (:mod:`sw_core.cache.admission`): a reader loads an admitted chunk
         through the cache, and reads a refused one from storage past it.
 
+        ``verify_later``: a hit's bytes are not hashed here; :attr:`Lookup.check` hashes
+        them when called, on the thread that is about to use them, and on a mismatch drops
+        the entry and counts it as :meth:`get` does (a corruption; its hit becomes a miss).
+        The caller must call it before anything reads the bytes as data.
+
         Raises:
             CacheError: Redis failed (transient: connection, timeout).
         """
         expected = Expected.of(chunk_id, blake3)
-        return self._read(chunk_id, out=out, verify=expected, size_bytes=size_bytes)
-
-    def put(
-        self,
-        chunk_id: str,
-        data: bytes | bytearray | memoryview,
-        *,
-        verify: bool = True,
-        blake3: str | None = None,
-    ) -> bool:
-        """Store a chunk under its sha256 ``chunk_id``; False when it was already cached.
-
-        Least recently used chunks are evicted to keep the stored bytes within the budget.
-        With ``verify`` the bytes are hashed (overlapped with the upload; against ``blake3``
-        when given, else against the id) and a mismatch raises :class:`SecurityError`; pass
-        False only for bytes already verified.
-
-        Raises:
-            ChunkTooLargeError: the chunk alone exceeds the budget (nothing is uploaded).
-            CacheError: Redis refused or failed (out of memory, connection); nothing is
-                stored and the staged parts are removed.
-        """
-        check_chunk_id(chunk_id)
-        view = memoryview(data).cast("B")
-        size, n_shards = view.nbytes, self._clients.count
-        if size > self.shard_budget_bytes:
-            raise too_large_error(chunk_id, size, self.budget_bytes, n_shards)
-        shard, keys, client = self._clients.where(chunk_id)
-        try:
-            found = self._lookup(**self._lookup_call(chunk_id, keys, count=False), client=client)
-            if int(found[0]) == 1:
-                return False
-        except redis.RedisError as exc:
-            self._clients.failed(shard)
-            raise cache_error(exc, f"looking up chunk {chunk_id[:12]}") from exc
-        step = self.part_size_bytes
-        token = uuid.uuid4().hex
-        staged = [keys.cache_staging(token, n) for n in range(max(1, -(-size // step)))]
-        try:
-            expected = Expected.of(chunk_id, blake3) if verify else None
-            self._upload(client, chunk_id, view, staged, verify=expected)
-            stored, evicted = self._commit(
-                keys=[*self._clients.entry_keys(chunk_id, keys), *staged],
-                args=[
-                    chunk_id,
-                    size,
-                    self.shard_budget_bytes,
-                    step,
-                    keys.cache_info_prefix,
-                    keys.cache_part_prefix,
-                ],
-                client=client,
-            )
-        except BaseException as exc:
-            delete_quietly(client, staged)  # or the staging TTL removes them
-            if isinstance(exc, redis.ResponseError) and "SWCACHE_TOO_LARGE" in str(exc):
-                raise too_large_error(chunk_id, size, self.budget_bytes, n_shards) from exc
-            if isinstance(exc, redis.RedisError):
-                self._clients.failed(shard)
-                raise cache_error(
-                    exc, f"storing chunk {chunk_id[:12]} ({mib(size):.1f} MiB)"
-                ) from exc
-            raise
-        self._count(stats.CACHE_EVICTIONS, int(evicted))
-        return bool(stored)
+        return self._read(
+            chunk_id, out=out, verify=expected, size_bytes=size_bytes, later=verify_later
+        )
 
     def contains(self, chunk_id: str) -> bool:
         """Whether the chunk is cached (no LRU bump, not counted)."""
@@ -277,6 +220,7 @@ class ChunkCache(CacheAccounting, AsyncCacheAPI):
         verify: Expected,
         count: bool = True,
         size_bytes: int = 0,
+        later: bool = False,
     ) -> Lookup:
         check_chunk_id(chunk_id)
         shard, keys, client = self._clients.where(chunk_id)
@@ -290,7 +234,7 @@ class ChunkCache(CacheAccounting, AsyncCacheAPI):
                     keys.cache_part(chunk_id, 0),
                     target_view(out, size_bytes),
                     self.part_size_bytes,
-                    ChunkDigest(size_bytes, self._hasher, verify.algorithm, read=True),
+                    None if later else self._digest(size_bytes, verify),
                 )
             else:
                 found, first = self._lookup(**call, client=client), None
@@ -299,59 +243,59 @@ class ChunkCache(CacheAccounting, AsyncCacheAPI):
             raise cache_error(exc, f"looking up chunk {chunk_id[:12]}") from exc
         if int(found[0]) == 0:
             if first is not None:
-                first.digest.abandon()
+                first.abandon()
             if count:
                 self._count(stats.CACHE_MISSES)
             return Lookup(None, admit=bool(int(found[1])))
         parts, size, part_bytes = (int(v) for v in found[1:4])
         if not layout_ok(parts, size, part_bytes):
             if first is not None:
-                first.digest.abandon()
+                first.abandon()
             return self._drop_miss(chunk_id, "corrupt", counted=count)
         first = first.if_fits(size, part_bytes) if first is not None else None
         if first is not None:
             target, digest = first.target, first.digest
         else:
             target = target_view(out, size)
-            digest = ChunkDigest(size, self._hasher, verify.algorithm, read=True)
+            digest = None if later else self._digest(size, verify)
         try:
             failure = read_parts(
                 client, keys, chunk_id, target, parts, part_bytes, digest, first_done=bool(first)
             )
             if failure is not None:
                 return self._drop_miss(chunk_id, failure, counted=count)
-            hexdigest = digest.hexdigest()
+            hexdigest = digest.hexdigest() if digest is not None else None
         except redis.RedisError as exc:
             self._clients.failed(shard)
             raise cache_error(exc, f"reading chunk {chunk_id[:12]}") from exc
         finally:
-            digest.abandon()
-        if not verify.matches(hexdigest):
+            if digest is not None:
+                digest.abandon()
+        if hexdigest is not None and not verify.matches(hexdigest):
             return self._drop_miss(chunk_id, "corrupt", counted=count)
         if count:
             self._count(stats.CACHE_HITS)
+        if hexdigest is None:
+            check = functools.partial(self._check_later, chunk_id, target, verify, count)
+            return Lookup(target, check=check)
         return Lookup(target)
 
-    def _upload(
-        self,
-        client: redis.Redis,
-        chunk_id: str,
-        view: memoryview,
-        staged: list[str],
-        *,
-        verify: Expected | None,
-    ) -> None:
-        """SET the parts under their staging names, hashing them alongside with ``verify``."""
-        digest = ChunkDigest(view.nbytes, self._hasher, verify.algorithm) if verify else None
-        step, ttl_ms = self.part_size_bytes, self.staging_ttl_ms
-        hexdigest = upload_parts(client, view, staged, step, ttl_ms, digest)
-        if verify is not None and not verify.matches(hexdigest or ""):
-            self._count(stats.INTEGRITY_FAILURES)
-            what = "its id" if verify.algorithm == "sha256" else "its manifest's blake3"
-            raise SecurityError(
-                f"refusing to cache chunk {chunk_id[:12]}: its bytes hash ({verify.algorithm}) to "
-                f"{(hexdigest or '')[:12]}, not to {what} {verify.hexdigest[:12]}"
-            )
+    def _digest(self, size_bytes: int, verify: Expected) -> ChunkDigest:
+        return ChunkDigest(size_bytes, self._hasher, verify.algorithm, read=True)
+
+    def _check_later(
+        self, chunk_id: str, data: memoryview, verify: Expected, counted: bool
+    ) -> bool:
+        """The check a ``verify_later`` hit left to its caller: whether ``data`` matches."""
+        if verify.matches(hex_digest(verify.algorithm, data)):
+            return True
+        if counted:
+            self._count(stats.CACHE_HITS, -1)
+        try:
+            self._drop_miss(chunk_id, "corrupt", counted=counted)
+        except CacheError:  # the bytes are refused all the same; the entry stays for now
+            pass
+        return False
 
     def _lookup_call(
         self, chunk_id: str, keys: Keys, *, count: bool, size_bytes: int = 0

@@ -34,8 +34,8 @@ class FirstPart:
 
     #: Where the whole chunk lands (its size as the caller's manifest says).
     target: memoryview
-    #: The digest part 0 was fed to, as it arrived.
-    digest: ChunkDigest
+    #: The digest part 0 was fed to, as it arrived (None: the read is not hashed here).
+    digest: ChunkDigest | None
     #: The length of the part 0 that landed in ``target``; None when none did (there was no
     #: part 0, or a longer one than this cache's parts, which was discarded).
     got: int | None
@@ -45,8 +45,13 @@ class FirstPart:
         digest abandoned (another part size, or no part 0: the whole chunk is read again)."""
         if self.target.nbytes == size and self.got == min(part_bytes, size):
             return self
-        self.digest.abandon()
+        self.abandon()
         return None
+
+    def abandon(self) -> None:
+        """Stop the digest, if any (the read goes no further, or starts again)."""
+        if self.digest is not None:
+            self.digest.abandon()
 
 
 def lookup_with_first(
@@ -56,27 +61,31 @@ def lookup_with_first(
     part0_key: str,
     target: memoryview,
     part_bytes: int,
-    digest: ChunkDigest,
+    digest: ChunkDigest | None,
 ) -> tuple[list[Any], FirstPart | None]:
     """The ``lookup`` script's reply (``call``: its KEYS and ARGV), with part 0 of the chunk
     read into ``target`` in the same round trip -- guessing the cache's ``part_bytes``
     (:meth:`FirstPart.if_fits` says whether it held). Without the script loaded (a new or
     flushed server) it runs as a plain call, which loads it, and part 0 is not read.
+    ``digest`` (None: not hashed) is fed part 0 as it arrives.
 
     Raises:
         redis.RedisError: the connection failed (the caller maps it to CacheError).
     """
     piece = target[: min(part_bytes, target.nbytes)]
+    feed = digest.feed if digest is not None else None
     try:
         with BulkReader(client) as reader:
             found, got = reader.script_then_get_into(
-                lookup.sha, call["keys"], call["args"], part0_key, piece, feed=digest.feed
+                lookup.sha, call["keys"], call["args"], part0_key, piece, feed=feed
             )
     except redis.exceptions.NoScriptError:
-        digest.abandon()
+        if digest is not None:
+            digest.abandon()
         return lookup(**call, client=client), None
     except BaseException:
-        digest.abandon()
+        if digest is not None:
+            digest.abandon()
         raise
     landed = got if got is not None and got <= piece.nbytes else None  # longer: discarded
     return found, FirstPart(target, digest, landed)

@@ -12,9 +12,10 @@ import torch
 
 from sw_core.chunks.manifest import ChunkInfo, Manifest
 from sw_core.engine.io.rebase import Template
-from sw_core.engine.io.sources import ChunkSource, blocking_fetch
+from sw_core.engine.io.sources import ChunkSource, blocking_fetch, unchecked_fetch
 from sw_core.engine.memory.budget import ResidencyPlan
 from sw_core.engine.memory.buffers import GRANULE_BYTES, BufferPool, Lease
+from sw_core.engine.memory.slots import Unverified
 from sw_core.engine.model.dtypes import Packing, Tensors, make_packed, to_compute, widen_plain
 from sw_core.engine.model.skeleton import Skeleton
 from sw_core.exceptions import SecurityError
@@ -63,7 +64,12 @@ class ChunkMaterializer:
     ``loader_threads`` instead (:meth:`start`): read, verify, deserialize and widen in one
     call, with no event-loop hop in between; a chunk whose tensors are all views of its
     buffer is built once per buffer it lands in, and laid over each later lease of that
-    buffer by views (:mod:`sw_core.engine.io.rebase`).
+    buffer by views (:mod:`sw_core.engine.io.rebase`). Such a chunk read from a source that
+    can leave its digest check to the caller (:func:`~sw_core.engine.io.sources.unchecked_fetch`)
+    is handed over :class:`~sw_core.engine.memory.slots.Unverified`: the residency runs the
+    check on the compute thread before the chunk's first use, where a core is idle while
+    the loader's reads are the bottleneck, and a chunk that fails it is read again through
+    :meth:`load_verified`. The bytes of a chunk built afresh are always verified first.
 
     Args:
         source: the :class:`~sw_core.engine.io.sources.ChunkSource`.
@@ -97,6 +103,7 @@ class ChunkMaterializer:
         self._reads_into = _takes_out(source)
         reader = blocking_fetch(source) if device.type == "cpu" and self._reads_into else None
         self._read_blocking = reader
+        self._read_unchecked = unchecked_fetch(source) if reader is not None else None
         self._threads = (
             concurrent.futures.ThreadPoolExecutor(max(1, loader_threads), "sw-load")
             if reader is not None
@@ -118,7 +125,7 @@ class ChunkMaterializer:
         tensors = await asyncio.to_thread(self.skeleton.deserialize, chunk, data)
         return await asyncio.to_thread(to_compute, tensors, self.dtype, None, self.packing)
 
-    def start(self, chunk: ChunkInfo) -> concurrent.futures.Future[Tensors] | None:
+    def start(self, chunk: ChunkInfo) -> concurrent.futures.Future[Tensors | Unverified] | None:
         """Load a streamed ``chunk`` on a loader thread; None when it must go through the
         event loop (kept chunks, sources without a blocking read, other devices)."""
         if self._threads is None or chunk.name in self.keep:
@@ -130,21 +137,44 @@ class ChunkMaterializer:
         if self._threads is not None:
             self._threads.shutdown(wait=False, cancel_futures=True)
 
-    def _load_blocking(self, chunk: ChunkInfo) -> Tensors:
+    def load_verified(self, chunk: ChunkInfo) -> Tensors:
+        """A streamed chunk's tensors, its bytes verified as they are read (blocking): for a
+        chunk whose deferred check failed."""
+        loaded = self._load_blocking(chunk, defer=False)
+        assert not isinstance(loaded, Unverified)
+        return loaded
+
+    def _load_blocking(self, chunk: ChunkInfo, *, defer: bool = True) -> Tensors | Unverified:
         assert self._read_blocking is not None
         lease = self.buffers.lease(chunk.size_bytes)
-        data = self._read_blocking(chunk, lease.view)
+        check = None
+        if defer and self._read_unchecked is not None and self._template(chunk, lease):
+            data, check = self._read_unchecked(chunk, lease.view)
+        else:
+            data = self._read_blocking(chunk, lease.view)
         if not _is_lease(data, lease):
+            if check is not None and not check():
+                return self.load_verified(chunk)
             return self._materialize(chunk, data, streamed=True)
         _check_size(chunk, data)
-        return self._from_memo(chunk, lease)
+        tensors = self._from_memo(chunk, lease)
+        return tensors if check is None else Unverified(tensors, check)
+
+    @staticmethod
+    def _memo_key(chunk: ChunkInfo) -> tuple[str, str, int]:
+        return (chunk.name, chunk.blake3 or chunk.sha256, chunk.size_bytes)
+
+    def _template(self, chunk: ChunkInfo, lease: Lease) -> bool:
+        """Whether the chunk was built in this buffer before, as views alone: its tensors
+        are then laid over the new bytes without reading them."""
+        return lease.memo is not None and lease.memo.get(self._memo_key(chunk)) is not None
 
     def _from_memo(self, chunk: ChunkInfo, lease: Lease) -> Tensors:
-        """The chunk's verified bytes in ``lease`` as tensors: built the first time the
-        chunk lands in this buffer, then laid over each new lease by views
+        """The chunk's bytes in ``lease`` as tensors: built the first time the chunk lands
+        in this buffer (from verified bytes), then laid over each new lease by views
         (:class:`~sw_core.engine.io.rebase.Template`)."""
         assert lease.base is not None and lease.memo is not None
-        key = (chunk.name, chunk.blake3 or chunk.sha256, chunk.size_bytes)
+        key = self._memo_key(chunk)
         template: Template | None = lease.memo.get(key)
         if key not in lease.memo:
             tensors = self.skeleton.deserialize(chunk, lease.base[: chunk.size_bytes])

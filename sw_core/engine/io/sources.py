@@ -30,6 +30,11 @@ if TYPE_CHECKING:
 
 #: A blocking verified read of a chunk into a buffer of its size: ``read(chunk, out)``.
 BlockingFetch = Callable[[ChunkInfo, memoryview], "bytearray | memoryview"]
+#: A digest check left to the caller: hashes the bytes read, says whether they match.
+Check = Callable[[], bool]
+#: A blocking read that may leave the digest check to the caller: ``(bytes, check)``, where
+#: ``check`` is None when the bytes were verified as they were read.
+UncheckedFetch = Callable[[ChunkInfo, memoryview], "tuple[bytearray | memoryview, Check | None]"]
 
 
 @runtime_checkable
@@ -63,6 +68,17 @@ def blocking_fetch(source: ChunkSource) -> BlockingFetch | None:
     event loop's hops (about 0.15 ms of interpreter time per chunk, which the compute
     thread waits for on a streamed model)."""
     offer = getattr(source, "blocking_fetch", None)
+    return offer() if callable(offer) else None
+
+
+def unchecked_fetch(source: ChunkSource) -> UncheckedFetch | None:
+    """The source's blocking read that leaves the digest check of some reads to the caller
+    (:meth:`CachedChunkSource.unchecked_fetch`), where it has one.
+
+    The caller runs each check before anything reads the bytes as data: the engine runs it
+    on the compute thread just before the chunk's first use, where a core waits for the
+    next chunk while the loader's socket reads are the bottleneck."""
+    offer = getattr(source, "unchecked_fetch", None)
     return offer() if callable(offer) else None
 
 
@@ -211,7 +227,7 @@ class CachedChunkSource:
     async def fetch(
         self, chunk: ChunkInfo, *, out: memoryview | None = None
     ) -> bytearray | memoryview:
-        found, admit = await asyncio.to_thread(self._lookup, chunk, out)
+        found, admit, _ = await asyncio.to_thread(self._lookup, chunk, out)
         if found is not None:
             return found
         loaded = await self._direct.fetch(chunk, out=out)
@@ -227,34 +243,49 @@ class CachedChunkSource:
         direct = self._direct.blocking_fetch()
         return None if direct is None else functools.partial(self._fetch_blocking, direct)
 
+    def unchecked_fetch(self) -> UncheckedFetch | None:
+        """:meth:`blocking_fetch` whose cache hits come unhashed, each with its check
+        (:attr:`~sw_core.cache.admission.Lookup.check`: on a mismatch the entry is dropped
+        and counted as a corruption); misses are verified as the store reads them."""
+        direct = self._direct.blocking_fetch()
+        return None if direct is None else functools.partial(self._fetch_unchecked, direct)
+
     def _fetch_blocking(
         self, direct: BlockingFetch, chunk: ChunkInfo, out: memoryview
     ) -> bytearray | memoryview:
-        found, admit = self._lookup(chunk, out)
+        return self._fetch_unchecked(direct, chunk, out, later=False)[0]
+
+    def _fetch_unchecked(
+        self, direct: BlockingFetch, chunk: ChunkInfo, out: memoryview, *, later: bool = True
+    ) -> tuple[bytearray | memoryview, Check | None]:
+        found, admit, check = self._lookup(chunk, out, later=later)
         if found is not None:
-            return found
+            return found, check
         loaded = direct(chunk, out)
         if admit:
             self._put(chunk, loaded)
         else:
             self._count("past_cache")
-        return loaded
+        return loaded, None
 
     def _lookup(
-        self, chunk: ChunkInfo, out: memoryview | None
-    ) -> tuple[bytearray | memoryview | None, bool]:
-        """``(verified bytes or None, whether a miss may be put in the cache)``; blocking."""
+        self, chunk: ChunkInfo, out: memoryview | None, *, later: bool = False
+    ) -> tuple[bytearray | memoryview | None, bool, Check | None]:
+        """``(bytes or None, whether a miss may be put in the cache, their check)``: the
+        bytes are verified unless ``later`` left a check; blocking."""
         admit = True
         try:
-            found = self.cache.lookup(chunk.sha256, chunk.size_bytes, out=out, blake3=chunk.blake3)
+            found = self.cache.lookup(
+                chunk.sha256, chunk.size_bytes, out=out, blake3=chunk.blake3, verify_later=later
+            )
             if found.data is not None and len(found.data) == chunk.size_bytes:
                 self._count("cache_hits")
-                return found.data, admit
+                return found.data, admit, found.check
             admit = found.admit
         except CacheError:
             self._count("cache_errors")
         self._count("cache_misses")
-        return None, admit
+        return None, admit, None
 
     def _put(self, chunk: ChunkInfo, loaded: bytearray | memoryview) -> None:
         try:

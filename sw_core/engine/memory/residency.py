@@ -24,21 +24,17 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
 from sw_core.chunks.manifest import ChunkInfo
-from sw_core.engine.memory.slots import Cancelled, ResidencyStats, Slot, Tensors, named_error
-from sw_core.exceptions import (
-    ModelError,
-    WeightServerError,
-)
+from sw_core.engine.memory.arrival import await_load, checked
+from sw_core.engine.memory.slots import Cancelled, ResidencyStats, Slot, Tensors, Unverified
+from sw_core.exceptions import ModelError
 from sw_core.utils import mib
 
 Loader = Callable[[ChunkInfo], Coroutine[Any, Any, Tensors]]
-Submit = Callable[[Coroutine[Any, Any, Tensors]], "concurrent.futures.Future[Tensors]"]
+Loaded = Tensors | Unverified
+Submit = Callable[[Coroutine[Any, Any, Tensors]], "concurrent.futures.Future[Loaded]"]
 BindFn = Callable[[ChunkInfo, Tensors], None]
 UnbindFn = Callable[[ChunkInfo], None]
-StartFn = Callable[[ChunkInfo], "concurrent.futures.Future[Tensors] | None"]
-
-#: How often a waiting acquire checks for cancellation.
-_POLL_S = 0.25
+StartFn = Callable[[ChunkInfo], "concurrent.futures.Future[Loaded] | None"]
 
 
 class Residency:
@@ -189,6 +185,8 @@ class Residency:
                 tensors = slot.future.result(timeout=self.timeout_s)
             except BaseException:  # its error belongs to nobody now; the slot is dropped
                 continue
+            if isinstance(tensors, Unverified):
+                continue  # only streamed chunks come unchecked: nothing to keep
             with self._lock:
                 if slot.chunk.name in self.keep and self._slots.get(slot.chunk.name) is slot:
                     slot.tensors, slot.future = tensors, None
@@ -285,7 +283,7 @@ class Residency:
             future = self._submit(self._loader(chunk))
         slot.future = future
 
-        def done(fut: concurrent.futures.Future[Tensors]) -> None:
+        def done(fut: concurrent.futures.Future[Loaded]) -> None:
             with self._lock:
                 if fut.cancelled() or fut.exception() is not None:
                     return
@@ -302,37 +300,23 @@ class Residency:
     def _wait(self, slot: Slot) -> Tensors:
         if slot.tensors is not None:
             return slot.tensors
-        future = slot.future
-        assert future is not None
-        chunk = slot.chunk
+        assert slot.future is not None
         started = time.perf_counter()
-        deadline = started + self.timeout_s
         try:
-            while True:
-                if self._cancel.is_set():
-                    raise Cancelled(f"model {self.model_name!r}: run cancelled")
-                try:
-                    tensors = future.result(
-                        timeout=min(_POLL_S, max(deadline - time.perf_counter(), 0))
-                    )
-                    break
-                except concurrent.futures.TimeoutError:
-                    if time.perf_counter() >= deadline:
-                        future.cancel()
-                        raise WeightServerError(
-                            f"model {self.model_name!r}: timed out after {self.timeout_s:g} s "
-                            f"waiting for chunk {chunk.name!r} ({chunk.file})"
-                        ) from None
-                except concurrent.futures.CancelledError:
-                    raise Cancelled(
-                        f"model {self.model_name!r}: loading chunk {chunk.name!r} was cancelled"
-                    ) from None
-                except Exception as exc:
-                    raise named_error(exc, self.model_name, chunk) from exc
+            loaded = await_load(
+                slot.future,
+                slot.chunk,
+                model_name=self.model_name,
+                timeout_s=self.timeout_s,
+                cancel=self._cancel,
+            )
         finally:
             with self._lock:
                 self.stats.wait_s += time.perf_counter() - started
+        reload = getattr(self._loader, "load_verified", None)
+        tensors, refetched = checked(loaded, slot.chunk, model_name=self.model_name, reload=reload)
         with self._lock:
+            self.stats.refetched += refetched
             slot.tensors = tensors
             slot.future = None
         return tensors

@@ -1,9 +1,11 @@
 """The parts of :class:`~sw_core.engine.memory.residency.Residency` that hold no logic: a chunk's
-slot, the counters, the cancellation error, and load errors named after their chunk."""
+slot, a load whose digest check is still to run, the counters, the cancellation error, and
+load errors named after their chunk."""
 
 from __future__ import annotations
 
 import concurrent.futures
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -19,13 +21,23 @@ class Cancelled(SurfingError):
     """The run was cancelled while it waited for a chunk."""
 
 
+@dataclass(frozen=True)
+class Unverified:
+    """A loaded chunk whose bytes were not checked against their digest yet: ``check()``
+    hashes them and says whether they match; the tensors must not be used before it said
+    True (:class:`~sw_core.engine.io.fetching.ChunkMaterializer`)."""
+
+    tensors: Tensors
+    check: Callable[[], bool]
+
+
 @dataclass
 class Slot:
     """One chunk's place in the residency: its reservation, its fetch and its users."""
 
     chunk: ChunkInfo
     reserved_bytes: int
-    future: concurrent.futures.Future[Tensors] | None = None
+    future: concurrent.futures.Future[Tensors | Unverified] | None = None
     tensors: Tensors | None = None
     users: int = 0
     used: bool = False
@@ -51,6 +63,8 @@ class ResidencyStats:
     wait_s: float = 0.0
     #: Prefetched chunks dropped unused.
     wasted: int = 0
+    #: Chunks whose deferred digest check failed, read again verified.
+    refetched: int = 0
 
 
 def named_error(exc: BaseException, model: str, chunk: ChunkInfo) -> SurfingError:

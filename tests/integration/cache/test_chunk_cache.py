@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections import OrderedDict
 
@@ -15,14 +14,7 @@ from sw_core.counters import Counters
 from sw_core.exceptions import CacheError, ChunkTooLargeError, SecurityError, is_transient
 from sw_core.keys import Keys
 from sw_core.settings import Settings
-
-MIB = 1 << 20
-
-
-def chunk(size_bytes: int, seed: int) -> tuple[str, bytes]:
-    """Random bytes and their sha256 id (the cache's content address)."""
-    data = random.Random(seed).randbytes(size_bytes)
-    return hashlib.sha256(data).hexdigest(), data
+from tests.support.cache import MIB, chunk, make_cache
 
 
 @pytest.fixture
@@ -30,17 +22,6 @@ def client(redis_url: str):
     client = redis.Redis.from_url(redis_url)
     yield client
     client.close()
-
-
-def make_cache(client: redis.Redis, budget_bytes: int, part_bytes: int = MIB, **kw) -> ChunkCache:
-    return ChunkCache(
-        client,
-        keys=Keys("sw"),
-        cache_size_bytes=budget_bytes,
-        part_size_bytes=part_bytes,
-        counters=Counters(),
-        **kw,
-    )
 
 
 def stored_part_bytes(client: redis.Redis, keys: Keys) -> int:

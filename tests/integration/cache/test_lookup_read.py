@@ -7,7 +7,7 @@ import pytest
 import redis
 
 from sw_core.cache import ChunkCache
-from tests.integration.cache.test_chunk_cache import MIB, chunk, make_cache
+from tests.support.cache import MIB, chunk, make_cache
 
 
 @pytest.fixture

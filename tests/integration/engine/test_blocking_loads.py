@@ -1,15 +1,18 @@
 """Streamed chunks of a folder or the Redis cache load on the engine's loader threads (no
 event-loop hop), each built once per buffer it lands in and laid over later leases by views:
-the same tokens as a resident engine, and still verified on every arrival."""
+the same tokens as a resident engine, and still verified on every arrival -- a cache hit laid
+over a built chunk on the compute thread, before its first use."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from sw_core.cache import ChunkCache
 from sw_core.chunks.chunker import chunk_model
 from sw_core.chunks.manifest import Manifest
 from sw_core.engine import StreamingEngine
@@ -107,6 +110,78 @@ async def test_redis_cache_hits_load_off_the_loop(tmp_path: Path, redis_url: str
         assert await _generate(engine) == first
         assert source.cache_hits > hits and counts["blocking"] > 0
         assert source.cache_hits + source.cache_misses == engine.residency.stats.loads
+    finally:
+        engine.close()
+        cache.close()
+
+
+def _damage_cache(cache: ChunkCache) -> int:
+    """Flip the last byte of part 0 of every cached chunk; how many."""
+    client = cache.redis
+    keys = list(client.scan_iter(match=f"{cache.keys.cache_part_prefix}*:0"))
+    for key in keys:
+        end = client.strlen(key) - 1
+        client.setrange(key, end, bytes([client.getrange(key, end, end)[0] ^ 0xFF]))
+    return len(keys)
+
+
+def _checking_threads(cache: ChunkCache) -> list[str]:
+    """Names of the threads that run the deferred checks of ``cache``'s hits."""
+    names: list[str] = []
+    check = cache._check_later
+
+    def recorded(*args: Any) -> bool:
+        names.append(threading.current_thread().name)
+        return check(*args)
+
+    cache._check_later = recorded  # type: ignore[method-assign]
+    return names
+
+
+async def test_a_damaged_cache_hit_is_caught_before_use_and_read_again(
+    tmp_path: Path, redis_url: str
+) -> None:
+    manifest = _packed(tmp_path)
+    cache = chunk_cache(redis_url)
+    source = cached_source(tmp_path, manifest, cache)
+    engine = await StreamingEngine.open(source, memory_budget_mb=1, compute_dtype="bfloat16")
+    try:
+        threads = _checking_threads(cache)
+        first = await _generate(engine)
+        assert await _generate(engine) == first  # every streamed chunk built in its buffers
+        checked = len(threads)
+        assert checked > 0 and all(name.startswith("sw-compute") for name in threads)
+        assert _damage_cache(cache) > 0
+        corruptions = cache.info().corruptions
+        assert await _generate(engine) == first
+        refetched = engine.residency.stats.refetched
+        assert refetched > 0
+        assert cache.info().corruptions - corruptions >= refetched
+        assert await _generate(engine) == first  # read again from the folder, cached again
+    finally:
+        engine.close()
+        cache.close()
+
+
+async def test_a_chunk_damaged_in_the_cache_and_the_store_is_refused(
+    tmp_path: Path, redis_url: str
+) -> None:
+    manifest = _packed(tmp_path)
+    cache = chunk_cache(redis_url)
+    source = cached_source(tmp_path, manifest, cache)
+    engine = await StreamingEngine.open(source, memory_budget_mb=1, compute_dtype="bfloat16")
+    try:
+        await _generate(engine)
+        await _generate(engine)
+        _damage_cache(cache)
+        for chunk in manifest.chunks:
+            if chunk.role == "block" and chunk.name not in engine.plan.keep:
+                path = tmp_path / chunk.file
+                data = bytearray(path.read_bytes())
+                data[(chunk.kernel_bytes or chunk.size_bytes) - 5] ^= 0xFF
+                path.write_bytes(bytes(data))
+        with pytest.raises(SecurityError, match=r"chunk 'model\.layers"):
+            await _generate(engine)
     finally:
         engine.close()
         cache.close()

@@ -5,9 +5,12 @@ from __future__ import annotations
 import threading
 
 import pytest
+import torch
 
+from sw_core.chunks.manifest import ChunkInfo
 from sw_core.engine.io.loop import LoopThread
 from sw_core.engine.memory.residency import Residency
+from sw_core.engine.memory.slots import Unverified
 from sw_core.exceptions import (
     ChunkNotFoundError,
     ModelError,
@@ -173,3 +176,63 @@ def test_clear_drops_resident_chunks_and_reservations(loop: LoopThread) -> None:
     res.clear()
     assert res.materialized_bytes == 0 and res.resident_chunks() == []
     assert events == ["bind a", "unbind a"]
+
+
+class _UncheckedLoader:
+    """Loads whose digest check is left to the residency (``passes`` says how it ends)."""
+
+    def __init__(self, *, passes: bool, can_reload: bool = True) -> None:
+        self.passes = passes
+        self.checks: list[str] = []
+        self.reloads: list[str] = []
+        if can_reload:
+            self.load_verified = self._reload
+
+    async def __call__(self, chunk: ChunkInfo) -> Unverified:
+        def check() -> bool:
+            self.checks.append(threading.current_thread().name)
+            return self.passes
+
+        return Unverified({f"{chunk.name}.w": torch.zeros(4)}, check)
+
+    def _reload(self, chunk: ChunkInfo) -> dict[str, torch.Tensor]:
+        self.reloads.append(chunk.name)
+        return {f"{chunk.name}.w": torch.ones(4)}
+
+
+def _unchecked(loader: _UncheckedLoader, loop: LoopThread) -> Residency:
+    res = Residency(
+        model_name="tiny",
+        budget_bytes=1000 * KIB,
+        keep=(),
+        prefetch_count=2,
+        loader=loader,  # type: ignore[arg-type]
+        bind=lambda c, t: None,
+        unbind=lambda c: None,
+        timeout_s=5.0,
+    )
+    res.begin(loop.submit, [block_chunk("a"), block_chunk("b")])
+    return res
+
+
+def test_a_deferred_check_runs_once_on_the_acquiring_thread(loop: LoopThread) -> None:
+    loader = _UncheckedLoader(passes=True)
+    res = _unchecked(loader, loop)
+    a = block_chunk("a")
+    assert torch.equal(res.acquire(a)["a.w"], torch.zeros(4))
+    assert torch.equal(res.acquire(a)["a.w"], torch.zeros(4))  # a hit: not checked again
+    assert loader.checks == [threading.current_thread().name]
+    assert (loader.reloads, res.stats.refetched) == ([], 0)
+
+
+def test_a_chunk_that_fails_its_deferred_check_is_read_again(loop: LoopThread) -> None:
+    loader = _UncheckedLoader(passes=False)
+    res = _unchecked(loader, loop)
+    assert torch.equal(res.acquire(block_chunk("a"))["a.w"], torch.ones(4))
+    assert (loader.reloads, res.stats.refetched) == (["a"], 1)
+
+
+def test_a_failed_deferred_check_without_a_verified_read_is_refused(loop: LoopThread) -> None:
+    res = _unchecked(_UncheckedLoader(passes=False, can_reload=False), loop)
+    with pytest.raises(SecurityError, match="chunk 'a' failed its digest check"):
+        res.acquire(block_chunk("a"))
