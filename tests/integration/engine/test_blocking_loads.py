@@ -5,7 +5,9 @@ over a built chunk on the compute thread, before its first use."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -138,19 +140,30 @@ def _checking_threads(cache: ChunkCache) -> list[str]:
     return names
 
 
+@contextlib.asynccontextmanager
+async def _streamed_from_cache(
+    folder: Path, redis_url: str
+) -> AsyncIterator[tuple[Manifest, ChunkCache, StreamingEngine]]:
+    """The packed model streamed from the Redis cache at a 1 MiB budget."""
+    manifest = _packed(folder)
+    cache = chunk_cache(redis_url)
+    source = cached_source(folder, manifest, cache)
+    engine = await StreamingEngine.open(source, memory_budget_mb=1, compute_dtype="bfloat16")
+    try:
+        yield manifest, cache, engine
+    finally:
+        engine.close()
+        cache.close()
+
+
 async def test_a_damaged_cache_hit_is_caught_before_use_and_read_again(
     tmp_path: Path, redis_url: str
 ) -> None:
-    manifest = _packed(tmp_path)
-    cache = chunk_cache(redis_url)
-    source = cached_source(tmp_path, manifest, cache)
-    engine = await StreamingEngine.open(source, memory_budget_mb=1, compute_dtype="bfloat16")
-    try:
+    async with _streamed_from_cache(tmp_path, redis_url) as (_, cache, engine):
         threads = _checking_threads(cache)
         first = await _generate(engine)
         assert await _generate(engine) == first  # every streamed chunk built in its buffers
-        checked = len(threads)
-        assert checked > 0 and all(name.startswith("sw-compute") for name in threads)
+        assert threads and all(name.startswith("sw-compute") for name in threads)
         assert _damage_cache(cache) > 0
         corruptions = cache.info().corruptions
         assert await _generate(engine) == first
@@ -158,19 +171,12 @@ async def test_a_damaged_cache_hit_is_caught_before_use_and_read_again(
         assert refetched > 0
         assert cache.info().corruptions - corruptions >= refetched
         assert await _generate(engine) == first  # read again from the folder, cached again
-    finally:
-        engine.close()
-        cache.close()
 
 
 async def test_a_chunk_damaged_in_the_cache_and_the_store_is_refused(
     tmp_path: Path, redis_url: str
 ) -> None:
-    manifest = _packed(tmp_path)
-    cache = chunk_cache(redis_url)
-    source = cached_source(tmp_path, manifest, cache)
-    engine = await StreamingEngine.open(source, memory_budget_mb=1, compute_dtype="bfloat16")
-    try:
+    async with _streamed_from_cache(tmp_path, redis_url) as (manifest, cache, engine):
         await _generate(engine)
         await _generate(engine)
         _damage_cache(cache)
@@ -182,9 +188,6 @@ async def test_a_chunk_damaged_in_the_cache_and_the_store_is_refused(
                 path.write_bytes(bytes(data))
         with pytest.raises(SecurityError, match=r"chunk 'model\.layers"):
             await _generate(engine)
-    finally:
-        engine.close()
-        cache.close()
 
 
 async def test_the_loader_threads_stop_with_the_engine(tmp_path: Path) -> None:
