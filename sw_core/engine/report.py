@@ -22,6 +22,7 @@ def cache_report(engine: Any) -> dict[str, Any]:
         "hit_rate": stats.hits / uses if uses else 0.0,
         "prefetched": stats.prefetched,
         "prefetch_wasted": stats.wasted,
+        "refetched": stats.refetched,
         "memory_mb": mib(engine.residency.materialized_bytes),
         "peak_memory_mb": mib(engine.residency.peak_bytes),
         "budget_mb": mib(engine.residency.budget_bytes),
