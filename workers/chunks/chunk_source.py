@@ -11,6 +11,11 @@ when it wins the chunk's load lease (one load cluster-wide, however many
 waiters), and waits for the announcement up to ``timeout_seconds``, asking again whenever the
 lease is free (a loader killed mid-load frees it within seconds). Fetches of the same chunk
 in one process share a single wait.
+
+The engine reads streamed chunks through :meth:`RemoteChunkSource.unchecked_fetch` on its
+loader thread: a hit there (its digest checked on the compute thread before first use), a
+miss handed back to the event loop (:class:`~sw_core.engine.io.sources.FinishOnLoop`), where
+the waiting above happens while the loader thread reads the next chunk.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from arq.connections import ArqRedis
@@ -116,7 +122,42 @@ class RemoteChunkSource:
         self._count(chunk, hit=found.hit)
         if found.data is not None:
             return found.data
-        if not found.admit:
+        return await self._after_miss(chunk, out, found.admit)
+
+    def blocking_fetch(self) -> Callable[[ChunkInfo, memoryview], bytearray | memoryview]:
+        """:meth:`fetch` for the engine's loader thread: a cache hit is read there; a miss
+        raises :class:`~sw_core.engine.io.sources.FinishOnLoop`, whose coroutine waits for
+        the loaders on the event loop this source's clients live on."""
+        return lambda chunk, out: self._fetch_here(chunk, out, later=False)[0]
+
+    def unchecked_fetch(
+        self,
+    ) -> Callable[
+        [ChunkInfo, memoryview], tuple[bytearray | memoryview, Callable[[], bool] | None]
+    ]:
+        """:meth:`blocking_fetch` whose cache hits come unhashed, with their check
+        (:attr:`~sw_core.cache.admission.Lookup.check`)."""
+        return self._fetch_here
+
+    def _fetch_here(
+        self, chunk: ChunkInfo, out: memoryview, *, later: bool = True
+    ) -> tuple[bytearray | memoryview, Callable[[], bool] | None]:
+        from sw_core.engine.io.sources import FinishOnLoop  # loaders never import torch
+
+        found = self.cache.lookup(
+            chunk.sha256, chunk.size_bytes, out=out, blake3=chunk.blake3, verify_later=later
+        )
+        self._count(chunk, hit=found.hit)
+        if found.data is not None:
+            return found.data, found.check
+        raise FinishOnLoop(lambda: self._after_miss(chunk, out, found.admit))
+
+    async def _after_miss(
+        self, chunk: ChunkInfo, out: memoryview | None, admit: bool
+    ) -> bytearray | memoryview:
+        """A counted miss: read past the cache when it would not admit the chunk, else wait
+        for a loader (one wait per chunk in this process)."""
+        if not admit:
             return await self._read_past_cache(chunk, out)
         flight = self._flights.get(chunk.sha256)
         if flight is None:

@@ -6,16 +6,23 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import inspect
+import threading
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
 
 import torch
 
 from sw_core.chunks.manifest import ChunkInfo, Manifest
 from sw_core.engine.io.rebase import Template
-from sw_core.engine.io.sources import ChunkSource, blocking_fetch, unchecked_fetch
+from sw_core.engine.io.sources import (
+    ChunkSource,
+    FinishOnLoop,
+    blocking_fetch,
+    unchecked_fetch,
+)
 from sw_core.engine.memory.budget import ResidencyPlan
 from sw_core.engine.memory.buffers import GRANULE_BYTES, BufferPool, Lease
-from sw_core.engine.memory.slots import Unverified
+from sw_core.engine.memory.slots import Loaded, Submit, Unverified
 from sw_core.engine.model.dtypes import Packing, Tensors, make_packed, to_compute, widen_plain
 from sw_core.engine.model.skeleton import Skeleton
 from sw_core.exceptions import SecurityError
@@ -109,6 +116,8 @@ class ChunkMaterializer:
             if reader is not None
             else None
         )
+        self._pending: set[Future[Loaded]] = set()
+        self._pending_lock = threading.Lock()
 
     async def __call__(self, chunk: ChunkInfo) -> Tensors:
         streamed = chunk.name not in self.keep
@@ -125,26 +134,67 @@ class ChunkMaterializer:
         tensors = await asyncio.to_thread(self.skeleton.deserialize, chunk, data)
         return await asyncio.to_thread(to_compute, tensors, self.dtype, None, self.packing)
 
-    def start(self, chunk: ChunkInfo) -> concurrent.futures.Future[Tensors | Unverified] | None:
+    def start(self, chunk: ChunkInfo, submit: Submit) -> Future[Loaded] | None:
         """Load a streamed ``chunk`` on a loader thread; None when it must go through the
-        event loop (kept chunks, sources without a blocking read, other devices)."""
+        event loop (kept chunks, sources without a blocking read, other devices). A read the
+        source hands back (:class:`~sw_core.engine.io.sources.FinishOnLoop`) is finished by
+        a coroutine given to ``submit`` (the run's event loop)."""
         if self._threads is None or chunk.name in self.keep:
             return None
-        return self._threads.submit(self._load_blocking, chunk)
+        loaded: Future[Loaded] = Future()
+        with self._pending_lock:
+            self._pending.add(loaded)
+        loaded.add_done_callback(self._forget)
+        self._threads.submit(self._start_here, chunk, loaded, submit)
+        return loaded
 
     def close(self) -> None:
         """Stop the loader threads (loads not started yet are cancelled)."""
         if self._threads is not None:
             self._threads.shutdown(wait=False, cancel_futures=True)
+        with self._pending_lock:
+            pending = list(self._pending)
+        for loaded in pending:
+            loaded.cancel()
 
-    def load_verified(self, chunk: ChunkInfo) -> Tensors:
+    def _forget(self, loaded: Future[Loaded]) -> None:
+        with self._pending_lock:
+            self._pending.discard(loaded)
+
+    def _start_here(self, chunk: ChunkInfo, loaded: Future[Loaded], submit: Submit) -> None:
+        if not loaded.set_running_or_notify_cancel():
+            return  # cancelled before a loader thread took it
+        try:
+            result = self._load_blocking(chunk)
+        except FinishOnLoop as rest:
+            try:
+                _chain(submit(self._finish(chunk, rest)), loaded)
+            except BaseException as exc:  # the loop is gone
+                loaded.set_exception(exc)
+            return
+        except BaseException as exc:
+            loaded.set_exception(exc)
+            return
+        loaded.set_result(result)
+
+    async def _finish(self, chunk: ChunkInfo, rest: FinishOnLoop) -> Tensors:
+        data = await rest.finish()
+        return self._materialize(chunk, data, streamed=True)
+
+    def load_verified(self, chunk: ChunkInfo, submit: Submit | None = None) -> Tensors:
         """A streamed chunk's tensors, its bytes verified as they are read (blocking): for a
-        chunk whose deferred check failed."""
-        loaded = self._load_blocking(chunk, defer=False)
+        chunk whose deferred check failed. A read the source hands back to the event loop is
+        finished through ``submit`` and waited for."""
+        try:
+            loaded = self._load_blocking(chunk, defer=False)
+        except FinishOnLoop as rest:
+            if submit is None:
+                raise
+            loaded = submit(self._finish(chunk, rest)).result()
         assert not isinstance(loaded, Unverified)
         return loaded
 
-    def _load_blocking(self, chunk: ChunkInfo, *, defer: bool = True) -> Tensors | Unverified:
+    def _load_blocking(self, chunk: ChunkInfo, *, defer: bool = True) -> Loaded:
         assert self._read_blocking is not None
         lease = self.buffers.lease(chunk.size_bytes)
         check = None
@@ -193,6 +243,20 @@ class ChunkMaterializer:
         tensors = self.skeleton.deserialize(chunk, data)
         take = self.buffers.take if streamed else None
         return to_compute(tensors, self.dtype, take, self.packing)
+
+
+def _chain(source: Future[Loaded], target: Future[Loaded]) -> None:
+    """Give ``target`` (running) what ``source`` ends with."""
+
+    def copy(done: Future[Loaded]) -> None:
+        if done.cancelled():
+            target.set_exception(concurrent.futures.CancelledError())
+        elif (exc := done.exception()) is not None:
+            target.set_exception(exc)
+        else:
+            target.set_result(done.result())
+
+    source.add_done_callback(copy)
 
 
 def _is_lease(data: bytearray | memoryview, lease: Lease) -> bool:

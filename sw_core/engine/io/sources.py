@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from sw_core.chunks.chunk_set import read_set_file
@@ -69,6 +69,16 @@ def blocking_fetch(source: ChunkSource) -> BlockingFetch | None:
     thread waits for on a streamed model)."""
     offer = getattr(source, "blocking_fetch", None)
     return offer() if callable(offer) else None
+
+
+class FinishOnLoop(Exception):
+    """Raised by a blocking read whose chunk must be fetched on the event loop instead (a
+    miss that waits for a remote loader): ``finish()`` is the coroutine that gives the
+    chunk's verified bytes, so the loader thread is free for the next chunk meanwhile."""
+
+    def __init__(self, finish: Callable[[], Awaitable[bytearray | memoryview]]) -> None:
+        super().__init__("the chunk is fetched on the event loop")
+        self.finish = finish
 
 
 def unchecked_fetch(source: ChunkSource) -> UncheckedFetch | None:

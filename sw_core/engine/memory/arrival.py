@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 
 from sw_core.chunks.manifest import ChunkInfo
-from sw_core.engine.memory.slots import Cancelled, Tensors, Unverified, named_error
+from sw_core.engine.memory.slots import Cancelled, Loaded, Tensors, Unverified, named_error
 from sw_core.exceptions import SecurityError, WeightServerError
 
 #: How often a waiting acquire checks for cancellation.
@@ -17,13 +17,13 @@ POLL_S = 0.25
 
 
 def await_load(
-    future: concurrent.futures.Future[Tensors | Unverified],
+    future: concurrent.futures.Future[Loaded],
     chunk: ChunkInfo,
     *,
     model_name: str,
     timeout_s: float,
     cancel: threading.Event,
-) -> Tensors | Unverified:
+) -> Loaded:
     """What ``future`` (``chunk``'s load) gives, waiting at most ``timeout_s``.
 
     Raises:
@@ -53,7 +53,7 @@ def await_load(
 
 
 def checked(
-    loaded: Tensors | Unverified,
+    loaded: Loaded,
     chunk: ChunkInfo,
     *,
     model_name: str,

@@ -18,6 +18,7 @@ None for the event loop), so fetching overlaps the compute thread's work.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
@@ -25,16 +26,22 @@ from typing import Any
 
 from sw_core.chunks.manifest import ChunkInfo
 from sw_core.engine.memory.arrival import await_load, checked
-from sw_core.engine.memory.slots import Cancelled, ResidencyStats, Slot, Tensors, Unverified
+from sw_core.engine.memory.slots import (
+    Cancelled,
+    Loaded,
+    ResidencyStats,
+    Slot,
+    Submit,
+    Tensors,
+    Unverified,
+)
 from sw_core.exceptions import ModelError
 from sw_core.utils import mib
 
 Loader = Callable[[ChunkInfo], Coroutine[Any, Any, Tensors]]
-Loaded = Tensors | Unverified
-Submit = Callable[[Coroutine[Any, Any, Tensors]], "concurrent.futures.Future[Loaded]"]
 BindFn = Callable[[ChunkInfo, Tensors], None]
 UnbindFn = Callable[[ChunkInfo], None]
-StartFn = Callable[[ChunkInfo], "concurrent.futures.Future[Loaded] | None"]
+StartFn = Callable[[ChunkInfo, Submit], "concurrent.futures.Future[Loaded] | None"]
 
 
 class Residency:
@@ -278,7 +285,8 @@ class Residency:
         slot = Slot(chunk=chunk, reserved_bytes=size, prefetched=not must)
         self._slots[chunk.name] = slot
         started = time.perf_counter()
-        future = self._start_off_loop(chunk) if self._start_off_loop is not None else None
+        off_loop = self._start_off_loop
+        future = off_loop(chunk, self._submit) if off_loop is not None else None
         if future is None:
             future = self._submit(self._loader(chunk))
         slot.future = future
@@ -313,7 +321,8 @@ class Residency:
         finally:
             with self._lock:
                 self.stats.wait_s += time.perf_counter() - started
-        reload = getattr(self._loader, "load_verified", None)
+        load_verified = getattr(self._loader, "load_verified", None)
+        reload = load_verified and functools.partial(load_verified, submit=self._submit)
         tensors, refetched = checked(loaded, slot.chunk, model_name=self.model_name, reload=reload)
         with self._lock:
             self.stats.refetched += refetched

@@ -5,8 +5,9 @@ load errors named after their chunk."""
 from __future__ import annotations
 
 import concurrent.futures
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -31,13 +32,19 @@ class Unverified:
     check: Callable[[], bool]
 
 
+#: What a chunk's load gives: its tensors, or tensors whose digest check is still to run.
+Loaded = Tensors | Unverified
+#: Runs a load's coroutine on the run's event loop (:meth:`Residency.begin`'s ``submit``).
+Submit = Callable[[Coroutine[Any, Any, Tensors]], "concurrent.futures.Future[Loaded]"]
+
+
 @dataclass
 class Slot:
     """One chunk's place in the residency: its reservation, its fetch and its users."""
 
     chunk: ChunkInfo
     reserved_bytes: int
-    future: concurrent.futures.Future[Tensors | Unverified] | None = None
+    future: concurrent.futures.Future[Loaded] | None = None
     tensors: Tensors | None = None
     users: int = 0
     used: bool = False

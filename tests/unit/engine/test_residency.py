@@ -195,7 +195,7 @@ class _UncheckedLoader:
 
         return Unverified({f"{chunk.name}.w": torch.zeros(4)}, check)
 
-    def _reload(self, chunk: ChunkInfo) -> dict[str, torch.Tensor]:
+    def _reload(self, chunk: ChunkInfo, submit: object = None) -> dict[str, torch.Tensor]:
         self.reloads.append(chunk.name)
         return {f"{chunk.name}.w": torch.ones(4)}
 
