@@ -23,8 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
@@ -57,6 +56,9 @@ from workers.chunks.protocol import (
     job_deserializer,
     load_job_id,
 )
+
+if TYPE_CHECKING:  # the engine's types; loaders never import torch
+    from sw_core.engine.io.sources import BlockingFetch, Check, UncheckedFetch
 
 
 class RemoteChunkSource:
@@ -124,25 +126,21 @@ class RemoteChunkSource:
             return found.data
         return await self._after_miss(chunk, out, found.admit)
 
-    def blocking_fetch(self) -> Callable[[ChunkInfo, memoryview], bytearray | memoryview]:
+    def blocking_fetch(self) -> BlockingFetch:
         """:meth:`fetch` for the engine's loader thread: a cache hit is read there; a miss
         raises :class:`~sw_core.engine.io.sources.FinishOnLoop`, whose coroutine waits for
         the loaders on the event loop this source's clients live on."""
         return lambda chunk, out: self._fetch_here(chunk, out, later=False)[0]
 
-    def unchecked_fetch(
-        self,
-    ) -> Callable[
-        [ChunkInfo, memoryview], tuple[bytearray | memoryview, Callable[[], bool] | None]
-    ]:
+    def unchecked_fetch(self) -> UncheckedFetch:
         """:meth:`blocking_fetch` whose cache hits come unhashed, with their check
         (:attr:`~sw_core.cache.admission.Lookup.check`)."""
         return self._fetch_here
 
     def _fetch_here(
         self, chunk: ChunkInfo, out: memoryview, *, later: bool = True
-    ) -> tuple[bytearray | memoryview, Callable[[], bool] | None]:
-        from sw_core.engine.io.sources import FinishOnLoop  # loaders never import torch
+    ) -> tuple[bytearray | memoryview, Check | None]:
+        from sw_core.engine.io.sources import FinishOnLoop
 
         found = self.cache.lookup(
             chunk.sha256, chunk.size_bytes, out=out, blake3=chunk.blake3, verify_later=later
